@@ -1,0 +1,20 @@
+// Package audit owns the appliance's record of every decision: the event
+// model, the append-only hash-chained journal on local disk, and its
+// verification.
+//
+// Every component that decides something (a login, a token, a proxied call,
+// a firewall change) calls Append before it replies. Append returns only
+// after the entry is on disk (fsync); concurrent appenders share one fsync
+// (group commit). If the journal cannot be written, Append fails and so does
+// the action: there is no decision without a record.
+//
+// Each entry carries its sequence number and a SHA-256 chain hash over the
+// previous entry's hash and the event's canonical bytes. Segments rotate by
+// size; the chain continues across them. A durable marker of the last
+// sequence number lets Verify tell a cut tail from a journal that simply
+// ended.
+//
+// The package refuses: rewriting or deleting entries (retention removes whole
+// segments only, after every forwarder has delivered them), and any field
+// that holds a secret value.
+package audit
