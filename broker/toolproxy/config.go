@@ -1,4 +1,4 @@
-package broker
+package toolproxy
 
 import "github.com/applianced/applianced/internal/conf"
 
