@@ -1,0 +1,622 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sentinel errors of the journal.
+var (
+	// ErrClosed is returned by Append after Close.
+	ErrClosed = errors.New("audit: journal is closed")
+	// ErrUnwritable means the journal could not make an entry durable; the
+	// caller's action must fail. It wraps the underlying I/O error.
+	ErrUnwritable = errors.New("audit: journal cannot be written")
+	// ErrDiskLimit is returned when the journal reached Options.MaxBytes and
+	// the policy is DiskFullBlock.
+	ErrDiskLimit = errors.New("audit: journal reached its size limit")
+	// ErrTruncated means the journal on disk ends before the last sequence
+	// number recorded as durable: entries were removed after they were written.
+	ErrTruncated = errors.New("audit: journal was truncated")
+)
+
+// Disk-full policies.
+const (
+	DiskFullBlock      = "block"       // new actions fail: fail closed (the default)
+	DiskFullDropOldest = "drop_oldest" // the oldest segment goes, with a high-severity event
+)
+
+// Options tune a journal. A nil *Options means the defaults.
+type Options struct {
+	// SegmentBytes is the size at which the journal starts a new segment
+	// file. Default 64 MiB.
+	SegmentBytes int64
+	// MaxBytes bounds the total size of all segments; 0 means only the file
+	// system bounds it. What happens at the bound is DiskFull.
+	MaxBytes int64
+	// DiskFull is DiskFullBlock (default) or DiskFullDropOldest. It applies
+	// when MaxBytes is reached or the file system is full.
+	DiskFull string
+	// Logger receives operational messages; never event contents.
+	Logger *slog.Logger
+	// Now is the clock for events without a time. Default time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) withDefaults() Options {
+	var out Options
+	if o != nil {
+		out = *o
+	}
+	if out.SegmentBytes <= 0 {
+		out.SegmentBytes = 64 << 20
+	}
+	if out.DiskFull == "" {
+		out.DiskFull = DiskFullBlock
+	}
+	if out.Logger == nil {
+		out.Logger = slog.Default()
+	}
+	if out.Now == nil {
+		out.Now = time.Now
+	}
+	return out
+}
+
+// Entry is one journal record: the event's canonical bytes and its place in
+// the chain. Hash = SHA-256(Prev || Canonical).
+type Entry struct {
+	Seq       uint64
+	Prev      [32]byte
+	Hash      [32]byte
+	Canonical []byte
+	Event     Event
+}
+
+// ChainHash returns the chain hash of an entry whose predecessor's hash is
+// prev (all zeros for the first entry of a journal).
+func ChainHash(prev [32]byte, canonical []byte) [32]byte {
+	h := sha256.New()
+	h.Write(prev[:])
+	h.Write(canonical)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// Journal is the append-only, hash-chained audit journal in one directory.
+// It is safe for concurrent use; concurrent Appends share fsyncs.
+type Journal struct {
+	dir  string
+	opts Options
+	mark *marker
+
+	reqs chan *appendReq
+	done chan struct{}
+
+	mu        sync.Mutex // guards the fields below
+	closed    bool
+	committed uint64   // last durable seq
+	lastHash  [32]byte // hash of entry `committed`
+	notify    chan struct{}
+	segments  []segment // sorted by first seq; the last one is written to
+	broken    error     // a failed fsync: nothing more is accepted
+
+	syncs atomic.Int64 // fsyncs of entries done, for the benchmark's report
+
+	// writer-owned
+	f       *os.File
+	size    int64
+	nextSeq uint64
+	prev    [32]byte
+}
+
+type segment struct {
+	first uint64
+	path  string
+	size  int64
+}
+
+type appendReq struct {
+	ev    *Event
+	canon []byte // encoded with seq 0; the writer puts the real seq in
+	seq   uint64
+	err   error
+	done  chan struct{}
+}
+
+const (
+	segPrefix   = "journal-"
+	segSuffix   = ".log"
+	headerMagic = "applianced-journal v1"
+)
+
+func segName(first uint64) string { return fmt.Sprintf("%s%020d%s", segPrefix, first, segSuffix) }
+
+// Open opens or creates the journal in dir (created 0700). It checks the last
+// segment's tail: a final line torn by a crash (never acknowledged) is cut
+// off; a journal that ends before its durable marker is refused with
+// ErrTruncated.
+func Open(dir string, opts *Options) (*Journal, error) {
+	o := opts.withDefaults()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("audit: creating journal dir: %w", err)
+	}
+	segs, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	mark, err := openMarker(filepath.Join(dir, "head"))
+	if err != nil {
+		return nil, err
+	}
+	j := &Journal{dir: dir, opts: o, mark: mark, reqs: make(chan *appendReq, 1024),
+		done: make(chan struct{}), notify: make(chan struct{}), nextSeq: 1}
+	if len(segs) == 0 {
+		if err := j.newSegment(1, [32]byte{}); err != nil {
+			mark.close()
+			return nil, err
+		}
+	} else {
+		last := segs[len(segs)-1]
+		lastSeq, lastHash, goodSize, err := scanTail(last)
+		if err != nil {
+			mark.close()
+			return nil, err
+		}
+		if m := mark.load(); m.seq > lastSeq {
+			mark.close()
+			return nil, fmt.Errorf("%w: %s ends at seq %d but seq %d was recorded as durable; entries %d..%d are missing (run `applianced audit verify`; move %s aside to start a new chain)",
+				ErrTruncated, last.path, lastSeq, m.seq, lastSeq+1, m.seq, dir)
+		}
+		f, err := os.OpenFile(last.path, os.O_RDWR, 0o600)
+		if err != nil {
+			mark.close()
+			return nil, fmt.Errorf("audit: opening journal segment: %w", err)
+		}
+		if goodSize != last.size {
+			o.Logger.Warn("audit: cutting a torn final line left by a crash", "segment", last.path, "bytes", last.size-goodSize)
+			if err := f.Truncate(goodSize); err != nil {
+				f.Close()
+				mark.close()
+				return nil, fmt.Errorf("audit: repairing torn tail: %w", err)
+			}
+			if err := unix.Fdatasync(int(f.Fd())); err != nil {
+				f.Close()
+				mark.close()
+				return nil, fmt.Errorf("audit: repairing torn tail: %w", err)
+			}
+			segs[len(segs)-1].size = goodSize
+		}
+		if _, err := f.Seek(goodSize, io.SeekStart); err != nil {
+			f.Close()
+			mark.close()
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		j.segments, j.f, j.size = segs, f, goodSize
+		j.nextSeq, j.prev = lastSeq+1, lastHash
+		j.committed, j.lastHash = lastSeq, lastHash
+	}
+	go j.writer()
+	return j, nil
+}
+
+// Dir returns the journal's directory.
+func (j *Journal) Dir() string { return j.dir }
+
+// LastSeq returns the last durable sequence number (0 for an empty journal).
+func (j *Journal) LastSeq() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.committed
+}
+
+// Append records e durably and returns its sequence number. It sets e.Seq,
+// and e.Time when zero. An error means nothing was recorded.
+func (j *Journal) Append(ctx context.Context, e *Event) (uint64, error) {
+	if e.Time.IsZero() {
+		e.Time = j.opts.Now().UTC()
+	}
+	e.Seq = 0
+	canon, err := e.Canonical()
+	if err != nil {
+		return 0, fmt.Errorf("audit: encoding event: %w", err)
+	}
+	r := &appendReq{ev: e, canon: canon, done: make(chan struct{})}
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return 0, ErrClosed
+	}
+	if j.broken != nil {
+		err := j.broken
+		j.mu.Unlock()
+		return 0, err
+	}
+	j.mu.Unlock()
+	select {
+	case j.reqs <- r:
+	case <-j.done:
+		return 0, ErrClosed
+	case <-ctx.Done():
+		return 0, fmt.Errorf("audit: %w", ctx.Err())
+	}
+	// Once queued, the entry may become durable; wait for the outcome even if
+	// ctx ends, so a caller never acts on an unrecorded decision or reports a
+	// recorded one as lost.
+	<-r.done
+	if r.err != nil {
+		return 0, r.err
+	}
+	e.Seq = r.seq
+	return r.seq, nil
+}
+
+// Close stops accepting appends, finishes those queued, and closes files.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return nil
+	}
+	j.closed = true
+	j.mu.Unlock()
+	close(j.reqs)
+	<-j.done
+	var errs []error
+	if j.f != nil {
+		errs = append(errs, j.f.Close())
+	}
+	errs = append(errs, j.mark.close())
+	return errors.Join(errs...)
+}
+
+// writer is the single goroutine that writes: it takes every request queued
+// while the previous fsync ran, writes them in one write, syncs once, and
+// acknowledges them all (group commit).
+func (j *Journal) writer() {
+	defer close(j.done)
+	batch := make([]*appendReq, 0, 256)
+	var buf bytes.Buffer
+	for {
+		r, ok := <-j.reqs
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], r)
+	drain:
+		for len(batch) < 4096 {
+			select {
+			case r, ok := <-j.reqs:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		j.commit(batch, &buf)
+	}
+}
+
+func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
+	fail := func(err error) {
+		for _, r := range batch {
+			r.err = err
+			close(r.done)
+		}
+	}
+	j.mu.Lock()
+	broken := j.broken
+	j.mu.Unlock()
+	if broken != nil {
+		fail(broken)
+		return
+	}
+	if err := j.makeRoom(); err != nil {
+		fail(err)
+		return
+	}
+	buf.Reset()
+	seq, prev := j.nextSeq, j.prev
+	for _, r := range batch {
+		r.canon = withSeq(r.canon, seq)
+		h := ChainHash(prev, r.canon)
+		var hexHash [64]byte
+		hex.Encode(hexHash[:], h[:])
+		buf.Write(hexHash[:])
+		buf.WriteByte(' ')
+		buf.Write(r.canon)
+		buf.WriteByte('\n')
+		r.seq, prev = seq, h
+		seq++
+	}
+	n, werr := j.f.Write(buf.Bytes())
+	if werr == nil {
+		werr = unix.Fdatasync(int(j.f.Fd()))
+		j.syncs.Add(1)
+		if werr != nil {
+			// After a failed fsync the page cache's state is unknown; accept
+			// nothing more until the journal is reopened.
+			err := fmt.Errorf("%w: fsync %s: %w", ErrUnwritable, j.f.Name(), werr)
+			j.mu.Lock()
+			j.broken = err
+			j.mu.Unlock()
+			j.opts.Logger.Error("audit: journal fsync failed; refusing further appends", "err", werr)
+			fail(err)
+			return
+		}
+	}
+	if werr != nil {
+		// Nothing of this batch may remain: cut back to where it started.
+		if n > 0 {
+			if terr := j.f.Truncate(j.size); terr != nil {
+				err := fmt.Errorf("%w: %w (and cutting the partial write failed: %w)", ErrUnwritable, werr, terr)
+				j.mu.Lock()
+				j.broken = err
+				j.mu.Unlock()
+				fail(err)
+				return
+			}
+		}
+		if _, err := j.f.Seek(j.size, io.SeekStart); err != nil {
+			j.mu.Lock()
+			j.broken = fmt.Errorf("%w: %w", ErrUnwritable, err)
+			j.mu.Unlock()
+		}
+		if errors.Is(werr, syscall.ENOSPC) && j.opts.DiskFull == DiskFullDropOldest && j.dropOldest() {
+			j.commit(batch, buf) // retry once there is room
+			return
+		}
+		fail(fmt.Errorf("%w: %w", ErrUnwritable, werr))
+		return
+	}
+	j.size += int64(n)
+	j.nextSeq, j.prev = seq, prev
+	j.mu.Lock()
+	j.committed, j.lastHash = seq-1, prev
+	j.segments[len(j.segments)-1].size = j.size
+	ch := j.notify
+	j.notify = make(chan struct{})
+	j.mu.Unlock()
+	close(ch)
+	j.mark.store(seq-1, prev)
+	for _, r := range batch {
+		close(r.done)
+	}
+	if j.size >= j.opts.SegmentBytes {
+		if err := j.newSegment(seq, prev); err != nil {
+			j.opts.Logger.Error("audit: starting a new segment", "err", err)
+		}
+	}
+}
+
+// makeRoom applies the size limit before a batch is written.
+func (j *Journal) makeRoom() error {
+	if j.opts.MaxBytes <= 0 {
+		return nil
+	}
+	for j.totalSize() >= j.opts.MaxBytes {
+		if j.opts.DiskFull != DiskFullDropOldest || !j.dropOldest() {
+			return fmt.Errorf("%w (%d bytes; policy %q)", ErrDiskLimit, j.opts.MaxBytes, j.opts.DiskFull)
+		}
+	}
+	return nil
+}
+
+func (j *Journal) totalSize() int64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var n int64
+	for _, s := range j.segments {
+		n += s.size
+	}
+	return n
+}
+
+// dropOldest removes the oldest segment (never the one being written) under
+// the drop_oldest policy and records that it did, in the next segment.
+func (j *Journal) dropOldest() bool {
+	j.mu.Lock()
+	if len(j.segments) < 2 {
+		j.mu.Unlock()
+		return false
+	}
+	old := j.segments[0]
+	j.segments = j.segments[1:]
+	j.mu.Unlock()
+	if err := os.Remove(old.path); err != nil {
+		j.opts.Logger.Error("audit: dropping oldest segment", "segment", old.path, "err", err)
+		return false
+	}
+	j.opts.Logger.Warn("audit: journal full; dropped the oldest segment (policy drop_oldest)",
+		"segment", old.path, "first_seq", old.first)
+	// The drop itself is recorded asynchronously: this runs inside the
+	// writer, which cannot wait for its own append.
+	go func() {
+		_, _ = j.Append(context.Background(), &Event{
+			Type: "audit.dropped", Severity: SeverityHigh, Action: "audit.retention", Outcome: OutcomeSuccess,
+			Reason:  "journal full; oldest segment dropped by policy drop_oldest",
+			Details: map[string]string{"first_seq": strconv.FormatUint(old.first, 10), "segment": filepath.Base(old.path)},
+		})
+	}()
+	return true
+}
+
+// withSeq replaces the leading `{"seq":0,` of an encoded event with the real
+// sequence number, so the canonical bytes equal json.Marshal of the event
+// with Seq set.
+func withSeq(canon []byte, seq uint64) []byte {
+	const zero = `{"seq":0,`
+	out := make([]byte, 0, len(canon)+20)
+	out = append(out, `{"seq":`...)
+	out = strconv.AppendUint(out, seq, 10)
+	out = append(out, ',')
+	return append(out, canon[len(zero):]...)
+}
+
+func (j *Journal) newSegment(first uint64, prev [32]byte) error {
+	path := filepath.Join(j.dir, segName(first))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: creating segment: %w", err)
+	}
+	hdr := fmt.Sprintf("%s first=%d prev=%s\n", headerMagic, first, hex.EncodeToString(prev[:]))
+	if _, err := f.WriteString(hdr); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("audit: writing segment header: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("audit: syncing segment header: %w", err)
+	}
+	if err := syncDir(j.dir); err != nil {
+		f.Close()
+		return err
+	}
+	if j.f != nil {
+		j.f.Close()
+	}
+	j.f, j.size = f, int64(len(hdr))
+	j.mu.Lock()
+	j.segments = append(j.segments, segment{first: first, path: path, size: j.size})
+	j.mu.Unlock()
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("audit: syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+func listSegments(dir string) ([]segment, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: reading journal dir: %w", err)
+	}
+	var segs []segment
+	for _, e := range ents {
+		name := e.Name()
+		if len(name) != len(segPrefix)+20+len(segSuffix) || name[:len(segPrefix)] != segPrefix {
+			continue
+		}
+		first, err := strconv.ParseUint(name[len(segPrefix):len(segPrefix)+20], 10, 64)
+		if err != nil {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		segs = append(segs, segment{first: first, path: filepath.Join(dir, name), size: info.Size()})
+	}
+	sort.Slice(segs, func(a, b int) bool { return segs[a].first < segs[b].first })
+	return segs, nil
+}
+
+// parseHeader reads a segment header line.
+func parseHeader(line []byte) (first uint64, prev [32]byte, err error) {
+	var prevHex string
+	if _, err := fmt.Sscanf(string(line), headerMagic+" first=%d prev=%64s", &first, &prevHex); err != nil {
+		return 0, prev, fmt.Errorf("bad segment header: %w", err)
+	}
+	b, err := hex.DecodeString(prevHex)
+	if err != nil || len(b) != 32 {
+		return 0, prev, errors.New("bad segment header: prev hash")
+	}
+	copy(prev[:], b)
+	return first, prev, nil
+}
+
+// parseLine splits an entry line (without its newline) into hash and
+// canonical bytes and reads the seq from the canonical bytes.
+func parseLine(line []byte) (hash [32]byte, canon []byte, seq uint64, err error) {
+	if len(line) < 66 || line[64] != ' ' {
+		return hash, nil, 0, errors.New("malformed entry")
+	}
+	if _, err := hex.Decode(hash[:], line[:64]); err != nil {
+		return hash, nil, 0, errors.New("malformed entry hash")
+	}
+	canon = line[65:]
+	const pre = `{"seq":`
+	if !bytes.HasPrefix(canon, []byte(pre)) {
+		return hash, nil, 0, errors.New("malformed entry: no seq")
+	}
+	rest := canon[len(pre):]
+	i := bytes.IndexByte(rest, ',')
+	if i <= 0 {
+		return hash, nil, 0, errors.New("malformed entry: no seq")
+	}
+	seq, err = strconv.ParseUint(string(rest[:i]), 10, 64)
+	if err != nil {
+		return hash, nil, 0, errors.New("malformed entry: bad seq")
+	}
+	return hash, canon, seq, nil
+}
+
+// scanTail reads the last segment and returns the last valid entry's seq and
+// hash and the size up to it. It accepts only a torn last line as damage;
+// anything else wrong is left to Verify.
+func scanTail(s segment) (lastSeq uint64, lastHash [32]byte, goodSize int64, err error) {
+	f, err := os.Open(s.path)
+	if err != nil {
+		return 0, lastHash, 0, fmt.Errorf("audit: %w", err)
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 1<<20)
+	hdr, err := br.ReadBytes('\n')
+	if err != nil {
+		return 0, lastHash, 0, fmt.Errorf("audit: %s: segment header missing (a crash while creating it?): remove the empty segment file if it has no entries", s.path)
+	}
+	first, prev, err := parseHeader(bytes.TrimSuffix(hdr, []byte("\n")))
+	if err != nil {
+		return 0, lastHash, 0, fmt.Errorf("audit: %s: %w", s.path, err)
+	}
+	lastSeq, lastHash, goodSize = first-1, prev, int64(len(hdr))
+	for {
+		line, err := br.ReadBytes('\n')
+		if err == io.EOF {
+			return lastSeq, lastHash, goodSize, nil // a line without newline is torn
+		}
+		if err != nil {
+			return 0, lastHash, 0, fmt.Errorf("audit: reading %s: %w", s.path, err)
+		}
+		h, canon, seq, perr := parseLine(line[:len(line)-1])
+		if perr != nil || seq != lastSeq+1 || ChainHash(lastHash, canon) != h {
+			// Only a torn tail may be repaired: the bad line must be the last.
+			if _, err := br.Peek(1); err == io.EOF {
+				return lastSeq, lastHash, goodSize, nil
+			}
+			return 0, lastHash, 0, fmt.Errorf("audit: %s: entry after seq %d is damaged (run `applianced audit verify`)", s.path, lastSeq)
+		}
+		lastSeq, lastHash = seq, h
+		goodSize += int64(len(line))
+	}
+}

@@ -1,0 +1,46 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// BenchmarkDurableAppend measures durable appends per second with 1, 8 and
+// 64 concurrent appenders, and how many fsyncs group commit needed.
+func BenchmarkDurableAppend(b *testing.B) {
+	for _, appenders := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("appenders=%d", appenders), func(b *testing.B) {
+			j, err := Open(b.TempDir(), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer j.Close()
+			var next atomic.Int64
+			var g errgroup.Group
+			b.ResetTimer()
+			start := time.Now()
+			startSyncs := j.syncs.Load()
+			for w := 0; w < appenders; w++ {
+				g.Go(func() error {
+					for next.Add(1) <= int64(b.N) {
+						if _, err := j.Append(context.Background(), testEvent(1)); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			}
+			if err := g.Wait(); err != nil {
+				b.Fatal(err)
+			}
+			el := time.Since(start).Seconds()
+			b.ReportMetric(float64(b.N)/el, "events/s")
+			b.ReportMetric(float64(j.syncs.Load()-startSyncs)/el, "fsyncs/s")
+		})
+	}
+}

@@ -1,0 +1,438 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func openTest(t *testing.T, dir string, o *Options) *Journal {
+	t.Helper()
+	j, err := Open(dir, o)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", dir, err)
+	}
+	t.Cleanup(func() { j.Close() })
+	return j
+}
+
+func testEvent(i int) *Event {
+	return &Event{Type: "test.event", Action: "append", Outcome: OutcomeSuccess,
+		Details: map[string]string{"i": strconv.Itoa(i)}}
+}
+
+func mustVerify(t *testing.T, dir string) *Report {
+	t.Helper()
+	rep, err := VerifyDir(dir)
+	if err != nil {
+		t.Fatalf("VerifyDir: %v", err)
+	}
+	return rep
+}
+
+func TestConcurrentAppendsAreContiguousAndVerify(t *testing.T) {
+	dir := t.TempDir()
+	// Small segments so the chain is checked across many rotations.
+	j := openTest(t, dir, &Options{SegmentBytes: 512 << 10})
+	const workers, per = 16, 10000
+	seen := make([][]uint64, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				seq, err := j.Append(context.Background(), testEvent(i))
+				if err != nil {
+					t.Errorf("Append: %v", err)
+					return
+				}
+				seen[w] = append(seen[w], seq)
+			}
+		}(w)
+	}
+	wg.Wait()
+	got := make([]bool, workers*per+1)
+	for _, s := range seen {
+		for _, seq := range s {
+			if seq == 0 || seq > workers*per || got[seq] {
+				t.Fatalf("seq %d returned twice or out of range", seq)
+			}
+			got[seq] = true
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep := mustVerify(t, dir)
+	if !rep.OK() || rep.Last != workers*per || rep.Entries != workers*per {
+		t.Fatalf("verify: got last=%d entries=%d problems=%v, want last=entries=%d and no problems", rep.Last, rep.Entries, rep.Problems, workers*per)
+	}
+	if segs, _ := listSegments(dir); len(segs) < 3 {
+		t.Fatalf("got %d segments, want rotation to have made several", len(segs))
+	}
+}
+
+func TestReopenContinuesChain(t *testing.T) {
+	dir := t.TempDir()
+	for round := 0; round < 3; round++ {
+		j, err := Open(dir, &Options{SegmentBytes: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 50; i++ {
+			if _, err := j.Append(context.Background(), testEvent(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		j.Close()
+	}
+	rep := mustVerify(t, dir)
+	if !rep.OK() || rep.Last != 150 {
+		t.Fatalf("got last=%d problems=%v, want 150 and none", rep.Last, rep.Problems)
+	}
+}
+
+func TestReaderSeesEntriesInOrderAndWaits(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, &Options{SegmentBytes: 2048})
+	for i := 0; i < 30; i++ {
+		j.Append(context.Background(), testEvent(i))
+	}
+	r, err := j.Reader(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		for i := 30; i < 40; i++ {
+			j.Append(context.Background(), testEvent(i))
+		}
+	}()
+	var prev [32]byte
+	for want := uint64(10); want <= 40; want++ {
+		e, err := r.Next(ctx)
+		if err != nil {
+			t.Fatalf("Next at %d: %v", want, err)
+		}
+		if e.Seq != want || e.Event.Seq != want {
+			t.Fatalf("got seq %d, want %d", e.Seq, want)
+		}
+		if ChainHash(e.Prev, e.Canonical) != e.Hash {
+			t.Fatalf("seq %d: entry hash does not match its prev and bytes", e.Seq)
+		}
+		if want > 10 && e.Prev != prev {
+			t.Fatalf("seq %d: prev is not the hash of the entry before", e.Seq)
+		}
+		prev = e.Hash
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if _, err := r.Next(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Next past the end: got %v, want the context's deadline", err)
+	}
+}
+
+func TestPruneKeepsUndeliveredSegments(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, &Options{SegmentBytes: 2048})
+	for i := 0; i < 100; i++ {
+		j.Append(context.Background(), testEvent(i))
+	}
+	segs := j.Segments()
+	if len(segs) < 4 {
+		t.Fatalf("want several segments, got %d", len(segs))
+	}
+	upTo := segs[2].Last
+	n, err := j.Prune(upTo, nil)
+	if err != nil || n != 3 {
+		t.Fatalf("Prune(%d): removed %d, err %v; want 3", upTo, n, err)
+	}
+	if got := j.Segments()[0].First; got != upTo+1 {
+		t.Fatalf("oldest kept starts at %d, want %d", got, upTo+1)
+	}
+	if _, err := j.Reader(1); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := j.Reader(1)
+	if _, err := r.Next(context.Background()); !errors.Is(err, ErrPruned) {
+		t.Fatalf("reading a pruned seq: got %v, want ErrPruned", err)
+	}
+	j.Close()
+	rep := mustVerify(t, dir)
+	if !rep.OK() || rep.First != upTo+1 || rep.Last != 100 {
+		t.Fatalf("after prune: first=%d last=%d problems=%v", rep.First, rep.Last, rep.Problems)
+	}
+}
+
+// tamperCase changes a closed journal of 20 entries and names the seq that
+// verification must report.
+func TestVerifyNamesTheFirstBadSeq(t *testing.T) {
+	cases := []struct {
+		name    string
+		tamper  func(t *testing.T, lines [][]byte) [][]byte
+		wantSeq uint64
+	}{
+		{"flip one byte", func(t *testing.T, l [][]byte) [][]byte {
+			i := bytes.Index(l[7], []byte(`"append"`))
+			l[7][i+1] = 'A'
+			return l
+		}, 7},
+		{"delete one entry", func(t *testing.T, l [][]byte) [][]byte { return append(l[:12], l[13:]...) }, 12},
+		{"swap two entries", func(t *testing.T, l [][]byte) [][]byte { l[5], l[6] = l[6], l[5]; return l }, 5},
+		{"truncate the tail", func(t *testing.T, l [][]byte) [][]byte { return l[:18] }, 18},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			j := openTest(t, dir, nil)
+			for i := 0; i < 20; i++ {
+				if _, err := j.Append(context.Background(), testEvent(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			j.Close()
+			if rep := mustVerify(t, dir); !rep.OK() {
+				t.Fatalf("untouched journal: %v", rep.Problems)
+			}
+			seg := filepath.Join(dir, segName(1))
+			data, err := os.ReadFile(seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// lines[0] is the header, lines[i] is seq i.
+			lines := bytes.SplitAfter(data, []byte("\n"))
+			lines = lines[:len(lines)-1]
+			lines = tc.tamper(t, lines)
+			if err := os.WriteFile(seg, bytes.Join(lines, nil), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			rep := mustVerify(t, dir)
+			if rep.OK() {
+				t.Fatal("verify passed a tampered journal")
+			}
+			if got := rep.Problems[0].Seq; got != tc.wantSeq {
+				t.Fatalf("got first bad seq %d (%s), want %d", got, rep.Problems[0].Reason, tc.wantSeq)
+			}
+		})
+	}
+}
+
+func TestOpenRefusesACutTail(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, nil)
+	for i := 0; i < 10; i++ {
+		j.Append(context.Background(), testEvent(i))
+	}
+	j.Close()
+	seg := filepath.Join(dir, segName(1))
+	data, _ := os.ReadFile(seg)
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	os.WriteFile(seg, bytes.Join(lines[:8], nil), 0o600) // header + seq 1..7
+	if _, err := Open(dir, nil); !errors.Is(err, ErrTruncated) {
+		t.Fatalf("Open of a journal cut after its marker: got %v, want ErrTruncated", err)
+	}
+}
+
+func TestTornFinalLineIsRepairedOnOpen(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, nil)
+	for i := 0; i < 5; i++ {
+		j.Append(context.Background(), testEvent(i))
+	}
+	j.Close()
+	seg := filepath.Join(dir, segName(1))
+	f, _ := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString(`0123abcd {"seq":6,"ti`) // a crash mid-write: never acknowledged
+	f.Close()
+	j2 := openTest(t, dir, nil)
+	seq, err := j2.Append(context.Background(), testEvent(6))
+	if err != nil || seq != 6 {
+		t.Fatalf("append after repair: seq %d err %v, want 6", seq, err)
+	}
+	j2.Close()
+	if rep := mustVerify(t, dir); !rep.OK() || rep.Last != 6 {
+		t.Fatalf("after repair: last %d problems %v", rep.Last, rep.Problems)
+	}
+}
+
+// The crash test re-executes the test binary as a child that appends as fast
+// as it can and prints each acknowledged seq; the parent kills it with
+// SIGKILL at random points.
+const crashChildEnv = "APPLIANCED_AUDIT_CRASH_CHILD"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(crashChildEnv); dir != "" {
+		crashChild(dir)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func crashChild(dir string) {
+	j, err := Open(dir, &Options{SegmentBytes: 256 << 10})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child open:", err)
+		os.Exit(3)
+	}
+	out := bufio.NewWriter(os.Stdout)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				seq, err := j.Append(context.Background(), testEvent(0))
+				if err != nil {
+					os.Exit(4)
+				}
+				mu.Lock()
+				fmt.Fprintln(out, seq)
+				out.Flush()
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestAcknowledgedAppendsSurviveSIGKILL(t *testing.T) {
+	dir := t.TempDir()
+	acked := map[uint64]bool{}
+	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
+	for round := 0; round < 20; round++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lines := make(chan uint64, 1<<16)
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				if n, err := strconv.ParseUint(strings.TrimSpace(sc.Text()), 10, 64); err == nil {
+					lines <- n
+				}
+			}
+			close(lines)
+		}()
+		// Let it write for a random while, at least until it has acknowledged something.
+		first, ok := <-lines
+		if !ok {
+			cmd.Wait()
+			t.Fatalf("round %d: child acknowledged nothing: %s", round, stderr.String())
+		}
+		acked[first] = true
+		time.Sleep(time.Duration(rng.IntN(40)) * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGKILL)
+		for n := range lines {
+			acked[n] = true
+		}
+		cmd.Wait()
+	}
+	rep := mustVerify(t, dir)
+	if !rep.OK() {
+		t.Fatalf("verify after 20 kills: %v", rep.Problems)
+	}
+	for seq := range acked {
+		if seq > rep.Last {
+			t.Fatalf("seq %d was acknowledged but the journal ends at %d", seq, rep.Last)
+		}
+	}
+	j := openTest(t, dir, nil)
+	if _, err := j.Append(context.Background(), testEvent(0)); err != nil {
+		t.Fatalf("append after the crashes: %v", err)
+	}
+	t.Logf("%d acknowledged appends across 20 kills; journal holds %d", len(acked), rep.Last)
+}
+
+func TestFullDiskFailsClosedAndLeavesNothingHalfWritten(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs (capability CAP_SYS_ADMIN absent)")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v)", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	j := openTest(t, dir, nil)
+	big := strings.Repeat("x", 2000)
+	var lastOK uint64
+	var appendErr error
+	for i := 0; i < 1000; i++ {
+		ev := testEvent(i)
+		ev.Details["pad"] = big
+		seq, err := j.Append(context.Background(), ev)
+		if err != nil {
+			appendErr = err
+			break
+		}
+		lastOK = seq
+	}
+	if !errors.Is(appendErr, ErrUnwritable) || !errors.Is(appendErr, syscall.ENOSPC) {
+		t.Fatalf("append on a full disk: got %v, want ErrUnwritable wrapping ENOSPC", appendErr)
+	}
+	// While the disk stays full, a large append keeps failing rather than
+	// being half-written.
+	ev := testEvent(0)
+	ev.Details["pad"] = strings.Repeat("y", 60000)
+	if _, err := j.Append(context.Background(), ev); !errors.Is(err, ErrUnwritable) {
+		t.Fatalf("second append on a full disk: got %v, want ErrUnwritable", err)
+	}
+	j.Close()
+	rep := mustVerify(t, dir)
+	if !rep.OK() {
+		t.Fatalf("verify after disk full: %v", rep.Problems)
+	}
+	if rep.Last < lastOK {
+		t.Fatalf("journal ends at %d, but %d was acknowledged", rep.Last, lastOK)
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, segName(1)))
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		t.Fatal("a partial entry remained after the failed append")
+	}
+}
+
+func TestDropOldestPolicyMakesRoom(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, &Options{SegmentBytes: 4096, MaxBytes: 16384, DiskFull: DiskFullDropOldest})
+	for i := 0; i < 300; i++ {
+		if _, err := j.Append(context.Background(), testEvent(i)); err != nil {
+			t.Fatalf("append %d under drop_oldest: %v", i, err)
+		}
+	}
+	segs := j.Segments()
+	if segs[0].First == 1 {
+		t.Fatal("oldest segment was not dropped")
+	}
+	blockDir := t.TempDir()
+	jb := openTest(t, blockDir, &Options{SegmentBytes: 4096, MaxBytes: 16384})
+	var err error
+	for i := 0; i < 300 && err == nil; i++ {
+		_, err = jb.Append(context.Background(), testEvent(i))
+	}
+	if !errors.Is(err, ErrDiskLimit) {
+		t.Fatalf("block policy at the limit: got %v, want ErrDiskLimit", err)
+	}
+}

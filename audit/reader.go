@@ -1,0 +1,198 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// ErrPruned is returned when a Reader is asked for entries that retention
+// already removed.
+var ErrPruned = errors.New("audit: entries were removed by retention")
+
+// Reader reads durable entries in seq order, waiting for new ones. Forwarders
+// (syslog, Wazuh) each keep their own Reader and cursor.
+type Reader struct {
+	j    *Journal
+	next uint64
+	f    *os.File
+	br   *bufio.Reader
+	prev [32]byte
+}
+
+// Reader returns a reader positioned at the first entry with seq >= from
+// (from 0 or 1 means the oldest entry kept).
+func (j *Journal) Reader(from uint64) (*Reader, error) {
+	if from == 0 {
+		from = 1
+	}
+	return &Reader{j: j, next: from}, nil
+}
+
+// Next returns the next durable entry, waiting until one exists or ctx ends.
+func (r *Reader) Next(ctx context.Context) (Entry, error) {
+	for {
+		r.j.mu.Lock()
+		committed, ch, closed := r.j.committed, r.j.notify, r.j.closed
+		r.j.mu.Unlock()
+		if r.next > committed {
+			if closed {
+				return Entry{}, ErrClosed
+			}
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return Entry{}, ctx.Err()
+			case <-time.After(time.Second): // Close does not signal; poll for it
+				continue
+			}
+		}
+		if r.br == nil {
+			if err := r.open(); err != nil {
+				return Entry{}, err
+			}
+		}
+		line, err := r.br.ReadBytes('\n')
+		if err == io.EOF && len(line) == 0 {
+			// This segment is done; the entry is in the next one.
+			r.f.Close()
+			r.f, r.br = nil, nil
+			continue
+		}
+		if err != nil {
+			return Entry{}, fmt.Errorf("audit: reading journal at seq %d: %w", r.next, err)
+		}
+		h, canon, seq, err := parseLine(line[:len(line)-1])
+		if err != nil {
+			return Entry{}, fmt.Errorf("audit: journal entry %d: %w", r.next, err)
+		}
+		if seq < r.next {
+			r.prev = h
+			continue
+		}
+		if seq != r.next {
+			return Entry{}, fmt.Errorf("audit: journal entry %d: found seq %d", r.next, seq)
+		}
+		e := Entry{Seq: seq, Prev: r.prev, Hash: h, Canonical: canon}
+		if err := json.Unmarshal(canon, &e.Event); err != nil {
+			return Entry{}, fmt.Errorf("audit: journal entry %d: %w", seq, err)
+		}
+		r.prev = h
+		r.next++
+		return e, nil
+	}
+}
+
+// open opens the segment holding r.next and skips to just before it.
+func (r *Reader) open() error {
+	r.j.mu.Lock()
+	segs := append([]segment(nil), r.j.segments...)
+	r.j.mu.Unlock()
+	idx := -1
+	for i, s := range segs {
+		if s.first <= r.next {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		if len(segs) > 0 {
+			return fmt.Errorf("%w: seq %d is before the oldest kept (%d)", ErrPruned, r.next, segs[0].first)
+		}
+		return fmt.Errorf("audit: journal has no segments")
+	}
+	f, err := os.Open(segs[idx].path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return fmt.Errorf("%w: seq %d", ErrPruned, r.next)
+		}
+		return fmt.Errorf("audit: %w", err)
+	}
+	br := bufio.NewReaderSize(f, 256<<10)
+	hdr, err := br.ReadBytes('\n')
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("audit: %s: reading header: %w", segs[idx].path, err)
+	}
+	_, prev, err := parseHeader(hdr[:len(hdr)-1])
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("audit: %s: %w", segs[idx].path, err)
+	}
+	r.f, r.br, r.prev = f, br, prev
+	return nil
+}
+
+// Close releases the reader's file.
+func (r *Reader) Close() error {
+	if r.f != nil {
+		err := r.f.Close()
+		r.f, r.br = nil, nil
+		return err
+	}
+	return nil
+}
+
+// SegmentInfo describes one segment file, for retention decisions.
+type SegmentInfo struct {
+	First   uint64    // seq of its first entry
+	Last    uint64    // seq of its last entry (First-1 when empty)
+	Bytes   int64     // size on disk
+	Path    string    // file path
+	ModTime time.Time // time of its last write
+}
+
+// Segments lists the journal's segments, oldest first. The last one is the
+// one being written.
+func (j *Journal) Segments() []SegmentInfo {
+	j.mu.Lock()
+	segs := append([]segment(nil), j.segments...)
+	committed := j.committed
+	j.mu.Unlock()
+	out := make([]SegmentInfo, len(segs))
+	for i, s := range segs {
+		last := committed
+		if i+1 < len(segs) {
+			last = segs[i+1].first - 1
+		}
+		var mt time.Time
+		if st, err := os.Stat(s.path); err == nil {
+			mt = st.ModTime()
+		}
+		out[i] = SegmentInfo{First: s.first, Last: last, Bytes: s.size, Path: s.path, ModTime: mt}
+	}
+	return out
+}
+
+// Prune removes, oldest first, whole segments whose every entry has
+// seq <= deliveredUpTo and for which remove returns true (nil removes every
+// delivered one). The segment being written is never removed.
+func (j *Journal) Prune(deliveredUpTo uint64, remove func(SegmentInfo) bool) (int, error) {
+	n := 0
+	for {
+		segs := j.Segments()
+		if len(segs) < 2 {
+			return n, nil
+		}
+		s := segs[0]
+		if s.Last > deliveredUpTo || (remove != nil && !remove(s)) {
+			return n, nil
+		}
+		j.mu.Lock()
+		if len(j.segments) < 2 || j.segments[0].path != s.Path {
+			j.mu.Unlock()
+			continue
+		}
+		j.segments = j.segments[1:]
+		j.mu.Unlock()
+		if err := os.Remove(s.Path); err != nil && !os.IsNotExist(err) {
+			return n, fmt.Errorf("audit: pruning %s: %w", s.Path, err)
+		}
+		n++
+	}
+}

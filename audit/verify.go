@@ -1,0 +1,146 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// Problem is one thing Verify found wrong, at the first seq it concerns.
+type Problem struct {
+	Seq    uint64 `json:"seq"`
+	File   string `json:"file,omitempty"`
+	Reason string `json:"reason"`
+}
+
+func (p Problem) String() string {
+	if p.File != "" {
+		return fmt.Sprintf("seq %d (%s): %s", p.Seq, p.File, p.Reason)
+	}
+	return fmt.Sprintf("seq %d: %s", p.Seq, p.Reason)
+}
+
+// Report is the result of verifying a journal.
+type Report struct {
+	First    uint64    `json:"first"`    // first seq present
+	Last     uint64    `json:"last"`     // last seq present and valid
+	Entries  uint64    `json:"entries"`  // entries checked
+	Marker   uint64    `json:"marker"`   // last seq recorded as durable
+	Problems []Problem `json:"problems"` // empty when the journal is intact
+}
+
+// OK reports whether the journal verified with no problem.
+func (r *Report) OK() bool { return len(r.Problems) == 0 }
+
+// VerifyDir checks the journal in dir: every entry's hash against its
+// predecessor's, contiguous seq numbers within and across segments, and the
+// durable marker against the last entry (a cut tail). It stops at the first
+// break in a segment and names its seq; an error means dir could not be read
+// at all.
+func VerifyDir(dir string) (*Report, error) {
+	segs, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Problems: []Problem{}}
+	if m, ok := readMarkerFile(filepath.Join(dir, "head")); ok {
+		rep.Marker = m.seq
+	}
+	if len(segs) == 0 {
+		if rep.Marker > 0 {
+			rep.Problems = append(rep.Problems, Problem{Seq: 1, Reason: fmt.Sprintf("journal is empty but seq %d was recorded as durable", rep.Marker)})
+		}
+		return rep, nil
+	}
+	var (
+		expect uint64
+		prev   [32]byte
+		have   bool
+	)
+	for i, s := range segs {
+		name := filepath.Base(s.path)
+		f, err := os.Open(s.path)
+		if err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		br := bufio.NewReaderSize(f, 1<<20)
+		hdr, err := br.ReadBytes('\n')
+		if err != nil {
+			f.Close()
+			rep.Problems = append(rep.Problems, Problem{Seq: s.first, File: name, Reason: "segment header missing"})
+			return rep, nil
+		}
+		first, hprev, err := parseHeader(bytes.TrimSuffix(hdr, []byte("\n")))
+		if err != nil || first != s.first {
+			f.Close()
+			rep.Problems = append(rep.Problems, Problem{Seq: s.first, File: name, Reason: "segment header does not match its file name"})
+			return rep, nil
+		}
+		if !have {
+			rep.First, expect, prev, have = first, first, hprev, true
+		} else {
+			if first != expect {
+				f.Close()
+				rep.Problems = append(rep.Problems, Problem{Seq: expect, File: name,
+					Reason: fmt.Sprintf("entries %d..%d missing between segments", expect, first-1)})
+				return rep, nil
+			}
+			if hprev != prev {
+				f.Close()
+				rep.Problems = append(rep.Problems, Problem{Seq: first, File: name, Reason: "segment does not continue the chain of the one before"})
+				return rep, nil
+			}
+		}
+		p := verifySegment(br, name, &expect, &prev, rep, i == len(segs)-1)
+		f.Close()
+		if p != nil {
+			rep.Problems = append(rep.Problems, *p)
+			return rep, nil
+		}
+	}
+	if rep.Marker > rep.Last {
+		rep.Problems = append(rep.Problems, Problem{Seq: rep.Last + 1,
+			Reason: fmt.Sprintf("journal ends at seq %d but seq %d was recorded as durable: the tail was cut (entries %d..%d missing)", rep.Last, rep.Marker, rep.Last+1, rep.Marker)})
+	}
+	return rep, nil
+}
+
+func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte, rep *Report, last bool) *Problem {
+	for {
+		line, err := br.ReadBytes('\n')
+		if err == io.EOF {
+			if len(line) > 0 {
+				if last {
+					return nil // an unfinished final line was never acknowledged
+				}
+				return &Problem{Seq: *expect, File: name, Reason: "entry not terminated"}
+			}
+			return nil
+		}
+		if err != nil {
+			return &Problem{Seq: *expect, File: name, Reason: err.Error()}
+		}
+		h, canon, seq, err := parseLine(line[:len(line)-1])
+		if err != nil {
+			return &Problem{Seq: *expect, File: name, Reason: err.Error()}
+		}
+		if seq != *expect {
+			return &Problem{Seq: *expect, File: name,
+				Reason: fmt.Sprintf("found seq %d where %d belongs: an entry was removed or reordered", seq, *expect)}
+		}
+		if ChainHash(*prev, canon) != h {
+			return &Problem{Seq: seq, File: name, Reason: "hash does not match: the entry or its predecessor was changed"}
+		}
+		var ev Event
+		if err := json.Unmarshal(canon, &ev); err != nil || ev.Seq != seq {
+			return &Problem{Seq: seq, File: name, Reason: "entry is not a valid event"}
+		}
+		*prev = h
+		rep.Last, rep.Entries = seq, rep.Entries+1
+		*expect = seq + 1
+	}
+}
