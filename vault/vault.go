@@ -1,0 +1,335 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// Sentinel errors. Callers branch on these with errors.Is.
+var (
+	// ErrSealed means the master key does not open the keyring.
+	ErrSealed = errors.New("vault is sealed: master key does not open the keyring")
+	// ErrNotFound means no secret (or system key) has that name.
+	ErrNotFound = errors.New("no such secret")
+	// ErrInvalid means the caller's input was refused (name, type, value).
+	ErrInvalid = errors.New("invalid input")
+	// ErrDenied means the tool is not in the secret's allowed_tools.
+	ErrDenied = errors.New("tool not allowed to use this secret")
+	// ErrCorrupt means the database or a record in it is damaged.
+	ErrCorrupt = errors.New("vault database is corrupted")
+	// ErrClosed means the vault was closed.
+	ErrClosed = errors.New("vault is closed")
+	// ErrAudit means the audit journal refused the event, so the operation
+	// was not done.
+	ErrAudit = errors.New("audit journal unavailable")
+)
+
+// Options are the dependencies of Open. Audit is required.
+type Options struct {
+	// Audit records every operation before it answers; a failed Append
+	// fails the operation.
+	Audit audit.Appender
+	// Logger gets operational messages (never a value). Nil means
+	// slog.Default().
+	Logger *slog.Logger
+	// KeySource says where the master key came from, for Status (the
+	// source returned by LoadMasterKey).
+	KeySource string
+	// MaxBatchDelay is how long a write waits for others to share its
+	// commit (bbolt's batching). Zero means 200µs.
+	MaxBatchDelay time.Duration
+}
+
+// Bucket names.
+var (
+	bucketMeta    = []byte("meta")
+	bucketSecrets = []byte("secrets")
+	bucketSystem  = []byte("system")
+
+	keyFormat   = []byte("format")
+	keyKeyring  = []byte("keyring")
+	keyKeyCheck = []byte("key_check")
+	formatV1    = []byte("applianced-vault-1")
+)
+
+// Namespaces bound into the additional data.
+const (
+	nsSecret = 's'
+	nsSystem = 'k'
+)
+
+// Vault is an open secrets database. It is safe for concurrent use.
+type Vault struct {
+	path      string
+	cfg       Config
+	log       *slog.Logger
+	audit     audit.Appender
+	keySource string
+	delay     time.Duration
+
+	names [256]sync.Mutex // serializes writers of one name (by hash)
+
+	mu     sync.RWMutex // guards the fields below; held shared by every operation
+	db     *bolt.DB
+	kr     *keyring
+	master []byte
+	closed bool
+}
+
+// Open opens (or creates) the vault database at path with the master key.
+// A new database gets a keyring with one term, sealed by masterKey. An
+// existing one is unsealed: a key that does not open it gives ErrSealed and
+// nothing is written. A damaged file gives an error wrapping ErrCorrupt that
+// names it. Open copies masterKey; the caller may clear its own copy.
+func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *Options) (*Vault, error) {
+	if opts == nil || opts.Audit == nil {
+		return nil, errors.New("vault: Options.Audit is required: every operation is audited")
+	}
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("vault: config: %w", errs[0])
+	}
+	if len(masterKey) != MasterKeySize {
+		return nil, fmt.Errorf("vault: master key is %d bytes: want %d", len(masterKey), MasterKeySize)
+	}
+	v := &Vault{
+		path:      path,
+		cfg:       cfg,
+		log:       opts.Logger,
+		audit:     opts.Audit,
+		keySource: opts.KeySource,
+		delay:     opts.MaxBatchDelay,
+		master:    bytes.Clone(masterKey),
+	}
+	if v.log == nil {
+		v.log = slog.Default()
+	}
+	if v.delay <= 0 {
+		v.delay = 200 * time.Microsecond
+	}
+	db, kr, err := openDB(path, v.master, true, v.delay)
+	if err != nil {
+		clear(v.master)
+		if errors.Is(err, ErrSealed) {
+			v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Severity: audit.SeverityHigh,
+				Target: path, Outcome: audit.OutcomeFailure, Reason: ErrSealed.Error(),
+				Details: map[string]string{"key_source": v.keySource}})
+		}
+		return nil, err
+	}
+	v.db, v.kr = db, kr
+	if err := v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Target: path, Outcome: audit.OutcomeSuccess,
+		Details: map[string]string{"key_source": v.keySource, "term": fmt.Sprint(kr.active)}}); err != nil {
+		v.Close()
+		return nil, err
+	}
+	v.log.Info("vault: unsealed", "path", path, "key_source", v.keySource, "term", kr.active)
+	return v, nil
+}
+
+// openDB opens the bbolt file, checks it, and unseals (or, when create is
+// set and the file is new, initializes) the keyring.
+func openDB(path string, master []byte, create bool, delay time.Duration) (db *bolt.DB, kr *keyring, err error) {
+	if create {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, nil, fmt.Errorf("vault: creating the state directory: %w", err)
+		}
+	}
+	st, err := os.Stat(path)
+	switch {
+	case err == nil:
+		if !st.Mode().IsRegular() {
+			return nil, nil, fmt.Errorf("vault: %s is not a regular file", path)
+		}
+		if perm := st.Mode().Perm(); perm&0o077 != 0 {
+			return nil, nil, fmt.Errorf("vault: database %s has mode %04o: want 0600 (run `chmod 0600 %s`)", path, perm, path)
+		}
+	case errors.Is(err, fs.ErrNotExist) && create:
+	default:
+		return nil, nil, fmt.Errorf("vault: %w", err)
+	}
+	defer func() {
+		// bbolt panics on some damaged pages; a damaged file is an error.
+		if p := recover(); p != nil {
+			if db != nil {
+				_ = db.Close()
+			}
+			db, kr, err = nil, nil, fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, p)
+		}
+	}()
+	bopts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: !create}
+	db, err = bolt.Open(path, 0o600, bopts)
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, nil, fmt.Errorf("vault: database %s is locked by another process (is applianced already running?)", path)
+		}
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			return nil, nil, fmt.Errorf("vault: %w", err)
+		}
+		return nil, nil, fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err)
+	}
+	db.MaxBatchDelay = delay
+	fail := func(e error) (*bolt.DB, *keyring, error) {
+		_ = db.Close()
+		return nil, nil, e
+	}
+	if err := checkDB(db); err != nil {
+		return fail(fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err))
+	}
+	var sealed, check []byte
+	var fresh bool
+	err = db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			empty := true
+			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			if !empty {
+				return errors.New("it has no vault metadata (not a vault database?)")
+			}
+			fresh = true
+			return nil
+		}
+		if f := meta.Get(keyFormat); !bytes.Equal(f, formatV1) {
+			return fmt.Errorf("unknown format %q", f)
+		}
+		if tx.Bucket(bucketSecrets) == nil || tx.Bucket(bucketSystem) == nil {
+			return errors.New("a bucket is missing")
+		}
+		sealed = bytes.Clone(meta.Get(keyKeyring))
+		check = bytes.Clone(meta.Get(keyKeyCheck))
+		return nil
+	})
+	if err != nil {
+		return fail(fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err))
+	}
+	if fresh {
+		if !create {
+			return fail(fmt.Errorf("vault: database %s: %w: it is empty", path, ErrCorrupt))
+		}
+		kr, err = initDB(db, master)
+		if err != nil {
+			return fail(fmt.Errorf("vault: initializing %s: %w", path, err))
+		}
+		return db, kr, nil
+	}
+	kr, err = openKeyring(master, sealed)
+	if err != nil {
+		if !hmac.Equal(check, keyCheck(master)) {
+			return fail(fmt.Errorf("vault: %s: %w", path, ErrSealed))
+		}
+		return fail(fmt.Errorf("vault: database %s: %w: the master key is right but the keyring does not open: %v", path, ErrCorrupt, err))
+	}
+	return db, kr, nil
+}
+
+// checkDB runs bbolt's consistency check over the whole file.
+func checkDB(db *bolt.DB) error {
+	return db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+			if len(errs) >= 5 {
+				break
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// initDB writes the buckets and a new sealed keyring into an empty database.
+func initDB(db *bolt.DB, master []byte) (*keyring, error) {
+	kr, err := newKeyring(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := sealKeyring(master, kr)
+	if err != nil {
+		kr.wipe()
+		return nil, err
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucket(bucketMeta)
+		if err != nil {
+			return err
+		}
+		for _, b := range [][]byte{bucketSecrets, bucketSystem} {
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		if err := meta.Put(keyFormat, formatV1); err != nil {
+			return err
+		}
+		if err := meta.Put(keyKeyCheck, keyCheck(master)); err != nil {
+			return err
+		}
+		return meta.Put(keyKeyring, sealed)
+	})
+	if err != nil {
+		kr.wipe()
+		return nil, err
+	}
+	return kr, nil
+}
+
+// Close closes the database and clears the keys held in memory.
+func (v *Vault) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil
+	}
+	v.closed = true
+	v.kr.wipe()
+	v.kr = nil
+	clear(v.master)
+	err := v.db.Close()
+	if err != nil {
+		return fmt.Errorf("vault: closing %s: %w", v.path, err)
+	}
+	return nil
+}
+
+// Path returns the database's file name.
+func (v *Vault) Path() string { return v.path }
+
+// rlock takes the shared lock and fails when the vault is closed.
+func (v *Vault) rlock() error {
+	v.mu.RLock()
+	if v.closed {
+		v.mu.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// nameLock returns the writer lock of a name.
+func (v *Vault) nameLock(ns byte, name string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte{ns})
+	h.Write([]byte(name))
+	return &v.names[h.Sum32()%uint32(len(v.names))]
+}
+
+// appendEvent records e; its error (wrapping ErrAudit) fails the operation.
+func (v *Vault) appendEvent(ctx context.Context, e *audit.Event) error {
+	if _, err := v.audit.Append(ctx, e); err != nil {
+		v.log.Error("vault: audit append failed; operation refused", "event", e.Type, "target", e.Target, "err", err)
+		return fmt.Errorf("vault: %w: %w", ErrAudit, err)
+	}
+	return nil
+}
