@@ -1,27 +1,296 @@
 package netseg
 
-// Config is the [net] section of applianced.toml.
-// (Fields are completed and documented by the netseg implementation.)
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/applianced/applianced/internal/conf"
+)
+
+// Config is the [net] section of applianced.toml: the VLANs the appliance
+// sits on and the allow lists of its default-deny firewall. Everything not
+// allowed here (or needed by the appliance itself, see Need) is dropped.
+//
+// Example:
+//
+//	[net]
+//	log_drops = true
+//	log_rate = 10
+//
+//	[[net.set]]
+//	name = "dcs"
+//	addresses = ["10.10.0.11/32", "10.10.0.12/32"]
+//
+//	[[net.vlan]]
+//	name = "ai0"
+//	parent = "eth0"
+//	id = 20
+//	addresses = ["10.20.0.5/24"]
+//
+//	[[net.egress]]
+//	to = ["@dcs"]
+//	proto = "tcp"
+//	ports = [636]
+//	comment = "domain controllers"
+//
+//	[[net.ingress]]
+//	from = ["10.99.0.0/24"]
+//	proto = "tcp"
+//	ports = [22]
+//	comment = "admin SSH"
 type Config struct {
-	VLANs   []VLAN `toml:"vlan"`
-	Egress  []Rule `toml:"egress"`
+	// VLANs are 802.1Q interfaces the appliance creates and owns.
+	VLANs []VLAN `toml:"vlan"`
+	// Sets are named address lists that rules refer to as "@name".
+	Sets []AddrSet `toml:"set"`
+	// Egress rules allow traffic the appliance's host starts.
+	Egress []Rule `toml:"egress"`
+	// Ingress rules allow connections to the appliance's host.
 	Ingress []Rule `toml:"ingress"`
+	// LogDrops logs dropped packets to the audit trail (net.egress_blocked,
+	// net.ingress_blocked). Nil means true.
+	LogDrops *bool `toml:"log_drops"`
+	// LogRate is the most dropped packets per second handed to the logger;
+	// the rest are still dropped and counted. 0 means 10.
+	LogRate int `toml:"log_rate"`
+	// LogGroup is the nflog group the drop log rules send to. 0 means 100.
+	LogGroup int `toml:"log_group"`
 }
 
-// VLAN is one [[net.vlan]].
+// VLAN is one [[net.vlan]]: an 802.1Q interface on a parent link.
 type VLAN struct {
+	// Name of the interface, at most 15 bytes, e.g. "ai0".
+	Name string `toml:"name"`
+	// Parent is the physical link the tagged frames use, e.g. "eth0".
+	// It must exist and be up.
+	Parent string `toml:"parent"`
+	// ID is the 802.1Q VLAN id, 1–4094.
+	ID int `toml:"id"`
+	// MTU of the VLAN interface; 0 keeps the kernel's default (the parent's).
+	MTU int `toml:"mtu"`
+	// Addresses assigned to the interface, in CIDR form ("10.20.0.5/24").
+	Addresses []string `toml:"addresses"`
+}
+
+// AddrSet is one [[net.set]]: a named list of addresses and networks.
+type AddrSet struct {
 	Name      string   `toml:"name"`
-	Parent    string   `toml:"parent"`
-	ID        int      `toml:"id"`
-	MTU       int      `toml:"mtu"`
 	Addresses []string `toml:"addresses"`
 }
 
 // Rule is one [[net.egress]] or [[net.ingress]] allow rule.
 type Rule struct {
-	To      []string `toml:"to"`
-	From    []string `toml:"from"`
-	Proto   string   `toml:"proto"`
-	Ports   []int    `toml:"ports"`
-	Comment string   `toml:"comment"`
+	// To lists destination CIDRs, bare addresses or "@set" names (egress).
+	To []string `toml:"to"`
+	// From lists source CIDRs, bare addresses or "@set" names (ingress).
+	From []string `toml:"from"`
+	// Proto is tcp, udp, icmp, icmpv6 or any. Empty means tcp.
+	Proto string `toml:"proto"`
+	// Ports are destination ports (tcp and udp only); empty means all.
+	Ports []int `toml:"ports"`
+	// Interface limits the rule to one interface (a link or a VLAN name):
+	// the outgoing one for egress, the incoming one for ingress.
+	Interface string `toml:"interface"`
+	// Comment says why the rule exists; it appears in the plan.
+	Comment string `toml:"comment"`
 }
+
+const (
+	defaultLogRate  = 10
+	defaultLogGroup = 100
+)
+
+var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+var setNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]{0,31}$`)
+
+func (c *Config) logDrops() bool { return c.LogDrops == nil || *c.LogDrops }
+
+func (c *Config) logRate() int {
+	if c.LogRate == 0 {
+		return defaultLogRate
+	}
+	return c.LogRate
+}
+
+func (c *Config) logGroup() uint16 {
+	if c.LogGroup == 0 {
+		return defaultLogGroup
+	}
+	return uint16(c.LogGroup)
+}
+
+// Validate checks the section without touching the kernel. Keys are relative
+// to the section: "vlan[0].id", "egress[2].to[1]".
+func (c *Config) Validate() []*conf.FieldError {
+	var errs []*conf.FieldError
+	if c.LogRate < 0 || c.LogRate > 10000 {
+		errs = append(errs, conf.Errf("log_rate", "must be between 1 and 10000 packets per second, got %d", c.LogRate))
+	}
+	if c.LogGroup < 0 || c.LogGroup > 65535 {
+		errs = append(errs, conf.Errf("log_group", "must be an nflog group between 1 and 65535, got %d", c.LogGroup))
+	}
+
+	sets := map[string]bool{}
+	for i, s := range c.Sets {
+		key := fmt.Sprintf("set[%d]", i)
+		switch {
+		case !setNameRE.MatchString(s.Name):
+			errs = append(errs, conf.Errf(key+".name", "%q is not a valid set name (a letter, then letters, digits or _; at most 32)", s.Name))
+		case sets[s.Name]:
+			errs = append(errs, conf.Errf(key+".name", "duplicate set name %q", s.Name))
+		}
+		sets[s.Name] = true
+		if len(s.Addresses) == 0 {
+			errs = append(errs, conf.Errf(key+".addresses", "a set needs at least one address"))
+		}
+		errs = append(errs, checkPrefixes(key+".addresses", s.Addresses, nil)...)
+	}
+
+	names := map[string]bool{}
+	ids := map[string]int{} // parent/id → index
+	for i, v := range c.VLANs {
+		key := fmt.Sprintf("vlan[%d]", i)
+		switch {
+		case !ifNameRE.MatchString(v.Name):
+			errs = append(errs, conf.Errf(key+".name", "%q is not a valid interface name (1–15 of A-Z a-z 0-9 _ . -)", v.Name))
+		case names[v.Name]:
+			errs = append(errs, conf.Errf(key+".name", "duplicate VLAN name %q", v.Name))
+		}
+		names[v.Name] = true
+		if !ifNameRE.MatchString(v.Parent) {
+			errs = append(errs, conf.Errf(key+".parent", "%q is not a valid interface name", v.Parent))
+		} else if v.Parent == v.Name {
+			errs = append(errs, conf.Errf(key+".parent", "a VLAN cannot be its own parent"))
+		}
+		if v.ID < 1 || v.ID > 4094 {
+			errs = append(errs, conf.Errf(key+".id", "VLAN id must be between 1 and 4094, got %d", v.ID))
+		} else {
+			pk := fmt.Sprintf("%s/%d", v.Parent, v.ID)
+			if j, dup := ids[pk]; dup {
+				errs = append(errs, conf.Errf(key+".id", "VLAN id %d on %s is already used by vlan[%d]", v.ID, v.Parent, j))
+			}
+			ids[pk] = i
+		}
+		if v.MTU != 0 && (v.MTU < 68 || v.MTU > 65535) {
+			errs = append(errs, conf.Errf(key+".mtu", "MTU must be between 68 and 65535, got %d", v.MTU))
+		}
+		for j, a := range v.Addresses {
+			if _, err := netip.ParsePrefix(a); err != nil {
+				errs = append(errs, conf.Errf(fmt.Sprintf("%s.addresses[%d]", key, j), "%q is not an address with a prefix length like \"10.20.0.5/24\"", a))
+			}
+		}
+	}
+
+	for i, r := range c.Egress {
+		errs = append(errs, r.validate(fmt.Sprintf("egress[%d]", i), "to", r.To, r.From, "from", sets)...)
+	}
+	for i, r := range c.Ingress {
+		errs = append(errs, r.validate(fmt.Sprintf("ingress[%d]", i), "from", r.From, r.To, "to", sets)...)
+	}
+	return errs
+}
+
+func (r *Rule) validate(key, addrKey string, addrs, other []string, otherKey string, sets map[string]bool) []*conf.FieldError {
+	var errs []*conf.FieldError
+	if len(other) > 0 {
+		errs = append(errs, conf.Errf(key+"."+otherKey, "not allowed here: use %q", addrKey))
+	}
+	if len(addrs) == 0 {
+		errs = append(errs, conf.Errf(key+"."+addrKey, "a rule needs at least one address, network or @set (use \"0.0.0.0/0\" for any IPv4 address)"))
+	}
+	errs = append(errs, checkPrefixes(key+"."+addrKey, addrs, sets)...)
+	proto := r.proto()
+	if _, ok := protoNumbers[proto]; !ok {
+		errs = append(errs, conf.Errf(key+".proto", "unknown protocol %q: want tcp, udp, icmp, icmpv6 or any", r.Proto))
+	} else if len(r.Ports) > 0 && proto != "tcp" && proto != "udp" {
+		errs = append(errs, conf.Errf(key+".ports", "ports need proto tcp or udp, not %q", proto))
+	}
+	seen := map[int]bool{}
+	for j, p := range r.Ports {
+		pk := fmt.Sprintf("%s.ports[%d]", key, j)
+		switch {
+		case p < 1 || p > 65535:
+			errs = append(errs, conf.Errf(pk, "port must be between 1 and 65535, got %d", p))
+		case seen[p]:
+			errs = append(errs, conf.Errf(pk, "duplicate port %d", p))
+		}
+		seen[p] = true
+	}
+	if r.Interface != "" && !ifNameRE.MatchString(r.Interface) {
+		errs = append(errs, conf.Errf(key+".interface", "%q is not a valid interface name", r.Interface))
+	}
+	if strings.ContainsAny(r.Comment, "\x00\n") || len(r.Comment) > 128 {
+		errs = append(errs, conf.Errf(key+".comment", "a comment is one line of at most 128 bytes"))
+	}
+	return errs
+}
+
+// checkPrefixes checks a list of CIDRs, bare addresses and (when sets is not
+// nil) "@set" references. Overlaps within the list are refused: they are
+// almost always a typo, and the kernel refuses overlapping intervals.
+func checkPrefixes(key string, list []string, sets map[string]bool) []*conf.FieldError {
+	var errs []*conf.FieldError
+	var seen []netip.Prefix
+	var seenIdx []int
+	for j, s := range list {
+		k := fmt.Sprintf("%s[%d]", key, j)
+		if name, ok := strings.CutPrefix(s, "@"); ok && sets != nil {
+			if !sets[name] {
+				errs = append(errs, conf.Errf(k, "unknown set %q: declare it with [[net.set]]", name))
+			}
+			continue
+		}
+		p, err := parsePrefix(s)
+		if err != nil {
+			errs = append(errs, conf.Errf(k, "%v", err))
+			continue
+		}
+		for n, q := range seen {
+			if p.Overlaps(q) {
+				errs = append(errs, conf.Errf(k, "%s overlaps %s (%s[%d])", p, q, key, seenIdx[n]))
+				break
+			}
+		}
+		seen = append(seen, p)
+		seenIdx = append(seenIdx, j)
+	}
+	return errs
+}
+
+// parsePrefix accepts "10.0.0.0/8" or a bare address ("10.0.0.1" means /32).
+// Host bits must be zero: "10.0.0.1/8" is refused as ambiguous.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR like \"10.0.0.0/24\"", s)
+		}
+		if p.Masked() != p {
+			return netip.Prefix{}, fmt.Errorf("%q has host bits set: did you mean %s?", s, p.Masked())
+		}
+		if p.Addr().Is4In6() {
+			return netip.Prefix{}, fmt.Errorf("%q: write IPv4 networks in dotted form", s)
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or a CIDR", s)
+	}
+	if a.Is4In6() {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func (r *Rule) proto() string {
+	if r.Proto == "" {
+		return "tcp"
+	}
+	return strings.ToLower(r.Proto)
+}
+
+// protoNumbers maps config protocol names to IP protocol numbers; any is 0.
+var protoNumbers = map[string]uint8{"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "any": 0}

@@ -1,0 +1,238 @@
+//go:build linux
+
+// Package netns builds throw-away network labs for tests: unnamed network
+// namespaces joined by veth pairs, with helpers to listen and dial from
+// inside any of them. It never changes the caller's own namespace: every
+// namespace switch happens on a locked OS thread that is switched back.
+//
+// The lab is a star around the "ai" namespace (the appliance's host), one
+// point-to-point /24 per peer:
+//
+//	user     10.30.0.2   ai side 10.30.0.1
+//	admin    10.99.0.2   ai side 10.99.0.1
+//	dc       10.10.0.11  ai side 10.10.0.1
+//	siem     10.40.0.10  ai side 10.40.0.1
+//	internet 203.0.113.10 ai side 203.0.113.1
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+)
+
+// NS is one network namespace made by the test.
+type NS struct {
+	Name string
+	h    vnetns.NsHandle
+}
+
+// Fd is the namespace's file descriptor, valid until the test ends.
+func (n *NS) Fd() int { return int(n.h) }
+
+// Do runs fn on a locked OS thread inside the namespace.
+func (n *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := vnetns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := vnetns.Set(n.h); err != nil {
+			errc <- err
+			return
+		}
+		ferr := fn()
+		if err := vnetns.Set(orig); err != nil {
+			// The thread is left locked so the runtime discards it.
+			errc <- errors.Join(ferr, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Listen opens a listener inside the namespace; it is closed at the end of the test.
+func (n *NS) Listen(t testing.TB, network, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	if err := n.Do(func() (err error) { l, err = net.Listen(network, addr); return }); err != nil {
+		t.Fatalf("listen %s %s in %s: %v", network, addr, n.Name, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// ListenPacket opens a packet socket inside the namespace; closed at the end of the test.
+func (n *NS) ListenPacket(t testing.TB, network, addr string) net.PacketConn {
+	t.Helper()
+	var pc net.PacketConn
+	if err := n.Do(func() (err error) { pc, err = net.ListenPacket(network, addr); return }); err != nil {
+		t.Fatalf("listen %s %s in %s: %v", network, addr, n.Name, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
+}
+
+// Dial connects from inside the namespace with a timeout.
+func (n *NS) Dial(ctx context.Context, network, addr string, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() (err error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// Host is a peer of the ai namespace.
+type Host struct {
+	*NS
+	Addr   netip.Addr // the host's address
+	AIAddr netip.Addr // the ai namespace's address on the same link
+	AILink string     // the link's name inside the ai namespace
+}
+
+// Lab is the set of namespaces of one test.
+type Lab struct {
+	AI    *NS
+	Hosts map[string]*Host
+}
+
+// Peers of the ai namespace, with their /24s.
+var peers = []struct{ name, host, ai string }{
+	{"user", "10.30.0.2", "10.30.0.1"},
+	{"admin", "10.99.0.2", "10.99.0.1"},
+	{"dc", "10.10.0.11", "10.10.0.1"},
+	{"siem", "10.40.0.10", "10.40.0.1"},
+	{"internet", "203.0.113.10", "203.0.113.1"},
+}
+
+// Available reports why labs cannot be built here, or nil.
+func Available() error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to make network namespaces")
+	}
+	return nil
+}
+
+// New builds the lab, or skips the test when namespaces cannot be made.
+// Everything is torn down when the test ends.
+func New(t testing.TB) *Lab {
+	t.Helper()
+	if err := Available(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	lab := &Lab{Hosts: map[string]*Host{}}
+	lab.AI = newNS(t, "ai")
+	aiH, err := netlink.NewHandleAt(lab.AI.h)
+	if err != nil {
+		t.Fatalf("netlink handle in ai: %v", err)
+	}
+	defer aiH.Close()
+	for _, p := range peers {
+		ns := newNS(t, p.name)
+		h := &Host{NS: ns, Addr: netip.MustParseAddr(p.host), AIAddr: netip.MustParseAddr(p.ai), AILink: "to-" + p.name}
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: h.AILink},
+			PeerName:      "eth0",
+			PeerNamespace: netlink.NsFd(ns.h),
+		}
+		if err := aiH.LinkAdd(veth); err != nil {
+			t.Fatalf("veth to %s: %v", p.name, err)
+		}
+		if err := configure(aiH, h.AILink, h.AIAddr); err != nil {
+			t.Fatalf("ai side of %s: %v", p.name, err)
+		}
+		hh, err := netlink.NewHandleAt(ns.h)
+		if err != nil {
+			t.Fatalf("netlink handle in %s: %v", p.name, err)
+		}
+		err = configure(hh, "eth0", h.Addr)
+		hh.Close()
+		if err != nil {
+			t.Fatalf("%s side: %v", p.name, err)
+		}
+		lab.Hosts[p.name] = h
+	}
+	return lab
+}
+
+func newNS(t testing.TB, name string) *NS {
+	t.Helper()
+	var h vnetns.NsHandle
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := vnetns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		h, err = vnetns.New() // switches this thread into the new namespace
+		if err != nil {
+			errc <- err
+			return
+		}
+		// IPv6 off: the lab speaks IPv4 only, so counters see only the test's packets.
+		_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
+		_ = os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+		if err := vnetns.Set(orig); err != nil {
+			errc <- err // thread stays locked and is discarded
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("new network namespace %s: %v", name, err)
+	}
+	ns := &NS{Name: name, h: h}
+	t.Cleanup(func() { h.Close() })
+	lo := func() error {
+		nh, err := netlink.NewHandleAt(h)
+		if err != nil {
+			return err
+		}
+		defer nh.Close()
+		l, err := nh.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return nh.LinkSetUp(l)
+	}
+	if err := lo(); err != nil {
+		t.Fatalf("lo up in %s: %v", name, err)
+	}
+	return ns
+}
+
+func configure(h *netlink.Handle, link string, a netip.Addr) error {
+	l, err := h.LinkByName(link)
+	if err != nil {
+		return err
+	}
+	p := netip.PrefixFrom(a, 24)
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, 32)}}
+	if err := h.AddrAdd(l, addr); err != nil {
+		return fmt.Errorf("address %s: %w", p, err)
+	}
+	return h.LinkSetUp(l)
+}
