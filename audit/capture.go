@@ -1,0 +1,400 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Capture verification: what a syslog receiver stored (an rsyslog file in
+// RFC 5424 or the wazuh format, a Wazuh archives.log or archives.json) is
+// reassembled by seq and checked like the journal itself. Each message
+// carries a JSON body beginning with `{"audit_seq":` that holds the entry's
+// seq, chain hash, previous hash and the event's canonical JSON (or a
+// numbered part of it); receivers may add any prefix to the line.
+
+// CaptureProblem kinds reported by VerifyCapture.
+const (
+	ProblemGap        = "gap"        // seqs missing from the capture
+	ProblemAltered    = "altered"    // an event does not match its hash
+	ProblemChain      = "chain"      // an entry's prev is not the previous entry's hash
+	ProblemConflict   = "conflict"   // two different copies of one seq
+	ProblemParts      = "parts"      // parts of a split event missing
+	ProblemWithheld   = "withheld"   // the sender withheld an oversize event
+	ProblemSignature  = "signature"  // a checkpoint signature or its hash is wrong
+	ProblemTail       = "tail"       // entries after the last checkpoint: the tail may be cut
+	ProblemMalformed  = "malformed"  // a message that looks like an audit body but does not parse
+	ProblemCheckpoint = "checkpoint" // no checkpoint at all
+)
+
+// CaptureProblem is one finding, naming the seq numbers it is about.
+type CaptureProblem struct {
+	Kind     string `json:"kind"`
+	Seq      uint64 `json:"seq,omitempty"`      // first seq concerned
+	LastSeq  uint64 `json:"last_seq,omitempty"` // last seq concerned, for a range
+	Message  string `json:"message"`
+	Location string `json:"location,omitempty"` // file:line of the message, when one exists
+}
+
+func (p CaptureProblem) String() string {
+	if p.Location != "" {
+		return p.Location + ": " + p.Message
+	}
+	return p.Message
+}
+
+// CaptureOptions tunes VerifyCapture. The zero value checks everything but
+// signatures.
+type CaptureOptions struct {
+	// PublicKey verifies checkpoint signatures (`applianced audit pubkey`).
+	// Nil leaves signatures unchecked and says so in the report's notes.
+	PublicKey ed25519.PublicKey
+	// AllowOpenTail reports entries after the last checkpoint as a note
+	// instead of a problem, for a capture of a stream that is still running.
+	AllowOpenTail bool
+}
+
+// CaptureReport is the outcome of VerifyCapture. OK is true when Problems
+// is empty.
+type CaptureReport struct {
+	Lines       int       `json:"lines"`      // lines read
+	Messages    int       `json:"messages"`   // audit messages found (parts and duplicates included)
+	Entries     int       `json:"entries"`    // distinct seqs
+	Duplicates  int       `json:"duplicates"` // identical repeated copies
+	FirstSeq    uint64    `json:"first_seq"`
+	LastSeq     uint64    `json:"last_seq"`
+	Checkpoints int       `json:"checkpoints"`
+	SealedUpTo  uint64    `json:"sealed_up_to"` // the last seq a verified checkpoint covers
+	Problems    []CaptureProblem `json:"problems"`
+	Notes       []string  `json:"notes"`
+}
+
+// OK reports whether the capture verified without problems.
+func (r *CaptureReport) OK() bool { return len(r.Problems) == 0 }
+
+// wireBody is the JSON body of one message.
+type wireBody struct {
+	Seq       *uint64         `json:"audit_seq"`
+	Hash      string          `json:"audit_hash"`
+	Prev      string          `json:"audit_prev"`
+	Event     json.RawMessage `json:"event"`
+	Part      int             `json:"audit_part"`
+	Parts     int             `json:"audit_parts"`
+	Chunk     *string         `json:"event_chunk"`
+	Withheld  string          `json:"audit_withheld"`
+	Size      int             `json:"audit_size"`
+	EventType string          `json:"event_type"`
+}
+
+type capEntry struct {
+	hash, prev [32]byte
+	canonical  []byte
+	parts      [][]byte // split events: chunk per part (nil = missing)
+	partsSeen  int
+	withheld   bool
+	size       int
+	eventType  string
+	loc        string
+}
+
+// CaptureVerifier accumulates capture files; Report checks them.
+type CaptureVerifier struct {
+	opts    CaptureOptions
+	entries map[uint64]*capEntry
+	rep     CaptureReport
+}
+
+// NewCaptureVerifier returns a verifier; opts may be nil.
+func NewCaptureVerifier(opts *CaptureOptions) *CaptureVerifier {
+	v := &CaptureVerifier{entries: map[uint64]*capEntry{}}
+	if opts != nil {
+		v.opts = *opts
+	}
+	return v
+}
+
+// VerifyCaptureFiles reads every file and returns the report.
+func VerifyCaptureFiles(paths []string, opts *CaptureOptions) (*CaptureReport, error) {
+	v := NewCaptureVerifier(opts)
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, fmt.Errorf("audit: capture: %w", err)
+		}
+		err = v.Read(p, f)
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return v.Report(), nil
+}
+
+// bodyPrefix starts the JSON body of every audit message.
+const bodyPrefix = `{"audit_seq":`
+
+var seqRE = regexp.MustCompile(`^\{"audit_seq":([0-9]{1,20})`)
+
+// maxLine bounds one line of a capture.
+const maxLine = 64 << 20
+
+// Read adds one capture to the verifier. name labels locations in the
+// report.
+func (v *CaptureVerifier) Read(name string, r io.Reader) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	n := 0
+	for sc.Scan() {
+		n++
+		v.rep.Lines++
+		v.line(fmt.Sprintf("%s:%d", name, n), sc.Bytes())
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("audit: capture %s: line %d: %w", name, n+1, err)
+	}
+	return nil
+}
+
+var fullLogKey = []byte(`"full_log"`)
+
+func (v *CaptureVerifier) line(loc string, line []byte) {
+	// Wazuh archives.json: one JSON object per line with the original
+	// message in full_log.
+	if len(line) > 0 && line[0] == '{' && bytes.Contains(line, fullLogKey) {
+		var a struct {
+			FullLog string `json:"full_log"`
+		}
+		if json.Unmarshal(line, &a) == nil && a.FullLog != "" {
+			line = []byte(a.FullLog)
+		}
+	}
+	i := bytes.Index(line, []byte(bodyPrefix))
+	if i < 0 {
+		return
+	}
+	v.rep.Messages++
+	raw := line[i:]
+	var b wireBody
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	err := dec.Decode(&b)
+	if err == nil && b.Seq == nil {
+		err = errors.New("no audit_seq")
+	}
+	var hash, prev [32]byte
+	if err == nil {
+		err = decodeHash(&hash, b.Hash)
+	}
+	if err == nil {
+		err = decodeHash(&prev, b.Prev)
+	}
+	if err != nil {
+		p := CaptureProblem{Kind: ProblemMalformed, Location: loc}
+		if m := seqRE.FindSubmatch(raw); m != nil {
+			p.Seq, _ = strconv.ParseUint(string(m[1]), 10, 64)
+			p.Message = fmt.Sprintf("seq %d: message does not parse (truncated or edited by the receiver?): %v", p.Seq, err)
+		} else {
+			p.Message = fmt.Sprintf("audit message does not parse: %v", err)
+		}
+		v.rep.Problems = append(v.rep.Problems, p)
+		return
+	}
+	seq := *b.Seq
+	e := v.entries[seq]
+	if e == nil {
+		e = &capEntry{hash: hash, prev: prev, loc: loc}
+		v.entries[seq] = e
+	} else if e.hash != hash || e.prev != prev {
+		v.problem(ProblemConflict, seq, 0, loc, "seq %d: two different copies (first at %s)", seq, e.loc)
+		return
+	}
+	switch {
+	case b.Withheld != "":
+		if !e.withheld && e.canonical == nil && e.parts == nil {
+			e.withheld, e.size, e.eventType = true, b.Size, b.EventType
+		} else {
+			v.rep.Duplicates++
+		}
+	case b.Chunk != nil:
+		if e.canonical != nil {
+			v.rep.Duplicates++
+			return
+		}
+		if b.Parts < 1 || b.Parts > 1<<20 || b.Part < 1 || b.Part > b.Parts || (e.parts != nil && len(e.parts) != b.Parts) {
+			v.problem(ProblemMalformed, seq, 0, loc, "seq %d: part %d of %d is inconsistent", seq, b.Part, b.Parts)
+			return
+		}
+		if e.parts == nil {
+			e.parts = make([][]byte, b.Parts)
+		}
+		if e.parts[b.Part-1] != nil {
+			v.rep.Duplicates++
+			return
+		}
+		e.parts[b.Part-1] = []byte(*b.Chunk)
+		e.partsSeen++
+		if e.partsSeen == b.Parts {
+			e.canonical = bytes.Join(e.parts, nil)
+			e.parts, e.withheld = nil, false
+		}
+	case b.Event != nil:
+		if e.canonical != nil {
+			v.rep.Duplicates++
+			return
+		}
+		e.canonical = append([]byte(nil), b.Event...)
+		e.parts, e.withheld = nil, false
+	default:
+		v.problem(ProblemMalformed, seq, 0, loc, "seq %d: message has neither event, part nor stub", seq)
+	}
+}
+
+func decodeHash(dst *[32]byte, s string) error {
+	if len(s) != 64 {
+		return fmt.Errorf("hash %q is not 64 hex digits", s)
+	}
+	_, err := hex.Decode(dst[:], []byte(s))
+	return err
+}
+
+func (v *CaptureVerifier) problem(kind string, seq, last uint64, loc, format string, args ...any) {
+	v.rep.Problems = append(v.rep.Problems, CaptureProblem{Kind: kind, Seq: seq, LastSeq: last, Location: loc, Message: fmt.Sprintf(format, args...)})
+}
+
+// entryHash recomputes an entry's chain hash from its event bytes. A
+// receiver may have re-encoded the JSON (escapes, DEL); when the bytes as
+// received do not match, the event is decoded and canonicalised again.
+func entryHash(prev [32]byte, canonical []byte) ([32]byte, *Event) {
+	h := ChainHash(prev, canonical)
+	var ev Event
+	if err := json.Unmarshal(canonical, &ev); err != nil {
+		return h, nil
+	}
+	return h, &ev
+}
+
+
+// Report checks everything read so far.
+func (v *CaptureVerifier) Report() *CaptureReport {
+	rep := v.rep
+	rep.Problems = append([]CaptureProblem(nil), v.rep.Problems...)
+	seqs := make([]uint64, 0, len(v.entries))
+	for s := range v.entries {
+		seqs = append(seqs, s)
+	}
+	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+	rep.Entries = len(seqs)
+	if len(seqs) == 0 {
+		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemGap, Message: "no audit message in the capture"})
+		return &rep
+	}
+	rep.FirstSeq, rep.LastSeq = seqs[0], seqs[len(seqs)-1]
+	if rep.FirstSeq > 1 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the capture starts at seq %d; earlier entries are not in it", rep.FirstSeq))
+	}
+	add := func(kind string, seq, last uint64, loc, format string, args ...any) {
+		rep.Problems = append(rep.Problems, CaptureProblem{Kind: kind, Seq: seq, LastSeq: last, Location: loc, Message: fmt.Sprintf(format, args...)})
+	}
+	var (
+		lastCP      uint64 // seq of the last checkpoint event
+		lastCPFinal bool
+		unchecked   int
+	)
+	for i, s := range seqs {
+		e := v.entries[s]
+		if i > 0 && s != seqs[i-1]+1 {
+			a, b := seqs[i-1]+1, s-1
+			if a == b {
+				add(ProblemGap, a, 0, "", "seq %d is missing", a)
+			} else {
+				add(ProblemGap, a, b, "", "seqs %d to %d are missing (%d entries)", a, b, b-a+1)
+			}
+		} else if i > 0 && v.entries[seqs[i-1]].hash != e.prev {
+			add(ProblemChain, s, 0, e.loc, "seq %d: chain break: its previous hash is not the hash of seq %d", s, s-1)
+		}
+		switch {
+		case e.withheld:
+			add(ProblemWithheld, s, 0, e.loc, "seq %d: the sender withheld this %q event of %d bytes (over max_message_bytes); its content is not verified", s, e.eventType, e.size)
+			continue
+		case e.parts != nil:
+			var missing []string
+			for k, p := range e.parts {
+				if p == nil {
+					missing = append(missing, strconv.Itoa(k+1))
+				}
+			}
+			add(ProblemParts, s, 0, e.loc, "seq %d: part(s) %s of %d missing", s, strings.Join(missing, ", "), len(e.parts))
+			continue
+		}
+		ev := v.check(&rep, s, e, add)
+		if ev == nil || ev.Type != TypeCheckpoint {
+			continue
+		}
+		rep.Checkpoints++
+		cp, err := ParseCheckpoint(ev)
+		if err != nil {
+			add(ProblemSignature, s, 0, e.loc, "seq %d: %v", s, err)
+			continue
+		}
+		lastCP, lastCPFinal = s, cp.Final
+		if v.opts.PublicKey == nil {
+			unchecked++
+		} else if err := cp.Verify(v.opts.PublicKey); err != nil {
+			add(ProblemSignature, s, 0, e.loc, "seq %d: checkpoint signature does not verify with key %s (made by key %s)", s, KeyID(v.opts.PublicKey), cp.KeyID)
+			continue
+		}
+		if c, ok := v.entries[cp.Seq]; ok && c.hash != cp.Hash {
+			add(ProblemSignature, s, 0, e.loc, "seq %d: checkpoint says seq %d has hash %x…, the capture has %x…", s, cp.Seq, cp.Hash[:6], c.hash[:6])
+			continue
+		}
+		if v.opts.PublicKey != nil && cp.Seq > rep.SealedUpTo {
+			rep.SealedUpTo = cp.Seq
+		}
+	}
+	if unchecked > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d checkpoint signature(s) not checked: give the appliance's public key (applianced audit pubkey)", unchecked))
+	}
+	switch {
+	case lastCP == 0:
+		msg := fmt.Sprintf("no checkpoint in the capture: seqs %d to %d are not sealed", rep.FirstSeq, rep.LastSeq)
+		if v.opts.AllowOpenTail {
+			rep.Notes = append(rep.Notes, msg)
+		} else {
+			add(ProblemCheckpoint, rep.FirstSeq, rep.LastSeq, "", "%s", msg)
+		}
+	case lastCP < rep.LastSeq:
+		msg := fmt.Sprintf("seqs %d to %d follow the last checkpoint (seq %d) and are not sealed: the tail after seq %d is missing or the stream is still open", lastCP+1, rep.LastSeq, lastCP, lastCP)
+		if v.opts.AllowOpenTail {
+			rep.Notes = append(rep.Notes, msg)
+		} else {
+			add(ProblemTail, lastCP+1, rep.LastSeq, "", "%s", msg)
+		}
+	case !lastCPFinal:
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the capture ends at checkpoint seq %d of a journal still open; later entries belong to a later capture", lastCP))
+	}
+	return &rep
+}
+
+// check verifies one complete entry's hash and returns its event.
+func (v *CaptureVerifier) check(rep *CaptureReport, s uint64, e *capEntry, add func(string, uint64, uint64, string, string, ...any)) *Event {
+	h, ev := entryHash(e.prev, e.canonical)
+	if h == e.hash && ev != nil && ev.Seq == s {
+		return ev
+	}
+	if ev != nil {
+		if c, err := ev.Canonical(); err == nil && ChainHash(e.prev, c) == e.hash && ev.Seq == s {
+			return ev
+		}
+	}
+	add(ProblemAltered, s, 0, e.loc, "seq %d: the event does not match its hash: altered after it was recorded", s)
+	return nil
+}

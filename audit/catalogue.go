@@ -1,0 +1,98 @@
+package audit
+
+import "sort"
+
+// EventType describes one value of Event.Type: what it records and how
+// alarming it is by default. The catalogue is the contract with auditors and
+// SIEM rules: packaging/wazuh has one rule per type, and a test checks it.
+type EventType struct {
+	Type        string // dotted name, e.g. "auth.login"
+	Description string // one line, for auditors
+	// Level is the default alarm level of a SIEM rule for the type, 0 to 15
+	// as in Wazuh (3 routine, 5 notable, 8 denied or failed, 10 and up needs
+	// a human).
+	Level int
+}
+
+// Catalogue lists every event type the appliance records. A type not in
+// the list is a defect: add it here, with a Wazuh rule, before using it.
+var Catalogue = []EventType{
+	// Authentication and tokens.
+	{"auth.login", "a user logged in with a directory account (outcome denied: wrong password, locked or not allowed)", 3},
+	{"auth.totp", "a second factor was checked or enrolled", 3},
+	{"token.issue", "an access token was issued to an agent or user", 3},
+	{"token.exchange", "an agent exchanged a user token for an on-behalf-of token (RFC 8693)", 3},
+	{"token.refresh", "a refresh token was used", 3},
+	{"token.deny", "a token request was refused", 5},
+	{"token.revoke", "a token, or every token of an agent or user, was revoked", 5},
+	{"token.introspect", "a token was introspected (RFC 7662)", 3},
+	{"token.sign_key", "the token signing key was created or rotated", 5},
+	{"broker.revoke", "tokens were revoked by an administrator", 5},
+	{"broker.agent", "an agent was disabled or enabled by an administrator", 5},
+
+	// Agents, tools and approvals.
+	{"agent.disable", "an agent was disabled", 5},
+	{"agent.enable", "an agent was enabled", 5},
+	{"agent.blocked", "an agent was blocked (disabled agent, risk limit or policy)", 10},
+	{"agent.risk", "an agent exceeded a risk limit (requests or response volume)", 8},
+	{"tool.call", "an agent called a tool through the credential-injection proxy", 3},
+	{"tool.deny", "a tool call was refused (scope, policy or route)", 8},
+	{"tool.dlp", "a tool response was redacted or blocked by DLP", 5},
+	{"approval.request", "a tool call waits for a human approval", 5},
+	{"approval.approve", "an approval was granted", 5},
+	{"approval.deny", "an approval was denied", 8},
+	{"approval.expire", "an approval expired unanswered", 5},
+
+	// Secrets and the vault.
+	{"secret.put", "a secret was stored (its value is never recorded)", 5},
+	{"secret.rotate", "a secret was rotated", 5},
+	{"secret.delete", "a secret was deleted", 5},
+	{"secret.verify", "a candidate value was compared with a stored secret", 5},
+	{"secret.use", "a secret was injected into an upstream request", 3},
+	{"vault.unseal", "the vault was opened with the master key", 5},
+	{"vault.rekey", "the vault's master key was changed", 8},
+	{"vault.backup", "a vault backup was written", 5},
+	{"vault.restore", "the vault was restored from a backup", 10},
+
+	// Network.
+	{"net.apply", "the network plan was applied (nftables and VLANs)", 5},
+	{"net.confirm", "an applied network plan was confirmed", 5},
+	{"net.rollback", "a network plan was rolled back", 8},
+	{"net.down", "the appliance's firewall table was removed", 10},
+	{"net.drift", "the kernel's rules differ from the applied plan", 10},
+	{"net.egress_blocked", "traffic leaving the AI server was blocked by the firewall", 8},
+
+	// Administration and the daemon.
+	{"admin.refused", "a caller on the admin socket was refused", 8},
+	{"admin.call", "an administrative command was run", 3},
+	{"config.reload", "the configuration was reloaded", 5},
+	{"daemon.start", "the daemon started", 3},
+	{"daemon.stop", "the daemon stopped", 5},
+
+	// The audit trail itself.
+	{"audit.checkpoint", "a signed checkpoint of the hash chain (seq and chain hash)", 0},
+	{"audit.tamper", "verification found a gap, an altered entry or a cut tail", 12},
+	{"audit.dropped", "old journal entries were dropped because the disk limit was reached", 12},
+	{"audit.target_down", "an audit syslog target cannot be reached; entries wait in the journal", 10},
+	{"audit.target_up", "an audit syslog target is reachable again", 3},
+}
+
+// LookupEventType returns the catalogue entry of a type.
+func LookupEventType(t string) (EventType, bool) {
+	for _, e := range Catalogue {
+		if e.Type == t {
+			return e, true
+		}
+	}
+	return EventType{}, false
+}
+
+// EventTypes returns the catalogue's type names, sorted.
+func EventTypes() []string {
+	out := make([]string, len(Catalogue))
+	for i, e := range Catalogue {
+		out[i] = e.Type
+	}
+	sort.Strings(out)
+	return out
+}
