@@ -1,0 +1,126 @@
+package hardening
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// SyslogTarget is the delivery state of one [[audit.syslog]] target, as the
+// running daemon's forwarder sees it.
+type SyslogTarget struct {
+	Address   string
+	Connected bool
+	// Lag is how many journal events wait to be delivered.
+	Lag uint64
+	// LagAge is the age of the oldest undelivered event (zero if none).
+	LagAge    time.Duration
+	LastError string
+}
+
+// SyslogStatus reports the forwarders' state (the running daemon).
+type SyslogStatus interface {
+	SyslogTargets(ctx context.Context) ([]SyslogTarget, error)
+}
+
+// SyslogLagWarn is the backlog age above which a connected target warns.
+const SyslogLagWarn = time.Minute
+
+// SyslogCheck reports each syslog target: connected and caught up passes, a
+// backlog older than SyslogLagWarn warns, disconnected fails. A nil src (no
+// daemon to ask) is a skip.
+func SyslogCheck(src SyslogStatus) Check {
+	return Check{Name: "syslog targets", Run: func(ctx context.Context) []Result {
+		if src == nil {
+			return []Result{{Name: "syslog", Status: Skip, Detail: "the daemon is not running; delivery state unknown",
+				Fix: "systemctl start applianced"}}
+		}
+		ts, err := src.SyslogTargets(ctx)
+		if err != nil {
+			return []Result{{Name: "syslog", Status: Skip, Detail: "cannot ask the daemon: " + err.Error(), Fix: "systemctl status applianced"}}
+		}
+		if len(ts) == 0 {
+			return []Result{{Name: "syslog", Status: Warn, Detail: "no [[audit.syslog]] target: the audit trail stays on this host",
+				Fix: "add an [[audit.syslog]] target pointing at the SIEM"}}
+		}
+		out := make([]Result, 0, len(ts))
+		for _, t := range ts {
+			out = append(out, syslogResult(t))
+		}
+		return out
+	}}
+}
+
+func syslogResult(t SyslogTarget) Result {
+	name := "syslog " + t.Address
+	lag := fmt.Sprintf("%d events behind", t.Lag)
+	if t.Lag > 0 {
+		lag += fmt.Sprintf(", oldest %s", t.LagAge.Round(time.Second))
+	}
+	switch {
+	case !t.Connected:
+		d := "not connected, " + lag
+		if t.LastError != "" {
+			d += ": " + t.LastError
+		}
+		return Result{Name: name, Status: Fail, Detail: d, Fix: "check the SIEM is up and the [[net.egress]] rule to it; events are kept and resent"}
+	case t.LagAge > SyslogLagWarn:
+		return Result{Name: name, Status: Warn, Detail: "connected, " + lag, Fix: "check the SIEM's ingestion rate and the link to it"}
+	}
+	return Result{Name: name, Status: Pass, Detail: "connected, " + lag}
+}
+
+// FirewallState reports whether the kernel holds table inet applianced and
+// how it differs from what the config asks for.
+type FirewallState interface {
+	FirewallDrift(ctx context.Context) (present bool, drift []string, err error)
+}
+
+// FirewallCheck passes when the table is loaded and equals the config. A nil
+// fw is a skip.
+func FirewallCheck(fw FirewallState) Check {
+	return Check{Name: "firewall", Run: func(ctx context.Context) []Result {
+		name := "firewall table inet applianced"
+		if fw == nil {
+			return []Result{{Name: name, Status: Skip, Detail: "firewall state unavailable", Fix: "run `applianced net status`"}}
+		}
+		present, drift, err := fw.FirewallDrift(ctx)
+		switch {
+		case err != nil:
+			return []Result{{Name: name, Status: Warn, Detail: "cannot read the ruleset: " + err.Error(), Fix: "run `applianced doctor` as root"}}
+		case !present:
+			return []Result{{Name: name, Status: Fail, Detail: "not loaded: this host's egress is not restricted",
+				Fix: "`applianced net plan`, then `applianced net apply` and `applianced net confirm`"}}
+		case len(drift) > 0:
+			d := fmt.Sprintf("loaded but differs from the config in %d place(s): %s", len(drift), drift[0])
+			return []Result{{Name: name, Status: Fail, Detail: d, Fix: "review `applianced net plan` and apply it"}}
+		}
+		return []Result{{Name: name, Status: Pass, Detail: "loaded and equal to the config"}}
+	}}
+}
+
+// AgentAuth is how one agent proves its identity: "unix" (peer credentials
+// on the agent socket), "private_key_jwt" or "client_secret".
+type AgentAuth struct {
+	Name   string
+	Method string
+}
+
+// AgentSecretCheck warns for each agent still authenticating with a shared
+// client secret, which can be copied off the agent's host and replayed.
+func AgentSecretCheck(agents []AgentAuth) Check {
+	return Check{Name: "agent credentials", Run: func(ctx context.Context) []Result {
+		var out []Result
+		for _, a := range agents {
+			if a.Method == "client_secret" {
+				out = append(out, Result{Name: "agent " + a.Name, Status: Warn, Detail: "authenticates with a client_secret",
+					Fix: "give it unix_user (agent socket) or public_key_file (private_key_jwt) instead"})
+			}
+		}
+		if len(out) == 0 {
+			out = append(out, Result{Name: "agent credentials", Status: Pass,
+				Detail: fmt.Sprintf("%d agent(s), none uses a client_secret", len(agents))})
+		}
+		return out
+	}}
+}
