@@ -1,40 +1,334 @@
 package broker
 
-import "github.com/applianced/applianced/internal/conf"
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
 
-// TokenConfig is the [tokens] section of applianced.toml.
+	"github.com/applianced/applianced/internal/conf"
+)
+
+// Defaults applied when a [tokens] key is absent.
+const (
+	DefaultTTL                   = 5 * time.Minute
+	DefaultMaxTTL                = time.Hour
+	DefaultRotateSigningKeyEvery = 720 * time.Hour
+	DefaultRefreshTTL            = 8 * time.Hour
+)
+
+// TokenConfig is the [tokens] section of applianced.toml:
+//
+//	[tokens]
+//	ttl = "5m"                         # access token lifetime unless a role says less
+//	max_ttl = "1h"                     # no access token ever lives longer
+//	rotate_signing_key_every = "720h"  # a new Ed25519 signing key after this long
+//	refresh_ttl = "8h"                 # a user session (refresh token family) ends after this long
 type TokenConfig struct {
-	TTL                   conf.Duration `toml:"ttl"`
-	MaxTTL                conf.Duration `toml:"max_ttl"`
+	// TTL is the lifetime of an access token when no role of the agent sets
+	// a shorter one. Default 5m.
+	TTL conf.Duration `toml:"ttl"`
+	// MaxTTL caps every access token's lifetime, whatever the roles say.
+	// Default 1h.
+	MaxTTL conf.Duration `toml:"max_ttl"`
+	// RotateSigningKeyEvery is how long one signing key signs before the
+	// next one is made. The previous key stays published in the JWKS so
+	// tokens it signed verify until they expire. Default 720h.
 	RotateSigningKeyEvery conf.Duration `toml:"rotate_signing_key_every"`
+	// RefreshTTL is the lifetime of a user session started by /v1/login:
+	// rotating refresh tokens work until this long after the login.
+	// Default 8h.
+	RefreshTTL conf.Duration `toml:"refresh_ttl"`
 }
 
-// Role is one [[role]] of applianced.toml.
+// ttl returns the configured TTL or its default.
+func (t TokenConfig) ttl() time.Duration { return orDefault(t.TTL, DefaultTTL) }
+
+func (t TokenConfig) maxTTL() time.Duration { return orDefault(t.MaxTTL, DefaultMaxTTL) }
+
+func (t TokenConfig) rotateEvery() time.Duration {
+	return orDefault(t.RotateSigningKeyEvery, DefaultRotateSigningKeyEvery)
+}
+
+func (t TokenConfig) refreshTTL() time.Duration { return orDefault(t.RefreshTTL, DefaultRefreshTTL) }
+
+func orDefault(d conf.Duration, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d.D()
+}
+
+// Validate checks the [tokens] section. Keys are relative to it ("ttl").
+func (t TokenConfig) Validate() []*conf.FieldError {
+	var errs []*conf.FieldError
+	if t.TTL > 0 && t.TTL.D() < 10*time.Second {
+		errs = append(errs, conf.Errf("ttl", "must be at least 10s, got %s", t.TTL.D()))
+	}
+	if t.ttl() > t.maxTTL() {
+		errs = append(errs, conf.Errf("ttl", "%s is longer than max_ttl %s", t.ttl(), t.maxTTL()))
+	}
+	if t.RotateSigningKeyEvery > 0 && t.RotateSigningKeyEvery.D() < 2*t.maxTTL() {
+		errs = append(errs, conf.Errf("rotate_signing_key_every",
+			"must be at least twice max_ttl (%s) so a rotated key outlives its tokens", t.maxTTL()))
+	}
+	if t.RefreshTTL > 0 && t.RefreshTTL.D() < t.ttl() {
+		errs = append(errs, conf.Errf("refresh_ttl", "%s is shorter than ttl %s", t.RefreshTTL.D(), t.ttl()))
+	}
+	return errs
+}
+
+// Role is one [[role]] of applianced.toml: a named set of scopes that agents
+// hold, and that users get through [ldap.group_roles].
+//
+//	[[role]]
+//	name = "support"
+//	scopes = ["tickets:read", "tickets:create"]
+//	ttl = "5m"
 type Role struct {
-	Name   string        `toml:"name"`
-	Scopes []string      `toml:"scopes"`
-	TTL    conf.Duration `toml:"ttl"`
+	// Name identifies the role in [[agent]] roles and [ldap.group_roles].
+	Name string `toml:"name"`
+	// Scopes are the OAuth2 scopes the role grants, e.g. "tickets:read".
+	Scopes []string `toml:"scopes"`
+	// TTL, when set, is the lifetime of tokens carrying this role; an
+	// agent with several roles gets the shortest. Zero means [tokens] ttl.
+	TTL conf.Duration `toml:"ttl"`
+	// MaxTTL, when set, caps tokens carrying this role below [tokens] max_ttl.
 	MaxTTL conf.Duration `toml:"max_ttl"`
 }
 
-// Agent is one [[agent]] of applianced.toml.
+// Agent is one [[agent]] of applianced.toml: a program that gets tokens of
+// its own. Exactly one way to authenticate is named, except that
+// public_key_file (over HTTPS) may accompany one local identity.
+//
+//	[[agent]]
+//	name = "ticket-bot"
+//	roles = ["support"]
+//	unix_user = "ticketbot"          # on the agent socket, by kernel peer credentials
+//	act_for_groups = ["helpdesk"]    # token exchange for members of these groups
 type Agent struct {
-	Name          string   `toml:"name"`
-	Roles         []string `toml:"roles"`
-	UnixUser      string   `toml:"unix_user"`
-	UnixUID       *int     `toml:"unix_uid"`
-	SystemdUnit   string   `toml:"systemd_unit"`
-	PublicKeyFile string   `toml:"public_key_file"`
-	ActForGroups  []string `toml:"act_for_groups"`
+	// Name is the agent's identity: the token's sub and client_id.
+	Name string `toml:"name"`
+	// Roles are [[role]] names; the agent's scopes are their union.
+	Roles []string `toml:"roles"`
+	// UnixUser identifies the agent on the agent socket by the peer's uid,
+	// looked up by user name when the broker starts.
+	UnixUser string `toml:"unix_user"`
+	// UnixUID identifies the agent on the agent socket by the peer's uid.
+	UnixUID *int `toml:"unix_uid"`
+	// SystemdUnit identifies the agent on the agent socket by the systemd
+	// unit its process runs in (from /proc/PID/cgroup), e.g. "bot.service".
+	SystemdUnit string `toml:"systemd_unit"`
+	// PublicKeyFile is a PEM Ed25519 public key ("PUBLIC KEY"); the agent
+	// authenticates over HTTPS with private_key_jwt (RFC 7523) signed by it.
+	PublicKeyFile string `toml:"public_key_file"`
+	// ClientSecretHash is an argon2id hash (see HashClientSecret) of a
+	// shared secret sent as client_secret. Allowed, but doctor flags it:
+	// prefer a key or a local identity.
+	ClientSecretHash string `toml:"client_secret_hash"`
+	// ActForGroups are the directory groups whose members this agent may
+	// act for through token exchange. Empty means nobody.
+	ActForGroups []string `toml:"act_for_groups"`
 }
 
-// Policy is one [[policy]] of applianced.toml.
+// Policy is one [[policy]] of applianced.toml: an attribute-based rule
+// checked when a token is issued and again on every tool request.
+//
+// A policy applies to a request when each of agents, scopes and
+// user_groups that is set matches (user_groups needs a user). Its
+// conditions are hours and source_cidrs, each when set. A deny policy that
+// applies and whose conditions hold denies. When allow policies apply, at
+// least one of them must have its conditions hold. Deny wins. A request no
+// policy applies to is decided by the roles alone.
+//
+//	[[policy]]
+//	name = "office-hours-deletes"
+//	agents = ["ticket-bot"]
+//	scopes = ["tickets:delete"]
+//	hours = "Mon-Fri 08:00-18:00"     # the site's local time; windows joined by ";"
+//	source_cidrs = ["10.20.0.0/24"]   # the agent socket counts as 127.0.0.1
+//	effect = "allow"
 type Policy struct {
-	Name        string   `toml:"name"`
-	Agents      []string `toml:"agents"`
-	Scopes      []string `toml:"scopes"`
-	UserGroups  []string `toml:"user_groups"`
-	Hours       string   `toml:"hours"`
+	// Name identifies the policy in audit events and denials.
+	Name string `toml:"name"`
+	// Agents limits the policy to these agent names. Empty: any agent.
+	Agents []string `toml:"agents"`
+	// Scopes limits the policy to these scopes. Empty: any scope.
+	Scopes []string `toml:"scopes"`
+	// UserGroups limits the policy to requests made for a user in one of
+	// these groups. Empty: with or without a user.
+	UserGroups []string `toml:"user_groups"`
+	// Hours is a condition: weekday and time windows in the site's time
+	// zone, "Mon-Fri 08:00-18:00", "Sat,Sun 10:00-12:00; Mon 00:00-24:00".
+	Hours string `toml:"hours"`
+	// SourceCIDRs is a condition: the client address is in one of these.
 	SourceCIDRs []string `toml:"source_cidrs"`
-	Effect      string   `toml:"effect"`
+	// Effect is "allow" or "deny".
+	Effect string `toml:"effect"`
+}
+
+// Config is everything the broker reads from applianced.toml.
+type Config struct {
+	Tokens   TokenConfig
+	Roles    []Role
+	Agents   []Agent
+	Policies []Policy
+	// UserRoles lists role names users may hold ([ldap.group_roles]
+	// values); each must name a [[role]]. Used only by Validate.
+	UserRoles []string
+}
+
+var (
+	nameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	scopeRE = regexp.MustCompile(`^[\x21\x23-\x5B\x5D-\x7E]{1,128}$`) // RFC 6749 scope-token
+	unitRE  = regexp.MustCompile(`^[A-Za-z0-9:_.\\@-]{1,200}\.(service|scope)$`)
+)
+
+// Validate checks the [tokens], [[role]], [[agent]] and [[policy]] sections
+// together, since they refer to each other. Keys are relative to the file's
+// root: "tokens.ttl", "role[1].name", "agent[0].roles[2]".
+func (c Config) Validate() []*conf.FieldError {
+	errs := conf.Join("tokens", c.Tokens.Validate())
+	roles := map[string]bool{}
+	for i, r := range c.Roles {
+		k := fmt.Sprintf("role[%d]", i)
+		switch {
+		case !nameRE.MatchString(r.Name):
+			errs = append(errs, conf.Errf(k+".name", "%q is not a valid name (letters, digits, . _ -)", r.Name))
+		case roles[r.Name]:
+			errs = append(errs, conf.Errf(k+".name", "duplicate role %q", r.Name))
+		}
+		roles[r.Name] = true
+		if len(r.Scopes) == 0 {
+			errs = append(errs, conf.Errf(k+".scopes", "a role needs at least one scope"))
+		}
+		for j, s := range r.Scopes {
+			if !scopeRE.MatchString(s) {
+				errs = append(errs, conf.Errf(fmt.Sprintf("%s.scopes[%d]", k, j), "%q is not a valid scope", s))
+			}
+		}
+		if r.TTL > 0 && r.TTL.D() < 10*time.Second {
+			errs = append(errs, conf.Errf(k+".ttl", "must be at least 10s"))
+		}
+		if r.MaxTTL > 0 && r.TTL > r.MaxTTL {
+			errs = append(errs, conf.Errf(k+".ttl", "%s is longer than max_ttl %s", r.TTL.D(), r.MaxTTL.D()))
+		}
+		if r.TTL.D() > c.Tokens.maxTTL() {
+			errs = append(errs, conf.Errf(k+".ttl", "%s is longer than tokens.max_ttl %s", r.TTL.D(), c.Tokens.maxTTL()))
+		}
+	}
+	for i, r := range c.UserRoles {
+		if !roles[r] {
+			errs = append(errs, conf.Errf(fmt.Sprintf("ldap.group_roles[%d]", i), "unknown role %q", r))
+		}
+	}
+	agents := map[string]bool{}
+	uids := map[int]string{}
+	users := map[string]string{}
+	units := map[string]string{}
+	for i, a := range c.Agents {
+		k := fmt.Sprintf("agent[%d]", i)
+		switch {
+		case !nameRE.MatchString(a.Name):
+			errs = append(errs, conf.Errf(k+".name", "%q is not a valid name (letters, digits, . _ -)", a.Name))
+		case agents[a.Name]:
+			errs = append(errs, conf.Errf(k+".name", "duplicate agent %q", a.Name))
+		}
+		agents[a.Name] = true
+		if len(a.Roles) == 0 {
+			errs = append(errs, conf.Errf(k+".roles", "an agent needs at least one role"))
+		}
+		for j, r := range a.Roles {
+			if !roles[r] {
+				errs = append(errs, conf.Errf(fmt.Sprintf("%s.roles[%d]", k, j), "unknown role %q", r))
+			}
+		}
+		local := 0
+		if a.UnixUser != "" {
+			local++
+			if o, dup := users[a.UnixUser]; dup {
+				errs = append(errs, conf.Errf(k+".unix_user", "%q is already agent %q", a.UnixUser, o))
+			}
+			users[a.UnixUser] = a.Name
+		}
+		if a.UnixUID != nil {
+			local++
+			if *a.UnixUID < 0 {
+				errs = append(errs, conf.Errf(k+".unix_uid", "must not be negative"))
+			}
+			if o, dup := uids[*a.UnixUID]; dup {
+				errs = append(errs, conf.Errf(k+".unix_uid", "uid %d is already agent %q", *a.UnixUID, o))
+			}
+			uids[*a.UnixUID] = a.Name
+		}
+		if a.SystemdUnit != "" {
+			local++
+			if !unitRE.MatchString(a.SystemdUnit) {
+				errs = append(errs, conf.Errf(k+".systemd_unit", "%q is not a .service or .scope unit name", a.SystemdUnit))
+			}
+			if o, dup := units[a.SystemdUnit]; dup {
+				errs = append(errs, conf.Errf(k+".systemd_unit", "%q is already agent %q", a.SystemdUnit, o))
+			}
+			units[a.SystemdUnit] = a.Name
+		}
+		if local > 1 {
+			errs = append(errs, conf.Errf(k, "name one of unix_user, unix_uid and systemd_unit, not several"))
+		}
+		if a.ClientSecretHash != "" {
+			if _, err := parseArgon2id(a.ClientSecretHash); err != nil {
+				errs = append(errs, conf.Errf(k+".client_secret_hash", "%v", err))
+			}
+		}
+		if local == 0 && a.PublicKeyFile == "" && a.ClientSecretHash == "" {
+			errs = append(errs, conf.Errf(k, "no way to authenticate: set unix_user, unix_uid, systemd_unit, public_key_file or client_secret_hash"))
+		}
+		for j, g := range a.ActForGroups {
+			if strings.TrimSpace(g) == "" {
+				errs = append(errs, conf.Errf(fmt.Sprintf("%s.act_for_groups[%d]", k, j), "empty group name"))
+			}
+		}
+	}
+	pols := map[string]bool{}
+	for i, p := range c.Policies {
+		k := fmt.Sprintf("policy[%d]", i)
+		switch {
+		case !nameRE.MatchString(p.Name):
+			errs = append(errs, conf.Errf(k+".name", "%q is not a valid name (letters, digits, . _ -)", p.Name))
+		case pols[p.Name]:
+			errs = append(errs, conf.Errf(k+".name", "duplicate policy %q", p.Name))
+		}
+		pols[p.Name] = true
+		for j, a := range p.Agents {
+			if !agents[a] {
+				errs = append(errs, conf.Errf(fmt.Sprintf("%s.agents[%d]", k, j), "unknown agent %q", a))
+			}
+		}
+		for j, s := range p.Scopes {
+			if !scopeRE.MatchString(s) {
+				errs = append(errs, conf.Errf(fmt.Sprintf("%s.scopes[%d]", k, j), "%q is not a valid scope", s))
+			}
+		}
+		if p.Hours != "" {
+			if _, err := ParseHours(p.Hours); err != nil {
+				errs = append(errs, conf.Errf(k+".hours", "%v", err))
+			}
+		}
+		for j, s := range p.SourceCIDRs {
+			if _, err := netip.ParsePrefix(s); err != nil {
+				errs = append(errs, conf.Errf(fmt.Sprintf("%s.source_cidrs[%d]", k, j), "%q is not a CIDR like \"10.20.0.0/24\"", s))
+			}
+		}
+		switch p.Effect {
+		case "allow", "deny":
+		case "":
+			errs = append(errs, conf.Errf(k+".effect", "missing: \"allow\" or \"deny\""))
+		default:
+			errs = append(errs, conf.Errf(k+".effect", "%q: want \"allow\" or \"deny\"", p.Effect))
+		}
+		if p.Effect == "allow" && p.Hours == "" && len(p.SourceCIDRs) == 0 {
+			errs = append(errs, conf.Errf(k, "an allow policy needs a condition (hours or source_cidrs)"))
+		}
+	}
+	return errs
 }

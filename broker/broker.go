@@ -1,0 +1,368 @@
+package broker
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// Identity is a directory user after a successful login.
+type Identity struct {
+	Username string   // login name (sAMAccountName or uid)
+	DN       string   // distinguished name
+	Groups   []string // group names, nested groups resolved
+	Roles    []string // [[role]] names from [ldap.group_roles]
+}
+
+// Authenticator checks a user's password against the directory. A wrong
+// password, an unknown or disabled user is ok == false with a nil error;
+// err is for a directory that cannot answer.
+type Authenticator interface {
+	Login(ctx context.Context, username, password, source string) (id Identity, ok bool, err error)
+}
+
+// Hasher turns an identifier into the keyed hash under which it appears
+// in audit events; *audit.Hasher implements it.
+type Hasher interface {
+	Sum(value string) string
+}
+
+// Options configure a Broker. Config, Issuer, Keys, Store and Audit are
+// required.
+type Options struct {
+	Config Config
+	// Issuer is the iss of every token and the base of the endpoints'
+	// URLs, e.g. "https://10.20.0.5:8443".
+	Issuer string
+	Keys   KeyStore
+	Store  Store
+	Audit  audit.Appender
+	// Auth checks user passwords for /v1/login; nil disables login.
+	Auth Authenticator
+	// Hasher HMACs token ids for audit events; nil leaves them out.
+	Hasher Hasher
+	Logger *slog.Logger
+	// Location is the site's time zone for policy hours; nil means Local.
+	Location *time.Location
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Broker issues, verifies and revokes tokens. It is safe for concurrent use.
+type Broker struct {
+	issuer string
+	keys   *keyring
+	store  Store
+	audit  audit.Appender
+	auth   Authenticator
+	hasher Hasher
+	log    *slog.Logger
+	loc    *time.Location
+	now    func() time.Time
+
+	cfg  atomic.Pointer[compiled]
+	revs *revocations
+
+	stateMu sync.RWMutex
+	states  map[string]AgentState
+	seen    sync.Map // agent name -> time.Time, flushed to the store by Run
+}
+
+// compiled is a validated config with its lookup tables.
+type compiled struct {
+	tokens   TokenConfig
+	roles    map[string]Role
+	agents   map[string]*agentEntry
+	byUID    map[int]*agentEntry
+	byUnit   map[string]*agentEntry
+	policies []compiledPolicy
+}
+
+type agentEntry struct {
+	Agent
+	scopes []string // union of the roles' scopes, sorted
+	ttl    time.Duration
+	pub    ed25519.PublicKey
+	secret *argon2Hash
+}
+
+// New validates opts and returns a working broker: it loads (or creates)
+// the signing keys and the runtime state.
+func New(ctx context.Context, opts Options) (*Broker, error) {
+	if opts.Issuer == "" || opts.Keys == nil || opts.Store == nil || opts.Audit == nil {
+		return nil, errors.New("broker: Issuer, Keys, Store and Audit are required")
+	}
+	b := &Broker{
+		issuer: opts.Issuer, store: opts.Store, audit: opts.Audit, auth: opts.Auth, hasher: opts.Hasher,
+		log: opts.Logger, loc: opts.Location, now: opts.Now,
+	}
+	if b.log == nil {
+		b.log = slog.Default()
+	}
+	if b.loc == nil {
+		b.loc = time.Local
+	}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	cc, err := b.compile(opts.Config)
+	if err != nil {
+		return nil, err
+	}
+	b.cfg.Store(cc)
+	if b.keys, err = openKeyring(ctx, opts.Keys, cc.tokens.rotateEvery(), b.now()); err != nil {
+		return nil, err
+	}
+	if b.keys.due(b.now()) {
+		if err := b.rotateKey(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if b.states, err = b.store.AgentStates(ctx); err != nil {
+		return nil, err
+	}
+	revs, err := b.store.Revocations(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b.revs = newRevocations(revs)
+	return b, nil
+}
+
+// Reload replaces the roles, agents and policies. Tokens already issued
+// stay valid unless their agent is gone or disabled.
+func (b *Broker) Reload(cfg Config) error {
+	cc, err := b.compile(cfg)
+	if err != nil {
+		return err
+	}
+	b.cfg.Store(cc)
+	return nil
+}
+
+func (b *Broker) compile(cfg Config) (*compiled, error) {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("broker: invalid config: %w", errs[0])
+	}
+	cc := &compiled{
+		tokens: cfg.Tokens, roles: map[string]Role{}, agents: map[string]*agentEntry{},
+		byUID: map[int]*agentEntry{}, byUnit: map[string]*agentEntry{},
+	}
+	for _, r := range cfg.Roles {
+		cc.roles[r.Name] = r
+	}
+	for _, a := range cfg.Agents {
+		e := &agentEntry{Agent: a}
+		e.scopes, e.ttl = cc.scopesAndTTL(a.Roles)
+		if a.UnixUID != nil {
+			cc.byUID[*a.UnixUID] = e
+		}
+		if a.UnixUser != "" {
+			u, err := user.Lookup(a.UnixUser)
+			if err != nil {
+				b.log.Warn("broker: agent's unix_user not found; it cannot use the agent socket",
+					"agent", a.Name, "unix_user", a.UnixUser, "err", err)
+			} else if uid, err := strconv.Atoi(u.Uid); err == nil {
+				cc.byUID[uid] = e
+			}
+		}
+		if a.SystemdUnit != "" {
+			cc.byUnit[a.SystemdUnit] = e
+		}
+		if a.PublicKeyFile != "" {
+			pub, err := readEd25519PublicKey(a.PublicKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("broker: agent %q: %w", a.Name, err)
+			}
+			e.pub = pub
+		}
+		if a.ClientSecretHash != "" {
+			h, err := parseArgon2id(a.ClientSecretHash)
+			if err != nil {
+				return nil, fmt.Errorf("broker: agent %q: %w", a.Name, err)
+			}
+			e.secret = h
+		}
+		cc.agents[a.Name] = e
+	}
+	pols, err := compilePolicies(cfg.Policies)
+	if err != nil {
+		return nil, err
+	}
+	cc.policies = pols
+	return cc, nil
+}
+
+// scopesAndTTL returns the union of roles' scopes and the token lifetime.
+func (cc *compiled) scopesAndTTL(roles []string) ([]string, time.Duration) {
+	ttl, maxTTL := cc.tokens.ttl(), cc.tokens.maxTTL()
+	var scopes []string
+	for _, name := range roles {
+		r, ok := cc.roles[name]
+		if !ok {
+			continue
+		}
+		for _, s := range r.Scopes {
+			if !slices.Contains(scopes, s) {
+				scopes = append(scopes, s)
+			}
+		}
+		if r.TTL > 0 && r.TTL.D() < ttl {
+			ttl = r.TTL.D()
+		}
+		if r.MaxTTL > 0 && r.MaxTTL.D() < maxTTL {
+			maxTTL = r.MaxTTL.D()
+		}
+	}
+	sort.Strings(scopes)
+	return scopes, min(ttl, maxTTL)
+}
+
+func readEd25519PublicKey(path string) (ed25519.PublicKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading public key: %w", err)
+	}
+	blk, _ := pem.Decode(data)
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("%s: want a PEM \"PUBLIC KEY\" block", path)
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	pub, ok := k.(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("%s: not an Ed25519 key", path)
+	}
+	return pub, nil
+}
+
+// Run does the periodic work until ctx ends: signing-key rotation when
+// due, pruning expired state, and saving agents' last-seen times.
+func (b *Broker) Run(ctx context.Context) error {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			b.flushSeen(context.WithoutCancel(ctx))
+			return nil
+		case <-t.C:
+			b.Tick(ctx)
+		}
+	}
+}
+
+// Tick does one round of Run's work.
+func (b *Broker) Tick(ctx context.Context) {
+	now := b.now()
+	if b.keys.due(now) {
+		if err := b.rotateKey(ctx); err != nil {
+			b.log.Error("broker: signing key rotation failed", "err", err)
+		}
+	}
+	if err := b.store.Prune(ctx, now); err != nil {
+		b.log.Error("broker: pruning", "err", err)
+	}
+	b.revs.prune(now)
+	b.flushSeen(ctx)
+}
+
+// rotateKey makes a new signing key and records it.
+func (b *Broker) rotateKey(ctx context.Context) error {
+	old := b.keys.cur.Load().kid
+	if err := b.keys.rotate(ctx, b.now()); err != nil {
+		return err
+	}
+	kid := b.keys.cur.Load().kid
+	b.log.Info("broker: signing key rotated", "kid", kid)
+	return b.record(ctx, &audit.Event{Type: "token.sign_key", Action: "key.rotate", Target: kid,
+		Outcome: audit.OutcomeSuccess, Details: map[string]string{"previous_kid": old}})
+}
+
+func (b *Broker) flushSeen(ctx context.Context) {
+	b.seen.Range(func(k, v any) bool {
+		name, at := k.(string), v.(time.Time)
+		b.seen.Delete(name)
+		b.stateMu.Lock()
+		st := b.states[name]
+		st.LastSeen = at
+		b.states[name] = st
+		b.stateMu.Unlock()
+		if err := b.store.PutAgentState(ctx, name, st); err != nil {
+			b.log.Warn("broker: saving last seen", "agent", name, "err", err)
+		}
+		return true
+	})
+}
+
+func (b *Broker) agentDisabled(name string) bool {
+	b.stateMu.RLock()
+	defer b.stateMu.RUnlock()
+	return b.states[name].Disabled
+}
+
+// Issuer returns the iss of the broker's tokens.
+func (b *Broker) Issuer() string { return b.issuer }
+
+// ToolAudience is the aud of agent tokens: what the tool proxy passes to
+// Verify.
+func (b *Broker) ToolAudience() string { return b.issuer + "/v1/tools" }
+
+// userAudience is the aud of a user's own token: usable as a token
+// exchange subject_token, not at the tool proxy.
+func (b *Broker) userAudience() string { return b.issuer + "/oauth2/token" }
+
+// Authorize evaluates the [[policy]] rules for one use of a scope. The tool
+// proxy calls it on every request; issuance calls it per scope.
+func (b *Broker) Authorize(r AccessRequest) Decision {
+	if r.Time.IsZero() {
+		r.Time = b.now()
+	}
+	return evaluate(b.cfg.Load().policies, r, b.loc)
+}
+
+// SecretAgents lists agents that may authenticate with a shared
+// client_secret, for doctor to flag.
+func (b *Broker) SecretAgents() []string {
+	var out []string
+	for name, a := range b.cfg.Load().agents {
+		if a.secret != nil {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// hashID returns the audit form of a token id.
+func (b *Broker) hashID(id string) string {
+	if b.hasher == nil || id == "" {
+		return ""
+	}
+	return b.hasher.Sum(id)
+}
+
+// record appends e to the audit journal.
+func (b *Broker) record(ctx context.Context, e *audit.Event) error {
+	if _, err := b.audit.Append(ctx, e); err != nil {
+		b.log.Error("broker: audit append failed", "type", e.Type, "err", err)
+		return fmt.Errorf("broker: audit: %w", err)
+	}
+	return nil
+}

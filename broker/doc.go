@@ -1,0 +1,36 @@
+// Package broker owns agent identities and their short-lived tokens: the
+// [[role]], [[agent]] and [[policy]] sections, agent authentication, JWT
+// access tokens (RFC 9068, EdDSA), the OAuth2 endpoints (token with
+// client_credentials, token exchange and refresh_token; introspection;
+// revocation; RFC 8414 metadata; JWKS), user login through an
+// Authenticator, and the attribute-based policies the tool proxy consults.
+//
+// Agents authenticate without shared passwords by default: on the agent
+// Unix socket by the kernel's peer credentials (install ConnContext on the
+// socket's http.Server), over HTTPS by private_key_jwt (RFC 7523) with the
+// agent's registered Ed25519 key. A client_secret, stored only as an
+// argon2id hash, is accepted but listed by SecretAgents for doctor.
+//
+// Every issuance and every refusal is appended to the audit journal before
+// the answer; if an issuance cannot be recorded, no token is returned. Audit
+// events carry the HMAC of a token id, never a token.
+//
+// Verify is what the tool proxy and introspection use. It checks, in order:
+// the token's size and EdDSA-only parse, typ at+jwt, the key by kid among the
+// current and previous signing keys, the signature, iss/exp/nbf/iat with 30 s
+// leeway, aud, then the revocation list, the agent's state and user
+// revocation. Revocation and disabling take effect at once in this process.
+//
+// The package refuses: any algorithm but EdDSA, tokens without exp or jti,
+// repeated or URL-borne OAuth2 parameters, client_secret stored in clear,
+// and acting for a user whose groups the agent is not allowed.
+//
+// # Caveats
+//
+// The revocation list and agent states are cached in memory and written
+// through to the Store; a second appliance sharing the Store sees changes
+// when it reloads them. Refresh does not consult the directory again:
+// a user's groups are those of the login until the session (refresh_ttl)
+// ends or the user is revoked with RevokeUser. Requests on the agent socket
+// count as coming from 127.0.0.1 for source_cidrs.
+package broker

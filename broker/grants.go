@@ -1,0 +1,542 @@
+package broker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"mime"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// tokenResponse is the token endpoint's success answer (RFC 6749 §5.1,
+// RFC 8693 §2.2.1).
+type tokenResponse struct {
+	AccessToken     string `json:"access_token"`
+	IssuedTokenType string `json:"issued_token_type,omitempty"`
+	TokenType       string `json:"token_type"`
+	ExpiresIn       int64  `json:"expires_in"`
+	Scope           string `json:"scope,omitempty"`
+	RefreshToken    string `json:"refresh_token,omitempty"`
+}
+
+// request carries what one token-endpoint call has established, for the
+// audit event.
+type request struct {
+	grant     string
+	client    clientAuth
+	user      string
+	src       netip.Addr
+	srcString string
+}
+
+func (q *request) actor() audit.Actor {
+	a := audit.Actor{User: q.user}
+	if q.client.agent != nil {
+		a.Agent = q.client.agent.Name
+	}
+	if q.client.peer != nil {
+		uid := q.client.peer.UID
+		a.UID, a.PID = &uid, q.client.peer.PID
+	}
+	return a
+}
+
+// deny audits a refusal and returns the error to answer with. A refusal
+// is answered even when it could not be recorded: nothing was granted.
+func (b *Broker) deny(ctx context.Context, q *request, typ string, e *oauthError, sev string) *oauthError {
+	ev := &audit.Event{Type: typ, Severity: sev, Actor: q.actor(), Action: "token.issue", Target: q.grant,
+		Outcome: audit.OutcomeDenied, Reason: e.desc, Source: q.srcString,
+		Details: map[string]string{"grant": q.grant, "error": e.code}}
+	if q.client.method != "" {
+		ev.Details["client_auth"] = q.client.method
+	}
+	if typ == "auth.login" {
+		ev.Action = "login"
+	}
+	_ = b.record(ctx, ev)
+	return e
+}
+
+func (b *Broker) handleToken(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	f, oe := decodeForm(r)
+	if oe != nil {
+		writeOAuthError(w, oe)
+		return
+	}
+	q := &request{grant: f.get("grant_type")}
+	q.src, q.srcString = source(r)
+	id, secret, hasBasic, oe := basicAuth(r)
+	if oe != nil {
+		writeOAuthError(w, b.deny(ctx, q, "token.deny", oe, audit.SeverityWarn))
+		return
+	}
+	ca, err := b.authenticateClient(ctx, f, id, secret, hasBasic)
+	q.client = ca
+	if err != nil {
+		var ce *errClient
+		if errors.As(err, &ce) {
+			writeOAuthError(w, b.deny(ctx, q, "token.deny", oerr(http.StatusUnauthorized, "invalid_client", "%s", ce.msg), audit.SeverityWarn))
+			return
+		}
+		b.log.Error("broker: client authentication", "err", err)
+		writeOAuthError(w, errUnavailable)
+		return
+	}
+	var resp *tokenResponse
+	switch q.grant {
+	case GrantClientCredentials:
+		resp, oe = b.grantClientCredentials(ctx, q, f)
+	case GrantTokenExchange:
+		resp, oe = b.grantTokenExchange(ctx, q, f)
+	case GrantRefreshToken:
+		resp, oe = b.grantRefresh(ctx, q, f)
+	case "":
+		oe = b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "grant_type is missing"), "")
+	default:
+		q.grant = "unsupported"
+		oe = b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "unsupported_grant_type",
+			"grant_type must be client_credentials, token-exchange or refresh_token"), "")
+	}
+	if oe != nil {
+		writeOAuthError(w, oe)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// requireAgent checks the authenticated client may get tokens.
+func (b *Broker) requireAgent(ctx context.Context, q *request) *oauthError {
+	if q.client.agent == nil {
+		return b.deny(ctx, q, "token.deny", oerr(http.StatusUnauthorized, "invalid_client",
+			"client authentication required (agent socket, private_key_jwt or client_secret)"), audit.SeverityWarn)
+	}
+	if b.agentDisabled(q.client.agent.Name) {
+		return b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "unauthorized_client", "agent %q is disabled", q.client.agent.Name), audit.SeverityWarn)
+	}
+	return nil
+}
+
+// pickScopes intersects the requested scopes (all of allowed when none
+// are requested) with allowed and the policies. Explicitly requested
+// scopes must all be granted; defaults denied by a policy are dropped.
+func (b *Broker) pickScopes(ctx context.Context, q *request, f form, allowed []string, groups []string) ([]string, *oauthError) {
+	requested := strings.Fields(f.get("scope"))
+	explicit := len(requested) > 0
+	if !explicit {
+		requested = allowed
+	}
+	now := b.now()
+	var out []string
+	for _, s := range requested {
+		if !slices.Contains(allowed, s) {
+			return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_scope", "scope %q is not granted to this client", s), audit.SeverityWarn)
+		}
+		d := b.Authorize(AccessRequest{Agent: q.client.agent.Name, User: q.user, UserGroups: groups, Scope: s, Source: q.src, Time: now})
+		if !d.Allowed {
+			if explicit {
+				return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_scope", "scope %q: %s", s, d.Reason), audit.SeverityWarn)
+			}
+			continue
+		}
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_scope", "no scope is allowed now"), audit.SeverityWarn)
+	}
+	return out, nil
+}
+
+// issue signs c, audits the issuance and returns the answer. It fails
+// (503) when the issuance cannot be recorded.
+func (b *Broker) issue(ctx context.Context, q *request, typ string, c *claims, refresh string) (*tokenResponse, *oauthError) {
+	raw, err := b.sign(c)
+	if err != nil {
+		b.log.Error("broker: signing", "err", err)
+		return nil, oerr(http.StatusInternalServerError, "server_error", "could not sign the token")
+	}
+	details := map[string]string{"grant": q.grant, "scope": c.Scope, "exp": strconv.FormatInt(int64(*c.Expiry), 10)}
+	if h := b.hashID(c.ID); h != "" {
+		details["jti_hmac"] = h
+	}
+	if q.client.method != "" {
+		details["client_auth"] = q.client.method
+	}
+	if refresh != "" {
+		details["refresh"] = "issued"
+	}
+	action := "token.issue"
+	if typ == "auth.login" {
+		action = "login"
+	}
+	ev := &audit.Event{Type: typ, Actor: q.actor(), Action: action, Target: q.grant, Outcome: audit.OutcomeSuccess,
+		Source: q.srcString, Details: details}
+	if err := b.record(ctx, ev); err != nil {
+		return nil, errUnavailable
+	}
+	if q.client.agent != nil {
+		b.seen.Store(q.client.agent.Name, b.now().UTC().Truncate(time.Second))
+	}
+	resp := &tokenResponse{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(*c.Expiry) - int64(*c.IssuedAt),
+		Scope: c.Scope, RefreshToken: refresh}
+	if q.grant == GrantTokenExchange {
+		resp.IssuedTokenType = tokenTypeAccess
+	}
+	return resp, nil
+}
+
+func (b *Broker) newClaims(sub, kind string, aud []string, ttl time.Duration) *claims {
+	now := b.now()
+	return &claims{
+		Issuer: b.issuer, Subject: sub, Audience: aud, Kind: kind, ID: newID(),
+		IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(ttl)),
+	}
+}
+
+func (b *Broker) grantClientCredentials(ctx context.Context, q *request, f form) (*tokenResponse, *oauthError) {
+	if oe := b.requireAgent(ctx, q); oe != nil {
+		return nil, oe
+	}
+	a := q.client.agent
+	scopes, oe := b.pickScopes(ctx, q, f, a.scopes, nil)
+	if oe != nil {
+		return nil, oe
+	}
+	c := b.newClaims(a.Name, KindAgent, []string{b.ToolAudience()}, a.ttl)
+	c.ClientID, c.Scope = a.Name, strings.Join(scopes, " ")
+	return b.issue(ctx, q, "token.issue", c, "")
+}
+
+func (b *Broker) grantTokenExchange(ctx context.Context, q *request, f form) (*tokenResponse, *oauthError) {
+	if oe := b.requireAgent(ctx, q); oe != nil {
+		return nil, oe
+	}
+	a := q.client.agent
+	switch {
+	case !f.has("subject_token") || !f.has("subject_token_type"):
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "subject_token and subject_token_type are required"), "")
+	case f.get("subject_token_type") != tokenTypeAccess && f.get("subject_token_type") != tokenTypeJWT:
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "subject_token_type must be %s", tokenTypeAccess), "")
+	case f.has("actor_token") || f.has("actor_token_type"):
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "the actor is the authenticated agent; actor_token is not accepted"), "")
+	case f.has("requested_token_type") && f.get("requested_token_type") != tokenTypeAccess:
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "only access tokens are issued"), "")
+	case f.has("audience") && f.get("audience") != b.ToolAudience():
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_target", "audience must be %s", b.ToolAudience()), "")
+	case f.has("resource"):
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_target", "resource is not supported; use audience"), "")
+	}
+	c, err := b.verifyClaims(f.get("subject_token"), []string{b.userAudience()})
+	var p *Principal
+	if err == nil {
+		p, err = b.checkState(c)
+	}
+	if err != nil {
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "subject_token: %s", reason(err)), audit.SeverityWarn)
+	}
+	q.user = p.User
+	if c.Kind != KindUser || c.Act != nil {
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "subject_token must be a user's own token"), audit.SeverityWarn)
+	}
+	if !intersects(a.ActForGroups, p.Groups) {
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "unauthorized_client",
+			"agent %q may not act for this user (no group in act_for_groups)", a.Name), audit.SeverityWarn)
+	}
+	var both []string
+	for _, s := range a.scopes {
+		if slices.Contains(p.Scopes, s) {
+			both = append(both, s)
+		}
+	}
+	scopes, oe := b.pickScopes(ctx, q, f, both, p.Groups)
+	if oe != nil {
+		return nil, oe
+	}
+	ttl := a.ttl
+	if left := p.Expiry.Sub(b.now()); left < ttl {
+		ttl = left
+	}
+	nc := b.newClaims(p.User, KindUser, []string{b.ToolAudience()}, ttl)
+	nc.ClientID, nc.Scope, nc.Act = a.Name, strings.Join(scopes, " "), &actClaim{Sub: a.Name}
+	nc.Groups = p.Groups
+	return b.issue(ctx, q, "token.exchange", nc, "")
+}
+
+// reason returns the specific cause inside a verification error.
+func reason(err error) string {
+	if u, ok := err.(interface{ Unwrap() []error }); ok {
+		if errs := u.Unwrap(); len(errs) == 2 {
+			return errs[1].Error()
+		}
+	}
+	return "invalid"
+}
+
+func hashRefresh(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenResponse, *oauthError) {
+	tok := f.get("refresh_token")
+	if tok == "" || len(tok) > 256 {
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "refresh_token is missing"), "")
+	}
+	next := newID() + newID()
+	now := b.now()
+	old, err := b.store.RotateRefresh(ctx, hashRefresh(tok), now,
+		RefreshToken{Hash: hashRefresh(next), Issued: now.UTC()})
+	q.user = old.User
+	switch {
+	case errors.Is(err, ErrRefreshReused):
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant",
+			"refresh token already used; the session is revoked"), audit.SeverityHigh)
+	case errors.Is(err, ErrRefreshUnknown), errors.Is(err, ErrRefreshRevoked), errors.Is(err, ErrRefreshExpired):
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "refresh token is not valid"), audit.SeverityWarn)
+	case err != nil:
+		b.log.Error("broker: refresh", "err", err)
+		return nil, errUnavailable
+	}
+	if err := b.revs.check(&Principal{User: old.User, IssuedAt: old.Issued}); err != nil {
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "the user's tokens are revoked"), audit.SeverityWarn)
+	}
+	return b.userToken(ctx, q, "token.refresh", old.User, old.Groups, old.Scopes, next)
+}
+
+// userToken issues a user's own access token, with refresh as its refresh token.
+func (b *Broker) userToken(ctx context.Context, q *request, typ, user string, groups, scopes []string, refresh string) (*tokenResponse, *oauthError) {
+	cc := b.cfg.Load()
+	c := b.newClaims(user, KindUser, []string{b.userAudience()}, min(cc.tokens.ttl(), cc.tokens.maxTTL()))
+	c.ClientID, c.Scope, c.Groups = "login", strings.Join(scopes, " "), groups
+	return b.issue(ctx, q, typ, c, refresh)
+}
+
+// loginRequest is the JSON form of a /v1/login body.
+type loginRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+func (b *Broker) handleLogin(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	q := &request{grant: "password"}
+	q.src, q.srcString = source(r)
+	var in loginRequest
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt == "application/json" && r.Method == http.MethodPost && r.URL.RawQuery == "" {
+		body, oe := readBody(r)
+		if oe != nil {
+			writeOAuthError(w, oe)
+			return
+		}
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil || dec.More() {
+			writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "malformed JSON body"))
+			return
+		}
+	} else {
+		f, oe := decodeForm(r)
+		if oe != nil {
+			writeOAuthError(w, oe)
+			return
+		}
+		in.Username, in.Password = f.get("username"), f.get("password")
+	}
+	if in.Username == "" || in.Password == "" || len(in.Username) > 256 || len(in.Password) > 1024 {
+		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "username and password are required"))
+		return
+	}
+	q.user = in.Username
+	if b.auth == nil {
+		writeOAuthError(w, b.deny(ctx, q, "auth.login", oerr(http.StatusServiceUnavailable, "temporarily_unavailable", "login is not configured"), ""))
+		return
+	}
+	id, ok, err := b.auth.Login(ctx, in.Username, in.Password, q.srcString)
+	if err != nil {
+		b.log.Warn("broker: directory login failed", "user", in.Username, "err", err)
+		ev := &audit.Event{Type: "auth.login", Severity: audit.SeverityWarn, Actor: q.actor(), Action: "login",
+			Outcome: audit.OutcomeFailure, Reason: "directory unavailable", Source: q.srcString}
+		_ = b.record(ctx, ev)
+		writeOAuthError(w, oerr(http.StatusServiceUnavailable, "temporarily_unavailable", "the directory cannot be reached; try again"))
+		return
+	}
+	if !ok {
+		writeOAuthError(w, b.deny(ctx, q, "auth.login", oerr(http.StatusBadRequest, "invalid_grant", "invalid username or password"), audit.SeverityWarn))
+		return
+	}
+	q.user = id.Username
+	cc := b.cfg.Load()
+	scopes, _ := cc.scopesAndTTL(id.Roles)
+	refresh := newID() + newID()
+	now := b.now()
+	rt := RefreshToken{Hash: hashRefresh(refresh), Family: newID(), User: id.Username, Groups: id.Groups, Scopes: scopes,
+		Issued: now.UTC(), Expires: now.Add(cc.tokens.refreshTTL()).UTC()}
+	if err := b.store.PutRefresh(ctx, rt); err != nil {
+		b.log.Error("broker: storing refresh token", "err", err)
+		writeOAuthError(w, errUnavailable)
+		return
+	}
+	resp, oe := b.userToken(ctx, q, "auth.login", id.Username, id.Groups, scopes, refresh)
+	if oe != nil {
+		_, _ = b.store.RevokeRefresh(ctx, rt.Hash)
+		writeOAuthError(w, oe)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// authenticatedCaller runs client authentication for introspection and
+// revocation, which answer their own errors.
+func (b *Broker) authenticatedCaller(w http.ResponseWriter, r *http.Request) (form, clientAuth, bool) {
+	f, oe := decodeForm(r)
+	if oe != nil {
+		writeOAuthError(w, oe)
+		return nil, clientAuth{}, false
+	}
+	id, secret, hasBasic, oe := basicAuth(r)
+	if oe != nil {
+		writeOAuthError(w, oe)
+		return nil, clientAuth{}, false
+	}
+	ca, err := b.authenticateClient(r.Context(), f, id, secret, hasBasic)
+	if err != nil {
+		var ce *errClient
+		if errors.As(err, &ce) {
+			writeOAuthError(w, oerr(http.StatusUnauthorized, "invalid_client", "%s", ce.msg))
+		} else {
+			writeOAuthError(w, errUnavailable)
+		}
+		return nil, clientAuth{}, false
+	}
+	return f, ca, true
+}
+
+// introspection is the RFC 7662 answer.
+type introspection struct {
+	Active    bool      `json:"active"`
+	Scope     string    `json:"scope,omitempty"`
+	ClientID  string    `json:"client_id,omitempty"`
+	Username  string    `json:"username,omitempty"`
+	TokenType string    `json:"token_type,omitempty"`
+	Exp       int64     `json:"exp,omitempty"`
+	Iat       int64     `json:"iat,omitempty"`
+	Nbf       int64     `json:"nbf,omitempty"`
+	Sub       string    `json:"sub,omitempty"`
+	Aud       []string  `json:"aud,omitempty"`
+	Iss       string    `json:"iss,omitempty"`
+	Jti       string    `json:"jti,omitempty"`
+	Act       *actClaim `json:"act,omitempty"`
+	Groups    []string  `json:"groups,omitempty"`
+}
+
+func (b *Broker) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	f, ca, ok := b.authenticatedCaller(w, r)
+	if !ok {
+		return
+	}
+	if ca.agent == nil {
+		writeOAuthError(w, oerr(http.StatusUnauthorized, "invalid_client", "introspection callers must authenticate"))
+		return
+	}
+	if b.agentDisabled(ca.agent.Name) {
+		writeOAuthError(w, oerr(http.StatusUnauthorized, "invalid_client", "agent %q is disabled", ca.agent.Name))
+		return
+	}
+	if !f.has("token") {
+		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "token is missing"))
+		return
+	}
+	c, err := b.verifyClaims(f.get("token"), []string{b.ToolAudience(), b.userAudience()})
+	var p *Principal
+	if err == nil {
+		p, err = b.checkState(c)
+	}
+	if err != nil {
+		writeJSON(w, http.StatusOK, introspection{Active: false})
+		return
+	}
+	out := introspection{Active: true, Scope: c.Scope, ClientID: c.ClientID, TokenType: "Bearer",
+		Exp: int64(*c.Expiry), Iat: int64(*c.IssuedAt), Sub: c.Subject, Aud: c.Audience, Iss: c.Issuer, Jti: c.ID,
+		Act: c.Act, Groups: c.Groups, Username: p.User}
+	if c.NotBefore != nil {
+		out.Nbf = int64(*c.NotBefore)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (b *Broker) handleRevoke(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	f, ca, ok := b.authenticatedCaller(w, r)
+	if !ok {
+		return
+	}
+	tok := f.get("token")
+	if tok == "" {
+		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "token is missing"))
+		return
+	}
+	q := &request{grant: "revoke", client: ca}
+	q.src, q.srcString = source(r)
+	ev := &audit.Event{Type: "token.revoke", Actor: q.actor(), Action: "token.revoke", Outcome: audit.OutcomeSuccess, Source: q.srcString}
+	if strings.Count(tok, ".") == 2 {
+		c, err := b.verifyClaims(tok, []string{b.ToolAudience(), b.userAudience()})
+		if err != nil {
+			// RFC 7009 §2.2: an invalid token is not an error.
+			writeJSON(w, http.StatusOK, struct{}{})
+			return
+		}
+		caller := ""
+		if ca.agent != nil {
+			caller = ca.agent.Name
+		}
+		owner := c.ClientID
+		ownToken := (caller != "" && (owner == caller || (c.Act != nil && c.Act.Sub == caller))) ||
+			(caller == "" && c.Kind == KindUser && c.Act == nil) // a user's own token: whoever holds it may end it
+		if !ownToken {
+			writeOAuthError(w, oerr(http.StatusBadRequest, "unauthorized_client", "the token was not issued to this client"))
+			return
+		}
+		ev.Target, ev.Actor.User = RevokeJTI, ""
+		if c.Kind == KindUser {
+			ev.Actor.User = c.Subject
+		}
+		ev.Details = map[string]string{"jti_hmac": b.hashID(c.ID)}
+		x := Revocation{Kind: RevokeJTI, Value: c.ID, At: b.now(), Until: c.Expiry.Time().Add(leeway)}
+		if err := b.revoke(ctx, x); err != nil {
+			b.log.Error("broker: revoking", "err", err)
+			writeOAuthError(w, errUnavailable)
+			return
+		}
+	} else {
+		rt, err := b.store.RevokeRefresh(ctx, hashRefresh(tok))
+		if errors.Is(err, ErrRefreshUnknown) {
+			writeJSON(w, http.StatusOK, struct{}{})
+			return
+		}
+		if err != nil {
+			b.log.Error("broker: revoking", "err", err)
+			writeOAuthError(w, errUnavailable)
+			return
+		}
+		ev.Target, ev.Actor.User = "refresh_token", rt.User
+	}
+	if err := b.record(ctx, ev); err != nil {
+		writeOAuthError(w, errUnavailable)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}

@@ -1,0 +1,232 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// ErrNoSuchAgent is returned by the admin verbs for a name not in the config.
+var ErrNoSuchAgent = errors.New("broker: no such agent")
+
+// revocations is the in-memory copy of the revocation list, consulted on
+// every verification; the Store holds the durable copy.
+type revocations struct {
+	mu     sync.RWMutex
+	jtis   map[string]time.Time // jti -> until
+	agents map[string]time.Time // agent -> tokens issued at or before this are revoked
+	users  map[string]time.Time
+	until  map[string]time.Time // kind\x00value -> until, for pruning agents/users
+}
+
+func newRevocations(list []Revocation) *revocations {
+	r := &revocations{jtis: map[string]time.Time{}, agents: map[string]time.Time{},
+		users: map[string]time.Time{}, until: map[string]time.Time{}}
+	for _, x := range list {
+		r.add(x)
+	}
+	return r
+}
+
+func (r *revocations) add(x Revocation) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch x.Kind {
+	case RevokeJTI:
+		r.jtis[x.Value] = x.Until
+	case RevokeAgent:
+		if x.At.After(r.agents[x.Value]) {
+			r.agents[x.Value] = x.At
+		}
+	case RevokeUser:
+		if x.At.After(r.users[x.Value]) {
+			r.users[x.Value] = x.At
+		}
+	}
+	r.until[x.Kind+"\x00"+x.Value] = x.Until
+}
+
+// check returns why p is revoked, or nil.
+func (r *revocations) check(p *Principal) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if _, ok := r.jtis[p.JTI]; ok {
+		return ErrRevoked
+	}
+	// iat has one-second resolution: a token from the revocation's second
+	// counts as revoked (fail closed).
+	if p.Agent != "" {
+		if at, ok := r.agents[p.Agent]; ok && !p.IssuedAt.After(at) {
+			return ErrRevoked
+		}
+	}
+	if p.User != "" {
+		if at, ok := r.users[p.User]; ok && !p.IssuedAt.After(at) {
+			return ErrUserRevoked
+		}
+	}
+	return nil
+}
+
+func (r *revocations) prune(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, until := range r.until {
+		if !now.After(until) {
+			continue
+		}
+		delete(r.until, k)
+		kind, value, _ := strings.Cut(k, "\x00")
+		switch kind {
+		case RevokeJTI:
+			delete(r.jtis, value)
+		case RevokeAgent:
+			delete(r.agents, value)
+		case RevokeUser:
+			delete(r.users, value)
+		}
+	}
+}
+
+// revoke persists x, then makes it effective.
+func (b *Broker) revoke(ctx context.Context, x Revocation) error {
+	if err := b.store.PutRevocation(ctx, x); err != nil {
+		return err
+	}
+	b.revs.add(x)
+	return nil
+}
+
+// RevokeJTI revokes one access token by its id, at once, for every verifier.
+func (b *Broker) RevokeJTI(ctx context.Context, jti string, by audit.Actor) error {
+	now := b.now()
+	x := Revocation{Kind: RevokeJTI, Value: jti, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
+	return b.adminRevoke(ctx, x, by, map[string]string{"jti_hmac": b.hashID(jti)})
+}
+
+// RevokeAgent revokes every token the agent holds or acts with, issued
+// until now. New tokens are still issued unless the agent is disabled.
+func (b *Broker) RevokeAgent(ctx context.Context, name string, by audit.Actor) error {
+	if _, ok := b.cfg.Load().agents[name]; !ok {
+		return fmt.Errorf("%w: %q", ErrNoSuchAgent, name)
+	}
+	now := b.now()
+	x := Revocation{Kind: RevokeAgent, Value: name, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
+	return b.adminRevoke(ctx, x, by, map[string]string{"agent": name})
+}
+
+// RevokeUser revokes every token of or for the user issued until now and
+// ends the user's sessions (refresh tokens).
+func (b *Broker) RevokeUser(ctx context.Context, name string, by audit.Actor) error {
+	now := b.now()
+	x := Revocation{Kind: RevokeUser, Value: name, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
+	if _, err := b.store.RevokeUserFamilies(ctx, name); err != nil {
+		return err
+	}
+	return b.adminRevoke(ctx, x, by, map[string]string{"user": name})
+}
+
+func (b *Broker) adminRevoke(ctx context.Context, x Revocation, by audit.Actor, details map[string]string) error {
+	if err := b.revoke(ctx, x); err != nil {
+		_ = b.record(ctx, &audit.Event{Type: "broker.revoke", Severity: audit.SeverityWarn, Actor: by,
+			Action: "token.revoke", Target: x.Kind, Outcome: audit.OutcomeFailure, Reason: err.Error(), Details: details})
+		return err
+	}
+	return b.record(ctx, &audit.Event{Type: "broker.revoke", Severity: audit.SeverityWarn, Actor: by,
+		Action: "token.revoke", Target: x.Kind, Outcome: audit.OutcomeSuccess, Details: details})
+}
+
+// AgentInfo is an agent's config and runtime state, for listings.
+type AgentInfo struct {
+	Name         string    `json:"name"`
+	Roles        []string  `json:"roles"`
+	Scopes       []string  `json:"scopes"`
+	Auth         []string  `json:"auth"` // unix_user, unix_uid, systemd_unit, private_key_jwt, client_secret
+	ActForGroups []string  `json:"act_for_groups,omitempty"`
+	Enabled      bool      `json:"enabled"`
+	DisabledAt   time.Time `json:"disabled_at,omitzero"`
+	LastSeen     time.Time `json:"last_seen,omitzero"`
+}
+
+// Agents lists the configured agents with their state, by name.
+func (b *Broker) Agents() []AgentInfo {
+	cc := b.cfg.Load()
+	out := make([]AgentInfo, 0, len(cc.agents))
+	for name := range cc.agents {
+		info, _ := b.Agent(name)
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Agent returns one agent's config and state.
+func (b *Broker) Agent(name string) (AgentInfo, error) {
+	a, ok := b.cfg.Load().agents[name]
+	if !ok {
+		return AgentInfo{}, fmt.Errorf("%w: %q", ErrNoSuchAgent, name)
+	}
+	b.stateMu.RLock()
+	st := b.states[name]
+	b.stateMu.RUnlock()
+	if v, ok := b.seen.Load(name); ok {
+		st.LastSeen = v.(time.Time)
+	}
+	info := AgentInfo{Name: name, Roles: a.Roles, Scopes: a.scopes, ActForGroups: a.ActForGroups,
+		Enabled: !st.Disabled, DisabledAt: st.DisabledAt, LastSeen: st.LastSeen}
+	if a.UnixUser != "" {
+		info.Auth = append(info.Auth, "unix_user")
+	}
+	if a.UnixUID != nil {
+		info.Auth = append(info.Auth, "unix_uid")
+	}
+	if a.SystemdUnit != "" {
+		info.Auth = append(info.Auth, "systemd_unit")
+	}
+	if a.pub != nil {
+		info.Auth = append(info.Auth, "private_key_jwt")
+	}
+	if a.secret != nil {
+		info.Auth = append(info.Auth, "client_secret")
+	}
+	return info, nil
+}
+
+// SetAgentEnabled enables or disables an agent. Disabling takes effect at
+// once: no new tokens, and its existing tokens fail verification.
+func (b *Broker) SetAgentEnabled(ctx context.Context, name string, enabled bool, by audit.Actor) error {
+	if _, ok := b.cfg.Load().agents[name]; !ok {
+		return fmt.Errorf("%w: %q", ErrNoSuchAgent, name)
+	}
+	action := "agent.enable"
+	if !enabled {
+		action = "agent.disable"
+	}
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
+	st := b.states[name]
+	st.Disabled = !enabled
+	st.DisabledAt = time.Time{}
+	if !enabled {
+		st.DisabledAt = b.now().UTC()
+	}
+	if err := b.store.PutAgentState(ctx, name, st); err != nil {
+		return err
+	}
+	if err := b.record(ctx, &audit.Event{Type: "broker.agent", Severity: audit.SeverityWarn, Actor: by,
+		Action: action, Target: name, Outcome: audit.OutcomeSuccess}); err != nil {
+		// Not recorded: put the old state back, so no change stands without a record.
+		if uerr := b.store.PutAgentState(ctx, name, b.states[name]); uerr != nil {
+			b.log.Error("broker: restoring agent state after an audit failure", "agent", name, "err", uerr)
+		}
+		return err
+	}
+	b.states[name] = st
+	return nil
+}

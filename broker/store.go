@@ -1,0 +1,393 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Store errors the broker branches on.
+var (
+	// ErrRefreshUnknown means no such refresh token was ever issued (or it was pruned).
+	ErrRefreshUnknown = errors.New("broker: unknown refresh token")
+	// ErrRefreshReused means a refresh token was presented a second time; the
+	// whole family is now revoked.
+	ErrRefreshReused = errors.New("broker: refresh token reused; its session is revoked")
+	// ErrRefreshRevoked means the refresh token's session was revoked.
+	ErrRefreshRevoked = errors.New("broker: refresh token's session is revoked")
+	// ErrRefreshExpired means the refresh token's session ended.
+	ErrRefreshExpired = errors.New("broker: refresh token's session expired")
+)
+
+// AgentState is an agent's runtime state, kept apart from the config file.
+type AgentState struct {
+	Disabled   bool      `json:"disabled,omitempty"`
+	DisabledAt time.Time `json:"disabled_at,omitzero"`
+	Reason     string    `json:"reason,omitempty"`
+	LastSeen   time.Time `json:"last_seen,omitzero"`
+}
+
+// Revocation kinds.
+const (
+	RevokeJTI   = "jti"   // one token
+	RevokeAgent = "agent" // every token of an agent issued until At
+	RevokeUser  = "user"  // every token of (or for) a user issued until At
+)
+
+// Revocation is one entry of the revocation list. It is pruned after
+// Until, when every token it could match has expired.
+type Revocation struct {
+	Kind  string    `json:"kind"`
+	Value string    `json:"value"`
+	At    time.Time `json:"at"`
+	Until time.Time `json:"until"`
+}
+
+// RefreshToken is the stored record of one refresh token, keyed by the
+// SHA-256 of the token (the token itself is never stored).
+type RefreshToken struct {
+	Hash    string    `json:"-"`
+	Family  string    `json:"family"`
+	User    string    `json:"user"`
+	Groups  []string  `json:"groups,omitempty"`
+	Scopes  []string  `json:"scopes,omitempty"`
+	Issued  time.Time `json:"issued"`
+	Expires time.Time `json:"expires"` // the session's end
+	Used    bool      `json:"used,omitempty"`
+}
+
+type family struct {
+	User    string    `json:"user"`
+	Expires time.Time `json:"expires"`
+	Revoked bool      `json:"revoked,omitempty"`
+}
+
+// Store is the broker's shared runtime state: agents' status, the
+// revocation list, refresh-token families and used client assertions. The
+// bbolt file is one backend; the interface is what a replicated backend
+// implements.
+type Store interface {
+	AgentStates(ctx context.Context) (map[string]AgentState, error)
+	PutAgentState(ctx context.Context, name string, st AgentState) error
+	Revocations(ctx context.Context) ([]Revocation, error)
+	PutRevocation(ctx context.Context, r Revocation) error
+	// UseAssertion records a client assertion's id until exp; false means
+	// it was already used.
+	UseAssertion(ctx context.Context, id string, exp time.Time) (fresh bool, err error)
+	// PutRefresh stores a refresh token starting a new family.
+	PutRefresh(ctx context.Context, rt RefreshToken) error
+	// RotateRefresh atomically marks the token with oldHash used and stores
+	// next in the same family, returning the old record. A reused token
+	// revokes the family and returns ErrRefreshReused.
+	RotateRefresh(ctx context.Context, oldHash string, now time.Time, next RefreshToken) (RefreshToken, error)
+	// RevokeRefresh revokes the family of the token with hash.
+	RevokeRefresh(ctx context.Context, hash string) (RefreshToken, error)
+	// RevokeUserFamilies revokes every session of user.
+	RevokeUserFamilies(ctx context.Context, user string) (int, error)
+	// Prune drops what expired before now.
+	Prune(ctx context.Context, now time.Time) error
+	Close() error
+}
+
+var (
+	bucketAgents      = []byte("agents")
+	bucketRevocations = []byte("revocations")
+	bucketAssertions  = []byte("assertions")
+	bucketRefresh     = []byte("refresh")
+	bucketFamilies    = []byte("families")
+)
+
+type boltStore struct {
+	db *bolt.DB
+}
+
+// OpenStore opens (creating 0600) the bbolt file at path.
+func OpenStore(path string) (Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("broker: state dir: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("broker: opening %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketAgents, bucketRevocations, bucketAssertions, bucketRefresh, bucketFamilies} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("broker: initializing %s: %w", path, err)
+	}
+	return &boltStore{db: db}, nil
+}
+
+func (s *boltStore) Close() error { return s.db.Close() }
+
+func (s *boltStore) AgentStates(ctx context.Context) (map[string]AgentState, error) {
+	out := map[string]AgentState{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAgents).ForEach(func(k, v []byte) error {
+			var st AgentState
+			if err := json.Unmarshal(v, &st); err != nil {
+				return fmt.Errorf("agent %q: %w", k, err)
+			}
+			out[string(k)] = st
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: reading agent states: %w", err)
+	}
+	return out, nil
+}
+
+func (s *boltStore) PutAgentState(ctx context.Context, name string, st AgentState) error {
+	return s.put(bucketAgents, []byte(name), st)
+}
+
+func (s *boltStore) put(bucket, key []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("broker: encoding: %w", err)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put(key, b) }); err != nil {
+		return fmt.Errorf("broker: writing %s: %w", bucket, err)
+	}
+	return nil
+}
+
+func revKey(kind, value string) []byte { return []byte(kind + "\x00" + value) }
+
+func (s *boltStore) Revocations(ctx context.Context) ([]Revocation, error) {
+	var out []Revocation
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRevocations).ForEach(func(k, v []byte) error {
+			var r Revocation
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: reading revocations: %w", err)
+	}
+	return out, nil
+}
+
+func (s *boltStore) PutRevocation(ctx context.Context, r Revocation) error {
+	return s.put(bucketRevocations, revKey(r.Kind, r.Value), r)
+}
+
+func (s *boltStore) UseAssertion(ctx context.Context, id string, exp time.Time) (bool, error) {
+	var fresh bool
+	val := []byte(exp.UTC().Format(time.RFC3339))
+	// Batch coalesces concurrent assertions into one fsync.
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAssertions)
+		if b.Get([]byte(id)) != nil {
+			fresh = false
+			return nil
+		}
+		fresh = true
+		return b.Put([]byte(id), val)
+	})
+	if err != nil {
+		return false, fmt.Errorf("broker: recording client assertion: %w", err)
+	}
+	return fresh, nil
+}
+
+func (s *boltStore) PutRefresh(ctx context.Context, rt RefreshToken) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := putJSON(tx.Bucket(bucketFamilies), rt.Family, family{User: rt.User, Expires: rt.Expires}); err != nil {
+			return err
+		}
+		return putJSON(tx.Bucket(bucketRefresh), rt.Hash, rt)
+	})
+}
+
+func putJSON(b *bolt.Bucket, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("broker: encoding: %w", err)
+	}
+	return b.Put([]byte(key), data)
+}
+
+func getJSON(b *bolt.Bucket, key string, v any) (bool, error) {
+	data := b.Get([]byte(key))
+	if data == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("broker: decoding %q: %w", key, err)
+	}
+	return true, nil
+}
+
+func (s *boltStore) RotateRefresh(ctx context.Context, oldHash string, now time.Time, next RefreshToken) (RefreshToken, error) {
+	var old RefreshToken
+	var outcome error
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		outcome = nil
+		rb, fb := tx.Bucket(bucketRefresh), tx.Bucket(bucketFamilies)
+		ok, err := getJSON(rb, oldHash, &old)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			outcome = ErrRefreshUnknown
+			return nil
+		}
+		old.Hash = oldHash
+		var fam family
+		if ok, err := getJSON(fb, old.Family, &fam); err != nil || !ok {
+			outcome = ErrRefreshUnknown
+			return err
+		}
+		switch {
+		case fam.Revoked:
+			outcome = ErrRefreshRevoked
+			return nil
+		case !now.Before(fam.Expires):
+			outcome = ErrRefreshExpired
+			return nil
+		case old.Used:
+			fam.Revoked = true
+			outcome = ErrRefreshReused
+			return putJSON(fb, old.Family, fam)
+		}
+		old.Used = true
+		if err := putJSON(rb, oldHash, old); err != nil {
+			return err
+		}
+		next.Family, next.Expires = old.Family, fam.Expires
+		return putJSON(rb, next.Hash, next)
+	})
+	if err != nil {
+		return RefreshToken{}, fmt.Errorf("broker: rotating refresh token: %w", err)
+	}
+	return old, outcome
+}
+
+func (s *boltStore) RevokeRefresh(ctx context.Context, hash string) (RefreshToken, error) {
+	var rt RefreshToken
+	var outcome error
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		outcome = nil
+		ok, err := getJSON(tx.Bucket(bucketRefresh), hash, &rt)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			outcome = ErrRefreshUnknown
+			return nil
+		}
+		fb := tx.Bucket(bucketFamilies)
+		var fam family
+		if ok, err := getJSON(fb, rt.Family, &fam); err != nil || !ok {
+			return err
+		}
+		fam.Revoked = true
+		return putJSON(fb, rt.Family, fam)
+	})
+	if err != nil {
+		return RefreshToken{}, fmt.Errorf("broker: revoking refresh token: %w", err)
+	}
+	return rt, outcome
+}
+
+func (s *boltStore) RevokeUserFamilies(ctx context.Context, user string) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		n = 0
+		fb := tx.Bucket(bucketFamilies)
+		var updates = map[string]family{}
+		err := fb.ForEach(func(k, v []byte) error {
+			var fam family
+			if err := json.Unmarshal(v, &fam); err != nil {
+				return err
+			}
+			if fam.User == user && !fam.Revoked {
+				fam.Revoked = true
+				updates[string(k)] = fam
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for k, fam := range updates {
+			if err := putJSON(fb, k, fam); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("broker: revoking sessions of %q: %w", user, err)
+	}
+	return n, nil
+}
+
+func (s *boltStore) Prune(ctx context.Context, now time.Time) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		del := func(bucket []byte, expired func(v []byte) bool) error {
+			b := tx.Bucket(bucket)
+			var keys [][]byte
+			if err := b.ForEach(func(k, v []byte) error {
+				if expired(v) {
+					keys = append(keys, append([]byte(nil), k...))
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			for _, k := range keys {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := del(bucketAssertions, func(v []byte) bool {
+			t, err := time.Parse(time.RFC3339, string(v))
+			return err != nil || now.After(t)
+		}); err != nil {
+			return err
+		}
+		if err := del(bucketRevocations, func(v []byte) bool {
+			var r Revocation
+			return json.Unmarshal(v, &r) == nil && now.After(r.Until)
+		}); err != nil {
+			return err
+		}
+		if err := del(bucketRefresh, func(v []byte) bool {
+			var r RefreshToken
+			return json.Unmarshal(v, &r) == nil && now.After(r.Expires)
+		}); err != nil {
+			return err
+		}
+		return del(bucketFamilies, func(v []byte) bool {
+			var f family
+			return json.Unmarshal(v, &f) == nil && now.After(f.Expires)
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("broker: pruning state: %w", err)
+	}
+	return nil
+}
