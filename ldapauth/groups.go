@@ -1,0 +1,294 @@
+package ldapauth
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// Group is a directory group the user belongs to, directly or nested.
+type Group struct {
+	DN   string `json:"dn"`
+	Name string `json:"name"` // sAMAccountName in AD, cn otherwise
+}
+
+// sidTTL is how long a SID → group mapping is reused. Group renames are rare
+// and a stale name only lasts this long.
+const sidTTL = time.Hour
+
+// maxNesting bounds the memberOf walk.
+const maxNesting = 16
+
+// groupCache holds each user's groups for group_cache_ttl.
+type groupCache struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	m   map[string]cachedGroups
+}
+
+type cachedGroups struct {
+	groups  []Group
+	expires time.Time
+}
+
+const groupCacheMax = 50000
+
+func (c *groupCache) get(dn string, now time.Time) ([]Group, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[strings.ToLower(dn)]
+	if !ok || !now.Before(e.expires) {
+		return nil, false
+	}
+	return e.groups, true
+}
+
+func (c *groupCache) put(dn string, g []Group, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= groupCacheMax {
+		for k, e := range c.m {
+			if !now.Before(e.expires) || len(c.m) >= groupCacheMax {
+				delete(c.m, k)
+			}
+		}
+	}
+	c.m[strings.ToLower(dn)] = cachedGroups{groups: g, expires: now.Add(c.ttl)}
+}
+
+func (c *groupCache) drop(dn string) {
+	c.mu.Lock()
+	delete(c.m, strings.ToLower(dn))
+	c.mu.Unlock()
+}
+
+// sidCache maps binary SIDs to groups (a zero Group for a SID with no group
+// entry, such as a well-known SID).
+type sidCache struct {
+	mu sync.Mutex
+	m  map[string]sidEntry
+}
+
+type sidEntry struct {
+	g       Group
+	expires time.Time
+}
+
+// userAttrs are the attributes read in the user search for a mode.
+func userAttrs(mode string, loginAttrs []string) []string {
+	a := []string{"displayName", "cn", "mail", "uid", "sAMAccountName", "userPrincipalName"}
+	if mode == GroupModeMemberOf {
+		a = append(a, "memberOf")
+	}
+	return append(a, loginAttrs...)
+}
+
+// groups resolves the user's groups with the service connection c.
+func (a *Authenticator) groups(ctx context.Context, c *ldap.Conn, user *ldap.Entry) ([]Group, error) {
+	var (
+		gs  []Group
+		err error
+	)
+	switch a.cfg.GroupMode {
+	case GroupModeAD:
+		gs, err = a.tokenGroups(ctx, c, user.DN)
+		if err == errNoTokenGroups {
+			gs, err = a.inChain(ctx, c, user.DN)
+		}
+	case GroupModeADInChain:
+		gs, err = a.inChain(ctx, c, user.DN)
+	case GroupModeMemberOf:
+		gs, err = a.memberOf(ctx, c, user)
+	case GroupModePosix:
+		gs, err = a.posix(ctx, c, user)
+	default:
+		err = fmt.Errorf("ldapauth: unknown group mode %q", a.cfg.GroupMode)
+	}
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(gs, func(i, j int) bool { return strings.ToLower(gs[i].Name) < strings.ToLower(gs[j].Name) })
+	return gs, nil
+}
+
+var errNoTokenGroups = fmt.Errorf("ldapauth: directory returned no tokenGroups")
+
+func (a *Authenticator) search(ctx context.Context, c *ldap.Conn, req *ldap.SearchRequest, paged bool) (*ldap.SearchResult, error) {
+	var res *ldap.SearchResult
+	err := withCtx(ctx, c, a.cfg.RequestTimeout.D(), func() error {
+		var err error
+		a.stats.ops.Add(1)
+		if paged {
+			res, err = c.SearchWithPaging(req, uint32(a.cfg.PageSize))
+		} else {
+			res, err = c.Search(req)
+		}
+		return err
+	})
+	return res, err
+}
+
+func (a *Authenticator) tokenGroups(ctx context.Context, c *ldap.Conn, userDN string) ([]Group, error) {
+	res, err := a.search(ctx, c, ldap.NewSearchRequest(userDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+		1, 0, false, "(objectClass=*)", []string{"tokenGroups"}, nil), false)
+	if err != nil {
+		return nil, fmt.Errorf("ldapauth: read tokenGroups: %w", err)
+	}
+	if len(res.Entries) != 1 {
+		return nil, errNoTokenGroups
+	}
+	sids := res.Entries[0].GetRawAttributeValues("tokenGroups")
+	if len(sids) == 0 {
+		return nil, errNoTokenGroups
+	}
+	now := a.now()
+	var (
+		out     []Group
+		missing [][]byte
+	)
+	a.sids.mu.Lock()
+	for _, s := range sids {
+		if e, ok := a.sids.m[string(s)]; ok && now.Before(e.expires) {
+			if e.g.DN != "" {
+				out = append(out, e.g)
+			}
+			continue
+		}
+		missing = append(missing, s)
+	}
+	a.sids.mu.Unlock()
+	// Resolve unknown SIDs in batches, with every byte hex-escaped.
+	for len(missing) > 0 {
+		batch := missing[:min(len(missing), 100)]
+		missing = missing[len(batch):]
+		var f strings.Builder
+		f.WriteString("(|")
+		for _, s := range batch {
+			f.WriteString("(objectSid=" + escapeBytes(s) + ")")
+		}
+		f.WriteString(")")
+		res, err := a.search(ctx, c, ldap.NewSearchRequest(a.cfg.GroupBase, ldap.ScopeWholeSubtree,
+			ldap.NeverDerefAliases, 0, 0, false, f.String(), []string{"objectSid", "sAMAccountName", "cn"}, nil), true)
+		if err != nil {
+			return nil, fmt.Errorf("ldapauth: resolve group SIDs: %w", err)
+		}
+		found := map[string]Group{}
+		for _, e := range res.Entries {
+			found[string(e.GetRawAttributeValue("objectSid"))] = groupOf(e)
+		}
+		a.sids.mu.Lock()
+		for _, s := range batch {
+			g := found[string(s)]
+			a.sids.m[string(s)] = sidEntry{g: g, expires: now.Add(sidTTL)}
+			if g.DN != "" {
+				out = append(out, g)
+			}
+		}
+		a.sids.mu.Unlock()
+	}
+	return out, nil
+}
+
+func (a *Authenticator) inChain(ctx context.Context, c *ldap.Conn, userDN string) ([]Group, error) {
+	filter := "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:=" + ldap.EscapeFilter(userDN) + "))"
+	res, err := a.search(ctx, c, ldap.NewSearchRequest(a.cfg.GroupBase, ldap.ScopeWholeSubtree,
+		ldap.NeverDerefAliases, 0, 0, false, filter, []string{"sAMAccountName", "cn"}, nil), true)
+	if err != nil {
+		return nil, fmt.Errorf("ldapauth: in-chain group search: %w", err)
+	}
+	out := make([]Group, 0, len(res.Entries))
+	for _, e := range res.Entries {
+		out = append(out, groupOf(e))
+	}
+	return out, nil
+}
+
+func (a *Authenticator) memberOf(ctx context.Context, c *ldap.Conn, user *ldap.Entry) ([]Group, error) {
+	seen := map[string]bool{}
+	var out []Group
+	queue := user.GetAttributeValues("memberOf")
+	for depth := 0; len(queue) > 0 && depth < maxNesting; depth++ {
+		var next []string
+		for _, dn := range queue {
+			k := strings.ToLower(dn)
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			res, err := a.search(ctx, c, ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+				1, 0, false, "(objectClass=*)", []string{"cn", "memberOf"}, nil), false)
+			if err != nil {
+				if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+					continue
+				}
+				return nil, fmt.Errorf("ldapauth: read group %s: %w", dn, err)
+			}
+			for _, e := range res.Entries {
+				out = append(out, groupOf(e))
+				next = append(next, e.GetAttributeValues("memberOf")...)
+			}
+		}
+		queue = next
+	}
+	return out, nil
+}
+
+func (a *Authenticator) posix(ctx context.Context, c *ldap.Conn, user *ldap.Entry) ([]Group, error) {
+	uid := user.GetAttributeValue("uid")
+	if uid == "" {
+		return nil, nil
+	}
+	filter := "(&(objectClass=posixGroup)(memberUid=" + ldap.EscapeFilter(uid) + "))"
+	res, err := a.search(ctx, c, ldap.NewSearchRequest(a.cfg.GroupBase, ldap.ScopeWholeSubtree,
+		ldap.NeverDerefAliases, 0, 0, false, filter, []string{"cn"}, nil), true)
+	if err != nil {
+		return nil, fmt.Errorf("ldapauth: posix group search: %w", err)
+	}
+	out := make([]Group, 0, len(res.Entries))
+	for _, e := range res.Entries {
+		out = append(out, groupOf(e))
+	}
+	return out, nil
+}
+
+func groupOf(e *ldap.Entry) Group {
+	name := e.GetAttributeValue("sAMAccountName")
+	if name == "" {
+		name = e.GetAttributeValue("cn")
+	}
+	if name == "" {
+		if dn, err := ldap.ParseDN(e.DN); err == nil && len(dn.RDNs) > 0 && len(dn.RDNs[0].Attributes) > 0 {
+			name = dn.RDNs[0].Attributes[0].Value
+		}
+	}
+	return Group{DN: e.DN, Name: name}
+}
+
+// matchGroup says whether g is the group named by ref (a name or a DN).
+func matchGroup(g Group, ref string) bool {
+	if strings.Contains(ref, "=") {
+		return strings.EqualFold(normDN(g.DN), normDN(ref))
+	}
+	return strings.EqualFold(g.Name, ref)
+}
+
+func normDN(s string) string {
+	dn, err := ldap.ParseDN(s)
+	if err != nil {
+		return s
+	}
+	parts := make([]string, 0, len(dn.RDNs))
+	for _, r := range dn.RDNs {
+		var av []string
+		for _, at := range r.Attributes {
+			av = append(av, strings.ToLower(at.Type)+"="+strings.ToLower(at.Value))
+		}
+		parts = append(parts, strings.Join(av, "+"))
+	}
+	return strings.Join(parts, ",")
+}

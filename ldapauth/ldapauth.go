@@ -1,0 +1,530 @@
+// Package ldapauth logs users in against Active Directory or another LDAP
+// directory: it finds the user with a service account, checks the password by
+// binding as the user, resolves the user's groups (nested), and maps groups
+// to roles.
+//
+// It owns the LDAP side of user login: TLS to the DCs (LDAPS or StartTLS,
+// verified against ca_file), failover across DCs with hold-down, pooled and
+// health-checked service connections, group resolution (tokenGroups with a
+// SID cache, the in-chain rule, memberOf or posix groups), a per-user group
+// cache, failure limits per user name and per source address, and one audit
+// event per attempt.
+//
+// It refuses: an empty password (never sent, since LDAP treats it as an
+// anonymous bind); plain LDAP unless insecure_plaintext is set; a name that
+// matches zero or several entries; retrying a wrong password on another DC
+// (it would count twice against AD's lockout); searching on a connection
+// that carried a user's password bind. Every value placed in a filter is
+// escaped once, where the filter is built.
+//
+// Caveats: the reasons a login was denied (Reason) are for the audit trail
+// and for administrators; callers facing users must answer them all with the
+// same generic error. AD only reveals account states (disabled, expired, …)
+// to a bind with the right password, except lockout.
+package ldapauth
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// SecretFunc returns the value of the named vault secret (the service
+// account's password). The caller's buffer may be cleared after use.
+type SecretFunc func(ctx context.Context, name string) ([]byte, error)
+
+// Options are the collaborators of an Authenticator.
+type Options struct {
+	// Audit records every login attempt before Login returns. Required.
+	Audit audit.Appender
+	// BindPassword fetches bind_password_secret. Required with bind_dn.
+	BindPassword SecretFunc
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Request is one login attempt.
+type Request struct {
+	Username  string // "alice", "alice@corp.example" or "CORP\alice"
+	Password  string
+	Source    string // client address, for per-source limits and the audit; "" for local tools
+	RequestID string // correlates the audit event with the API request
+}
+
+// Identity is a logged-in user.
+type Identity struct {
+	DN          string   `json:"dn"`
+	Username    string   `json:"username"` // sAMAccountName, or uid outside AD
+	UPN         string   `json:"upn,omitempty"`
+	DisplayName string   `json:"display_name,omitempty"`
+	Email       string   `json:"email,omitempty"`
+	Groups      []Group  `json:"groups"` // direct and nested
+	Roles       []string `json:"roles"`  // from group_roles, sorted
+	DC          string   `json:"dc"`     // URL of the DC that answered
+}
+
+// Outcome is the decision on a login. A denial is an Outcome, not an error.
+type Outcome struct {
+	OK     bool   `json:"ok"`
+	Reason Reason `json:"reason,omitempty"`  // why it was denied
+	ADCode string `json:"ad_code,omitempty"` // AD's bind sub-code ("52e", "775", …)
+	DC     string `json:"dc,omitempty"`      // DC that gave the answer, if any
+}
+
+// Authenticator logs users in. It is safe for concurrent use.
+type Authenticator struct {
+	cfg     Config
+	opts    Options
+	log     *slog.Logger
+	dcs     []*dc
+	cache   groupCache
+	sids    sidCache
+	users   *limiter
+	sources *limiter
+	stats   stats
+}
+
+// ErrAudit means the audit event could not be recorded, so the login failed.
+var ErrAudit = errors.New("ldapauth: audit failed")
+
+// New validates cfg and returns an Authenticator. cfg is not modified.
+func New(cfg Config, opts Options) (*Authenticator, error) {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		es := make([]error, len(errs))
+		for i, e := range errs {
+			es[i] = e
+		}
+		return nil, fmt.Errorf("ldapauth: invalid config: %w", errors.Join(es...))
+	}
+	if opts.Audit == nil {
+		return nil, errors.New("ldapauth: an audit appender is required")
+	}
+	if cfg.BindDN != "" && opts.BindPassword == nil {
+		return nil, errors.New("ldapauth: bind_dn is set but no secret source was given")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	c := cfg.withDefaults()
+	c.URLs = append([]string(nil), cfg.URLs...)
+	var roots *x509.CertPool
+	if c.CAFile != "" {
+		b, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ldapauth: ca_file: %w", err)
+		}
+		if roots, err = certPool(b); err != nil {
+			return nil, err
+		}
+	}
+	a := &Authenticator{
+		cfg:     c,
+		opts:    opts,
+		log:     opts.Logger,
+		cache:   groupCache{ttl: c.GroupCacheTTL.D(), m: map[string]cachedGroups{}},
+		sids:    sidCache{m: map[string]sidEntry{}},
+		users:   newLimiter(c.MaxFailuresPerUser, c.FailureWindow.D()),
+		sources: newLimiter(c.MaxFailuresPerSource, c.FailureWindow.D()),
+	}
+	for _, u := range c.URLs {
+		d, err := newDC(u, c.StartTLS, roots, c.ServerName)
+		if err != nil {
+			return nil, err
+		}
+		a.dcs = append(a.dcs, d)
+	}
+	return a, nil
+}
+
+func certPool(pemBytes []byte) (*x509.CertPool, error) {
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(pemBytes) {
+		return nil, errors.New("ldapauth: ca_file holds no PEM certificate")
+	}
+	return p, nil
+}
+
+func (a *Authenticator) now() time.Time { return a.opts.Now() }
+
+// Close closes pooled connections.
+func (a *Authenticator) Close() error {
+	for _, d := range a.dcs {
+		d.closeAll()
+	}
+	return nil
+}
+
+// Health returns the state of each DC, in configuration order.
+func (a *Authenticator) Health() []DCHealth {
+	now := a.now()
+	out := make([]DCHealth, len(a.dcs))
+	for i, d := range a.dcs {
+		out[i] = d.health(now)
+	}
+	return out
+}
+
+// Stats returns counters since New.
+func (a *Authenticator) Stats() Stats {
+	return Stats{
+		Logins: a.stats.logins.Load(), Dials: a.stats.dials.Load(),
+		Operations: a.stats.ops.Load(), GroupCacheHits: a.stats.cacheHit.Load(),
+	}
+}
+
+// Login checks a user's password and returns the user's identity. A denied
+// login returns ok == false with a Reason and a nil error; an error means
+// the machine failed (no DC reachable, TLS failure, audit failure) and the
+// login is refused too. Every attempt is audited before Login returns.
+func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome, error) {
+	name, err := parseLoginName(r.Username, a.cfg.NetBIOSDomain)
+	if err != nil {
+		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidName}, nil, "")
+	}
+	if r.Password == "" {
+		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonEmptyPassword}, nil, name.key)
+	}
+	if len(r.Password) > MaxPasswordLen {
+		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidPassword}, nil, name.key)
+	}
+	now := a.now()
+	if !a.users.allow(name.key, now) || !a.sources.allow(r.Source, now) {
+		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonRateLimited}, nil, "")
+	}
+	a.stats.logins.Add(1)
+	id, out, err := a.login(ctx, name, r.Password)
+	if err != nil {
+		return a.finish(ctx, r, Identity{}, out, err, "")
+	}
+	if out.OK {
+		a.users.reset(name.key)
+		return a.finish(ctx, r, id, out, nil, "")
+	}
+	if countsAsFailure(out.Reason) {
+		now := a.now()
+		if a.users.fail(name.key, now) {
+			if err := a.auditLimit(ctx, r, "user:"+name.key, a.cfg.MaxFailuresPerUser); err != nil {
+				return Identity{}, out, err
+			}
+		}
+		if a.sources.fail(r.Source, now) {
+			if err := a.auditLimit(ctx, r, "source:"+r.Source, a.cfg.MaxFailuresPerSource); err != nil {
+				return Identity{}, out, err
+			}
+		}
+	}
+	return a.finish(ctx, r, id, out, nil, "")
+}
+
+func countsAsFailure(r Reason) bool {
+	switch r {
+	case ReasonNotInAllowedGroups, ReasonDirectoryUnavailable, "":
+		return false
+	}
+	return true
+}
+
+// finish audits the attempt and returns the result; an audit failure turns
+// any result into an error.
+func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out Outcome, lerr error, key string) (Identity, Outcome, error) {
+	ev := &audit.Event{
+		Type:      "auth.login",
+		Action:    "ldap.login",
+		Actor:     audit.Actor{User: auditName(r.Username)},
+		Outcome:   audit.OutcomeDenied,
+		Reason:    string(out.Reason),
+		RequestID: r.RequestID,
+		Source:    r.Source,
+		Details:   map[string]string{},
+	}
+	switch {
+	case lerr != nil:
+		ev.Outcome = audit.OutcomeFailure
+		ev.Severity = audit.SeverityWarn
+		if ev.Reason == "" {
+			ev.Reason = string(ReasonDirectoryUnavailable)
+		}
+		ev.Details["error"] = lerr.Error()
+	case out.OK:
+		ev.Outcome = audit.OutcomeSuccess
+		ev.Actor.User = id.Username
+		ev.Target = id.DN
+		ev.Details["groups"] = fmt.Sprint(len(id.Groups))
+		ev.Details["roles"] = strings.Join(id.Roles, ",")
+	}
+	if out.DC != "" {
+		ev.Details["dc"] = out.DC
+	}
+	if out.ADCode != "" {
+		ev.Details["ad_code"] = out.ADCode
+	}
+	if id.DN != "" {
+		ev.Target = id.DN
+	}
+	if len(ev.Details) == 0 {
+		ev.Details = nil
+	}
+	if _, err := a.opts.Audit.Append(ctx, ev); err != nil {
+		a.log.Error("ldap login not audited", "user", ev.Actor.User, "error", err)
+		return Identity{}, Outcome{Reason: out.Reason, DC: out.DC}, fmt.Errorf("%w: %w", ErrAudit, err)
+	}
+	a.log.Info("ldap login", "user", ev.Actor.User, "outcome", ev.Outcome, "reason", ev.Reason, "source", r.Source, "dc", out.DC)
+	if lerr != nil {
+		return Identity{}, out, lerr
+	}
+	if !out.OK {
+		return Identity{}, out, nil
+	}
+	return id, out, nil
+}
+
+func (a *Authenticator) auditLimit(ctx context.Context, r Request, key string, limit int) error {
+	ev := &audit.Event{
+		Type:      "auth.login",
+		Severity:  audit.SeverityHigh,
+		Action:    "ldap.login.limit",
+		Actor:     audit.Actor{User: auditName(r.Username)},
+		Target:    auditName(key),
+		Outcome:   audit.OutcomeDenied,
+		Reason:    "rate_limit_tripped",
+		RequestID: r.RequestID,
+		Source:    r.Source,
+		Details:   map[string]string{"failures": fmt.Sprint(limit), "window": a.cfg.FailureWindow.D().String(),
+			"effect": "further attempts refused without asking the directory"},
+	}
+	if _, err := a.opts.Audit.Append(ctx, ev); err != nil {
+		return fmt.Errorf("%w: %w", ErrAudit, err)
+	}
+	a.log.Warn("ldap login limit tripped", "key", ev.Target, "source", r.Source)
+	return nil
+}
+
+// auditName makes an untrusted name safe to record: valid UTF-8, bounded.
+func auditName(s string) string {
+	if len(s) > MaxNameLen {
+		s = s[:MaxNameLen]
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// dcOrder is the order DCs are tried: those not held down in configuration
+// order, then held-down ones, soonest back first.
+func (a *Authenticator) dcOrder(now time.Time) []*dc {
+	type held struct {
+		d     *dc
+		until time.Time
+	}
+	var up []*dc
+	var down []held
+	for _, d := range a.dcs {
+		if isDown, until := d.isDown(now); isDown {
+			down = append(down, held{d, until})
+		} else {
+			up = append(up, d)
+		}
+	}
+	sort.SliceStable(down, func(i, j int) bool { return down[i].until.Before(down[j].until) })
+	for _, h := range down {
+		up = append(up, h.d)
+	}
+	return up
+}
+
+func (a *Authenticator) login(ctx context.Context, name loginName, password string) (Identity, Outcome, error) {
+	var lastErr error
+	for _, d := range a.dcOrder(a.now()) {
+		id, out, err, failover := a.loginOn(ctx, d, name, password)
+		if !failover {
+			return id, out, err
+		}
+		lastErr = err
+		d.markDown(a.now(), err)
+		a.log.Warn("ldap server failed, trying the next", "dc", d.url, "error", err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	return Identity{}, Outcome{Reason: ReasonDirectoryUnavailable}, fmt.Errorf("%w: %w", ErrUnavailable, lastErr)
+}
+
+// loginOn tries one DC. failover reports that the DC itself failed before
+// any password was checked by it (or without an answer), so the next DC may
+// be tried.
+func (a *Authenticator) loginOn(ctx context.Context, d *dc, name loginName, password string) (id Identity, out Outcome, err error, failover bool) {
+	out.DC = d.url
+	sc, err := a.searchConn(ctx, d)
+	if err != nil {
+		if errors.Is(err, ErrServiceBind) || !isConnErr(err) {
+			return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, err, false
+		}
+		return id, out, err, true
+	}
+	keep := false
+	defer func() {
+		if keep {
+			d.put(false, sc, a.cfg.MaxConnections, a.now())
+		} else {
+			sc.Close()
+		}
+	}()
+
+	req := ldap.NewSearchRequest(a.cfg.UserBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name),
+		userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), nil)
+	res, err := a.search(ctx, sc, req, false)
+	if err != nil {
+		if ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
+			keep = true
+			out.Reason = ReasonAmbiguousUser
+			return id, out, nil, false
+		}
+		if isConnErr(err) {
+			return id, out, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), true
+		}
+		return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
+	}
+	switch {
+	case len(res.Entries) == 0:
+		keep = true
+		out.Reason = ReasonUserNotFound
+		return id, out, nil, false
+	case len(res.Entries) > 1:
+		keep = true
+		out.Reason = ReasonAmbiguousUser
+		return id, out, nil, false
+	}
+	user := res.Entries[0]
+	if user.DN == "" {
+		out.Reason = ReasonUserNotFound
+		return id, out, nil, false
+	}
+
+	// The password bind, on a connection that never searches.
+	bc, pooled, err := a.bindConn(ctx, d)
+	if err != nil {
+		return id, out, err, isConnErr(err)
+	}
+	bindOnce := func(c *ldap.Conn) error {
+		return withCtx(ctx, c, a.cfg.RequestTimeout.D(), func() error {
+			a.stats.ops.Add(1)
+			return c.Bind(user.DN, password)
+		})
+	}
+	err = bindOnce(bc)
+	if err != nil && pooled && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) && bc.IsClosing() && ctx.Err() == nil {
+		// A pooled connection the DC had closed while idle: the request
+		// never left, so one retry on a fresh connection is safe.
+		bc.Close()
+		if bc, err = a.dial(ctx, d, false); err != nil {
+			return id, out, err, isConnErr(err)
+		}
+		err = bindOnce(bc)
+	}
+	if err != nil {
+		var le *ldap.Error
+		if errors.As(err, &le) && !isConnErr(err) {
+			// The DC answered: a denial. Never retried on another DC.
+			d.put(true, bc, a.cfg.MaxConnections, a.now())
+			keep = true
+			a.cache.drop(user.DN)
+			out.Reason, out.ADCode = bindReason(err)
+			id.DN = user.DN
+			return id, out, nil, false
+		}
+		bc.Close()
+		return id, out, fmt.Errorf("ldapauth: bind on %s: %w", d.url, err), true
+	}
+	d.put(true, bc, a.cfg.MaxConnections, a.now())
+
+	groups, hit := a.cache.get(user.DN, a.now())
+	if hit {
+		a.stats.cacheHit.Add(1)
+	} else {
+		groups, err = a.groups(ctx, sc, user)
+		if err != nil {
+			return id, out, fmt.Errorf("ldapauth: groups on %s: %w", d.url, err), isConnErr(err)
+		}
+		a.cache.put(user.DN, groups, a.now())
+	}
+	keep = true
+	d.markUp(a.now())
+
+	id = a.identity(user, groups, d.url)
+	if len(a.cfg.AllowedGroups) > 0 && !a.allowed(groups) {
+		out.Reason = ReasonNotInAllowedGroups
+		return id, out, nil, false
+	}
+	out.OK = true
+	return id, out, nil, false
+}
+
+func (a *Authenticator) identity(e *ldap.Entry, groups []Group, dcURL string) Identity {
+	id := Identity{
+		DN:          e.DN,
+		Username:    e.GetAttributeValue("sAMAccountName"),
+		UPN:         e.GetAttributeValue("userPrincipalName"),
+		DisplayName: e.GetAttributeValue("displayName"),
+		Email:       e.GetAttributeValue("mail"),
+		Groups:      groups,
+		DC:          dcURL,
+	}
+	if id.Username == "" {
+		id.Username = e.GetAttributeValue("uid")
+	}
+	if id.Username == "" {
+		id.Username = e.GetAttributeValue(a.cfg.LoginAttributes[0])
+	}
+	if id.DisplayName == "" {
+		id.DisplayName = e.GetAttributeValue("cn")
+	}
+	roles := map[string]bool{}
+	for ref, rs := range a.cfg.GroupRoles {
+		for _, g := range groups {
+			if matchGroup(g, ref) {
+				for _, r := range rs {
+					roles[r] = true
+				}
+				break
+			}
+		}
+	}
+	id.Roles = make([]string, 0, len(roles))
+	for r := range roles {
+		id.Roles = append(id.Roles, r)
+	}
+	sort.Strings(id.Roles)
+	if id.Groups == nil {
+		id.Groups = []Group{}
+	}
+	return id
+}
+
+func (a *Authenticator) allowed(groups []Group) bool {
+	for _, ref := range a.cfg.AllowedGroups {
+		for _, g := range groups {
+			if matchGroup(g, ref) {
+				return true
+			}
+		}
+	}
+	return false
+}

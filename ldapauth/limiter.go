@@ -1,0 +1,106 @@
+package ldapauth
+
+import (
+	"sync"
+	"time"
+)
+
+// limiter counts failed logins per key (a user name or a source address)
+// and refuses attempts before the directory is asked: after two failures the
+// next attempt must wait a doubling backoff (1s, 2s, 4s, …), and after max
+// failures within the window every attempt is refused until the window has
+// passed since the last failure. A success clears the key.
+type limiter struct {
+	max    int
+	window time.Duration
+
+	mu   sync.Mutex
+	keys map[string]*failures
+}
+
+type failures struct {
+	n    int
+	last time.Time
+}
+
+const (
+	limiterBackoffAfter = 2
+	limiterBackoffBase  = time.Second
+	limiterMaxKeys      = 100000
+)
+
+func newLimiter(max int, window time.Duration) *limiter {
+	return &limiter{max: max, window: window, keys: map[string]*failures{}}
+}
+
+// allow says whether an attempt for key may go to the directory now.
+func (l *limiter) allow(key string, now time.Time) bool {
+	if key == "" {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.keys[key]
+	if f == nil {
+		return true
+	}
+	if now.Sub(f.last) >= l.window {
+		delete(l.keys, key)
+		return true
+	}
+	if f.n >= l.max {
+		return false
+	}
+	if f.n >= limiterBackoffAfter {
+		wait := limiterBackoffBase << min(f.n-limiterBackoffAfter, 10)
+		return now.Sub(f.last) >= wait
+	}
+	return true
+}
+
+// fail records a failure; it returns true when this failure trips the
+// limit (the key is now refused), so the caller can audit that once.
+func (l *limiter) fail(key string, now time.Time) bool {
+	if key == "" {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.keys[key]
+	if f == nil || now.Sub(f.last) >= l.window {
+		if len(l.keys) >= limiterMaxKeys {
+			l.prune(now)
+		}
+		f = &failures{}
+		l.keys[key] = f
+	}
+	f.n++
+	f.last = now
+	return f.n == l.max
+}
+
+// reset clears key after a successful login.
+func (l *limiter) reset(key string) {
+	l.mu.Lock()
+	delete(l.keys, key)
+	l.mu.Unlock()
+}
+
+// prune drops expired keys, and if none expired, the oldest half (memory
+// bound against a spray of random names).
+func (l *limiter) prune(now time.Time) {
+	for k, f := range l.keys {
+		if now.Sub(f.last) >= l.window {
+			delete(l.keys, k)
+		}
+	}
+	if len(l.keys) < limiterMaxKeys {
+		return
+	}
+	cut := now.Add(-l.window / 2)
+	for k, f := range l.keys {
+		if f.last.Before(cut) {
+			delete(l.keys, k)
+		}
+	}
+}
