@@ -128,6 +128,9 @@ func (r *Reader) open() error {
 	return nil
 }
 
+// Pos returns the seq the next call to Next returns.
+func (r *Reader) Pos() uint64 { return r.next }
+
 // Close releases the reader's file.
 func (r *Reader) Close() error {
 	if r.f != nil {

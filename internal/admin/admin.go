@@ -13,6 +13,7 @@
 package admin
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -253,6 +254,36 @@ func (c *Client) Call(ctx context.Context, method, path string, in, out any) err
 		if err := json.Unmarshal(data, out); err != nil {
 			return fmt.Errorf("admin: decoding answer: %w", err)
 		}
+	}
+	return nil
+}
+
+// Stream sends GET path and calls fn with each line of the answer until the
+// daemon ends it or ctx ends.
+func (c *Client) Stream(ctx context.Context, path string, fn func(line []byte) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://admin"+path, nil)
+	if err != nil {
+		return fmt.Errorf("admin: %w", err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin: is the daemon running? connecting to %s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var eb ErrorBody
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&eb)
+		return &Error{Status: resp.StatusCode, Code: eb.Error, Description: eb.Description}
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		if err := fn(sc.Bytes()); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("admin: reading stream: %w", err)
 	}
 	return nil
 }

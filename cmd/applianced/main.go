@@ -1,0 +1,104 @@
+// Command applianced is the appliance daemon and its admin CLI: one binary.
+//
+// Where a request goes, top-down:
+//   - main.go (this file): the verb table; `applianced VERB ...` runs the
+//     verb's function with its arguments.
+//   - serve.go: `serve` loads the config, opens the daemon (daemon.go), binds
+//     the HTTPS listener, the agent socket and the admin socket, and only
+//     then tells systemd READY=1. Signals: SIGHUP reloads, SIGTERM drains.
+//   - daemon.go: the components in the order they open (journal, vault,
+//     directory, broker, tool proxy, forwarders, network) and the HTTP routes
+//     each one mounts on the API mux and the admin mux.
+//   - one file per area for its CLI verbs and admin handlers: secret.go,
+//     vault.go, ldap.go, agent.go, token.go, approval.go, user.go, net.go,
+//     auditcmd.go, doctor.go. Admin verbs talk to the running daemon over
+//     the admin socket (internal/admin).
+//
+// Adding a verb: write `func cmdX(ctx context.Context, e *env, args []string) int`
+// in the area's file and add one line to the table below. Adding a
+// component: a method `(d *daemon) openX(ctx) error` in the area's file and
+// one line in (*daemon).open.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+// Exit codes of every verb.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+type verb struct {
+	name    string // "secret put": words after "applianced"
+	summary string
+	run     func(ctx context.Context, e *env, args []string) int
+}
+
+// verbs is every command of the binary. The CLI contract is DESIGN.md's.
+var verbs = []verb{
+	{"serve", "run the daemon (systemd ExecStart)", cmdServe},
+	{"dev", "all-in-one demo on loopback: no root, no AD, no firewall changes", cmdDev},
+	{"init", "create the state dir, master key and API TLS certificate (never overwrites)", cmdInit},
+	{"config check", "validate the config file; print every error with its line", cmdConfigCheck},
+	{"version", "print the version, commit and Go version", cmdVersion},
+	{"audit verify", "verify the audit journal (or syslog captures)", cmdAuditVerify},
+	{"audit tail", "print the newest audit events; -f follows", cmdAuditTail},
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, newEnv(), os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+// run finds the verb named by the longest prefix of args and runs it.
+func run(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(e, "")
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	best := -1
+	for i, v := range verbs {
+		words := strings.Fields(v.name)
+		if len(words) <= len(args) && strings.Join(args[:len(words)], " ") == v.name {
+			if best < 0 || len(words) > len(strings.Fields(verbs[best].name)) {
+				best = i
+			}
+		}
+	}
+	if best < 0 {
+		fmt.Fprintf(e.stderr, "applianced: unknown command %q\n\n", strings.Join(args, " "))
+		usage(e, args[0])
+		return exitUsage
+	}
+	v := verbs[best]
+	return v.run(ctx, e, args[len(strings.Fields(v.name)):])
+}
+
+func usage(e *env, prefix string) {
+	fmt.Fprintln(e.stderr, "applianced: credentials broker, audit trail and egress firewall for local AI agents")
+	fmt.Fprintln(e.stderr, "\nUsage: applianced COMMAND [flags]   (every command takes -h)")
+	fmt.Fprintln(e.stderr, "\nCommands:")
+	vs := append([]verb(nil), verbs...)
+	sort.SliceStable(vs, func(a, b int) bool { return vs[a].name < vs[b].name })
+	for _, v := range vs {
+		if prefix != "" && !strings.HasPrefix(v.name, prefix) {
+			continue
+		}
+		fmt.Fprintf(e.stderr, "  %-22s %s\n", v.name, v.summary)
+	}
+	fmt.Fprintln(e.stderr, "\nExit codes: 0 ok, 1 failure, 2 usage.")
+}
