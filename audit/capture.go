@@ -67,16 +67,16 @@ type CaptureOptions struct {
 // CaptureReport is the outcome of VerifyCapture. OK is true when Problems
 // is empty.
 type CaptureReport struct {
-	Lines       int       `json:"lines"`      // lines read
-	Messages    int       `json:"messages"`   // audit messages found (parts and duplicates included)
-	Entries     int       `json:"entries"`    // distinct seqs
-	Duplicates  int       `json:"duplicates"` // identical repeated copies
-	FirstSeq    uint64    `json:"first_seq"`
-	LastSeq     uint64    `json:"last_seq"`
-	Checkpoints int       `json:"checkpoints"`
-	SealedUpTo  uint64    `json:"sealed_up_to"` // the last seq a verified checkpoint covers
+	Lines       int              `json:"lines"`      // lines read
+	Messages    int              `json:"messages"`   // audit messages found (parts and duplicates included)
+	Entries     int              `json:"entries"`    // distinct seqs
+	Duplicates  int              `json:"duplicates"` // identical repeated copies
+	FirstSeq    uint64           `json:"first_seq"`
+	LastSeq     uint64           `json:"last_seq"`
+	Checkpoints int              `json:"checkpoints"`
+	SealedUpTo  uint64           `json:"sealed_up_to"` // the last seq a verified checkpoint covers
 	Problems    []CaptureProblem `json:"problems"`
-	Notes       []string  `json:"notes"`
+	Notes       []string         `json:"notes"`
 }
 
 // OK reports whether the capture verified without problems.
@@ -281,7 +281,6 @@ func entryHash(prev [32]byte, canonical []byte) ([32]byte, *Event) {
 	}
 	return h, &ev
 }
-
 
 // Report checks everything read so far.
 func (v *CaptureVerifier) Report() *CaptureReport {

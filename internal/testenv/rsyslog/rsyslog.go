@@ -1,0 +1,347 @@
+// Package rsyslog runs a real rsyslog receiver for tests: its own
+// configuration in a temporary directory, one input on loopback (imtcp,
+// imptcp, imudp, or imtcp with TLS through the gtls driver and a CA the
+// harness generates), and one output file the test reads. It can be stopped
+// and started again on the same port to simulate a SIEM outage.
+//
+//	srv := rsyslog.Start(t, rsyslog.Options{Input: rsyslog.InputTLS})
+//	// send to srv.Addr, trusting srv.CAFile; read srv.File
+//
+// The package refuses to run without the rsyslogd binary (Available says
+// so; tests skip and say which). Nothing it starts listens outside
+// 127.0.0.1, and t.Cleanup stops the process even when the test fails.
+package rsyslog
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Inputs.
+const (
+	InputTCP  = "imtcp"  // plain TCP, octet-counting and newline framing
+	InputPTCP = "imptcp" // rsyslog's performance TCP input
+	InputUDP  = "imudp"
+	InputTLS  = "tls" // imtcp with the gtls stream driver
+)
+
+// Templates of the output file.
+const (
+	// TemplateRFC5424 writes each message as RFC 5424, structured data
+	// included (RSYSLOG_SyslogProtocol23Format).
+	TemplateRFC5424 = "RSYSLOG_SyslogProtocol23Format"
+	// TemplateTraditional writes "Mmm dd hh:mm:ss host tag msg", rsyslog's
+	// default file format.
+	TemplateTraditional = "RSYSLOG_TraditionalFileFormat"
+	// TemplateRaw writes the message exactly as received.
+	TemplateRaw = "raw"
+)
+
+// Options configure Start. The zero value is a TCP receiver writing RFC 5424.
+type Options struct {
+	Input    string // default InputTCP
+	Template string // default TemplateRFC5424
+	// MaxMessageSize is rsyslog's maxMessageSize; default 256k.
+	MaxMessageSize int
+}
+
+// Server is a running (or stopped) rsyslog.
+type Server struct {
+	Addr   string // 127.0.0.1:port of the input
+	File   string // the output file
+	CAFile string // for InputTLS: the CA that signed the server certificate (PEM)
+	Dir    string // the receiver's own directory
+
+	t    testing.TB
+	o    Options
+	conf string
+	pid  string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	out    *bytes.Buffer
+	exited chan struct{}
+}
+
+// Available reports why rsyslog cannot run here, or nil.
+func Available() error {
+	if _, err := exec.LookPath("rsyslogd"); err != nil {
+		if _, err := os.Stat("/usr/sbin/rsyslogd"); err != nil {
+			return errors.New("rsyslog: rsyslogd is not installed (Debian package rsyslog; rsyslog-gnutls for TLS)")
+		}
+	}
+	return nil
+}
+
+func binary() string {
+	if p, err := exec.LookPath("rsyslogd"); err == nil {
+		return p
+	}
+	return "/usr/sbin/rsyslogd"
+}
+
+// Start configures and starts a receiver; it skips the test when rsyslog is
+// missing and fails it when rsyslog does not come up.
+func Start(t testing.TB, o Options) *Server {
+	t.Helper()
+	if err := Available(); err != nil {
+		t.Skip(err.Error())
+	}
+	if o.Input == "" {
+		o.Input = InputTCP
+	}
+	if o.Template == "" {
+		o.Template = TemplateRFC5424
+	}
+	if o.MaxMessageSize == 0 {
+		o.MaxMessageSize = 256 << 10
+	}
+	if o.Input == InputTLS {
+		if _, err := os.Stat("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so"); err != nil {
+			t.Skip("rsyslog: the gtls driver is missing (Debian package rsyslog-gnutls)")
+		}
+	}
+	dir := t.TempDir()
+	s := &Server{t: t, o: o, Dir: dir, File: filepath.Join(dir, "received.log"),
+		conf: filepath.Join(dir, "rsyslog.conf"), pid: filepath.Join(dir, "rsyslog.pid")}
+	port, err := freePort(o.Input == InputUDP)
+	if err != nil {
+		t.Fatalf("rsyslog: %v", err)
+	}
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if err := os.MkdirAll(filepath.Join(dir, "work"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.writeConf(port); err != nil {
+		t.Fatalf("rsyslog: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	if err := s.Start(); err != nil {
+		t.Fatalf("rsyslog: %v", err)
+	}
+	return s
+}
+
+func freePort(udp bool) (int, error) {
+	if udp {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port, nil
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Server) writeConf(port int) error {
+	var b strings.Builder
+	global := fmt.Sprintf(`workDirectory=%q maxMessageSize="%d"`, filepath.Join(s.Dir, "work"), s.o.MaxMessageSize)
+	var input string
+	switch s.o.Input {
+	case InputTCP:
+		input = fmt.Sprintf("module(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"%d\" address=\"127.0.0.1\")\n", port)
+	case InputPTCP:
+		input = fmt.Sprintf("module(load=\"imptcp\")\ninput(type=\"imptcp\" port=\"%d\" address=\"127.0.0.1\")\n", port)
+	case InputUDP:
+		input = fmt.Sprintf("module(load=\"imudp\")\ninput(type=\"imudp\" port=\"%d\" address=\"127.0.0.1\")\n", port)
+	case InputTLS:
+		ca, cert, key, err := s.writeCerts()
+		if err != nil {
+			return err
+		}
+		s.CAFile = ca
+		global += fmt.Sprintf(` defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile=%q defaultNetstreamDriverCertFile=%q defaultNetstreamDriverKeyFile=%q`, ca, cert, key)
+		input = fmt.Sprintf("module(load=\"imtcp\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\")\ninput(type=\"imtcp\" port=\"%d\" address=\"127.0.0.1\")\n", port)
+	default:
+		return fmt.Errorf("unknown input %q", s.o.Input)
+	}
+	fmt.Fprintf(&b, "global(%s)\n", global)
+	b.WriteString("main_queue(queue.type=\"Direct\")\n")
+	b.WriteString(input)
+	tmpl := s.o.Template
+	if tmpl == TemplateRaw {
+		b.WriteString("template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n")
+	}
+	fmt.Fprintf(&b, "action(type=\"omfile\" file=%q template=%q flushOnTXEnd=\"on\" asyncWriting=\"off\")\n", s.File, tmpl)
+	return os.WriteFile(s.conf, []byte(b.String()), 0o600)
+}
+
+// Start starts (or restarts) the receiver with the same port and file, and
+// waits until it accepts.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return errors.New("rsyslog: already running")
+	}
+	var out bytes.Buffer
+	cmd := exec.Command(binary(), "-n", "-f", s.conf, "-i", s.pid)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("rsyslog: start: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	s.cmd, s.out = cmd, &out
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		select {
+		case <-exited:
+			s.cmd = nil
+			return fmt.Errorf("rsyslog exited at start: %s", out.String())
+		default:
+		}
+		if s.ready() {
+			s.exited = exited
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-exited
+			s.cmd = nil
+			return fmt.Errorf("rsyslog did not come up within 15s: %s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ready reports whether the input accepts: a TCP connect for stream
+// inputs, the pid file for UDP (rsyslog writes it after binding).
+func (s *Server) ready() bool {
+	if s.o.Input == InputUDP {
+		_, err := os.Stat(s.pid)
+		return err == nil
+	}
+	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// Stop stops the receiver gracefully (SIGTERM; SIGKILL after 10 s). It is
+// safe to call on a stopped receiver.
+func (s *Server) Stop() error { return s.stop(syscall.SIGTERM) }
+
+// Kill stops the receiver with SIGKILL.
+func (s *Server) Kill() error { return s.stop(syscall.SIGKILL) }
+
+func (s *Server) stop(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(sig)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+	}
+	s.cmd = nil
+	_ = os.Remove(s.pid)
+	return nil
+}
+
+// Output returns what rsyslog printed (for failure messages).
+func (s *Server) Output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.out == nil {
+		return ""
+	}
+	return s.out.String()
+}
+
+// writeCerts makes a CA and a server certificate for 127.0.0.1/localhost.
+func (s *Server) writeCerts() (caFile, certFile, keyFile string, err error) {
+	caKey, caDER, err := NewCA("rsyslog test CA")
+	if err != nil {
+		return "", "", "", err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", "", err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return "", "", "", err
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", "", err
+	}
+	caFile, certFile, keyFile = filepath.Join(s.Dir, "ca.pem"), filepath.Join(s.Dir, "cert.pem"), filepath.Join(s.Dir, "key.pem")
+	for _, f := range []struct {
+		path, typ string
+		der       []byte
+	}{{caFile, "CERTIFICATE", caDER}, {certFile, "CERTIFICATE", der}, {keyFile, "PRIVATE KEY", kb}} {
+		if err := os.WriteFile(f.path, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), 0o600); err != nil {
+			return "", "", "", err
+		}
+	}
+	return caFile, certFile, keyFile, nil
+}
+
+// NewCA returns a new self-signed CA key and certificate (DER), for tests
+// that need a second, unrelated CA.
+func NewCA(cn string) (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	return key, der, err
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	return n.Add(n, big.NewInt(1))
+}

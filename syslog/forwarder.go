@@ -1,0 +1,508 @@
+package syslog
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// Options tune a Forwarder. A nil *Options is not allowed: Dir is required.
+type Options struct {
+	// Dir holds the targets' cursor files (one small file each). Required;
+	// created 0700 when missing. Not the journal's own directory.
+	Dir string
+	// Logger receives operational messages; never event contents.
+	Logger *slog.Logger
+	// DialTimeout bounds a connection attempt, TLS handshake included.
+	// Default 10s.
+	DialTimeout time.Duration
+	// WriteTimeout bounds one write: a receiver that accepts but does not
+	// read is abandoned after it and retried. Default 15s.
+	WriteTimeout time.Duration
+	// Settle is how long bytes must have been taken by the receiver before
+	// the cursor moves past them. Default 250ms.
+	Settle time.Duration
+	// BackoffMin and BackoffMax bound the wait between failed attempts
+	// (exponential with full jitter). Defaults 200ms and 30s.
+	BackoffMin, BackoffMax time.Duration
+	// Retain and KeepBytes are the retention of delivered segments: one is
+	// removed once every target has delivered it and it is older than
+	// Retain, or the journal is larger than KeepBytes. Zero disables each.
+	Retain    time.Duration
+	KeepBytes int64
+	// PruneEvery is how often retention runs. Default 1m.
+	PruneEvery time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 15 * time.Second
+	}
+	if o.Settle <= 0 {
+		o.Settle = 250 * time.Millisecond
+	}
+	if o.BackoffMin <= 0 {
+		o.BackoffMin = 200 * time.Millisecond
+	}
+	if o.BackoffMax < o.BackoffMin {
+		o.BackoffMax = 30 * time.Second
+	}
+	if o.PruneEvery <= 0 {
+		o.PruneEvery = time.Minute
+	}
+	return o
+}
+
+// Journal is what a Forwarder needs of the audit journal; *audit.Journal
+// implements it.
+type Journal interface {
+	audit.Appender
+	Reader(from uint64) (*audit.Reader, error)
+	LastSeq() uint64
+	Segments() []audit.SegmentInfo
+	Prune(deliveredUpTo uint64, remove func(audit.SegmentInfo) bool) (int, error)
+}
+
+// TargetStatus is what doctor and metrics show of one target.
+type TargetStatus struct {
+	Address     string    `json:"address"`
+	Format      string    `json:"format"`
+	Connected   bool      `json:"connected"`
+	Delivered   uint64    `json:"delivered"`   // last seq known to have reached the receiver
+	Sent        uint64    `json:"sent"`        // last seq written to the connection
+	JournalSeq  uint64    `json:"journal_seq"` // last seq in the journal
+	Lag         uint64    `json:"lag"`         // JournalSeq - Delivered
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	Reconnects  int       `json:"reconnects"`
+}
+
+// Forwarder delivers the journal to every configured target, each from its
+// own durable cursor, and prunes the journal behind the slowest one.
+type Forwarder struct {
+	j       Journal
+	opts    Options
+	targets []*target
+}
+
+type target struct {
+	f    *Forwarder
+	cfg  Target
+	ep   endpoint
+	tls  *tls.Config
+	cur  *cursor
+	log  *slog.Logger
+	fmtr *formatter
+
+	delivered atomic.Uint64
+	mu        sync.Mutex
+	st        TargetStatus
+	down      bool
+}
+
+// New validates the targets and prepares a Forwarder; Run starts it.
+func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
+	if opts == nil || opts.Dir == "" {
+		return nil, errors.New("syslog: Options.Dir is required")
+	}
+	if errs := ValidateTargets(targets); len(errs) > 0 {
+		var all []error
+		for _, e := range errs {
+			all = append(all, e)
+		}
+		return nil, fmt.Errorf("syslog: invalid target: %w", errors.Join(all...))
+	}
+	o := opts.withDefaults()
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("syslog: %w", err)
+	}
+	f := &Forwarder{j: j, opts: o}
+	for _, tc := range targets {
+		tc = tc.withDefaults()
+		ep, _ := parseAddress(tc.Address)
+		t := &target{f: f, cfg: tc, ep: ep, cur: newCursor(o.Dir, tc.Address),
+			log: o.Logger.With("target", tc.Address), fmtr: newFormatter(tc, ep)}
+		if ep.scheme == "tls" {
+			c, err := tlsConfig(tc, ep)
+			if err != nil {
+				return nil, err
+			}
+			t.tls = c
+		}
+		seq, err := t.cur.load()
+		if err != nil {
+			// A damaged cursor means everything kept is sent again:
+			// duplicates, never a loss.
+			t.log.Error("syslog: cursor unreadable; resending from the oldest entry kept", "err", err)
+		}
+		t.delivered.Store(seq)
+		t.st = TargetStatus{Address: tc.Address, Format: tc.Format}
+		f.targets = append(f.targets, t)
+	}
+	return f, nil
+}
+
+// Run delivers until ctx ends. It returns nil then.
+func (f *Forwarder) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, t := range f.targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.run(ctx)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(f.opts.PruneEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if _, err := f.Prune(); err != nil {
+					f.opts.Logger.Error("syslog: journal retention", "err", err)
+				}
+			}
+		}
+	}()
+	wg.Wait()
+	return nil
+}
+
+// Status returns each target's state.
+func (f *Forwarder) Status() []TargetStatus {
+	last := f.j.LastSeq()
+	out := make([]TargetStatus, len(f.targets))
+	for i, t := range f.targets {
+		t.mu.Lock()
+		s := t.st
+		t.mu.Unlock()
+		s.Delivered = t.delivered.Load()
+		s.JournalSeq = last
+		if last > s.Delivered {
+			s.Lag = last - s.Delivered
+		}
+		out[i] = s
+	}
+	return out
+}
+
+// Delivered returns the lowest delivered seq over all targets: what every
+// receiver has. With no target it is the journal's last seq.
+func (f *Forwarder) Delivered() uint64 {
+	min := f.j.LastSeq()
+	for _, t := range f.targets {
+		if d := t.delivered.Load(); d < min {
+			min = d
+		}
+	}
+	return min
+}
+
+// Flush waits until every target delivered what the journal held when it
+// was called, or ctx ends. The daemon calls it at shutdown, after the final
+// checkpoint.
+func (f *Forwarder) Flush(ctx context.Context) error {
+	want := f.j.LastSeq()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for f.Delivered() < want {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("syslog: flush: %d of %d delivered: %w", f.Delivered(), want, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Prune removes journal segments every target has delivered, when they are
+// older than Retain or the journal is larger than KeepBytes.
+func (f *Forwarder) Prune() (int, error) {
+	var total int64
+	for _, s := range f.j.Segments() {
+		total += s.Bytes
+	}
+	now := time.Now()
+	return f.j.Prune(f.Delivered(), func(s audit.SegmentInfo) bool {
+		old := f.opts.Retain > 0 && now.Sub(s.ModTime) > f.opts.Retain
+		big := f.opts.KeepBytes > 0 && total > f.opts.KeepBytes
+		if old || big {
+			total -= s.Bytes
+			return true
+		}
+		return false
+	})
+}
+
+// run connects, delivers and reconnects until ctx ends.
+func (t *target) run(ctx context.Context) {
+	o := t.f.opts
+	backoff := o.BackoffMin
+	for ctx.Err() == nil {
+		before := t.delivered.Load()
+		c, err := dial(ctx, t.ep, t.tls, o.DialTimeout)
+		if err == nil {
+			t.setConnected(true)
+			err = t.deliver(ctx, c)
+			c.close()
+			t.setConnected(false)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, audit.ErrPruned) {
+			t.skipPruned()
+		}
+		t.fail(ctx, err)
+		if t.delivered.Load() > before {
+			backoff = o.BackoffMin
+		}
+		wait := time.Duration(rand.Int64N(int64(backoff))) + o.BackoffMin/2
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, o.BackoffMax)
+	}
+	if err := t.cur.store(t.delivered.Load()); err != nil {
+		t.log.Error("syslog: saving cursor", "err", err)
+	}
+}
+
+// skipPruned moves a cursor that points before the oldest kept entry (only
+// possible after drop_oldest) to the oldest kept entry.
+func (t *target) skipPruned() {
+	segs := t.f.j.Segments()
+	if len(segs) == 0 {
+		return
+	}
+	first := segs[0].First
+	if d := t.delivered.Load(); d+1 < first {
+		t.log.Error("syslog: entries were removed before delivery; continuing with the oldest kept",
+			"delivered", d, "oldest_kept", first)
+		t.delivered.Store(first - 1)
+	}
+}
+
+func (t *target) setConnected(up bool) {
+	t.mu.Lock()
+	t.st.Connected = up
+	if up {
+		t.st.Reconnects++
+	}
+	t.mu.Unlock()
+}
+
+// fail records err; the first failure after a working period is audited, so
+// the other targets (and the journal) say the target is down.
+func (t *target) fail(ctx context.Context, err error) {
+	if err == nil {
+		return
+	}
+	t.mu.Lock()
+	t.st.LastError, t.st.LastErrorAt = err.Error(), time.Now().UTC()
+	wasDown := t.down
+	t.down = true
+	t.mu.Unlock()
+	t.log.Warn("syslog: target unavailable; entries wait in the journal", "err", err, "delivered", t.delivered.Load())
+	if !wasDown {
+		t.audit(ctx, "audit.target_down", audit.SeverityHigh, audit.OutcomeFailure, err.Error())
+	}
+}
+
+// up notes a delivery; the first after a failure is audited.
+func (t *target) up(ctx context.Context) {
+	t.mu.Lock()
+	wasDown := t.down
+	t.down = false
+	t.mu.Unlock()
+	if wasDown {
+		t.audit(ctx, "audit.target_up", "", audit.OutcomeSuccess, "")
+	}
+}
+
+func (t *target) audit(ctx context.Context, typ, sev, outcome, reason string) {
+	ev := &audit.Event{Type: typ, Severity: sev, Action: "audit.forward", Target: t.cfg.Address,
+		Outcome: outcome, Reason: reason, Details: map[string]string{"delivered": fmt.Sprint(t.delivered.Load())}}
+	if _, err := t.f.j.Append(ctx, ev); err != nil && ctx.Err() == nil {
+		t.log.Error("syslog: recording target state", "event", typ, "err", err)
+	}
+}
+
+type flight struct {
+	seq  uint64    // last seq of the batch
+	end  uint64    // socket bytes written once the batch was out
+	seen time.Time // when the receiver was first seen to have it
+}
+
+const (
+	maxBatchBytes   = 256 << 10
+	maxBatchEntries = 2048
+	confirmEvery    = 20 * time.Millisecond
+	storeEvery      = 200 * time.Millisecond
+)
+
+// deliver sends from the cursor on c until c fails or ctx ends.
+func (t *target) deliver(ctx context.Context, c *conn) error {
+	o := t.f.opts
+	r, err := t.f.j.Reader(t.delivered.Load() + 1)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	entries := make(chan audit.Entry, maxBatchEntries)
+	perr := make(chan error, 1)
+	pumped := make(chan struct{})
+	go func() {
+		defer close(pumped)
+		for {
+			e, err := r.Next(pctx)
+			if err != nil {
+				perr <- err
+				return
+			}
+			select {
+			case entries <- e:
+			case <-pctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-pumped
+		r.Close()
+	}()
+
+	var (
+		buf       []byte
+		ends      []int
+		pending   []flight
+		lastStore = time.Now()
+		stored    = t.delivered.Load()
+		tick      = time.NewTicker(confirmEvery)
+	)
+	defer tick.Stop()
+	confirm := func() error {
+		now := time.Now()
+		if len(pending) > 0 {
+			rcv, err := c.received()
+			if err != nil {
+				return err
+			}
+			for i := range pending {
+				if !pending[i].seen.IsZero() {
+					continue
+				}
+				if pending[i].end > rcv {
+					break
+				}
+				pending[i].seen = now
+			}
+			n := 0
+			for n < len(pending) && !pending[n].seen.IsZero() && now.Sub(pending[n].seen) >= o.Settle {
+				t.delivered.Store(pending[n].seq)
+				n++
+			}
+			if n > 0 {
+				pending = append(pending[:0], pending[n:]...)
+				t.up(ctx)
+			}
+		}
+		if d := t.delivered.Load(); d != stored && now.Sub(lastStore) >= storeEvery {
+			if err := t.cur.store(d); err != nil {
+				return err
+			}
+			stored, lastStore = d, now
+		}
+		return nil
+	}
+	defer func() {
+		if d := t.delivered.Load(); d != stored {
+			if err := t.cur.store(d); err != nil {
+				t.log.Error("syslog: saving cursor", "err", err)
+			}
+		}
+	}()
+
+	for {
+		var e audit.Entry
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.dead:
+			return c.deadErr()
+		case err := <-perr:
+			return err
+		case <-tick.C:
+			if err := confirm(); err != nil {
+				return err
+			}
+			continue
+		case e = <-entries:
+		}
+		buf, ends = buf[:0], ends[:0]
+		var last uint64
+		for {
+			rec := record{Seq: e.Seq, Prev: e.Prev, Hash: e.Hash, Canonical: e.Canonical, Event: &e.Event}
+			buf, ends, err = t.fmtr.appendMessages(buf, ends, &rec)
+			if err != nil {
+				return err
+			}
+			last = e.Seq
+			if len(buf) >= maxBatchBytes || len(ends) >= maxBatchEntries {
+				break
+			}
+			var more bool
+			select {
+			case e, more = <-entries:
+			default:
+			}
+			if !more {
+				break
+			}
+		}
+		if c.ep.stream() {
+			if err := c.write(buf, o.WriteTimeout); err != nil {
+				return err
+			}
+			pending = append(pending, flight{seq: last, end: c.written()})
+		} else {
+			start := 0
+			for _, end := range ends {
+				if err := c.write(buf[start:end], o.WriteTimeout); err != nil {
+					return err
+				}
+				start = end
+			}
+			// Datagrams have no acknowledgement: written is all we know.
+			t.delivered.Store(last)
+			t.up(ctx)
+		}
+		t.mu.Lock()
+		t.st.Sent = last
+		t.mu.Unlock()
+		if err := confirm(); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,201 @@
+package syslog
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sentinel errors of the transports.
+var (
+	// ErrReceiverClosed means the receiver closed the connection.
+	ErrReceiverClosed = errors.New("syslog: receiver closed the connection")
+	// ErrReceiverStalled means a write did not complete within the write
+	// timeout: the receiver accepts but does not read.
+	ErrReceiverStalled = errors.New("syslog: receiver is not reading (write timed out)")
+)
+
+// tlsConfig builds the client TLS configuration of a tls:// target.
+func tlsConfig(t Target, ep endpoint) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	if cfg.ServerName == "" {
+		cfg.ServerName = ep.host
+	}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("syslog: %s: ca_file: %w", t.Address, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("syslog: %s: ca_file %s holds no PEM certificate", t.Address, t.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("syslog: %s: client certificate: %w", t.Address, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// countingConn counts the bytes written to the socket, TLS records
+// included, so they can be compared with what the peer acknowledged.
+type countingConn struct {
+	net.Conn
+	n atomic.Uint64
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.n.Add(uint64(n))
+	return n, err
+}
+
+// conn is one connection to a receiver.
+type conn struct {
+	ep    endpoint
+	w     net.Conn      // what messages are written to (TLS or plain)
+	raw   *countingConn // the socket
+	tcp   *net.TCPConn  // nil for datagrams
+	dead  chan struct{} // closed when the receiver closed or reset
+	err   atomic.Pointer[error]
+	maxWd uint32 // largest window the peer advertised
+}
+
+// dial connects to the target within timeout.
+func dial(ctx context.Context, ep endpoint, tc *tls.Config, timeout time.Duration) (*conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	network := ep.scheme
+	switch ep.scheme {
+	case "tls":
+		network = "tcp"
+	case "unix":
+		network = "unixgram"
+	}
+	nc, err := d.DialContext(ctx, network, ep.addr)
+	if err != nil {
+		return nil, fmt.Errorf("syslog: connect %s://%s: %w", ep.scheme, ep.addr, err)
+	}
+	c := &conn{ep: ep, raw: &countingConn{Conn: nc}, dead: make(chan struct{})}
+	c.w = c.raw
+	if tcp, ok := nc.(*net.TCPConn); ok {
+		c.tcp = tcp
+		_ = tcp.SetKeepAlive(true)
+		_ = tcp.SetKeepAlivePeriod(15 * time.Second)
+	}
+	if ep.scheme == "tls" {
+		tl := tls.Client(c.raw, tc)
+		if err := tl.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("syslog: tls handshake with %s: %w", ep.addr, err)
+		}
+		c.w = tl
+	}
+	if ep.stream() {
+		go c.watch()
+	}
+	return c, nil
+}
+
+// watch reads from a stream connection; receivers send nothing, so any
+// return means the connection is gone.
+func (c *conn) watch() {
+	var b [512]byte
+	for {
+		_, err := c.w.Read(b[:])
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = ErrReceiverClosed
+			}
+			c.err.Store(&err)
+			close(c.dead)
+			return
+		}
+	}
+}
+
+// deadErr returns why the connection died.
+func (c *conn) deadErr() error {
+	if p := c.err.Load(); p != nil {
+		return *p
+	}
+	return ErrReceiverClosed
+}
+
+// write sends b within timeout.
+func (c *conn) write(b []byte, timeout time.Duration) error {
+	_ = c.w.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.w.Write(b)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("%w: %s after %v", ErrReceiverStalled, c.ep.addr, timeout)
+		}
+		return fmt.Errorf("syslog: write to %s: %w", c.ep.addr, err)
+	}
+	return nil
+}
+
+// written returns the bytes written to the socket so far.
+func (c *conn) written() uint64 { return c.raw.n.Load() }
+
+// received estimates how many of the bytes written the receiving
+// application has taken: what its TCP acknowledged, less what still sits
+// unread in its receive buffer (the shrink of the window it advertises
+// below the largest one seen). Datagram sockets report everything written.
+func (c *conn) received() (uint64, error) {
+	if c.tcp == nil {
+		return c.written(), nil
+	}
+	sc, err := c.tcp.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		info *unix.TCPInfo
+		outq int
+		ierr error
+	)
+	cerr := sc.Control(func(fd uintptr) {
+		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if ierr == nil {
+			outq, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+		}
+	})
+	if cerr != nil {
+		return 0, cerr
+	}
+	if ierr != nil {
+		return 0, fmt.Errorf("syslog: tcp_info: %w", ierr)
+	}
+	w := c.written()
+	if uint64(outq) > w {
+		return 0, nil
+	}
+	acked := w - uint64(outq)
+	if info.Snd_wnd > c.maxWd {
+		c.maxWd = info.Snd_wnd
+	}
+	unread := uint64(c.maxWd - info.Snd_wnd)
+	if unread > acked {
+		return 0, nil
+	}
+	return acked - unread, nil
+}
+
+func (c *conn) close() error { return c.w.Close() }
