@@ -1,0 +1,51 @@
+// Package netseg owns the appliance's network segmentation: the VLAN
+// interfaces it sits on (netlink) and a default-deny firewall in the one
+// nftables table it owns, inet applianced.
+//
+// The firewall drops everything in its input, output and forward base
+// chains except loopback, established and related connections, IPv6
+// neighbour discovery, the allow rules of the [net] section, and the egress
+// the appliance itself needs (its directory servers, audit targets, tool
+// upstreams), which the daemon derives from the rest of the config and
+// passes in as Needs. Allow lists live in named interval sets (networks are
+// merged first) and a concatenated address·protocol·port set; each rule has
+// a counter; drops are logged to an nflog group the Manager reads and turns
+// into net.egress_blocked and net.ingress_blocked audit events, aggregated
+// per destination and rate-limited.
+//
+// The Manager plans (a diff of the config against the kernel, in words),
+// applies (the whole table replaced in one nftables transaction: all or
+// nothing), arms a rollback unless the apply is confirmed in time, refuses
+// an apply that would lock out the admin's SSH address unless forced, puts
+// the table and VLANs back when another process changes them (drift), and
+// removes everything it made on down. Every one of these is audited.
+//
+// It refuses to touch any other table or any interface it did not create:
+// VLANs it creates carry the interface alias "applianced-managed". Stopping
+// the daemon leaves the rules in place (fail closed).
+//
+// Caveats: host names in Needs are resolved when a plan is made; a DNS
+// change afterwards needs a new apply. The kernel must have nf_tables (and
+// 8021q for VLANs; without it, ErrNo8021Q).
+package netseg
+
+import "errors"
+
+// Sentinel errors callers branch on.
+var (
+	// ErrInvalidConfig wraps every config problem found by a plan or apply;
+	// the kernel was not changed.
+	ErrInvalidConfig = errors.New("netseg: invalid [net] config")
+	// ErrLockout means the apply would stop the admin's SSH address from
+	// reaching the appliance; pass Force to apply anyway.
+	ErrLockout = errors.New("netseg: apply would cut the admin's SSH session")
+	// ErrNo8021Q means the kernel cannot make VLAN interfaces.
+	ErrNo8021Q = errors.New("netseg: kernel lacks 802.1Q support: load module 8021q")
+	// ErrUnknownInterface means a rule or VLAN names an interface the
+	// kernel does not have.
+	ErrUnknownInterface = errors.New("netseg: unknown interface")
+	// ErrNothingToConfirm means no apply is waiting for confirmation.
+	ErrNothingToConfirm = errors.New("netseg: no apply is waiting for confirmation")
+	// ErrNothingToRollback means there is no earlier state to go back to.
+	ErrNothingToRollback = errors.New("netseg: no earlier state to roll back to")
+)

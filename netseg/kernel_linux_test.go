@@ -1,0 +1,545 @@
+package netseg
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/testenv/netns"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Tier 2: a real kernel in network namespaces made by the test. The
+// firewall runs inside the "ai" namespace.
+
+const shortDial = 500 * time.Millisecond // below the first SYN retransmit (1 s)
+
+// labConfig is the site of the tests: the AI server talks LDAPS to its DC
+// and syslog to its SIEM (a need derived from the audit config), users reach
+// the API, admins reach SSH, nothing reaches the internet.
+func labConfig() (*Config, []Need) {
+	return &Config{
+			Egress: []Rule{{To: []string{"10.10.0.11/32"}, Proto: "tcp", Ports: []int{636}, Comment: "domain controllers"}},
+			Ingress: []Rule{
+				{From: []string{"10.30.0.0/24"}, Proto: "tcp", Ports: []int{8443}, Comment: "chatbot users"},
+				{From: []string{"10.99.0.0/24"}, Proto: "tcp", Ports: []int{22}, Comment: "admin SSH"},
+			},
+		}, []Need{
+			{Address: "10.40.0.10:6514", Proto: "tcp", Origin: "audit.syslog[0].address"},
+		}
+}
+
+type labRun struct {
+	lab *netns.Lab
+	m   *Manager
+	j   *audit.Journal
+	ctx context.Context
+}
+
+// startLab builds the namespaces, the servers every test talks to, a real
+// audit journal and a running Manager inside the ai namespace.
+func startLab(t *testing.T) *labRun {
+	t.Helper()
+	lab := netns.New(t)
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatalf("audit.Open: %v", err)
+	}
+	t.Cleanup(func() { j.Close() })
+	m, err := New(Options{
+		Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(),
+		NetNSFd: lab.AI.Fd(), DriftInterval: time.Second, LogInterval: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	serveTCP(t, lab.Hosts["dc"].NS, "10.10.0.11:636")
+	serveTCP(t, lab.Hosts["siem"].NS, "10.40.0.10:6514")
+	serveTCP(t, lab.Hosts["internet"].NS, "203.0.113.10:443")
+	serveTCP(t, lab.AI, "0.0.0.0:8443")
+	serveTCP(t, lab.AI, "0.0.0.0:22")
+	return &labRun{lab: lab, m: m, j: j, ctx: ctx}
+}
+
+func serveTCP(t *testing.T, ns *netns.NS, addr string) {
+	t.Helper()
+	l := ns.Listen(t, "tcp", addr)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+func reachTCP(ns *netns.NS, addr string) error {
+	c, err := ns.Dial(context.Background(), "tcp", addr, shortDial)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// reachUDP sends one datagram from ns to addr and reports whether the
+// listener got it.
+func reachUDP(t *testing.T, from *netns.NS, to *netns.Host, port int) bool {
+	t.Helper()
+	pc := to.ListenPacket(t, "udp", net.JoinHostPort(to.Addr.String(), strconv.Itoa(port)))
+	defer pc.Close()
+	c, err := from.Dial(context.Background(), "udp", pc.LocalAddr().String(), shortDial)
+	if err == nil {
+		_, err = c.Write([]byte("ping"))
+		c.Close()
+	}
+	if err != nil {
+		return false // EPERM from the output hook
+	}
+	pc.SetReadDeadline(time.Now().Add(shortDial))
+	buf := make([]byte, 16)
+	_, _, err = pc.ReadFrom(buf)
+	return err == nil
+}
+
+// reachICMP sends one echo request from ns and waits for the reply.
+func reachICMP(t *testing.T, from *netns.NS, to string) bool {
+	t.Helper()
+	pc := from.ListenPacket(t, "ip4:icmp", "0.0.0.0")
+	defer pc.Close()
+	id := uint16(os.Getpid())
+	msg := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'a', 'p', 'p'}
+	var sum uint32
+	for i := 0; i+1 < len(msg); i += 2 {
+		sum += uint32(msg[i])<<8 | uint32(msg[i+1])
+	}
+	sum += uint32(msg[len(msg)-1]) << 8
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	cs := ^uint16(sum)
+	msg[2], msg[3] = byte(cs>>8), byte(cs)
+	if _, err := pc.WriteTo(msg, &net.IPAddr{IP: net.ParseIP(to)}); err != nil {
+		return false
+	}
+	pc.SetReadDeadline(time.Now().Add(shortDial))
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			return false
+		}
+		if n >= 8 && buf[0] == 0 && uint16(buf[4])<<8|uint16(buf[5]) == id {
+			return true
+		}
+	}
+}
+
+// events reads the journal until want returns true or the wait ends.
+func (r *labRun) events(t *testing.T, want func([]audit.Event) bool) []audit.Event {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rd, err := r.j.Reader(0)
+		if err != nil {
+			t.Fatalf("journal reader: %v", err)
+		}
+		var evs []audit.Event
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			e, err := rd.Next(ctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			evs = append(evs, e.Event)
+		}
+		rd.Close()
+		if want(evs) || time.Now().After(deadline) {
+			return evs
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func ofType(evs []audit.Event, typ string) []audit.Event {
+	var out []audit.Event
+	for _, e := range evs {
+		if e.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestApplySegmentsTheLab(t *testing.T) {
+	r := startLab(t)
+	ai, hosts := r.lab.AI, r.lab.Hosts
+
+	// Without the firewall everything is reachable: the checks below can fail.
+	if err := reachTCP(ai, "203.0.113.10:443"); err != nil {
+		t.Fatalf("before apply: ai cannot reach the internet host (lab broken): %v", err)
+	}
+	if !reachUDP(t, ai, hosts["internet"], 53) || !reachICMP(t, ai, "203.0.113.10") {
+		t.Fatal("before apply: ai cannot reach the internet host over UDP or ICMP (lab broken)")
+	}
+
+	cfg, needs := labConfig()
+	plan, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{})
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if !strings.Contains(plan.String(), "audit.syslog[0].address") {
+		t.Errorf("plan does not say where the SIEM egress comes from:\n%s", plan)
+	}
+
+	tcp := []struct {
+		name string
+		from *netns.NS
+		addr string
+		want bool
+	}{
+		{"ai reaches dc ldaps", ai, "10.10.0.11:636", true},
+		{"ai reaches siem syslog (derived need)", ai, "10.40.0.10:6514", true},
+		{"ai cannot reach internet tcp", ai, "203.0.113.10:443", false},
+		{"user reaches api", hosts["user"].NS, "10.30.0.1:8443", true},
+		{"user cannot reach ssh", hosts["user"].NS, "10.30.0.1:22", false},
+		{"admin reaches ssh", hosts["admin"].NS, "10.99.0.1:22", true},
+	}
+	for _, tc := range tcp {
+		t.Run(tc.name, func(t *testing.T) {
+			err := reachTCP(tc.from, tc.addr)
+			if got := err == nil; got != tc.want {
+				t.Errorf("reach %s from %s: got %v (err %v), want %v", tc.addr, tc.from.Name, got, err, tc.want)
+			}
+		})
+	}
+	if reachUDP(t, ai, hosts["internet"], 53) {
+		t.Error("ai reached the internet host over UDP")
+	}
+	if reachICMP(t, ai, "203.0.113.10") {
+		t.Error("ai reached the internet host over ICMP")
+	}
+
+	// Blocked: 3 packets out of ai (tcp, udp, icmp), 1 SYN into ai (user→22).
+	st, err := r.m.Status(context.Background())
+	if err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+	if got := st.Counter(ChainOutput, "output: count dropped"); got != 3 {
+		t.Errorf("output drop counter: got %d, want 3", got)
+	}
+	if got := st.Counter(ChainInput, "input: count dropped"); got != 1 {
+		t.Errorf("input drop counter: got %d, want 1", got)
+	}
+	if got := st.Counter(ChainOutput, "egress[0]"); got != 1 {
+		t.Errorf("egress[0] (dc) counter: got %d, want 1 (one SYN)", got)
+	}
+
+	sum := func(evs []audit.Event, typ, target string) int {
+		n := 0
+		for _, e := range ofType(evs, typ) {
+			if e.Target == target {
+				p, _ := strconv.Atoi(e.Details["packets"])
+				n += p
+			}
+		}
+		return n
+	}
+	evs := r.events(t, func(evs []audit.Event) bool {
+		return sum(evs, "net.egress_blocked", "203.0.113.10") >= 3 && sum(evs, "net.ingress_blocked", "10.30.0.2") >= 1
+	})
+	if got := sum(evs, "net.egress_blocked", "203.0.113.10"); got != 3 {
+		t.Errorf("net.egress_blocked packets to 203.0.113.10: got %d, want 3", got)
+	}
+	if got := sum(evs, "net.ingress_blocked", "10.30.0.2"); got != 1 {
+		t.Errorf("net.ingress_blocked packets from 10.30.0.2: got %d, want 1", got)
+	}
+	for _, e := range ofType(evs, "net.egress_blocked") {
+		if e.Target == "203.0.113.10" && e.Details["proto"] == "tcp" && e.Details["port"] != "443" {
+			t.Errorf("egress_blocked tcp event port: got %q, want 443", e.Details["port"])
+		}
+	}
+	if len(ofType(evs, "net.apply")) != 1 {
+		t.Errorf("net.apply events: got %d, want 1", len(ofType(evs, "net.apply")))
+	}
+}
+
+func TestUnconfirmedApplyRollsBack(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: 500 * time.Millisecond}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err == nil {
+		t.Fatal("firewall not in force right after apply")
+	}
+	evs := r.events(t, func(evs []audit.Event) bool { return len(ofType(evs, "net.rollback")) > 0 })
+	if len(ofType(evs, "net.rollback")) != 1 {
+		t.Fatalf("net.rollback events: got %d, want 1", len(ofType(evs, "net.rollback")))
+	}
+	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err != nil {
+		t.Errorf("after automatic rollback to no table: ai cannot reach the internet host: %v", err)
+	}
+	kt, err := r.m.k.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kt.Exists {
+		t.Error("table still present after rollback to the state without one")
+	}
+	if err := r.m.Confirm(context.Background(), audit.Actor{}, ""); !errors.Is(err, ErrNothingToConfirm) {
+		t.Errorf("Confirm after rollback: got %v, want ErrNothingToConfirm", err)
+	}
+}
+
+func TestConfirmedApplyStays(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: 400 * time.Millisecond}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if err := r.m.Confirm(context.Background(), audit.Actor{}, ""); err != nil {
+		t.Fatalf("Confirm: %v", err)
+	}
+	time.Sleep(800 * time.Millisecond) // past the window
+	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err == nil {
+		t.Error("confirmed firewall was rolled back")
+	}
+	// A manual rollback still goes back to no table; a second one has nothing.
+	if err := r.m.Rollback(context.Background(), audit.Actor{}, ""); err != nil {
+		t.Fatalf("Rollback: %v", err)
+	}
+	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err != nil {
+		t.Errorf("after rollback: %v", err)
+	}
+	if err := r.m.Rollback(context.Background(), audit.Actor{}, ""); !errors.Is(err, ErrNothingToRollback) {
+		t.Errorf("second Rollback: got %v, want ErrNothingToRollback", err)
+	}
+}
+
+// otherProcess runs an nft command in the ai namespace, as a separate
+// process would.
+func otherProcess(t *testing.T, ns *netns.NS, args ...string) {
+	t.Helper()
+	fd, err := unix.Dup(ns.Fd()) // the File closes its fd; the lab keeps its own
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "netns")
+	defer f.Close()
+	cmd := exec.Command("nsenter", append([]string{"--net=/proc/self/fd/3", "nft"}, args...)...)
+	cmd.ExtraFiles = []*os.File{f}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nsenter nft %v: %v\n%s", args, err, out)
+	}
+}
+
+func TestDriftIsRepaired(t *testing.T) {
+	if _, err := exec.LookPath("nsenter"); err != nil {
+		t.Skip("skipped: nsenter (util-linux) not installed")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: nft (nftables) not installed")
+	}
+	tests := []struct{ name, cmd string }{
+		{"flush table", "flush table inet applianced"},
+		{"delete table", "delete table inet applianced"},
+		{"flush chain", "flush chain inet applianced output"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startLab(t)
+			cfg, needs := labConfig()
+			if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+				t.Fatalf("Apply: %v", err)
+			}
+			otherProcess(t, r.lab.AI, strings.Fields(tc.cmd)...)
+			evs := r.events(t, func(evs []audit.Event) bool { return len(ofType(evs, "net.drift")) > 0 })
+			drift := ofType(evs, "net.drift")
+			if len(drift) == 0 {
+				t.Fatal("no net.drift event")
+			}
+			if drift[0].Details["repaired"] != "true" || drift[0].Details["changed"] == "" {
+				t.Errorf("net.drift details: got %v, want repaired=true and what changed", drift[0].Details)
+			}
+			st, err := r.m.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(st.Drift) != 0 {
+				t.Errorf("drift after repair: %v", st.Drift)
+			}
+			if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err == nil {
+				t.Error("after repair ai reaches the internet host")
+			}
+		})
+	}
+}
+
+func TestBadConfigChangesNothing(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	before, err := r.m.k.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := []struct {
+		name string
+		mut  func(c *Config)
+	}{
+		{"overlapping cidrs", func(c *Config) { c.Egress[0].To = []string{"10.0.0.0/8", "10.10.0.0/16"} }},
+		{"port 0", func(c *Config) { c.Ingress[0].Ports = []int{0} }},
+		{"unknown interface", func(c *Config) { c.Ingress[0].Interface = "nosuch0" }},
+		{"vlan id 4095", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "to-user", ID: 4095}} }},
+		{"parent missing", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "nosuch0", ID: 20}} }},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			c, n := labConfig()
+			tc.mut(c)
+			_, err := r.m.Apply(context.Background(), c, n, ApplyOptions{})
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("Apply: got %v, want ErrInvalidConfig", err)
+			}
+			after, err := r.m.k.read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := tableDrift(r.m.cur.rs, after); len(d) != 0 || len(after.Sets) != len(before.Sets) {
+				t.Errorf("kernel changed by a refused apply: %v", d)
+			}
+		})
+	}
+}
+
+// A transaction the kernel refuses halfway leaves the previous ruleset.
+func TestRefusedTransactionKeepsPrevious(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	rs, err := buildRuleset(&Config{Egress: []Rule{{To: []string{"0.0.0.0/0"}, Proto: "any"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last rule looks up a set that is not in the batch.
+	out := rs.Chains[1]
+	out.Rules = append(out.Rules, &ruleSpec{Desc: "broken", Exprs: []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: "missing", SetID: 999},
+	}})
+	if err := r.m.k.replace(rs); err == nil {
+		t.Fatal("kernel accepted a rule referring to a missing set")
+	}
+	kt, err := r.m.k.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := tableDrift(r.m.cur.rs, kt); len(d) != 0 {
+		t.Errorf("previous ruleset damaged by a refused transaction: %v", d)
+	}
+	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err == nil {
+		t.Error("ai reaches the internet host after a refused transaction")
+	}
+}
+
+func TestApplyRefusesSSHLockout(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	cfg.Ingress = cfg.Ingress[:1] // no admin SSH rule
+	ssh := "10.99.0.2 50022 10.99.0.1 22"
+	_, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{SSHConnection: ssh})
+	if !errors.Is(err, ErrLockout) {
+		t.Fatalf("Apply: got %v, want ErrLockout", err)
+	}
+	if kt, _ := r.m.k.read(); kt.Exists {
+		t.Error("a refused apply created the table")
+	}
+	if err := reachTCP(r.lab.Hosts["admin"].NS, "10.99.0.1:22"); err != nil {
+		t.Errorf("admin lost SSH after a refused apply: %v", err)
+	}
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{SSHConnection: ssh, Force: true}); err != nil {
+		t.Fatalf("Apply --force: %v", err)
+	}
+	if err := reachTCP(r.lab.Hosts["admin"].NS, "10.99.0.1:22"); err == nil {
+		t.Error("forced apply without an SSH rule still lets admin in (check is vacuous)")
+	}
+	// With the admin rule there is no lockout.
+	cfg2, _ := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg2, needs, ApplyOptions{SSHConnection: ssh}); err != nil {
+		t.Errorf("Apply with admin SSH allowed: %v", err)
+	}
+	evs := r.events(t, func(evs []audit.Event) bool { return len(ofType(evs, "net.apply")) >= 3 })
+	var denied int
+	for _, e := range ofType(evs, "net.apply") {
+		if e.Outcome == audit.OutcomeDenied {
+			denied++
+		}
+	}
+	if denied != 1 {
+		t.Errorf("denied net.apply events: got %d, want 1", denied)
+	}
+}
+
+func TestDownRemovesTableOnly(t *testing.T) {
+	r := startLab(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: nft (nftables) not installed")
+	}
+	// Another table in the namespace must survive everything we do.
+	otherProcess(t, r.lab.AI, "add", "table", "inet", "sitefw")
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if err := r.m.Down(context.Background(), audit.Actor{}, ""); err != nil {
+		t.Fatalf("Down: %v", err)
+	}
+	c, err := r.m.k.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := c.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tb := range tables {
+		names = append(names, tb.Name)
+	}
+	if got := strings.Join(names, ","); got != "sitefw" {
+		t.Errorf("tables after down: got %q, want only sitefw", got)
+	}
+	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err != nil {
+		t.Errorf("after down: %v", err)
+	}
+	evs := r.events(t, func(evs []audit.Event) bool { return len(ofType(evs, "net.down")) > 0 })
+	if len(ofType(evs, "net.down")) != 1 {
+		t.Errorf("net.down events: got %d, want 1", len(ofType(evs, "net.down")))
+	}
+}
