@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -162,6 +163,10 @@ func openDB(path string, master []byte, create bool, delay time.Duration) (db *b
 	default:
 		return nil, nil, fmt.Errorf("vault: %w", err)
 	}
+	if err := preflight(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		// bbolt panics on some damaged pages; a damaged file is an error.
 		if p := recover(); p != nil {
@@ -186,6 +191,9 @@ func openDB(path string, master []byte, create bool, delay time.Duration) (db *b
 	fail := func(e error) (*bolt.DB, *keyring, error) {
 		_ = db.Close()
 		return nil, nil, e
+	}
+	if err := walk(db); err != nil {
+		return fail(fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err))
 	}
 	if err := checkDB(db); err != nil {
 		return fail(fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err))

@@ -1,0 +1,432 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// MaxRestoreBytes bounds a backup that Restore accepts.
+const MaxRestoreBytes = 1 << 30
+
+// Status describes the open vault.
+type Status struct {
+	Sealed          bool      `json:"sealed"` // always false for an open vault; the daemon reports a vault it could not unseal
+	KeySource       string    `json:"key_source"`
+	Path            string    `json:"path"`
+	Term            uint32    `json:"term"`  // the keyring term new writes use
+	Terms           int       `json:"terms"` // terms in the keyring (older ones still decrypt)
+	TermCreated     time.Time `json:"term_created"`
+	Secrets         int       `json:"secrets"`
+	Versions        int       `json:"versions"`          // kept versions of all secrets
+	OldTermVersions int       `json:"old_term_versions"` // versions (secrets and system keys) under an older term
+	SystemKeys      int       `json:"system_keys"`
+	KeepVersions    int       `json:"keep_versions"`
+	SizeBytes       int64     `json:"size_bytes"`
+}
+
+// Status reports the keyring and the counts.
+func (v *Vault) Status(ctx context.Context, who audit.Actor) (Status, error) {
+	ev := &audit.Event{Type: "admin.call", Actor: who, Action: "vault.status", Source: "unix"}
+	if err := v.rlock(); err != nil {
+		return Status{}, v.refuse(ctx, ev, fmt.Errorf("vault: %w", err))
+	}
+	st := Status{
+		KeySource:    v.keySource,
+		Path:         v.path,
+		Term:         v.kr.active,
+		Terms:        len(v.kr.terms),
+		TermCreated:  time.Unix(0, v.kr.activeTerm().created).UTC(),
+		KeepVersions: v.cfg.keepVersions(),
+	}
+	err := v.db.View(func(tx *bolt.Tx) error {
+		st.SizeBytes = tx.Size()
+		for _, b := range [][]byte{bucketSecrets, bucketSystem} {
+			err := tx.Bucket(b).ForEach(func(k, raw []byte) error {
+				r, err := decodeRecord(raw)
+				if err != nil {
+					return fmt.Errorf("vault: %w: %q: %w", ErrCorrupt, k, err)
+				}
+				if bytes.Equal(b, bucketSecrets) {
+					st.Secrets++
+					st.Versions += len(r.versions)
+				} else {
+					st.SystemKeys++
+				}
+				for _, ver := range r.versions {
+					if ver.term != st.Term {
+						st.OldTermVersions++
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	v.mu.RUnlock()
+	if err != nil {
+		return Status{}, v.refuse(ctx, ev, err)
+	}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Details = map[string]string{"term": strconv.FormatUint(uint64(st.Term), 10), "secrets": strconv.Itoa(st.Secrets)}
+	if err := v.appendEvent(ctx, ev); err != nil {
+		return Status{}, err
+	}
+	return st, nil
+}
+
+// RekeyResult is what Rekey did.
+type RekeyResult struct {
+	Term        uint32 `json:"term"`        // the new active term
+	Reencrypted int    `json:"reencrypted"` // versions moved to the new term
+}
+
+// Rekey adds a new term to the keyring and makes it the one new writes use;
+// older terms keep decrypting what they sealed. With reencrypt, every
+// version of every secret and system key under an older term is then
+// re-encrypted under the new one, online, one secret at a time (the old
+// terms stay in the keyring, so backups taken before still open).
+func (v *Vault) Rekey(ctx context.Context, who audit.Actor, reencrypt bool) (RekeyResult, error) {
+	ev := &audit.Event{Type: "vault.rekey", Actor: who, Action: "vault.rekey", Source: "unix", Severity: audit.SeverityWarn,
+		Details: map[string]string{"reencrypt": strconv.FormatBool(reencrypt)}}
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return RekeyResult{}, v.refuse(ctx, ev, fmt.Errorf("vault: %w", ErrClosed))
+	}
+	next, err := v.kr.withNewTerm(time.Now())
+	var sealed []byte
+	if err == nil {
+		sealed, err = sealKeyring(v.master, next)
+	}
+	if err != nil {
+		v.mu.Unlock()
+		return RekeyResult{}, v.refuse(ctx, ev, err)
+	}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Details["term"] = strconv.FormatUint(uint64(next.active), 10)
+	if err := v.appendEvent(ctx, ev); err != nil {
+		clear(next.activeTerm().key)
+		v.mu.Unlock()
+		return RekeyResult{}, err
+	}
+	err = v.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyKeyring, sealed) })
+	if err != nil {
+		clear(next.activeTerm().key)
+		v.mu.Unlock()
+		err = fmt.Errorf("vault: writing the new keyring: %w", err)
+		v.recordFailure(ctx, ev, err)
+		return RekeyResult{}, err
+	}
+	// The old keyring shares its terms with next: drop it, do not wipe it.
+	v.kr = next
+	v.mu.Unlock()
+	v.log.Info("vault: rekeyed", "term", next.active)
+
+	res := RekeyResult{Term: next.active}
+	if !reencrypt {
+		return res, nil
+	}
+	n, err := v.reencryptAll(ctx)
+	res.Reencrypted = n
+	rev := &audit.Event{Type: "vault.rekey", Actor: who, Action: "vault.reencrypt", Source: "unix", Outcome: audit.OutcomeSuccess,
+		Details: map[string]string{"term": strconv.FormatUint(uint64(next.active), 10), "versions": strconv.Itoa(n)}}
+	if err != nil {
+		rev.Outcome, rev.Reason = audit.OutcomeFailure, err.Error()
+	}
+	if aerr := v.appendEvent(ctx, rev); aerr != nil && err == nil {
+		err = aerr
+	}
+	return res, err
+}
+
+// reencryptAll moves every version under an older term to the active term.
+func (v *Vault) reencryptAll(ctx context.Context) (int, error) {
+	total := 0
+	for _, ns := range []struct {
+		ns     byte
+		bucket []byte
+	}{{nsSecret, bucketSecrets}, {nsSystem, bucketSystem}} {
+		var names []string
+		if err := v.rlock(); err != nil {
+			return total, fmt.Errorf("vault: %w", err)
+		}
+		err := v.db.View(func(tx *bolt.Tx) error {
+			return tx.Bucket(ns.bucket).ForEach(func(k, _ []byte) error {
+				names = append(names, string(k))
+				return nil
+			})
+		})
+		v.mu.RUnlock()
+		if err != nil {
+			return total, err
+		}
+		for _, name := range names {
+			if err := ctx.Err(); err != nil {
+				return total, fmt.Errorf("vault: re-encryption stopped: %w", err)
+			}
+			n, err := v.reencryptOne(ns.ns, ns.bucket, name)
+			total += n
+			if err != nil {
+				return total, err
+			}
+		}
+	}
+	return total, nil
+}
+
+// reencryptOne re-encrypts the old-term versions of one record.
+func (v *Vault) reencryptOne(ns byte, bucket []byte, name string) (int, error) {
+	l := v.nameLock(ns, name)
+	l.Lock()
+	defer l.Unlock()
+	if err := v.rlock(); err != nil {
+		return 0, fmt.Errorf("vault: %w", err)
+	}
+	defer v.mu.RUnlock()
+	var old []byte
+	err := v.db.View(func(tx *bolt.Tx) error {
+		old = bytes.Clone(tx.Bucket(bucket).Get([]byte(name)))
+		return nil
+	})
+	if err != nil || old == nil { // deleted meanwhile
+		return 0, err
+	}
+	rec, err := decodeRecord(old)
+	if err != nil {
+		return 0, fmt.Errorf("vault: %w: %q: %w", ErrCorrupt, name, err)
+	}
+	active := v.kr.activeTerm()
+	n := 0
+	for i := range rec.versions {
+		ver := &rec.versions[i]
+		if ver.term == active.id {
+			continue
+		}
+		plain, err := openVersion(v.kr, ns, name, rec.typ, ver)
+		if err != nil {
+			return 0, err
+		}
+		nv, err := seal(active, ns, name, rec.typ, ver.n, plain, time.Unix(0, ver.created))
+		clear(plain)
+		if err != nil {
+			return 0, err
+		}
+		*ver = nv
+		n++
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	enc := rec.encode()
+	err = v.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if !bytes.Equal(b.Get([]byte(name)), old) {
+			return errConflict
+		}
+		return b.Put([]byte(name), enc)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("vault: re-encrypting %q: %w", name, err)
+	}
+	return n, nil
+}
+
+// Backup writes a consistent snapshot of the database to w while the vault
+// keeps serving. The snapshot is as encrypted as the database: it opens only
+// with the master key. It returns the bytes written.
+func (v *Vault) Backup(ctx context.Context, who audit.Actor, w io.Writer) (int64, error) {
+	ev := &audit.Event{Type: "vault.backup", Actor: who, Action: "vault.backup", Source: "unix"}
+	if err := v.rlock(); err != nil {
+		return 0, v.refuse(ctx, ev, fmt.Errorf("vault: %w", err))
+	}
+	defer v.mu.RUnlock()
+	tx, err := v.db.Begin(false)
+	if err != nil {
+		return 0, v.refuse(ctx, ev, fmt.Errorf("vault: backup: %w", err))
+	}
+	defer func() { _ = tx.Rollback() }()
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Details = map[string]string{"bytes": strconv.FormatInt(tx.Size(), 10), "term": strconv.FormatUint(uint64(v.kr.active), 10)}
+	if err := v.appendEvent(ctx, ev); err != nil {
+		return 0, err
+	}
+	n, err := tx.WriteTo(w)
+	if err != nil {
+		err = fmt.Errorf("vault: writing the backup: %w", err)
+		v.recordFailure(ctx, ev, err)
+		return n, err
+	}
+	return n, nil
+}
+
+// RestoreResult describes a restored database.
+type RestoreResult struct {
+	Bytes      int64  `json:"bytes"`
+	Secrets    int    `json:"secrets"`
+	SystemKeys int    `json:"system_keys"`
+	Term       uint32 `json:"term"`
+	Previous   string `json:"previous"` // where the replaced database was kept
+}
+
+// Restore replaces the database with a backup read from r. The backup must
+// pass bbolt's consistency check and open with the current master key, and
+// every version in it must decrypt; otherwise nothing changes (ErrSealed for
+// another master key, ErrCorrupt for a damaged file). The replaced database
+// is kept beside it as vault.db.before-restore.
+func (v *Vault) Restore(ctx context.Context, who audit.Actor, r io.Reader) (RestoreResult, error) {
+	ev := &audit.Event{Type: "vault.restore", Actor: who, Action: "vault.restore", Source: "unix", Severity: audit.SeverityHigh}
+	tmp, res, err := v.stageRestore(r)
+	if tmp != "" {
+		defer os.Remove(tmp)
+	}
+	if err != nil {
+		return res, v.refuse(ctx, ev, err)
+	}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Details = map[string]string{"bytes": strconv.FormatInt(res.Bytes, 10), "secrets": strconv.Itoa(res.Secrets),
+		"system_keys": strconv.Itoa(res.SystemKeys), "term": strconv.FormatUint(uint64(res.Term), 10)}
+	if err := v.appendEvent(ctx, ev); err != nil {
+		return RestoreResult{}, err
+	}
+	if err := v.swap(tmp, res.Previous); err != nil {
+		v.recordFailure(ctx, ev, err)
+		return RestoreResult{}, err
+	}
+	v.log.Warn("vault: restored from a backup", "path", v.path, "secrets", res.Secrets, "previous", res.Previous)
+	return res, nil
+}
+
+// stageRestore copies the backup next to the database and checks it fully.
+func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
+	res := RestoreResult{Previous: v.path + ".before-restore"}
+	if err := v.rlock(); err != nil {
+		return "", res, fmt.Errorf("vault: %w", err)
+	}
+	master := bytes.Clone(v.master)
+	v.mu.RUnlock()
+	defer clear(master)
+
+	f, err := os.CreateTemp(filepath.Dir(v.path), filepath.Base(v.path)+".restore-*")
+	if err != nil {
+		return "", res, fmt.Errorf("vault: restore: %w", err)
+	}
+	tmp := f.Name()
+	n, err := io.Copy(f, io.LimitReader(r, MaxRestoreBytes+1))
+	if err == nil && n > MaxRestoreBytes {
+		err = fmt.Errorf("%w: backup is larger than %d bytes", ErrInvalid, MaxRestoreBytes)
+	}
+	if err == nil && n == 0 {
+		err = fmt.Errorf("%w: backup is empty", ErrInvalid)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return tmp, res, fmt.Errorf("vault: restore: %w", err)
+	}
+	res.Bytes = n
+	db, kr, err := openDB(tmp, master, false, v.delay)
+	if err != nil {
+		if errors.Is(err, ErrSealed) {
+			return tmp, res, fmt.Errorf("vault: restore refused: the backup %w", ErrSealed)
+		}
+		return tmp, res, fmt.Errorf("vault: %w: restore refused: the backup is not a usable vault: %w", ErrInvalid, err)
+	}
+	defer kr.wipe()
+	defer db.Close()
+	res.Term = kr.active
+	err = db.View(func(tx *bolt.Tx) error {
+		for _, b := range []struct {
+			ns     byte
+			bucket []byte
+			count  *int
+		}{{nsSecret, bucketSecrets, &res.Secrets}, {nsSystem, bucketSystem, &res.SystemKeys}} {
+			err := tx.Bucket(b.bucket).ForEach(func(k, raw []byte) error {
+				rec, err := decodeRecord(raw)
+				if err != nil {
+					return fmt.Errorf("%w: %q: %w", ErrCorrupt, k, err)
+				}
+				for i := range rec.versions {
+					plain, err := openVersion(kr, b.ns, string(k), rec.typ, &rec.versions[i])
+					if err != nil {
+						return err
+					}
+					clear(plain)
+				}
+				*b.count++
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return tmp, res, fmt.Errorf("vault: %w: restore refused: %w", ErrInvalid, err)
+	}
+	return tmp, res, nil
+}
+
+// swap puts the staged file in place of the database and reopens it. On
+// failure it puts the previous database back.
+func (v *Vault) swap(tmp, prev string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return fmt.Errorf("vault: %w", ErrClosed)
+	}
+	if err := v.db.Close(); err != nil {
+		v.log.Warn("vault: closing the database before a restore", "err", err)
+	}
+	reopen := func() error {
+		db, kr, err := openDB(v.path, v.master, true, v.delay)
+		if err != nil {
+			return err
+		}
+		v.kr.wipe()
+		v.db, v.kr = db, kr
+		return nil
+	}
+	err := os.Rename(v.path, prev)
+	if err == nil {
+		if err = os.Rename(tmp, v.path); err != nil {
+			_ = os.Rename(prev, v.path)
+		}
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(v.path))
+	}
+	if err == nil {
+		if err = reopen(); err != nil {
+			_ = os.Rename(prev, v.path)
+		}
+	}
+	if err != nil {
+		if rerr := reopen(); rerr != nil {
+			v.closed = true
+			v.kr.wipe()
+			clear(v.master)
+			return fmt.Errorf("vault: restore failed (%w) and the previous database did not reopen: %w", err, rerr)
+		}
+		return fmt.Errorf("vault: restore failed, previous database kept: %w", err)
+	}
+	return nil
+}
