@@ -1,0 +1,147 @@
+package toolproxy
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/admin"
+)
+
+// Admin paths served by RegisterAdmin.
+const (
+	AdminApprovalList    = "/admin/v1/approval/list"
+	AdminApprovalApprove = "/admin/v1/approval/approve"
+	AdminApprovalDeny    = "/admin/v1/approval/deny"
+	AdminTOTPEnroll      = "/admin/v1/user/totp-enroll"
+)
+
+// ApprovalList is the answer of AdminApprovalList.
+type ApprovalList struct {
+	Approvals []Approval `json:"approvals"`
+}
+
+// ApprovalRef names an approval in an admin request.
+type ApprovalRef struct {
+	ID string `json:"id"`
+}
+
+// EnrollRequest and EnrollAnswer are the admin TOTP enrolment verb.
+type (
+	EnrollRequest struct {
+		User string `json:"user"`
+	}
+	EnrollAnswer struct {
+		User string `json:"user"`
+		URI  string `json:"uri"`
+	}
+)
+
+// ListApprovals returns recent approvals, newest first, with their status
+// as of now.
+func (p *Proxy) ListApprovals(context.Context) ([]Approval, error) {
+	return p.store.listApprovals(p.now())
+}
+
+// Decide approves or denies a pending approval on behalf of an
+// administrator; the decision is audited before it takes effect.
+func (p *Proxy) Decide(ctx context.Context, id string, approve bool, by audit.Actor) (*Approval, error) {
+	if !approvalIDRE.MatchString(id) {
+		return nil, ErrApprovalNotFound
+	}
+	now := p.now()
+	a, err := p.store.approval(id)
+	if err != nil {
+		return nil, err
+	}
+	verb := "deny"
+	if approve {
+		verb = "approve"
+	}
+	ev := &audit.Event{
+		Type: "approval." + verb, Actor: by, Action: "approval." + verb, Target: id, Outcome: audit.OutcomeSuccess,
+		Source: "unix", Details: map[string]string{"approver": "admin", "agent": a.Agent, "user": a.User, "tool": a.Tool, "method": a.Method, "path": a.Path},
+	}
+	if st := a.effective(now); st != StatusPending {
+		ev.Type, ev.Outcome, ev.Reason = "approval.deny", audit.OutcomeDenied, "the approval is "+st
+		if _, err := p.opts.Audit.Append(ctx, ev); err != nil {
+			return nil, err
+		}
+		if st == StatusExpired {
+			return a, ErrApprovalExpired
+		}
+		return a, ErrApprovalDecided
+	}
+	if _, err := p.opts.Audit.Append(ctx, ev); err != nil {
+		return nil, err
+	}
+	by2 := "admin"
+	if by.UID != nil {
+		by2 = "admin uid " + strconv.Itoa(*by.UID)
+	}
+	return p.store.decide(id, approve, by2, now)
+}
+
+// RegisterAdmin adds the approval and TOTP verbs to the admin socket's mux.
+func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+AdminApprovalList, func(w http.ResponseWriter, r *http.Request) {
+		list, err := p.ListApprovals(r.Context())
+		if err != nil {
+			admin.WriteError(w, http.StatusInternalServerError, CodeServerError, err.Error())
+			return
+		}
+		if list == nil {
+			list = []Approval{}
+		}
+		admin.WriteJSON(w, http.StatusOK, ApprovalList{Approvals: list})
+	})
+	decide := func(approve bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			var ref ApprovalRef
+			if !admin.DecodeJSON(w, r, &ref) {
+				return
+			}
+			caller, _ := admin.CallerFrom(r.Context())
+			a, err := p.Decide(r.Context(), ref.ID, approve, caller.Actor())
+			switch {
+			case errors.Is(err, ErrApprovalNotFound):
+				admin.WriteError(w, http.StatusNotFound, "not_found", "no such approval")
+			case errors.Is(err, ErrApprovalExpired), errors.Is(err, ErrApprovalDecided):
+				admin.WriteError(w, http.StatusConflict, CodeApprovalInvalid, err.Error())
+			case err != nil:
+				admin.WriteError(w, http.StatusServiceUnavailable, CodeServerError, err.Error())
+			default:
+				admin.WriteJSON(w, http.StatusOK, a)
+			}
+		}
+	}
+	mux.HandleFunc("POST "+AdminApprovalApprove, decide(true))
+	mux.HandleFunc("POST "+AdminApprovalDeny, decide(false))
+	mux.HandleFunc("POST "+AdminTOTPEnroll, func(w http.ResponseWriter, r *http.Request) {
+		var req EnrollRequest
+		if !admin.DecodeJSON(w, r, &req) {
+			return
+		}
+		if !userRE.MatchString(req.User) {
+			admin.WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "not a user name")
+			return
+		}
+		caller, _ := admin.CallerFrom(r.Context())
+		ev := &audit.Event{
+			Type: "auth.totp", Actor: caller.Actor(), Action: "totp.enroll", Target: req.User,
+			Outcome: audit.OutcomeSuccess, Source: "unix",
+		}
+		if _, err := p.opts.Audit.Append(r.Context(), ev); err != nil {
+			admin.WriteError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
+			return
+		}
+		uri, err := p.EnrollTOTP(r.Context(), req.User)
+		if err != nil {
+			admin.WriteError(w, http.StatusInternalServerError, CodeServerError, err.Error())
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, EnrollAnswer{User: req.User, URI: uri})
+	})
+}

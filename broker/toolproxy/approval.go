@@ -1,0 +1,219 @@
+package toolproxy
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// ApprovalHeader carries the id of an approved call when the agent retries.
+const ApprovalHeader = "Approval-Id"
+
+var approvalIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+func newApprovalID() string {
+	var b [16]byte
+	if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
+		panic("toolproxy: crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func (p *Proxy) approvalTTL() time.Duration {
+	if d := p.opts.Risk.ApprovalTTL.D(); d > 0 {
+		return d
+	}
+	return DefaultApprovalTTL
+}
+
+// callHash binds an approval to one exact call.
+func (c *call) callHash(bodySHA string) string {
+	h := sha256.New()
+	for _, s := range []string{c.pr.Agent, c.pr.User, c.t.cfg.Name, c.r.Method, c.tp.escaped(), c.query.Encode(), bodySHA} {
+		h.Write([]byte(strconv.Itoa(len(s))))
+		h.Write([]byte{':'})
+		h.Write([]byte(s))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// checkApproval lets the call through with a valid Approval-Id, or creates
+// an approval and answers 403 approval_required. false means answered.
+func (p *Proxy) checkApproval(c *call, why string) bool {
+	sum := sha256.Sum256(c.body)
+	bodySHA := hex.EncodeToString(sum[:])
+	hash := c.callHash(bodySHA)
+	if id := c.r.Header.Get(ApprovalHeader); id != "" {
+		c.ev.Details["approval_id"] = id
+		if !approvalIDRE.MatchString(id) {
+			c.deny(http.StatusForbidden, "tool.deny", CodeApprovalInvalid, "malformed Approval-Id")
+			return false
+		}
+		if _, err := p.store.consume(id, hash, c.now); err != nil {
+			desc := "the approval cannot be used for this call"
+			switch {
+			case errors.Is(err, ErrApprovalNotFound):
+				desc = "no such approval"
+			case errors.Is(err, ErrApprovalPending):
+				desc = "the approval has not been granted yet"
+			case errors.Is(err, ErrApprovalDenied):
+				desc = "the approval was denied"
+			case errors.Is(err, ErrApprovalUsed):
+				desc = "the approval was already used"
+			case errors.Is(err, ErrApprovalExpired):
+				desc = "the approval expired"
+			case errors.Is(err, ErrApprovalMismatch):
+				desc = "the approval is for a different call (agent, user, method, path, query or body differ)"
+			}
+			c.deny(http.StatusForbidden, "tool.deny", CodeApprovalInvalid, desc)
+			return false
+		}
+		return true
+	}
+	a := &Approval{
+		ID: newApprovalID(), Status: StatusPending, Agent: c.pr.Agent, User: c.pr.User, Tool: c.t.cfg.Name,
+		Method: c.r.Method, Path: c.ev.Details["path"], BodySHA256: bodySHA, Reason: why,
+		Created: c.now, Expires: c.now.Add(p.approvalTTL()), CallHash: hash,
+	}
+	if err := p.store.createApproval(a, c.now); err != nil {
+		p.log.Error("toolproxy: storing an approval", "err", err)
+		c.deny(http.StatusInternalServerError, "tool.deny", CodeServerError, "approvals are unavailable")
+		return false
+	}
+	c.ev.Type = "approval.request"
+	c.ev.Outcome = audit.OutcomeDenied
+	c.ev.Reason = why
+	c.ev.Details["decision"] = CodeApprovalRequired
+	c.ev.Details["approval_id"] = a.ID
+	c.ev.Details["expires_at"] = a.Expires.UTC().Format(time.RFC3339)
+	if !c.record() {
+		return false
+	}
+	writeJSON(c.w, http.StatusForbidden, errorBody{
+		Error: CodeApprovalRequired, Description: why + "; retry with header Approval-Id once approved",
+		ApprovalID: a.ID, ExpiresAt: a.Expires.UTC().Format(time.RFC3339),
+	})
+	return false
+}
+
+// ApprovalStatus is what GET /v1/approvals/{id} answers.
+type ApprovalStatus struct {
+	ID        string `json:"id"`
+	Status    string `json:"status"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+// TOTPDecision is the body of POST /v1/approvals/{id}.
+type TOTPDecision struct {
+	User     string `json:"user"`
+	Code     string `json:"code"`
+	Decision string `json:"decision"` // approve | deny
+}
+
+func (p *Proxy) serveApproval(w http.ResponseWriter, r *http.Request, id string) {
+	if !approvalIDRE.MatchString(id) {
+		writeError(w, http.StatusNotFound, "not_found", "no such approval")
+		return
+	}
+	switch r.Method {
+	case http.MethodGet:
+		a, err := p.store.approval(id)
+		if err != nil {
+			writeError(w, http.StatusNotFound, "not_found", "no such approval")
+			return
+		}
+		writeJSON(w, http.StatusOK, ApprovalStatus{ID: a.ID, Status: a.effective(p.now()), ExpiresAt: a.Expires.UTC().Format(time.RFC3339)})
+	case http.MethodPost:
+		p.decideTOTP(w, r, id)
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		writeError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "GET or POST")
+	}
+}
+
+// decideTOTP lets the user an agent acts for approve or deny with a TOTP
+// code from their enrolled authenticator.
+func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
+	var d TOTPDecision
+	dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&d); err != nil || d.User == "" || d.Code == "" || (d.Decision != "approve" && d.Decision != "deny") {
+		writeError(w, http.StatusBadRequest, CodeInvalidRequest, `want {"user": ..., "code": ..., "decision": "approve"|"deny"}`)
+		return
+	}
+	now := p.now()
+	_, src := sourceOf(r)
+	ev := &audit.Event{
+		Type: "approval.deny", Actor: audit.Actor{User: d.User}, Action: "approval." + d.Decision, Target: id,
+		Outcome: audit.OutcomeDenied, RequestID: newRequestID(), Source: src, Details: map[string]string{"approver": "totp"},
+	}
+	fail := func(status int, code, desc string) {
+		ev.Reason = desc
+		if _, err := p.opts.Audit.Append(r.Context(), ev); err != nil {
+			writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
+			return
+		}
+		writeError(w, status, code, desc)
+	}
+	a, err := p.store.approval(id)
+	if err != nil {
+		fail(http.StatusNotFound, "not_found", "no such approval")
+		return
+	}
+	ev.Actor.Agent = a.Agent
+	if st := a.effective(now); st != StatusPending {
+		fail(http.StatusConflict, CodeApprovalInvalid, "the approval is "+st)
+		return
+	}
+	// Only the user the agent acts for may decide, and only with their own
+	// code; a wrong user or code counts against the approval.
+	ok := false
+	reason := "wrong user or code"
+	if a.User == "" {
+		reason = "the agent acts for no user; only an administrator can decide"
+	} else if d.User == a.User {
+		ok, err = p.verifyTOTP(r.Context(), d.User, d.Code, now)
+		if err != nil {
+			p.log.Error("toolproxy: checking a TOTP code", "err", err)
+			fail(http.StatusInternalServerError, CodeServerError, "TOTP is unavailable")
+			return
+		}
+	}
+	if !ok {
+		a2, _ := p.store.updateApprovalKeep(id, func(a *Approval) error {
+			a.Failures++
+			if a.Failures >= maxTOTPFailures && a.Status == StatusPending {
+				a.Status, a.DecidedBy, a.DecidedAt = StatusDenied, "too many failed codes", now
+			}
+			return nil
+		})
+		if a2 != nil && a2.Status == StatusDenied {
+			ev.Details["auto_denied"] = "true"
+		}
+		fail(http.StatusForbidden, CodeAccessDenied, reason)
+		return
+	}
+	// Recorded before it takes effect: no decision without a record.
+	ev.Type = "approval." + d.Decision
+	ev.Outcome = audit.OutcomeSuccess
+	if _, err := p.opts.Audit.Append(r.Context(), ev); err != nil {
+		writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
+		return
+	}
+	a, err = p.store.decide(id, d.Decision == "approve", "user:"+d.User, now)
+	if err != nil {
+		ev.Type, ev.Outcome = "approval.deny", audit.OutcomeFailure
+		fail(http.StatusConflict, CodeApprovalInvalid, "the approval could not be decided: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, ApprovalStatus{ID: a.ID, Status: a.Status, ExpiresAt: a.Expires.UTC().Format(time.RFC3339)})
+}

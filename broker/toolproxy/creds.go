@@ -1,0 +1,194 @@
+package toolproxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+	"golang.org/x/sync/singleflight"
+)
+
+// ErrCredential means the tool's secret could not be turned into a
+// credential (missing, not allowed for the tool, malformed, or the upstream
+// token endpoint refused it).
+var ErrCredential = errors.New("toolproxy: credential unavailable")
+
+// refreshBefore is how long before its expiry a cached upstream OAuth2
+// token is replaced.
+const refreshBefore = 30 * time.Second
+
+// inject adds t's credential to out and returns the transport to send it
+// with.
+func (p *Proxy) inject(ctx context.Context, t *tool, out *http.Request) (http.RoundTripper, error) {
+	secret, err := p.opts.Secrets.ForTool(ctx, t.cfg.Name, t.cfg.Auth.Secret)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCredential, err)
+	}
+	defer clear(secret)
+	headerSafe := func(s string) error {
+		if s == "" || strings.ContainsAny(s, "\r\n\x00") {
+			return fmt.Errorf("%w: secret %s is empty or not usable in a header", ErrCredential, t.cfg.Auth.Secret)
+		}
+		return nil
+	}
+	switch t.cfg.Auth.Type {
+	case AuthBearer:
+		s := strings.TrimSpace(string(secret))
+		if err := headerSafe(s); err != nil {
+			return nil, err
+		}
+		out.Header.Set("Authorization", "Bearer "+s)
+	case AuthBasic:
+		s := strings.TrimRight(string(secret), "\r\n")
+		user, pass, ok := strings.Cut(s, ":")
+		if !ok || headerSafe(user) != nil || strings.ContainsAny(pass, "\r\n\x00") {
+			return nil, fmt.Errorf("%w: secret %s is not \"user:password\"", ErrCredential, t.cfg.Auth.Secret)
+		}
+		out.SetBasicAuth(user, pass)
+	case AuthHeader:
+		s := strings.TrimSpace(string(secret))
+		if err := headerSafe(s); err != nil {
+			return nil, err
+		}
+		out.Header.Set(t.cfg.Auth.Name, s)
+	case AuthQuery:
+		s := strings.TrimSpace(string(secret))
+		if s == "" {
+			return nil, fmt.Errorf("%w: secret %s is empty", ErrCredential, t.cfg.Auth.Secret)
+		}
+		q := out.URL.Query()
+		q.Set(t.cfg.Auth.Name, s) // replaces any value the agent sent
+		out.URL.RawQuery = q.Encode()
+	case AuthOAuth2Client:
+		tok, err := t.oauth.token(ctx, secret, &http.Client{Transport: t.transport, Timeout: t.timeout}, p.now)
+		if err != nil {
+			return nil, err
+		}
+		out.Header.Set("Authorization", "Bearer "+tok)
+	case AuthTLSClient:
+		return t.clientCertTransport(secret)
+	default:
+		return nil, fmt.Errorf("%w: unknown auth type", ErrCredential)
+	}
+	return t.transport, nil
+}
+
+// clientCertTransport returns a transport presenting the certificate in
+// secret, reusing the cached one while the secret is unchanged.
+func (t *tool) clientCertTransport(secret []byte) (http.RoundTripper, error) {
+	key := sha256.Sum256(secret)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.tlsTr != nil && t.tlsKey == key {
+		return t.tlsTr, nil
+	}
+	cert, err := tls.X509KeyPair(secret, secret)
+	if err != nil {
+		return nil, fmt.Errorf("%w: secret %s is not a PEM certificate and key: %w", ErrCredential, t.cfg.Auth.Secret, err)
+	}
+	tc := t.tlsBase.Clone()
+	tc.Certificates = []tls.Certificate{cert}
+	if t.tlsTr != nil {
+		t.tlsTr.CloseIdleConnections()
+	}
+	t.tlsTr = newTransport(tc, t.timeout)
+	t.tlsKey = key
+	return t.tlsTr, nil
+}
+
+// oauthSecret is the JSON held by an oauth2_client_credentials secret.
+type oauthSecret struct {
+	ClientID     string   `json:"client_id"`
+	ClientSecret string   `json:"client_secret"`
+	TokenURL     string   `json:"token_url"`
+	Scopes       []string `json:"scopes"`
+	Audience     string   `json:"audience"`
+}
+
+// oauthCache holds one upstream access token per tool, fetched once for all
+// concurrent callers and replaced shortly before it expires or when the
+// secret changes.
+type oauthCache struct {
+	mu     sync.Mutex
+	key    [32]byte // hash of the secret the token was fetched with
+	tok    string
+	expiry time.Time
+	sf     singleflight.Group
+}
+
+func (c *oauthCache) cached(key [32]byte, now time.Time) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tok != "" && c.key == key && now.Before(c.expiry) {
+		return c.tok, true
+	}
+	return "", false
+}
+
+func (c *oauthCache) invalidate() {
+	c.mu.Lock()
+	c.tok = ""
+	c.mu.Unlock()
+}
+
+func (c *oauthCache) token(ctx context.Context, secret []byte, hc *http.Client, now func() time.Time) (string, error) {
+	key := sha256.Sum256(secret)
+	if tok, ok := c.cached(key, now()); ok {
+		return tok, nil
+	}
+	var s oauthSecret
+	if err := json.Unmarshal(secret, &s); err != nil || s.ClientID == "" || s.TokenURL == "" {
+		return "", fmt.Errorf("%w: the oauth2 secret must be JSON with client_id, client_secret and token_url", ErrCredential)
+	}
+	v, err, _ := c.sf.Do(string(key[:]), func() (any, error) {
+		if tok, ok := c.cached(key, now()); ok {
+			return tok, nil
+		}
+		cfg := clientcredentials.Config{ClientID: s.ClientID, ClientSecret: s.ClientSecret, TokenURL: s.TokenURL, Scopes: s.Scopes}
+		if s.Audience != "" {
+			cfg.EndpointParams = map[string][]string{"audience": {s.Audience}}
+		}
+		// One caller going away must not fail the others waiting on it.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), hc.Timeout)
+		defer cancel()
+		fctx = context.WithValue(fctx, oauth2.HTTPClient, hc)
+		tok, err := cfg.Token(fctx)
+		if err != nil {
+			var re *oauth2.RetrieveError
+			if errors.As(err, &re) {
+				return nil, fmt.Errorf("%w: the token endpoint answered %d %s", ErrCredential, re.Response.StatusCode, re.ErrorCode)
+			}
+			return nil, fmt.Errorf("%w: fetching the upstream token failed", ErrCredential)
+		}
+		if tok.AccessToken == "" || strings.ContainsAny(tok.AccessToken, "\r\n\x00 ") {
+			return nil, fmt.Errorf("%w: the token endpoint returned an unusable token", ErrCredential)
+		}
+		t := now()
+		exp := tok.Expiry
+		switch {
+		case exp.IsZero():
+			exp = t.Add(5 * time.Minute)
+		case exp.Sub(t) > 2*refreshBefore:
+			exp = exp.Add(-refreshBefore)
+		default:
+			exp = t.Add(exp.Sub(t) / 2)
+		}
+		c.mu.Lock()
+		c.key, c.tok, c.expiry = key, tok.AccessToken, exp
+		c.mu.Unlock()
+		return tok.AccessToken, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return v.(string), nil
+}

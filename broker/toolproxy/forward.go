@@ -1,0 +1,210 @@
+package toolproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/broker/dlp"
+)
+
+// hopByHop are the RFC 9110 §7.6.1 connection-specific headers, plus the
+// ones the proxy owns.
+var hopByHop = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+}
+
+// dropRequest are request headers the agent sends that never reach the
+// upstream: its own credentials, cookies, and anything that would tell the
+// upstream a different story about the request.
+var dropRequest = map[string]bool{
+	"Authorization": true, "Cookie": true, "Cookie2": true, "Approval-Id": true, "Host": true,
+	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true,
+	"X-Real-Ip": true, "Accept-Encoding": true, "Content-Length": true, "Expect": true,
+}
+
+// dropResponse are upstream headers that carry or ask for credentials, or
+// that the proxy recomputes.
+var dropResponse = map[string]bool{
+	"Set-Cookie": true, "Set-Cookie2": true, "Www-Authenticate": true, "Authentication-Info": true,
+	"Proxy-Authentication-Info": true, "Content-Length": true, "Alt-Svc": true,
+}
+
+// copyHeaders copies src to dst without hop-by-hop headers (including those
+// src's Connection header names) and without the drop set.
+func copyHeaders(dst, src http.Header, drop map[string]bool, also string) {
+	conn := map[string]bool{}
+	for _, v := range src.Values("Connection") {
+		for _, f := range strings.Split(v, ",") {
+			conn[textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(f))] = true
+		}
+	}
+	for k, vs := range src {
+		ck := textproto.CanonicalMIMEHeaderKey(k)
+		if hopByHop[ck] || drop[ck] || conn[ck] || (also != "" && ck == also) {
+			continue
+		}
+		dst[ck] = append([]string(nil), vs...)
+	}
+}
+
+// forward sends the checked call upstream with the credential and answers
+// the agent.
+func (p *Proxy) forward(c *call) {
+	t, rt := c.t, c.rt
+	ctx, cancel := context.WithTimeout(c.r.Context(), t.timeout)
+	defer cancel()
+
+	out, err := http.NewRequestWithContext(ctx, c.r.Method, t.base.String(), c.bodyReader())
+	if err != nil {
+		c.deny(http.StatusInternalServerError, "tool.call", CodeServerError, "building the upstream request failed")
+		return
+	}
+	out.URL = &url.URL{
+		Scheme:   t.base.Scheme,
+		Host:     t.base.Host,
+		Path:     t.basePath + c.tp.decoded(),
+		RawPath:  t.baseEscaped + c.tp.escaped(),
+		RawQuery: c.query.Encode(),
+	}
+	out.Host = t.base.Host
+	out.ContentLength = int64(len(c.body))
+	also := ""
+	if t.cfg.Auth.Type == AuthHeader {
+		also = textproto.CanonicalMIMEHeaderKey(t.cfg.Auth.Name)
+	}
+	copyHeaders(out.Header, c.r.Header, dropRequest, also)
+
+	tr, err := p.inject(ctx, t, out)
+	if err != nil {
+		p.log.Error("toolproxy: preparing the credential", "tool", t.cfg.Name, "err", err, "request_id", c.ev.RequestID)
+		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "the tool's credential is not available")
+		return
+	}
+	c.ev.Details["credential"] = t.cfg.Auth.Type + ":" + t.cfg.Auth.Secret
+
+	resp, err := tr.RoundTrip(out)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			c.deny(http.StatusGatewayTimeout, "tool.call", CodeUpstreamTimeout, "the tool did not answer in time")
+			return
+		}
+		if c.r.Context().Err() != nil {
+			c.deny(499, "tool.call", CodeUpstreamError, "the agent went away")
+			return
+		}
+		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "the tool could not be reached or answered garbage")
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized && t.cfg.Auth.Type == AuthOAuth2Client {
+		t.oauth.invalidate()
+	}
+	c.ev.Details["upstream_status"] = strconv.Itoa(resp.StatusCode)
+
+	if resp.ContentLength > rt.maxResp {
+		c.deny(http.StatusBadGateway, "tool.call", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
+		return
+	}
+	ct := resp.Header.Get("Content-Type")
+	scan := rt.dlp != DLPOff && dlp.IsText(ct)
+	if scan {
+		p.answerScanned(c, resp, ct)
+	} else {
+		p.answerStreamed(c, resp)
+	}
+}
+
+// answerScanned buffers a text or JSON response, runs DLP, audits and
+// answers.
+func (p *Proxy) answerScanned(c *call, resp *http.Response, ct string) {
+	rt := c.rt
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "the tool sent an encoded ("+ce+") response DLP cannot inspect")
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, rt.maxResp+1))
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			c.deny(http.StatusGatewayTimeout, "tool.call", CodeUpstreamTimeout, "the tool did not finish its answer in time")
+			return
+		}
+		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "reading the tool's response failed")
+		return
+	}
+	if int64(len(body)) > rt.maxResp {
+		c.deny(http.StatusBadGateway, "tool.call", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
+		return
+	}
+	out, res := p.dlp.Redact(ct, body)
+	if res.Found() {
+		c.ev.Details["dlp"] = strings.Join(res.Names(), ",")
+		if rt.dlp == DLPBlock {
+			c.ev.Severity = audit.SeverityWarn
+			c.deny(http.StatusBadGateway, "tool.dlp", CodeDLPBlocked, "the tool's response holds sensitive data ("+c.ev.Details["dlp"]+")")
+			return
+		}
+		c.ev.Type = "tool.dlp"
+	} else {
+		c.ev.Type = "tool.call"
+	}
+	c.ev.Outcome = audit.OutcomeSuccess
+	c.ev.Details["decision"] = "allow"
+	c.ev.Details["bytes"] = strconv.Itoa(len(out))
+	if !c.record() {
+		return
+	}
+	p.risk.addBytes(c.pr.Agent, c.pr.User, p.now(), int64(len(out)))
+	copyHeaders(c.w.Header(), resp.Header, dropResponse, "")
+	c.w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	c.w.WriteHeader(resp.StatusCode)
+	_, _ = c.w.Write(out)
+}
+
+// answerStreamed audits, then streams a response DLP does not inspect,
+// cutting the connection if it grows over the limit.
+func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
+	c.ev.Type = "tool.call"
+	c.ev.Outcome = audit.OutcomeSuccess
+	c.ev.Details["decision"] = "allow"
+	if resp.ContentLength >= 0 {
+		c.ev.Details["bytes"] = strconv.FormatInt(resp.ContentLength, 10)
+	} else {
+		c.ev.Details["bytes"] = "streamed"
+	}
+	if !c.record() {
+		return
+	}
+	copyHeaders(c.w.Header(), resp.Header, dropResponse, "")
+	if resp.ContentLength >= 0 {
+		c.w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	c.w.WriteHeader(resp.StatusCode)
+	n, err := io.Copy(c.w, io.LimitReader(resp.Body, c.rt.maxResp))
+	p.risk.addBytes(c.pr.Agent, c.pr.User, p.now(), n)
+	if err == nil && n == c.rt.maxResp {
+		// Anything more is over the limit.
+		var one [1]byte
+		if k, _ := resp.Body.Read(one[:]); k > 0 {
+			err = fmt.Errorf("over max_response_bytes")
+		}
+	}
+	if err != nil {
+		ev := *c.ev
+		ev.Details = map[string]string{"bytes": strconv.FormatInt(n, 10), "path": c.ev.Details["path"]}
+		ev.Outcome = audit.OutcomeFailure
+		ev.Reason = "the response stream was cut: " + err.Error()
+		if _, aerr := p.opts.Audit.Append(c.r.Context(), &ev); aerr != nil {
+			p.log.Error("toolproxy: auditing a cut stream", "err", aerr)
+		}
+		panic(http.ErrAbortHandler)
+	}
+}

@@ -1,0 +1,327 @@
+package toolproxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/broker/dlp"
+)
+
+// Principal is what a verified token says about its bearer.
+type Principal struct {
+	Agent  string   // agent name from the config (for a token exchange: act.sub)
+	User   string   // the user the agent acts for; empty when it acts alone
+	Groups []string // the user's directory groups
+	Scopes []string
+	JTI    string
+	Expiry time.Time
+}
+
+// Verifier checks an access token. Verify must check signature, expiry,
+// revocation, that the agent is enabled, and that the token's audience
+// includes audience (the tool's name). Any error refuses the call with 401.
+type Verifier interface {
+	Verify(ctx context.Context, rawToken, audience string) (Principal, error)
+}
+
+// PolicyRequest is what an ABAC decision is about.
+type PolicyRequest struct {
+	Agent  string
+	User   string
+	Groups []string
+	Scope  string
+	Tool   string
+	Source netip.Addr // invalid for a Unix-socket caller
+	Time   time.Time
+}
+
+// PolicyChecker decides the [[policy]] rules for one call. allowed false
+// refuses with 403 and reason in the audit record; an error refuses too.
+type PolicyChecker interface {
+	Allow(ctx context.Context, req PolicyRequest) (allowed bool, reason string, err error)
+}
+
+// AgentControl is the broker's kill switch, seen from the proxy.
+type AgentControl interface {
+	// Enabled reports whether the agent may act now; checked on every call.
+	Enabled(ctx context.Context, agent string) (bool, error)
+	// Disable disables the agent until the given time (zero: until enabled).
+	Disable(ctx context.Context, agent, reason string, until time.Time) error
+	// RevokeAgentTokens revokes every token issued to the agent.
+	RevokeAgentTokens(ctx context.Context, agent, reason string) error
+}
+
+// SecretSource hands out a secret's value for a tool; it must refuse when
+// the tool is not among the secret's allowed tools. It returns a fresh copy:
+// the proxy zeroes it after use. The proxy never keeps
+// the value beyond the call (an upstream OAuth2 token and a TLS client
+// certificate are cached, keyed by the value's hash).
+type SecretSource interface {
+	ForTool(ctx context.Context, tool, name string) ([]byte, error)
+}
+
+// KeySource hands out a 32-byte key for a purpose; the proxy seals TOTP
+// seeds with the key for "toolproxy.totp".
+type KeySource interface {
+	Key(ctx context.Context, purpose string) ([]byte, error)
+}
+
+// Options configure a Proxy. Every interface is required except Policy
+// (nil: no ABAC rules beyond scopes) and Logger.
+type Options struct {
+	Tools    []Tool
+	Risk     RiskConfig
+	DLP      *dlp.Scanner // nil: the built-in detectors
+	StateDir string       // toolproxy.db lives here
+	Verifier Verifier
+	Policy   PolicyChecker
+	Agents   AgentControl
+	Secrets  SecretSource
+	Keys     KeySource
+	Audit    audit.Appender
+	Logger   *slog.Logger
+	// Issuer names the appliance in TOTP enrolment URIs. Default "applianced".
+	Issuer string
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Proxy serves /v1/tools/ and /v1/approvals/.
+type Proxy struct {
+	opts  Options
+	log   *slog.Logger
+	now   func() time.Time
+	dlp   *dlp.Scanner
+	tools map[string]*tool
+	risk  *riskEngine
+	store *store
+	hours *hours
+}
+
+// tool is a Tool ready to serve.
+type tool struct {
+	cfg         Tool
+	base        *url.URL
+	basePath    string // decoded, no trailing slash
+	baseEscaped string // escaped, no trailing slash
+	timeout     time.Duration
+	maxReq      int64
+	routes      []route
+	tlsBase     *tls.Config
+	transport   *http.Transport // without a client certificate
+
+	mu      sync.Mutex
+	tlsKey  [32]byte // hash of the tls_client secret the cached transport uses
+	tlsTr   *http.Transport
+	oauth   oauthCache
+	hashKey string
+}
+
+type route struct {
+	cfg     Route
+	pat     pattern
+	maxResp int64
+	dlp     string
+}
+
+// Errors a caller of New may branch on.
+var (
+	ErrConfig = errors.New("toolproxy: invalid configuration")
+)
+
+// New validates opts, opens the state file and returns a proxy. Close it.
+func New(opts Options) (*Proxy, error) {
+	if errs := ValidateTools(opts.Tools); len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, errs[0])
+	}
+	if errs := opts.Risk.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("%w: risk.%v", ErrConfig, errs[0])
+	}
+	if opts.Verifier == nil || opts.Agents == nil || opts.Secrets == nil || opts.Keys == nil || opts.Audit == nil {
+		return nil, fmt.Errorf("%w: Verifier, Agents, Secrets, Keys and Audit are required", ErrConfig)
+	}
+	if opts.StateDir == "" {
+		return nil, fmt.Errorf("%w: no state directory", ErrConfig)
+	}
+	p := &Proxy{opts: opts, log: opts.Logger, now: opts.Now, dlp: opts.DLP, tools: map[string]*tool{}}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	if p.opts.Issuer == "" {
+		p.opts.Issuer = "applianced"
+	}
+	if p.dlp == nil {
+		s, err := dlp.New(dlp.Config{})
+		if err != nil {
+			return nil, err
+		}
+		p.dlp = s
+	}
+	if opts.Risk.BusinessHours != "" {
+		h, err := parseHours(opts.Risk.BusinessHours)
+		if err != nil {
+			return nil, fmt.Errorf("%w: risk.business_hours: %v", ErrConfig, err)
+		}
+		p.hours = h
+	}
+	for i := range opts.Tools {
+		t, err := newTool(opts.Tools[i])
+		if err != nil {
+			return nil, err
+		}
+		p.tools[t.cfg.Name] = t
+	}
+	st, err := openStore(filepath.Join(opts.StateDir, "toolproxy.db"))
+	if err != nil {
+		return nil, err
+	}
+	p.store = st
+	p.risk = newRiskEngine(opts.Risk)
+	return p, nil
+}
+
+// Close closes the state file and idle upstream connections.
+func (p *Proxy) Close() error {
+	for _, t := range p.tools {
+		t.transport.CloseIdleConnections()
+		t.mu.Lock()
+		if t.tlsTr != nil {
+			t.tlsTr.CloseIdleConnections()
+		}
+		t.mu.Unlock()
+	}
+	return p.store.close()
+}
+
+func newTool(c Tool) (*tool, error) {
+	u, _ := url.Parse(c.BaseURL) // validated
+	t := &tool{
+		cfg:         c,
+		base:        u,
+		basePath:    strings.TrimRight(u.Path, "/"),
+		baseEscaped: strings.TrimRight(u.EscapedPath(), "/"),
+		timeout:     c.Timeout.D(),
+		maxReq:      int64(c.MaxRequestBytes),
+	}
+	if t.timeout == 0 {
+		t.timeout = DefaultTimeout
+	}
+	if t.maxReq == 0 {
+		t.maxReq = DefaultMaxRequestBytes
+	}
+	t.tlsBase = &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("toolproxy: tool %s: reading ca_file: %w", c.Name, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: tool %s: ca_file %s holds no PEM certificate", ErrConfig, c.Name, c.CAFile)
+		}
+		t.tlsBase.RootCAs = pool
+	}
+	t.transport = newTransport(t.tlsBase, t.timeout)
+	for _, rc := range c.Routes {
+		pat, _ := compilePattern(rc.Path) // validated
+		r := route{cfg: rc, pat: pat, maxResp: int64(rc.MaxResponseBytes), dlp: rc.DLP}
+		if r.maxResp == 0 {
+			r.maxResp = DefaultMaxResponseBytes
+		}
+		if r.dlp == "" {
+			r.dlp = DLPRedact
+		}
+		t.routes = append(t.routes, r)
+	}
+	return t, nil
+}
+
+func newTransport(tc *tls.Config, timeout time.Duration) *http.Transport {
+	d := &net.Dialer{Timeout: min(timeout, 10*time.Second), KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                  nil, // never an environment proxy: the upstream is internal
+		DialContext:            d.DialContext,
+		TLSClientConfig:        tc,
+		TLSHandshakeTimeout:    min(timeout, 10*time.Second),
+		ResponseHeaderTimeout:  timeout,
+		ExpectContinueTimeout:  time.Second,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    64,
+		IdleConnTimeout:        90 * time.Second,
+		MaxResponseHeaderBytes: 64 << 10,
+		ForceAttemptHTTP2:      true,
+	}
+}
+
+func (t *tool) match(method string, segs []string) (*route, bool) {
+	for i := range t.routes {
+		r := &t.routes[i]
+		if (r.cfg.Method == "*" || r.cfg.Method == method) && r.pat.match(segs) {
+			return r, true
+		}
+	}
+	return nil, false
+}
+
+// ServeHTTP serves /v1/tools/{tool}/{path...}, GET and POST
+// /v1/approvals/{id}.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.EscapedPath()
+	switch {
+	case strings.HasPrefix(path, "/v1/tools/"):
+		p.serveTool(w, r, strings.TrimPrefix(path, "/v1/tools/"))
+	case strings.HasPrefix(path, "/v1/approvals/"):
+		p.serveApproval(w, r, strings.TrimPrefix(path, "/v1/approvals/"))
+	default:
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint")
+	}
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func sourceOf(r *http.Request) (netip.Addr, string) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, "unix"
+	}
+	a := ap.Addr().Unmap()
+	return a, a.String()
+}
+
+func hasScope(scopes []string, s string) bool { return slices.Contains(scopes, s) }
+
+func bearerToken(r *http.Request) (string, bool) {
+	h := r.Header.Values("Authorization")
+	if len(h) != 1 {
+		return "", false
+	}
+	scheme, tok, ok := strings.Cut(h[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}

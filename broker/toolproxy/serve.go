@@ -1,0 +1,351 @@
+package toolproxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// Error codes in {"error": ...} answers.
+const (
+	CodeInvalidRequest   = "invalid_request"
+	CodeInvalidToken     = "invalid_token"
+	CodeUnknownTool      = "unknown_tool"
+	CodeNoRoute          = "no_route"
+	CodeInsufficient     = "insufficient_scope"
+	CodeAccessDenied     = "access_denied"
+	CodeAgentDisabled    = "agent_disabled"
+	CodeAgentBlocked     = "agent_blocked"
+	CodeApprovalRequired = "approval_required"
+	CodeApprovalInvalid  = "approval_invalid"
+	CodeTooLarge         = "request_too_large"
+	CodeUpstreamError    = "upstream_error"
+	CodeUpstreamTimeout  = "upstream_timeout"
+	CodeResponseTooLarge = "response_too_large"
+	CodeDLPBlocked       = "dlp_blocked"
+	CodeAuditUnavailable = "audit_unavailable"
+	CodeServerError      = "server_error"
+)
+
+// errorBody is the JSON error shape of the API.
+type errorBody struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description,omitempty"`
+	ApprovalID  string `json:"approval_id,omitempty"`
+	ExpiresAt   string `json:"expires_at,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, desc string) {
+	writeJSON(w, status, errorBody{Error: code, Description: desc})
+}
+
+// call is one request to /v1/tools/ on its way through the checks.
+type call struct {
+	p     *Proxy
+	w     http.ResponseWriter
+	r     *http.Request
+	start time.Time
+	now   time.Time
+	ev    *audit.Event
+	src   netip.Addr
+	t     *tool
+	rt    *route
+	pr    Principal
+	tp    toolPath
+	query url.Values
+	body  []byte
+}
+
+// record appends the call's event; false means it could not be recorded,
+// and the caller has already answered 503.
+func (c *call) record() bool {
+	c.ev.Details["duration_ms"] = strconv.FormatInt(c.p.now().Sub(c.start).Milliseconds(), 10)
+	if _, err := c.p.opts.Audit.Append(c.r.Context(), c.ev); err != nil {
+		c.p.log.Error("toolproxy: audit append failed; refusing the call", "err", err, "request_id", c.ev.RequestID)
+		writeError(c.w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written; no call goes through without a record")
+		return false
+	}
+	return true
+}
+
+// deny audits a refusal and answers it.
+func (c *call) deny(status int, evType, code, desc string) {
+	c.ev.Type = evType
+	c.ev.Outcome = audit.OutcomeDenied
+	if status >= 500 {
+		c.ev.Outcome = audit.OutcomeFailure
+	}
+	c.ev.Reason = desc
+	c.ev.Details["decision"] = code
+	if !c.record() {
+		return
+	}
+	if status == http.StatusUnauthorized {
+		c.w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	}
+	writeError(c.w, status, code, desc)
+}
+
+func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string) {
+	now := p.now()
+	c := &call{p: p, w: w, r: r, start: now, now: now}
+	var srcStr string
+	c.src, srcStr = sourceOf(r)
+	c.ev = &audit.Event{
+		Type: "tool.deny", Action: r.Method, RequestID: newRequestID(), Source: srcStr,
+		Details: map[string]string{"method": r.Method},
+	}
+
+	// 1. The request itself: path, query, headers, before anything else.
+	tp, err := parseToolPath(escaped)
+	if err != nil {
+		c.ev.Details["path"] = "(refused)"
+		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest, err.Error())
+		return
+	}
+	c.tp = tp
+	c.ev.Target = tp.tool
+	if len(r.URL.RawQuery) > MaxQueryBytes {
+		c.ev.Details["path"] = p.auditPath(tp, nil)
+		c.deny(http.StatusRequestURITooLong, "tool.deny", CodeInvalidRequest, "query string too long")
+		return
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil || strings.ContainsAny(r.URL.RawQuery, "\r\n\x00") {
+		c.ev.Details["path"] = p.auditPath(tp, nil)
+		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest, "malformed query string")
+		return
+	}
+	c.query = q
+	c.ev.Details["path"] = p.auditPath(tp, q)
+	if msg := checkHeaders(r.Header); msg != "" {
+		status := http.StatusBadRequest
+		if strings.HasPrefix(msg, "more than") {
+			status = http.StatusRequestHeaderFieldsTooLarge
+		}
+		c.deny(status, "tool.deny", CodeInvalidRequest, msg)
+		return
+	}
+
+	// 2. Who is calling: the token's audience must be this tool.
+	raw, ok := bearerToken(r)
+	if !ok {
+		c.deny(http.StatusUnauthorized, "tool.deny", CodeInvalidToken, "a Bearer access token is required")
+		return
+	}
+	pr, err := p.opts.Verifier.Verify(r.Context(), raw, tp.tool)
+	if err != nil {
+		c.deny(http.StatusUnauthorized, "tool.deny", CodeInvalidToken, "the access token is not valid for this tool")
+		return
+	}
+	c.pr = pr
+	c.ev.Actor = audit.Actor{Agent: pr.Agent, User: pr.User}
+	if pr.JTI != "" {
+		c.ev.Details["jti"] = pr.JTI
+	}
+	t, ok := p.tools[tp.tool]
+	if !ok {
+		c.deny(http.StatusNotFound, "tool.deny", CodeUnknownTool, "no tool of that name")
+		return
+	}
+	c.t = t
+	enabled, err := p.opts.Agents.Enabled(r.Context(), pr.Agent)
+	if err != nil || !enabled {
+		c.deny(http.StatusForbidden, "agent.blocked", CodeAgentDisabled, "the agent is disabled")
+		return
+	}
+	if until, blocked := p.risk.blockedUntil(pr.Agent, now); blocked {
+		c.deny(http.StatusForbidden, "agent.blocked", CodeAgentBlocked, "the agent is blocked by a risk limit until "+until.UTC().Format(time.RFC3339))
+		return
+	}
+
+	// 3. What it may do: route, scope, policy.
+	rt, ok := t.match(r.Method, tp.segments)
+	if !ok {
+		c.deny(http.StatusForbidden, "tool.deny", CodeNoRoute, "no route of this tool allows "+r.Method+" on this path")
+		return
+	}
+	c.rt = rt
+	c.ev.Details["route"] = rt.cfg.Method + " " + rt.cfg.Path
+	if !hasScope(pr.Scopes, rt.cfg.Scope) {
+		c.deny(http.StatusForbidden, "tool.deny", CodeInsufficient, "the token lacks scope "+rt.cfg.Scope)
+		return
+	}
+	if p.opts.Policy != nil {
+		allowed, reason, err := p.opts.Policy.Allow(r.Context(), PolicyRequest{
+			Agent: pr.Agent, User: pr.User, Groups: pr.Groups, Scope: rt.cfg.Scope, Tool: t.cfg.Name, Source: c.src, Time: now,
+		})
+		if err != nil || !allowed {
+			if reason == "" {
+				reason = "a policy refuses the call"
+			}
+			c.deny(http.StatusForbidden, "tool.deny", CodeAccessDenied, reason)
+			return
+		}
+	}
+
+	// 4. The body: bounded, and buffered because an approval binds its hash.
+	if r.ContentLength > t.maxReq {
+		c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, "request body over max_request_bytes")
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(io.LimitReader(r.Body, t.maxReq+1))
+		if err != nil {
+			c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest, "reading the request body failed")
+			return
+		}
+		if int64(len(b)) > t.maxReq {
+			c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, "request body over max_request_bytes")
+			return
+		}
+		c.body = b
+	}
+
+	// 5. Risk limits, then approvals.
+	needApproval := rt.cfg.Approval == ApprovalRequired
+	approvalReason := "the route requires approval"
+	for _, v := range p.risk.check(pr.Agent, pr.User, now, p.offHours(now)) {
+		if !p.applyVerdict(c, v, &needApproval, &approvalReason) {
+			return
+		}
+	}
+	if p.opts.Risk.OnNewSource != "" && c.src.IsValid() {
+		seen, err := p.store.sourceSeen(pr.Agent, c.src.String())
+		if err != nil {
+			c.deny(http.StatusInternalServerError, "tool.deny", CodeServerError, "state unavailable")
+			return
+		}
+		if !seen {
+			v := verdict{action: p.opts.Risk.OnNewSource, rule: "new_source", reason: "first call of this agent from " + c.src.String()}
+			if !p.applyVerdict(c, v, &needApproval, &approvalReason) {
+				return
+			}
+		}
+	}
+	if needApproval && !p.checkApproval(c, approvalReason) {
+		return
+	}
+	if p.opts.Risk.OnNewSource != "" && c.src.IsValid() {
+		if err := p.store.markSource(pr.Agent, c.src.String(), now); err != nil {
+			p.log.Warn("toolproxy: recording a source address", "err", err)
+		}
+	}
+
+	// 6. Out it goes.
+	p.forward(c)
+}
+
+// applyVerdict carries out a risk rule's action; false means the call was
+// answered (blocked, or the record failed).
+func (p *Proxy) applyVerdict(c *call, v verdict, needApproval *bool, why *string) bool {
+	ctx := c.r.Context()
+	ev := &audit.Event{
+		Type: "agent.risk", Severity: audit.SeverityHigh, Actor: c.ev.Actor, Action: v.action, Target: c.t.cfg.Name,
+		Outcome: audit.OutcomeDenied, Reason: v.reason, RequestID: c.ev.RequestID, Source: c.ev.Source,
+		Details: map[string]string{"rule": v.rule, "action": v.action},
+	}
+	switch v.action {
+	case ActionAlert:
+		ev.Outcome = audit.OutcomeSuccess
+		if _, err := p.opts.Audit.Append(ctx, ev); err != nil {
+			writeError(c.w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
+			return false
+		}
+		return true
+	case ActionStepUp:
+		*needApproval = true
+		*why = "risk rule " + v.rule + ": " + v.reason
+		return true
+	case ActionBlock:
+		until := c.now.Add(p.blockFor())
+		p.risk.block(c.pr.Agent, until)
+		ev.Type = "agent.blocked"
+		ev.Details["until"] = until.UTC().Format(time.RFC3339)
+		var errs []error
+		if err := p.opts.Agents.Disable(ctx, c.pr.Agent, "risk rule "+v.rule, until); err != nil {
+			errs = append(errs, err)
+		}
+		if err := p.opts.Agents.RevokeAgentTokens(ctx, c.pr.Agent, "risk rule "+v.rule); err != nil {
+			errs = append(errs, err)
+		}
+		if err := errors.Join(errs...); err != nil {
+			ev.Details["broker_error"] = "disabling or revoking failed; the proxy blocks the agent itself"
+			p.log.Error("toolproxy: blocking an agent at the broker", "agent", c.pr.Agent, "err", err)
+		}
+		if _, err := p.opts.Audit.Append(ctx, ev); err != nil {
+			writeError(c.w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
+			return false
+		}
+		c.deny(http.StatusForbidden, "agent.blocked", CodeAgentBlocked, "risk rule "+v.rule+": the agent is blocked until "+until.UTC().Format(time.RFC3339))
+		return false
+	}
+	return true
+}
+
+func (p *Proxy) blockFor() time.Duration {
+	if d := p.opts.Risk.BlockFor.D(); d > 0 {
+		return d
+	}
+	return DefaultBlockFor
+}
+
+func (p *Proxy) offHours(now time.Time) bool {
+	return p.hours != nil && !p.hours.contains(now)
+}
+
+// auditPath is the call's path for records: decoded segments with DLP
+// applied, and the query with every value replaced.
+func (p *Proxy) auditPath(tp toolPath, q url.Values) string {
+	s := tp.decoded()
+	if rq := redactQuery(q); rq != "" {
+		s += "?" + rq
+	}
+	s, _ = p.dlp.RedactString(s)
+	return s
+}
+
+// checkHeaders refuses header sets no client legitimately sends.
+func checkHeaders(h http.Header) string {
+	n := 0
+	for k, vs := range h {
+		n += len(vs)
+		if strings.ContainsAny(k, "\r\n\x00 :") {
+			return "invalid header name"
+		}
+		for _, v := range vs {
+			if strings.ContainsAny(v, "\r\n\x00") {
+				return "CR, LF or NUL in a header value"
+			}
+		}
+	}
+	if n > MaxHeaderCount {
+		return "more than " + strconv.Itoa(MaxHeaderCount) + " header fields"
+	}
+	return ""
+}
+
+// bodyReader returns the buffered request body for the upstream request.
+func (c *call) bodyReader() io.Reader {
+	if c.body == nil {
+		return http.NoBody
+	}
+	return bytes.NewReader(c.body)
+}
+

@@ -1,0 +1,325 @@
+package toolproxy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketApprovals = []byte("approvals")
+	bucketTOTP      = []byte("totp")
+	bucketSources   = []byte("sources")
+)
+
+// Approval states.
+const (
+	StatusPending  = "pending"
+	StatusApproved = "approved"
+	StatusDenied   = "denied"
+	StatusUsed     = "used"
+	StatusExpired  = "expired"
+)
+
+// Sentinel errors of approvals.
+var (
+	ErrApprovalNotFound = errors.New("toolproxy: no such approval")
+	ErrApprovalPending  = errors.New("toolproxy: approval not decided yet")
+	ErrApprovalDenied   = errors.New("toolproxy: approval denied")
+	ErrApprovalUsed     = errors.New("toolproxy: approval already used")
+	ErrApprovalExpired  = errors.New("toolproxy: approval expired")
+	ErrApprovalMismatch = errors.New("toolproxy: approval is for a different call")
+	ErrApprovalDecided  = errors.New("toolproxy: approval already decided")
+)
+
+// Approval is a request for a human to allow one exact call.
+type Approval struct {
+	ID         string    `json:"id"`
+	Status     string    `json:"status"`
+	Agent      string    `json:"agent"`
+	User       string    `json:"user,omitempty"`
+	Tool       string    `json:"tool"`
+	Method     string    `json:"method"`
+	Path       string    `json:"path"` // for display: query values redacted
+	BodySHA256 string    `json:"body_sha256"`
+	Reason     string    `json:"reason"`
+	Created    time.Time `json:"created"`
+	Expires    time.Time `json:"expires"`
+	DecidedBy  string    `json:"decided_by,omitempty"`
+	DecidedAt  time.Time `json:"decided_at,omitzero"`
+	UsedAt     time.Time `json:"used_at,omitzero"`
+	// CallHash binds the approval to agent, user, tool, method, exact path
+	// and query, and body hash.
+	CallHash string `json:"call_hash"`
+	// Failures counts wrong TOTP attempts; at maxTOTPFailures the approval
+	// is denied.
+	Failures int `json:"failures,omitempty"`
+}
+
+// effective returns the status as of now.
+func (a *Approval) effective(now time.Time) string {
+	if (a.Status == StatusPending || a.Status == StatusApproved) && !now.Before(a.Expires) {
+		return StatusExpired
+	}
+	return a.Status
+}
+
+const maxTOTPFailures = 5
+
+// store is the proxy's bbolt file.
+type store struct{ db *bolt.DB }
+
+func openStore(path string) (*store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("toolproxy: opening %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketApprovals, bucketTOTP, bucketSources} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("toolproxy: preparing %s: %w", path, err)
+	}
+	return &store{db: db}, nil
+}
+
+func (s *store) close() error { return s.db.Close() }
+
+func getApproval(b *bolt.Bucket, id string) (*Approval, error) {
+	v := b.Get([]byte(id))
+	if v == nil {
+		return nil, ErrApprovalNotFound
+	}
+	var a Approval
+	if err := json.Unmarshal(v, &a); err != nil {
+		return nil, fmt.Errorf("toolproxy: approval %s is corrupt: %w", id, err)
+	}
+	return &a, nil
+}
+
+func putApproval(b *bolt.Bucket, a *Approval) error {
+	v, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(a.ID), v)
+}
+
+// createApproval stores a, dropping approvals that ended over a day ago.
+func (s *store) createApproval(a *Approval, now time.Time) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketApprovals)
+		var old [][]byte
+		_ = b.ForEach(func(k, v []byte) error {
+			var x Approval
+			if json.Unmarshal(v, &x) == nil && now.Sub(x.Expires) > 24*time.Hour {
+				old = append(old, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return putApproval(b, a)
+	})
+}
+
+func (s *store) approval(id string) (*Approval, error) {
+	var a *Approval
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		a, err = getApproval(tx.Bucket(bucketApprovals), id)
+		return err
+	})
+	return a, err
+}
+
+// updateApproval runs fn on the approval inside one write transaction and
+// stores the result when fn returns nil.
+func (s *store) updateApproval(id string, fn func(a *Approval) error) (*Approval, error) {
+	var out *Approval
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketApprovals)
+		a, err := getApproval(b, id)
+		if err != nil {
+			return err
+		}
+		if err := fn(a); err != nil {
+			out = a
+			return err
+		}
+		out = a
+		return putApproval(b, a)
+	})
+	return out, err
+}
+
+// updateApprovalKeep is updateApproval that stores a even when fn returns
+// an error (to count a failed attempt), and returns fn's error.
+func (s *store) updateApprovalKeep(id string, fn func(a *Approval) error) (*Approval, error) {
+	var out *Approval
+	var fnErr error
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketApprovals)
+		a, err := getApproval(b, id)
+		if err != nil {
+			return err
+		}
+		fnErr = fn(a)
+		out = a
+		return putApproval(b, a)
+	})
+	if err != nil {
+		return out, err
+	}
+	return out, fnErr
+}
+
+// consume marks an approved approval used if it binds this exact call.
+func (s *store) consume(id, callHash string, now time.Time) (*Approval, error) {
+	return s.updateApproval(id, func(a *Approval) error {
+		switch a.effective(now) {
+		case StatusPending:
+			return ErrApprovalPending
+		case StatusDenied:
+			return ErrApprovalDenied
+		case StatusUsed:
+			return ErrApprovalUsed
+		case StatusExpired:
+			return ErrApprovalExpired
+		}
+		if a.CallHash != callHash {
+			return ErrApprovalMismatch
+		}
+		a.Status = StatusUsed
+		a.UsedAt = now
+		return nil
+	})
+}
+
+// decide approves or denies a pending approval.
+func (s *store) decide(id string, approve bool, by string, now time.Time) (*Approval, error) {
+	return s.updateApproval(id, func(a *Approval) error {
+		switch a.effective(now) {
+		case StatusExpired:
+			return ErrApprovalExpired
+		case StatusPending:
+		default:
+			return ErrApprovalDecided
+		}
+		a.Status = StatusDenied
+		if approve {
+			a.Status = StatusApproved
+		}
+		a.DecidedBy, a.DecidedAt = by, now
+		return nil
+	})
+}
+
+// listApprovals returns the stored approvals, newest first, with their
+// status as of now.
+func (s *store) listApprovals(now time.Time) ([]Approval, error) {
+	var out []Approval
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketApprovals).ForEach(func(k, v []byte) error {
+			var a Approval
+			if err := json.Unmarshal(v, &a); err != nil {
+				return nil
+			}
+			a.Status = a.effective(now)
+			out = append(out, a)
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out, err
+}
+
+func sourceKey(agent, addr string) []byte { return []byte(agent + "\x00" + addr) }
+
+func (s *store) sourceSeen(agent, addr string) (bool, error) {
+	var seen bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		seen = tx.Bucket(bucketSources).Get(sourceKey(agent, addr)) != nil
+		return nil
+	})
+	return seen, err
+}
+
+func (s *store) markSource(agent, addr string, now time.Time) error {
+	if seen, err := s.sourceSeen(agent, addr); err != nil || seen {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSources).Put(sourceKey(agent, addr), []byte(now.UTC().Format(time.RFC3339)))
+	})
+}
+
+// totpRecord is a user's enrolment: the sealed seed and the last time step
+// accepted (a code is good once).
+type totpRecord struct {
+	Sealed   []byte    `json:"sealed"`
+	LastStep int64     `json:"last_step"`
+	Enrolled time.Time `json:"enrolled"`
+}
+
+func (s *store) putTOTP(user string, r *totpRecord) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTOTP).Put([]byte(user), v) })
+}
+
+func (s *store) getTOTP(user string) (*totpRecord, error) {
+	var r *totpRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTOTP).Get([]byte(user))
+		if v == nil {
+			return nil
+		}
+		r = &totpRecord{}
+		return json.Unmarshal(v, r)
+	})
+	return r, err
+}
+
+// useTOTPStep records step as used for user if it is newer than the last
+// one; false means a replay.
+func (s *store) useTOTPStep(user string, step int64) (bool, error) {
+	ok := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTOTP)
+		v := b.Get([]byte(user))
+		if v == nil {
+			return nil
+		}
+		var r totpRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		if step <= r.LastStep {
+			return nil
+		}
+		r.LastStep = step
+		ok = true
+		nv, err := json.Marshal(&r)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(user), nv)
+	})
+	return ok, err
+}
