@@ -1,0 +1,93 @@
+package hardening
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// syslogTargets is this package's own SyslogStatus for tests: the forwarder
+// state lives in the running daemon, which these tests do not start.
+type syslogTargets struct {
+	ts  []SyslogTarget
+	err error
+}
+
+func (s syslogTargets) SyslogTargets(context.Context) ([]SyslogTarget, error) { return s.ts, s.err }
+
+func TestSyslogCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		src        SyslogStatus
+		want       []Status
+		wantDetail string
+	}{
+		{"no daemon", nil, []Status{Skip}, "not running"},
+		{"daemon error", syslogTargets{err: errors.New("dial unix: no such file")}, []Status{Skip}, "cannot ask"},
+		{"no targets", syslogTargets{}, []Status{Warn}, "stays on this host"},
+		{"caught up and lagging and down", syslogTargets{ts: []SyslogTarget{
+			{Address: "tls://siem:6514", Connected: true},
+			{Address: "tcp://wazuh:514", Connected: true, Lag: 5000, LagAge: 10 * time.Minute},
+			{Address: "udp://old:514", Connected: false, Lag: 3, LagAge: time.Second, LastError: "connection refused"},
+		}}, []Status{Pass, Warn, Fail}, "connection refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := SyslogCheck(tc.src).Run(context.Background())
+			if len(rs) != len(tc.want) {
+				t.Fatalf("got %d results, want %d: %+v", len(rs), len(tc.want), rs)
+			}
+			for i, w := range tc.want {
+				if rs[i].Status != w {
+					t.Errorf("result %d got %+v, want %s", i, rs[i], w)
+				}
+			}
+			if last := rs[len(rs)-1]; !strings.Contains(last.Detail, tc.wantDetail) {
+				t.Errorf("detail got %q, want %q", last.Detail, tc.wantDetail)
+			}
+		})
+	}
+}
+
+type firewall struct {
+	present bool
+	drift   []string
+	err     error
+}
+
+func (f firewall) FirewallDrift(context.Context) (bool, []string, error) {
+	return f.present, f.drift, f.err
+}
+
+func TestFirewallCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fw   FirewallState
+		want Status
+	}{
+		{"unknown", nil, Skip},
+		{"equal", firewall{present: true}, Pass},
+		{"absent", firewall{}, Fail},
+		{"drifted", firewall{present: true, drift: []string{"egress rule 10.10.0.11/32 tcp 636 missing"}}, Fail},
+		{"unreadable", firewall{err: errors.New("netlink: operation not permitted")}, Warn},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := FirewallCheck(tc.fw).Run(context.Background())[0]
+			if r.Status != tc.want || (r.Status != Pass && r.Fix == "") {
+				t.Errorf("got %+v, want %s with a fix", r, tc.want)
+			}
+		})
+	}
+}
+
+func TestAgentSecretCheck(t *testing.T) {
+	rs := AgentSecretCheck([]AgentAuth{{"ticket-bot", "unix"}, {"legacy", "client_secret"}, {"remote", "private_key_jwt"}}).Run(context.Background())
+	if len(rs) != 1 || rs[0].Name != "agent legacy" || rs[0].Status != Warn || rs[0].Fix == "" {
+		t.Errorf("got %+v, want one warn for agent legacy", rs)
+	}
+	rs = AgentSecretCheck([]AgentAuth{{"ticket-bot", "unix"}}).Run(context.Background())
+	if len(rs) != 1 || rs[0].Status != Pass {
+		t.Errorf("got %+v, want one pass", rs)
+	}
+}
