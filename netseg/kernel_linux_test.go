@@ -24,21 +24,6 @@ import (
 
 const shortDial = 500 * time.Millisecond // below the first SYN retransmit (1 s)
 
-// labConfig is the site of the tests: the AI server talks LDAPS to its DC
-// and syslog to its SIEM (a need derived from the audit config), users reach
-// the API, admins reach SSH, nothing reaches the internet.
-func labConfig() (*Config, []Need) {
-	return &Config{
-			Egress: []Rule{{To: []string{"10.10.0.11/32"}, Proto: "tcp", Ports: []int{636}, Comment: "domain controllers"}},
-			Ingress: []Rule{
-				{From: []string{"10.30.0.0/24"}, Proto: "tcp", Ports: []int{8443}, Comment: "chatbot users"},
-				{From: []string{"10.99.0.0/24"}, Proto: "tcp", Ports: []int{22}, Comment: "admin SSH"},
-			},
-		}, []Need{
-			{Address: "10.40.0.10:6514", Proto: "tcp", Origin: "audit.syslog[0].address"},
-		}
-}
-
 type labRun struct {
 	lab *netns.Lab
 	m   *Manager
@@ -541,5 +526,32 @@ func TestDownRemovesTableOnly(t *testing.T) {
 	evs := r.events(t, func(evs []audit.Event) bool { return len(ofType(evs, "net.down")) > 0 })
 	if len(ofType(evs, "net.down")) != 1 {
 		t.Errorf("net.down events: got %d, want 1", len(ofType(evs, "net.down")))
+	}
+}
+
+// Every golden ruleset is one the kernel accepts, and reads back without drift.
+func TestKernelAcceptsGoldenRulesets(t *testing.T) {
+	lab := netns.New(t)
+	k := &nft{nsFd: lab.AI.Fd()}
+	for name, tc := range goldenCases() {
+		t.Run(name, func(t *testing.T) {
+			rs, err := buildRuleset(tc.cfg, tc.needs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := k.replace(rs); err != nil {
+				t.Fatalf("kernel refused: %v", err)
+			}
+			kt, err := k.read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := tableDrift(rs, kt); len(d) != 0 {
+				t.Errorf("read back differs: %v", d)
+			}
+			if ch := tableChanges(rs, kt); len(ch) != 0 {
+				t.Errorf("plan against itself: got %v, want no changes", ch)
+			}
+		})
 	}
 }
