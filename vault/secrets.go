@@ -373,7 +373,7 @@ func (v *Vault) Verify(ctx context.Context, who audit.Actor, name string, candid
 	if err != nil {
 		return false, v.refuse(ctx, ev, err)
 	}
-	defer val.Zero()
+	defer val.zero()
 	cand, err := normalize(val.Type, candidate)
 	if err != nil {
 		return false, v.refuse(ctx, ev, err)
@@ -390,28 +390,30 @@ func (v *Vault) Verify(ctx context.Context, who audit.Actor, name string, candid
 }
 
 // ForTool returns the current value of the secret name for the [[tool]]
-// entry tool. It is denied (ErrDenied, and audited) unless tool is in the
-// secret's allowed_tools. A granted fetch is not audited here: the broker's
-// event for the tool call names the secret and its version. The caller
-// zeroes the value as soon as it has used it.
-func (v *Vault) ForTool(ctx context.Context, tool, name string) (Value, error) {
+// entry tool, in the form its type hands out (see Type). It is denied
+// (ErrDenied, and audited) unless tool is in the secret's allowed_tools. A
+// granted fetch is not audited here: the broker's event for the tool call
+// names the secret. The result is a fresh copy; the caller clears it as soon
+// as it has used it.
+func (v *Vault) ForTool(ctx context.Context, tool, name string) ([]byte, error) {
 	val, err := v.current(ctx, nsSecret, bucketSecrets, name, &tool)
 	if err != nil {
 		ev := &audit.Event{Type: "secret.use", Severity: audit.SeverityWarn, Action: "secret.use", Target: name,
 			Details: map[string]string{"tool": tool}}
-		return Value{}, v.refuse(ctx, ev, err)
+		return nil, v.refuse(ctx, ev, err)
 	}
-	return val, nil
+	return val.b, nil
 }
 
-// ForInternal returns the current value of the secret name for one of the
+// ForInternal returns the current value of the secret name (a fresh copy,
+// in the form ForTool hands out) for one of the
 // appliance's own components (user labels it, e.g. "ldapauth" for the LDAP
 // bind password named by [ldap] bind_password_secret). allowed_tools does
 // not apply. Failures are audited; a granted fetch is not (the component's
 // own event records the use).
-func (v *Vault) ForInternal(ctx context.Context, user, name string) (Value, error) {
+func (v *Vault) ForInternal(ctx context.Context, user, name string) ([]byte, error) {
 	var err error
-	var val Value
+	var val value
 	if user == "" {
 		err = fmt.Errorf("vault: %w: ForInternal needs a caller label", ErrInvalid)
 	} else {
@@ -420,27 +422,27 @@ func (v *Vault) ForInternal(ctx context.Context, user, name string) (Value, erro
 	if err != nil {
 		ev := &audit.Event{Type: "secret.use", Severity: audit.SeverityWarn, Action: "secret.use", Target: name,
 			Details: map[string]string{"internal": user}}
-		return Value{}, v.refuse(ctx, ev, err)
+		return nil, v.refuse(ctx, ev, err)
 	}
-	return val, nil
+	return val.b, nil
 }
 
 // current decrypts the newest version of name. When tool is not nil the
 // record must allow it.
-func (v *Vault) current(ctx context.Context, ns byte, bucket []byte, name string, tool *string) (Value, error) {
+func (v *Vault) current(ctx context.Context, ns byte, bucket []byte, name string, tool *string) (value, error) {
 	if err := checkName(name); err != nil {
-		return Value{}, fmt.Errorf("vault: %w: %w", ErrInvalid, err)
+		return value{}, fmt.Errorf("vault: %w: %w", ErrInvalid, err)
 	}
 	if tool != nil {
 		if err := checkName(*tool); err != nil {
-			return Value{}, fmt.Errorf("vault: %w: tool: %w", ErrInvalid, err)
+			return value{}, fmt.Errorf("vault: %w: tool: %w", ErrInvalid, err)
 		}
 	}
 	if err := v.rlock(); err != nil {
-		return Value{}, fmt.Errorf("vault: %w", err)
+		return value{}, fmt.Errorf("vault: %w", err)
 	}
 	defer v.mu.RUnlock()
-	var val Value
+	var val value
 	err := v.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(bucket).Get([]byte(name))
 		if raw == nil {
@@ -458,7 +460,7 @@ func (v *Vault) current(ctx context.Context, ns byte, bucket []byte, name string
 		if err != nil {
 			return err
 		}
-		val = Value{Name: name, Type: r.typ, Version: cur.n, b: plain}
+		val = value{Name: name, Type: r.typ, Version: cur.n, b: plain}
 		return nil
 	})
 	return val, err

@@ -2,6 +2,8 @@ package vault
 
 import (
 	"context"
+	"crypto/rand"
+	"io"
 	"errors"
 	"fmt"
 	"time"
@@ -156,3 +158,24 @@ func (v *Vault) SystemKeyVersions(ctx context.Context, name string) ([]SystemKey
 
 // The audit package takes its HMAC and checkpoint keys from the vault.
 var _ audit.KeySource = (*Vault)(nil)
+
+// Key returns the 32-byte system key for purpose, creating it from
+// crypto/rand the first time: a get-or-create for components that only
+// need a key of their own (such as the tool proxy's TOTP sealing key).
+func (v *Vault) Key(ctx context.Context, purpose string) ([]byte, error) {
+	key, err := v.SystemKey(ctx, purpose, func() ([]byte, error) {
+		k := make([]byte, 32)
+		if _, err := io.ReadFull(rand.Reader, k); err != nil {
+			return nil, err
+		}
+		return k, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(key) != 32 {
+		clear(key)
+		return nil, fmt.Errorf("vault: %w: system key %q is %d bytes, want 32", ErrCorrupt, purpose, len(key))
+	}
+	return key, nil
+}

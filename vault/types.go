@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/url"
 	"strings"
 )
 
-// Type is the kind of a secret, which fixes the shape of its value.
+// Type is the kind of a secret, which fixes the shape of its value: what
+// `secret put` accepts and what ForTool hands out.
 type Type uint8
 
 // The secret types. Structured types (basic, oauth2_client, tls_client) are
@@ -19,9 +19,9 @@ type Type uint8
 const (
 	TypePassword     Type = 1 // a password: printable text, no control characters
 	TypeAPIKey       Type = 2 // an API key or token: printable text, no control characters
-	TypeBasic        Type = 3 // {"user": ..., "password": ...}
-	TypeOAuth2Client Type = 4 // {"client_id", "client_secret", "token_url", "scopes": [...]}
-	TypeTLSClient    Type = 5 // {"cert": PEM, "key": PEM}: a client certificate and its key
+	TypeBasic        Type = 3 // {"user": ..., "password": ...}; handed out as "user:password"
+	TypeOAuth2Client Type = 4 // {"client_id", "client_secret", "token_url", "scopes": [...], "audience"}; handed out as that JSON
+	TypeTLSClient    Type = 5 // {"cert": PEM, "key": PEM}; handed out as the certificate PEM then the key PEM
 	TypeOpaque       Type = 6 // any bytes
 
 	typeSystem Type = 0x80 // a system key; never accepted from a caller
@@ -113,6 +113,7 @@ type OAuth2Client struct {
 	ClientSecret string   `json:"client_secret"`
 	TokenURL     string   `json:"token_url"`
 	Scopes       []string `json:"scopes,omitempty"`
+	Audience     string   `json:"audience,omitempty"` // sent as the "audience" parameter when set
 }
 
 // TLSClient is the value of a tls_client secret: PEM certificate (chain)
@@ -122,9 +123,11 @@ type TLSClient struct {
 	Key  string `json:"key"`
 }
 
-// normalize checks a value for typ and returns the bytes to store: the raw
-// value for the plain types, canonical JSON for the structured ones. The
-// returned slice is always new memory, which the caller clears.
+// normalize checks a value for typ and returns the bytes to store, which
+// are the form ForTool hands out: the raw value for password, api_key and
+// opaque; "user:password" for basic; canonical JSON for oauth2_client; the
+// certificate PEM, a newline and the key PEM for tls_client. The returned
+// slice is always new memory, which the caller clears.
 func normalize(typ Type, in []byte) ([]byte, error) {
 	if len(in) == 0 {
 		return nil, fmt.Errorf("vault: %w: empty value", ErrInvalid)
@@ -134,10 +137,8 @@ func normalize(typ Type, in []byte) ([]byte, error) {
 	}
 	switch typ {
 	case TypePassword, TypeAPIKey:
-		for i, c := range in {
-			if c < 0x20 || c == 0x7f {
-				return nil, fmt.Errorf("vault: %w: a %s must not contain control characters (byte %d; a trailing newline?)", ErrInvalid, typ, i)
-			}
+		if i := bytes.IndexFunc(in, func(r rune) bool { return r < 0x20 || r == 0x7f }); i >= 0 {
+			return nil, fmt.Errorf("vault: %w: a %s must not contain control characters (byte %d; a trailing newline?)", ErrInvalid, typ, i)
 		}
 		return bytes.Clone(in), nil
 	case TypeOpaque:
@@ -150,7 +151,11 @@ func normalize(typ Type, in []byte) ([]byte, error) {
 		if err := missing("user", v.User, "password", v.Password); err != nil {
 			return nil, fmt.Errorf("vault: %w: basic value: %v", ErrInvalid, err)
 		}
-		return json.Marshal(v)
+		if strings.ContainsRune(v.User, ':') || hasControl(v.User) || hasControl(v.Password) {
+			return nil, fmt.Errorf("vault: %w: basic value: user must not contain a colon, and neither field control characters", ErrInvalid)
+		}
+		out := make([]byte, 0, len(v.User)+1+len(v.Password))
+		return append(append(append(out, v.User...), ':'), v.Password...), nil
 	case TypeOAuth2Client:
 		var v OAuth2Client
 		if err := strictJSON(in, &v); err != nil {
@@ -177,10 +182,13 @@ func normalize(typ Type, in []byte) ([]byte, error) {
 		if err := missing("cert", v.Cert, "key", v.Key); err != nil {
 			return nil, fmt.Errorf("vault: %w: tls_client value: %v", ErrInvalid, err)
 		}
-		if _, err := tls.X509KeyPair([]byte(v.Cert), []byte(v.Key)); err != nil {
+		out := make([]byte, 0, len(v.Cert)+1+len(v.Key))
+		out = append(append(append(out, strings.TrimRight(v.Cert, "\n")...), '\n'), v.Key...)
+		if _, err := tls.X509KeyPair(out, out); err != nil {
+			clear(out)
 			return nil, fmt.Errorf("vault: %w: tls_client value: cert and key do not make a key pair: %v", ErrInvalid, err)
 		}
-		return json.Marshal(v)
+		return out, nil
 	}
 	return nil, fmt.Errorf("vault: %w: unknown secret type %s", ErrInvalid, typ)
 }
@@ -223,64 +231,18 @@ func missing(kv ...string) error {
 	return nil
 }
 
-// Value is a decrypted secret handed to the broker for the instant it uses
-// it. Call Zero as soon as it is no longer needed. Printing or logging a
-// Value never shows its content.
-type Value struct {
+// value is a decrypted secret, only inside the package.
+type value struct {
 	Name    string
 	Type    Type
 	Version uint64
 	b       []byte
 }
 
-// Bytes returns the plaintext: the raw value, or canonical JSON for the
-// structured types. It is valid until Zero and must not be kept.
-func (v Value) Bytes() []byte { return v.b }
+// zero overwrites the plaintext.
+func (v value) zero() { clear(v.b) }
 
-// Zero overwrites the plaintext. Strings taken from it (Basic, OAuth2Client)
-// cannot be cleared by Go; keep them short-lived.
-func (v Value) Zero() { clear(v.b) }
-
-// Basic returns the value of a basic secret.
-func (v Value) Basic() (Basic, error) {
-	var out Basic
-	if v.Type != TypeBasic {
-		return out, fmt.Errorf("vault: %w: secret %q is a %s, not basic", ErrInvalid, v.Name, v.Type)
-	}
-	err := json.Unmarshal(v.b, &out)
-	return out, err
+// hasControl reports whether s has an ASCII control character.
+func hasControl(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0
 }
-
-// OAuth2Client returns the value of an oauth2_client secret.
-func (v Value) OAuth2Client() (OAuth2Client, error) {
-	var out OAuth2Client
-	if v.Type != TypeOAuth2Client {
-		return out, fmt.Errorf("vault: %w: secret %q is a %s, not oauth2_client", ErrInvalid, v.Name, v.Type)
-	}
-	err := json.Unmarshal(v.b, &out)
-	return out, err
-}
-
-// TLSClient returns the certificate of a tls_client secret, ready for
-// tls.Config.Certificates.
-func (v Value) TLSClient() (tls.Certificate, error) {
-	if v.Type != TypeTLSClient {
-		return tls.Certificate{}, fmt.Errorf("vault: %w: secret %q is a %s, not tls_client", ErrInvalid, v.Name, v.Type)
-	}
-	var pair TLSClient
-	if err := json.Unmarshal(v.b, &pair); err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.X509KeyPair([]byte(pair.Cert), []byte(pair.Key))
-}
-
-// String describes the value without its content.
-func (v Value) String() string {
-	return fmt.Sprintf("vault.Value{%s %s v%d [redacted]}", v.Name, v.Type, v.Version)
-}
-
-// GoString describes the value without its content.
-func (v Value) GoString() string { return v.String() }
-
-// LogValue makes slog print the description, never the content.
-func (v Value) LogValue() slog.Value { return slog.StringValue(v.String()) }
