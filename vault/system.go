@@ -3,9 +3,9 @@ package vault
 import (
 	"context"
 	"crypto/rand"
-	"io"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
