@@ -66,8 +66,9 @@ const (
 //	{"client_id": "...", "client_secret": "...", "token_url": "https://idp/token",
 //	 "scopes": ["api"]}
 //
-// For tls_client the secret holds a PEM certificate (chain) followed by its
-// PEM private key.
+// For basic it holds {"user": ..., "password": ...} (or "user:password");
+// for tls_client {"cert": PEM, "key": PEM} (or the PEM certificate chain
+// followed by the PEM private key).
 type ToolAuth struct {
 	Type   string `toml:"type"`   // bearer | basic | header | query | oauth2_client_credentials | tls_client
 	Name   string `toml:"name"`   // header or query parameter name (header, query)

@@ -48,10 +48,9 @@ func (p *Proxy) inject(ctx context.Context, t *tool, out *http.Request) (http.Ro
 		}
 		out.Header.Set("Authorization", "Bearer "+s)
 	case AuthBasic:
-		s := strings.TrimRight(string(secret), "\r\n")
-		user, pass, ok := strings.Cut(s, ":")
+		user, pass, ok := basicCredential(secret)
 		if !ok || headerSafe(user) != nil || strings.ContainsAny(pass, "\r\n\x00") {
-			return nil, fmt.Errorf("%w: secret %s is not \"user:password\"", ErrCredential, t.cfg.Auth.Secret)
+			return nil, fmt.Errorf("%w: secret %s is neither {\"user\", \"password\"} nor \"user:password\"", ErrCredential, t.cfg.Auth.Secret)
 		}
 		out.SetBasicAuth(user, pass)
 	case AuthHeader:
@@ -91,7 +90,15 @@ func (t *tool) clientCertTransport(secret []byte) (http.RoundTripper, error) {
 	if t.tlsTr != nil && t.tlsKey == key {
 		return t.tlsTr, nil
 	}
-	cert, err := tls.X509KeyPair(secret, secret)
+	certPEM, keyPEM := secret, secret
+	var tc2 struct {
+		Cert string `json:"cert"`
+		Key  string `json:"key"`
+	}
+	if json.Unmarshal(secret, &tc2) == nil && tc2.Cert != "" {
+		certPEM, keyPEM = []byte(tc2.Cert), []byte(tc2.Key)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%w: secret %s is not a PEM certificate and key: %w", ErrCredential, t.cfg.Auth.Secret, err)
 	}
@@ -191,4 +198,17 @@ func (c *oauthCache) token(ctx context.Context, secret []byte, hc *http.Client, 
 		return "", err
 	}
 	return v.(string), nil
+}
+
+// basicCredential reads a basic secret: the vault's {"user", "password"}
+// JSON, or "user:password".
+func basicCredential(secret []byte) (user, pass string, ok bool) {
+	var b struct {
+		User     string `json:"user"`
+		Password string `json:"password"`
+	}
+	if json.Unmarshal(secret, &b) == nil && b.User != "" {
+		return b.User, b.Password, true
+	}
+	return strings.Cut(strings.TrimRight(string(secret), "\r\n"), ":")
 }

@@ -3,7 +3,6 @@ package toolproxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/textproto"
@@ -169,14 +168,35 @@ func (p *Proxy) answerScanned(c *call, resp *http.Response, ct string) {
 	_, _ = c.w.Write(out)
 }
 
-// answerStreamed audits, then streams a response DLP does not inspect,
-// cutting the connection if it grows over the limit.
+// streamPeek is how much of an unscanned response is read before the
+// answer starts: a response that ends within it is answered whole (and an
+// oversized one refused with 502); a longer one is streamed.
+const streamPeek = 64 << 10
+
+// answerStreamed answers a response DLP does not inspect: small ones whole,
+// long ones streamed, cutting the connection if they grow over the limit.
 func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
+	limit := c.rt.maxResp
+	peek := min(limit+1, streamPeek)
+	head, err := io.ReadAll(io.LimitReader(resp.Body, peek))
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			c.deny(http.StatusGatewayTimeout, "tool.call", CodeUpstreamTimeout, "the tool did not finish its answer in time")
+			return
+		}
+		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "reading the tool's response failed")
+		return
+	}
+	if int64(len(head)) > limit {
+		c.deny(http.StatusBadGateway, "tool.call", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
+		return
+	}
+	complete := int64(len(head)) < peek
 	c.ev.Type = "tool.call"
 	c.ev.Outcome = audit.OutcomeSuccess
 	c.ev.Details["decision"] = "allow"
-	if resp.ContentLength >= 0 {
-		c.ev.Details["bytes"] = strconv.FormatInt(resp.ContentLength, 10)
+	if complete {
+		c.ev.Details["bytes"] = strconv.Itoa(len(head))
 	} else {
 		c.ev.Details["bytes"] = "streamed"
 	}
@@ -184,19 +204,26 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 		return
 	}
 	copyHeaders(c.w.Header(), resp.Header, dropResponse, "")
-	if resp.ContentLength >= 0 {
+	if complete {
+		c.w.Header().Set("Content-Length", strconv.Itoa(len(head)))
+	} else if resp.ContentLength >= 0 {
 		c.w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
 	c.w.WriteHeader(resp.StatusCode)
-	n, err := io.Copy(c.w, io.LimitReader(resp.Body, c.rt.maxResp))
-	p.risk.addBytes(c.pr.Agent, c.pr.User, p.now(), n)
-	if err == nil && n == c.rt.maxResp {
-		// Anything more is over the limit.
-		var one [1]byte
-		if k, _ := resp.Body.Read(one[:]); k > 0 {
-			err = fmt.Errorf("over max_response_bytes")
+	_, _ = c.w.Write(head)
+	n := int64(len(head))
+	if !complete {
+		var k int64
+		k, err = io.Copy(c.w, io.LimitReader(resp.Body, limit-n))
+		n += k
+		if err == nil && n == limit {
+			var one [1]byte
+			if m, _ := resp.Body.Read(one[:]); m > 0 {
+				err = errors.New("over max_response_bytes")
+			}
 		}
 	}
+	p.risk.addBytes(c.pr.Agent, c.pr.User, p.now(), n)
 	if err != nil {
 		ev := *c.ev
 		ev.Details = map[string]string{"bytes": strconv.FormatInt(n, 10), "path": c.ev.Details["path"]}

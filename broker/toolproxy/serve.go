@@ -313,11 +313,10 @@ func (p *Proxy) offHours(now time.Time) bool {
 // auditPath is the call's path for records: decoded segments with DLP
 // applied, and the query with every value replaced.
 func (p *Proxy) auditPath(tp toolPath, q url.Values) string {
-	s := tp.decoded()
+	s, _ := p.dlp.RedactString(tp.decoded())
 	if rq := redactQuery(q); rq != "" {
 		s += "?" + rq
 	}
-	s, _ = p.dlp.RedactString(s)
 	return s
 }
 
