@@ -89,7 +89,7 @@ type Authenticator struct {
 	cfg     Config
 	opts    Options
 	log     *slog.Logger
-	dcs     []*dc
+	dcs     []*server
 	cache   groupCache
 	sids    sidCache
 	users   *limiter
@@ -139,8 +139,8 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 		log:     opts.Logger,
 		cache:   groupCache{ttl: c.GroupCacheTTL.D(), m: map[string]cachedGroups{}},
 		sids:    sidCache{m: map[string]sidEntry{}},
-		users:   newLimiter(c.MaxFailuresPerUser, c.FailureWindow.D()),
-		sources: newLimiter(c.MaxFailuresPerSource, c.FailureWindow.D()),
+		users:   newLimiter(c.MaxFailuresPerUser, c.FailureWindow.D(), true),
+		sources: newLimiter(c.MaxFailuresPerSource, c.FailureWindow.D(), false),
 	}
 	for _, u := range c.URLs {
 		d, err := newDC(u, c.StartTLS, roots, c.ServerName)
@@ -305,7 +305,7 @@ func (a *Authenticator) auditLimit(ctx context.Context, r Request, key string, l
 		Reason:    "rate_limit_tripped",
 		RequestID: r.RequestID,
 		Source:    r.Source,
-		Details:   map[string]string{"failures": fmt.Sprint(limit), "window": a.cfg.FailureWindow.D().String(),
+		Details: map[string]string{"failures": fmt.Sprint(limit), "window": a.cfg.FailureWindow.D().String(),
 			"effect": "further attempts refused without asking the directory"},
 	}
 	if _, err := a.opts.Audit.Append(ctx, ev); err != nil {
@@ -325,12 +325,12 @@ func auditName(s string) string {
 
 // dcOrder is the order DCs are tried: those not held down in configuration
 // order, then held-down ones, soonest back first.
-func (a *Authenticator) dcOrder(now time.Time) []*dc {
+func (a *Authenticator) dcOrder(now time.Time) []*server {
 	type held struct {
-		d     *dc
+		d     *server
 		until time.Time
 	}
-	var up []*dc
+	var up []*server
 	var down []held
 	for _, d := range a.dcs {
 		if isDown, until := d.isDown(now); isDown {
@@ -353,12 +353,17 @@ func (a *Authenticator) login(ctx context.Context, name loginName, password stri
 		if !failover {
 			return id, out, err
 		}
+		if cerr := ctxErr(ctx); cerr != nil {
+			// The caller gave up; the DC is not to blame.
+			if !errors.Is(err, cerr) {
+				err = fmt.Errorf("%w (%w)", cerr, err)
+			}
+			lastErr = err
+			break
+		}
 		lastErr = err
 		d.markDown(a.now(), err)
 		a.log.Warn("ldap server failed, trying the next", "dc", d.url, "error", err)
-		if ctx.Err() != nil {
-			break
-		}
 	}
 	if lastErr == nil {
 		lastErr = ctx.Err()
@@ -369,7 +374,7 @@ func (a *Authenticator) login(ctx context.Context, name loginName, password stri
 // loginOn tries one DC. failover reports that the DC itself failed before
 // any password was checked by it (or without an answer), so the next DC may
 // be tried.
-func (a *Authenticator) loginOn(ctx context.Context, d *dc, name loginName, password string) (id Identity, out Outcome, err error, failover bool) {
+func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, password string) (id Identity, out Outcome, err error, failover bool) {
 	out.DC = d.url
 	sc, err := a.searchConn(ctx, d)
 	if err != nil {

@@ -11,8 +11,9 @@ import (
 // failures within the window every attempt is refused until the window has
 // passed since the last failure. A success clears the key.
 type limiter struct {
-	max    int
-	window time.Duration
+	max     int
+	window  time.Duration
+	backoff bool // per-user keys back off; per-source keys (a chatbot backend serves many users) only count
 
 	mu   sync.Mutex
 	keys map[string]*failures
@@ -29,8 +30,8 @@ const (
 	limiterMaxKeys      = 100000
 )
 
-func newLimiter(max int, window time.Duration) *limiter {
-	return &limiter{max: max, window: window, keys: map[string]*failures{}}
+func newLimiter(max int, window time.Duration, backoff bool) *limiter {
+	return &limiter{max: max, window: window, backoff: backoff, keys: map[string]*failures{}}
 }
 
 // allow says whether an attempt for key may go to the directory now.
@@ -51,7 +52,7 @@ func (l *limiter) allow(key string, now time.Time) bool {
 	if f.n >= l.max {
 		return false
 	}
-	if f.n >= limiterBackoffAfter {
+	if l.backoff && f.n >= limiterBackoffAfter {
 		wait := limiterBackoffBase << min(f.n-limiterBackoffAfter, 10)
 		return now.Sub(f.last) >= wait
 	}

@@ -35,8 +35,8 @@ type DCHealth struct {
 	IdleConns int       `json:"idle_conns"` // pooled search + bind connections
 }
 
-// dc is one domain controller and its connection pools.
-type dc struct {
+// server is one domain controller and its connection pools.
+type server struct {
 	url      string
 	addr     string // host:port
 	ldaps    bool
@@ -57,12 +57,12 @@ type pooled struct {
 	used time.Time
 }
 
-func newDC(raw string, startTLS bool, roots *x509.CertPool, serverName string) (*dc, error) {
+func newDC(raw string, startTLS bool, roots *x509.CertPool, serverName string) (*server, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("ldapauth: url %q: %w", raw, err)
 	}
-	d := &dc{url: raw, ldaps: u.Scheme == "ldaps", starttls: u.Scheme == "ldap" && startTLS}
+	d := &server{url: raw, ldaps: u.Scheme == "ldaps", starttls: u.Scheme == "ldap" && startTLS}
 	port := u.Port()
 	if port == "" {
 		port = "389"
@@ -79,7 +79,7 @@ func newDC(raw string, startTLS bool, roots *x509.CertPool, serverName string) (
 	return d, nil
 }
 
-func (d *dc) health(now time.Time) DCHealth {
+func (d *server) health(now time.Time) DCHealth {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return DCHealth{
@@ -89,7 +89,7 @@ func (d *dc) health(now time.Time) DCHealth {
 	}
 }
 
-func (d *dc) markDown(now time.Time, err error) {
+func (d *server) markDown(now time.Time, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.failures++
@@ -105,20 +105,20 @@ func (d *dc) markDown(now time.Time, err error) {
 	d.search, d.binds = nil, nil
 }
 
-func (d *dc) markUp(now time.Time) {
+func (d *server) markUp(now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.failures, d.downUntil, d.lastErr, d.lastOK = 0, time.Time{}, "", now
 }
 
-func (d *dc) isDown(now time.Time) (bool, time.Time) {
+func (d *server) isDown(now time.Time) (bool, time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return now.Before(d.downUntil), d.downUntil
 }
 
 // take pops an idle connection from a pool, newest first.
-func (d *dc) take(binds bool) *pooled {
+func (d *server) take(binds bool) *pooled {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := &d.search
@@ -136,7 +136,7 @@ func (d *dc) take(binds bool) *pooled {
 }
 
 // put returns a healthy connection to a pool, or closes it when full.
-func (d *dc) put(binds bool, c *ldap.Conn, max int, now time.Time) {
+func (d *server) put(binds bool, c *ldap.Conn, max int, now time.Time) {
 	d.mu.Lock()
 	p := &d.search
 	if binds {
@@ -151,7 +151,7 @@ func (d *dc) put(binds bool, c *ldap.Conn, max int, now time.Time) {
 	d.mu.Unlock()
 }
 
-func (d *dc) closeAll() {
+func (d *server) closeAll() {
 	d.mu.Lock()
 	conns := append(d.search, d.binds...)
 	d.search, d.binds = nil, nil
@@ -174,7 +174,8 @@ var ErrServiceBind = errors.New("ldapauth: service account bind refused")
 // dial opens a connection to d, with TLS (LDAPS or StartTLS) unless the
 // config allows plaintext, all within the dial timeout. For a search
 // connection it binds as the service account before the deadline too.
-func (a *Authenticator) dial(ctx context.Context, d *dc, service bool) (*ldap.Conn, error) {
+func (a *Authenticator) dial(ctx context.Context, d *server, service bool) (*ldap.Conn, error) {
+	parent := ctx
 	timeout := a.cfg.DialTimeout.D()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -195,6 +196,13 @@ func (a *Authenticator) dial(ctx context.Context, d *dc, service bool) (*ldap.Co
 		tc := tls.Client(raw, d.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			raw.Close()
+			if cerr := ctxErr(parent); cerr != nil {
+				return nil, fmt.Errorf("ldapauth: TLS handshake with %s: %w", d.url, cerr)
+			}
+			var ne net.Error
+			if !isTLSErr(err) && errors.As(err, &ne) {
+				return nil, fmt.Errorf("ldapauth: TLS handshake with %s: %w", d.url, err)
+			}
 			return nil, fmt.Errorf("%w: %s: %w", ErrTLS, d.url, err)
 		}
 		c = ldap.NewConn(tc, true)
@@ -209,13 +217,17 @@ func (a *Authenticator) dial(ctx context.Context, d *dc, service bool) (*ldap.Co
 	}
 	if d.starttls {
 		a.stats.ops.Add(1)
-		if err := c.StartTLS(d.tls); err != nil {
+		cfg, verr := capturingTLS(d.tls)
+		if err := c.StartTLS(cfg); err != nil {
+			if *verr != nil {
+				return fail(fmt.Errorf("%w: %s: %w", ErrTLS, d.url, *verr))
+			}
 			var le *ldap.Error
 			if errors.As(err, &le) && le.ResultCode != ldap.ErrorNetwork {
 				return fail(fmt.Errorf("ldapauth: StartTLS refused by %s: %w", d.url, err))
 			}
-			if isTLSErr(err) {
-				return fail(fmt.Errorf("%w: %s: %w", ErrTLS, d.url, err))
+			if cerr := ctxErr(parent); cerr != nil {
+				err = cerr
 			}
 			return fail(fmt.Errorf("ldapauth: StartTLS with %s: %w", d.url, err))
 		}
@@ -243,6 +255,48 @@ func (a *Authenticator) dial(ctx context.Context, d *dc, service bool) (*ldap.Co
 	return c, nil
 }
 
+// ctxErr is ctx's error, or DeadlineExceeded once its deadline has passed
+// even if its timer has not fired yet.
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// capturingTLS returns a copy of base that verifies the peer exactly as
+// crypto/tls would (roots, name, server-auth usage, intermediates) but keeps
+// the typed verification error, which go-ldap's StartTLS flattens to text.
+func capturingTLS(base *tls.Config) (*tls.Config, *error) {
+	var verr error
+	cfg := base.Clone()
+	cfg.InsecureSkipVerify = true // replaced by VerifyConnection below, never skipped
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			verr = errors.New("ldapauth: the server sent no certificate")
+			return verr
+		}
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+			Roots:         base.RootCAs,
+			DNSName:       base.ServerName,
+			Intermediates: inter,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		})
+		if err != nil {
+			verr = err
+		}
+		return err
+	}
+	return cfg, &verr
+}
+
 func isTLSErr(err error) bool {
 	var (
 		ue  x509.UnknownAuthorityError
@@ -258,7 +312,7 @@ func isTLSErr(err error) bool {
 
 // searchConn returns a service connection to d, pooled or new. An idle one
 // is checked with a root DSE read first.
-func (a *Authenticator) searchConn(ctx context.Context, d *dc) (*ldap.Conn, error) {
+func (a *Authenticator) searchConn(ctx context.Context, d *server) (*ldap.Conn, error) {
 	for {
 		p := d.take(false)
 		if p == nil {
@@ -280,7 +334,7 @@ func (a *Authenticator) searchConn(ctx context.Context, d *dc) (*ldap.Conn, erro
 
 // bindConn returns a connection to d used only for users' binds, and whether
 // it came from the pool.
-func (a *Authenticator) bindConn(ctx context.Context, d *dc) (*ldap.Conn, bool, error) {
+func (a *Authenticator) bindConn(ctx context.Context, d *server) (*ldap.Conn, bool, error) {
 	if p := d.take(true); p != nil {
 		return p.c, true, nil
 	}
