@@ -64,7 +64,7 @@ func (a staticAuth) Login(ctx context.Context, username, password, source string
 }
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	b      *Broker
 	j      *audit.Journal
 	v      *vault.Vault
@@ -84,7 +84,7 @@ const testIssuer = "https://appliance.test:8443"
 
 // testConfig is the config the suite runs with. Agent "bot" is this
 // process's uid on the agent socket.
-func testConfig(t *testing.T, dir string, pubFile string) Config {
+func testConfig(t testing.TB, dir string, pubFile string) Config {
 	t.Helper()
 	uid := os.Getuid()
 	secretHash, err := HashClientSecret("s3cret-for-tests")
@@ -110,7 +110,7 @@ func testConfig(t *testing.T, dir string, pubFile string) Config {
 	}
 }
 
-func newEnv(t *testing.T, mutate func(*Config)) *env {
+func newEnv(t testing.TB, mutate func(*Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
