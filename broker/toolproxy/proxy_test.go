@@ -354,4 +354,3 @@ func (f policyFunc) Allow(_ context.Context, r PolicyRequest) (bool, string, err
 	ok, why := f(r)
 	return ok, why, nil
 }
-

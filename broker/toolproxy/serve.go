@@ -347,4 +347,3 @@ func (c *call) bodyReader() io.Reader {
 	}
 	return bytes.NewReader(c.body)
 }
-
