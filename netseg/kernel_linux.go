@@ -9,8 +9,11 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
+
+const sendBuffer = 16 << 20
 
 // nft is the code that sends rulesets to the kernel; every verb opens a
 // fresh netlink socket in the namespace the Manager works in.
@@ -19,7 +22,22 @@ type nft struct {
 }
 
 func (k *nft) conn() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+	// A table with 10,000 networks is a batch of about half a megabyte, sent
+	// in one sendmsg: raise the socket's send buffer (root may force it).
+	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return nil
+		}
+		var serr error
+		_ = rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+		})
+		if serr != nil {
+			_ = c.SetWriteBuffer(sendBuffer)
+		}
+		return nil
+	})}
 	if k.nsFd > 0 {
 		opts = append(opts, nftables.WithNetNSFd(k.nsFd))
 	}

@@ -555,3 +555,27 @@ func TestKernelAcceptsGoldenRulesets(t *testing.T) {
 		})
 	}
 }
+
+// A big allow list goes through in one transaction (elements in chunks, a
+// forced send buffer) and reads back whole.
+func TestApplyTenThousandCIDRs(t *testing.T) {
+	lab := netns.New(t)
+	k := &nft{nsFd: lab.AI.Fd()}
+	rs, err := buildRuleset(&Config{Egress: []Rule{{To: manyCIDRs(10000), Proto: "tcp", Ports: []int{443}}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.replace(rs); err != nil {
+		t.Fatalf("replace: %v", err)
+	}
+	kt, err := k.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(kt.Sets["egress_0_v4"].Elems); got != 20000 {
+		t.Errorf("elements: got %d, want 20000 (start and end of 10000 ranges)", got)
+	}
+	if d := tableDrift(rs, kt); len(d) != 0 {
+		t.Errorf("drift: %v", d)
+	}
+}

@@ -472,6 +472,9 @@ func rangeString(r addrRange) string {
 	return r.from.String() + "-" + r.to.String()
 }
 
+// elemChunk is how many set elements go in one netlink message.
+const elemChunk = 1024
+
 // send queues the whole table on c, replacing whatever table of ours is
 // there: add (so the delete cannot fail), delete, add again, then chains,
 // sets and rules. Nothing is sent until c.Flush, which the kernel applies as
@@ -491,8 +494,15 @@ func send(c *nftables.Conn, rs *ruleset) error {
 	for _, s := range rs.Sets {
 		set := s.Set
 		set.Table = t
-		if err := c.AddSet(&set, s.Elems); err != nil {
+		// One netlink attribute holds at most 64 KiB: elements go in chunks.
+		first := s.Elems[:min(len(s.Elems), elemChunk)]
+		if err := c.AddSet(&set, first); err != nil {
 			return fmt.Errorf("netseg: set %s: %w", set.Name, err)
+		}
+		for i := len(first); i < len(s.Elems); i += elemChunk {
+			if err := c.SetAddElements(&set, s.Elems[i:min(len(s.Elems), i+elemChunk)]); err != nil {
+				return fmt.Errorf("netseg: set %s: %w", set.Name, err)
+			}
 		}
 	}
 	for _, cs := range rs.Chains {
