@@ -43,6 +43,19 @@ func Join(prefix string, errs []*FieldError) []*FieldError {
 	return errs
 }
 
+// ValueError is a value that does not parse as its type. Value is the text
+// the parser was given.
+type ValueError struct {
+	Value string
+	Msg   string
+}
+
+func (e *ValueError) Error() string { return e.Msg }
+
+func valueErr(v, format string, args ...any) error {
+	return &ValueError{Value: v, Msg: fmt.Sprintf(format, args...)}
+}
+
 // Duration is a time.Duration written as a Go duration string ("5m", "720h")
 // in the config file. Days are accepted as a convenience: "90d".
 type Duration time.Duration
@@ -56,17 +69,17 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	if n, ok := strings.CutSuffix(s, "d"); ok {
 		days, err := strconv.ParseUint(n, 10, 16)
 		if err != nil {
-			return fmt.Errorf("invalid duration %q: want a number of days like \"90d\"", s)
+			return valueErr(string(b), "invalid duration %q: want a number of days like \"90d\"", s)
 		}
 		*d = Duration(time.Duration(days) * 24 * time.Hour)
 		return nil
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q: want a value like \"30s\", \"5m\", \"720h\" or \"90d\"", s)
+		return valueErr(string(b), "invalid duration %q: want a value like \"30s\", \"5m\", \"720h\" or \"90d\"", s)
 	}
 	if v < 0 {
-		return fmt.Errorf("invalid duration %q: must not be negative", s)
+		return valueErr(string(b), "invalid duration %q: must not be negative", s)
 	}
 	*d = Duration(v)
 	return nil
@@ -114,10 +127,10 @@ func ParseByteSize(in string) (ByteSize, error) {
 	}
 	n, err := strconv.ParseInt(str, 10, 64)
 	if err != nil || n < 0 {
-		return 0, fmt.Errorf("invalid size %q: want a value like \"64MB\", \"512KiB\" or a number of bytes", in)
+		return 0, valueErr(in, "invalid size %q: want a value like \"64MB\", \"512KiB\" or a number of bytes", in)
 	}
 	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("invalid size %q: too large", in)
+		return 0, valueErr(in, "invalid size %q: too large", in)
 	}
 	return ByteSize(n * mult), nil
 }

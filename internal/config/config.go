@@ -189,6 +189,16 @@ func Parse(path string, data []byte) (*File, error) {
 			doc = blankExpression(doc, idx, line)
 			continue
 		}
+		var ve *conf.ValueError
+		if errors.As(err, &ve) && attempt < 200 {
+			if line := idx.lineOfValue(doc, ve.Value); line > 0 {
+				key := idx.pathAt(line, "")
+				probs = append(probs, Problem{File: path, Line: line, Key: key, Msg: ve.Error()})
+				decodeFailed[key] = true
+				doc = blankExpression(doc, idx, line)
+				continue
+			}
+		}
 		probs = append(probs, Problem{File: path, Msg: err.Error()})
 		return nil, &Error{Problems: probs}
 	}

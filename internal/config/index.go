@@ -18,7 +18,8 @@ type keyIndex struct {
 type expr struct {
 	path          string
 	line, endLine int
-	start, end    int // byte offsets of the whole expression
+	start, end    int    // byte offsets of the whole expression
+	value         string // the value as written, for locating errors without a position
 	isTableHeader bool
 }
 
@@ -68,7 +69,15 @@ func indexKeys(data []byte) (*keyIndex, *syntaxError) {
 			path := joinPath(prefix, parts)
 			idx.lines[path] = line
 			sh := p.Shape(e.Raw)
-			idx.exprs = append(idx.exprs, expr{path: path, line: line, endLine: sh.End.Line, start: sh.Start.Offset, end: sh.End.Offset})
+			var raw string
+			if v := e.Value(); v != nil {
+				if v.Raw.Length > 0 {
+					raw = string(p.Raw(v.Raw))
+				} else {
+					raw = string(v.Data)
+				}
+			}
+			idx.exprs = append(idx.exprs, expr{path: path, line: line, endLine: sh.End.Line, start: sh.Start.Offset, end: sh.End.Offset, value: raw})
 			idx.indexValue(&p, path, e.Value())
 		}
 	}
@@ -220,4 +229,17 @@ func blankExpression(doc []byte, idx *keyIndex, line int) []byte {
 		doc[i] = ' '
 	}
 	return doc
+}
+
+// lineOfValue finds the first key/value whose value is written as raw and
+// that is not yet blanked in doc: the decoder reports some value errors
+// without a position.
+func (idx *keyIndex) lineOfValue(doc []byte, raw string) int {
+	for _, e := range idx.exprs {
+		if e.isTableHeader || e.value != raw || e.start >= len(doc) || doc[e.start] == ' ' {
+			continue
+		}
+		return e.line
+	}
+	return 0
 }

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/config"
+)
+
+// testConfig writes a minimal config for a daemon in dir and initialises
+// its state (master key, TLS pair).
+func testConfig(t *testing.T, dir string, extra string) *config.File {
+	t.Helper()
+	body := fmt.Sprintf(`[server]
+listen = "%s"
+state_dir = "%s/state"
+admin_socket = "%s/admin.sock"
+agent_socket = "%s/agent.sock"
+tls_cert = "%s/tls/api.pem"
+tls_key = "%s/tls/api.key"
+shutdown_timeout = "3s"
+
+[vault]
+master_key_file = "%s/master.key"
+%s`, pickPort(t), dir, dir, dir, dir, dir, dir, extra)
+	path := filepath.Join(dir, "applianced.toml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	if err := initState(testEnv(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// pickPort returns a loopback address with a port that was free a moment ago.
+func pickPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func testEnv() *env {
+	var out, errb syncBuffer
+	return &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// notifySocket listens where the daemon's sd_notify messages go, as systemd
+// does, and returns every message received.
+func notifySocket(t *testing.T) <-chan string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	msgs := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	return msgs
+}
+
+func waitFor(t *testing.T, msgs <-chan string, prefix string) string {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				t.Fatalf("notify socket closed before %q", prefix)
+			}
+			if strings.HasPrefix(m, prefix) {
+				return m
+			}
+		case <-timeout:
+			t.Fatalf("no %q from the daemon", prefix)
+		}
+	}
+}
+
+type running struct {
+	cfg    *config.File
+	cancel context.CancelFunc
+	done   chan struct{}
+	code   int
+	env    *env
+}
+
+// stop ends the daemon as SIGTERM does and returns its exit code.
+func (r *running) stop(t *testing.T) int {
+	t.Helper()
+	r.cancel()
+	select {
+	case <-r.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon did not stop")
+	}
+	return r.code
+}
+
+func startDaemon(t *testing.T, cfg *config.File) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cfg: cfg, cancel: cancel, done: make(chan struct{}), env: testEnv()}
+	go func() {
+		r.code = serve(ctx, r.env, cfg, serveOptions{adminGID: -1})
+		close(r.done)
+	}()
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+func TestReadyIsSentOnlyWhenListenersAccept(t *testing.T) {
+	msgs := notifySocket(t)
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, "")
+	r := startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+	// At the moment READY arrives, every listener must accept.
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := hc.Get("https://" + cfg.Server.Listen + "/healthz")
+	if err != nil {
+		t.Fatalf("API not answering at READY: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("healthz: got %d, want 200", resp.StatusCode)
+	}
+	for _, sock := range []string{cfg.Server.AgentSocket, cfg.Server.AdminSocket} {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatalf("%s not accepting at READY: %v", sock, err)
+		}
+		c.Close()
+	}
+	if code := r.stop(t); code != exitOK {
+		t.Fatalf("serve exited %d after SIGTERM, want 0; stderr: %s", code, r.env.stderr)
+	}
+	waitFor(t, msgs, "STOPPING=1")
+}
+
+func TestReloadKeepsOldConfigWhenNewOneIsBroken(t *testing.T) {
+	msgs := notifySocket(t)
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, "")
+	r := startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+
+	good, _ := os.ReadFile(cfg.Path)
+	os.WriteFile(cfg.Path, append(good, []byte("\n[server2]\nbogus = 1\n")...), 0o600)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	m := waitFor(t, msgs, "RELOADING=1")
+	if !strings.Contains(m, "MONOTONIC_USEC=") {
+		t.Fatalf("reload notification %q lacks MONOTONIC_USEC", m)
+	}
+	waitFor(t, msgs, "READY=1")
+	if !strings.Contains(r.env.stderr.(*syncBuffer).String(), "server2.bogus") {
+		t.Fatalf("the refused reload did not log the problem; stderr: %s", r.env.stderr)
+	}
+	// Still serving.
+	if c, err := net.Dial("unix", cfg.Server.AdminSocket); err != nil {
+		t.Fatalf("daemon stopped serving after a refused reload: %v", err)
+	} else {
+		c.Close()
+	}
+	// A valid change is taken.
+	os.WriteFile(cfg.Path, bytes.Replace(good, []byte("[server]\n"), []byte("[server]\nlog_level = \"debug\"\n"), 1), 0o600)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitFor(t, msgs, "RELOADING=1")
+	waitFor(t, msgs, "READY=1")
+	r.stop(t)
+
+	outcomes := reloadOutcomes(t, filepath.Join(cfg.Server.StateDir, "audit"))
+	if len(outcomes) != 2 || outcomes[0] != audit.OutcomeDenied || outcomes[1] != audit.OutcomeSuccess {
+		t.Fatalf("config.reload outcomes: got %v, want [denied success]", outcomes)
+	}
+}
+
+func reloadOutcomes(t *testing.T, dir string) []string {
+	t.Helper()
+	j, err := audit.Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	r, _ := j.Reader(1)
+	defer r.Close()
+	var out []string
+	for i := uint64(1); i <= j.LastSeq(); i++ {
+		e, err := r.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Event.Type == "config.reload" {
+			out = append(out, e.Event.Outcome)
+		}
+	}
+	return out
+}
+
+func TestServeRefusesAnOpenKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, "")
+	os.Chmod(cfg.Server.TLSKey, 0o644)
+	e := testEnv()
+	code := serve(context.Background(), e, cfg, serveOptions{adminGID: -1})
+	if code != exitFailure {
+		t.Fatalf("serve with a 0644 key: exit %d, want 1", code)
+	}
+	if !strings.Contains(e.stderr.(*syncBuffer).String(), "mode 0644") || !strings.Contains(e.stderr.(*syncBuffer).String(), cfg.Server.TLSKey) {
+		t.Fatalf("error does not name the file and its mode: %s", e.stderr)
+	}
+}

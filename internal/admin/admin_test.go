@@ -1,0 +1,178 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/applianced/applianced/audit"
+)
+
+const clientEnv = "APPLIANCED_ADMIN_TEST_CLIENT"
+
+func TestMain(m *testing.M) {
+	if sock := os.Getenv(clientEnv); sock != "" {
+		// Child: call one verb and print the HTTP status (or the dial error).
+		var out map[string]any
+		err := NewClient(sock).Call(context.Background(), http.MethodGet, "/admin/v1/ping", nil, &out)
+		if ae, ok := err.(*Error); ok {
+			fmt.Print(ae.Status)
+			os.Exit(0)
+		}
+		if err != nil {
+			fmt.Print("error: ", err)
+			os.Exit(0)
+		}
+		fmt.Print(200)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// startAdmin serves a ping verb on a world-connectable socket, so that the
+// daemon's own peer-credential check (not the file mode) is what is tested.
+func startAdmin(t *testing.T, adminGID int) (sock string, j *audit.Journal) {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	j, err := audit.Open(filepath.Join(dir, "journal"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		c, _ := CallerFrom(r.Context())
+		WriteJSON(w, http.StatusOK, map[string]int{"uid": c.UID})
+	})
+	sock = filepath.Join(dir, "admin.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(sock, 0o666)
+	srv := NewServer(ServerConfig{AdminGID: adminGID, Handler: mux, Audit: j})
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return sock, j
+}
+
+// worldExecutable copies the test binary where another uid may run it (the
+// build dir is private to root).
+func worldExecutable(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "admin-client")
+	if err := os.WriteFile(exe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return exe
+}
+
+func runClient(t *testing.T, exe, sock string, cred *syscall.Credential) string {
+	t.Helper()
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), clientEnv+"="+sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client as %+v: %v: %s", cred, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func TestAdminSocketPeerCredentials(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start clients as other uids (capability CAP_SETUID absent)")
+	}
+	const adminGID, otherUID = 4242, 65534
+	cases := []struct {
+		name string
+		cred *syscall.Credential
+		want string
+	}{
+		{"root is accepted", nil, "200"},
+		{"another uid is refused", &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{}}, "403"},
+		{"a member of the admin group is accepted", &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{adminGID}}, "200"},
+		{"the admin group as primary group is accepted", &syscall.Credential{Uid: otherUID, Gid: adminGID, Groups: []uint32{}}, "200"},
+	}
+	exe := worldExecutable(t)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sock, j := startAdmin(t, adminGID)
+			if got := runClient(t, exe, sock, tc.cred); got != tc.want {
+				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+			refusals := countEvents(t, j, "admin.refused")
+			if tc.want == "403" && refusals != 1 {
+				t.Fatalf("got %d admin.refused events, want 1", refusals)
+			}
+			if tc.want == "200" && refusals != 0 {
+				t.Fatalf("got %d admin.refused events for an allowed caller, want 0", refusals)
+			}
+		})
+	}
+}
+
+func countEvents(t *testing.T, j *audit.Journal, typ string) int {
+	t.Helper()
+	n := 0
+	last := j.LastSeq()
+	if last == 0 {
+		return 0
+	}
+	r, _ := j.Reader(1)
+	defer r.Close()
+	for i := uint64(1); i <= last; i++ {
+		e, err := r.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Event.Type == typ {
+			if e.Event.Actor.UID == nil {
+				t.Fatalf("refusal event without the peer's uid: %s", e.Canonical)
+			}
+			n++
+		}
+	}
+	return n
+}
+
+func TestMalformedRequestIsRefusedCleanly(t *testing.T) {
+	sock, _ := startAdmin(t, -1)
+	c := NewClient(sock)
+	var out json.RawMessage
+	err := c.Call(context.Background(), http.MethodGet, "/admin/v1/ping", nil, &out)
+	if os.Geteuid() == 0 && err != nil {
+		t.Fatalf("root ping: %v", err)
+	}
+	// A request that is not HTTP at all gets an HTTP 400 and the connection closed.
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("\x00\x01garbage\r\n\r\n"))
+	buf := make([]byte, 64)
+	n, _ := conn.Read(buf)
+	if !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 400") {
+		t.Fatalf("got %q, want an HTTP 400", buf[:n])
+	}
+}
