@@ -293,7 +293,7 @@ func (p *Proxy) applyVerdict(c *call, v verdict, needApproval *bool, why *string
 			writeError(c.w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 			return false
 		}
-		c.deny(http.StatusForbidden, "agent.blocked", CodeAgentBlocked, "risk rule "+v.rule+": the agent is blocked until "+until.UTC().Format(time.RFC3339))
+		c.deny(http.StatusForbidden, "tool.deny", CodeAgentBlocked, "risk rule "+v.rule+": the agent is blocked until "+until.UTC().Format(time.RFC3339))
 		return false
 	}
 	return true

@@ -1,0 +1,203 @@
+package toolproxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/pquerna/otp/totp"
+)
+
+// askApproval makes a call that needs approval and returns its id.
+func askApproval(t *testing.T, e *env, token, path string, body []byte) string {
+	t.Helper()
+	got := e.do("DELETE", path, token, body, nil)
+	var eb errorBody
+	_ = json.Unmarshal(got.body, &eb)
+	if got.status != http.StatusForbidden || eb.Error != CodeApprovalRequired || eb.ApprovalID == "" {
+		t.Fatalf("got %d %s, want 403 approval_required with an id", got.status, got.body)
+	}
+	return eb.ApprovalID
+}
+
+func adminActor() audit.Actor { uid := 0; return audit.Actor{UID: &uid} }
+
+func TestApprovalIsBoundSingleUseAndExpires(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{"deleted": true}`))
+	e := stdEnv(t, u, RiskConfig{})
+	const path = "/v1/tools/tickets/tickets/7"
+	body := []byte(`{"reason": "duplicate"}`)
+	ctx := t.Context()
+
+	id := askApproval(t, e, agentToken, path, body)
+	if u.count() != 0 {
+		t.Fatal("the upstream was called before approval")
+	}
+	if ev := e.lastEvent("approval.request"); ev.Details["approval_id"] != id || ev.Actor.Agent != "bot" {
+		t.Errorf("got approval.request event %+v", ev)
+	}
+	poll := e.do("GET", "/v1/approvals/"+id, "", nil, nil)
+	if !bytes.Contains(poll.body, []byte(`"pending"`)) {
+		t.Errorf("got poll %d %s, want pending", poll.status, poll.body)
+	}
+	withID := map[string]string{ApprovalHeader: id}
+	if got := e.do("DELETE", path, agentToken, body, withID); got.status != 403 || got.errorCode() != CodeApprovalInvalid {
+		t.Errorf("before approval: got %d %s, want 403 approval_invalid", got.status, got.body)
+	}
+	if _, err := e.proxy.Decide(ctx, id, true, adminActor()); err != nil {
+		t.Fatalf("Decide: %v", err)
+	}
+	if _, err := e.proxy.Decide(ctx, id, false, adminActor()); err == nil {
+		t.Errorf("a second decision was accepted")
+	}
+
+	tests := []struct {
+		name       string
+		token      string
+		path       string
+		body       []byte
+		wantStatus int
+	}{
+		{"changed body", agentToken, path, []byte(`{"reason": "spam"}`), 403},
+		{"other path", agentToken, "/v1/tools/tickets/tickets/8", body, 403},
+		{"other query", agentToken, path + "?force=1", body, 403},
+		{"exact call", agentToken, path, body, 200},
+		{"second use", agentToken, path, body, 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := e.do("DELETE", tt.path, tt.token, tt.body, withID)
+			if got.status != tt.wantStatus {
+				t.Errorf("got %d %s, want %d", got.status, got.body, tt.wantStatus)
+			}
+		})
+	}
+	if u.count() != 1 {
+		t.Errorf("upstream got %d calls, want exactly 1", u.count())
+	}
+	if ev := e.lastEvent("tool.call"); ev.Details["approval_id"] != id {
+		t.Errorf("got tool.call approval_id %q, want %q", ev.Details["approval_id"], id)
+	}
+
+	t.Run("another user's token", func(t *testing.T) {
+		e.tok.add("bob-token", Principal{Agent: "bot", User: "bob", Scopes: allScopes()}, "tickets")
+		id2 := askApproval(t, e, agentToken, path, body)
+		if _, err := e.proxy.Decide(ctx, id2, true, adminActor()); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.do("DELETE", path, "bob-token", body, map[string]string{ApprovalHeader: id2}); got.status != 403 {
+			t.Errorf("got %d, want 403 for the same call on behalf of another user", got.status)
+		}
+	})
+	t.Run("expired", func(t *testing.T) {
+		id3 := askApproval(t, e, agentToken, path, body)
+		if _, err := e.proxy.Decide(ctx, id3, true, adminActor()); err != nil {
+			t.Fatal(err)
+		}
+		e.clk.Add(DefaultApprovalTTL + time.Second)
+		got := e.do("DELETE", path, agentToken, body, map[string]string{ApprovalHeader: id3})
+		if got.status != 403 || !bytes.Contains(got.body, []byte("expired")) {
+			t.Errorf("got %d %s, want 403 expired", got.status, got.body)
+		}
+	})
+	t.Run("denied", func(t *testing.T) {
+		id4 := askApproval(t, e, agentToken, path, body)
+		if _, err := e.proxy.Decide(ctx, id4, false, adminActor()); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.do("DELETE", path, agentToken, body, map[string]string{ApprovalHeader: id4}); got.status != 403 {
+			t.Errorf("got %d, want 403 for a denied approval", got.status)
+		}
+	})
+	if u.count() != 1 {
+		t.Errorf("upstream got %d calls, want exactly 1", u.count())
+	}
+}
+
+func totpSecret(t *testing.T, uri string) string {
+	t.Helper()
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "otpauth" {
+		t.Fatalf("enrolment URI %q: %v", uri, err)
+	}
+	return u.Query().Get("secret")
+}
+
+func (e *env) decideTOTP(id string, d TOTPDecision) reply {
+	e.t.Helper()
+	b, _ := json.Marshal(d)
+	return e.do("POST", "/v1/approvals/"+id, "", b, map[string]string{"Content-Type": "application/json"})
+}
+
+func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	ctx := t.Context()
+	aliceURI, err := e.proxy.EnrollTOTP(ctx, "alice")
+	if err != nil {
+		t.Fatalf("EnrollTOTP: %v", err)
+	}
+	bobURI, err := e.proxy.EnrollTOTP(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := totpSecret(t, aliceURI), totpSecret(t, bobURI)
+	if bytes.Contains(e.journalBytes(), []byte(alice)) || bytes.Contains(e.logs.Bytes(), []byte(alice)) {
+		t.Error("a TOTP seed is in the journal or the logs")
+	}
+	code := func(seed string) string {
+		c, err := totp.GenerateCode(seed, e.clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	const path = "/v1/tools/tickets/tickets/3"
+	id := askApproval(t, e, agentToken, path, nil) // the agent acts for alice
+
+	tests := []struct {
+		name string
+		d    TOTPDecision
+		want int
+	}{
+		{"bob with his own code", TOTPDecision{User: "bob", Code: code(bob), Decision: "approve"}, 403},
+		{"bob naming alice", TOTPDecision{User: "alice", Code: code(bob), Decision: "approve"}, 403},
+		{"alice with a wrong code", TOTPDecision{User: "alice", Code: "000000", Decision: "approve"}, 403},
+		{"alice", TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 200},
+		{"alice again", TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 409},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := e.decideTOTP(id, tt.d); got.status != tt.want {
+				t.Errorf("got %d %s, want %d", got.status, got.body, tt.want)
+			}
+		})
+	}
+	if got := e.do("DELETE", path, agentToken, nil, map[string]string{ApprovalHeader: id}); got.status != 200 {
+		t.Errorf("got %d %s, want the approved call through", got.status, got.body)
+	}
+	if ev := e.lastEvent("approval.approve"); ev.Actor.User != "alice" || ev.Details["approver"] != "totp" {
+		t.Errorf("got approval event %+v", ev)
+	}
+
+	t.Run("a code is good once", func(t *testing.T) {
+		id2 := askApproval(t, e, agentToken, path, nil)
+		if got := e.decideTOTP(id2, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}); got.status != 403 {
+			t.Errorf("got %d %s, want the replayed code refused", got.status, got.body)
+		}
+	})
+	t.Run("too many wrong codes deny the approval", func(t *testing.T) {
+		id3 := askApproval(t, e, agentToken, path, nil)
+		for range maxTOTPFailures {
+			e.decideTOTP(id3, TOTPDecision{User: "alice", Code: "123456", Decision: "approve"})
+		}
+		e.clk.Add(time.Minute)
+		if got := e.decideTOTP(id3, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}); got.status != 409 {
+			t.Errorf("got %d %s, want 409 once the approval is denied", got.status, got.body)
+		}
+	})
+}
