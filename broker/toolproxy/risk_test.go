@@ -223,4 +223,3 @@ func TestToolValidate(t *testing.T) {
 		t.Errorf("got %v, want a duplicate name on tool[1].name", dup)
 	}
 }
-
