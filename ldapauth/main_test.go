@@ -3,6 +3,7 @@ package ldapauth
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log"
 	"os"
@@ -41,6 +42,12 @@ var seedUsers = []samba.User{
 func pw(name string) string { return "Pw-" + name + "-7x!Q" }
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		// Fuzzing needs no DC, and each fuzz worker runs TestMain.
+		sambaSkip = errors.New("not started while fuzzing")
+		os.Exit(m.Run())
+	}
 	if err := samba.Available(); err != nil {
 		sambaSkip = err
 		os.Exit(m.Run())
@@ -123,14 +130,20 @@ func secrets(ctx context.Context, name string) ([]byte, error) {
 	return []byte(pw(svcName)), nil
 }
 
-// newAuth returns an Authenticator auditing to a real journal in a temp dir.
-func newAuth(t *testing.T, cfg Config, now func() time.Time) (*Authenticator, *audit.Journal) {
+func newJournal(t *testing.T) *audit.Journal {
 	t.Helper()
 	j, err := audit.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { j.Close() })
+	return j
+}
+
+// newAuth returns an Authenticator auditing to a real journal in a temp dir.
+func newAuth(t *testing.T, cfg Config, now func() time.Time) (*Authenticator, *audit.Journal) {
+	t.Helper()
+	j := newJournal(t)
 	a, err := New(cfg, Options{Audit: j, BindPassword: secrets, Now: now})
 	if err != nil {
 		t.Fatal(err)
