@@ -28,8 +28,8 @@ type devEnv struct {
 
 // devSteps let each area add to the demo before the daemon starts: start an
 // in-process service, append config, add lines to the printout. They run in
-// order.
-var devSteps []func(ctx context.Context, dv *devEnv) error
+// this order.
+var devSteps = []func(ctx context.Context, dv *devEnv) error{}
 
 // addTry adds a titled block of commands to the printout.
 func (dv *devEnv) addTry(title string, cmds ...string) {

@@ -15,9 +15,16 @@
 //     the admin socket (internal/admin).
 //
 // Adding a verb: write `func cmdX(ctx context.Context, e *env, args []string) int`
-// in the area's file and add one line to the table below. Adding a
-// component: a method `(d *daemon) openX(ctx) error` in the area's file and
-// one line in (*daemon).open.
+// in the area's file and add one line to the table below (a verb with
+// sub-verbs, like "secret put", is one line per sub-verb). Adding a
+// component: a method `(d *daemon) openX(ctx, bg context.Context) error` in
+// the area's file and one line in the steps of (*daemon).open; it mounts its
+// HTTP routes on d.api / d.admin, appends to d.closers and d.reloaders, and
+// runs loops with d.goBackground(bg, ...). Adding to `applianced dev`: a
+// `func devX(ctx context.Context, dv *devEnv) error` in the area's file and
+// one line in devSteps (dev.go); it starts its in-process service, appends
+// TOML to dv.sections, registers dv.cleanup, and adds printout lines with
+// dv.addTry.
 package main
 
 import (
