@@ -405,7 +405,7 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 	confirm := func() error {
 		now := time.Now()
 		if len(pending) > 0 {
-			rcv, err := c.received()
+			acked, taking, err := c.received()
 			if err != nil {
 				return err
 			}
@@ -413,13 +413,15 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 				if !pending[i].seen.IsZero() {
 					continue
 				}
-				if pending[i].end > rcv {
+				if pending[i].end > acked {
 					break
 				}
 				pending[i].seen = now
 			}
+			// Confirm what was acknowledged at least Settle ago, while the
+			// receiver is taking data now.
 			n := 0
-			for n < len(pending) && !pending[n].seen.IsZero() && now.Sub(pending[n].seen) >= o.Settle {
+			for taking && n < len(pending) && !pending[n].seen.IsZero() && now.Sub(pending[n].seen) >= o.Settle {
 				t.delivered.Store(pending[n].seq)
 				n++
 			}

@@ -154,17 +154,18 @@ func (c *conn) write(b []byte, timeout time.Duration) error {
 // written returns the bytes written to the socket so far.
 func (c *conn) written() uint64 { return c.raw.n.Load() }
 
-// received estimates how many of the bytes written the receiving
-// application has taken: what its TCP acknowledged, less what still sits
-// unread in its receive buffer (the shrink of the window it advertises
-// below the largest one seen). Datagram sockets report everything written.
-func (c *conn) received() (uint64, error) {
+// received returns how many of the bytes written the receiver's TCP has
+// acknowledged, and whether the receiving application is taking data: a
+// receiver that reads sends a window update once its window could double,
+// so a window below half the largest it advertised means data sits unread
+// in its buffer. Datagram sockets report everything written, taken.
+func (c *conn) received() (acked uint64, taking bool, err error) {
 	if c.tcp == nil {
-		return c.written(), nil
+		return c.written(), true, nil
 	}
 	sc, err := c.tcp.SyscallConn()
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	var (
 		info *unix.TCPInfo
@@ -178,24 +179,20 @@ func (c *conn) received() (uint64, error) {
 		}
 	})
 	if cerr != nil {
-		return 0, cerr
+		return 0, false, cerr
 	}
 	if ierr != nil {
-		return 0, fmt.Errorf("syslog: tcp_info: %w", ierr)
+		return 0, false, fmt.Errorf("syslog: tcp_info: %w", ierr)
 	}
 	w := c.written()
 	if uint64(outq) > w {
-		return 0, nil
+		return 0, false, nil
 	}
-	acked := w - uint64(outq)
 	if info.Snd_wnd > c.maxWd {
 		c.maxWd = info.Snd_wnd
 	}
-	unread := uint64(c.maxWd - info.Snd_wnd)
-	if unread > acked {
-		return 0, nil
-	}
-	return acked - unread, nil
+	// Kernels without tcpi_snd_wnd report 0 for both: acknowledged counts.
+	return w - uint64(outq), info.Snd_wnd*2 >= c.maxWd, nil
 }
 
 func (c *conn) close() error { return c.w.Close() }

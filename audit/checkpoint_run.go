@@ -1,0 +1,175 @@
+package audit
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// CheckpointOptions tune a Checkpointer. A nil *CheckpointOptions means the
+// defaults.
+type CheckpointOptions struct {
+	// Every is the number of entries after which a checkpoint is written.
+	// Default 10000.
+	Every int
+	// Interval is the longest time entries stay without a checkpoint.
+	// Default 1m.
+	Interval time.Duration
+	// Logger receives operational messages.
+	Logger *slog.Logger
+}
+
+// Checkpointer appends signed checkpoints to a journal: every Every entries
+// or Interval, whichever comes first, and a final one at Close. Checkpoints
+// go through the journal, so every forwarder delivers them with the stream.
+type Checkpointer struct {
+	j     *Journal
+	key   ed25519.PrivateKey
+	opts  CheckpointOptions
+	final chan chan error
+	done  chan struct{}
+}
+
+// NewCheckpointer returns a Checkpointer; Run starts it.
+func NewCheckpointer(j *Journal, key ed25519.PrivateKey, opts *CheckpointOptions) *Checkpointer {
+	var o CheckpointOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Every <= 0 {
+		o.Every = 10000
+	}
+	if o.Interval <= 0 {
+		o.Interval = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Checkpointer{j: j, key: key, opts: o, final: make(chan chan error), done: make(chan struct{})}
+}
+
+// PublicKey returns the key auditors verify checkpoints with.
+func (c *Checkpointer) PublicKey() ed25519.PublicKey { return c.key.Public().(ed25519.PublicKey) }
+
+// Run follows the journal and writes checkpoints until ctx ends or Close.
+func (c *Checkpointer) Run(ctx context.Context) error {
+	defer close(c.done)
+	start := c.j.LastSeq()
+	r, err := c.j.Reader(max(start, 1))
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	entries := make(chan Entry, 1024)
+	perr := make(chan error, 1)
+	pumped := make(chan struct{})
+	go func() {
+		defer close(pumped)
+		for {
+			e, err := r.Next(pctx)
+			if err != nil {
+				perr <- err
+				return
+			}
+			select {
+			case entries <- e:
+			case <-pctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-pumped
+		r.Close()
+	}()
+
+	var (
+		lastSeq  uint64
+		lastHash [32]byte
+		since    int // entries since the last checkpoint, checkpoints excluded
+	)
+	take := func(e Entry) {
+		lastSeq, lastHash = e.Seq, e.Hash
+		if e.Event.Type != TypeCheckpoint {
+			since++
+		}
+	}
+	write := func(final bool) error {
+		if lastSeq == 0 {
+			return nil
+		}
+		if _, err := c.j.Append(ctx, NewCheckpointEvent(c.key, lastSeq, lastHash, final)); err != nil {
+			return fmt.Errorf("audit: checkpoint at seq %d: %w", lastSeq, err)
+		}
+		since = 0
+		return nil
+	}
+	tick := time.NewTicker(c.opts.Interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-perr:
+			if errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed) {
+				return nil
+			}
+			return err
+		case e := <-entries:
+			take(e)
+			if since >= c.opts.Every {
+				if err := write(false); err != nil {
+					c.opts.Logger.Error("audit: checkpoint", "err", err)
+				}
+			}
+		case <-tick.C:
+			if since > 0 {
+				if err := write(false); err != nil {
+					c.opts.Logger.Error("audit: checkpoint", "err", err)
+				}
+			}
+		case reply := <-c.final:
+			// Catch up with everything durable, then seal it.
+			want := c.j.LastSeq()
+			var err error
+			for lastSeq < want && err == nil {
+				select {
+				case e := <-entries:
+					take(e)
+				case err = <-perr:
+				case <-ctx.Done():
+					err = ctx.Err()
+				}
+			}
+			if err == nil {
+				err = write(true)
+			}
+			reply <- err
+			return err
+		}
+	}
+}
+
+// Close writes the final checkpoint, covering every entry durable so far,
+// and stops Run. Call it after the last action and before the journal
+// closes; a Flush of the forwarders afterwards delivers it.
+func (c *Checkpointer) Close(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case c.final <- reply:
+	case <-c.done:
+		return errors.New("audit: checkpointer is not running")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
