@@ -179,15 +179,17 @@ func (c *oauthCache) token(ctx context.Context, secret []byte, hc *http.Client, 
 		if tok.AccessToken == "" || strings.ContainsAny(tok.AccessToken, "\r\n\x00 ") {
 			return nil, fmt.Errorf("%w: the token endpoint returned an unusable token", ErrCredential)
 		}
+		// The library stamps Expiry with the wall clock; keep the lifetime
+		// and measure it on the proxy's clock.
 		t := now()
-		exp := tok.Expiry
-		switch {
-		case exp.IsZero():
+		var exp time.Time
+		switch life := time.Until(tok.Expiry); {
+		case tok.Expiry.IsZero():
 			exp = t.Add(5 * time.Minute)
-		case exp.Sub(t) > 2*refreshBefore:
-			exp = exp.Add(-refreshBefore)
+		case life > 2*refreshBefore:
+			exp = t.Add(life - refreshBefore)
 		default:
-			exp = t.Add(exp.Sub(t) / 2)
+			exp = t.Add(life / 2)
 		}
 		c.mu.Lock()
 		c.key, c.tok, c.expiry = key, tok.AccessToken, exp

@@ -61,6 +61,11 @@ func parseToolPath(escaped string) (toolPath, error) {
 	if len(escaped) > MaxPathBytes {
 		return toolPath{}, badPath("longer than %d bytes", MaxPathBytes)
 	}
+	for i := 0; i < len(escaped); i++ {
+		if c := escaped[i]; c <= 0x20 || c >= 0x7f {
+			return toolPath{}, badPath("unescaped space, control or non-ASCII byte")
+		}
+	}
 	raw := strings.Split(escaped, "/")
 	if len(raw) > MaxPathSegments+1 {
 		return toolPath{}, badPath("more than %d segments", MaxPathSegments)
@@ -89,6 +94,9 @@ func parseToolPath(escaped string) (toolPath, error) {
 			return toolPath{}, err
 		}
 		p.segments = append(p.segments, d)
+	}
+	if len(p.tool)+len(p.escaped()) > MaxPathBytes {
+		return toolPath{}, badPath("longer than %d bytes once escaped", MaxPathBytes)
 	}
 	return p, nil
 }
