@@ -61,9 +61,6 @@ func (b *Broker) deny(ctx context.Context, q *request, typ string, e *oauthError
 	if q.client.method != "" {
 		ev.Details["client_auth"] = q.client.method
 	}
-	if typ == "auth.login" {
-		ev.Action = "login"
-	}
 	_ = b.record(ctx, ev)
 	return e
 }
@@ -178,11 +175,7 @@ func (b *Broker) issue(ctx context.Context, q *request, typ string, c *claims, r
 	if refresh != "" {
 		details["refresh"] = "issued"
 	}
-	action := "token.issue"
-	if typ == "auth.login" {
-		action = "login"
-	}
-	ev := &audit.Event{Type: typ, Actor: q.actor(), Action: action, Target: q.grant, Outcome: audit.OutcomeSuccess,
+	ev := &audit.Event{Type: typ, Actor: q.actor(), Action: "token.issue", Target: q.grant, Outcome: audit.OutcomeSuccess,
 		Source: q.srcString, Details: details}
 	if err := b.record(ctx, ev); err != nil {
 		return nil, errUnavailable
@@ -362,20 +355,18 @@ func (b *Broker) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	q.user = in.Username
 	if b.auth == nil {
-		writeOAuthError(w, b.deny(ctx, q, "auth.login", oerr(http.StatusServiceUnavailable, "temporarily_unavailable", "login is not configured"), ""))
+		writeOAuthError(w, oerr(http.StatusServiceUnavailable, "temporarily_unavailable", "login is not configured"))
 		return
 	}
+	// The Authenticator records the attempt and its outcome (auth.login).
 	id, ok, err := b.auth.Login(ctx, in.Username, in.Password, q.srcString)
 	if err != nil {
-		b.log.Warn("broker: directory login failed", "user", in.Username, "err", err)
-		ev := &audit.Event{Type: "auth.login", Severity: audit.SeverityWarn, Actor: q.actor(), Action: "login",
-			Outcome: audit.OutcomeFailure, Reason: "directory unavailable", Source: q.srcString}
-		_ = b.record(ctx, ev)
+		b.log.Warn("broker: directory login failed", "err", err)
 		writeOAuthError(w, oerr(http.StatusServiceUnavailable, "temporarily_unavailable", "the directory cannot be reached; try again"))
 		return
 	}
 	if !ok {
-		writeOAuthError(w, b.deny(ctx, q, "auth.login", oerr(http.StatusBadRequest, "invalid_grant", "invalid username or password"), audit.SeverityWarn))
+		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_grant", "invalid username or password"))
 		return
 	}
 	q.user = id.Username
@@ -390,7 +381,7 @@ func (b *Broker) handleLogin(w http.ResponseWriter, r *http.Request) {
 		writeOAuthError(w, errUnavailable)
 		return
 	}
-	resp, oe := b.userToken(ctx, q, "auth.login", id.Username, id.Groups, scopes, refresh)
+	resp, oe := b.userToken(ctx, q, "token.issue", id.Username, id.Groups, scopes, refresh)
 	if oe != nil {
 		_, _ = b.store.RevokeRefresh(ctx, rt.Hash)
 		writeOAuthError(w, oe)

@@ -128,6 +128,9 @@ func OpenStore(path string) (Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("broker: initializing %s: %w", path, err)
 	}
+	// Client assertions arrive concurrently: commit them in groups, soon.
+	db.MaxBatchDelay = 2 * time.Millisecond
+	db.MaxBatchSize = 256
 	return &boltStore{db: db}, nil
 }
 

@@ -1,0 +1,226 @@
+package broker
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Benchmarks run against the real durable audit journal (fsync, group
+// commit), the real vault for the signing key and the bbolt store, on a
+// real Unix socket with peer credentials or loopback TLS.
+
+const benchWorkers = 128
+
+var ccBody = url.Values{"grant_type": {"client_credentials"}, "scope": {"tickets:read"}}.Encode()
+
+// socketRequest returns a function that fetches one token over the agent socket.
+func socketRequest(tb testing.TB, e *env) func() error {
+	hc := unixClient(e.sock)
+	hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 2 * benchWorkers
+	return func() error {
+		req, _ := http.NewRequest(http.MethodPost, "http://agent/oauth2/token", strings.NewReader(ccBody))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		return doToken(hc, req)
+	}
+}
+
+// httpsRequest returns a function that fetches one token over HTTPS with a
+// fresh private_key_jwt assertion, signed by the client as a real agent would.
+func httpsRequest(tb testing.TB, e *env) func() error {
+	hc := e.https.Client()
+	hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 2 * benchWorkers
+	aud := e.b.tokenEndpoint()
+	key := e.remoteKey
+	return func() error {
+		now := time.Now()
+		form := url.Values{"grant_type": {"client_credentials"}, "client_assertion_type": {assertionType},
+			"client_assertion": {signAssertion(tb, key, "remote", aud, now.Add(time.Minute), newID(), now)}}
+		req, _ := http.NewRequest(http.MethodPost, e.https.URL+"/oauth2/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		return doToken(hc, req)
+	}
+}
+
+type statusError int
+
+func (s statusError) Error() string { return "status " + http.StatusText(int(s)) }
+
+func doToken(hc *http.Client, req *http.Request) error {
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return statusError(resp.StatusCode)
+	}
+	return nil
+}
+
+// closedLoop runs n requests with benchWorkers concurrent clients.
+func closedLoop(tb testing.TB, n int, do func() error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for range benchWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if err := do(); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func BenchmarkClientCredentialsSocket(b *testing.B) {
+	e := newEnv(b, nil)
+	e.serveSocket()
+	do := socketRequest(b, e)
+	closedLoop(b, 100, do) // warm connections
+	b.ResetTimer()
+	closedLoop(b, b.N, do)
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+}
+
+func BenchmarkClientCredentialsHTTPS(b *testing.B) {
+	e := newEnv(b, nil)
+	e.serveHTTPS()
+	do := httpsRequest(b, e)
+	closedLoop(b, 100, do)
+	b.ResetTimer()
+	closedLoop(b, b.N, do)
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+}
+
+var (
+	peakMu sync.Mutex
+	peaks  = map[string]float64{}
+)
+
+// peak measures (once per name) the closed-loop rate of do over 2 s.
+func peak(tb testing.TB, name string, do func() error) float64 {
+	peakMu.Lock()
+	defer peakMu.Unlock()
+	if p, ok := peaks[name]; ok {
+		return p
+	}
+	closedLoop(tb, 200, do)
+	start := time.Now()
+	n := 0
+	for time.Since(start) < 2*time.Second {
+		closedLoop(tb, 1000, do)
+		n += 1000
+	}
+	p := float64(n) / time.Since(start).Seconds()
+	peaks[name] = p
+	return p
+}
+
+// openLoop sends n requests at rate per second, whatever the answers'
+// latency (no coordinated omission: latency counts from the scheduled
+// send time), and reports the p50 and p99 latency.
+func openLoop(b *testing.B, rate float64, do func() error) {
+	type job struct{ at time.Time }
+	jobs := make(chan job, b.N)
+	lat := make([]time.Duration, 0, b.N)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for range 4 * benchWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				if err := do(); err != nil {
+					failed.Store(err)
+				}
+				d := time.Since(j.at)
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+		}()
+	}
+	interval := time.Duration(float64(time.Second) / rate)
+	start := time.Now()
+	for i := 0; i < b.N; {
+		due := int(time.Since(start)/interval) + 1
+		for ; i < due && i < b.N; i++ {
+			jobs <- job{at: start.Add(time.Duration(i) * interval)}
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	close(jobs)
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return float64(lat[int(float64(len(lat)-1)*p)].Microseconds()) / 1000 }
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(rate, "offered/s")
+}
+
+func BenchmarkClientCredentialsSocketHalfLoad(b *testing.B) {
+	e := newEnv(b, nil)
+	e.serveSocket()
+	do := socketRequest(b, e)
+	rate := peak(b, "socket", do) / 2
+	b.ResetTimer()
+	openLoop(b, rate, do)
+}
+
+func BenchmarkClientCredentialsHTTPSHalfLoad(b *testing.B) {
+	e := newEnv(b, nil)
+	e.serveHTTPS()
+	do := httpsRequest(b, e)
+	rate := peak(b, "https", do) / 2
+	b.ResetTimer()
+	openLoop(b, rate, do)
+}
+
+func BenchmarkVerify(b *testing.B) {
+	e := newEnv(b, nil)
+	raw := e.signed(e.goodClaims())
+	ctx := context.Background()
+	aud := e.b.ToolAudience()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := e.b.Verify(ctx, raw, aud); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifications/s")
+}
+
+func BenchmarkSign(b *testing.B) {
+	e := newEnv(b, nil)
+	c := e.goodClaims()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := e.b.sign(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
