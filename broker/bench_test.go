@@ -223,4 +223,3 @@ func BenchmarkSign(b *testing.B) {
 		}
 	}
 }
-
