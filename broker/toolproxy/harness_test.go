@@ -126,7 +126,7 @@ func (s *syncBuffer) Bytes() []byte {
 
 // env is one proxy with real journal and vault, served on loopback.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	clk     *clock
 	journal *audit.Journal
@@ -150,7 +150,7 @@ type envOpts struct {
 
 // newEnv opens a journal and a vault in a temp dir, stores the secrets,
 // and starts the proxy on a loopback HTTP server.
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -331,7 +331,7 @@ type upstream struct {
 	fn   http.HandlerFunc
 }
 
-func newUpstream(t *testing.T, fn http.HandlerFunc) *upstream {
+func newUpstream(t testing.TB, fn http.HandlerFunc) *upstream {
 	t.Helper()
 	u := &upstream{fn: fn}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -389,7 +389,7 @@ func allScopes() []string { return []string{"tickets:read", "tickets:create", "t
 
 // stdEnv is newEnv with stdTool, its secret and a token for agent "bot"
 // acting for user "alice".
-func stdEnv(t *testing.T, u *upstream, risk RiskConfig) *env {
+func stdEnv(t testing.TB, u *upstream, risk RiskConfig) *env {
 	t.Helper()
 	e := newEnv(t, envOpts{tools: []Tool{stdTool(u.URL)}, risk: risk, secrets: map[string]string{"tickets-key": toolSecret}})
 	e.tok.add(agentToken, Principal{Agent: "bot", User: "alice", Groups: []string{"helpdesk"}, Scopes: allScopes(), JTI: "jti-1"}, "tickets")
