@@ -26,9 +26,9 @@ func (l *links) handle() (*netlink.Handle, error) {
 	var h *netlink.Handle
 	var err error
 	if l.nsFd > 0 {
-		h, err = netlink.NewHandleAt(vnetns.NsHandle(l.nsFd))
+		h, err = netlink.NewHandleAt(vnetns.NsHandle(l.nsFd), unix.NETLINK_ROUTE)
 	} else {
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("netseg: netlink: %w", err)
@@ -221,17 +221,9 @@ func (l *links) ensure(vlans []VLAN) ([]string, error) {
 				return done, fmt.Errorf("netseg: MTU of %s: %w", v.Name, err)
 			}
 		}
+		// Stale addresses go first: removing a primary address takes its
+		// secondaries (a new one in the same subnet) with it.
 		want := normAddrs(v.Addresses)
-		for _, a := range want {
-			if slices.Contains(st.Addrs, a) {
-				continue
-			}
-			p := netip.MustParsePrefix(a)
-			addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
-			if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-				return done, fmt.Errorf("netseg: address %s on %s: %w", a, v.Name, err)
-			}
-		}
 		for _, a := range st.Addrs {
 			if slices.Contains(want, a) {
 				continue
@@ -240,6 +232,16 @@ func (l *links) ensure(vlans []VLAN) ([]string, error) {
 			addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
 			if err := h.AddrDel(link, addr); err != nil {
 				return done, fmt.Errorf("netseg: remove address %s from %s: %w", a, v.Name, err)
+			}
+		}
+		for _, a := range want {
+			if slices.Contains(st.Addrs, a) {
+				continue
+			}
+			p := netip.MustParsePrefix(a)
+			addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+			if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+				return done, fmt.Errorf("netseg: address %s on %s: %w", a, v.Name, err)
 			}
 		}
 		if link.Attrs().Flags&net.FlagUp == 0 {
