@@ -61,6 +61,7 @@ var Catalogue = []EventType{
 	{"net.down", "the appliance's firewall table was removed", 10},
 	{"net.drift", "the kernel's rules differ from the applied plan", 10},
 	{"net.egress_blocked", "traffic leaving the AI server was blocked by the firewall", 8},
+	{"net.ingress_blocked", "traffic to the appliance from outside the allowed networks was blocked", 5},
 
 	// Administration and the daemon.
 	{"admin.refused", "a caller on the admin socket was refused", 8},

@@ -190,4 +190,3 @@ func TestHasherIsKeyedAndStable(t *testing.T) {
 		t.Error("got the same HMAC for another value")
 	}
 }
-
