@@ -59,6 +59,10 @@ var verbs = []verb{
 	{"version", "print the version, commit and Go version", cmdVersion},
 	{"audit verify", "verify the audit journal (or syslog captures)", cmdAuditVerify},
 	{"audit tail", "print the newest audit events; -f follows", cmdAuditTail},
+	{"approval list", "list tool-call approvals", cmdApprovalList},
+	{"approval approve", "approve one pending tool call", cmdApprovalApprove},
+	{"approval deny", "deny one pending tool call", cmdApprovalDeny},
+	{"user totp enroll", "print an otpauth:// URI for a user's authenticator", cmdUserTOTPEnroll},
 }
 
 func main() {

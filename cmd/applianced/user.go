@@ -1,0 +1,33 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/applianced/applianced/broker/toolproxy"
+)
+
+func cmdUserTOTPEnroll(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("user totp enroll", "USER", "Create (or replace) USER's TOTP seed for approving their agents' tool calls, and\n"+
+		"print the otpauth:// URI to load into their authenticator app. The URI holds the\n"+
+		"seed: hand it to the user only. The seed is stored sealed in the state dir.",
+		"applianced user totp enroll alice", "applianced user totp enroll alice | qrencode -t ansiutf8")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 1) {
+		return exitUsage
+	}
+	var out toolproxy.EnrollAnswer
+	if err := e.call(ctx, *cfgPath, http.MethodPost, toolproxy.AdminTOTPEnroll, toolproxy.EnrollRequest{User: fs.Arg(0)}, &out); err != nil {
+		return e.fail("user totp enroll", err)
+	}
+	if *asJSON {
+		e.printJSON(out)
+		return exitOK
+	}
+	fmt.Fprintln(e.stdout, out.URI)
+	return exitOK
+}
