@@ -87,7 +87,12 @@ func FuzzDecodeKeyring(f *testing.F) {
 		if kr.activeTerm() == nil {
 			t.Fatal("accepted a keyring without its active term")
 		}
-		if !bytes.Equal(kr.encode(), b) {
+		enc := kr.encode()
+		kr2, err := decodeKeyring(enc)
+		if err != nil {
+			t.Fatalf("re-encoded keyring does not decode: %v", err)
+		}
+		if !bytes.Equal(kr2.encode(), enc) || kr2.active != kr.active || len(kr2.terms) != len(kr.terms) {
 			t.Fatal("keyring encode/decode is not stable")
 		}
 	})
