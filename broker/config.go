@@ -185,35 +185,123 @@ var (
 	unitRE  = regexp.MustCompile(`^[A-Za-z0-9:_.\\@-]{1,200}\.(service|scope)$`)
 )
 
+// Validate checks one [[role]]. Keys are relative to it ("scopes[0]").
+// Names' uniqueness is the loader's (or Config.Validate's) job.
+func (r Role) Validate() []*conf.FieldError {
+	var errs []*conf.FieldError
+	if !nameRE.MatchString(r.Name) {
+		errs = append(errs, conf.Errf("name", "%q is not a valid name (letters, digits, . _ -)", r.Name))
+	}
+	if len(r.Scopes) == 0 {
+		errs = append(errs, conf.Errf("scopes", "a role needs at least one scope"))
+	}
+	for j, s := range r.Scopes {
+		if !scopeRE.MatchString(s) {
+			errs = append(errs, conf.Errf(fmt.Sprintf("scopes[%d]", j), "%q is not a valid scope", s))
+		}
+	}
+	if r.TTL > 0 && r.TTL.D() < 10*time.Second {
+		errs = append(errs, conf.Errf("ttl", "must be at least 10s"))
+	}
+	if r.MaxTTL > 0 && r.TTL > r.MaxTTL {
+		errs = append(errs, conf.Errf("ttl", "%s is longer than max_ttl %s", r.TTL.D(), r.MaxTTL.D()))
+	}
+	return errs
+}
+
+// Validate checks one [[agent]]. Keys are relative to it ("roles[1]").
+func (a Agent) Validate() []*conf.FieldError {
+	var errs []*conf.FieldError
+	if !nameRE.MatchString(a.Name) {
+		errs = append(errs, conf.Errf("name", "%q is not a valid name (letters, digits, . _ -)", a.Name))
+	}
+	if len(a.Roles) == 0 {
+		errs = append(errs, conf.Errf("roles", "an agent needs at least one role"))
+	}
+	local := 0
+	if a.UnixUser != "" {
+		local++
+	}
+	if a.UnixUID != nil {
+		local++
+		if *a.UnixUID < 0 {
+			errs = append(errs, conf.Errf("unix_uid", "must not be negative"))
+		}
+	}
+	if a.SystemdUnit != "" {
+		local++
+		if !unitRE.MatchString(a.SystemdUnit) {
+			errs = append(errs, conf.Errf("systemd_unit", "%q is not a .service or .scope unit name", a.SystemdUnit))
+		}
+	}
+	if local > 1 {
+		errs = append(errs, conf.Errf("", "name one of unix_user, unix_uid and systemd_unit, not several"))
+	}
+	if a.ClientSecretHash != "" {
+		if _, err := parseArgon2id(a.ClientSecretHash); err != nil {
+			errs = append(errs, conf.Errf("client_secret_hash", "%v", err))
+		}
+	}
+	if local == 0 && a.PublicKeyFile == "" && a.ClientSecretHash == "" {
+		errs = append(errs, conf.Errf("", "no way to authenticate: set unix_user, unix_uid, systemd_unit, public_key_file or client_secret_hash"))
+	}
+	for j, g := range a.ActForGroups {
+		if strings.TrimSpace(g) == "" {
+			errs = append(errs, conf.Errf(fmt.Sprintf("act_for_groups[%d]", j), "empty group name"))
+		}
+	}
+	return errs
+}
+
+// Validate checks one [[policy]]. Keys are relative to it ("hours").
+func (p Policy) Validate() []*conf.FieldError {
+	var errs []*conf.FieldError
+	if !nameRE.MatchString(p.Name) {
+		errs = append(errs, conf.Errf("name", "%q is not a valid name (letters, digits, . _ -)", p.Name))
+	}
+	for j, s := range p.Scopes {
+		if !scopeRE.MatchString(s) {
+			errs = append(errs, conf.Errf(fmt.Sprintf("scopes[%d]", j), "%q is not a valid scope", s))
+		}
+	}
+	if p.Hours != "" {
+		if _, err := ParseHours(p.Hours); err != nil {
+			errs = append(errs, conf.Errf("hours", "%v", err))
+		}
+	}
+	for j, s := range p.SourceCIDRs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			errs = append(errs, conf.Errf(fmt.Sprintf("source_cidrs[%d]", j), "%q is not a CIDR like \"10.20.0.0/24\"", s))
+		}
+	}
+	switch p.Effect {
+	case "allow", "deny":
+	case "":
+		errs = append(errs, conf.Errf("effect", "missing: \"allow\" or \"deny\""))
+	default:
+		errs = append(errs, conf.Errf("effect", "%q: want \"allow\" or \"deny\"", p.Effect))
+	}
+	if p.Effect == "allow" && p.Hours == "" && len(p.SourceCIDRs) == 0 {
+		errs = append(errs, conf.Errf("", "an allow policy needs a condition (hours or source_cidrs)"))
+	}
+	return errs
+}
+
 // Validate checks the [tokens], [[role]], [[agent]] and [[policy]] sections
-// together, since they refer to each other. Keys are relative to the file's
-// root: "tokens.ttl", "role[1].name", "agent[0].roles[2]".
+// together: each one, then what they say about each other (unique names,
+// known roles and agents, one agent per local identity, role TTLs within
+// max_ttl). Keys are relative to the file's root: "tokens.ttl",
+// "role[1].name", "agent[0].roles[2]".
 func (c Config) Validate() []*conf.FieldError {
 	errs := conf.Join("tokens", c.Tokens.Validate())
 	roles := map[string]bool{}
 	for i, r := range c.Roles {
 		k := fmt.Sprintf("role[%d]", i)
-		switch {
-		case !nameRE.MatchString(r.Name):
-			errs = append(errs, conf.Errf(k+".name", "%q is not a valid name (letters, digits, . _ -)", r.Name))
-		case roles[r.Name]:
+		errs = append(errs, conf.Join(k, r.Validate())...)
+		if roles[r.Name] {
 			errs = append(errs, conf.Errf(k+".name", "duplicate role %q", r.Name))
 		}
 		roles[r.Name] = true
-		if len(r.Scopes) == 0 {
-			errs = append(errs, conf.Errf(k+".scopes", "a role needs at least one scope"))
-		}
-		for j, s := range r.Scopes {
-			if !scopeRE.MatchString(s) {
-				errs = append(errs, conf.Errf(fmt.Sprintf("%s.scopes[%d]", k, j), "%q is not a valid scope", s))
-			}
-		}
-		if r.TTL > 0 && r.TTL.D() < 10*time.Second {
-			errs = append(errs, conf.Errf(k+".ttl", "must be at least 10s"))
-		}
-		if r.MaxTTL > 0 && r.TTL > r.MaxTTL {
-			errs = append(errs, conf.Errf(k+".ttl", "%s is longer than max_ttl %s", r.TTL.D(), r.MaxTTL.D()))
-		}
 		if r.TTL.D() > c.Tokens.maxTTL() {
 			errs = append(errs, conf.Errf(k+".ttl", "%s is longer than tokens.max_ttl %s", r.TTL.D(), c.Tokens.maxTTL()))
 		}
@@ -229,73 +317,40 @@ func (c Config) Validate() []*conf.FieldError {
 	units := map[string]string{}
 	for i, a := range c.Agents {
 		k := fmt.Sprintf("agent[%d]", i)
-		switch {
-		case !nameRE.MatchString(a.Name):
-			errs = append(errs, conf.Errf(k+".name", "%q is not a valid name (letters, digits, . _ -)", a.Name))
-		case agents[a.Name]:
+		errs = append(errs, conf.Join(k, a.Validate())...)
+		if agents[a.Name] {
 			errs = append(errs, conf.Errf(k+".name", "duplicate agent %q", a.Name))
 		}
 		agents[a.Name] = true
-		if len(a.Roles) == 0 {
-			errs = append(errs, conf.Errf(k+".roles", "an agent needs at least one role"))
-		}
 		for j, r := range a.Roles {
 			if !roles[r] {
 				errs = append(errs, conf.Errf(fmt.Sprintf("%s.roles[%d]", k, j), "unknown role %q", r))
 			}
 		}
-		local := 0
 		if a.UnixUser != "" {
-			local++
 			if o, dup := users[a.UnixUser]; dup {
 				errs = append(errs, conf.Errf(k+".unix_user", "%q is already agent %q", a.UnixUser, o))
 			}
 			users[a.UnixUser] = a.Name
 		}
 		if a.UnixUID != nil {
-			local++
-			if *a.UnixUID < 0 {
-				errs = append(errs, conf.Errf(k+".unix_uid", "must not be negative"))
-			}
 			if o, dup := uids[*a.UnixUID]; dup {
 				errs = append(errs, conf.Errf(k+".unix_uid", "uid %d is already agent %q", *a.UnixUID, o))
 			}
 			uids[*a.UnixUID] = a.Name
 		}
 		if a.SystemdUnit != "" {
-			local++
-			if !unitRE.MatchString(a.SystemdUnit) {
-				errs = append(errs, conf.Errf(k+".systemd_unit", "%q is not a .service or .scope unit name", a.SystemdUnit))
-			}
 			if o, dup := units[a.SystemdUnit]; dup {
 				errs = append(errs, conf.Errf(k+".systemd_unit", "%q is already agent %q", a.SystemdUnit, o))
 			}
 			units[a.SystemdUnit] = a.Name
 		}
-		if local > 1 {
-			errs = append(errs, conf.Errf(k, "name one of unix_user, unix_uid and systemd_unit, not several"))
-		}
-		if a.ClientSecretHash != "" {
-			if _, err := parseArgon2id(a.ClientSecretHash); err != nil {
-				errs = append(errs, conf.Errf(k+".client_secret_hash", "%v", err))
-			}
-		}
-		if local == 0 && a.PublicKeyFile == "" && a.ClientSecretHash == "" {
-			errs = append(errs, conf.Errf(k, "no way to authenticate: set unix_user, unix_uid, systemd_unit, public_key_file or client_secret_hash"))
-		}
-		for j, g := range a.ActForGroups {
-			if strings.TrimSpace(g) == "" {
-				errs = append(errs, conf.Errf(fmt.Sprintf("%s.act_for_groups[%d]", k, j), "empty group name"))
-			}
-		}
 	}
 	pols := map[string]bool{}
 	for i, p := range c.Policies {
 		k := fmt.Sprintf("policy[%d]", i)
-		switch {
-		case !nameRE.MatchString(p.Name):
-			errs = append(errs, conf.Errf(k+".name", "%q is not a valid name (letters, digits, . _ -)", p.Name))
-		case pols[p.Name]:
+		errs = append(errs, conf.Join(k, p.Validate())...)
+		if pols[p.Name] {
 			errs = append(errs, conf.Errf(k+".name", "duplicate policy %q", p.Name))
 		}
 		pols[p.Name] = true
@@ -303,31 +358,6 @@ func (c Config) Validate() []*conf.FieldError {
 			if !agents[a] {
 				errs = append(errs, conf.Errf(fmt.Sprintf("%s.agents[%d]", k, j), "unknown agent %q", a))
 			}
-		}
-		for j, s := range p.Scopes {
-			if !scopeRE.MatchString(s) {
-				errs = append(errs, conf.Errf(fmt.Sprintf("%s.scopes[%d]", k, j), "%q is not a valid scope", s))
-			}
-		}
-		if p.Hours != "" {
-			if _, err := ParseHours(p.Hours); err != nil {
-				errs = append(errs, conf.Errf(k+".hours", "%v", err))
-			}
-		}
-		for j, s := range p.SourceCIDRs {
-			if _, err := netip.ParsePrefix(s); err != nil {
-				errs = append(errs, conf.Errf(fmt.Sprintf("%s.source_cidrs[%d]", k, j), "%q is not a CIDR like \"10.20.0.0/24\"", s))
-			}
-		}
-		switch p.Effect {
-		case "allow", "deny":
-		case "":
-			errs = append(errs, conf.Errf(k+".effect", "missing: \"allow\" or \"deny\""))
-		default:
-			errs = append(errs, conf.Errf(k+".effect", "%q: want \"allow\" or \"deny\"", p.Effect))
-		}
-		if p.Effect == "allow" && p.Hours == "" && len(p.SourceCIDRs) == 0 {
-			errs = append(errs, conf.Errf(k, "an allow policy needs a condition (hours or source_cidrs)"))
 		}
 	}
 	return errs
