@@ -268,19 +268,12 @@ func appendEnvelope(b []byte, r *record) []byte {
 }
 
 // appendBody writes the whole-event body: the envelope and the canonical
-// event JSON. DEL (which receivers such as rsyslog rewrite as a control
-// character) is written as \u007f; the verifier re-canonicalises such an
-// event before hashing.
+// event JSON, byte for byte (it holds no control character: JSON escapes
+// them).
 func appendBody(b []byte, r *record) []byte {
 	b = appendEnvelope(b, r)
 	b = append(b, `,"event":`...)
-	for _, c := range r.Canonical {
-		if c == 0x7f {
-			b = append(b, `\u007f`...)
-		} else {
-			b = append(b, c)
-		}
-	}
+	b = append(b, r.Canonical...)
 	return append(b, '}')
 }
 
