@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/applianced/applianced/internal/admin"
 )
@@ -69,4 +70,36 @@ func TestAdminVerbsOverTheAdminSocket(t *testing.T) {
 		t.Errorf("bad user name: got %v, want 400", err)
 	}
 	e.assertNowhere(totpSecret(t, enr.URI))
+}
+
+func TestReloadSwapsToolsAndKeepsState(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{RequestsPerMinute: 1, OnExceed: ActionStepUp})
+	e.clk.t = e.clk.t.Truncate(time.Minute)
+	if got := e.do("GET", "/v1/tools/tickets/tickets/1", agentToken, nil, nil); got.status != 200 {
+		t.Fatalf("got %d", got.status)
+	}
+	tl := stdTool(u.URL)
+	tl.Routes = tl.Routes[:1] // GET only
+	if err := e.proxy.Reload([]Tool{tl}, RiskConfig{RequestsPerMinute: 1, OnExceed: ActionAlert}); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	// The minute's counter survived the reload; the new action applies.
+	if got := e.do("GET", "/v1/tools/tickets/tickets/1", agentToken, nil, nil); got.status != 200 {
+		t.Errorf("got %d %s, want 200 with an alert", got.status, got.body)
+	}
+	if ev := e.lastEvent("agent.risk"); ev.Action != ActionAlert {
+		t.Errorf("got %+v, want an alert after the reload", ev)
+	}
+	if got := e.do("POST", "/v1/tools/tickets/tickets", agentToken, []byte(`{}`), nil); got.errorCode() != CodeNoRoute {
+		t.Errorf("got %d %s, want the removed route refused", got.status, got.body)
+	}
+	bad := tl
+	bad.Routes = nil
+	if err := e.proxy.Reload([]Tool{bad}, RiskConfig{}); err == nil {
+		t.Error("Reload accepted a tool without routes")
+	}
+	if got := e.do("GET", "/v1/tools/tickets/tickets/2", agentToken, nil, nil); got.status != 200 {
+		t.Errorf("after a refused reload: got %d, want the old config still serving", got.status)
+	}
 }

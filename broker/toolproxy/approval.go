@@ -28,8 +28,8 @@ func newApprovalID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func (p *Proxy) approvalTTL() time.Duration {
-	if d := p.opts.Risk.ApprovalTTL.D(); d > 0 {
+func (st *state) approvalTTL() time.Duration {
+	if d := st.risk.ApprovalTTL.D(); d > 0 {
 		return d
 	}
 	return DefaultApprovalTTL
@@ -82,7 +82,7 @@ func (p *Proxy) checkApproval(c *call, why string) bool {
 	a := &Approval{
 		ID: newApprovalID(), Status: StatusPending, Agent: c.pr.Agent, User: c.pr.User, Tool: c.t.cfg.Name,
 		Method: c.r.Method, Path: c.ev.Details["path"], BodySHA256: bodySHA, Reason: why,
-		Created: c.now, Expires: c.now.Add(p.approvalTTL()), CallHash: hash,
+		Created: c.now, Expires: c.now.Add(c.st.approvalTTL()), CallHash: hash,
 	}
 	if err := p.store.createApproval(a, c.now); err != nil {
 		p.log.Error("toolproxy: storing an approval", "err", err)

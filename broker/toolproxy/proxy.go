@@ -15,9 +15,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/applianced/applianced/audit"
@@ -109,9 +111,15 @@ type Proxy struct {
 	log   *slog.Logger
 	now   func() time.Time
 	dlp   *dlp.Scanner
-	tools map[string]*tool
+	cur   atomic.Pointer[state] // swapped by Reload
 	risk  *riskEngine
 	store *store
+}
+
+// state is the configuration-derived part of the proxy.
+type state struct {
+	tools map[string]*tool
+	risk  RiskConfig
 	hours *hours
 }
 
@@ -127,11 +135,10 @@ type tool struct {
 	tlsBase     *tls.Config
 	transport   *http.Transport // without a client certificate
 
-	mu      sync.Mutex
-	tlsKey  [32]byte // hash of the tls_client secret the cached transport uses
-	tlsTr   *http.Transport
-	oauth   oauthCache
-	hashKey string
+	mu     sync.Mutex
+	tlsKey [32]byte // hash of the tls_client secret the cached transport uses
+	tlsTr  *http.Transport
+	oauth  oauthCache
 }
 
 type route struct {
@@ -160,7 +167,7 @@ func New(opts Options) (*Proxy, error) {
 	if opts.StateDir == "" {
 		return nil, fmt.Errorf("%w: no state directory", ErrConfig)
 	}
-	p := &Proxy{opts: opts, log: opts.Logger, now: opts.Now, dlp: opts.DLP, tools: map[string]*tool{}}
+	p := &Proxy{opts: opts, log: opts.Logger, now: opts.Now, dlp: opts.DLP}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -177,20 +184,11 @@ func New(opts Options) (*Proxy, error) {
 		}
 		p.dlp = s
 	}
-	if opts.Risk.BusinessHours != "" {
-		h, err := parseHours(opts.Risk.BusinessHours)
-		if err != nil {
-			return nil, fmt.Errorf("%w: risk.business_hours: %v", ErrConfig, err)
-		}
-		p.hours = h
+	stt, err := buildState(opts.Tools, opts.Risk, nil)
+	if err != nil {
+		return nil, err
 	}
-	for i := range opts.Tools {
-		t, err := newTool(opts.Tools[i])
-		if err != nil {
-			return nil, err
-		}
-		p.tools[t.cfg.Name] = t
-	}
+	p.cur.Store(stt)
 	st, err := openStore(filepath.Join(opts.StateDir, "toolproxy.db"))
 	if err != nil {
 		return nil, err
@@ -200,17 +198,73 @@ func New(opts Options) (*Proxy, error) {
 	return p, nil
 }
 
+// buildState compiles the sections, reusing the tools of old whose entry is
+// unchanged (their connections and cached upstream tokens stay).
+func buildState(tools []Tool, risk RiskConfig, old *state) (*state, error) {
+	st := &state{tools: map[string]*tool{}, risk: risk}
+	if risk.BusinessHours != "" {
+		h, err := parseHours(risk.BusinessHours)
+		if err != nil {
+			return nil, fmt.Errorf("%w: risk.business_hours: %v", ErrConfig, err)
+		}
+		st.hours = h
+	}
+	for i := range tools {
+		if old != nil {
+			if t, ok := old.tools[tools[i].Name]; ok && reflect.DeepEqual(t.cfg, tools[i]) {
+				st.tools[t.cfg.Name] = t
+				continue
+			}
+		}
+		t, err := newTool(tools[i])
+		if err != nil {
+			return nil, err
+		}
+		st.tools[t.cfg.Name] = t
+	}
+	return st, nil
+}
+
+// Reload swaps in new [[tool]] and [risk] sections (SIGHUP). Calls in
+// flight finish on the old ones; counters, blocks, approvals and enrolments
+// are kept. On error nothing changes.
+func (p *Proxy) Reload(tools []Tool, risk RiskConfig) error {
+	if errs := ValidateTools(tools); len(errs) > 0 {
+		return fmt.Errorf("%w: %v", ErrConfig, errs[0])
+	}
+	if errs := risk.Validate(); len(errs) > 0 {
+		return fmt.Errorf("%w: risk.%v", ErrConfig, errs[0])
+	}
+	old := p.cur.Load()
+	st, err := buildState(tools, risk, old)
+	if err != nil {
+		return err
+	}
+	p.cur.Store(st)
+	p.risk.setConfig(risk)
+	for name, t := range old.tools {
+		if st.tools[name] != t {
+			t.closeIdle()
+		}
+	}
+	return nil
+}
+
 // Close closes the state file and idle upstream connections.
 func (p *Proxy) Close() error {
-	for _, t := range p.tools {
-		t.transport.CloseIdleConnections()
-		t.mu.Lock()
-		if t.tlsTr != nil {
-			t.tlsTr.CloseIdleConnections()
-		}
-		t.mu.Unlock()
+	for _, t := range p.cur.Load().tools {
+		t.closeIdle()
 	}
 	return p.store.close()
+}
+
+func (t *tool) closeIdle() {
+	t.transport.CloseIdleConnections()
+	t.mu.Lock()
+	if t.tlsTr != nil {
+		t.tlsTr.CloseIdleConnections()
+	}
+	t.mu.Unlock()
 }
 
 func newTool(c Tool) (*tool, error) {

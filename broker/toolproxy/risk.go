@@ -36,13 +36,22 @@ type riskEngine struct {
 }
 
 func newRiskEngine(cfg RiskConfig) *riskEngine {
+	e := &riskEngine{windows: map[string]*window{}, blocked: map[string]time.Time{}}
+	e.setConfig(cfg)
+	return e
+}
+
+// setConfig changes the limits; counters and blocks are kept.
+func (e *riskEngine) setConfig(cfg RiskConfig) {
 	if cfg.OnExceed == "" {
 		cfg.OnExceed = ActionStepUp
 	}
 	if cfg.OnOffHours == "" {
 		cfg.OnOffHours = ActionAlert
 	}
-	return &riskEngine{cfg: cfg, windows: map[string]*window{}, blocked: map[string]time.Time{}}
+	e.mu.Lock()
+	e.cfg = cfg
+	e.mu.Unlock()
 }
 
 func (e *riskEngine) win(key string, now time.Time) *window {

@@ -64,6 +64,7 @@ type call struct {
 	now   time.Time
 	ev    *audit.Event
 	src   netip.Addr
+	st    *state
 	t     *tool
 	rt    *route
 	pr    Principal
@@ -159,7 +160,9 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	if pr.JTI != "" {
 		c.ev.Details["jti"] = pr.JTI
 	}
-	t, ok := p.tools[tp.tool]
+	st := p.cur.Load()
+	c.st = st
+	t, ok := st.tools[tp.tool]
 	if !ok {
 		c.deny(http.StatusNotFound, "tool.deny", CodeUnknownTool, "no tool of that name")
 		return
@@ -221,19 +224,19 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	// 5. Risk limits, then approvals.
 	needApproval := rt.cfg.Approval == ApprovalRequired
 	approvalReason := "the route requires approval"
-	for _, v := range p.risk.check(pr.Agent, pr.User, now, p.offHours(now)) {
+	for _, v := range p.risk.check(pr.Agent, pr.User, now, st.hours != nil && !st.hours.contains(now)) {
 		if !p.applyVerdict(c, v, &needApproval, &approvalReason) {
 			return
 		}
 	}
-	if p.opts.Risk.OnNewSource != "" && c.src.IsValid() {
+	if c.st.risk.OnNewSource != "" && c.src.IsValid() {
 		seen, err := p.store.sourceSeen(pr.Agent, c.src.String())
 		if err != nil {
 			c.deny(http.StatusInternalServerError, "tool.deny", CodeServerError, "state unavailable")
 			return
 		}
 		if !seen {
-			v := verdict{action: p.opts.Risk.OnNewSource, rule: "new_source", reason: "first call of this agent from " + c.src.String()}
+			v := verdict{action: c.st.risk.OnNewSource, rule: "new_source", reason: "first call of this agent from " + c.src.String()}
 			if !p.applyVerdict(c, v, &needApproval, &approvalReason) {
 				return
 			}
@@ -242,7 +245,7 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	if needApproval && !p.checkApproval(c, approvalReason) {
 		return
 	}
-	if p.opts.Risk.OnNewSource != "" && c.src.IsValid() {
+	if c.st.risk.OnNewSource != "" && c.src.IsValid() {
 		if err := p.store.markSource(pr.Agent, c.src.String(), now); err != nil {
 			p.log.Warn("toolproxy: recording a source address", "err", err)
 		}
@@ -274,7 +277,7 @@ func (p *Proxy) applyVerdict(c *call, v verdict, needApproval *bool, why *string
 		*why = "risk rule " + v.rule + ": " + v.reason
 		return true
 	case ActionBlock:
-		until := c.now.Add(p.blockFor())
+		until := c.now.Add(c.st.blockFor())
 		p.risk.block(c.pr.Agent, until)
 		ev.Type = "agent.blocked"
 		ev.Details["until"] = until.UTC().Format(time.RFC3339)
@@ -299,15 +302,11 @@ func (p *Proxy) applyVerdict(c *call, v verdict, needApproval *bool, why *string
 	return true
 }
 
-func (p *Proxy) blockFor() time.Duration {
-	if d := p.opts.Risk.BlockFor.D(); d > 0 {
+func (st *state) blockFor() time.Duration {
+	if d := st.risk.BlockFor.D(); d > 0 {
 		return d
 	}
 	return DefaultBlockFor
-}
-
-func (p *Proxy) offHours(now time.Time) bool {
-	return p.hours != nil && !p.hours.contains(now)
 }
 
 // auditPath is the call's path for records: decoded segments with DLP
