@@ -73,6 +73,7 @@ func (d *daemon) open(ctx, bg context.Context) error {
 		fn   func(ctx, bg context.Context) error
 	}{
 		{"audit journal", d.openJournal},
+		{"network", d.openNet},
 		{"routes", d.mountCore},
 	}
 	for _, s := range steps {

@@ -59,10 +59,17 @@ var verbs = []verb{
 	{"version", "print the version, commit and Go version", cmdVersion},
 	{"audit verify", "verify the audit journal (or syslog captures)", cmdAuditVerify},
 	{"audit tail", "print the newest audit events; -f follows", cmdAuditTail},
+	{"doctor", "check the host and the appliance: pass/warn/fail with a fix each", cmdDoctor},
 	{"approval list", "list tool-call approvals", cmdApprovalList},
 	{"approval approve", "approve one pending tool call", cmdApprovalApprove},
 	{"approval deny", "deny one pending tool call", cmdApprovalDeny},
 	{"user totp enroll", "print an otpauth:// URI for a user's authenticator", cmdUserTOTPEnroll},
+	{"net plan", "show what net apply would change in the firewall and VLANs", cmdNetPlan},
+	{"net apply", "apply the firewall and VLANs atomically; --confirm-within arms a rollback", cmdNetApply},
+	{"net confirm", "keep an apply made with --confirm-within", cmdNetConfirm},
+	{"net rollback", "put back the firewall and VLANs as before the last apply", cmdNetRollback},
+	{"net status", "show the firewall's rules, counters and drift", cmdNetStatus},
+	{"net down", "remove the appliance's firewall table and the VLANs it created", cmdNetDown},
 }
 
 func main() {

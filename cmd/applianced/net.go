@@ -1,0 +1,312 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/admin"
+	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/netseg"
+)
+
+// Admin routes of the network verbs.
+const (
+	netPathPlan     = "/admin/v1/net/plan"
+	netPathApply    = "/admin/v1/net/apply"
+	netPathConfirm  = "/admin/v1/net/confirm"
+	netPathRollback = "/admin/v1/net/rollback"
+	netPathStatus   = "/admin/v1/net/status"
+	netPathDown     = "/admin/v1/net/down"
+)
+
+// netApplyRequest is the body of plan and apply.
+type netApplyRequest struct {
+	ConfirmWithin string `json:"confirm_within,omitempty"` // Go duration; "" applies for good
+	Force         bool   `json:"force,omitempty"`
+	SSHConnection string `json:"ssh_connection,omitempty"` // the admin client's $SSH_CONNECTION
+}
+
+// netNeeds derives the egress the appliance itself needs from the rest of
+// the config: its directory servers, audit targets and tool upstreams.
+func netNeeds(f *config.File) []netseg.Need {
+	var out []netseg.Need
+	add := func(raw, origin string, defPorts map[string]string, protos map[string]string) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Hostname() == "" {
+			return
+		}
+		proto, ok := protos[u.Scheme]
+		if !ok {
+			return // unix sockets and the like need no egress
+		}
+		port := u.Port()
+		if port == "" {
+			port = defPorts[u.Scheme]
+		}
+		if port == "" {
+			return
+		}
+		out = append(out, netseg.Need{Address: net.JoinHostPort(u.Hostname(), port), Proto: proto, Origin: origin})
+	}
+	if f.LDAP != nil {
+		for i, u := range f.LDAP.URLs {
+			add(u, fmt.Sprintf("ldap.urls[%d]", i), map[string]string{"ldaps": "636", "ldap": "389"}, map[string]string{"ldaps": "tcp", "ldap": "tcp"})
+		}
+	}
+	for i, s := range f.Audit.Syslog {
+		add(s.Address, fmt.Sprintf("audit.syslog[%d].address", i), map[string]string{"tls": "6514", "tcp": "514", "udp": "514"},
+			map[string]string{"tls": "tcp", "tcp": "tcp", "udp": "udp"})
+	}
+	for i, t := range f.Tools {
+		add(t.BaseURL, fmt.Sprintf("tool[%d].base_url", i), map[string]string{"https": "443", "http": "80"}, map[string]string{"https": "tcp", "http": "tcp"})
+	}
+	return out
+}
+
+// openNet opens the network manager: it keeps the applied firewall and
+// VLANs in place (drift repair) and audits dropped traffic. It applies
+// nothing by itself; `net apply` does.
+func (d *daemon) openNet(ctx, bg context.Context) error {
+	m, err := netseg.New(netseg.Options{Audit: d.journal, Logger: d.log.With("component", "netseg"), StateDir: d.config().Server.StateDir})
+	if err != nil {
+		return err
+	}
+	d.goBackground(bg, func(ctx context.Context) {
+		if err := m.Run(ctx); err != nil {
+			d.log.Warn("network drift repair and drop logging stopped (they need CAP_NET_ADMIN)", "err", err)
+		}
+	})
+	h := &netHandlers{d: d, m: m}
+	d.admin.HandleFunc("POST "+netPathPlan, h.plan)
+	d.admin.HandleFunc("POST "+netPathApply, h.apply)
+	d.admin.HandleFunc("POST "+netPathConfirm, h.simple(m.Confirm))
+	d.admin.HandleFunc("POST "+netPathRollback, h.simple(m.Rollback))
+	d.admin.HandleFunc("POST "+netPathDown, h.simple(m.Down))
+	d.admin.HandleFunc("GET "+netPathStatus, h.status)
+	return nil
+}
+
+type netHandlers struct {
+	d *daemon
+	m *netseg.Manager
+}
+
+// load reads the config file as it is now on disk: a plan or apply always
+// reflects what the admin just edited, with every problem and its line.
+func (h *netHandlers) load(w http.ResponseWriter) (*config.File, bool) {
+	f, err := config.Load(h.d.config().Path)
+	if err != nil {
+		admin.WriteError(w, http.StatusBadRequest, "invalid_config", err.Error())
+		return nil, false
+	}
+	return f, true
+}
+
+func netError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, netseg.ErrInvalidConfig), errors.Is(err, netseg.ErrNo8021Q):
+		admin.WriteError(w, http.StatusBadRequest, "invalid_config", err.Error())
+	case errors.Is(err, netseg.ErrLockout):
+		admin.WriteError(w, http.StatusConflict, "lockout", err.Error())
+	case errors.Is(err, netseg.ErrNothingToConfirm), errors.Is(err, netseg.ErrNothingToRollback):
+		admin.WriteError(w, http.StatusConflict, "nothing_to_do", err.Error())
+	default:
+		admin.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
+	}
+}
+
+func (h *netHandlers) plan(w http.ResponseWriter, r *http.Request) {
+	f, ok := h.load(w)
+	if !ok {
+		return
+	}
+	p, err := h.m.Plan(r.Context(), &f.Net, netNeeds(f))
+	if err != nil {
+		netError(w, err)
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, p)
+}
+
+func (h *netHandlers) apply(w http.ResponseWriter, r *http.Request) {
+	var req netApplyRequest
+	if !admin.DecodeJSON(w, r, &req) {
+		return
+	}
+	var within time.Duration
+	if req.ConfirmWithin != "" {
+		d, err := time.ParseDuration(req.ConfirmWithin)
+		if err != nil || d < 0 {
+			admin.WriteError(w, http.StatusBadRequest, "invalid_request", "confirm_within: want a duration like \"120s\"")
+			return
+		}
+		within = d
+	}
+	f, ok := h.load(w)
+	if !ok {
+		return
+	}
+	caller, _ := admin.CallerFrom(r.Context())
+	p, err := h.m.Apply(r.Context(), &f.Net, netNeeds(f), netseg.ApplyOptions{
+		ConfirmWithin: within, Force: req.Force, SSHConnection: req.SSHConnection, Actor: caller.Actor(),
+	})
+	if err != nil {
+		netError(w, err)
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, p)
+}
+
+func (h *netHandlers) simple(fn func(context.Context, audit.Actor, string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		caller, _ := admin.CallerFrom(r.Context())
+		if err := fn(r.Context(), caller.Actor(), ""); err != nil {
+			netError(w, err)
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	}
+}
+
+func (h *netHandlers) status(w http.ResponseWriter, r *http.Request) {
+	st, err := h.m.Status(r.Context())
+	if err != nil {
+		netError(w, err)
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, st)
+}
+
+// CLI verbs.
+
+func cmdNetPlan(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("net plan", "", "Show what `net apply` would change: the difference between the [net] section (plus\n"+
+		"the egress the appliance derives from the rest of the config) and the kernel.",
+		"applianced net plan", "applianced net plan --json")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 0) {
+		return exitUsage
+	}
+	var p netseg.Plan
+	if err := e.call(ctx, *cfgPath, http.MethodPost, netPathPlan, netApplyRequest{}, &p); err != nil {
+		return e.fail("net plan", err)
+	}
+	if *asJSON {
+		e.printJSON(p)
+	} else {
+		fmt.Fprint(e.stdout, p.String())
+	}
+	return exitOK
+}
+
+func cmdNetApply(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("net apply", "", "Apply the [net] section: VLANs ensured, the firewall table replaced in one atomic\n"+
+		"transaction. With --confirm-within, the previous state comes back by itself unless\n"+
+		"`applianced net confirm` arrives in time. An apply that would lock out your SSH\n"+
+		"address ($SSH_CONNECTION) is refused unless --force.",
+		"applianced net apply --confirm-within 120s", "applianced net confirm")
+	within := fs.Duration("confirm-within", 0, "roll back after this long unless confirmed (e.g. 120s)")
+	force := fs.Bool("force", false, "apply even if it would cut your SSH session")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 0) {
+		return exitUsage
+	}
+	req := netApplyRequest{Force: *force, SSHConnection: e.getenv("SSH_CONNECTION")}
+	if *within > 0 {
+		req.ConfirmWithin = within.String()
+	}
+	var p netseg.Plan
+	if err := e.call(ctx, *cfgPath, http.MethodPost, netPathApply, req, &p); err != nil {
+		return e.fail("net apply", err)
+	}
+	if *asJSON {
+		e.printJSON(p)
+		return exitOK
+	}
+	fmt.Fprint(e.stdout, p.String())
+	fmt.Fprintln(e.stdout, "\napplied.")
+	return exitOK
+}
+
+func netSimpleVerb(verb, path, about, done string) func(context.Context, *env, []string) int {
+	return func(ctx context.Context, e *env, args []string) int {
+		fs, cfgPath := e.flags(verb, "", about, "applianced "+verb)
+		if code, ok := parse(fs, args); !ok {
+			return code
+		}
+		if !e.wantArgs(fs, 0) {
+			return exitUsage
+		}
+		if err := e.call(ctx, *cfgPath, http.MethodPost, path, struct{}{}, nil); err != nil {
+			return e.fail(verb, err)
+		}
+		fmt.Fprintln(e.stdout, done)
+		return exitOK
+	}
+}
+
+var (
+	cmdNetConfirm = netSimpleVerb("net confirm", netPathConfirm,
+		"Keep the last apply made with --confirm-within: its automatic rollback is cancelled.", "confirmed.")
+	cmdNetRollback = netSimpleVerb("net rollback", netPathRollback,
+		"Put back the firewall and VLANs as they were before the last apply.", "rolled back.")
+	cmdNetDown = netSimpleVerb("net down", netPathDown,
+		"Remove the appliance's firewall table and the VLANs it created. Nothing else is touched.", "firewall table and VLANs removed.")
+)
+
+func cmdNetStatus(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("net status", "", "Show the firewall as the kernel has it: rules with their counters, drift from the\n"+
+		"applied state, a pending confirmation.", "applianced net status", "applianced net status --json")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 0) {
+		return exitUsage
+	}
+	var st netseg.Status
+	if err := e.call(ctx, *cfgPath, http.MethodGet, netPathStatus, nil, &st); err != nil {
+		return e.fail("net status", err)
+	}
+	if *asJSON {
+		e.printJSON(st)
+		return exitOK
+	}
+	if !st.Applied {
+		fmt.Fprintln(e.stdout, "firewall: not applied (run `applianced net plan`, then `applianced net apply`)")
+	} else {
+		fmt.Fprintf(e.stdout, "firewall: applied at %s\n", st.AppliedAt.Local().Format(time.DateTime))
+	}
+	if !st.ConfirmBy.IsZero() {
+		fmt.Fprintf(e.stdout, "waiting for `applianced net confirm` until %s, then rolls back\n", st.ConfirmBy.Local().Format(time.DateTime))
+	}
+	for _, d := range st.Drift {
+		fmt.Fprintf(e.stdout, "DRIFT: %s\n", d)
+	}
+	for _, v := range st.VLANs {
+		fmt.Fprintf(e.stdout, "vlan %s\n", v)
+	}
+	if len(st.Rules) > 0 {
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nCHAIN\tPACKETS\tBYTES\tRULE")
+		for _, r := range st.Rules {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", r.Chain, r.Packets, r.Bytes, strings.TrimPrefix(r.Rule, r.Chain+": "))
+		}
+		tw.Flush()
+	}
+	return exitOK
+}
