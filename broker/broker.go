@@ -313,8 +313,9 @@ func (b *Broker) flushSeen(ctx context.Context) {
 
 func (b *Broker) agentDisabled(name string) bool {
 	b.stateMu.RLock()
-	defer b.stateMu.RUnlock()
-	return b.states[name].Disabled
+	st := b.states[name]
+	b.stateMu.RUnlock()
+	return st.Disabled && (st.DisabledUntil.IsZero() || b.now().Before(st.DisabledUntil))
 }
 
 // Issuer returns the iss of the broker's tokens.

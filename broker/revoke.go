@@ -113,12 +113,20 @@ func (b *Broker) RevokeJTI(ctx context.Context, jti string, by audit.Actor) erro
 // RevokeAgent revokes every token the agent holds or acts with, issued
 // until now. New tokens are still issued unless the agent is disabled.
 func (b *Broker) RevokeAgent(ctx context.Context, name string, by audit.Actor) error {
+	return b.revokeAgent(ctx, name, by, "")
+}
+
+func (b *Broker) revokeAgent(ctx context.Context, name string, by audit.Actor, reason string) error {
 	if _, ok := b.cfg.Load().agents[name]; !ok {
 		return fmt.Errorf("%w: %q", ErrNoSuchAgent, name)
 	}
 	now := b.now()
 	x := Revocation{Kind: RevokeAgent, Value: name, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
-	return b.adminRevoke(ctx, x, by, map[string]string{"agent": name})
+	details := map[string]string{"agent": name}
+	if reason != "" {
+		details["reason"] = reason
+	}
+	return b.adminRevoke(ctx, x, by, details)
 }
 
 // RevokeUser revokes every token of or for the user issued until now and
@@ -144,14 +152,16 @@ func (b *Broker) adminRevoke(ctx context.Context, x Revocation, by audit.Actor, 
 
 // AgentInfo is an agent's config and runtime state, for listings.
 type AgentInfo struct {
-	Name         string    `json:"name"`
-	Roles        []string  `json:"roles"`
-	Scopes       []string  `json:"scopes"`
-	Auth         []string  `json:"auth"` // unix_user, unix_uid, systemd_unit, private_key_jwt, client_secret
-	ActForGroups []string  `json:"act_for_groups,omitempty"`
-	Enabled      bool      `json:"enabled"`
-	DisabledAt   time.Time `json:"disabled_at,omitzero"`
-	LastSeen     time.Time `json:"last_seen,omitzero"`
+	Name          string    `json:"name"`
+	Roles         []string  `json:"roles"`
+	Scopes        []string  `json:"scopes"`
+	Auth          []string  `json:"auth"` // unix_user, unix_uid, systemd_unit, private_key_jwt, client_secret
+	ActForGroups  []string  `json:"act_for_groups,omitempty"`
+	Enabled       bool      `json:"enabled"`
+	DisabledAt    time.Time `json:"disabled_at,omitzero"`
+	DisabledUntil time.Time `json:"disabled_until,omitzero"`
+	Reason        string    `json:"reason,omitempty"`
+	LastSeen      time.Time `json:"last_seen,omitzero"`
 }
 
 // Agents lists the configured agents with their state, by name.
@@ -179,7 +189,11 @@ func (b *Broker) Agent(name string) (AgentInfo, error) {
 		st.LastSeen = v.(time.Time)
 	}
 	info := AgentInfo{Name: name, Roles: a.Roles, Scopes: a.scopes, ActForGroups: a.ActForGroups,
-		Enabled: !st.Disabled, DisabledAt: st.DisabledAt, LastSeen: st.LastSeen}
+		Enabled: !b.agentDisabled(name), DisabledAt: st.DisabledAt, DisabledUntil: st.DisabledUntil, Reason: st.Reason,
+		LastSeen: st.LastSeen}
+	if info.Enabled {
+		info.DisabledAt, info.DisabledUntil, info.Reason = time.Time{}, time.Time{}, ""
+	}
 	if a.UnixUser != "" {
 		info.Auth = append(info.Auth, "unix_user")
 	}
@@ -212,9 +226,9 @@ func (b *Broker) SetAgentEnabled(ctx context.Context, name string, enabled bool,
 	defer b.stateMu.Unlock()
 	st := b.states[name]
 	st.Disabled = !enabled
-	st.DisabledAt = time.Time{}
+	st.DisabledAt, st.DisabledUntil, st.Reason = time.Time{}, time.Time{}, ""
 	if !enabled {
-		st.DisabledAt = b.now().UTC()
+		st.DisabledAt, st.Reason = b.now().UTC(), "disabled by an administrator"
 	}
 	if err := b.store.PutAgentState(ctx, name, st); err != nil {
 		return err

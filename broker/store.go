@@ -29,8 +29,11 @@ var (
 type AgentState struct {
 	Disabled   bool      `json:"disabled,omitempty"`
 	DisabledAt time.Time `json:"disabled_at,omitzero"`
-	Reason     string    `json:"reason,omitempty"`
-	LastSeen   time.Time `json:"last_seen,omitzero"`
+	// DisabledUntil ends a temporary disable (a risk block); zero means
+	// until an administrator enables the agent.
+	DisabledUntil time.Time `json:"disabled_until,omitzero"`
+	Reason        string    `json:"reason,omitempty"`
+	LastSeen      time.Time `json:"last_seen,omitzero"`
 }
 
 // Revocation kinds.
