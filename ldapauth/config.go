@@ -105,7 +105,7 @@ type Config struct {
 	// the directory. Default 5m; "0s" is not allowed (use "1s").
 	GroupCacheTTL conf.Duration `toml:"group_cache_ttl"`
 	// MaxConnections is how many idle connections are kept per DC, for
-	// searches and for password binds each. Default 8.
+	// searches and for password binds each. Default 16.
 	MaxConnections int `toml:"max_connections"`
 	// MaxFailuresPerUser is how many failed logins of one user name within
 	// FailureWindow are tried against the directory before further attempts
@@ -124,7 +124,7 @@ const (
 	DefaultRequestTimeout = 10 * time.Second
 	DefaultPageSize       = 500
 	DefaultGroupCacheTTL  = 5 * time.Minute
-	DefaultMaxConnections = 8
+	DefaultMaxConnections = 16
 	DefaultMaxFailures    = 5
 	DefaultMaxSourceFails = 20
 	DefaultFailureWindow  = 15 * time.Minute

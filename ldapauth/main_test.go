@@ -130,7 +130,7 @@ func secrets(ctx context.Context, name string) ([]byte, error) {
 	return []byte(pw(svcName)), nil
 }
 
-func newJournal(t *testing.T) *audit.Journal {
+func newJournal(t testing.TB) *audit.Journal {
 	t.Helper()
 	j, err := audit.Open(t.TempDir(), nil)
 	if err != nil {
