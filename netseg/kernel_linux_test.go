@@ -579,3 +579,57 @@ func TestApplyTenThousandCIDRs(t *testing.T) {
 		t.Errorf("drift: %v", d)
 	}
 }
+
+// A restarted daemon knows what it applied: drift is still repaired, a
+// pending confirmation still rolls back, rollback still works.
+func TestStateSurvivesRestart(t *testing.T) {
+	lab := netns.New(t)
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	dir := t.TempDir()
+	opts := Options{Audit: j, StateDir: dir, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DriftInterval: 200 * time.Millisecond}
+	m1, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, needs := labConfig()
+	if _, err := m1.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	m1.mu.Lock()
+	m1.pending.stop() // the first daemon "stops"
+	m1.mu.Unlock()
+
+	m2, err := New(opts)
+	if err != nil {
+		t.Fatalf("New after restart: %v", err)
+	}
+	st, err := m2.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Applied || st.ConfirmBy.IsZero() || len(st.Drift) != 0 {
+		t.Fatalf("status after restart: applied %v, confirm by %v, drift %v; want applied, pending, no drift", st.Applied, st.ConfirmBy, st.Drift)
+	}
+	if err := m2.Confirm(context.Background(), audit.Actor{}, ""); err != nil {
+		t.Fatalf("Confirm after restart: %v", err)
+	}
+	if err := m2.k.remove(); err != nil { // someone deletes the table while no daemon runs
+		t.Fatal(err)
+	}
+	if err := m2.repair(context.Background()); err != nil {
+		t.Fatalf("repair: %v", err)
+	}
+	if err := reachTCP(lab.AI, "203.0.113.10:443"); err == nil {
+		t.Error("table not restored after restart")
+	}
+	if err := m2.Rollback(context.Background(), audit.Actor{}, ""); err != nil {
+		t.Fatalf("Rollback after restart: %v", err)
+	}
+	if kt, _ := m2.k.read(); kt.Exists {
+		t.Error("rollback after restart left the table")
+	}
+}

@@ -429,7 +429,7 @@ func (m *Manager) Apply(ctx context.Context, cfg *Config, needs []Need, ao Apply
 	// A pending confirmation keeps its original previous state: rollback
 	// goes back to the last confirmed one.
 	if m.pending != nil {
-		m.pending.timer.Stop()
+		m.pending.stop()
 		before = m.pending.prev
 		m.pending = nil
 	}
@@ -440,6 +440,14 @@ func (m *Manager) Apply(ctx context.Context, cfg *Config, needs []Need, ao Apply
 	}
 	m.signalGroup(a.Config.logGroup())
 	return plan, m.save()
+}
+
+// stop cancels the automatic rollback; the timer is nil until Run arms a
+// confirmation loaded from the state file.
+func (p *pendingConfirm) stop() {
+	if p.timer != nil {
+		p.timer.Stop()
+	}
 }
 
 func (m *Manager) arm(prev *applied, within time.Duration) {
@@ -471,7 +479,7 @@ func (m *Manager) Confirm(ctx context.Context, actor audit.Actor, reqID string) 
 	if err := m.audit(ctx, "net.confirm", audit.OutcomeSuccess, "", actor, reqID, nil); err != nil {
 		return err
 	}
-	m.pending.timer.Stop()
+	m.pending.stop()
 	m.pending = nil
 	return m.save()
 }
@@ -489,7 +497,7 @@ func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, 
 	switch {
 	case m.pending != nil:
 		target = m.pending.prev
-		m.pending.timer.Stop()
+		m.pending.stop()
 	case m.hasPrev:
 		target = m.prev
 	default:
@@ -526,7 +534,7 @@ func (m *Manager) Down(ctx context.Context, actor audit.Actor, reqID string) err
 		return err
 	}
 	if m.pending != nil {
-		m.pending.timer.Stop()
+		m.pending.stop()
 		m.pending = nil
 	}
 	if m.cur != nil {

@@ -396,3 +396,25 @@ func labConfig() (*Config, []Need) {
 			{Address: "10.40.0.10:6514", Proto: "tcp", Origin: "audit.syslog[0].address"},
 		}
 }
+
+// FuzzValidate feeds arbitrary addresses, ports and names to the config
+// checks: whatever Validate accepts must build a ruleset.
+func FuzzValidate(f *testing.F) {
+	f.Add("10.0.0.0/8", "10.10.0.0/16", 636, "ai0", 20, "tcp")
+	f.Add("::/0", "@dcs", 0, "", 4095, "icmpv6")
+	f.Add("1.2.3.4", "2001:db8::1", 65536, "a b", 1, "any")
+	f.Fuzz(func(t *testing.T, a, b string, port int, name string, id int, proto string) {
+		c := &Config{
+			Sets:    []AddrSet{{Name: "dcs", Addresses: []string{a}}},
+			VLANs:   []VLAN{{Name: name, Parent: "eth0", ID: id}},
+			Egress:  []Rule{{To: []string{a, b}, Proto: proto, Ports: []int{port}, Interface: name}},
+			Ingress: []Rule{{From: []string{b}, Proto: proto}},
+		}
+		if len(c.Validate()) > 0 {
+			return
+		}
+		if _, err := buildRuleset(c, nil); err != nil {
+			t.Fatalf("valid config does not build: %v", err)
+		}
+	})
+}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -53,7 +52,7 @@ func TestVLANsUnderQEMU(t *testing.T) {
 	bin := filepath.Join(work, "netseg.test")
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Skipf("skipped: no go toolchain on PATH to build the guest's static test binary: %v", err)
 	}
 	build := exec.CommandContext(ctx, goBin, "test", "-c", "-o", bin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
