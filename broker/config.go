@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -25,7 +26,12 @@ const (
 //	max_ttl = "1h"                     # no access token ever lives longer
 //	rotate_signing_key_every = "720h"  # a new Ed25519 signing key after this long
 //	refresh_ttl = "8h"                 # a user session (refresh token family) ends after this long
+//	issuer = "https://ai.corp.example:8443"  # default: https:// and [server] listen
 type TokenConfig struct {
+	// Issuer is the iss of every token and the base URL of the OAuth2
+	// endpoints in the RFC 8414 metadata. Default: "https://" followed by
+	// [server] listen. Set it when clients reach the appliance by a name.
+	Issuer string `toml:"issuer"`
 	// TTL is the lifetime of an access token when no role of the agent sets
 	// a shorter one. Default 5m.
 	TTL conf.Duration `toml:"ttl"`
@@ -63,6 +69,13 @@ func orDefault(d conf.Duration, def time.Duration) time.Duration {
 // Validate checks the [tokens] section. Keys are relative to it ("ttl").
 func (t TokenConfig) Validate() []*conf.FieldError {
 	var errs []*conf.FieldError
+	if t.Issuer != "" {
+		u, err := url.Parse(t.Issuer)
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil ||
+			strings.HasSuffix(t.Issuer, "/") {
+			errs = append(errs, conf.Errf("issuer", "%q is not an https URL without a trailing slash, query or fragment", t.Issuer))
+		}
+	}
 	if t.TTL > 0 && t.TTL.D() < 10*time.Second {
 		errs = append(errs, conf.Errf("ttl", "must be at least 10s, got %s", t.TTL.D()))
 	}
