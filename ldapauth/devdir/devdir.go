@@ -29,6 +29,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -62,6 +63,11 @@ type Options struct {
 	// Password, when set, is every demo user's password (for scripted
 	// demos); default a random one per user.
 	Password string
+	// AnonymousSearch lets unauthenticated connections search (as some
+	// OpenLDAP sites do), so a demo needs no service password in a vault;
+	// Config then has no bind_dn. Default false: only the service account
+	// searches.
+	AnonymousSearch bool
 }
 
 // Credential is a demo account to print.
@@ -74,6 +80,7 @@ type Credential struct {
 // Server is a running demo directory.
 type Server struct {
 	url     string
+	anon    bool
 	caFile  string
 	svcPass string
 	creds   []Credential
@@ -128,6 +135,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	}
 	s := &Server{
 		url:    "ldaps://" + ap.String(),
+		anon:   o.AnonymousSearch,
 		caFile: filepath.Join(o.Dir, "devdir-ca.pem"),
 		bound:  map[int]string{},
 		done:   make(chan error, 1),
@@ -217,9 +225,10 @@ func (s *Server) Secret(_ context.Context, name string) ([]byte, error) {
 func (s *Server) BindPassword() string { return s.svcPass }
 
 // Config is a ready ldapauth configuration for this directory: LDAPS
-// verified against CAFile, memberof groups, only ai-users may log in.
+// verified against CAFile, memberof groups, only ai-users may log in. With
+// AnonymousSearch it has no bind_dn.
 func (s *Server) Config() ldapauth.Config {
-	return ldapauth.Config{
+	c := ldapauth.Config{
 		URLs:               []string{s.url},
 		CAFile:             s.caFile,
 		BindDN:             ServiceDN,
@@ -237,6 +246,33 @@ func (s *Server) Config() ldapauth.Config {
 		RequestTimeout: conf.Duration(5 * time.Second),
 		GroupCacheTTL:  conf.Duration(time.Minute),
 	}
+	if s.anon {
+		c.BindDN, c.BindPasswordSecret = "", ""
+	}
+	return c
+}
+
+// TOML is Config as an [ldap] section for applianced.toml, without
+// group_roles (whose roles the config must define; add an
+// [ldap.group_roles] table next to the [[role]] sections).
+func (s *Server) TOML() string {
+	c := s.Config()
+	q := func(v string) string { return strconv.Quote(v) }
+	var b strings.Builder
+	b.WriteString("[ldap]\n")
+	b.WriteString("urls = [" + q(c.URLs[0]) + "]\n")
+	b.WriteString("ca_file = " + q(c.CAFile) + "\n")
+	if c.BindDN != "" {
+		b.WriteString("bind_dn = " + q(c.BindDN) + "\n")
+		b.WriteString("bind_password_secret = " + q(c.BindPasswordSecret) + "\n")
+	}
+	b.WriteString("user_base = " + q(c.UserBase) + "\n")
+	b.WriteString("group_base = " + q(c.GroupBase) + "\n")
+	b.WriteString("login_attributes = [" + q(c.LoginAttributes[0]) + ", " + q(c.LoginAttributes[1]) + "]\n")
+	b.WriteString("group_mode = " + q(c.GroupMode) + "\n")
+	b.WriteString("allowed_groups = [" + q(c.AllowedGroups[0]) + "]\n")
+	b.WriteString("dial_timeout = \"2s\"\nrequest_timeout = \"5s\"\ngroup_cache_ttl = \"1m\"\n")
+	return b.String()
 }
 
 // Stop stops the server and closes its connections.
@@ -411,7 +447,7 @@ func (s *Server) search(w *gldap.ResponseWriter, r *gldap.Request) {
 	s.mu.Lock()
 	who := s.bound[r.ConnectionID()]
 	s.mu.Unlock()
-	if !strings.EqualFold(who, ServiceDN) {
+	if !strings.EqualFold(who, ServiceDN) && !(s.anon && who == "") {
 		done.SetResultCode(gldap.ResultInsufficientAccessRights)
 		done.SetDiagnosticMessage("only the service account may search")
 		return

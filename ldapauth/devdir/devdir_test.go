@@ -4,21 +4,28 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"os"
 	"slices"
 	"testing"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/pelletier/go-toml/v2"
 
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/ldapauth"
 )
 
-func start(t *testing.T) *Server {
+func start(t *testing.T, o ...Options) *Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s, err := Start(ctx, Options{Dir: t.TempDir()})
+	opts := Options{}
+	if len(o) > 0 {
+		opts = o[0]
+	}
+	opts.Dir = t.TempDir()
+	s, err := Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,9 +45,17 @@ func password(t *testing.T, s *Server, user string) string {
 }
 
 // TestLoginWithLdapauth: the production login code against the demo
-// directory, over LDAPS verified against its CA.
+// directory, over LDAPS verified against its CA, with a service account and
+// with anonymous searches.
 func TestLoginWithLdapauth(t *testing.T) {
-	s := start(t)
+	for _, anon := range []bool{false, true} {
+		t.Run(map[bool]string{false: "service account", true: "anonymous search"}[anon], func(t *testing.T) {
+			testLogin(t, start(t, Options{AnonymousSearch: anon}))
+		})
+	}
+}
+
+func testLogin(t *testing.T, s *Server) {
 	j, err := audit.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -148,5 +163,24 @@ func TestSearchNeedsServiceAccount(t *testing.T) {
 	defer c.Close()
 	if err := c.UnauthenticatedBind(ServiceDN); err == nil {
 		t.Error("unauthenticated bind accepted")
+	}
+}
+
+// TestTOML: the section parses back into the same config.
+func TestTOML(t *testing.T) {
+	s := start(t, Options{AnonymousSearch: true})
+	var f struct {
+		LDAP ldapauth.Config `toml:"ldap"`
+	}
+	if err := toml.Unmarshal([]byte(s.TOML()), &f); err != nil {
+		t.Fatalf("%v\n%s", err, s.TOML())
+	}
+	want := s.Config()
+	want.GroupRoles = nil
+	if fmt.Sprint(f.LDAP) != fmt.Sprint(want) {
+		t.Errorf("got %+v\nwant %+v", f.LDAP, want)
+	}
+	if errs := f.LDAP.Validate(); len(errs) != 0 {
+		t.Errorf("Validate: %v", errs)
 	}
 }
