@@ -20,11 +20,12 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 		"applianced audit verify", "applianced audit verify --json")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	dir := fs.String("dir", "", "journal `DIR` (default: <state_dir>/audit)")
+	cf := addCaptureFlags(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
-		return verifyCaptures(ctx, e, fs.Args(), *asJSON)
+		return verifyCaptures(ctx, e, *cfgPath, fs.Args(), *asJSON, cf)
 	}
 	if *dir == "" {
 		cfg, err := config.Load(*cfgPath)
@@ -56,7 +57,7 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 
 // verifyCaptures checks syslog captures; the syslog side of the audit
 // package replaces this when it is wired.
-var verifyCaptures = func(ctx context.Context, e *env, files []string, asJSON bool) int {
+var verifyCaptures = func(ctx context.Context, e *env, cfgPath string, files []string, asJSON bool, cf captureFlags) int {
 	fmt.Fprintln(e.stderr, "applianced audit verify: verifying syslog captures is not available in this build")
 	return exitFailure
 }

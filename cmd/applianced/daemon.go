@@ -74,6 +74,7 @@ func (d *daemon) open(ctx, bg context.Context) error {
 	}{
 		{"audit journal", d.openJournal},
 		{"network", d.openNet},
+		{"audit forwarding", d.openAuditForwarding},
 		{"routes", d.mountCore},
 	}
 	for _, s := range steps {

@@ -59,6 +59,8 @@ var verbs = []verb{
 	{"version", "print the version, commit and Go version", cmdVersion},
 	{"audit verify", "verify the audit journal (or syslog captures)", cmdAuditVerify},
 	{"audit tail", "print the newest audit events; -f follows", cmdAuditTail},
+	{"audit pubkey", "print the public key of the audit checkpoints, for auditors", cmdAuditPubkey},
+	{"audit hash", "print the HMAC under which a secret value appears in audit events", cmdAuditHash},
 	{"doctor", "check the host and the appliance: pass/warn/fail with a fix each", cmdDoctor},
 	{"approval list", "list tool-call approvals", cmdApprovalList},
 	{"approval approve", "approve one pending tool call", cmdApprovalApprove},

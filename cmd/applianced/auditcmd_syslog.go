@@ -1,0 +1,280 @@
+package main
+
+// The audit trail's delivery side: forwarding to syslog and Wazuh, signed
+// checkpoints, the HMAC of secret values, and verification of what the
+// receivers stored.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/admin"
+	"github.com/applianced/applianced/syslog"
+)
+
+// Admin paths of this area.
+const (
+	adminAuditPubkey  = "/admin/v1/audit/pubkey"
+	adminAuditHash    = "/admin/v1/audit/hash"
+	adminAuditTargets = "/admin/v1/audit/targets"
+)
+
+// auditKeys is where the checkpoint signing key and the HMAC key live: the
+// vault, once the daemon has opened it before this step. Nil leaves
+// checkpoints and `audit hash` off (and says so).
+var auditKeys = func(d *daemon) audit.KeySource { return nil }
+
+type pubkeyReply struct {
+	PublicKey string `json:"public_key"`
+	KeyID     string `json:"key_id"`
+}
+
+type hashRequest struct {
+	Value string `json:"value"`
+}
+
+type hashReply struct {
+	HMAC string `json:"hmac"`
+}
+
+// openAuditForwarding starts the forwarders of [[audit.syslog]] and the
+// checkpointer, and mounts their admin routes and metrics. At stop it
+// writes the final checkpoint and gives the forwarders a few seconds to
+// deliver it, before the journal closes.
+func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
+	cfg := d.config()
+	a := cfg.Audit
+	keep := int64(a.MaxBytes) / 4 * 3
+	fw, err := syslog.New(d.journal, a.Syslog, &syslog.Options{
+		Dir: filepath.Join(cfg.Server.StateDir, "syslog"), Logger: d.log, Retain: a.Retain.D(), KeepBytes: keep,
+	})
+	if err != nil {
+		return err
+	}
+	var (
+		ck     *audit.Checkpointer
+		hasher *audit.Hasher
+	)
+	if ks := auditKeys(d); ks != nil {
+		key, err := audit.LoadCheckpointKey(ctx, ks)
+		if err != nil {
+			return err
+		}
+		if hasher, err = audit.NewHasher(ctx, ks); err != nil {
+			return err
+		}
+		ck = audit.NewCheckpointer(d.journal, key, &audit.CheckpointOptions{
+			Every: a.CheckpointEvery, Interval: a.CheckpointInterval.D(), Logger: d.log,
+		})
+	} else {
+		d.log.Warn("audit: no key source; checkpoints are not signed and `audit hash` is unavailable")
+	}
+	// The forwarders and the checkpointer outlive the other background
+	// loops: the final checkpoint is written and delivered at close.
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { _ = fw.Run(runCtx); done <- struct{}{} }()
+	if ck != nil {
+		go func() {
+			if err := ck.Run(runCtx); err != nil {
+				d.log.Error("audit: checkpointer stopped", "err", err)
+			}
+			done <- struct{}{}
+		}()
+	}
+	d.closers = append(d.closers, func() error {
+		sctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+		defer stop()
+		var errs []error
+		if ck != nil {
+			errs = append(errs, ck.Close(sctx))
+		}
+		if len(a.Syslog) > 0 {
+			if err := fw.Flush(sctx); err != nil {
+				d.log.Warn("audit: stopping with entries not yet delivered; they are sent at the next start", "err", err)
+			}
+		}
+		cancel()
+		<-done
+		if ck != nil {
+			<-done
+		}
+		return errors.Join(errs...)
+	})
+
+	for i, t := range a.Syslog {
+		labels := prometheus.Labels{"target": t.Address}
+		st := func() syslog.TargetStatus { return fw.Status()[i] }
+		d.metrics.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "applianced_audit_syslog_lag_entries",
+				Help: "Audit entries not yet delivered to the syslog target.", ConstLabels: labels},
+				func() float64 { return float64(st().Lag) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "applianced_audit_syslog_delivered_seq",
+				Help: "Last audit seq known to have reached the syslog target.", ConstLabels: labels},
+				func() float64 { return float64(st().Delivered) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "applianced_audit_syslog_connected",
+				Help: "1 when the syslog target is connected.", ConstLabels: labels},
+				func() float64 {
+					if st().Connected {
+						return 1
+					}
+					return 0
+				}),
+		)
+	}
+
+	d.admin.HandleFunc("GET "+adminAuditTargets, func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"targets": fw.Status()})
+	})
+	d.admin.HandleFunc("GET "+adminAuditPubkey, func(w http.ResponseWriter, r *http.Request) {
+		if ck == nil {
+			admin.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the audit key is not loaded (no vault)")
+			return
+		}
+		pub := ck.PublicKey()
+		admin.WriteJSON(w, http.StatusOK, pubkeyReply{PublicKey: audit.FormatPublicKey(pub), KeyID: audit.KeyID(pub)})
+	})
+	d.admin.HandleFunc("POST "+adminAuditHash, func(w http.ResponseWriter, r *http.Request) {
+		if hasher == nil {
+			admin.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the audit HMAC key is not loaded (no vault)")
+			return
+		}
+		var req hashRequest
+		if !admin.DecodeJSON(w, r, &req) {
+			return
+		}
+		ev := &audit.Event{Type: "admin.call", Action: "audit.hash", Outcome: audit.OutcomeSuccess, Source: "unix"}
+		if c, ok := admin.CallerFrom(r.Context()); ok {
+			ev.Actor = c.Actor()
+		}
+		if err := d.record(r.Context(), ev); err != nil {
+			admin.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", "the audit journal cannot be written")
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, hashReply{HMAC: hasher.Sum(req.Value)})
+	})
+	return nil
+}
+
+func cmdAuditPubkey(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("audit pubkey", "", "Print the public key that signs the audit checkpoints, for auditors:\n"+
+		"`applianced audit verify --pubkey KEY FILE...` checks captures with it.",
+		"applianced audit pubkey", "applianced audit pubkey --json")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 0) {
+		return exitUsage
+	}
+	var out pubkeyReply
+	if err := e.call(ctx, *cfgPath, http.MethodGet, adminAuditPubkey, nil, &out); err != nil {
+		return e.fail("audit pubkey", err)
+	}
+	if *asJSON {
+		e.printJSON(out)
+	} else {
+		fmt.Fprintln(e.stdout, out.PublicKey)
+	}
+	return exitOK
+}
+
+func cmdAuditHash(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("audit hash", "VALUE|-", "Print the HMAC under which a secret value appears in audit events, so an\n"+
+		"auditor can search the trail for a known value. \"-\" reads the value from\n"+
+		"standard input (keeps it out of the process list and shell history).",
+		"applianced audit hash -", "printf %s \"$VALUE\" | applianced audit hash -")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 1) {
+		return exitUsage
+	}
+	value := fs.Arg(0)
+	if value == "-" {
+		b, err := io.ReadAll(bufio.NewReader(io.LimitReader(e.stdin, 1<<20)))
+		if err != nil {
+			return e.fail("audit hash", err)
+		}
+		value = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	}
+	var out hashReply
+	if err := e.call(ctx, *cfgPath, http.MethodPost, adminAuditHash, hashRequest{Value: value}, &out); err != nil {
+		return e.fail("audit hash", err)
+	}
+	fmt.Fprintln(e.stdout, out.HMAC)
+	return exitOK
+}
+
+// captureFlags are the flags of `audit verify` for syslog captures.
+type captureFlags struct {
+	pubkey   *string
+	openTail *bool
+}
+
+func addCaptureFlags(fs interface {
+	String(name, value, usage string) *string
+	Bool(name string, value bool, usage string) *bool
+}) captureFlags {
+	return captureFlags{
+		pubkey: fs.String("pubkey", "", "with FILE: the checkpoint public `KEY` (applianced audit pubkey); default: ask the running daemon"),
+		openTail: fs.Bool("open-tail", false, "with FILE: entries after the last checkpoint are a note, not a problem\n"+
+			"(a capture of a stream still running)"),
+	}
+}
+
+func init() { verifyCaptures = verifySyslogCaptures }
+
+// verifySyslogCaptures checks rsyslog files (RFC 5424 or wazuh format) and
+// Wazuh archives.log / archives.json.
+func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []string, asJSON bool, cf captureFlags) int {
+	opts := &audit.CaptureOptions{AllowOpenTail: *cf.openTail}
+	if *cf.pubkey != "" {
+		pub, err := audit.ParsePublicKey(*cf.pubkey)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "applianced audit verify: %v\n", err)
+			return exitUsage
+		}
+		opts.PublicKey = pub
+	} else {
+		var out pubkeyReply
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if err := e.call(cctx, cfgPath, http.MethodGet, adminAuditPubkey, nil, &out); err == nil {
+			opts.PublicKey, _ = audit.ParsePublicKey(out.PublicKey)
+		}
+		cancel()
+	}
+	rep, err := audit.VerifyCaptureFiles(files, opts)
+	if err != nil {
+		return e.fail("audit verify", err)
+	}
+	if asJSON {
+		e.printJSON(rep)
+	} else {
+		for _, p := range rep.Problems {
+			fmt.Fprintf(e.stdout, "FAIL %s\n", p)
+		}
+		for _, n := range rep.Notes {
+			fmt.Fprintf(e.stdout, "note: %s\n", n)
+		}
+		fmt.Fprintf(e.stdout, "%d messages, %d entries (seq %d..%d), %d duplicates, %d checkpoints, sealed up to seq %d\n",
+			rep.Messages, rep.Entries, rep.FirstSeq, rep.LastSeq, rep.Duplicates, rep.Checkpoints, rep.SealedUpTo)
+		if rep.OK() {
+			fmt.Fprintln(e.stdout, "ok: no gap, no altered entry, chain intact")
+		}
+	}
+	if !rep.OK() {
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/testenv/rsyslog"
+)
+
+// memKeyStore stands in for the vault's get-or-create system keys.
+type memKeyStore struct {
+	mu   sync.Mutex
+	keys map[string][]byte
+}
+
+func (m *memKeyStore) SystemKey(_ context.Context, name string, create func() ([]byte, error)) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if k, ok := m.keys[name]; ok {
+		return k, nil
+	}
+	k, err := create()
+	if err != nil {
+		return nil, err
+	}
+	m.keys[name] = k
+	return k, nil
+}
+
+// TestAuditTrailReachesRsyslogAndVerifies runs the daemon with a real
+// rsyslog target: the trail arrives sealed by a final checkpoint,
+// `audit verify FILE` passes with `audit pubkey`'s key, and fails naming the
+// seq once a line is removed.
+func TestAuditTrailReachesRsyslogAndVerifies(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	ks := &memKeyStore{keys: map[string][]byte{}}
+	old := auditKeys
+	auditKeys = func(*daemon) audit.KeySource { return ks }
+	t.Cleanup(func() { auditKeys = old })
+
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, fmt.Sprintf(`
+[audit]
+checkpoint_every = 3
+
+[[audit.syslog]]
+address = "tcp://%s"
+format = "rfc5424"
+`, srv.Addr))
+	msgs := notifySocket(t)
+	d := startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+
+	ctx := context.Background()
+	e := testEnv()
+	if code := run(ctx, e, []string{"audit", "pubkey", "--config", cfg.Path}); code != exitOK {
+		t.Fatalf("audit pubkey: exit %d: %s", code, e.stderr)
+	}
+	pub := strings.TrimSpace(fmt.Sprint(e.stdout))
+	if !strings.HasPrefix(pub, "ed25519:") {
+		t.Fatalf("got public key %q", pub)
+	}
+	e = testEnv()
+	e.stdin = strings.NewReader("hunter2\n")
+	if code := run(ctx, e, []string{"audit", "hash", "--config", cfg.Path, "-"}); code != exitOK {
+		t.Fatalf("audit hash: exit %d: %s", code, e.stderr)
+	}
+	if h := fmt.Sprint(e.stdout); !strings.HasPrefix(h, "hmac-sha256:") || strings.Contains(h, "hunter2") {
+		t.Errorf("got %q, want an HMAC", h)
+	}
+	if code := d.stop(t); code != exitOK {
+		t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
+	}
+
+	// The daemon flushed the final checkpoint before it stopped.
+	var lines []string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(srv.File)
+		lines = strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+		if strings.Contains(string(b), `\"final\":\"true\"`) || strings.Contains(string(b), `"final":"true"`) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e = testEnv()
+	if code := run(ctx, e, []string{"audit", "verify", "--pubkey", pub, srv.File}); code != exitOK {
+		t.Fatalf("audit verify on the rsyslog file: exit %d\n%s%s", code, e.stdout, e.stderr)
+	}
+	if out := fmt.Sprint(e.stdout); !strings.Contains(out, "ok: ") {
+		t.Errorf("got %q, want ok", out)
+	}
+
+	var kept []string
+	removed := ""
+	for _, l := range lines {
+		if removed == "" && strings.Contains(l, `{"audit_seq":2,`) {
+			removed = l
+			continue
+		}
+		kept = append(kept, l)
+	}
+	if removed == "" {
+		t.Fatalf("seq 2 is not in the capture: %q", lines)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.log")
+	if err := os.WriteFile(cut, []byte(strings.Join(kept, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e = testEnv()
+	if code := run(ctx, e, []string{"audit", "verify", "--pubkey", pub, cut}); code != exitFailure {
+		t.Fatalf("audit verify on a cut file: exit %d, want %d", code, exitFailure)
+	}
+	if out := fmt.Sprint(e.stdout); !strings.Contains(out, "seq 2 is missing") {
+		t.Errorf("got %q, want the missing seq named", out)
+	}
+}
