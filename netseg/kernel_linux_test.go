@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -631,5 +632,64 @@ func TestStateSurvivesRestart(t *testing.T) {
 	}
 	if kt, _ := m2.k.read(); kt.Exists {
 		t.Error("rollback after restart left the table")
+	}
+}
+
+// No audit, no action: when the journal cannot record the apply, the
+// kernel is put back as it was and the apply fails.
+func TestApplyFailsWithoutAudit(t *testing.T) {
+	lab := netns.New(t)
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(Options{Audit: j, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close() // every Append now fails
+	cfg, needs := labConfig()
+	if _, err := m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err == nil {
+		t.Fatal("Apply succeeded without an audit journal")
+	}
+	if kt, err := m.k.read(); err != nil || kt.Exists {
+		t.Errorf("table left in the kernel by an unaudited apply (exists %v, err %v)", kt != nil && kt.Exists, err)
+	}
+}
+
+// The plan says, in words, what an edit of the config changes in the kernel.
+func TestPlanDescribesChanges(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Egress[0].To = append(cfg.Egress[0].To, "10.10.0.20")
+	cfg.Ingress = cfg.Ingress[:1]
+	needs = append(needs, Need{Address: "localhost:123", Proto: "udp", Origin: "ntp"})
+	p, err := r.m.Plan(context.Background(), cfg, needs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"set egress_0_v4: add 10.10.0.20/32",
+		"remove rule ingress[1]: accept v4 tcp from @ingress_1_v4 port 22 (admin SSH)",
+		"delete set ingress_1_v4",
+		"set appliance_v4: add udp 127.0.0.1:123",
+	} {
+		if !slices.Contains(p.Changes, want) {
+			t.Errorf("plan lacks %q; got:\n%s", want, strings.Join(p.Changes, "\n"))
+		}
+	}
+	if !strings.Contains(p.String(), "udp localhost:123 -> 127.0.0.1:123") || !strings.Contains(p.String(), "(ntp)") {
+		t.Errorf("plan text does not show the resolved need and its origin:\n%s", p)
+	}
+	// Planning changed nothing.
+	kt, err := r.m.k.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := tableDrift(r.m.cur.rs, kt); len(d) != 0 {
+		t.Errorf("plan changed the kernel: %v", d)
 	}
 }
