@@ -34,6 +34,9 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	if !e.wantArgs(fs, 0) {
 		return exitUsage
 	}
+	if err := hardenProcess(e, *cfgPath); err != nil {
+		return e.fail("serve", err)
+	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "applianced serve: the config has errors; nothing was started:\n%v\n", err)

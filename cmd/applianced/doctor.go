@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/applianced/applianced/hardening"
+	"github.com/applianced/applianced/internal/admin"
+	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/netseg"
+	"github.com/applianced/applianced/syslog"
+	"github.com/applianced/applianced/vault"
+)
+
+// Paths and admin routes doctor reads.
+const (
+	unitName = "applianced.service"
+	unitPath = "/lib/systemd/system/applianced.service"
+	// adminSyslogStatus answers []syslog.TargetStatus.
+	adminSyslogStatus = "/admin/v1/syslog/status"
+	// adminNetStatus answers netseg.Status.
+	adminNetStatus = "/admin/v1/net/status"
+)
+
+func cmdDoctor(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("doctor", "", "Check this host and the appliance: the unit's sandbox, file modes, the master key's\n"+
+		"source, the domain controllers' certificates, syslog delivery, the firewall, an egress\n"+
+		"probe, kernel settings, listening sockets, the clock and agent credentials. Each line is\n"+
+		"pass, warn, fail or skip, with a one-line fix. Exit 1 when any check fails.",
+		"applianced doctor", "applianced doctor --json")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 0) {
+		return exitUsage
+	}
+	rep := hardening.Run(ctx, doctorChecks(e, *cfgPath), 0)
+	var err error
+	if *asJSON {
+		err = rep.WriteJSON(e.stdout)
+	} else {
+		err = rep.WriteText(e.stdout)
+	}
+	if err != nil {
+		return e.fail("doctor", err)
+	}
+	if !rep.OK() {
+		return exitFailure
+	}
+	return exitOK
+}
+
+// doctorChecks lists every check, host ones first. A config with errors
+// still gets the host checks.
+func doctorChecks(e *env, cfgPath string) []hardening.Check {
+	cfg, cfgErr := config.Load(cfgPath)
+	checks := []hardening.Check{configCheck(cfgPath, cfgErr)}
+	checks = append(checks, hardening.UnitExposureCheck(unitName, unitPath))
+	if cfg == nil {
+		return append(checks, hardening.SysctlCheck("/proc"), hardening.ClockCheck())
+	}
+	keyFile := cfg.Vault.MasterKeyFile
+	if keyFile == "" {
+		keyFile = vault.DefaultMasterKeyFile
+	}
+	unitText := systemctlCat()
+	sealed := strings.Contains(unitText, "LoadCredentialEncrypted=master.key:")
+	checks = append(checks,
+		hardening.FileModesCheck([]hardening.FileSpec{
+			{Path: cfg.Path, Kind: hardening.ConfigFile},
+			{Path: keyFile, Kind: hardening.KeyFile, Optional: sealed},
+			{Path: cfg.Server.TLSKey, Kind: hardening.KeyFile},
+			{Path: cfg.Server.StateDir, Kind: hardening.StateDir},
+		}, serviceUID()),
+		hardening.MasterKeyCheck(keyFile, unitText),
+	)
+	if cfg.LDAP != nil {
+		l := cfg.LDAP
+		checks = append(checks, hardening.DCCheck(hardening.DCConfig{
+			URLs: l.URLs, StartTLS: l.StartTLS, CAFile: l.CAFile, ServerName: l.ServerName,
+			InsecurePlaintext: l.InsecurePlaintext, DialTimeout: l.DialTimeout.D(),
+		}))
+	}
+	client := admin.NewClient(cfg.Server.AdminSocket)
+	var ingress []hardening.PortRule
+	for _, r := range cfg.Net.Ingress {
+		proto := r.Proto
+		if proto == "" {
+			proto = "tcp"
+		}
+		for _, p := range r.Ports {
+			ingress = append(ingress, hardening.PortRule{Proto: proto, Port: p})
+		}
+	}
+	var agents []hardening.AgentAuth
+	for _, a := range cfg.Agents {
+		method := "unix"
+		switch {
+		case a.ClientSecretHash != "":
+			method = "client_secret"
+		case a.PublicKeyFile != "":
+			method = "private_key_jwt"
+		}
+		agents = append(agents, hardening.AgentAuth{Name: a.Name, Method: method})
+	}
+	return append(checks,
+		hardening.SyslogCheck(adminSyslog{client}),
+		hardening.FirewallCheck(adminFirewall{client}),
+		hardening.EgressProbeCheck(hardening.DefaultEgressProbe),
+		hardening.SysctlCheck("/proc"),
+		hardening.ListeningCheck("/proc", ingress),
+		hardening.ClockCheck(),
+		hardening.AgentSecretCheck(agents),
+	)
+}
+
+func configCheck(path string, err error) hardening.Check {
+	return hardening.Check{Name: "config", Run: func(context.Context) []hardening.Result {
+		name := "config " + path
+		var ce *config.Error
+		switch {
+		case err == nil:
+			return []hardening.Result{{Name: name, Status: hardening.Pass, Detail: "valid"}}
+		case errors.As(err, &ce) && len(ce.Problems) > 0:
+			return []hardening.Result{{Name: name, Status: hardening.Fail,
+				Detail: fmt.Sprintf("%d error(s), first: %s", len(ce.Problems), ce.Problems[0]),
+				Fix:    "run `applianced config check` and fix each line it names"}}
+		}
+		return []hardening.Result{{Name: name, Status: hardening.Fail, Detail: err.Error(), Fix: "run `applianced config check`"}}
+	}}
+}
+
+// systemctlCat returns the unit with its drop-ins as systemd has them, or
+// the shipped unit file when systemd is not running.
+func systemctlCat() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "systemctl", "cat", "--no-pager", unitName).Output(); err == nil {
+		return string(out)
+	}
+	b, _ := os.ReadFile(unitPath)
+	return string(b)
+}
+
+// serviceUID is the applianced user's uid, or -1.
+func serviceUID() int {
+	u, err := user.Lookup("applianced")
+	if err != nil {
+		return -1
+	}
+	uid, err := strconv.Atoi(u.Uid)
+	if err != nil {
+		return -1
+	}
+	return uid
+}
+
+// adminSyslog asks the running daemon for its forwarders' state.
+type adminSyslog struct{ c *admin.Client }
+
+func (a adminSyslog) SyslogTargets(ctx context.Context) ([]hardening.SyslogTarget, error) {
+	var ts []syslog.TargetStatus
+	if err := a.c.Call(ctx, "GET", adminSyslogStatus, nil, &ts); err != nil {
+		return nil, err
+	}
+	out := make([]hardening.SyslogTarget, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, hardening.SyslogTarget{Address: t.Address, Connected: t.Connected, Lag: t.Lag, LastError: t.LastError})
+	}
+	return out, nil
+}
+
+// adminFirewall asks the running daemon for the firewall's state against
+// what it applied.
+type adminFirewall struct{ c *admin.Client }
+
+func (a adminFirewall) FirewallDrift(ctx context.Context) (bool, []string, error) {
+	var st netseg.Status
+	if err := a.c.Call(ctx, "GET", adminNetStatus, nil, &st); err != nil {
+		return false, nil, err
+	}
+	return st.Applied, st.Drift, nil
+}
+
+// hardenProcess protects the daemon before it reads a key: no core dumps,
+// not dumpable, umask 077, memory locked when the unit permits it
+// (LimitMEMLOCK=infinity), and a config file nobody else can write.
+func hardenProcess(e *env, cfgPath string) error {
+	a, err := hardening.Apply(nil)
+	if err != nil {
+		return err
+	}
+	if !a.MemoryLocked {
+		fmt.Fprintf(e.stderr, "applianced serve: memory not locked: %s\n", a.MemoryLockSkipped)
+	}
+	return hardening.CheckConfigFile(cfgPath)
+}
