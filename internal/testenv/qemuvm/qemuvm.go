@@ -62,12 +62,19 @@ var dependsRE = regexp.MustCompile(`(?m)^\s*Depends:\s*(linux-image-[0-9][^\s]*)
 // and extracting it into cacheDir when it is not there yet.
 func EnsureKernel(ctx context.Context, cacheDir string) (*Kernel, error) {
 	out, err := exec.CommandContext(ctx, "apt-cache", "depends", "linux-image-amd64").Output()
-	if err != nil {
-		return nil, fmt.Errorf("qemuvm: apt-cache depends linux-image-amd64: %w", err)
-	}
 	m := dependsRE.FindSubmatch(out)
-	if m == nil {
-		return nil, fmt.Errorf("qemuvm: linux-image-amd64 names no kernel package:\n%s", out)
+	if err != nil || m == nil {
+		// A fresh machine's package lists can be empty.
+		if uerr := exec.CommandContext(ctx, "apt-get", "update", "-qq").Run(); uerr != nil {
+			return nil, fmt.Errorf("qemuvm: apt-get update: %w", uerr)
+		}
+		out, err = exec.CommandContext(ctx, "apt-cache", "depends", "linux-image-amd64").Output()
+		if err != nil {
+			return nil, fmt.Errorf("qemuvm: apt-cache depends linux-image-amd64: %w", err)
+		}
+		if m = dependsRE.FindSubmatch(out); m == nil {
+			return nil, fmt.Errorf("qemuvm: linux-image-amd64 names no kernel package:\n%s", out)
+		}
 	}
 	pkg := string(m[1])
 	version := strings.TrimPrefix(pkg, "linux-image-")
