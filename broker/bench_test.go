@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"net/url"
@@ -36,7 +37,12 @@ func socketRequest(tb testing.TB, e *env) func() error {
 // fresh private_key_jwt assertion, signed by the client as a real agent would.
 func httpsRequest(tb testing.TB, e *env) func() error {
 	hc := e.https.Client()
-	hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 2 * benchWorkers
+	tr := hc.Transport.(*http.Transport)
+	tr.MaxIdleConnsPerHost = 2 * benchWorkers
+	// One connection per worker, as separate agent processes would have,
+	// rather than every request multiplexed on one HTTP/2 connection.
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	aud := e.b.tokenEndpoint()
 	key := e.remoteKey
 	return func() error {
