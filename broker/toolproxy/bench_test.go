@@ -61,7 +61,7 @@ func BenchmarkProxyVsDirect(b *testing.B) {
 	b.ReportMetric(float64(pp.Microseconds()), "proxy-p50-µs")
 	b.ReportMetric(float64((pp - dp).Microseconds()), "added-p50-µs")
 
-	const workers, per = 8, 200
+	const workers, per = 8, 50
 	rate := func(f func() error) float64 {
 		var wg sync.WaitGroup
 		start := time.Now()
@@ -80,8 +80,16 @@ func BenchmarkProxyVsDirect(b *testing.B) {
 		wg.Wait()
 		return float64(workers*per) / time.Since(start).Seconds()
 	}
-	dr := rate(direct)
-	pr := rate(proxied)
+	// Alternate short rounds so that the machine's load hits both alike;
+	// report the medians.
+	var drs, prs []float64
+	for range 5 {
+		drs = append(drs, rate(direct))
+		prs = append(prs, rate(proxied))
+	}
+	slices.Sort(drs)
+	slices.Sort(prs)
+	dr, pr := drs[2], prs[2]
 	b.ReportMetric(dr, "direct-req/s")
 	b.ReportMetric(pr, "proxy-req/s")
 	b.ReportMetric(pr/dr, "throughput-ratio")
