@@ -4,11 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/applianced/applianced/broker"
+	"github.com/applianced/applianced/broker/dlp"
 	"github.com/applianced/applianced/broker/toolproxy"
+	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/vault"
 )
 
 func cmdApprovalList(ctx context.Context, e *env, args []string) int {
@@ -100,4 +105,63 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// mountToolProxy opens the credential-injection proxy on top of the broker
+// (tokens, policies, the agents' kill switch) and the vault (the tools'
+// credentials, the key sealing TOTP seeds), and mounts /v1/tools/ and
+// /v1/approvals/ on the API and the approval and TOTP verbs on the admin
+// socket. It is a step of (*daemon).open after the broker:
+//
+//	{"tool proxy", func(ctx, bg context.Context) error { return d.mountToolProxy(d.broker, d.vault) }},
+func (d *daemon) mountToolProxy(b *broker.Broker, v *vault.Vault) error {
+	cfg := d.config()
+	scanner, err := dlp.New(dlp.Config{})
+	if err != nil {
+		return err
+	}
+	p, err := toolproxy.New(toolproxy.Options{
+		Tools: cfg.Tools, Risk: cfg.Risk, DLP: scanner, StateDir: cfg.Server.StateDir,
+		Verifier: brokerTools{b}, Policy: brokerTools{b}, Agents: b, Secrets: v, Keys: v,
+		// Audit details (paths, reasons) pass DLP before the journal.
+		Audit:  &dlp.Appender{Next: d.journal, Scanner: scanner},
+		Logger: d.log.With("component", "toolproxy"),
+	})
+	if err != nil {
+		return err
+	}
+	d.api.Handle("/v1/tools/", p)
+	d.api.Handle("/v1/approvals/", p)
+	p.RegisterAdmin(d.admin)
+	d.closers = append(d.closers, p.Close)
+	d.reloaders = append(d.reloaders, func(_ context.Context, cfg *config.File) error {
+		return p.Reload(cfg.Tools, cfg.Risk)
+	})
+	return nil
+}
+
+// brokerTools adapts the broker to the proxy's Verifier and PolicyChecker.
+type brokerTools struct{ b *broker.Broker }
+
+// Verify accepts the broker's agent tokens, whose audience is the tool
+// proxy as a whole, or a token whose audience names this tool.
+func (t brokerTools) Verify(ctx context.Context, raw, tool string) (toolproxy.Principal, error) {
+	p, err := t.b.Verify(ctx, raw, t.b.ToolAudience())
+	if err != nil {
+		if p, err = t.b.Verify(ctx, raw, t.b.ToolAudience()+"/"+tool); err != nil {
+			return toolproxy.Principal{}, err
+		}
+	}
+	return toolproxy.Principal{Agent: p.Agent, User: p.User, Groups: p.Groups, Scopes: p.Scopes, JTI: p.JTI, Expiry: p.Expiry}, nil
+}
+
+// Allow evaluates the [[policy]] rules; the agent socket counts as
+// 127.0.0.1, as for token issuance.
+func (t brokerTools) Allow(_ context.Context, r toolproxy.PolicyRequest) (bool, string, error) {
+	src := r.Source
+	if !src.IsValid() {
+		src = netip.MustParseAddr("127.0.0.1")
+	}
+	dec := t.b.Authorize(broker.AccessRequest{Agent: r.Agent, User: r.User, UserGroups: r.Groups, Scope: r.Scope, Source: src, Time: r.Time})
+	return dec.Allowed, dec.Reason, nil
 }
