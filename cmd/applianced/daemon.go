@@ -75,6 +75,7 @@ func (d *daemon) open(ctx, bg context.Context) error {
 		{"audit journal", d.openJournal},
 		{"network", d.openNet},
 		{"audit forwarding", d.openAuditForwarding},
+		{"directory", func(ctx, bg context.Context) error { _, err := d.openLDAP(nil); return err }},
 		{"routes", d.mountCore},
 	}
 	for _, s := range steps {

@@ -323,7 +323,7 @@ func (s *Server) seed(fixed string) {
 		disabled        bool
 		groups          []string
 	}{
-		{"alice", "Alice Example", "in ai-users through team-ai: logs in with role chat-user", false, []string{"team-ai"}},
+		{"alice", "Alice Example", "in ai-users through team-ai: logs in", false, []string{"team-ai"}},
 		{"bob", "Bob Example", "disabled account: denied (account_disabled)", true, []string{"team-ai"}},
 		{"carol", "Carol Example", "only in helpdesk: denied (not_in_allowed_groups)", false, []string{"helpdesk"}},
 	}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/term"
+
+	"github.com/applianced/applianced/internal/admin"
+	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/ldapauth"
+	"github.com/applianced/applianced/ldapauth/devdir"
+	"github.com/applianced/applianced/vault"
+)
+
+// Admin paths of the directory.
+const (
+	adminLDAPTest   = "/admin/v1/ldap/test"
+	adminLDAPHealth = "/admin/v1/ldap/health"
+)
+
+// ldapTestRequest is the body of POST /admin/v1/ldap/test. It travels only
+// over the admin socket.
+type ldapTestRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// ldapTestResult is the full answer, reasons included: admins see why a
+// login was denied; API callers never do.
+type ldapTestResult struct {
+	Outcome  ldapauth.Outcome   `json:"outcome"`
+	Identity *ldapauth.Identity `json:"identity,omitempty"`
+	Error    string             `json:"error,omitempty"`
+}
+
+// directory is the daemon's user login: the current Authenticator, swapped
+// on reload. The broker logs users in through Login.
+type directory struct {
+	cur     atomic.Pointer[ldapauth.Authenticator]
+	secrets ldapauth.SecretFunc
+	d       *daemon
+}
+
+// Login logs a user in with the current [ldap] config.
+func (dir *directory) Login(ctx context.Context, r ldapauth.Request) (ldapauth.Identity, ldapauth.Outcome, error) {
+	a := dir.cur.Load()
+	if a == nil {
+		return ldapauth.Identity{}, ldapauth.Outcome{Reason: ldapauth.ReasonDirectoryUnavailable}, errors.New("no [ldap] section in the config")
+	}
+	return a.Login(ctx, r)
+}
+
+// vaultSecrets reads bind_password_secret from the vault; without a vault,
+// every service bind fails with a clear error (the daemon still starts).
+func vaultSecrets(v *vault.Vault) ldapauth.SecretFunc {
+	return func(ctx context.Context, name string) ([]byte, error) {
+		if v == nil {
+			return nil, errors.New("the vault is not open")
+		}
+		return v.ForInternal(ctx, "ldapauth", name)
+	}
+}
+
+// openLDAP opens the directory login for [ldap] (a no-op without the
+// section), mounts `ldap test` and the DC health on the admin socket, and
+// exports each DC's state as a metric. It is a step of (*daemon).open after
+// the vault:
+//
+//	{"directory", func(ctx, bg context.Context) error { _, err := d.openLDAP(d.vault); return err }},
+func (d *daemon) openLDAP(v *vault.Vault) (*directory, error) {
+	dir := &directory{secrets: vaultSecrets(v), d: d}
+	if cfg := d.config().LDAP; cfg != nil {
+		a, err := dir.open(*cfg)
+		if err != nil {
+			return nil, err
+		}
+		dir.cur.Store(a)
+	}
+	if err := d.metrics.Register(dcCollector{dir: dir, up: prometheus.NewDesc("applianced_ldap_dc_up",
+		"1 when the domain controller is not held down after a connection, TLS or timeout error.", []string{"url"}, nil)}); err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, func() error {
+		if a := dir.cur.Swap(nil); a != nil {
+			return a.Close()
+		}
+		return nil
+	})
+	d.reloaders = append(d.reloaders, func(ctx context.Context, f *config.File) error {
+		var next *ldapauth.Authenticator
+		if f.LDAP != nil {
+			a, err := dir.open(*f.LDAP)
+			if err != nil {
+				return err
+			}
+			next = a
+		}
+		if old := dir.cur.Swap(next); old != nil {
+			old.Close()
+		}
+		return nil
+	})
+	d.admin.HandleFunc("POST "+adminLDAPTest, dir.handleTest)
+	d.admin.HandleFunc("GET "+adminLDAPHealth, func(w http.ResponseWriter, r *http.Request) {
+		a := dir.cur.Load()
+		if a == nil {
+			admin.WriteError(w, http.StatusNotFound, "not_configured", "no [ldap] section in the config")
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, a.Health())
+	})
+	return dir, nil
+}
+
+// dcCollector exports each DC's state at scrape time, for the current config.
+type dcCollector struct {
+	dir *directory
+	up  *prometheus.Desc
+}
+
+func (c dcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.up }
+
+func (c dcCollector) Collect(ch chan<- prometheus.Metric) {
+	a := c.dir.cur.Load()
+	if a == nil {
+		return
+	}
+	for _, h := range a.Health() {
+		v := 0.0
+		if h.Up {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, v, h.URL)
+	}
+}
+
+func (dir *directory) open(cfg ldapauth.Config) (*ldapauth.Authenticator, error) {
+	return ldapauth.New(cfg, ldapauth.Options{
+		Audit:        dir.d.journal,
+		BindPassword: dir.secrets,
+		Logger:       dir.d.log.With("component", "ldapauth"),
+	})
+}
+
+func (dir *directory) handleTest(w http.ResponseWriter, r *http.Request) {
+	var req ldapTestRequest
+	if !admin.DecodeJSON(w, r, &req) {
+		return
+	}
+	source := "unix"
+	if c, ok := admin.CallerFrom(r.Context()); ok {
+		source = "unix:uid=" + strconv.Itoa(c.UID)
+	}
+	id, out, err := dir.Login(r.Context(), ldapauth.Request{Username: req.Username, Password: req.Password, Source: source})
+	res := ldapTestResult{Outcome: out}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	if out.OK {
+		res.Identity = &id
+	}
+	admin.WriteJSON(w, http.StatusOK, res)
+}
+
+// cmdLDAPTest is `applianced ldap test USER`.
+func cmdLDAPTest(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("ldap test", "USER",
+		"Log USER in through the running daemon exactly as POST /v1/login does, and print the\n"+
+			"user's DN, groups (nested), roles and the domain controller that answered, or the exact\n"+
+			"reason for a denial (wrong password, disabled, locked, expired, not in allowed_groups…).\n"+
+			"The password is read from the terminal without echo, or from stdin. The attempt is\n"+
+			"audited and counts against the failure limits like any login. Exit 0 only on success.",
+		"applianced ldap test alice",
+		`applianced ldap test 'CORP\alice' < password.txt`)
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 1) {
+		return exitUsage
+	}
+	user := fs.Arg(0)
+	pw, err := readPassword(e, user)
+	if err != nil {
+		return e.fail("ldap test", err)
+	}
+	var res ldapTestResult
+	if err := e.call(ctx, *cfgPath, http.MethodPost, adminLDAPTest, ldapTestRequest{Username: user, Password: pw}, &res); err != nil {
+		return e.fail("ldap test", err)
+	}
+	if *asJSON {
+		e.printJSON(res)
+	} else {
+		printLDAPTest(e.stdout, res)
+	}
+	if !res.Outcome.OK {
+		return exitFailure
+	}
+	return exitOK
+}
+
+func printLDAPTest(w io.Writer, res ldapTestResult) {
+	if res.Identity == nil {
+		fmt.Fprintf(w, "denied: %s\n", orDash(string(res.Outcome.Reason)))
+		if res.Outcome.ADCode != "" {
+			fmt.Fprintf(w, "AD code: %s\n", res.Outcome.ADCode)
+		}
+		if res.Outcome.DC != "" {
+			fmt.Fprintf(w, "DC: %s\n", res.Outcome.DC)
+		}
+		if res.Error != "" {
+			fmt.Fprintf(w, "error: %s\n", res.Error)
+		}
+		return
+	}
+	id := res.Identity
+	fmt.Fprintf(w, "ok: %s\n", id.Username)
+	fmt.Fprintf(w, "DN: %s\n", id.DN)
+	if id.DisplayName != "" {
+		fmt.Fprintf(w, "name: %s\n", id.DisplayName)
+	}
+	fmt.Fprintf(w, "DC: %s\n", id.DC)
+	fmt.Fprintf(w, "groups (%d, nested included):\n", len(id.Groups))
+	for _, g := range id.Groups {
+		fmt.Fprintf(w, "  %s  (%s)\n", g.Name, g.DN)
+	}
+	fmt.Fprintf(w, "roles: %s\n", orDash(strings.Join(id.Roles, ", ")))
+}
+
+// readPassword reads a password without echo from a terminal, or the whole
+// of stdin (one trailing newline removed).
+func readPassword(e *env, user string) (string, error) {
+	if f, ok := e.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprintf(e.stderr, "Password for %s: ", user)
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(e.stderr)
+		if err != nil {
+			return "", fmt.Errorf("reading the password: %w", err)
+		}
+		return string(b), nil
+	}
+	b, err := io.ReadAll(io.LimitReader(e.stdin, ldapauth.MaxPasswordLen+2))
+	if err != nil {
+		return "", fmt.Errorf("reading the password from stdin: %w", err)
+	}
+	b = bytes.TrimSuffix(b, []byte("\n"))
+	b = bytes.TrimSuffix(b, []byte("\r"))
+	return string(b), nil
+}
+
+// devLDAP starts the embedded demo directory and adds its [ldap] section.
+// The roles of its groups come from an [ldap.group_roles] table, which the
+// step that defines the demo roles adds.
+func devLDAP(ctx context.Context, dv *devEnv) error {
+	srv, err := devdir.Start(ctx, devdir.Options{Dir: dv.dir, AnonymousSearch: true})
+	if err != nil {
+		return err
+	}
+	dv.cleanup = append(dv.cleanup, func() { srv.Stop() })
+	dv.sections = append(dv.sections, "# The embedded demo directory ("+srv.URL()+").\n"+srv.TOML())
+	lines := []string{}
+	for _, c := range srv.Credentials() {
+		lines = append(lines, fmt.Sprintf("printf '%%s' '%s' | %s ldap test %s    # %s", c.Password, dv.cli, c.Username, c.Note))
+	}
+	dv.addTry("log in with the demo directory's users (alice is in ai-users through a nested group)", lines...)
+	return nil
+}
