@@ -121,7 +121,7 @@ func (m *Manager) trigger() {
 }
 
 // Run repairs drift and turns logged drops into audit events until ctx
-// ends. A confirmation left pending by a previous run is honoured: its
+// ends, and then returns the errors of the watchers that stopped early. A confirmation left pending by a previous run is honoured: its
 // rollback fires at the saved deadline.
 func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Lock()
@@ -135,24 +135,30 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Each watcher runs on its own: a drop log that cannot bind its group
+	// (another program holds it) must not stop drift repair.
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
-	wg.Add(4)
-	go func() { defer wg.Done(); errc <- m.watchTables(ctx) }()
-	go func() { defer wg.Done(); errc <- m.watchLinks(ctx) }()
-	go func() { defer wg.Done(); errc <- m.readDrops(ctx, group) }()
-	go func() { defer wg.Done(); m.repairLoop(ctx) }()
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-		cancel()
+	var mu sync.Mutex
+	var errs []error
+	for _, w := range []func(context.Context) error{
+		m.watchTables, m.watchLinks,
+		func(ctx context.Context) error { return m.readDrops(ctx, group) },
+		func(ctx context.Context) error { m.repairLoop(ctx); return nil },
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w(ctx); err != nil {
+				m.log.Error("netseg: watcher stopped", "err", err)
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
 	}
 	wg.Wait()
 	m.flushDrops(context.WithoutCancel(ctx))
-	return err
+	return errors.Join(errs...)
 }
 
 func (m *Manager) repairLoop(ctx context.Context) {
