@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/applianced/applianced/broker"
 	"github.com/applianced/applianced/broker/dlp"
 	"github.com/applianced/applianced/broker/toolproxy"
+	"github.com/applianced/applianced/broker/toolproxy/demotool"
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/vault"
 )
@@ -164,4 +167,50 @@ func (t brokerTools) Allow(_ context.Context, r toolproxy.PolicyRequest) (bool, 
 	}
 	dec := t.b.Authorize(broker.AccessRequest{Agent: r.Agent, User: r.User, UserGroups: r.Groups, Scope: r.Scope, Source: src, Time: r.Time})
 	return dec.Allowed, dec.Reason, nil
+}
+
+// devTools starts the demo ticketing tool on loopback and adds its [[tool]]
+// section: GET is free, DELETE needs a human approval, and the tool's API
+// key sits in a 0600 file of the demo dir for the admin to put into the
+// vault; the agent never sees it.
+func devTools(ctx context.Context, dv *devEnv) error {
+	srv, err := demotool.Start(ctx)
+	if err != nil {
+		return err
+	}
+	dv.cleanup = append(dv.cleanup, func() { srv.Close() })
+	keyFile := filepath.Join(dv.dir, "demo-tool.key")
+	if err := os.WriteFile(keyFile, srv.Secret, 0o600); err != nil {
+		return err
+	}
+	tool := srv.Tool("tickets-key")
+	var b strings.Builder
+	fmt.Fprintf(&b, "# The demo ticketing tool (%s). Its key is in the vault as tickets-key.\n", srv.URL)
+	fmt.Fprintf(&b, "[[tool]]\nname = %q\nbase_url = %q\ntimeout = \"5s\"\n", tool.Name, tool.BaseURL)
+	fmt.Fprintf(&b, "auth = { type = %q, name = %q, secret = %q }\n", tool.Auth.Type, tool.Auth.Name, tool.Auth.Secret)
+	for _, r := range tool.Routes {
+		fmt.Fprintf(&b, "\n[[tool.route]]\nmethod = %q\npath = %q\nscope = %q\n", r.Method, r.Path, r.Scope)
+		if r.Approval != "" {
+			fmt.Fprintf(&b, "approval = %q\n", r.Approval)
+		}
+		if r.DLP != "" {
+			fmt.Fprintf(&b, "dlp = %q\n", r.DLP)
+		}
+	}
+	b.WriteString("\n[risk]\nrequests_per_minute = 60\nresponse_bytes_per_hour = \"10MB\"\non_exceed = \"step_up\"\n")
+	dv.sections = append(dv.sections, b.String())
+	api := "https://" + dv.listen + "/v1/tools/tickets"
+	auth := `-H "Authorization: Bearer $AGENT_TOKEN"`
+	dv.addTry("call a tool without holding its credential (an agent token with tickets:* scopes in $AGENT_TOKEN)",
+		dv.cli+" secret put tickets-key --type api_key --allow-tool tickets < "+keyFile+"    # the admin, once",
+		"curl -sk "+auth+" "+api+"/tickets              # the proxy adds X-Api-Key on the way out",
+		"curl -sk "+auth+" "+api+"/tickets/2            # the card number and IBAN in the notes come back redacted",
+		"curl -sk -X DELETE "+auth+" "+api+"/tickets/3  # 403 approval_required, with an approval_id",
+		dv.cli+" approval list",
+		dv.cli+" approval approve APPROVAL_ID",
+		"curl -sk -X DELETE "+auth+` -H "Approval-Id: APPROVAL_ID" `+api+"/tickets/3    # 200, exactly once",
+		dv.cli+" audit tail -n 10                        # tool.call, approval.request, approval.approve",
+		`grep -rc "$(cat `+keyFile+`)" `+filepath.Join(dv.dir, "state", "audit")+"    # 0 everywhere: the key is in no record",
+	)
+	return nil
 }
