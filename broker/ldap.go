@@ -6,12 +6,18 @@ import (
 	"github.com/applianced/applianced/ldapauth"
 )
 
-// FromLDAP adapts the directory login of ldapauth to an Authenticator. The
-// ldapauth Authenticator records every attempt (auth.login) itself; the
-// broker records the token it then issues.
-func FromLDAP(a *ldapauth.Authenticator) Authenticator { return ldapLogin{a} }
+// DirectoryLogin is ldapauth's login, as *ldapauth.Authenticator (or a
+// wrapper that swaps it on reload) offers it.
+type DirectoryLogin interface {
+	Login(ctx context.Context, r ldapauth.Request) (ldapauth.Identity, ldapauth.Outcome, error)
+}
 
-type ldapLogin struct{ a *ldapauth.Authenticator }
+// FromLDAP adapts the directory login of ldapauth to an Authenticator. The
+// directory records every attempt (auth.login) itself; the broker records
+// the token it then issues.
+func FromLDAP(a DirectoryLogin) Authenticator { return ldapLogin{a} }
+
+type ldapLogin struct{ a DirectoryLogin }
 
 func (l ldapLogin) Login(ctx context.Context, username, password, source string) (Identity, bool, error) {
 	id, out, err := l.a.Login(ctx, ldapauth.Request{Username: username, Password: password, Source: source})

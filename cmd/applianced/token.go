@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/applianced/applianced/broker"
+)
+
+func cmdTokenRevoke(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("token revoke", "", "Revoke access tokens at once, everywhere the appliance checks them (introspection\n"+
+		"and the tool proxy). Name exactly one of:\n"+
+		"  --jti J       one token, by its id (from introspection)\n"+
+		"  --agent NAME  every token the agent holds or acts with, issued until now\n"+
+		"  --user NAME   every token of or for the user, and the user's sessions\n"+
+		"New tokens are still issued afterwards; use `agent disable` to stop an agent.",
+		"applianced token revoke --agent ticket-bot", "applianced token revoke --user alice")
+	jti := fs.String("jti", "", "token id")
+	agent := fs.String("agent", "", "agent `NAME`")
+	user := fs.String("user", "", "user `NAME`")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 0) {
+		return exitUsage
+	}
+	n := 0
+	for _, s := range []string{*jti, *agent, *user} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		fmt.Fprintln(e.stderr, "applianced token revoke: name exactly one of --jti, --agent and --user")
+		fs.Usage()
+		return exitUsage
+	}
+	req := broker.RevokeRequest{JTI: *jti, Agent: *agent, User: *user}
+	if err := e.call(ctx, *cfgPath, http.MethodPost, broker.AdminTokenRevoke, req, nil); err != nil {
+		return e.fail("token revoke", err)
+	}
+	if *asJSON {
+		e.printJSON(req)
+		return exitOK
+	}
+	switch {
+	case *jti != "":
+		fmt.Fprintf(e.stdout, "token %s revoked\n", *jti)
+	case *agent != "":
+		fmt.Fprintf(e.stdout, "every token of agent %s issued until now is revoked\n", *agent)
+	default:
+		fmt.Fprintf(e.stdout, "every token of user %s issued until now is revoked, and their sessions ended\n", *user)
+	}
+	return exitOK
+}
