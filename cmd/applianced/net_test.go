@@ -1,8 +1,15 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
 	"reflect"
+	"regexp"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/applianced/applianced/broker/toolproxy"
 	"github.com/applianced/applianced/internal/config"
@@ -28,4 +35,80 @@ func TestNetNeedsComeFromTheConfig(t *testing.T) {
 	if got := netNeeds(f); !reflect.DeepEqual(got, want) {
 		t.Errorf("got  %+v\nwant %+v", got, want)
 	}
+}
+
+// The net verbs reach the daemon over the admin socket. Only read-only and
+// refused verbs run here: the daemon works in the test's own network
+// namespace, whose ruleset a test never changes (the netseg package applies
+// for real inside namespaces it makes).
+func TestNetVerbsThroughTheDaemon(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root (the test daemon's admin socket admits uid 0 only; netlink reads need CAP_NET_ADMIN)")
+	}
+	dir := t.TempDir()
+	rule := `
+[[net.egress]]
+to = ["10.10.0.11/32"]
+proto = "tcp"
+ports = [%d]
+comment = "domain controllers"
+`
+	cfg := testConfig(t, dir, fmt.Sprintf(rule, 636))
+	startDaemon(t, cfg)
+	ctx := context.Background()
+	verb := func(args ...string) (int, string, string) {
+		e := testEnv()
+		code := run(ctx, e, append(args, "--config", cfg.Path))
+		return code, e.stdout.(*syncBuffer).String(), e.stderr.(*syncBuffer).String()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, _, _ := verb("net", "status")
+		if code == exitOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon's admin socket never answered net status")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	code, out, errOut := verb("net", "plan")
+	if code != exitOK || !strings.Contains(out, "egress[0]: accept v4 tcp to @egress_0_v4 port 636 (domain controllers)") {
+		t.Errorf("net plan: exit %d, stdout:\n%s\nstderr: %s", code, out, errOut)
+	}
+	code, out, _ = verb("net", "plan", "--json")
+	var p netseg.Plan
+	if err := json.Unmarshal([]byte(out), &p); code != exitOK || err != nil || len(p.Rules) == 0 {
+		t.Errorf("net plan --json: exit %d, err %v, rules %d", code, err, len(p.Rules))
+	}
+	if code, out, _ := verb("net", "status"); code != exitOK || !strings.Contains(out, "not applied") {
+		t.Errorf("net status: exit %d, stdout:\n%s", code, out)
+	}
+	if code, _, errOut := verb("net", "confirm"); code != exitFailure || !strings.Contains(errOut, "no apply is waiting") {
+		t.Errorf("net confirm with nothing pending: exit %d, stderr %s", code, errOut)
+	}
+
+	// A broken [net] section: apply is refused with the key and line, and
+	// nothing is applied.
+	bad := strings.Replace(mustRead(t, cfg.Path), "ports = [636]", "ports = [0]", 1)
+	if err := os.WriteFile(cfg.Path, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut = verb("net", "apply")
+	if code != exitFailure || !regexp.MustCompile(`applianced\.toml:\d+: net\.egress\[0\]\.ports\[0\]`).MatchString(errOut) {
+		t.Errorf("net apply of a bad config: exit %d, stderr %s", code, errOut)
+	}
+	if code, out, _ := verb("net", "status", "--json"); code != exitOK || !strings.Contains(out, `"applied": false`) {
+		t.Errorf("status after refused apply: exit %d, %s", code, out)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
