@@ -119,7 +119,7 @@ func orDash(s string) string {
 //	{"tool proxy", func(ctx, bg context.Context) error { return d.mountToolProxy(d.broker, d.vault) }},
 func (d *daemon) mountToolProxy(b *broker.Broker, v *vault.Vault) error {
 	cfg := d.config()
-	scanner, err := dlp.New(dlp.Config{})
+	scanner, err := dlp.New(cfg.DLP)
 	if err != nil {
 		return err
 	}

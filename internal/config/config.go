@@ -22,6 +22,7 @@ import (
 	toml "github.com/pelletier/go-toml/v2"
 
 	"github.com/applianced/applianced/broker"
+	"github.com/applianced/applianced/broker/dlp"
 	"github.com/applianced/applianced/broker/toolproxy"
 	"github.com/applianced/applianced/internal/conf"
 	"github.com/applianced/applianced/ldapauth"
@@ -44,6 +45,7 @@ type File struct {
 	Policies []broker.Policy      `toml:"policy"`
 	Tools    []toolproxy.Tool     `toml:"tool"`
 	Risk     toolproxy.RiskConfig `toml:"risk"`
+	DLP      dlp.Config           `toml:"dlp"`
 	Audit    Audit                `toml:"audit"`
 	Net      netseg.Config        `toml:"net"`
 
@@ -287,6 +289,7 @@ func (f *File) validate() []*conf.FieldError {
 	section("vault", &f.Vault)
 	section("tokens", &f.Tokens)
 	section("risk", &f.Risk)
+	section("dlp", &f.DLP)
 	section("net", &f.Net)
 	for i := range f.Roles {
 		section(fmt.Sprintf("role[%d]", i), &f.Roles[i])
