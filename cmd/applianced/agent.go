@@ -219,16 +219,16 @@ ttl = "5m"
 max_ttl = "1h"
 
 [[role]]
-name = "demo-agent"
-scopes = ["demo:read", "demo:write"]
+name = "support"
+scopes = ["tickets:read", "tickets:create", "tickets:delete"]
 
 [[role]]
 name = "chat-user"
-scopes = ["demo:read"]
+scopes = ["tickets:read", "tickets:create"]
 
 [[agent]]
 name = "demo-agent"
-roles = ["demo-agent"]
+roles = ["support"]
 unix_uid = %d                 # your uid: the kernel vouches for you on the agent socket
 act_for_groups = ["ai-users"]
 
@@ -238,7 +238,8 @@ act_for_groups = ["ai-users"]
 	curl := "curl -s --unix-socket " + sock
 	extract := `sed -E 's/.*"access_token":"([^"]+)".*/\1/'`
 	dv.addTry("an agent token on the agent socket: no secret, your uid is the identity",
-		curl+" -d grant_type=client_credentials http://agent/oauth2/token")
+		curl+" -d grant_type=client_credentials http://agent/oauth2/token",
+		"AGENT_TOKEN=$("+curl+" -d grant_type=client_credentials http://agent/oauth2/token | "+extract+")")
 	dv.addTry("log in as alice (her password is printed with the directory's users above), then let the agent act for her",
 		"ALICE_PW='...'",
 		fmt.Sprintf(`USER_TOKEN=$(curl -sk https://%s/v1/login --data-urlencode username=alice --data-urlencode password="$ALICE_PW" | %s)`, dv.listen, extract),
