@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/applianced/applianced/ldapauth/devdir"
+)
+
+// TestLDAPTestVerb runs `applianced ldap test` through a real daemon against
+// the embedded directory: the CLI reads the password from stdin, the daemon
+// logs in with ldapauth and answers with the identity or the exact reason.
+func TestLDAPTestVerb(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root (the test daemon's admin socket admits uid 0 only)")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	dir := t.TempDir()
+	srv, err := devdir.Start(ctx, devdir.Options{Dir: dir, AnonymousSearch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Stop() })
+	pass := map[string]string{}
+	for _, c := range srv.Credentials() {
+		pass[c.Username] = c.Password
+	}
+	cfg := testConfig(t, dir, "\n"+srv.TOML())
+	startDaemon(t, cfg)
+
+	verb := func(stdin string, args ...string) (int, string, string) {
+		e := testEnv()
+		e.stdin = strings.NewReader(stdin)
+		code := run(ctx, e, append([]string{"ldap", "test", "--config", cfg.Path}, args...))
+		return code, e.stdout.(*syncBuffer).String(), e.stderr.(*syncBuffer).String()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, _, errOut := verb("x\n", "nobody"); !strings.Contains(errOut, "admin") && !strings.Contains(errOut, "connect") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon's admin socket never answered")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tests := []struct {
+		name     string
+		user     string
+		stdin    string
+		wantCode int
+		want     []string
+	}{
+		{"alice, nested groups", "alice", pass["alice"] + "\n", exitOK,
+			[]string{"ok: alice", "DN: uid=alice,ou=people,dc=applianced,dc=dev", "team-ai", "ai-users", "DC: ldaps://127.0.0.1:"}},
+		{"wrong password", "alice", "wrong\n", exitFailure, []string{"denied: invalid_credentials", "AD code: 52e"}},
+		{"disabled", "bob", pass["bob"], exitFailure, []string{"denied: account_disabled", "AD code: 533"}},
+		{"not in allowed_groups", "carol", pass["carol"], exitFailure, []string{"denied: not_in_allowed_groups"}},
+		{"empty password", "alice", "\n", exitFailure, []string{"denied: empty_password"}},
+		{"unknown", "mallory", "x", exitFailure, []string{"denied: user_not_found"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := verb(tt.stdin, tt.user)
+			if code != tt.wantCode {
+				t.Errorf("exit: got %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tt.wantCode, out, errOut)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, out)
+				}
+			}
+			if strings.Contains(out+errOut, pass[tt.user]) && pass[tt.user] != "" {
+				t.Errorf("the password was printed")
+			}
+		})
+	}
+	code, out, _ := verb(pass["alice"], "--json", "alice")
+	var res ldapTestResult
+	if err := json.Unmarshal([]byte(out), &res); code != exitOK || err != nil || res.Identity == nil || res.Identity.Username != "alice" {
+		t.Errorf("--json: exit %d err %v result %+v", code, err, res)
+	}
+}
