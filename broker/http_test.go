@@ -442,3 +442,28 @@ func mustGet(t *testing.T, u string) *http.Request {
 	}
 	return req
 }
+
+// TestRevokeUserEndsSessions: token revoke --user kills the user's access
+// tokens, exchanged tokens and refresh tokens at once.
+func TestRevokeUserEndsSessions(t *testing.T) {
+	e := newEnv(t, nil)
+	e.serveHTTPS()
+	e.serveSocket()
+	ctx := context.Background()
+	lg := e.login("alice", "alice-pw")
+	ex := e.socketPost("/oauth2/token", url.Values{"grant_type": {GrantTokenExchange}, "subject_token": {lg.str("access_token")},
+		"subject_token_type": {tokenTypeAccess}})
+	if ex.status != 200 {
+		t.Fatalf("exchange: %d %v", ex.status, ex.body)
+	}
+	if err := e.b.RevokeUser(ctx, "alice", audit.Actor{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.b.Verify(ctx, ex.str("access_token"), e.b.ToolAudience()); !errors.Is(err, ErrUserRevoked) {
+		t.Fatalf("exchanged token: got %v, want ErrUserRevoked", err)
+	}
+	wantOAuthError(t, e.httpsPost("/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {lg.str("refresh_token")}}), 400, "invalid_grant")
+	ex = e.socketPost("/oauth2/token", url.Values{"grant_type": {GrantTokenExchange}, "subject_token": {lg.str("access_token")},
+		"subject_token_type": {tokenTypeAccess}})
+	wantOAuthError(t, ex, 400, "invalid_grant")
+}
