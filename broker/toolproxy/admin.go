@@ -133,7 +133,7 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 			Type: "auth.totp", Actor: caller.Actor(), Action: "totp.enroll", Target: req.User,
 			Outcome: audit.OutcomeSuccess, Source: "unix",
 		}
-		if _, err := p.opts.Audit.Append(r.Context(), ev); err != nil {
+		if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
 			admin.WriteError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 			return
 		}

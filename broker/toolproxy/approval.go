@@ -1,6 +1,7 @@
 package toolproxy
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -158,7 +159,7 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	fail := func(status int, code, desc string) {
 		ev.Reason = desc
-		if _, err := p.opts.Audit.Append(r.Context(), ev); err != nil {
+		if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
 			writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 			return
 		}
@@ -205,7 +206,7 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	// Recorded before it takes effect: no decision without a record.
 	ev.Type = "approval." + d.Decision
 	ev.Outcome = audit.OutcomeSuccess
-	if _, err := p.opts.Audit.Append(r.Context(), ev); err != nil {
+	if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
 		writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 		return
 	}

@@ -229,7 +229,7 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 		ev.Details = map[string]string{"bytes": strconv.FormatInt(n, 10), "path": c.ev.Details["path"]}
 		ev.Outcome = audit.OutcomeFailure
 		ev.Reason = "the response stream was cut: " + err.Error()
-		if _, aerr := p.opts.Audit.Append(c.r.Context(), &ev); aerr != nil {
+		if _, aerr := p.opts.Audit.Append(context.WithoutCancel(c.r.Context()), &ev); aerr != nil {
 			p.log.Error("toolproxy: auditing a cut stream", "err", aerr)
 		}
 		panic(http.ErrAbortHandler)

@@ -2,6 +2,7 @@ package toolproxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -74,10 +75,11 @@ type call struct {
 }
 
 // record appends the call's event; false means it could not be recorded,
-// and the caller has already answered 503.
+// and the caller has already answered 503. The agent hanging up does not
+// cancel the record: the call may already have reached the tool.
 func (c *call) record() bool {
 	c.ev.Details["duration_ms"] = strconv.FormatInt(c.p.now().Sub(c.start).Milliseconds(), 10)
-	if _, err := c.p.opts.Audit.Append(c.r.Context(), c.ev); err != nil {
+	if _, err := c.p.opts.Audit.Append(context.WithoutCancel(c.r.Context()), c.ev); err != nil {
 		c.p.log.Error("toolproxy: audit append failed; refusing the call", "err", err, "request_id", c.ev.RequestID)
 		writeError(c.w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written; no call goes through without a record")
 		return false
@@ -258,7 +260,8 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 // applyVerdict carries out a risk rule's action; false means the call was
 // answered (blocked, or the record failed).
 func (p *Proxy) applyVerdict(c *call, v verdict, needApproval *bool, why *string) bool {
-	ctx := c.r.Context()
+	// A decision is recorded even if the agent hangs up meanwhile.
+	ctx := context.WithoutCancel(c.r.Context())
 	ev := &audit.Event{
 		Type: "agent.risk", Severity: audit.SeverityHigh, Actor: c.ev.Actor, Action: v.action, Target: c.t.cfg.Name,
 		Outcome: audit.OutcomeDenied, Reason: v.reason, RequestID: c.ev.RequestID, Source: c.ev.Source,
