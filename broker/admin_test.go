@@ -113,3 +113,29 @@ func TestTemporaryDisable(t *testing.T) {
 		t.Fatal("an unknown agent is enabled")
 	}
 }
+
+// TestReloadRemovesAgent: after a reload without an agent, its tokens stop
+// verifying; a reload with a bad config changes nothing.
+func TestReloadRemovesAgent(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	tok := e.signed(e.goodClaims())
+	bad := e.opts.Config
+	bad.Agents = append([]Agent(nil), bad.Agents...)
+	bad.Agents[0].Roles = []string{"nope"}
+	if err := e.b.Reload(bad); err == nil {
+		t.Fatal("a reload with an unknown role was accepted")
+	}
+	if _, err := e.b.Verify(ctx, tok, e.b.ToolAudience()); err != nil {
+		t.Fatalf("after a refused reload: %v", err)
+	}
+	good := e.opts.Config
+	good.Agents = good.Agents[1:] // without bot
+	good.Policies = nil
+	if err := e.b.Reload(good); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.b.Verify(ctx, tok, e.b.ToolAudience()); !errors.Is(err, ErrUnknownAgent) {
+		t.Fatalf("after removing the agent: got %v, want ErrUnknownAgent", err)
+	}
+}
