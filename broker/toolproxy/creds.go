@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -26,9 +28,43 @@ var ErrCredential = errors.New("toolproxy: credential unavailable")
 // token is replaced.
 const refreshBefore = 30 * time.Second
 
+// minEchoLen is the shortest credential form scrubbed from responses;
+// shorter ones would mangle ordinary text.
+const minEchoLen = 6
+
+// echoForms are the spellings of an injected credential that an upstream
+// echoing its request (an error page, a debug endpoint) could send back.
+type echoForms []string
+
+func (f *echoForms) add(vals ...string) {
+	for _, v := range vals {
+		if len(v) >= minEchoLen {
+			*f = append(*f, v)
+		}
+	}
+}
+
+// scrub replaces every echoed credential in s; it reports whether it did.
+func (f echoForms) scrub(s string) (string, bool) {
+	found := false
+	for _, v := range f {
+		if strings.Contains(s, v) {
+			s = strings.ReplaceAll(s, v, "[REDACTED:credential]")
+			found = true
+		}
+	}
+	return s, found
+}
+
 // inject adds t's credential to out and returns the transport to send it
-// with.
-func (p *Proxy) inject(ctx context.Context, t *tool, out *http.Request) (http.RoundTripper, error) {
+// with, and the credential's spellings to scrub from the answer.
+func (p *Proxy) inject(ctx context.Context, t *tool, out *http.Request) (http.RoundTripper, echoForms, error) {
+	var forms echoForms
+	tr, err := p.injectInto(ctx, t, out, &forms)
+	return tr, forms, err
+}
+
+func (p *Proxy) injectInto(ctx context.Context, t *tool, out *http.Request, forms *echoForms) (http.RoundTripper, error) {
 	secret, err := p.opts.Secrets.ForTool(ctx, t.cfg.Name, t.cfg.Auth.Secret)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCredential, err)
@@ -47,18 +83,21 @@ func (p *Proxy) inject(ctx context.Context, t *tool, out *http.Request) (http.Ro
 			return nil, err
 		}
 		out.Header.Set("Authorization", "Bearer "+s)
+		forms.add(s)
 	case AuthBasic:
 		user, pass, ok := basicCredential(secret)
 		if !ok || headerSafe(user) != nil || strings.ContainsAny(pass, "\r\n\x00") {
 			return nil, fmt.Errorf("%w: secret %s is neither {\"user\", \"password\"} nor \"user:password\"", ErrCredential, t.cfg.Auth.Secret)
 		}
 		out.SetBasicAuth(user, pass)
+		forms.add(pass, base64.StdEncoding.EncodeToString([]byte(user+":"+pass)))
 	case AuthHeader:
 		s := strings.TrimSpace(string(secret))
 		if err := headerSafe(s); err != nil {
 			return nil, err
 		}
 		out.Header.Set(t.cfg.Auth.Name, s)
+		forms.add(s)
 	case AuthQuery:
 		s := strings.TrimSpace(string(secret))
 		if s == "" {
@@ -67,12 +106,14 @@ func (p *Proxy) inject(ctx context.Context, t *tool, out *http.Request) (http.Ro
 		q := out.URL.Query()
 		q.Set(t.cfg.Auth.Name, s) // replaces any value the agent sent
 		out.URL.RawQuery = q.Encode()
+		forms.add(s, url.QueryEscape(s))
 	case AuthOAuth2Client:
 		tok, err := t.oauth.token(ctx, secret, &http.Client{Transport: t.transport, Timeout: t.timeout}, p.now)
 		if err != nil {
 			return nil, err
 		}
 		out.Header.Set("Authorization", "Bearer "+tok)
+		forms.add(tok)
 	case AuthTLSClient:
 		return t.clientCertTransport(secret)
 	default:

@@ -18,8 +18,10 @@
 // characters), requests no route matches, header values with CR or LF,
 // absurd header counts, bodies over the limit, and every call it cannot
 // audit. It never forwards the agent's Authorization, cookies or hop-by-hop
-// headers, never passes Set-Cookie or WWW-Authenticate back, and never puts
-// a credential or a body into a log line or an audit event.
+// headers, never passes Set-Cookie or WWW-Authenticate back, scrubs the
+// injected credential from answers that echo it (headers, and text bodies
+// it buffers), and never puts a credential or a body into a log line or an
+// audit event.
 //
 // It depends on small interfaces that the daemon wires to the broker and the
 // vault: Verifier (token checks, audience = tool name), PolicyChecker (ABAC),
@@ -31,7 +33,8 @@
 //
 // Caveats: request bodies are buffered (max_request_bytes, default 1 MiB)
 // because an approval binds the body's SHA-256; responses scanned by DLP are
-// buffered up to max_response_bytes, other responses are streamed. A router
+// buffered up to max_response_bytes, other responses are streamed (a
+// streamed binary body echoing the credential is not scrubbed). A router
 // in front of the proxy must not "clean" paths (net/http.ServeMux redirects
 // "/a/../b"); mount the handler so that it sees the path as sent.
 package toolproxy

@@ -82,7 +82,7 @@ func (p *Proxy) forward(c *call) {
 	}
 	copyHeaders(out.Header, c.r.Header, dropRequest, also)
 
-	tr, err := p.inject(ctx, t, out)
+	tr, echo, err := p.inject(ctx, t, out)
 	if err != nil {
 		p.log.Error("toolproxy: preparing the credential", "tool", t.cfg.Name, "err", err, "request_id", c.ev.RequestID)
 		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "the tool's credential is not available")
@@ -113,9 +113,10 @@ func (p *Proxy) forward(c *call) {
 		c.deny(http.StatusBadGateway, "tool.call", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
 		return
 	}
+	c.echo = echo
 	ct := resp.Header.Get("Content-Type")
 	scan := rt.dlp != DLPOff && dlp.IsText(ct)
-	if scan {
+	if scan || len(echo) > 0 && dlp.IsText(ct) && resp.ContentLength >= 0 && resp.ContentLength <= streamPeek {
 		p.answerScanned(c, resp, ct)
 	} else {
 		p.answerStreamed(c, resp)
@@ -143,7 +144,15 @@ func (p *Proxy) answerScanned(c *call, resp *http.Response, ct string) {
 		c.deny(http.StatusBadGateway, "tool.call", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
 		return
 	}
-	out, res := p.dlp.Redact(ct, body)
+	out, res := body, dlp.Result(nil)
+	if scrubbed, echoed := c.echo.scrub(string(body)); echoed {
+		out = []byte(scrubbed)
+		c.ev.Details["credential_echo"] = "redacted"
+		c.ev.Severity = audit.SeverityWarn
+	}
+	if c.rt.dlp != DLPOff {
+		out, res = p.dlp.Redact(ct, out)
+	}
 	if res.Found() {
 		c.ev.Details["dlp"] = strings.Join(res.Names(), ",")
 		if rt.dlp == DLPBlock {
@@ -163,6 +172,7 @@ func (p *Proxy) answerScanned(c *call, resp *http.Response, ct string) {
 	}
 	p.risk.addBytes(c.pr.Agent, c.pr.User, p.now(), int64(len(out)))
 	copyHeaders(c.w.Header(), resp.Header, dropResponse, "")
+	c.scrubHeaders()
 	c.w.Header().Set("Content-Length", strconv.Itoa(len(out)))
 	c.w.WriteHeader(resp.StatusCode)
 	_, _ = c.w.Write(out)
@@ -204,6 +214,7 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 		return
 	}
 	copyHeaders(c.w.Header(), resp.Header, dropResponse, "")
+	c.scrubHeaders()
 	if complete {
 		c.w.Header().Set("Content-Length", strconv.Itoa(len(head)))
 	} else if resp.ContentLength >= 0 {
@@ -233,5 +244,17 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 			p.log.Error("toolproxy: auditing a cut stream", "err", aerr)
 		}
 		panic(http.ErrAbortHandler)
+	}
+}
+
+// scrubHeaders removes echoed credentials from the answer's headers.
+func (c *call) scrubHeaders() {
+	for k, vs := range c.w.Header() {
+		for i, v := range vs {
+			if s, ok := c.echo.scrub(v); ok {
+				vs[i] = s
+				c.p.log.Warn("toolproxy: the tool echoed its credential in a response header", "tool", c.t.cfg.Name, "header", k)
+			}
+		}
 	}
 }

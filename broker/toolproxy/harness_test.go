@@ -395,3 +395,17 @@ func stdEnv(t testing.TB, u *upstream, risk RiskConfig) *env {
 	e.tok.add(agentToken, Principal{Agent: "bot", User: "alice", Groups: []string{"helpdesk"}, Scopes: allScopes(), JTI: "jti-1"}, "tickets")
 	return e
 }
+
+// lastCall returns the newest forwarded call's event (tool.call, or
+// tool.dlp when DLP redacted the answer).
+func (e *env) lastCall() audit.Event {
+	e.t.Helper()
+	evs := e.events()
+	for i := len(evs) - 1; i >= 0; i-- {
+		if evs[i].Type == "tool.call" || evs[i].Type == "tool.dlp" {
+			return evs[i]
+		}
+	}
+	e.t.Fatalf("no tool.call or tool.dlp event in the journal")
+	return audit.Event{}
+}

@@ -2,6 +2,7 @@ package toolproxy
 
 import (
 	"bufio"
+	"encoding/base64"
 	"context"
 	"fmt"
 	"io"
@@ -44,8 +45,10 @@ func TestCredentialReachesUpstreamAndNowhereElse(t *testing.T) {
 				// A careless upstream echoes what it got and sets a session.
 				http.SetCookie(w, &http.Cookie{Name: "session", Value: toolSecret})
 				w.Header().Set("WWW-Authenticate", `Basic realm="`+toolSecret+`"`)
+				w.Header().Set("X-Debug-Auth", r.Header.Get("Authorization")+r.Header.Get("X-Api-Key"))
 				w.Header().Set("Content-Type", "text/plain")
-				fmt.Fprintf(w, "hello %s", r.URL.Query().Get("q"))
+				fmt.Fprintf(w, "hello %s; you sent %q %q %q", r.URL.Query().Get("q"),
+					r.Header.Get("Authorization"), r.Header.Get("X-Api-Key"), r.URL.RawQuery)
 			})
 			tl := stdTool(u.URL)
 			tl.Auth = tt.auth
@@ -64,9 +67,15 @@ func TestCredentialReachesUpstreamAndNowhereElse(t *testing.T) {
 			if got.header.Get("Set-Cookie") != "" || got.header.Get("Www-Authenticate") != "" {
 				t.Errorf("got headers %v, want no Set-Cookie or WWW-Authenticate from upstream", got.header)
 			}
+			if !strings.HasPrefix(string(got.body), "hello x; you sent") {
+				t.Errorf("got body %q, want the upstream's answer", got.body)
+			}
 			e.assertNowhere(toolSecret, got)
+			if tt.auth.Type == AuthBasic {
+				e.assertNowhere(base64.StdEncoding.EncodeToString([]byte(secret)), got)
+			}
 			e.assertNowhere(agentToken)
-			ev := e.lastEvent("tool.call")
+			ev := e.lastCall()
 			if ev.Outcome != audit.OutcomeSuccess || ev.Actor.Agent != "bot" || ev.Actor.User != "alice" ||
 				ev.Details["upstream_status"] != "200" || ev.Details["path"] != "/tickets/1?api_key=REDACTED&q=REDACTED" {
 				t.Errorf("got audit event %+v", ev)

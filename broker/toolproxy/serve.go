@@ -72,6 +72,7 @@ type call struct {
 	tp    toolPath
 	query url.Values
 	body  []byte
+	echo  echoForms // the injected credential's spellings
 }
 
 // record appends the call's event; false means it could not be recorded,
