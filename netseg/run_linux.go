@@ -93,18 +93,6 @@ func (m *Manager) Status(ctx context.Context) (*Status, error) {
 	return st, nil
 }
 
-// Counter returns the packets counted by the rules of chain whose
-// description starts with prefix.
-func (s *Status) Counter(chain, prefix string) uint64 {
-	var n uint64
-	for _, r := range s.Rules {
-		if r.Chain == chain && strings.HasPrefix(r.Rule, prefix) {
-			n += r.Packets
-		}
-	}
-	return n
-}
-
 func (m *Manager) signalGroup(g uint16) {
 	select {
 	case <-m.group:

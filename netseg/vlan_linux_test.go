@@ -66,6 +66,11 @@ func TestVLANsUnderQEMU(t *testing.T) {
 	if err != nil || code != 0 || !strings.Contains(string(out), "--- PASS: TestVLANsUnderQEMU") {
 		t.Fatalf("guest on %s: exit %d, err %v; console:\n%s", k.Version, code, err, out)
 	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, "--- ") {
+			t.Logf("guest: %s", strings.TrimSpace(line))
+		}
+	}
 	t.Logf("guest on Debian kernel %s passed", k.Version)
 }
 
@@ -90,7 +95,8 @@ func vlanChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	m, err := New(Options{Audit: j, StateDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	stateDir := t.TempDir()
+	m, err := New(Options{Audit: j, StateDir: stateDir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,16 +184,33 @@ func vlanChecks(t *testing.T) {
 		}
 	})
 
-	t.Run("deleted vlan is restored", func(t *testing.T) {
+	t.Run("deleted vlan is restored by the link watcher", func(t *testing.T) {
+		// The periodic check is an hour away: only the netlink link
+		// notification can bring ai0 back in time.
+		w, err := New(Options{Audit: j, StateDir: stateDir, DriftInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(rctx) }()
+		defer func() { cancel(); <-done }()
+		time.Sleep(300 * time.Millisecond) // let the watchers subscribe
 		l, _ := h.LinkByName("ai0")
 		if err := h.LinkDel(l); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.repair(ctx); err != nil {
-			t.Fatalf("repair: %v", err)
-		}
-		if v, _ := vlan(); v.VlanId != 21 {
-			t.Errorf("restored id: got %d, want 21", v.VlanId)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if l, err := h.LinkByName("ai0"); err == nil {
+				if v, ok := l.(*netlink.Vlan); ok && v.VlanId == 21 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("ai0 not restored by the drift watcher")
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 
