@@ -123,12 +123,15 @@ func (b *Broker) authenticateClient(ctx context.Context, f form, basicUser, basi
 			id, secret = basicUser, basicPass
 		}
 		a, ok := cc.agents[id]
-		if !ok || a.secret == nil {
-			// Same work as a real check, so timing does not tell names apart.
-			dummySecret.verify(secret)
-			return res, clientErr("client authentication failed")
+		h := dummySecret // same work for an unknown name, so timing does not tell names apart
+		if ok && a.secret != nil {
+			h = a.secret
 		}
-		if !a.secret.verify(secret) {
+		match, err := h.verifyLimited(ctx, secret)
+		if err != nil {
+			return res, err
+		}
+		if !match || h == dummySecret {
 			return res, clientErr("client authentication failed")
 		}
 		res.agent, res.method = a, AuthClientSecret
@@ -317,6 +320,22 @@ func parseArgon2id(s string) (*argon2Hash, error) {
 		return nil, bad
 	}
 	return &h, nil
+}
+
+// argonSlots bounds concurrent argon2id checks: each takes m KiB of memory,
+// so unbounded concurrency would let anyone exhaust the appliance's memory
+// with bogus client secrets.
+var argonSlots = make(chan struct{}, 2)
+
+// verifyLimited is verify within argonSlots; it gives up when ctx ends.
+func (h *argon2Hash) verifyLimited(ctx context.Context, secret string) (bool, error) {
+	select {
+	case argonSlots <- struct{}{}:
+	case <-ctx.Done():
+		return false, fmt.Errorf("broker: waiting to check a client secret: %w", ctx.Err())
+	}
+	defer func() { <-argonSlots }()
+	return h.verify(secret), nil
 }
 
 func (h *argon2Hash) verify(secret string) bool {
