@@ -376,7 +376,7 @@ func (a *Authenticator) login(ctx context.Context, name loginName, password stri
 // be tried.
 func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, password string) (id Identity, out Outcome, err error, failover bool) {
 	out.DC = d.url
-	sc, err := a.searchConn(ctx, d)
+	sc, pooled, err := a.searchConn(ctx, d)
 	if err != nil {
 		if errors.Is(err, ErrServiceBind) || !isConnErr(err) {
 			return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, err, false
@@ -385,9 +385,11 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 	}
 	keep := false
 	defer func() {
-		if keep {
+		switch {
+		case sc == nil:
+		case keep:
 			d.put(false, sc, a.cfg.MaxConnections, a.now())
-		} else {
+		default:
 			sc.Close()
 		}
 	}()
@@ -396,6 +398,16 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name),
 		userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), nil)
 	res, err := a.search(ctx, sc, req, false)
+	if err != nil && pooled && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) && ctxErr(ctx) == nil {
+		// A pooled connection the network dropped while idle: searches are
+		// safe to repeat, once, on a fresh connection to the same DC.
+		sc.Close()
+		if sc, err = a.dial(ctx, d, true); err != nil {
+			sc = nil
+			return id, out, err, isConnErr(err)
+		}
+		res, err = a.search(ctx, sc, req, false)
+	}
 	if err != nil {
 		if ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
 			keep = true

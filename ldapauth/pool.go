@@ -310,26 +310,30 @@ func isTLSErr(err error) bool {
 		errors.As(err, &re) || errors.As(err, &ae) || errors.As(err, &cve)
 }
 
-// searchConn returns a service connection to d, pooled or new. An idle one
-// is checked with a root DSE read first.
-func (a *Authenticator) searchConn(ctx context.Context, d *server) (*ldap.Conn, error) {
+// searchConn returns a service connection to d, pooled or new, and whether
+// it came from the pool. An idle one is checked with a root DSE read first.
+func (a *Authenticator) searchConn(ctx context.Context, d *server) (*ldap.Conn, bool, error) {
 	for {
 		p := d.take(false)
 		if p == nil {
 			break
 		}
 		if a.now().Sub(p.used) < healthIdle {
-			return p.c, nil
+			return p.c, true, nil
 		}
 		a.stats.ops.Add(1)
-		_, err := p.c.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases,
-			0, 0, false, "(objectClass=*)", []string{"1.1"}, nil))
+		err := withCtx(ctx, p.c, a.cfg.DialTimeout.D(), func() error {
+			_, err := p.c.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+				0, 0, false, "(objectClass=*)", []string{"1.1"}, nil))
+			return err
+		})
 		if err == nil {
-			return p.c, nil
+			return p.c, true, nil
 		}
 		p.c.Close()
 	}
-	return a.dial(ctx, d, true)
+	c, err := a.dial(ctx, d, true)
+	return c, false, err
 }
 
 // bindConn returns a connection to d used only for users' binds, and whether
