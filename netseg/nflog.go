@@ -118,12 +118,25 @@ func parseIPHeader(p []byte, d *drop) error {
 	return nil
 }
 
-// direction names the audit event type of a drop.
+// eventType names the audit event of a drop: traffic to the host is
+// ingress; traffic from it, or routed through it (containers, VMs), egress.
 func (d drop) eventType() string {
-	if d.Hook == hookLocalOut {
-		return "net.egress_blocked"
+	if d.Hook == hookLocalIn {
+		return "net.ingress_blocked"
 	}
-	return "net.ingress_blocked"
+	return "net.egress_blocked"
+}
+
+func hookChain(h uint8) string {
+	switch h {
+	case hookLocalIn:
+		return ChainInput
+	case hookForward:
+		return ChainForward
+	case hookLocalOut:
+		return ChainOutput
+	}
+	return fmt.Sprint(h)
 }
 
 func protoName(p uint8) string {
@@ -139,6 +152,7 @@ func protoName(p uint8) string {
 // by protocol and port.
 type aggKey struct {
 	Type  string
+	Hook  uint8
 	Peer  netip.Addr
 	Proto uint8
 	Port  uint16
@@ -161,7 +175,7 @@ func (a *aggregator) add(d drop, now time.Time) {
 	if a.m == nil {
 		a.m = map[aggKey]*aggVal{}
 	}
-	k := aggKey{Type: d.eventType(), Peer: d.Dst, Proto: d.Proto, Port: d.DstPort}
+	k := aggKey{Type: d.eventType(), Hook: d.Hook, Peer: d.Dst, Proto: d.Proto, Port: d.DstPort}
 	other := d.Src
 	if k.Type == "net.ingress_blocked" {
 		k.Peer, other = d.Src, d.Dst
@@ -206,6 +220,9 @@ func (a *aggregator) flush() []aggEvent {
 		if keys[i].Proto != keys[j].Proto {
 			return keys[i].Proto < keys[j].Proto
 		}
+		if keys[i].Hook != keys[j].Hook {
+			return keys[i].Hook < keys[j].Hook
+		}
 		return keys[i].Port < keys[j].Port
 	})
 	var out []aggEvent
@@ -224,6 +241,7 @@ func (a *aggregator) flush() []aggEvent {
 		sort.Strings(others)
 		det := map[string]string{
 			"proto":   protoName(k.Proto),
+			"chain":   hookChain(k.Hook),
 			"packets": fmt.Sprint(v.Count),
 			"first":   v.First.UTC().Format(time.RFC3339Nano),
 			"last":    v.Last.UTC().Format(time.RFC3339Nano),

@@ -116,12 +116,12 @@ func buildRuleset(cfg *Config, needs []resolvedNeed) (*ruleset, error) {
 		return nil, err
 	}
 	for i := range cfg.Egress {
-		if err := b.allow(out, "egress", i, &cfg.Egress[i], cfg.Egress[i].To); err != nil {
+		if err := b.allow(out, "egress", i, &cfg.Egress[i], cfg.Egress[i].To, fwd); err != nil {
 			return nil, err
 		}
 	}
 	for i := range cfg.Ingress {
-		if err := b.allow(in, "ingress", i, &cfg.Ingress[i], cfg.Ingress[i].From); err != nil {
+		if err := b.allow(in, "ingress", i, &cfg.Ingress[i], cfg.Ingress[i].From, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -146,8 +146,10 @@ func (b *builder) addSet(s *setSpec) {
 
 // allow builds the rules of one [[net.egress]] or [[net.ingress]] entry: one
 // interval set of merged networks per address family, a port set when ports
-// are given, and one counted accept rule per family.
-func (b *builder) allow(c *chainSpec, kind string, idx int, r *Rule, addrs []string) error {
+// are given, and one counted accept rule per family. Egress rules also go
+// into also (the forward chain), so containers and VMs on the host leave
+// it under the same allow list as the host itself.
+func (b *builder) allow(c *chainSpec, kind string, idx int, r *Rule, addrs []string, also *chainSpec) error {
 	var prefixes []netip.Prefix
 	for _, a := range addrs {
 		if name, ok := strings.CutPrefix(a, "@"); ok {
@@ -240,8 +242,11 @@ func (b *builder) allow(c *chainSpec, kind string, idx int, r *Rule, addrs []str
 				&expr.Lookup{SourceRegister: 1, SetName: portSet.Set.Name, SetID: portSet.Set.ID},
 			)
 		}
-		ex = append(ex, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})
-		c.Rules = append(c.Rules, &ruleSpec{Desc: ruleDesc(kind, idx, r, fam.name, as.Set.Name, portSet), Exprs: ex})
+		desc := ruleDesc(kind, idx, r, fam.name, as.Set.Name, portSet)
+		c.Rules = append(c.Rules, &ruleSpec{Desc: desc, Exprs: append(slices.Clone(ex), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})})
+		if also != nil {
+			also.Rules = append(also.Rules, &ruleSpec{Desc: also.Name + ": " + desc, Exprs: append(slices.Clone(ex), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})})
+		}
 	}
 	return nil
 }

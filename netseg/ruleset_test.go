@@ -418,3 +418,23 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
+
+func TestDropDirection(t *testing.T) {
+	tests := []struct {
+		hook      uint8
+		wantType  string
+		wantChain string
+	}{
+		{hookLocalIn, "net.ingress_blocked", "input"},
+		{hookLocalOut, "net.egress_blocked", "output"},
+		{hookForward, "net.egress_blocked", "forward"}, // a container leaving through the host
+	}
+	for _, tc := range tests {
+		a := aggregator{}
+		a.add(drop{Hook: tc.hook, Proto: 17, Src: netip.MustParseAddr("172.17.0.2"), Dst: netip.MustParseAddr("198.51.100.7"), DstPort: 53}, time.Now())
+		evs := a.flush()
+		if len(evs) != 1 || evs[0].Type != tc.wantType || evs[0].Details["chain"] != tc.wantChain {
+			t.Errorf("hook %d: got %+v, want %s from chain %s", tc.hook, evs, tc.wantType, tc.wantChain)
+		}
+	}
+}
