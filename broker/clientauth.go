@@ -228,6 +228,9 @@ func (b *Broker) checkAssertion(ctx context.Context, cc *compiled, raw string) (
 	}
 	a, ok := cc.agents[unverified.Subject]
 	if !ok || a.pub == nil {
+		if !nameRE.MatchString(unverified.Subject) {
+			return nil, clientErr("client_assertion: sub is not an agent name")
+		}
 		return nil, clientErr("client_assertion: no agent with a registered key named %q", unverified.Subject)
 	}
 	payload, err := jws.Verify(a.pub)

@@ -130,6 +130,10 @@ func (b *Broker) requireAgent(ctx context.Context, q *request) *oauthError {
 // scopes must all be granted; defaults denied by a policy are dropped.
 func (b *Broker) pickScopes(ctx context.Context, q *request, f form, allowed []string, groups []string) ([]string, *oauthError) {
 	requested := strings.Fields(f.get("scope"))
+	if len(requested) > 64 || slices.ContainsFunc(requested, func(s string) bool { return !scopeRE.MatchString(s) }) {
+		// Not echoed: the audit record stays small and clean.
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_scope", "malformed scope parameter"), audit.SeverityWarn)
+	}
 	explicit := len(requested) > 0
 	if !explicit {
 		requested = allowed

@@ -58,6 +58,10 @@ func TestClientCredentialsOnSocket(t *testing.T) {
 func TestScopesBeyondRole(t *testing.T) {
 	e := newEnv(t, nil)
 	e.serveSocket()
+	wantOAuthError(t, e.agentToken(strings.Repeat("x", 300)), 400, "invalid_scope")
+	if ev, _ := e.lastEvent("token.deny"); strings.Contains(ev.Reason, "xxx") {
+		t.Fatalf("a malformed scope is echoed into the audit record: %q", ev.Reason)
+	}
 	wantOAuthError(t, e.agentToken("tickets:read admin:all"), 400, "invalid_scope")
 	ev, ok := e.lastEvent("token.deny")
 	if !ok || ev.Actor.Agent != "bot" || ev.Details["error"] != "invalid_scope" {
