@@ -4,7 +4,8 @@
 //
 // The firewall drops everything in its input, output and forward base
 // chains except loopback, established and related connections, IPv6
-// neighbour discovery, the allow rules of the [net] section, and the egress
+// neighbour discovery, the allow rules of the [net] section (egress rules
+// also cover traffic routed through the host: containers, VMs), and the egress
 // the appliance itself needs (its directory servers, audit targets, tool
 // upstreams), which the daemon derives from the rest of the config and
 // passes in as Needs. Allow lists live in named interval sets (networks are

@@ -704,3 +704,38 @@ func counter(st *Status, chain, prefix string) uint64 {
 	}
 	return n
 }
+
+// Fail closed: stopping the daemon (Run ends) leaves the firewall in force.
+func TestStoppingLeavesRulesInPlace(t *testing.T) {
+	lab := netns.New(t)
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	m, err := New(Options{Audit: j, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	cfg, needs := labConfig()
+	if _, err := m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	kt, err := m.k.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := tableDrift(m.cur.rs, kt); len(d) != 0 {
+		t.Errorf("table changed when the daemon stopped: %v", d)
+	}
+	if err := reachTCP(lab.AI, "203.0.113.10:443"); err == nil {
+		t.Error("ai reaches the internet host after the daemon stopped")
+	}
+}
