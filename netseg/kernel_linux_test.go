@@ -590,6 +590,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { j.Close() })
+	serveTCP(t, lab.Hosts["internet"].NS, "203.0.113.10:443")
 	dir := t.TempDir()
 	opts := Options{Audit: j, StateDir: dir, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DriftInterval: 200 * time.Millisecond}
 	m1, err := New(opts)
@@ -713,6 +714,10 @@ func TestStoppingLeavesRulesInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { j.Close() })
+	serveTCP(t, lab.Hosts["internet"].NS, "203.0.113.10:443")
+	if err := reachTCP(lab.AI, "203.0.113.10:443"); err != nil {
+		t.Fatalf("before apply: %v (lab broken)", err)
+	}
 	m, err := New(Options{Audit: j, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
