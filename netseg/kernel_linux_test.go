@@ -34,7 +34,10 @@ type labRun struct {
 
 // startLab builds the namespaces, the servers every test talks to, a real
 // audit journal and a running Manager inside the ai namespace.
-func startLab(t *testing.T) *labRun {
+func startLab(t *testing.T) *labRun { return startLabDrift(t, time.Second) }
+
+// startLabDrift is startLab with the periodic drift check every driftEvery.
+func startLabDrift(t *testing.T, driftEvery time.Duration) *labRun {
 	t.Helper()
 	lab := netns.New(t)
 	j, err := audit.Open(t.TempDir(), nil)
@@ -44,7 +47,7 @@ func startLab(t *testing.T) *labRun {
 	t.Cleanup(func() { j.Close() })
 	m, err := New(Options{
 		Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(),
-		NetNSFd: lab.AI.Fd(), DriftInterval: time.Second, LogInterval: 200 * time.Millisecond,
+		NetNSFd: lab.AI.Fd(), DriftInterval: driftEvery, LogInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -355,7 +358,9 @@ func TestDriftIsRepaired(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := startLab(t)
+			// The periodic check is an hour away: only the nftables
+			// notifications can trigger the repair in time.
+			r := startLabDrift(t, time.Hour)
 			cfg, needs := labConfig()
 			if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
 				t.Fatalf("Apply: %v", err)
