@@ -111,6 +111,7 @@ type capEntry struct {
 type CaptureVerifier struct {
 	opts    CaptureOptions
 	entries map[uint64]*capEntry
+	partial []CaptureProblem // messages with a seq that do not parse
 	rep     CaptureReport
 }
 
@@ -202,9 +203,12 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 		if m := seqRE.FindSubmatch(raw); m != nil {
 			p.Seq, _ = strconv.ParseUint(string(m[1]), 10, 64)
 			p.Message = fmt.Sprintf("seq %d: message does not parse (truncated or edited by the receiver?): %v", p.Seq, err)
-		} else {
-			p.Message = fmt.Sprintf("audit message does not parse: %v", err)
+			// A message cut by a dropped connection is sent again whole;
+			// Report decides once it knows whether that copy arrived.
+			v.partial = append(v.partial, p)
+			return
 		}
+		p.Message = fmt.Sprintf("audit message does not parse: %v", err)
 		v.rep.Problems = append(v.rep.Problems, p)
 		return
 	}
@@ -297,6 +301,17 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		return &rep
 	}
 	rep.FirstSeq, rep.LastSeq = seqs[0], seqs[len(seqs)-1]
+	recovered := 0
+	for _, p := range v.partial {
+		if e, ok := v.entries[p.Seq]; ok && e.canonical != nil {
+			recovered++
+			continue
+		}
+		rep.Problems = append(rep.Problems, p)
+	}
+	if recovered > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d message(s) cut short (a dropped connection) arrived again whole", recovered))
+	}
 	if rep.FirstSeq > 1 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the capture starts at seq %d; earlier entries are not in it", rep.FirstSeq))
 	}
@@ -306,7 +321,9 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	var (
 		lastCP      uint64 // seq of the last checkpoint event
 		lastCPFinal bool
+		covered     uint64 // the seq the last checkpoint covers
 		unchecked   int
+		isCP        = map[uint64]bool{}
 	)
 	for i, s := range seqs {
 		e := v.entries[s]
@@ -344,7 +361,8 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 			add(ProblemSignature, s, 0, e.loc, "seq %d: %v", s, err)
 			continue
 		}
-		lastCP, lastCPFinal = s, cp.Final
+		lastCP, lastCPFinal, covered = s, cp.Final, cp.Seq
+		isCP[s] = true
 		if v.opts.PublicKey == nil {
 			unchecked++
 		} else if err := cp.Verify(v.opts.PublicKey); err != nil {
@@ -362,6 +380,19 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	if unchecked > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d checkpoint signature(s) not checked: give the appliance's public key (applianced audit pubkey)", unchecked))
 	}
+	// Entries after what the last checkpoint covers, checkpoints aside,
+	// are not sealed: the tail may have been cut there.
+	var tailFirst, tailLast uint64
+	if lastCP != 0 {
+		for _, s := range seqs {
+			if s > covered && !isCP[s] {
+				if tailFirst == 0 {
+					tailFirst = s
+				}
+				tailLast = s
+			}
+		}
+	}
 	switch {
 	case lastCP == 0:
 		msg := fmt.Sprintf("no checkpoint in the capture: seqs %d to %d are not sealed", rep.FirstSeq, rep.LastSeq)
@@ -370,12 +401,12 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		} else {
 			add(ProblemCheckpoint, rep.FirstSeq, rep.LastSeq, "", "%s", msg)
 		}
-	case lastCP < rep.LastSeq:
-		msg := fmt.Sprintf("seqs %d to %d follow the last checkpoint (seq %d) and are not sealed: the tail after seq %d is missing or the stream is still open", lastCP+1, rep.LastSeq, lastCP, lastCP)
+	case tailFirst != 0:
+		msg := fmt.Sprintf("seqs %d to %d are not covered by the last checkpoint (seq %d, covering up to seq %d): the tail after seq %d is missing or the stream is still open", tailFirst, tailLast, lastCP, covered, covered)
 		if v.opts.AllowOpenTail {
 			rep.Notes = append(rep.Notes, msg)
 		} else {
-			add(ProblemTail, lastCP+1, rep.LastSeq, "", "%s", msg)
+			add(ProblemTail, tailFirst, tailLast, "", "%s", msg)
 		}
 	case !lastCPFinal:
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the capture ends at checkpoint seq %d of a journal still open; later entries belong to a later capture", lastCP))

@@ -71,6 +71,14 @@ func TestCaptureFormats(t *testing.T) {
 			t.Errorf("got %+v, want OK with a note that signatures were not checked", rep)
 		}
 	})
+	t.Run("truncated line sent again whole", func(t *testing.T) {
+		v := NewCaptureVerifier(&CaptureOptions{PublicKey: pub})
+		v.Read("a", strings.NewReader(bodies[1][:50]+"\n"+strings.Join(bodies, "\n")+"\n"))
+		rep := v.Report()
+		if !rep.OK() || len(rep.Notes) != 1 {
+			t.Errorf("got problems %v, notes %v; want OK with a note on the cut message", rep.Problems, rep.Notes)
+		}
+	})
 	t.Run("truncated line", func(t *testing.T) {
 		v := NewCaptureVerifier(nil)
 		v.Read("a", strings.NewReader(bodies[0]+"\n"+bodies[1][:50]+"\n"))
