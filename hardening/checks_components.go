@@ -23,11 +23,16 @@ type SyslogStatus interface {
 	SyslogTargets(ctx context.Context) ([]SyslogTarget, error)
 }
 
-// SyslogLagWarn is the backlog age above which a connected target warns.
-const SyslogLagWarn = time.Minute
+// A connected target warns when its backlog is older than SyslogLagWarn
+// or longer than SyslogLagEventsWarn events.
+const (
+	SyslogLagWarn       = time.Minute
+	SyslogLagEventsWarn = 1000
+)
 
 // SyslogCheck reports each syslog target: connected and caught up passes, a
-// backlog older than SyslogLagWarn warns, disconnected fails. A nil src (no
+// backlog beyond SyslogLagWarn or SyslogLagEventsWarn warns, disconnected
+// fails. A nil src (no
 // daemon to ask) is a skip.
 func SyslogCheck(src SyslogStatus) Check {
 	return Check{Name: "syslog targets", Run: func(ctx context.Context) []Result {
@@ -64,7 +69,7 @@ func syslogResult(t SyslogTarget) Result {
 			d += ": " + t.LastError
 		}
 		return Result{Name: name, Status: Fail, Detail: d, Fix: "check the SIEM is up and the [[net.egress]] rule to it; events are kept and resent"}
-	case t.LagAge > SyslogLagWarn:
+	case t.LagAge > SyslogLagWarn, t.Lag > SyslogLagEventsWarn:
 		return Result{Name: name, Status: Warn, Detail: "connected, " + lag, Fix: "check the SIEM's ingestion rate and the link to it"}
 	}
 	return Result{Name: name, Status: Pass, Detail: "connected, " + lag}
@@ -87,7 +92,7 @@ func FirewallCheck(fw FirewallState) Check {
 		present, drift, err := fw.FirewallDrift(ctx)
 		switch {
 		case err != nil:
-			return []Result{{Name: name, Status: Warn, Detail: "cannot read the ruleset: " + err.Error(), Fix: "run `applianced doctor` as root"}}
+			return []Result{{Name: name, Status: Warn, Detail: "firewall state unavailable: " + err.Error(), Fix: "systemctl status applianced; then `applianced net status`"}}
 		case !present:
 			return []Result{{Name: name, Status: Fail, Detail: "not loaded: this host's egress is not restricted",
 				Fix: "`applianced net plan`, then `applianced net apply` and `applianced net confirm`"}}

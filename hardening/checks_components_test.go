@@ -29,9 +29,11 @@ func TestSyslogCheck(t *testing.T) {
 		{"no targets", syslogTargets{}, []Status{Warn}, "stays on this host"},
 		{"caught up and lagging and down", syslogTargets{ts: []SyslogTarget{
 			{Address: "tls://siem:6514", Connected: true},
-			{Address: "tcp://wazuh:514", Connected: true, Lag: 5000, LagAge: 10 * time.Minute},
+			{Address: "tcp://wazuh:514", Connected: true, Lag: 5000},
 			{Address: "udp://old:514", Connected: false, Lag: 3, LagAge: time.Second, LastError: "connection refused"},
 		}}, []Status{Pass, Warn, Fail}, "connection refused"},
+		{"old backlog", syslogTargets{ts: []SyslogTarget{{Address: "tcp://wazuh:514", Connected: true, Lag: 3, LagAge: 10 * time.Minute}}},
+			[]Status{Warn}, "oldest 10m0s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := SyslogCheck(tc.src).Run(context.Background())
