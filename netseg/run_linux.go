@@ -136,7 +136,14 @@ func (m *Manager) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := w(ctx); err != nil {
+			err := w(ctx)
+			if errors.Is(err, unix.EPERM) {
+				// Without CAP_NET_ADMIN (the demo, a test daemon) there
+				// is nothing of ours to watch or log: say so once.
+				m.log.Warn("netseg: drift repair or drop logging off: needs CAP_NET_ADMIN", "err", err)
+				return
+			}
+			if err != nil {
 				m.log.Error("netseg: watcher stopped", "err", err)
 				mu.Lock()
 				errs = append(errs, err)
