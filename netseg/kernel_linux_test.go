@@ -749,3 +749,41 @@ func TestStoppingLeavesRulesInPlace(t *testing.T) {
 		t.Error("ai reaches the internet host after the daemon stopped")
 	}
 }
+
+// UDP, ICMP and interface-bound rules, with real packets.
+func TestProtocolAndInterfaceRules(t *testing.T) {
+	r := startLab(t)
+	ai, hosts := r.lab.AI, r.lab.Hosts
+	cfg := &Config{
+		Egress: []Rule{
+			{To: []string{"10.40.0.10"}, Proto: "udp", Ports: []int{514}, Comment: "syslog over udp"},
+			{To: []string{"10.10.0.11"}, Proto: "icmp", Comment: "ping the DC"},
+		},
+		Ingress: []Rule{
+			{From: []string{"0.0.0.0/0"}, Proto: "tcp", Ports: []int{8443}, Interface: "to-user", Comment: "API on the users' link only"},
+			{From: []string{"10.99.0.0/24"}, Proto: "tcp", Ports: []int{22}, Comment: "admin SSH"},
+		},
+	}
+	if _, err := r.m.Apply(context.Background(), cfg, nil, ApplyOptions{}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	checks := []struct {
+		name string
+		got  bool
+		want bool
+	}{
+		{"ai → siem udp 514", reachUDP(t, ai, hosts["siem"], 514), true},
+		{"ai → siem udp 515", reachUDP(t, ai, hosts["siem"], 515), false},
+		{"ai → internet udp 514", reachUDP(t, ai, hosts["internet"], 514), false},
+		{"ai pings dc", reachICMP(t, ai, "10.10.0.11"), true},
+		{"ai pings internet", reachICMP(t, ai, "203.0.113.10"), false},
+		{"user → api on its link", reachTCP(hosts["user"].NS, "10.30.0.1:8443") == nil, true},
+		{"admin → api on another link", reachTCP(hosts["admin"].NS, "10.99.0.1:8443") == nil, false},
+		{"admin → ssh", reachTCP(hosts["admin"].NS, "10.99.0.1:22") == nil, true},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got reachable %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
