@@ -2,6 +2,7 @@ package ldapauth
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -61,9 +62,9 @@ type Config struct {
 	// ServerName, when set, is the name every DC certificate is verified
 	// against instead of the URL's host (for URLs written as IP addresses).
 	ServerName string `toml:"server_name"`
-	// InsecurePlaintext allows ldap:// without StartTLS: passwords cross the
-	// network in clear. Default false; meant only for a directory on
-	// loopback.
+	// InsecurePlaintext allows ldap:// without StartTLS to a loopback
+	// address only (127.0.0.0/8, ::1, localhost): passwords are sent in
+	// clear. Default false.
 	InsecurePlaintext bool `toml:"insecure_plaintext"`
 	// BindDN is the service account that searches users and groups. Empty
 	// means anonymous searches (some OpenLDAP sites; never AD).
@@ -210,8 +211,12 @@ func (c Config) Validate() []*conf.FieldError {
 				add(key, "%q: start_tls applies to ldap:// URLs; ldaps:// is already TLS", raw)
 			}
 		case "ldap":
-			if !c.StartTLS && !c.InsecurePlaintext {
+			switch {
+			case c.StartTLS:
+			case !c.InsecurePlaintext:
 				add(key, "%q: plain LDAP would send passwords in clear; use ldaps://, set start_tls = true, or (loopback only) insecure_plaintext = true", raw)
+			case !isLoopback(u.Hostname()):
+				add(key, "%q: insecure_plaintext is allowed only to a loopback address; use ldaps:// or start_tls = true", raw)
 			}
 		default:
 			add(key, "%q: scheme must be ldaps or ldap", raw)
@@ -303,4 +308,12 @@ func (c Config) Validate() []*conf.FieldError {
 		add("failure_window", "must not be negative")
 	}
 	return errs
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }

@@ -34,7 +34,11 @@ func TestValidate(t *testing.T) {
 		{"no urls", func(c *Config) { c.URLs = nil }, []string{"urls"}},
 		{"plain ldap refused", func(c *Config) { c.URLs = []string{"ldap://dc1"} }, []string{"urls[0]"}},
 		{"plain ldap with start_tls", func(c *Config) { c.URLs = []string{"ldap://dc1"}; c.StartTLS = true }, nil},
-		{"plain ldap, insecure_plaintext", func(c *Config) { c.URLs = []string{"ldap://127.0.0.1:1389"}; c.InsecurePlaintext = true }, nil},
+		{"plain ldap, insecure_plaintext, loopback", func(c *Config) {
+			c.URLs = []string{"ldap://127.0.0.1:1389", "ldap://localhost", "ldap://[::1]:389"}
+			c.InsecurePlaintext = true
+		}, nil},
+		{"plain ldap, insecure_plaintext, remote", func(c *Config) { c.URLs = []string{"ldap://dc1.corp.example"}; c.InsecurePlaintext = true }, []string{"urls[0]"}},
 		{"start_tls on ldaps", func(c *Config) { c.StartTLS = true }, []string{"urls[0]", "urls[1]"}},
 		{"bad scheme", func(c *Config) { c.URLs = []string{"http://dc1"} }, []string{"urls[0]"}},
 		{"not a url", func(c *Config) { c.URLs = []string{"dc1.corp.example"} }, []string{"urls[0]"}},

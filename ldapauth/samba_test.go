@@ -225,6 +225,17 @@ func TestEmptyPasswordNeverContactsDC(t *testing.T) {
 // proxies them to the DC or holds them open without a byte in reply.
 func listenCounting(t *testing.T, n *atomic.Int32, proxy bool) string {
 	t.Helper()
+	target := ""
+	if proxy {
+		target = dc.Addr()
+	}
+	return listenProxy(t, n, target)
+}
+
+// listenProxy is listenCounting forwarding to target ("" holds connections
+// silently).
+func listenProxy(t *testing.T, n *atomic.Int32, target string) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -239,13 +250,13 @@ func listenCounting(t *testing.T, n *atomic.Int32, proxy bool) string {
 				return
 			}
 			n.Add(1)
-			if !proxy {
+			if target == "" {
 				go func() { <-done; c.Close() }()
 				continue
 			}
 			go func() {
 				defer c.Close()
-				up, err := net.DialTimeout("tcp", dc.Addr(), 5*time.Second)
+				up, err := net.DialTimeout("tcp", target, 5*time.Second)
 				if err != nil {
 					return
 				}
@@ -459,16 +470,24 @@ func TestTLS(t *testing.T) {
 // DC itself refuses a simple bind without TLS.
 func TestPlaintextRefused(t *testing.T) {
 	needDC(t)
-	cfg := adConfig(func(c *Config) { c.URLs = []string{dc.StartTLSURL()} })
 	_, j := newAuth(t, adConfig(nil), nil)
-	if _, err := New(cfg, Options{Audit: j, BindPassword: secrets}); err == nil {
-		t.Fatal("New accepted ldap:// without start_tls or insecure_plaintext")
+	for _, insecure := range []bool{false, true} {
+		cfg := adConfig(func(c *Config) { c.URLs = []string{dc.StartTLSURL()}; c.InsecurePlaintext = insecure })
+		if _, err := New(cfg, Options{Audit: j, BindPassword: secrets}); err == nil {
+			t.Fatalf("New accepted plain ldap:// to a non-loopback DC (insecure_plaintext=%v)", insecure)
+		}
 	}
-	cfg.InsecurePlaintext = true
-	a, _ := newAuth(t, cfg, nil)
+	// Through a loopback forwarder, plaintext is allowed by the config, and
+	// the DC itself refuses a simple bind without TLS.
+	var n atomic.Int32
+	fwd := listenProxy(t, &n, net.JoinHostPort(dc.IP.String(), "389"))
+	a, _ := newAuth(t, adConfig(func(c *Config) { c.URLs = []string{"ldap://" + fwd}; c.InsecurePlaintext = true }), nil)
 	_, out, err := a.Login(context.Background(), Request{Username: "alice", Password: pw("alice")})
 	if out.OK || err == nil {
 		t.Errorf("plain bind to AD: got ok=%v err=%v, want an error (strong auth required)", out.OK, err)
+	}
+	if n.Load() == 0 {
+		t.Error("the forwarder saw no connection")
 	}
 }
 
