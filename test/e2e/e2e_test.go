@@ -1,0 +1,329 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/applianced/applianced/hardening"
+)
+
+const (
+	v1 = "0.1.0~e2e1"
+	v2 = "0.1.0~e2e2"
+)
+
+// snapshotScript lists the container's files outside the volatile places
+// (logs, caches, dpkg and apt databases, systemd's own state).
+const snapshotScript = `find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
+ -o -path /var/tmp -o -path /var/log -o -path /var/cache -o -path /var/lib/apt -o -path /var/lib/dpkg \
+ -o -path /var/lib/systemd -o -path /var/backups -o -path /debs -o -path /root -o -name '*-' \) -prune -o -print | sort`
+
+type doctorReport struct {
+	Results []struct {
+		Name, Status, Detail, Fix string
+	}
+}
+
+func (r doctorReport) find(name string) (string, string) {
+	for _, x := range r.Results {
+		if x.Name == name {
+			return x.Status, x.Detail
+		}
+	}
+	return "missing", ""
+}
+
+func TestInstallUpgradePurge(t *testing.T) {
+	debDir, debs := buildDebs(t, v1, v2)
+	b := boot(t, debDir)
+	before := b.must(snapshotScript)
+	m := map[string]string{}
+
+	pidOf := func() string {
+		return strings.TrimSpace(b.must("systemctl show -p MainPID --value applianced"))
+	}
+	waitActive := func() {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			out, _ := b.sh("systemctl is-active applianced")
+			if strings.TrimSpace(out) == "active" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("applianced is %q, want active\n%s", strings.TrimSpace(out), b.must("journalctl -u applianced --no-pager -n 40 || true"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	ok := t.Run("install starts the service", func(t *testing.T) {
+		start := time.Now()
+		out := b.must("apt-get install -y /debs/" + debs[0])
+		waitActive()
+		m["install to READY (apt install + init + start)"] = fmtDur(time.Since(start))
+		if strings.Contains(out, "not (re)started") {
+			t.Errorf("postinst did not start the service:\n%s", out)
+		}
+		if got := strings.TrimSpace(b.must("systemctl is-enabled applianced")); got != "enabled" {
+			t.Errorf("is-enabled got %q, want enabled", got)
+		}
+		mono := b.must("systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic --value applianced")
+		if f := strings.Fields(mono); len(f) == 2 {
+			a, _ := strconv.ParseInt(f[0], 10, 64)
+			c, _ := strconv.ParseInt(f[1], 10, 64)
+			m["start to READY=1"] = fmtDur(time.Duration(c-a) * time.Microsecond)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	t.Run("files, users and modes", func(t *testing.T) {
+		got := b.must("stat -c '%a %U:%G %n' /etc/applianced /etc/applianced/applianced.toml /etc/applianced/master.key /etc/applianced/tls /etc/applianced/tls/api.key /var/lib/applianced")
+		for _, want := range []string{
+			"750 root:applianced /etc/applianced\n",
+			"640 root:applianced /etc/applianced/applianced.toml\n",
+			"400 applianced:applianced /etc/applianced/master.key\n",
+			"750 root:applianced /etc/applianced/tls\n",
+			"600 applianced:applianced /etc/applianced/tls/api.key\n",
+			"700 applianced:applianced /var/lib/applianced\n",
+		} {
+			if !strings.Contains(got, want) {
+				t.Errorf("modes lack %q:\n%s", want, got)
+			}
+		}
+		if out := b.must("getent passwd applianced"); !strings.HasSuffix(strings.TrimSpace(out), ":/usr/sbin/nologin") {
+			t.Errorf("applianced user got %q, want a nologin system user", out)
+		}
+		b.must("getent group applianced-admin")
+	})
+
+	t.Run("the daemon runs unprivileged and hardened", func(t *testing.T) {
+		pid := pidOf()
+		status := b.must("cat /proc/" + pid + "/status")
+		field := func(k string) string {
+			for _, l := range strings.Split(status, "\n") {
+				if v, ok := strings.CutPrefix(l, k+":"); ok {
+					return strings.TrimSpace(v)
+				}
+			}
+			return ""
+		}
+		uid := strings.TrimSpace(b.must("id -u applianced"))
+		if got := strings.Fields(field("Uid")); len(got) == 0 || got[0] != uid || uid == "0" {
+			t.Errorf("Uid got %v, want %s (applianced)", got, uid)
+		}
+		for k, want := range map[string]string{
+			"CapEff": "0000000000001000", "CapPrm": "0000000000001000", "CapBnd": "0000000000001000",
+			"NoNewPrivs": "1", "Umask": "0077",
+		} {
+			if got := field(k); got != want {
+				t.Errorf("%s got %s, want %s", k, got, want)
+			}
+		}
+		if lim := b.must("grep 'Max core file size' /proc/" + pid + "/limits"); len(strings.Fields(lim)) < 6 || strings.Fields(lim)[4] != "0" || strings.Fields(lim)[5] != "0" {
+			t.Errorf("core limit got %q, want 0 0", lim)
+		}
+		m["resident memory idle (VmRSS)"] = field("VmRSS")
+		m["locked memory (VmLck)"] = field("VmLck")
+		if out, _ := b.sh("journalctl -u applianced --no-pager | grep 'memory not locked'"); out != "" {
+			m["memory locking"] = strings.TrimSpace(out[strings.LastIndex(out, "]: ")+3:])
+		}
+		out, _ := b.sh("systemd-analyze security --no-pager applianced.service")
+		score, err := hardening.ParseExposure([]byte(out))
+		if err != nil || score > hardening.MaxExposure {
+			t.Errorf("exposure got %.1f (%v), want at most %.1f\n%s", score, err, hardening.MaxExposure, out)
+		}
+		m["unit exposure (systemd-analyze security, booted)"] = strconv.FormatFloat(score, 'f', 1, 64)
+	})
+
+	t.Run("reload with a broken config keeps it running and says why", func(t *testing.T) {
+		pid := pidOf()
+		cursor := strings.TrimSpace(b.must("journalctl -u applianced -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'"))
+		b.must("cp -p /etc/applianced/applianced.toml /root/good.toml && echo 'bogus_key = 1' >> /etc/applianced/applianced.toml")
+		b.must("systemctl reload applianced")
+		var logs string
+		for i := 0; i < 50 && !strings.Contains(logs, "bogus_key"); i++ {
+			time.Sleep(100 * time.Millisecond)
+			logs = b.must("journalctl -u applianced --no-pager --after-cursor='" + cursor + "'")
+		}
+		if !strings.Contains(logs, "reload refused") || !strings.Contains(logs, "bogus_key") {
+			t.Errorf("journal after a broken reload lacks the refusal naming the key:\n%s", logs)
+		}
+		if got := strings.TrimSpace(b.must("systemctl is-active applianced")); got != "active" {
+			t.Errorf("after a broken reload: %s, want active", got)
+		}
+		if got := pidOf(); got != pid {
+			t.Errorf("MainPID got %s, want %s (not restarted)", got, pid)
+		}
+		b.must("cat /root/good.toml > /etc/applianced/applianced.toml && systemctl reload applianced")
+		if out := b.must("journalctl -u applianced --no-pager -n 5"); !strings.Contains(out, "config reloaded") {
+			t.Errorf("a good reload was not logged:\n%s", out)
+		}
+	})
+
+	t.Run("doctor reports what was set up", func(t *testing.T) {
+		// Break two things doctor must see: a readable key and rp_filter off
+		// (per network namespace: only the container's).
+		b.must("chmod 0440 /etc/applianced/master.key && sysctl -q -w net.ipv4.conf.all.rp_filter=0")
+		var rep doctorReport
+		out, _ := b.sh("applianced doctor --json")
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("doctor --json: %v\n%s", err, out)
+		}
+		for _, tc := range []struct{ name, want string }{
+			{"config /etc/applianced/applianced.toml", "pass"},
+			{"unit hardening applianced.service", "pass"},
+			{"mode /etc/applianced/master.key", "fail"},
+			{"mode /var/lib/applianced", "pass"},
+			{"mode /etc/applianced/tls/api.key", "pass"},
+			{"master key source", "warn"},
+			{"sysctl net.ipv4.conf.all.rp_filter", "fail"},
+			{"listening sockets", "pass"},
+		} {
+			if got, detail := rep.find(tc.name); got != tc.want {
+				t.Errorf("doctor %q got %s (%s), want %s", tc.name, got, detail, tc.want)
+			}
+		}
+		b.must("chmod 0400 /etc/applianced/master.key && sysctl -q -w net.ipv4.conf.all.rp_filter=1")
+		out, _ = b.sh("applianced doctor --json")
+		rep = doctorReport{}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("doctor --json: %v\n%s", err, out)
+		}
+		for _, name := range []string{"mode /etc/applianced/master.key", "sysctl net.ipv4.conf.all.rp_filter"} {
+			if got, detail := rep.find(name); got != "pass" {
+				t.Errorf("after the fix, doctor %q got %s (%s), want pass", name, got, detail)
+			}
+		}
+
+		// Give the container a default route (a veth pair of its own), so
+		// the egress probe's datagram can leave: without the firewall it
+		// does, with the firewall applied it is refused on the spot.
+		b.must("ip link add e2e0 type veth peer name e2e1 && ip addr add 10.99.0.2/24 dev e2e0 && ip link set e2e0 up && ip link set e2e1 up && ip route add default via 10.99.0.1")
+		rep = doctor(t, b)
+		if got, detail := rep.find("egress probe 192.0.2.1:443"); got != "fail" {
+			t.Errorf("egress probe without the firewall got %s (%s), want fail", got, detail)
+		}
+		if got, _ := rep.find("firewall table inet applianced"); got != "fail" {
+			t.Errorf("firewall before net apply got %s, want fail", got)
+		}
+		if out, err := b.sh("applianced net apply"); err != nil {
+			t.Fatalf("applianced net apply: %v\n%s", err, out)
+		}
+		rep = doctor(t, b)
+		for _, name := range []string{"egress probe 192.0.2.1:443", "firewall table inet applianced"} {
+			if got, detail := rep.find(name); got != "pass" {
+				t.Errorf("after net apply, doctor %q got %s (%s), want pass", name, got, detail)
+			}
+		}
+		text, _ := b.sh("applianced doctor")
+		t.Logf("applianced doctor inside the container:\n%s", text)
+	})
+
+	t.Run("upgrade keeps config, keys and state, and restarts", func(t *testing.T) {
+		b.must(`sed -i 's/^log_level = "info"/log_level = "debug"/' /etc/applianced/applianced.toml && systemctl reload applianced`)
+		// The firewall applied above must survive the upgrade (no gap).
+		b.must("nft list table inet applianced")
+		keys := b.must("sha256sum /etc/applianced/master.key /etc/applianced/tls/api.key /etc/applianced/tls/api.pem")
+		state := b.must("find /var/lib/applianced -type f | sort")
+		pid := pidOf()
+		b.must("apt-get install -y /debs/" + debs[1])
+		waitActive()
+		if got := strings.TrimSpace(b.must("dpkg-query -W -f '${Version}' applianced")); got != v2 {
+			t.Errorf("installed version got %s, want %s", got, v2)
+		}
+		if got := b.must("applianced version"); !strings.Contains(got, v2) {
+			t.Errorf("applianced version got %q, want %s", got, v2)
+		}
+		if got := pidOf(); got == pid {
+			t.Errorf("MainPID unchanged (%s): the new binary is not running", got)
+		}
+		if !strings.Contains(b.must("cat /etc/applianced/applianced.toml"), `log_level = "debug"`) {
+			t.Error("the admin's edit of the config was lost")
+		}
+		if got := b.must("sha256sum /etc/applianced/master.key /etc/applianced/tls/api.key /etc/applianced/tls/api.pem"); got != keys {
+			t.Errorf("keys changed:\n%s\nwant\n%s", got, keys)
+		}
+		after := b.must("find /var/lib/applianced -type f | sort")
+		for _, f := range strings.Fields(state) {
+			if !strings.Contains(after, f+"\n") {
+				t.Errorf("state file %s lost in the upgrade", f)
+			}
+		}
+		if _, err := b.sh("nft list table inet applianced"); err != nil {
+			t.Error("the firewall table is gone after the upgrade")
+		}
+		if out, err := b.sh("applianced audit verify"); err != nil {
+			t.Errorf("audit journal does not verify after the upgrade: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("purge leaves no file, user or rule", func(t *testing.T) {
+		b.must("apt-get purge -y applianced")
+		for _, p := range []string{"/etc/applianced", "/var/lib/applianced", "/usr/bin/applianced", "/lib/systemd/system/applianced.service"} {
+			if _, err := b.sh("test ! -e " + p); err != nil {
+				t.Errorf("%s still exists after purge", p)
+			}
+		}
+		for _, q := range []string{"getent passwd applianced", "getent group applianced", "getent group applianced-admin"} {
+			if out, err := b.sh(q); err == nil {
+				t.Errorf("%s after purge: %s", q, out)
+			}
+		}
+		if out, err := b.sh("nft list table inet applianced"); err == nil {
+			t.Errorf("firewall table left after purge:\n%s", out)
+		}
+		if out, _ := b.sh("ls /var/lib/systemd/deb-systemd-helper-enabled /etc/systemd/system/multi-user.target.wants | grep applianced"); out != "" {
+			t.Errorf("enablement state left after purge: %s", out)
+		}
+		afterFiles := b.must(snapshotScript)
+		if afterFiles != before {
+			t.Errorf("files differ after install and purge:\n%s", diffLines(before, afterFiles))
+		}
+	})
+
+	for k, v := range m {
+		t.Logf("measure: %s: %s", k, v)
+	}
+}
+
+// doctor runs `applianced doctor --json` in the container.
+func doctor(t *testing.T, b *box) doctorReport {
+	t.Helper()
+	var rep doctorReport
+	out, _ := b.sh("applianced doctor --json")
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, out)
+	}
+	return rep
+}
+
+func diffLines(a, b string) string {
+	in := func(s string) map[string]bool {
+		m := map[string]bool{}
+		for _, l := range strings.Split(s, "\n") {
+			m[l] = true
+		}
+		return m
+	}
+	ma, mb := in(a), in(b)
+	var out []string
+	for l := range mb {
+		if !ma[l] {
+			out = append(out, "+ "+l)
+		}
+	}
+	for l := range ma {
+		if !mb[l] {
+			out = append(out, "- "+l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
