@@ -17,6 +17,7 @@ import (
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/testenv/netns"
 	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -398,15 +399,26 @@ func TestBadConfigChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A link that exists but is down, for the "parent down" case.
+	h, err := r.m.l.handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "down0"}, PeerName: "down1"}); err != nil {
+		t.Fatal(err)
+	}
 	bad := []struct {
 		name string
 		mut  func(c *Config)
+		key  string // the error names it
 	}{
-		{"overlapping cidrs", func(c *Config) { c.Egress[0].To = []string{"10.0.0.0/8", "10.10.0.0/16"} }},
-		{"port 0", func(c *Config) { c.Ingress[0].Ports = []int{0} }},
-		{"unknown interface", func(c *Config) { c.Ingress[0].Interface = "nosuch0" }},
-		{"vlan id 4095", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "to-user", ID: 4095}} }},
-		{"parent missing", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "nosuch0", ID: 20}} }},
+		{"overlapping cidrs", func(c *Config) { c.Egress[0].To = []string{"10.0.0.0/8", "10.10.0.0/16"} }, "egress[0].to[1]"},
+		{"port 0", func(c *Config) { c.Ingress[0].Ports = []int{0} }, "ingress[0].ports[0]"},
+		{"unknown interface", func(c *Config) { c.Ingress[0].Interface = "nosuch0" }, "ingress[0].interface"},
+		{"vlan id 4095", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "to-user", ID: 4095}} }, "vlan[0].id"},
+		{"parent missing", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "nosuch0", ID: 20}} }, "vlan[0].parent"},
+		{"parent down", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "down0", ID: 20}} }, "vlan[0].parent: down0 is down"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
@@ -415,6 +427,9 @@ func TestBadConfigChangesNothing(t *testing.T) {
 			_, err := r.m.Apply(context.Background(), c, n, ApplyOptions{})
 			if !errors.Is(err, ErrInvalidConfig) {
 				t.Fatalf("Apply: got %v, want ErrInvalidConfig", err)
+			}
+			if !strings.Contains(err.Error(), tc.key) {
+				t.Errorf("error %q does not name %s", err, tc.key)
 			}
 			after, err := r.m.k.read()
 			if err != nil {

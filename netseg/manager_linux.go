@@ -226,13 +226,15 @@ func (m *Manager) prepare(ctx context.Context, cfg *Config, needs []Need) (*appl
 	}{{"egress", cfg.Egress}, {"ingress", cfg.Ingress}} {
 		for i, r := range rules.rs {
 			if r.Interface != "" && !containsStr(known, r.Interface) {
-				fields = append(fields, fmt.Sprintf("%s[%d].interface: %v %q", rules.kind, i, ErrUnknownInterface, r.Interface))
+				fields = append(fields, fmt.Sprintf("%s[%d].interface: unknown interface %q (not a link and not a [[net.vlan]])", rules.kind, i, r.Interface))
 			}
 		}
 	}
-	if err := m.l.checkParents(cfg.VLANs); err != nil {
-		fields = append(fields, err.Error())
+	pf, err := m.l.checkParents(cfg.VLANs)
+	if err != nil {
+		return nil, err
 	}
+	fields = append(fields, pf...)
 	rn, err := m.resolve(ctx, needs)
 	if err != nil {
 		fields = append(fields, err.Error())

@@ -142,28 +142,29 @@ func normAddrs(in []string) []string {
 	return out
 }
 
-// checkParents fails when a VLAN's parent is missing or down.
-func (l *links) checkParents(vlans []VLAN) error {
+// checkParents lists, as "vlan[i].parent: ..." problems, the VLANs whose
+// parent is missing or down.
+func (l *links) checkParents(vlans []VLAN) ([]string, error) {
 	if len(vlans) == 0 {
-		return nil
+		return nil, nil
 	}
 	h, err := l.handle()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer h.Close()
-	var errs []error
-	for _, v := range vlans {
+	var out []string
+	for i, v := range vlans {
 		p, err := h.LinkByName(v.Parent)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("vlan %s: parent %s: %w", v.Name, v.Parent, ErrUnknownInterface))
+			out = append(out, fmt.Sprintf("vlan[%d].parent: unknown interface %q", i, v.Parent))
 			continue
 		}
 		if p.Attrs().Flags&net.FlagUp == 0 {
-			errs = append(errs, fmt.Errorf("vlan %s: parent %s is down: bring it up first", v.Name, v.Parent))
+			out = append(out, fmt.Sprintf("vlan[%d].parent: %s is down: bring it up first", i, v.Parent))
 		}
 	}
-	return errors.Join(errs...)
+	return out, nil
 }
 
 // ensure makes the kernel's VLANs match vlans: created when missing,
