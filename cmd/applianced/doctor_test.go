@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/applianced/applianced/hardening"
+)
+
+// TestDoctorVerb runs `applianced doctor --json` in-process against files
+// the test lays out: a valid config, a key readable by others, a missing
+// TLS key, a private state dir.
+func TestDoctorVerb(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "master.key")
+	if err := os.WriteFile(key, make([]byte, 32), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "applianced.toml")
+	cfg := fmt.Sprintf("[server]\nstate_dir = %q\nadmin_socket = %q\ntls_cert = %q\ntls_key = %q\n[vault]\nmaster_key_file = %q\n",
+		state, filepath.Join(dir, "admin.sock"), filepath.Join(dir, "api.pem"), filepath.Join(dir, "api.key"), key)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	e := testEnv()
+	code := run(context.Background(), e, []string{"doctor", "--json", "--config", cfgPath})
+	if code != exitFailure {
+		t.Errorf("exit code got %d, want %d (a check fails)", code, exitFailure)
+	}
+	var rep hardening.Report
+	if err := json.Unmarshal(e.stdout.(*syncBuffer).b.Bytes(), &rep); err != nil {
+		t.Fatalf("doctor --json output: %v\n%s", err, e.stdout.(*syncBuffer).b.String())
+	}
+	want := map[string]hardening.Status{
+		"config " + cfgPath:                     hardening.Pass,
+		"mode " + key:                           hardening.Fail,
+		"mode " + filepath.Join(dir, "api.key"): hardening.Fail,
+		"mode " + state:                         hardening.Pass,
+		"master key source":                     hardening.Warn,
+		"syslog":                                hardening.Skip, // no daemon on the socket
+	}
+	got := map[string]hardening.Status{}
+	for _, r := range rep.Results {
+		got[r.Name] = r.Status
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s got %q, want %q", name, got[name], w)
+		}
+	}
+	if _, ok := got["sysctl kernel.kptr_restrict"]; !ok || len(rep.Results) < 10 {
+		t.Errorf("got %d results, want every host check", len(rep.Results))
+	}
+}
+
+// TestDoctorVerbBadConfig: a config with errors fails its line and still
+// gets the host checks.
+func TestDoctorVerbBadConfig(t *testing.T) {
+	cfgPath := filepath.Join(t.TempDir(), "applianced.toml")
+	if err := os.WriteFile(cfgPath, []byte("[server]\nlisten = 5\nbogus = 1\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	e := testEnv()
+	if code := run(context.Background(), e, []string{"doctor", "--config", cfgPath}); code != exitFailure {
+		t.Errorf("exit code got %d, want %d", code, exitFailure)
+	}
+	out := e.stdout.(*syncBuffer).b.String()
+	for _, want := range []string{"FAIL  config " + cfgPath, "fix: run `applianced config check`", "sysctl kernel.dmesg_restrict", "clock synchronized"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
