@@ -688,7 +688,7 @@ func TestPlanDescribesChanges(t *testing.T) {
 	cfg.Egress[0].To = append(cfg.Egress[0].To, "10.10.0.20")
 	cfg.Ingress = cfg.Ingress[:1]
 	needs = append(needs, Need{Address: "localhost:123", Proto: "udp", Origin: "ntp"})
-	p, err := r.m.Plan(context.Background(), cfg, needs)
+	p, err := r.m.Plan(context.Background(), cfg, needs, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -800,5 +800,23 @@ func TestProtocolAndInterfaceRules(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("%s: got reachable %v, want %v", c.name, c.got, c.want)
 		}
+	}
+}
+
+// The plan warns about a lockout before anything is applied.
+func TestPlanWarnsOfLockout(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	cfg.Ingress = cfg.Ingress[:1] // no admin SSH rule
+	p, err := r.m.Plan(context.Background(), cfg, needs, "10.99.0.2 50022 10.99.0.1 22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(p.Lockout, "10.99.0.2") || !strings.Contains(p.String(), "WARNING") {
+		t.Errorf("plan lockout: got %q", p.Lockout)
+	}
+	cfg2, _ := labConfig()
+	if p, _ := r.m.Plan(context.Background(), cfg2, needs, "10.99.0.2 50022 10.99.0.1 22"); p.Lockout != "" {
+		t.Errorf("plan with admin SSH allowed warns: %q", p.Lockout)
 	}
 }

@@ -549,13 +549,24 @@ func (m *Manager) Down(ctx context.Context, actor audit.Actor, reqID string) err
 	return m.save()
 }
 
-// Plan reports what Apply would change, in words, without changing anything.
-func (m *Manager) Plan(ctx context.Context, cfg *Config, needs []Need) (*Plan, error) {
+// Plan reports what Apply would change, in words, without changing
+// anything. With the admin's $SSH_CONNECTION, it also says whether the
+// apply would cut that session (Plan.Lockout).
+func (m *Manager) Plan(ctx context.Context, cfg *Config, needs []Need, sshConnection string) (*Plan, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	a, err := m.prepare(ctx, cfg, needs)
 	if err != nil {
 		return nil, err
 	}
-	return m.plan(a)
+	p, err := m.plan(a)
+	if err != nil {
+		return nil, err
+	}
+	if sshConnection != "" {
+		if p.Lockout, err = m.lockout(a, sshConnection); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
 }

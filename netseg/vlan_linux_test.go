@@ -138,7 +138,7 @@ func vlanChecks(t *testing.T) {
 	first, _ := vlan()
 
 	t.Run("idempotent re-apply", func(t *testing.T) {
-		p, err := m.Plan(ctx, cfg, nil)
+		p, err := m.Plan(ctx, cfg, nil, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +155,7 @@ func vlanChecks(t *testing.T) {
 
 	t.Run("changed id recreates", func(t *testing.T) {
 		cfg.VLANs[0].ID = 21
-		p, err := m.Plan(ctx, cfg, nil)
+		p, err := m.Plan(ctx, cfg, nil, "")
 		if err != nil {
 			t.Fatal(err)
 		}

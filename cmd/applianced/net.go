@@ -124,11 +124,15 @@ func netError(w http.ResponseWriter, err error) {
 }
 
 func (h *netHandlers) plan(w http.ResponseWriter, r *http.Request) {
+	var req netApplyRequest
+	if !admin.DecodeJSON(w, r, &req) {
+		return
+	}
 	f, ok := h.load(w)
 	if !ok {
 		return
 	}
-	p, err := h.m.Plan(r.Context(), &f.Net, netNeeds(f))
+	p, err := h.m.Plan(r.Context(), &f.Net, netNeeds(f), req.SSHConnection)
 	if err != nil {
 		netError(w, err)
 		return
@@ -199,7 +203,8 @@ func cmdNetPlan(ctx context.Context, e *env, args []string) int {
 		return exitUsage
 	}
 	var p netseg.Plan
-	if err := e.call(ctx, *cfgPath, http.MethodPost, netPathPlan, netApplyRequest{}, &p); err != nil {
+	req := netApplyRequest{SSHConnection: e.getenv("SSH_CONNECTION")}
+	if err := e.call(ctx, *cfgPath, http.MethodPost, netPathPlan, req, &p); err != nil {
 		return e.fail("net plan", err)
 	}
 	if *asJSON {
