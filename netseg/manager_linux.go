@@ -422,6 +422,9 @@ func (m *Manager) Apply(ctx context.Context, cfg *Config, needs []Need, ao Apply
 	if ao.ConfirmWithin > 0 {
 		det["confirm_within"] = ao.ConfirmWithin.String()
 	}
+	if plan.Lockout != "" {
+		det["lockout_overridden"] = plan.Lockout
+	}
 	if err := m.audit(ctx, "net.apply", audit.OutcomeSuccess, "", ao.Actor, ao.RequestID, det); err != nil {
 		if _, rerr := m.put(before, a); rerr != nil {
 			m.log.Error("netseg: undoing an apply that could not be audited", "err", rerr)
