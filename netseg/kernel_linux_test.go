@@ -501,14 +501,17 @@ func TestApplyRefusesSSHLockout(t *testing.T) {
 		t.Errorf("Apply with admin SSH allowed: %v", err)
 	}
 	evs := r.events(t, func(evs []audit.Event) bool { return len(ofType(evs, "net.apply")) >= 3 })
-	var denied int
+	var denied, overridden int
 	for _, e := range ofType(evs, "net.apply") {
 		if e.Outcome == audit.OutcomeDenied {
 			denied++
 		}
+		if e.Outcome == audit.OutcomeSuccess && e.Details["force"] == "true" && e.Details["lockout_overridden"] != "" {
+			overridden++
+		}
 	}
-	if denied != 1 {
-		t.Errorf("denied net.apply events: got %d, want 1", denied)
+	if denied != 1 || overridden != 1 {
+		t.Errorf("net.apply events: got %d denied and %d forced over a lockout, want 1 and 1", denied, overridden)
 	}
 }
 
