@@ -7,8 +7,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -273,7 +275,13 @@ func TestCorruptedDatabase(t *testing.T) {
 	// opens, and then every read answers without a panic.
 	t.Run("random byte damage", func(t *testing.T) {
 		dir := t.TempDir()
-		for i := 0; i < 150; i++ {
+		seed := uint64(time.Now().UnixNano())
+		if s, err := strconv.ParseUint(os.Getenv("VAULT_DAMAGE_SEED"), 10, 64); err == nil {
+			seed = s // to replay a failure
+		}
+		t.Logf("damage seed %d (replay with VAULT_DAMAGE_SEED)", seed)
+		rng := rand.New(rand.NewPCG(seed, 3))
+		for i := 0; i < 300; i++ {
 			data := bytes.Clone(orig)
 			for n := 1 + rng.IntN(8); n > 0; n-- {
 				data[rng.IntN(len(data))] ^= byte(1 + rng.IntN(255))
@@ -284,6 +292,9 @@ func TestCorruptedDatabase(t *testing.T) {
 			}
 			v, err := Open(context.Background(), path, good.key, Config{}, good.options())
 			if err != nil {
+				if os.Getenv("VAULT_DAMAGE_SEED") != "" {
+					t.Logf("damage %d: %v", i, err)
+				}
 				if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrSealed) || !strings.Contains(err.Error(), path) {
 					t.Fatalf("damage %d: Open error = %v, want ErrCorrupt or ErrSealed naming the file", i, err)
 				}

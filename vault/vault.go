@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -167,16 +168,27 @@ func openDB(path string, master []byte, create bool, delay time.Duration) (db *b
 		return nil, nil, fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err)
 	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	var file *os.File // bbolt's, so a panic inside bolt.Open cannot leak it (and its lock)
 	defer func() {
 		// bbolt panics on some damaged pages; a damaged file is an error.
 		if p := recover(); p != nil {
 			if db != nil {
 				_ = db.Close()
+			} else if file != nil {
+				// bbolt's mapping of the file outlives the descriptor and
+				// keeps its lock: drop the lock explicitly.
+				_ = syscall.Flock(int(file.Fd()), syscall.LOCK_UN)
+				_ = file.Close()
 			}
 			db, kr, err = nil, nil, fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, p)
 		}
 	}()
-	bopts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: !create}
+	bopts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: !create,
+		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, mode)
+			file = f
+			return f, err
+		}}
 	db, err = bolt.Open(path, 0o600, bopts)
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
@@ -191,9 +203,6 @@ func openDB(path string, master []byte, create bool, delay time.Duration) (db *b
 	fail := func(e error) (*bolt.DB, *keyring, error) {
 		_ = db.Close()
 		return nil, nil, e
-	}
-	if err := walk(db); err != nil {
-		return fail(fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err))
 	}
 	if err := checkDB(db); err != nil {
 		return fail(fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err))
