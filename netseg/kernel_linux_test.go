@@ -278,7 +278,7 @@ func TestApplySegmentsTheLab(t *testing.T) {
 func TestUnconfirmedApplyRollsBack(t *testing.T) {
 	r := startLab(t)
 	cfg, needs := labConfig()
-	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: 500 * time.Millisecond}); err != nil {
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: 2 * time.Second}); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
 	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err == nil {
@@ -306,13 +306,13 @@ func TestUnconfirmedApplyRollsBack(t *testing.T) {
 func TestConfirmedApplyStays(t *testing.T) {
 	r := startLab(t)
 	cfg, needs := labConfig()
-	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: 400 * time.Millisecond}); err != nil {
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: 2 * time.Second}); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
 	if err := r.m.Confirm(context.Background(), audit.Actor{}, ""); err != nil {
 		t.Fatalf("Confirm: %v", err)
 	}
-	time.Sleep(800 * time.Millisecond) // past the window
+	time.Sleep(2500 * time.Millisecond) // past the window
 	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err == nil {
 		t.Error("confirmed firewall was rolled back")
 	}
@@ -366,6 +366,7 @@ func TestDriftIsRepaired(t *testing.T) {
 			if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
 				t.Fatalf("Apply: %v", err)
 			}
+			time.Sleep(300 * time.Millisecond) // the watchers subscribe as Run starts
 			otherProcess(t, r.lab.AI, strings.Fields(tc.cmd)...)
 			evs := r.events(t, func(evs []audit.Event) bool { return len(ofType(evs, "net.drift")) > 0 })
 			drift := ofType(evs, "net.drift")

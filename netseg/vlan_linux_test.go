@@ -195,7 +195,7 @@ func vlanChecks(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- w.Run(rctx) }()
 		defer func() { cancel(); <-done }()
-		time.Sleep(300 * time.Millisecond) // let the watchers subscribe
+		time.Sleep(time.Second) // let the watchers subscribe (TCG is slow)
 		l, _ := h.LinkByName("ai0")
 		if err := h.LinkDel(l); err != nil {
 			t.Fatal(err)
