@@ -33,6 +33,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -95,6 +96,7 @@ type Authenticator struct {
 	users   *limiter
 	sources *limiter
 	stats   stats
+	svcHold atomic.Pointer[time.Time] // service binds refused until then
 }
 
 // ErrAudit means the audit event could not be recorded, so the login failed.

@@ -19,6 +19,9 @@ import (
 const (
 	holdDownMin = time.Second
 	holdDownMax = time.Minute
+	// serviceHoldDown is how long a refused service account is not tried
+	// again, so a wrong bind_password_secret does not lock it out in AD.
+	serviceHoldDown = 30 * time.Second
 	// healthIdle is how long a pooled search connection may sit idle before
 	// it is checked with a root DSE read.
 	healthIdle = 30 * time.Second
@@ -233,6 +236,10 @@ func (a *Authenticator) dial(ctx context.Context, d *server, service bool) (*lda
 		}
 	}
 	if service && a.cfg.BindDN != "" {
+		if until := a.svcHold.Load(); until != nil && a.now().Before(*until) {
+			return fail(fmt.Errorf("%w: %s was refused recently; not retried before %s (protects its lockout counter)",
+				ErrServiceBind, a.cfg.BindDN, until.Format(time.RFC3339)))
+		}
 		pw, err := a.opts.BindPassword(ctx, a.cfg.BindPasswordSecret)
 		if err != nil {
 			return fail(fmt.Errorf("ldapauth: bind password secret %q: %w", a.cfg.BindPasswordSecret, err))
@@ -242,6 +249,8 @@ func (a *Authenticator) dial(ctx context.Context, d *server, service bool) (*lda
 		clear(pw)
 		if err != nil {
 			if ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials) {
+				until := a.now().Add(serviceHoldDown)
+				a.svcHold.Store(&until)
 				return fail(fmt.Errorf("%w: %s on %s: %w", ErrServiceBind, a.cfg.BindDN, d.url, err))
 			}
 			return fail(fmt.Errorf("ldapauth: service bind on %s: %w", d.url, err))
@@ -388,7 +397,7 @@ func isConnErr(err error) bool {
 		}
 		return false
 	}
-	return !errors.Is(err, ErrServiceBind)
+	return false
 }
 
 // stats counts LDAP work, for benchmarks and metrics.

@@ -668,3 +668,47 @@ func TestConcurrentLogins(t *testing.T) {
 		t.Errorf("idle connections: got %d, want at most 4", h[0].IdleConns)
 	}
 }
+
+// TestServiceBindRefused: a wrong service password fails the login with
+// ErrServiceBind, does not mark the DC down, and is not retried for a while
+// (each retry would count against the service account's lockout).
+func TestServiceBindRefused(t *testing.T) {
+	needDC(t)
+	ctx := context.Background()
+	if _, err := dc.AddUser(ctx, samba.User{Name: "svc-wrong", Password: pw("svc-wrong")}); err != nil {
+		t.Fatal(err)
+	}
+	clk := &fakeClock{t: time.Now()}
+	j := newJournal(t)
+	a, err := New(adConfig(func(c *Config) { c.BindDN = dc.UserDN("svc-wrong") }), Options{Audit: j, Now: clk.Now,
+		BindPassword: func(context.Context, string) ([]byte, error) { return []byte("Not-The-Passw0rd"), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	for i := 0; i < 3; i++ {
+		_, out, err := a.Login(ctx, Request{Username: "alice", Password: pw("alice")})
+		if !errors.Is(err, ErrServiceBind) || out.OK {
+			t.Fatalf("login %d: got ok=%v err=%v, want ErrServiceBind", i, out.OK, err)
+		}
+	}
+	if got, err := dc.Attr(ctx, "svc-wrong", "badPwdCount"); err != nil || len(got) != 1 || got[0] != "1" {
+		t.Errorf("service account badPwdCount: got %v %v, want [1]", got, err)
+	}
+	if h := a.Health(); !h[0].Up {
+		t.Errorf("a refused service account marked the DC down: %+v", h[0])
+	}
+	// A secret that cannot be read is not the DC's fault either.
+	b, err := New(adConfig(nil), Options{Audit: j,
+		BindPassword: func(context.Context, string) ([]byte, error) { return nil, errors.New("the vault is not open") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if _, out, err := b.Login(ctx, Request{Username: "alice", Password: pw("alice")}); err == nil || out.OK {
+		t.Fatalf("got ok=%v err=%v, want an error", out.OK, err)
+	}
+	if h := b.Health(); !h[0].Up {
+		t.Errorf("an unreadable secret marked the DC down: %+v", h[0])
+	}
+}
