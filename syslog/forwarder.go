@@ -150,6 +150,12 @@ func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
 			// duplicates, never a loss.
 			t.log.Error("syslog: cursor unreadable; resending from the oldest entry kept", "err", err)
 		}
+		if last := j.LastSeq(); seq > last {
+			// The cursor is ahead of the journal: the journal was replaced.
+			// Sending it all again is the only safe choice.
+			t.log.Error("syslog: cursor is ahead of the journal; resending from the oldest entry kept", "cursor", seq, "journal_seq", last)
+			seq = 0
+		}
 		t.delivered.Store(seq)
 		t.st = TargetStatus{Address: tc.Address, Format: tc.Format}
 		f.targets = append(f.targets, t)

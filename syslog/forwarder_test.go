@@ -197,10 +197,12 @@ func TestOutageLosesNothing(t *testing.T) {
 			}
 			f := startForwarder(t, j, nil, target)
 			appended := make(chan error, 1)
-			go func() { appended <- appendN(t, j, n, 128) }()
+			appendDone := make(chan struct{})
+			go func() { appended <- appendN(t, j, n, 128); close(appendDone) }()
+			t.Cleanup(func() { <-appendDone }) // before the journal closes
 
 			cnt := newSeqCounter(srv.File)
-			waitFor(t, "the first 20,000 events at the receiver", 2*time.Minute, func() bool { cnt.poll(); return len(cnt.seen) >= 20000 })
+			waitFor(t, "the first 20,000 events at the receiver", 5*time.Minute, func() bool { cnt.poll(); return len(cnt.seen) >= 20000 })
 			if err := srv.Stop(); err != nil {
 				t.Fatal(err)
 			}
@@ -217,8 +219,8 @@ func TestOutageLosesNothing(t *testing.T) {
 			}
 			// Once the target is back (its audit.target_up recorded and
 			// everything delivered), seal the journal and deliver the seal.
-			waitFor(t, "the target to catch up", 2*time.Minute, func() bool { st := f.Status()[0]; return st.Connected && st.Lag == 0 })
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			waitFor(t, "the target to catch up", 5*time.Minute, func() bool { st := f.Status()[0]; return st.Connected && st.Lag == 0 })
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			if err := cp.Close(ctx); err != nil {
 				t.Fatal(err)
@@ -651,5 +653,39 @@ func TestRetentionWaitsForEveryTarget(t *testing.T) {
 	n, err := f2.Prune()
 	if err != nil || n == 0 {
 		t.Errorf("got %d pruned (%v), want delivered segments removed", n, err)
+	}
+}
+
+// TestUnixDatagram delivers to a local datagram socket, as to /dev/log.
+func TestUnixDatagram(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	j := openJournal(t)
+	startForwarder(t, j, nil, Target{Address: "unix://" + path, Format: FormatRFC3164})
+	if err := appendN(t, j, 20, 1); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	buf := make([]byte, 1<<16)
+	for i := 0; i < 20; i++ {
+		_ = pc.SetReadDeadline(time.Now().Add(time.Minute))
+		n, err := pc.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(buf[:n], []byte("<")) || !bytes.Contains(buf[:n], []byte(" applianced[")) {
+			t.Errorf("got datagram %q, want an RFC 3164 message from applianced[pid]", buf[:n])
+		}
+		got.Write(buf[:n])
+		got.WriteByte('\n')
+	}
+	v := audit.NewCaptureVerifier(&audit.CaptureOptions{AllowOpenTail: true})
+	v.Read("dgram", &got)
+	if rep := v.Report(); !rep.OK() || rep.Entries != 20 {
+		t.Errorf("got %d entries, problems %v; want 20 and none", rep.Entries, rep.Problems)
 	}
 }
