@@ -232,7 +232,7 @@ func (v *Vault) reencryptOne(ns byte, bucket []byte, name string) (int, error) {
 		return 0, nil
 	}
 	enc := rec.encode()
-	err = v.db.Batch(func(tx *bolt.Tx) error {
+	err = v.write(v.db, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if !bytes.Equal(b.Get([]byte(name)), old) {
 			return errConflict
@@ -342,7 +342,7 @@ func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
 		return tmp, res, fmt.Errorf("vault: restore: %w", err)
 	}
 	res.Bytes = n
-	db, kr, err := openDB(tmp, master, false, v.delay)
+	db, kr, err := openDB(tmp, master, false)
 	if err != nil {
 		if errors.Is(err, ErrSealed) {
 			return tmp, res, fmt.Errorf("vault: restore refused: the backup %w", ErrSealed)
@@ -397,7 +397,7 @@ func (v *Vault) swap(tmp, prev string) error {
 		v.log.Warn("vault: closing the database before a restore", "err", err)
 	}
 	reopen := func() error {
-		db, kr, err := openDB(v.path, v.master, true, v.delay)
+		db, kr, err := openDB(v.path, v.master, true)
 		if err != nil {
 			return err
 		}

@@ -214,7 +214,7 @@ func (v *Vault) addVersion(ctx context.Context, ev *audit.Event, ns byte, bucket
 	if err := v.appendEvent(ctx, ev); err != nil {
 		return Meta{}, err
 	}
-	err = v.db.Batch(func(tx *bolt.Tx) error {
+	err = v.write(v.db, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if !bytes.Equal(b.Get([]byte(name)), old) {
 			return errConflict
@@ -351,7 +351,7 @@ func (v *Vault) Delete(ctx context.Context, who audit.Actor, name string) error 
 	if err := v.appendEvent(ctx, ev); err != nil {
 		return err
 	}
-	err = v.db.Batch(func(tx *bolt.Tx) error { return tx.Bucket(bucketSecrets).Delete([]byte(name)) })
+	err = v.write(v.db, func(tx *bolt.Tx) error { return tx.Bucket(bucketSecrets).Delete([]byte(name)) })
 	if err != nil {
 		err = fmt.Errorf("vault: deleting %q: %w", name, err)
 		v.recordFailure(ctx, ev, err)

@@ -52,9 +52,6 @@ type Options struct {
 	// KeySource says where the master key came from, for Status (the
 	// source returned by LoadMasterKey).
 	KeySource string
-	// MaxBatchDelay is how long a write waits for others to share its
-	// commit (bbolt's batching). Zero means 200µs.
-	MaxBatchDelay time.Duration
 }
 
 // Bucket names.
@@ -82,7 +79,8 @@ type Vault struct {
 	log       *slog.Logger
 	audit     audit.Appender
 	keySource string
-	delay     time.Duration
+	writes    chan *writeReq // to the committer; see commit.go
+	quit      chan struct{}  // closed by Close: the committer stops
 
 	names [256]sync.Mutex // serializes writers of one name (by hash)
 
@@ -114,16 +112,14 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 		log:       opts.Logger,
 		audit:     opts.Audit,
 		keySource: opts.KeySource,
-		delay:     opts.MaxBatchDelay,
+		writes:    make(chan *writeReq, 256),
+		quit:      make(chan struct{}),
 		master:    bytes.Clone(masterKey),
 	}
 	if v.log == nil {
 		v.log = slog.Default()
 	}
-	if v.delay <= 0 {
-		v.delay = 200 * time.Microsecond
-	}
-	db, kr, err := openDB(path, v.master, true, v.delay)
+	db, kr, err := openDB(path, v.master, true)
 	if err != nil {
 		clear(v.master)
 		if errors.Is(err, ErrSealed) {
@@ -134,6 +130,7 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 		return nil, err
 	}
 	v.db, v.kr = db, kr
+	go v.committer()
 	if err := v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Target: path, Outcome: audit.OutcomeSuccess,
 		Details: map[string]string{"key_source": v.keySource, "term": fmt.Sprint(kr.active)}}); err != nil {
 		v.Close()
@@ -145,7 +142,7 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 
 // openDB opens the bbolt file, checks it, and unseals (or, when create is
 // set and the file is new, initializes) the keyring.
-func openDB(path string, master []byte, create bool, delay time.Duration) (db *bolt.DB, kr *keyring, err error) {
+func openDB(path string, master []byte, create bool) (db *bolt.DB, kr *keyring, err error) {
 	if create {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, nil, fmt.Errorf("vault: creating the state directory: %w", err)
@@ -199,7 +196,6 @@ func openDB(path string, master []byte, create bool, delay time.Duration) (db *b
 		}
 		return nil, nil, fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err)
 	}
-	db.MaxBatchDelay = delay
 	fail := func(e error) (*bolt.DB, *keyring, error) {
 		_ = db.Close()
 		return nil, nil, e
@@ -311,6 +307,7 @@ func (v *Vault) Close() error {
 		return nil
 	}
 	v.closed = true
+	close(v.quit)
 	v.kr.wipe()
 	v.kr = nil
 	clear(v.master)
