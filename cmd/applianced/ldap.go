@@ -122,13 +122,30 @@ func (d *daemon) openLDAP(v *vault.Vault) (*directory, error) {
 	return dir, nil
 }
 
-// dcCollector exports each DC's state at scrape time, for the current config.
+// dcCollector exports each DC's state and the login counters at scrape
+// time, for the current config (counters restart when a reload replaces
+// the directory).
 type dcCollector struct {
 	dir *directory
 	up  *prometheus.Desc
 }
 
-func (c dcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.up }
+var (
+	ldapLoginsDesc = prometheus.NewDesc("applianced_ldap_logins_total",
+		"Logins that reached the directory or the group cache (refusals before it are not counted).", nil, nil)
+	ldapOpsDesc = prometheus.NewDesc("applianced_ldap_operations_total",
+		"LDAP requests sent to the domain controllers (binds, searches, StartTLS).", nil, nil)
+	ldapDialsDesc = prometheus.NewDesc("applianced_ldap_dials_total",
+		"TCP connections opened to the domain controllers.", nil, nil)
+	ldapCacheDesc = prometheus.NewDesc("applianced_ldap_group_cache_hits_total",
+		"Logins whose groups came from the group cache.", nil, nil)
+)
+
+func (c dcCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.up, ldapLoginsDesc, ldapOpsDesc, ldapDialsDesc, ldapCacheDesc} {
+		ch <- d
+	}
+}
 
 func (c dcCollector) Collect(ch chan<- prometheus.Metric) {
 	a := c.dir.cur.Load()
@@ -142,6 +159,11 @@ func (c dcCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, v, h.URL)
 	}
+	st := a.Stats()
+	ch <- prometheus.MustNewConstMetric(ldapLoginsDesc, prometheus.CounterValue, float64(st.Logins))
+	ch <- prometheus.MustNewConstMetric(ldapOpsDesc, prometheus.CounterValue, float64(st.Operations))
+	ch <- prometheus.MustNewConstMetric(ldapDialsDesc, prometheus.CounterValue, float64(st.Dials))
+	ch <- prometheus.MustNewConstMetric(ldapCacheDesc, prometheus.CounterValue, float64(st.GroupCacheHits))
 }
 
 func (dir *directory) open(cfg ldapauth.Config) (*ldapauth.Authenticator, error) {

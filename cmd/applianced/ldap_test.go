@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -84,5 +87,26 @@ func TestLDAPTestVerb(t *testing.T) {
 	var res ldapTestResult
 	if err := json.Unmarshal([]byte(out), &res); code != exitOK || err != nil || res.Identity == nil || res.Identity.Username != "alice" {
 		t.Errorf("--json: exit %d err %v result %+v", code, err, res)
+	}
+
+	// The DC's health and the login counters are on the admin socket's
+	// /metrics.
+	hc := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.Server.AdminSocket)
+	}}}
+	resp, err := hc.Get("http://admin/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`applianced_ldap_dc_up{url="` + srv.URL() + `"} 1`,
+		"applianced_ldap_logins_total ",
+		"applianced_ldap_operations_total ",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }
