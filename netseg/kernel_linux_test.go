@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -822,5 +823,53 @@ func TestPlanWarnsOfLockout(t *testing.T) {
 	cfg2, _ := labConfig()
 	if p, _ := r.m.Plan(context.Background(), cfg2, needs, "10.99.0.2 50022 10.99.0.1 22"); p.Lockout != "" {
 		t.Errorf("plan with admin SSH allowed warns: %q", p.Lockout)
+	}
+}
+
+// Dual stack: IPv6 allow rules work with real packets, neighbour discovery
+// gets through the default-deny chains, and the rest of IPv6 is dropped.
+func TestIPv6Rules(t *testing.T) {
+	lab := netns.NewDualStack(t)
+	dc, user, inet := lab.Hosts["dc"], lab.Hosts["user"], lab.Hosts["internet"]
+	dcAddr := netip.AddrPortFrom(dc.Addr6, 636).String()
+	inetAddr := netip.AddrPortFrom(inet.Addr6, 443).String()
+	apiAddr := netip.AddrPortFrom(user.AIAddr6, 8443).String()
+	serveTCP(t, dc.NS, dcAddr)
+	serveTCP(t, inet.NS, inetAddr)
+	serveTCP(t, lab.AI, apiAddr)
+	if err := reachTCP(lab.AI, inetAddr); err != nil {
+		t.Fatalf("before apply: %v (lab broken)", err)
+	}
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	m, err := New(Options{Audit: j, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &Config{
+		Egress:  []Rule{{To: []string{dc.Addr6.String()}, Proto: "tcp", Ports: []int{636}}},
+		Ingress: []Rule{{From: []string{"fd00:1::/64"}, Proto: "tcp", Ports: []int{8443}}},
+	}
+	if _, err := m.Apply(context.Background(), cfg, nil, ApplyOptions{}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	// ai has not talked to dc nor user to ai over IPv6 yet: neighbour
+	// discovery must cross the new chains for the allowed checks to pass.
+	checks := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"ai → dc [v6]:636", reachTCP(lab.AI, dcAddr), true},
+		{"ai → internet [v6]:443", reachTCP(lab.AI, inetAddr), false},
+		{"user → api [v6]:8443", reachTCP(user.NS, apiAddr), true},
+	}
+	for _, c := range checks {
+		if got := c.err == nil; got != c.want {
+			t.Errorf("%s: got reachable %v (err %v), want %v", c.name, got, c.err, c.want)
+		}
 	}
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NS is one network namespace made by the test.
@@ -106,7 +107,10 @@ type Host struct {
 	*NS
 	Addr   netip.Addr // the host's address
 	AIAddr netip.Addr // the ai namespace's address on the same link
-	AILink string     // the link's name inside the ai namespace
+	// Addr6 and AIAddr6 are the IPv6 pair of a NewDualStack lab: fd00:N::2
+	// and fd00:N::1 on the same link (invalid otherwise).
+	Addr6, AIAddr6 netip.Addr
+	AILink         string // the link's name inside the ai namespace
 }
 
 // Lab is the set of namespaces of one test.
@@ -132,23 +136,36 @@ func Available() error {
 	return nil
 }
 
-// New builds the lab, or skips the test when namespaces cannot be made.
-// Everything is torn down when the test ends.
-func New(t testing.TB) *Lab {
+// New builds an IPv4-only lab (IPv6 is off in every namespace, so only the
+// test's own packets cross the links), or skips the test when namespaces
+// cannot be made. Everything is torn down when the test ends.
+func New(t testing.TB) *Lab { return build(t, false) }
+
+// NewDualStack is New with IPv6 on as well: every link also gets
+// fd00:N::1 (ai side) and fd00:N::2 (peer), without duplicate address
+// detection, so they are usable at once. Peer N is 1 for user, 2 for
+// admin, and so on in the order of the package doc.
+func NewDualStack(t testing.TB) *Lab { return build(t, true) }
+
+func build(t testing.TB, v6 bool) *Lab {
 	t.Helper()
 	if err := Available(); err != nil {
 		t.Skipf("skipped: %v", err)
 	}
 	lab := &Lab{Hosts: map[string]*Host{}}
-	lab.AI = newNS(t, "ai")
+	lab.AI = newNS(t, "ai", v6)
 	aiH, err := netlink.NewHandleAt(lab.AI.h)
 	if err != nil {
 		t.Fatalf("netlink handle in ai: %v", err)
 	}
 	defer aiH.Close()
-	for _, p := range peers {
-		ns := newNS(t, p.name)
+	for i, p := range peers {
+		ns := newNS(t, p.name, v6)
 		h := &Host{NS: ns, Addr: netip.MustParseAddr(p.host), AIAddr: netip.MustParseAddr(p.ai), AILink: "to-" + p.name}
+		if v6 {
+			h.AIAddr6 = netip.MustParseAddr(fmt.Sprintf("fd00:%d::1", i+1))
+			h.Addr6 = netip.MustParseAddr(fmt.Sprintf("fd00:%d::2", i+1))
+		}
 		veth := &netlink.Veth{
 			LinkAttrs:     netlink.LinkAttrs{Name: h.AILink},
 			PeerName:      "eth0",
@@ -157,14 +174,14 @@ func New(t testing.TB) *Lab {
 		if err := aiH.LinkAdd(veth); err != nil {
 			t.Fatalf("veth to %s: %v", p.name, err)
 		}
-		if err := configure(aiH, h.AILink, h.AIAddr); err != nil {
+		if err := configure(aiH, h.AILink, h.AIAddr, h.AIAddr6); err != nil {
 			t.Fatalf("ai side of %s: %v", p.name, err)
 		}
 		hh, err := netlink.NewHandleAt(ns.h)
 		if err != nil {
 			t.Fatalf("netlink handle in %s: %v", p.name, err)
 		}
-		err = configure(hh, "eth0", h.Addr)
+		err = configure(hh, "eth0", h.Addr, h.Addr6)
 		hh.Close()
 		if err != nil {
 			t.Fatalf("%s side: %v", p.name, err)
@@ -174,7 +191,7 @@ func New(t testing.TB) *Lab {
 	return lab
 }
 
-func newNS(t testing.TB, name string) *NS {
+func newNS(t testing.TB, name string, v6 bool) *NS {
 	t.Helper()
 	var h vnetns.NsHandle
 	errc := make(chan error, 1)
@@ -191,9 +208,11 @@ func newNS(t testing.TB, name string) *NS {
 			errc <- err
 			return
 		}
-		// IPv6 off: the lab speaks IPv4 only, so counters see only the test's packets.
-		_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
-		_ = os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+		if !v6 {
+			// IPv6 off: the lab speaks IPv4 only, so counters see only the test's packets.
+			_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
+			_ = os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+		}
 		if err := vnetns.Set(orig); err != nil {
 			errc <- err // thread stays locked and is discarded
 			return
@@ -224,7 +243,7 @@ func newNS(t testing.TB, name string) *NS {
 	return ns
 }
 
-func configure(h *netlink.Handle, link string, a netip.Addr) error {
+func configure(h *netlink.Handle, link string, a, a6 netip.Addr) error {
 	l, err := h.LinkByName(link)
 	if err != nil {
 		return err
@@ -233,6 +252,12 @@ func configure(h *netlink.Handle, link string, a netip.Addr) error {
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, 32)}}
 	if err := h.AddrAdd(l, addr); err != nil {
 		return fmt.Errorf("address %s: %w", p, err)
+	}
+	if a6.IsValid() {
+		addr6 := &netlink.Addr{IPNet: &net.IPNet{IP: a6.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
+		if err := h.AddrAdd(l, addr6); err != nil {
+			return fmt.Errorf("address %s/64: %w", a6, err)
+		}
 	}
 	return h.LinkSetUp(l)
 }
