@@ -19,14 +19,12 @@ import (
 	"github.com/applianced/applianced/vault"
 )
 
-// Paths and admin routes doctor reads.
+// The unit doctor scores. It reads the daemon's state through the admin
+// routes adminAuditTargets ({"targets": [syslog.TargetStatus]}) and
+// netPathStatus (netseg.Status).
 const (
 	unitName = "applianced.service"
 	unitPath = "/lib/systemd/system/applianced.service"
-	// adminSyslogStatus answers []syslog.TargetStatus.
-	adminSyslogStatus = "/admin/v1/syslog/status"
-	// adminNetStatus answers netseg.Status.
-	adminNetStatus = "/admin/v1/net/status"
 )
 
 func cmdDoctor(ctx context.Context, e *env, args []string) int {
@@ -167,12 +165,14 @@ func serviceUID() int {
 type adminSyslog struct{ c *admin.Client }
 
 func (a adminSyslog) SyslogTargets(ctx context.Context) ([]hardening.SyslogTarget, error) {
-	var ts []syslog.TargetStatus
-	if err := a.c.Call(ctx, "GET", adminSyslogStatus, nil, &ts); err != nil {
+	var reply struct {
+		Targets []syslog.TargetStatus `json:"targets"`
+	}
+	if err := a.c.Call(ctx, "GET", adminAuditTargets, nil, &reply); err != nil {
 		return nil, err
 	}
-	out := make([]hardening.SyslogTarget, 0, len(ts))
-	for _, t := range ts {
+	out := make([]hardening.SyslogTarget, 0, len(reply.Targets))
+	for _, t := range reply.Targets {
 		out = append(out, hardening.SyslogTarget{Address: t.Address, Connected: t.Connected, Lag: t.Lag, LastError: t.LastError})
 	}
 	return out, nil
@@ -184,7 +184,7 @@ type adminFirewall struct{ c *admin.Client }
 
 func (a adminFirewall) FirewallDrift(ctx context.Context) (bool, []string, error) {
 	var st netseg.Status
-	if err := a.c.Call(ctx, "GET", adminNetStatus, nil, &st); err != nil {
+	if err := a.c.Call(ctx, "GET", netPathStatus, nil, &st); err != nil {
 		return false, nil, err
 	}
 	return st.Applied, st.Drift, nil
