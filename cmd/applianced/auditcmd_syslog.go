@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/admin"
+	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/syslog"
 )
 
@@ -110,6 +112,13 @@ func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
 			<-done
 		}
 		return errors.Join(errs...)
+	})
+
+	d.reloaders = append(d.reloaders, func(ctx context.Context, next *config.File) error {
+		if !slices.Equal(next.Audit.Syslog, a.Syslog) {
+			return errors.New("audit: [[audit.syslog]] changes take effect at the next restart (the running forwarders keep their targets)")
+		}
+		return nil
 	})
 
 	for i, t := range a.Syslog {
