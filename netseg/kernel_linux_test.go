@@ -873,3 +873,43 @@ func TestIPv6Rules(t *testing.T) {
 		}
 	}
 }
+
+// A container behind the appliance leaves it under the same egress rules
+// (forward chain), and its blocked attempts are audited as egress.
+func TestRoutedTrafficFollowsEgressRules(t *testing.T) {
+	r := startLab(t)
+	ctr := r.lab.AddRouted(t, "ctr", netip.MustParsePrefix("172.17.0.0/24"))
+	if err := reachTCP(ctr.NS, "203.0.113.10:443"); err != nil {
+		t.Fatalf("before apply: container cannot reach the internet host: %v (lab broken)", err)
+	}
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reachTCP(ctr.NS, "10.10.0.11:636"); err != nil {
+		t.Errorf("container → dc:636 (allowed egress): %v", err)
+	}
+	if err := reachTCP(ctr.NS, "203.0.113.10:443"); err == nil {
+		t.Error("container reached the internet host through the appliance")
+	}
+	if err := reachTCP(ctr.NS, "10.40.0.10:6514"); err == nil {
+		t.Error("container used the appliance's own egress (siem), which is for the host only")
+	}
+	evs := r.events(t, func(evs []audit.Event) bool {
+		for _, e := range ofType(evs, "net.egress_blocked") {
+			if e.Target == "203.0.113.10" && e.Details["chain"] == "forward" {
+				return true
+			}
+		}
+		return false
+	})
+	found := false
+	for _, e := range ofType(evs, "net.egress_blocked") {
+		if e.Target == "203.0.113.10" && e.Details["chain"] == "forward" && e.Details["sources"] == "172.17.0.2" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no net.egress_blocked from the forward chain for 172.17.0.2 → 203.0.113.10 in %d events", len(evs))
+	}
+}

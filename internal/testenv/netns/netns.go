@@ -261,3 +261,59 @@ func configure(h *netlink.Handle, link string, a, a6 netip.Addr) error {
 	}
 	return h.LinkSetUp(l)
 }
+
+// AddRouted adds a namespace behind ai, as a container or VM on the
+// appliance's host: its own /24 link to ai (host .2, ai .1 of prefix), a
+// default route through ai, forwarding on in ai, and a route back to it
+// from every peer. Its traffic to the peers crosses ai's forward hook.
+func (lab *Lab) AddRouted(t testing.TB, name string, prefix netip.Prefix) *Host {
+	t.Helper()
+	base := prefix.Masked().Addr().As4()
+	h := &Host{
+		NS:     newNS(t, name, false),
+		Addr:   netip.AddrFrom4([4]byte{base[0], base[1], base[2], 2}),
+		AIAddr: netip.AddrFrom4([4]byte{base[0], base[1], base[2], 1}),
+		AILink: "to-" + name,
+	}
+	aiH, err := netlink.NewHandleAt(lab.AI.h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aiH.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: h.AILink}, PeerName: "eth0", PeerNamespace: netlink.NsFd(h.h)}
+	if err := aiH.LinkAdd(veth); err != nil {
+		t.Fatalf("veth to %s: %v", name, err)
+	}
+	if err := configure(aiH, h.AILink, h.AIAddr, netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.AI.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0)
+	}); err != nil {
+		t.Fatalf("forwarding in ai: %v", err)
+	}
+	hh, err := netlink.NewHandleAt(h.h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	if err := configure(hh, "eth0", h.Addr, netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hh.RouteAdd(&netlink.Route{Gw: h.AIAddr.AsSlice()}); err != nil {
+		t.Fatalf("default route in %s: %v", name, err)
+	}
+	dst := &net.IPNet{IP: prefix.Masked().Addr().AsSlice(), Mask: net.CIDRMask(prefix.Bits(), 32)}
+	for _, p := range lab.Hosts {
+		ph, err := netlink.NewHandleAt(p.h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = ph.RouteAdd(&netlink.Route{Dst: dst, Gw: p.AIAddr.AsSlice()})
+		ph.Close()
+		if err != nil {
+			t.Fatalf("route to %s in %s: %v", prefix, p.Name, err)
+		}
+	}
+	return h
+}
