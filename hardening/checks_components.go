@@ -59,7 +59,7 @@ func SyslogCheck(src SyslogStatus) Check {
 func syslogResult(t SyslogTarget) Result {
 	name := "syslog " + t.Address
 	lag := fmt.Sprintf("%d events behind", t.Lag)
-	if t.Lag > 0 {
+	if t.LagAge > 0 {
 		lag += fmt.Sprintf(", oldest %s", t.LagAge.Round(time.Second))
 	}
 	switch {

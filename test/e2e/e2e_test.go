@@ -4,10 +4,14 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/applianced/applianced/hardening"
 )
@@ -22,6 +26,17 @@ const (
 const snapshotScript = `find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
  -o -path /var/tmp -o -path /var/log -o -path /var/cache -o -path /var/lib/apt -o -path /var/lib/dpkg \
  -o -path /var/lib/systemd -o -path /var/backups -o -path /debs -o -path /root -o -name '*-' \) -prune -o -print | sort`
+
+// sinkScript starts a syslog receiver in the container (a socket unit whose
+// per-connection service appends to /root/sink.log) and adds two targets to
+// the config: that receiver and a port nobody listens on.
+const sinkScript = `set -e
+printf '[Socket]\nListenStream=127.0.0.1:5514\nAccept=yes\n' > /etc/systemd/system/e2e-sink.socket
+printf '[Service]\nExecStart=/bin/cat\nStandardInput=socket\nStandardOutput=append:/root/sink.log\n' > /etc/systemd/system/e2e-sink@.service
+systemctl daemon-reload && systemctl start e2e-sink.socket
+printf '\n[[audit.syslog]]\naddress = "tcp://127.0.0.1:5514"\nformat = "rfc5424"\nframing = "newline"\n' >> /etc/applianced/applianced.toml
+printf '\n[[audit.syslog]]\naddress = "tcp://127.0.0.1:5515"\nformat = "rfc5424"\nframing = "newline"\n' >> /etc/applianced/applianced.toml
+applianced config check && systemctl restart applianced`
 
 type doctorReport struct {
 	Results []struct {
@@ -132,8 +147,19 @@ func TestInstallUpgradePurge(t *testing.T) {
 		}
 		m["resident memory idle (VmRSS)"] = field("VmRSS")
 		m["locked memory (VmLck)"] = field("VmLck")
-		if out, _ := b.sh("journalctl -u applianced --no-pager | grep 'memory not locked'"); out != "" {
-			m["memory locking"] = strings.TrimSpace(out[strings.LastIndex(out, "]: ")+3:])
+		// LimitMEMLOCK=infinity needs a PID 1 whose own hard limit allows
+		// it; a container inherits the host's (without CAP_SYS_RESOURCE
+		// nobody can raise it). Then the daemon must say why it is unlocked.
+		notLocked, _ := b.sh("journalctl -u applianced --no-pager | grep 'memory not locked'")
+		var host syscall.Rlimit
+		syscall.Getrlimit(unix.RLIMIT_MEMLOCK, &host)
+		switch {
+		case host.Max == unix.RLIM_INFINITY && (notLocked != "" || field("VmLck") == "0 kB"):
+			t.Errorf("the unit permits locking memory, but VmLck is %s: %s", field("VmLck"), notLocked)
+		case host.Max != unix.RLIM_INFINITY && !strings.Contains(notLocked, "RLIMIT_MEMLOCK"):
+			t.Errorf("memory could not be locked (host hard limit %d) and the daemon did not say why", host.Max)
+		case host.Max != unix.RLIM_INFINITY:
+			m["memory locking"] = fmt.Sprintf("not possible here (host RLIMIT_MEMLOCK hard limit %d B, no CAP_SYS_RESOURCE to raise it); the daemon logged why", host.Max)
 		}
 		out, _ := b.sh("systemd-analyze security --no-pager applianced.service")
 		score, err := hardening.ParseExposure([]byte(out))
@@ -223,6 +249,27 @@ func TestInstallUpgradePurge(t *testing.T) {
 				t.Errorf("after net apply, doctor %q got %s (%s), want pass", name, got, detail)
 			}
 		}
+
+		// Two syslog targets: a receiver in the container (a socket unit
+		// appending what it gets to a file) and one nobody listens on.
+		b.must(sinkScript)
+		var got, detail string
+		for i := 0; i < 50; i++ {
+			rep = doctor(t, b)
+			if got, detail = rep.find("syslog tcp://127.0.0.1:5514"); got == "pass" {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if got != "pass" {
+			t.Errorf("syslog target with a receiver got %s (%s), want pass", got, detail)
+		}
+		if got, detail := rep.find("syslog tcp://127.0.0.1:5515"); got != "fail" {
+			t.Errorf("syslog target without a receiver got %s (%s), want fail", got, detail)
+		}
+		if out := b.must("cat /root/sink.log"); !strings.Contains(out, "applianced") {
+			t.Errorf("the receiver got no audit event:\n%s", out)
+		}
 		text, _ := b.sh("applianced doctor")
 		t.Logf("applianced doctor inside the container:\n%s", text)
 	})
@@ -283,6 +330,8 @@ func TestInstallUpgradePurge(t *testing.T) {
 		if out, _ := b.sh("ls /var/lib/systemd/deb-systemd-helper-enabled /etc/systemd/system/multi-user.target.wants | grep applianced"); out != "" {
 			t.Errorf("enablement state left after purge: %s", out)
 		}
+		// The test's own receiver is not the package's to remove.
+		b.must("systemctl stop e2e-sink.socket; rm -f /etc/systemd/system/e2e-sink.socket /etc/systemd/system/e2e-sink@.service; systemctl daemon-reload")
 		afterFiles := b.must(snapshotScript)
 		if afterFiles != before {
 			t.Errorf("files differ after install and purge:\n%s", diffLines(before, afterFiles))
