@@ -689,3 +689,30 @@ func TestUnixDatagram(t *testing.T) {
 		t.Errorf("got %d entries, problems %v; want 20 and none", rep.Entries, rep.Problems)
 	}
 }
+
+// TestTLSClientCertificate: a receiver that requires a client certificate
+// refuses a target without one, and receives everything from one with it.
+func TestTLSClientCertificate(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{Input: rsyslog.InputTLS, RequireClientCert: true})
+	j := openJournal(t)
+	if err := appendN(t, j, 200, 4); err != nil {
+		t.Fatal(err)
+	}
+	without := startForwarder(t, j, nil, Target{Address: "tls://" + srv.Addr, CAFile: srv.CAFile, ServerName: "localhost"})
+	with := startForwarder(t, j, nil, Target{Address: "tls://" + srv.Addr, CAFile: srv.CAFile, ServerName: "localhost",
+		CertFile: srv.ClientCertFile, KeyFile: srv.ClientKeyFile})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := with.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "an error for the target without a certificate", time.Minute, func() bool { return without.Status()[0].LastError != "" })
+	if e := without.Status()[0].LastError; !strings.Contains(e, "certificate") {
+		t.Errorf("got error %q, want it to mention the client certificate", e)
+	}
+	if st := without.Status()[0]; st.Delivered != 0 {
+		t.Errorf("got %d delivered without a client certificate, want 0 (%s)", st.Delivered, st.LastError)
+	}
+	cnt := newSeqCounter(srv.File)
+	waitFor(t, "every seq", time.Minute, func() bool { cnt.poll(); return len(cnt.seen) >= 200 })
+}

@@ -73,6 +73,7 @@ type conn struct {
 	dead  chan struct{} // closed when the receiver closed or reset
 	err   atomic.Pointer[error]
 	maxWd uint32 // largest window the peer advertised
+	start time.Time
 }
 
 // dial connects to the target within timeout.
@@ -91,7 +92,7 @@ func dial(ctx context.Context, ep endpoint, tc *tls.Config, timeout time.Duratio
 	if err != nil {
 		return nil, fmt.Errorf("syslog: connect %s://%s: %w", ep.scheme, ep.addr, err)
 	}
-	c := &conn{ep: ep, raw: &countingConn{Conn: nc}, dead: make(chan struct{})}
+	c := &conn{ep: ep, raw: &countingConn{Conn: nc}, dead: make(chan struct{}), start: time.Now()}
 	c.w = c.raw
 	if tcp, ok := nc.(*net.TCPConn); ok {
 		c.tcp = tcp
@@ -119,8 +120,8 @@ func (c *conn) watch() {
 	for {
 		_, err := c.w.Read(b[:])
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = ErrReceiverClosed
+			if errors.Is(err, io.EOF) || errors.Is(err, unix.ECONNRESET) {
+				err = c.closedErr(ErrReceiverClosed)
 			}
 			c.err.Store(&err)
 			close(c.dead)
@@ -146,9 +147,21 @@ func (c *conn) write(b []byte, timeout time.Duration) error {
 		if errors.As(err, &ne) && ne.Timeout() {
 			return fmt.Errorf("%w: %s after %v", ErrReceiverStalled, c.ep.addr, timeout)
 		}
+		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+			return c.closedErr(fmt.Errorf("%w: write to %s: %w", ErrReceiverClosed, c.ep.addr, err))
+		}
 		return fmt.Errorf("syslog: write to %s: %w", c.ep.addr, err)
 	}
 	return nil
+}
+
+// closedErr adds a hint to a close soon after a TLS handshake: that is how
+// a receiver refuses a client (missing or unknown client certificate).
+func (c *conn) closedErr(err error) error {
+	if c.ep.scheme == "tls" && time.Since(c.start) < 5*time.Second {
+		return fmt.Errorf("%w (right after the TLS handshake: the receiver may require a client certificate, cert_file and key_file, or refuse this one)", err)
+	}
+	return err
 }
 
 // written returns the bytes written to the socket so far.

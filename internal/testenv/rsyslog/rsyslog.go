@@ -61,6 +61,10 @@ type Options struct {
 	Template string // default TemplateRFC5424
 	// MaxMessageSize is rsyslog's maxMessageSize; default 256k.
 	MaxMessageSize int
+	// RequireClientCert makes an InputTLS receiver accept only clients with
+	// a certificate from its CA (gtls authMode x509/certvalid); the harness
+	// writes one to ClientCertFile and ClientKeyFile.
+	RequireClientCert bool
 }
 
 // Server is a running (or stopped) rsyslog.
@@ -68,6 +72,9 @@ type Server struct {
 	Addr   string // 127.0.0.1:port of the input
 	File   string // the output file
 	CAFile string // for InputTLS: the CA that signed the server certificate (PEM)
+	// ClientCertFile and ClientKeyFile are a client certificate from the
+	// same CA, for RequireClientCert.
+	ClientCertFile, ClientKeyFile string
 	Dir    string // the receiver's own directory
 
 	t    testing.TB
@@ -175,7 +182,11 @@ func (s *Server) writeConf(port int) error {
 		}
 		s.CAFile = ca
 		global += fmt.Sprintf(` defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile=%q defaultNetstreamDriverCertFile=%q defaultNetstreamDriverKeyFile=%q`, ca, cert, key)
-		input = fmt.Sprintf("module(load=\"imtcp\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\")\ninput(type=\"imtcp\" port=\"%d\" address=\"127.0.0.1\")\n", port)
+		auth := "anon"
+		if s.o.RequireClientCert {
+			auth = "x509/certvalid"
+		}
+		input = fmt.Sprintf("module(load=\"imtcp\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=%q)\ninput(type=\"imtcp\" port=\"%d\" address=\"127.0.0.1\")\n", auth, port)
 	default:
 		return fmt.Errorf("unknown input %q", s.o.Input)
 	}
@@ -309,6 +320,9 @@ func (s *Server) writeCerts() (caFile, certFile, keyFile string, err error) {
 	if err != nil {
 		return "", "", "", err
 	}
+	if err := s.writeClientCert(ca, caKey); err != nil {
+		return "", "", "", err
+	}
 	caFile, certFile, keyFile = filepath.Join(s.Dir, "ca.pem"), filepath.Join(s.Dir, "cert.pem"), filepath.Join(s.Dir, "key.pem")
 	for _, f := range []struct {
 		path, typ string
@@ -319,6 +333,35 @@ func (s *Server) writeCerts() (caFile, certFile, keyFile string, err error) {
 		}
 	}
 	return caFile, certFile, keyFile, nil
+}
+
+// writeClientCert issues a client certificate from the harness's CA.
+func (s *Server) writeClientCert(ca *x509.Certificate, caKey *ecdsa.PrivateKey) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "applianced client"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	s.ClientCertFile, s.ClientKeyFile = filepath.Join(s.Dir, "client.pem"), filepath.Join(s.Dir, "client.key")
+	if err := os.WriteFile(s.ClientCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(s.ClientKeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600)
 }
 
 // NewCA returns a new self-signed CA key and certificate (DER), for tests
