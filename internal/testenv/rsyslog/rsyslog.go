@@ -75,7 +75,7 @@ type Server struct {
 	// ClientCertFile and ClientKeyFile are a client certificate from the
 	// same CA, for RequireClientCert.
 	ClientCertFile, ClientKeyFile string
-	Dir    string // the receiver's own directory
+	Dir                           string // the receiver's own directory
 
 	t    testing.TB
 	o    Options
