@@ -716,3 +716,36 @@ func TestTLSClientCertificate(t *testing.T) {
 	cnt := newSeqCounter(srv.File)
 	waitFor(t, "every seq", time.Minute, func() bool { cnt.poll(); return len(cnt.seen) >= 200 })
 }
+
+// TestDropOldestSkipsToTheOldestKept: under the drop_oldest policy a target
+// that was down when segments were dropped continues with the oldest entry
+// kept and says why entries are missing.
+func TestDropOldestSkipsToTheOldestKept(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	j, err := audit.Open(t.TempDir(), &audit.Options{SegmentBytes: 8 << 10, MaxBytes: 32 << 10, DiskFull: audit.DiskFullDropOldest, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	if err := appendN(t, j, 1000, 1); err != nil {
+		t.Fatal(err)
+	}
+	first := j.Segments()[0].First
+	if first == 1 {
+		t.Fatal("no segment was dropped; the test needs a smaller MaxBytes")
+	}
+	f := startForwarder(t, j, nil, Target{Address: "tcp://" + srv.Addr})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := f.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.Status()[0]; !strings.Contains(st.LastError, "removed by retention") {
+		t.Errorf("got last error %q, want it to say entries were removed", st.LastError)
+	}
+	cnt := newSeqCounter(srv.File)
+	waitFor(t, "delivery", time.Minute, func() bool { cnt.poll(); return uint64(len(cnt.seen)) >= j.LastSeq()-first })
+	if cnt.seen[first] == 0 || cnt.seen[first-1] != 0 {
+		t.Errorf("got seq %d: %d copies, seq %d: %d; want delivery to start at the oldest kept, %d", first, cnt.seen[first], first-1, cnt.seen[first-1], first)
+	}
+}
