@@ -400,7 +400,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name),
 		userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), nil)
 	res, err := a.search(ctx, sc, req, false)
-	if err != nil && pooled && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) && ctxErr(ctx) == nil {
+	if err != nil && pooled && connFailed(sc, err) && ctxErr(ctx) == nil {
 		// A pooled connection the network dropped while idle: searches are
 		// safe to repeat, once, on a fresh connection to the same DC.
 		sc.Close()
@@ -416,7 +416,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 			out.Reason = ReasonAmbiguousUser
 			return id, out, nil, false
 		}
-		if isConnErr(err) {
+		if connFailed(sc, err) {
 			return id, out, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), true
 		}
 		return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
@@ -449,7 +449,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 		})
 	}
 	err = bindOnce(bc)
-	if err != nil && pooled && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) && bc.IsClosing() && ctx.Err() == nil {
+	if err != nil && pooled && bc.IsClosing() && ctxErr(ctx) == nil {
 		// A pooled connection the DC had closed while idle: the request
 		// never left, so one retry on a fresh connection is safe.
 		bc.Close()
@@ -460,7 +460,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 	}
 	if err != nil {
 		var le *ldap.Error
-		if errors.As(err, &le) && !isConnErr(err) {
+		if errors.As(err, &le) && !connFailed(bc, err) {
 			// The DC answered: a denial. Never retried on another DC.
 			d.put(true, bc, a.cfg.MaxConnections, a.now())
 			keep = true
@@ -480,7 +480,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 	} else {
 		groups, err = a.groups(ctx, sc, user)
 		if err != nil {
-			return id, out, fmt.Errorf("ldapauth: groups on %s: %w", d.url, err), isConnErr(err)
+			return id, out, fmt.Errorf("ldapauth: groups on %s: %w", d.url, err), connFailed(sc, err)
 		}
 		a.cache.put(user.DN, groups, a.now())
 	}

@@ -400,6 +400,12 @@ func isConnErr(err error) bool {
 	return false
 }
 
+// connFailed says whether a request on c failed because the connection did
+// (go-ldap reports a lost connection with a plain error and closes c).
+func connFailed(c *ldap.Conn, err error) bool {
+	return err != nil && (isConnErr(err) || c.IsClosing())
+}
+
 // stats counts LDAP work, for benchmarks and metrics.
 type stats struct {
 	dials    atomic.Int64
