@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -372,17 +373,15 @@ func TestSilentDCOnly(t *testing.T) {
 func TestWrongPasswordOneBind(t *testing.T) {
 	needDC(t)
 	ctx := context.Background()
-	if _, err := dc.AddUser(ctx, samba.User{Name: "wp1", Password: pw("wp1")}); err != nil {
-		t.Fatal(err)
-	}
+	wp1 := freshUser(t, "wp")
 	var viaProxy atomic.Int32
 	second := listenCounting(t, &viaProxy, true)
 	a, _ := newAuth(t, adConfig(func(c *Config) { c.URLs = []string{dc.LDAPSURL(), "ldaps://" + second} }), nil)
-	_, out, err := a.Login(ctx, Request{Username: "wp1", Password: "Wrong-Pass1!"})
+	_, out, err := a.Login(ctx, Request{Username: wp1, Password: "Wrong-Pass1!"})
 	if err != nil || out.Reason != ReasonInvalidCredentials {
 		t.Fatalf("got reason=%q err=%v, want invalid_credentials", out.Reason, err)
 	}
-	got, err := dc.Attr(ctx, "wp1", "badPwdCount")
+	got, err := dc.Attr(ctx, wp1, "badPwdCount")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,7 +397,7 @@ func TestWrongPasswordOneBind(t *testing.T) {
 	// And the second URL does work when the first is down, so the zero above
 	// is not a dead proxy.
 	b, _ := newAuth(t, adConfig(func(c *Config) { c.URLs = []string{"ldaps://127.0.0.1:1", "ldaps://" + second} }), nil)
-	if _, out, err := b.Login(ctx, Request{Username: "wp1", Password: pw("wp1")}); err != nil || !out.OK {
+	if _, out, err := b.Login(ctx, Request{Username: wp1, Password: pw(wp1)}); err != nil || !out.OK {
 		t.Fatalf("login through the proxy: %v %+v", err, out)
 	}
 	if viaProxy.Load() == 0 {
@@ -497,9 +496,7 @@ func TestPlaintextRefused(t *testing.T) {
 func TestRateLimit(t *testing.T) {
 	needDC(t)
 	ctx := context.Background()
-	if _, err := dc.AddUser(ctx, samba.User{Name: "rl1", Password: pw("rl1")}); err != nil {
-		t.Fatal(err)
-	}
+	rl1 := freshUser(t, "rl")
 	clk := &fakeClock{t: time.Now()}
 	a, j := newAuth(t, adConfig(func(c *Config) {
 		c.MaxFailuresPerUser = 3
@@ -507,7 +504,7 @@ func TestRateLimit(t *testing.T) {
 	}), clk.Now)
 	login := func(pass string) Outcome {
 		t.Helper()
-		_, out, err := a.Login(ctx, Request{Username: "rl1", Password: pass, Source: "198.51.100.7"})
+		_, out, err := a.Login(ctx, Request{Username: rl1, Password: pass, Source: "198.51.100.7"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -522,11 +519,11 @@ func TestRateLimit(t *testing.T) {
 	}{
 		{"fail 1", 0, "Wrong-1x!", ReasonInvalidCredentials, "1"},
 		{"fail 2", time.Second, "Wrong-2x!", ReasonInvalidCredentials, "2"},
-		{"backoff after two failures", 0, pw("rl1"), ReasonRateLimited, "2"},
+		{"backoff after two failures", 0, pw(rl1), ReasonRateLimited, "2"},
 		{"fail 3 after the backoff trips the limit", 2 * time.Second, "Wrong-3x!", ReasonInvalidCredentials, "3"},
-		{"refused even with the right password", time.Minute, pw("rl1"), ReasonRateLimited, "3"},
-		{"other name forms share the counter", 0, "rl1@corp.example", ReasonRateLimited, "3"},
-		{"reset after the window", 11 * time.Minute, pw("rl1"), "", "0"},
+		{"refused even with the right password", time.Minute, pw(rl1), ReasonRateLimited, "3"},
+		{"other name forms share the counter", 0, rl1 + "@corp.example", ReasonRateLimited, "3"},
+		{"reset after the window", 11 * time.Minute, pw(rl1), "", "0"},
 		{"a success cleared the counter", 0, "Wrong-4x!", ReasonInvalidCredentials, "1"},
 	}
 	for _, s := range steps {
@@ -534,7 +531,7 @@ func TestRateLimit(t *testing.T) {
 		var out Outcome
 		if s.name == "other name forms share the counter" {
 			var err error
-			_, out, err = a.Login(ctx, Request{Username: "rl1@corp.example", Password: pw("rl1")})
+			_, out, err = a.Login(ctx, Request{Username: rl1 + "@corp.example", Password: pw(rl1)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -546,7 +543,7 @@ func TestRateLimit(t *testing.T) {
 		}
 		// Refused attempts never reach the DC: its counter does not move.
 		// (A successful bind resets it.)
-		if got, err := dc.Attr(ctx, "rl1", "badPwdCount"); err != nil || len(got) != 1 || got[0] != s.badPwd {
+		if got, err := dc.Attr(ctx, rl1, "badPwdCount"); err != nil || len(got) != 1 || got[0] != s.badPwd {
 			t.Fatalf("%s: badPwdCount got %v %v, want [%s]", s.name, got, err, s.badPwd)
 		}
 	}
@@ -675,12 +672,10 @@ func TestConcurrentLogins(t *testing.T) {
 func TestServiceBindRefused(t *testing.T) {
 	needDC(t)
 	ctx := context.Background()
-	if _, err := dc.AddUser(ctx, samba.User{Name: "svc-wrong", Password: pw("svc-wrong")}); err != nil {
-		t.Fatal(err)
-	}
+	svcWrong := freshUser(t, "svc-wrong")
 	clk := &fakeClock{t: time.Now()}
 	j := newJournal(t)
-	a, err := New(adConfig(func(c *Config) { c.BindDN = dc.UserDN("svc-wrong") }), Options{Audit: j, Now: clk.Now,
+	a, err := New(adConfig(func(c *Config) { c.BindDN = dc.UserDN(svcWrong) }), Options{Audit: j, Now: clk.Now,
 		BindPassword: func(context.Context, string) ([]byte, error) { return []byte("Not-The-Passw0rd"), nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -692,7 +687,7 @@ func TestServiceBindRefused(t *testing.T) {
 			t.Fatalf("login %d: got ok=%v err=%v, want ErrServiceBind", i, out.OK, err)
 		}
 	}
-	if got, err := dc.Attr(ctx, "svc-wrong", "badPwdCount"); err != nil || len(got) != 1 || got[0] != "1" {
+	if got, err := dc.Attr(ctx, svcWrong, "badPwdCount"); err != nil || len(got) != 1 || got[0] != "1" {
 		t.Errorf("service account badPwdCount: got %v %v, want [1]", got, err)
 	}
 	if h := a.Health(); !h[0].Up {
@@ -711,4 +706,17 @@ func TestServiceBindRefused(t *testing.T) {
 	if h := b.Health(); !h[0].Up {
 		t.Errorf("an unreadable secret marked the DC down: %+v", h[0])
 	}
+}
+
+var userSeq atomic.Int32
+
+// freshUser creates a user no other test (or earlier -count run) touches,
+// with password pw(name), and returns its name.
+func freshUser(t *testing.T, prefix string) string {
+	t.Helper()
+	name := fmt.Sprintf("%s%d-%d", prefix, os.Getpid()%10000, userSeq.Add(1))
+	if _, err := dc.AddUser(context.Background(), samba.User{Name: name, Password: pw(name)}); err != nil {
+		t.Fatal(err)
+	}
+	return name
 }
