@@ -1,5 +1,85 @@
 // Package vault owns the appliance's secrets: a bbolt database in the state
-// directory (mode 0600), encrypted with a keyring of data keys that the
-// master key seals. It is the only package that decrypts a secret, and it
-// does so only for the broker, for the instant a value is used.
+// directory (vault.db, mode 0600), encrypted under a keyring that the master
+// key seals. It is the only package that decrypts a secret, and it hands a
+// value only to the appliance's own components, for the instant they use it.
+//
+// # The barrier
+//
+// The master key (32 bytes, never stored in the database) comes from, in
+// order: the systemd credential $CREDENTIALS_DIRECTORY/master.key (so a site
+// can use LoadCredentialEncrypted= with the TPM2 or the host key), or the
+// file [vault] master_key_file that `applianced init` creates with mode 0400
+// (LoadMasterKey refuses a file group or others can read or write). It
+// encrypts the keyring, a list of AES-256 data keys numbered by term. Each
+// version of each secret is sealed with AES-256-GCM under the active term,
+// with a fresh random nonce, and with additional data naming its namespace,
+// name, type, version and term, so a ciphertext copied to another name,
+// version or term does not open. A key check (an HMAC under the master key)
+// tells a wrong key (ErrSealed: "vault is sealed: master key does not open
+// the keyring") from a damaged keyring (ErrCorrupt).
+//
+// Rekey adds a term and makes it active; older terms keep opening what they
+// sealed, and Rekey with reencrypt moves every version to the new term
+// online. Backup writes a consistent snapshot (bbolt's tx.WriteTo) that is as
+// encrypted as the database; Restore accepts only a backup that passes the
+// consistency check, opens with the current master key and decrypts fully,
+// and keeps the replaced file as vault.db.before-restore.
+//
+// # Secrets
+//
+// A secret has a name (1 to 128 of letters, digits and . _ - : @), a Type
+// (password, api_key, basic, oauth2_client, tls_client, opaque), the last
+// keep_versions versions with their times, and allowed_tools: the [[tool]]
+// entries that may use it. Values are at most 64 KiB; structured types are
+// written as JSON and checked (fields present, a TLS key pair that matches).
+// The verbs are Put, Rotate, List and Describe (metadata only), Delete and
+// Verify (a constant-time comparison with a candidate). No verb returns a
+// stored value to an operator.
+//
+// # What the appliance's components use
+//
+//   - ForTool(ctx, tool, name): the tool proxy's fetch. Denied, with
+//     ErrDenied and an audit event, unless tool is in allowed_tools. The
+//     value comes in the form the proxy injects: raw for password, api_key
+//     and opaque; "user:password" for basic; JSON for oauth2_client; the
+//     certificate PEM then the key PEM for tls_client.
+//   - ForInternal(ctx, user, name): the same for a component that is not a
+//     tool, labelled by user, e.g. ldapauth reading [ldap]
+//     bind_password_secret. allowed_tools does not apply.
+//   - SystemKey(ctx, name, create): get-or-create of a key the appliance
+//     makes for itself (JWT signing keys, the audit HMAC key, the audit
+//     checkpoint key); PutSystemKey stores a new version (rotation) and
+//     SystemKeyVersions returns the kept ones, newest first; Key(ctx,
+//     purpose) is a get-or-create of 32 random bytes. System keys live in
+//     their own bucket under the same barrier, are never listed as secrets
+//     and no verb exports them. *Vault implements audit.KeySource.
+//
+// Every value returned is a fresh copy that the caller clears when done.
+//
+// # Audit
+//
+// Every operation appends an event to the journal (Options.Audit) before it
+// acts or answers: secret.put, secret.rotate, secret.delete, secret.verify,
+// secret.use (denials), vault.unseal, vault.rekey, vault.backup,
+// vault.restore, and admin.call for list and status. Events carry names,
+// versions, terms and the operator's uid, never a value. If the append fails
+// the operation fails (ErrAudit) and nothing changes. A granted ForTool or
+// ForInternal is not audited here (the component's own event names the
+// secret), and neither is reading a system key.
+//
+// # Caveats
+//
+//   - Writes are group-committed: one goroutine commits every write queued
+//     while the previous commit was syncing. A write returns only after its
+//     commit is durable.
+//   - The event of a change is appended before the change is written; if the
+//     write then fails, a second event with outcome failure follows.
+//   - Go cannot clear strings: structured values are parsed into strings
+//     while they are checked. Byte slices holding plaintext are cleared.
+//   - bbolt maps the file. Before opening, the vault checks the file itself
+//     (meta page, freelist, every reachable page) so a damaged file is an
+//     error naming it rather than a crash; a file changed underneath a
+//     running daemon is outside what it can defend.
+//   - Random 96-bit nonces: a term should seal well under 2^32 values; rekey
+//     long before (each version written is one seal).
 package vault
