@@ -35,6 +35,7 @@ var seedUsers = []samba.User{
 	{Name: "dave", Password: pw("dave")},   // locked
 	{Name: "erin", Password: pw("erin")},   // account expired
 	{Name: "frank", Password: pw("frank")}, // must change password
+	{Name: "gina", Password: pw("gina")},   // password expired
 	{Name: "dup1", Password: pw("dup1"), Mail: "shared@corp.example"},
 	{Name: "dup2", Password: pw("dup2"), Mail: "shared@corp.example"},
 }
@@ -83,6 +84,7 @@ func seed(ctx context.Context, d *samba.DC) error {
 		func() error { return d.Lock(ctx, "dave") },
 		func() error { return d.ExpireAccount(ctx, "erin") },
 		func() error { return d.MustChangePassword(ctx, "frank") },
+		func() error { return d.ExpirePassword(ctx, "gina") },
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {

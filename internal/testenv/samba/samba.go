@@ -22,7 +22,8 @@
 //	}
 //
 // Then tests add what they need with distinct names (AddUser, AddGroup,
-// AddMembers, Disable, Lock, ExpireAccount, MustChangePassword) and connect
+// AddMembers, Disable, Lock, ExpireAccount, ExpirePassword,
+// MustChangePassword) and connect
 // to LDAPSURL or StartTLSURL, verifying against CAFile with ServerName.
 //
 // The package refuses to run without root and the samba, samba-tool and ip
@@ -641,6 +642,48 @@ func (dc *DC) Attr(ctx context.Context, name, attr string) ([]string, error) {
 		return nil, fmt.Errorf("samba: read %s of %s: %w", attr, name, err)
 	}
 	return vals, nil
+}
+
+// expirePy sets pwdLastSet directly in sam.ldb, past the password_hash
+// module (which only lets LDAP clients write 0 or -1), as Samba's own tests
+// do. DN, value and paths come from the environment.
+const expirePy = `
+import os, ldb
+from samba.samdb import SamDB
+from samba.auth import system_session
+from samba.param import LoadParm
+lp = LoadParm(); lp.load(os.environ["SMB_CONF"])
+db = SamDB(url=os.environ["SAM_LDB"], session_info=system_session(), lp=lp)
+m = ldb.Message(); m.dn = ldb.Dn(db, os.environ["USER_DN"])
+m["pwdLastSet"] = ldb.MessageElement(os.environ["PWD_LAST_SET"], ldb.FLAG_MOD_REPLACE, "pwdLastSet")
+db.modify(m, controls=["local_oid:1.3.6.1.4.1.7165.4.3.12:0"])
+`
+
+// ExpirePassword backdates the user's pwdLastSet by 100 days, past the
+// domain's maximum password age (42 days): the password has expired (AD
+// data 532 at bind), as it would after months without a change.
+func (dc *DC) ExpirePassword(ctx context.Context, name string) error {
+	py := "/usr/bin/python3"
+	if b, err := os.ReadFile("/usr/bin/samba-tool"); err == nil {
+		if line, _, _ := strings.Cut(string(b), "\n"); strings.HasPrefix(line, "#!") {
+			if f := strings.Fields(strings.TrimPrefix(line, "#!")); len(f) > 0 {
+				py = f[0]
+			}
+		}
+	}
+	old := time.Now().Add(-100 * 24 * time.Hour)
+	// Windows FILETIME: 100 ns intervals since 1601-01-01.
+	ft := (old.Unix()+11644473600)*10_000_000 + int64(old.Nanosecond()/100)
+	cmd := exec.CommandContext(ctx, py, "-c", expirePy)
+	cmd.Env = append(os.Environ(),
+		"SMB_CONF="+filepath.Join(dc.Dir, "d", "etc", "smb.conf"),
+		"SAM_LDB="+filepath.Join(dc.Dir, "d", "private", "sam.ldb"),
+		"USER_DN="+dc.dns([]string{name})[0],
+		"PWD_LAST_SET="+strconv.FormatInt(ft, 10))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("samba: expire password of %s: %v: %s", name, err, tail(out))
+	}
+	return nil
 }
 
 // SetPassword sets a user's password as Administrator.
