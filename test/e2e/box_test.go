@@ -80,7 +80,6 @@ func cachedRootfs(t *testing.T) string {
 // box is a booted container: systemd as PID 1 in its own namespaces, with
 // a private network (so the firewall it loads touches only itself).
 type box struct {
-	t      *testing.T
 	root   string
 	nspawn *exec.Cmd
 	leader int
@@ -104,7 +103,7 @@ func boot(t *testing.T, debDir string) *box {
 	if out, err := exec.Command("cp", "-a", "--reflink=auto", pristine, root).CombinedOutput(); err != nil {
 		t.Fatalf("copy rootfs: %v: %s", err, out)
 	}
-	b := &box{t: t, root: root, log: &bytes.Buffer{}}
+	b := &box{root: root, log: &bytes.Buffer{}}
 	b.nspawn = exec.Command("systemd-nspawn", "-q", "-D", root, "--register=no", "--keep-unit", "-b",
 		"--private-network", "--link-journal=no", "--console=pipe", "--timezone=off", "--resolv-conf=off",
 		"--bind-ro="+debDir+":/debs", "--machine=applianced-e2e-"+strconv.Itoa(os.Getpid()))
@@ -197,12 +196,12 @@ func (b *box) sh(script string) (string, error) {
 	return string(out), err
 }
 
-// must runs script and fails the test when it exits non-zero.
-func (b *box) must(script string) string {
-	b.t.Helper()
+// must runs script and fails t when it exits non-zero.
+func (b *box) must(t *testing.T, script string) string {
+	t.Helper()
 	out, err := b.sh(script)
 	if err != nil {
-		b.t.Fatalf("in the container: %s: %v\n%s", script, err, out)
+		t.Fatalf("in the container: %s: %v\n%s", script, err, out)
 	}
 	return out
 }

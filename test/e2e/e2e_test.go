@@ -56,13 +56,13 @@ func (r doctorReport) find(name string) (string, string) {
 func TestInstallUpgradePurge(t *testing.T) {
 	debDir, debs := buildDebs(t, v1, v2)
 	b := boot(t, debDir)
-	before := b.must(snapshotScript)
+	before := b.must(t, snapshotScript)
 	m := map[string]string{}
 
-	pidOf := func() string {
-		return strings.TrimSpace(b.must("systemctl show -p MainPID --value applianced"))
+	pidOf := func(t *testing.T) string {
+		return strings.TrimSpace(b.must(t, "systemctl show -p MainPID --value applianced"))
 	}
-	waitActive := func() {
+	waitActive := func(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(60 * time.Second)
 		for {
@@ -71,7 +71,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("applianced is %q, want active\n%s", strings.TrimSpace(out), b.must("journalctl -u applianced --no-pager -n 40 || true"))
+				t.Fatalf("applianced is %q, want active\n%s", strings.TrimSpace(out), b.must(t, "journalctl -u applianced --no-pager -n 40 || true"))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -79,16 +79,16 @@ func TestInstallUpgradePurge(t *testing.T) {
 
 	ok := t.Run("install starts the service", func(t *testing.T) {
 		start := time.Now()
-		out := b.must("apt-get install -y /debs/" + debs[0])
-		waitActive()
+		out := b.must(t, "apt-get install -y /debs/"+debs[0])
+		waitActive(t)
 		m["install to READY (apt install + init + start)"] = fmtDur(time.Since(start))
 		if strings.Contains(out, "not (re)started") {
 			t.Errorf("postinst did not start the service:\n%s", out)
 		}
-		if got := strings.TrimSpace(b.must("systemctl is-enabled applianced")); got != "enabled" {
+		if got := strings.TrimSpace(b.must(t, "systemctl is-enabled applianced")); got != "enabled" {
 			t.Errorf("is-enabled got %q, want enabled", got)
 		}
-		mono := b.must("systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic --value applianced")
+		mono := b.must(t, "systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic --value applianced")
 		if f := strings.Fields(mono); len(f) == 2 {
 			a, _ := strconv.ParseInt(f[0], 10, 64)
 			c, _ := strconv.ParseInt(f[1], 10, 64)
@@ -100,7 +100,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 	}
 
 	t.Run("files, users and modes", func(t *testing.T) {
-		got := b.must("stat -c '%a %U:%G %n' /etc/applianced /etc/applianced/applianced.toml /etc/applianced/master.key /etc/applianced/tls /etc/applianced/tls/api.key /var/lib/applianced")
+		got := b.must(t, "stat -c '%a %U:%G %n' /etc/applianced /etc/applianced/applianced.toml /etc/applianced/master.key /etc/applianced/tls /etc/applianced/tls/api.key /var/lib/applianced")
 		for _, want := range []string{
 			"750 root:applianced /etc/applianced\n",
 			"640 root:applianced /etc/applianced/applianced.toml\n",
@@ -113,15 +113,15 @@ func TestInstallUpgradePurge(t *testing.T) {
 				t.Errorf("modes lack %q:\n%s", want, got)
 			}
 		}
-		if out := b.must("getent passwd applianced"); !strings.HasSuffix(strings.TrimSpace(out), ":/usr/sbin/nologin") {
+		if out := b.must(t, "getent passwd applianced"); !strings.HasSuffix(strings.TrimSpace(out), ":/usr/sbin/nologin") {
 			t.Errorf("applianced user got %q, want a nologin system user", out)
 		}
-		b.must("getent group applianced-admin")
+		b.must(t, "getent group applianced-admin")
 	})
 
 	t.Run("the daemon runs unprivileged and hardened", func(t *testing.T) {
-		pid := pidOf()
-		status := b.must("cat /proc/" + pid + "/status")
+		pid := pidOf(t)
+		status := b.must(t, "cat /proc/"+pid+"/status")
 		field := func(k string) string {
 			for _, l := range strings.Split(status, "\n") {
 				if v, ok := strings.CutPrefix(l, k+":"); ok {
@@ -130,7 +130,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 			}
 			return ""
 		}
-		uid := strings.TrimSpace(b.must("id -u applianced"))
+		uid := strings.TrimSpace(b.must(t, "id -u applianced"))
 		if got := strings.Fields(field("Uid")); len(got) == 0 || got[0] != uid || uid == "0" {
 			t.Errorf("Uid got %v, want %s (applianced)", got, uid)
 		}
@@ -142,7 +142,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 				t.Errorf("%s got %s, want %s", k, got, want)
 			}
 		}
-		if lim := b.must("grep 'Max core file size' /proc/" + pid + "/limits"); len(strings.Fields(lim)) < 6 || strings.Fields(lim)[4] != "0" || strings.Fields(lim)[5] != "0" {
+		if lim := b.must(t, "grep 'Max core file size' /proc/"+pid+"/limits"); len(strings.Fields(lim)) < 6 || strings.Fields(lim)[4] != "0" || strings.Fields(lim)[5] != "0" {
 			t.Errorf("core limit got %q, want 0 0", lim)
 		}
 		m["resident memory idle (VmRSS)"] = field("VmRSS")
@@ -170,26 +170,26 @@ func TestInstallUpgradePurge(t *testing.T) {
 	})
 
 	t.Run("reload with a broken config keeps it running and says why", func(t *testing.T) {
-		pid := pidOf()
-		cursor := strings.TrimSpace(b.must("journalctl -u applianced -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'"))
-		b.must("cp -p /etc/applianced/applianced.toml /root/good.toml && echo 'bogus_key = 1' >> /etc/applianced/applianced.toml")
-		b.must("systemctl reload applianced")
+		pid := pidOf(t)
+		cursor := strings.TrimSpace(b.must(t, "journalctl -u applianced -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'"))
+		b.must(t, "cp -p /etc/applianced/applianced.toml /root/good.toml && echo 'bogus_key = 1' >> /etc/applianced/applianced.toml")
+		b.must(t, "systemctl reload applianced")
 		var logs string
 		for i := 0; i < 50 && !strings.Contains(logs, "bogus_key"); i++ {
 			time.Sleep(100 * time.Millisecond)
-			logs = b.must("journalctl -u applianced --no-pager --after-cursor='" + cursor + "'")
+			logs = b.must(t, "journalctl -u applianced --no-pager --after-cursor='"+cursor+"'")
 		}
 		if !strings.Contains(logs, "reload refused") || !strings.Contains(logs, "bogus_key") {
 			t.Errorf("journal after a broken reload lacks the refusal naming the key:\n%s", logs)
 		}
-		if got := strings.TrimSpace(b.must("systemctl is-active applianced")); got != "active" {
+		if got := strings.TrimSpace(b.must(t, "systemctl is-active applianced")); got != "active" {
 			t.Errorf("after a broken reload: %s, want active", got)
 		}
-		if got := pidOf(); got != pid {
+		if got := pidOf(t); got != pid {
 			t.Errorf("MainPID got %s, want %s (not restarted)", got, pid)
 		}
-		b.must("cat /root/good.toml > /etc/applianced/applianced.toml && systemctl reload applianced")
-		if out := b.must("journalctl -u applianced --no-pager -n 5"); !strings.Contains(out, "config reloaded") {
+		b.must(t, "cat /root/good.toml > /etc/applianced/applianced.toml && systemctl reload applianced")
+		if out := b.must(t, "journalctl -u applianced --no-pager -n 5"); !strings.Contains(out, "config reloaded") {
 			t.Errorf("a good reload was not logged:\n%s", out)
 		}
 	})
@@ -197,7 +197,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 	t.Run("doctor reports what was set up", func(t *testing.T) {
 		// Break two things doctor must see: a readable key and rp_filter off
 		// (per network namespace: only the container's).
-		b.must("chmod 0440 /etc/applianced/master.key && sysctl -q -w net.ipv4.conf.all.rp_filter=0")
+		b.must(t, "chmod 0440 /etc/applianced/master.key && sysctl -q -w net.ipv4.conf.all.rp_filter=0")
 		var rep doctorReport
 		out, _ := b.sh("applianced doctor --json")
 		if err := json.Unmarshal([]byte(out), &rep); err != nil {
@@ -217,7 +217,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 				t.Errorf("doctor %q got %s (%s), want %s", tc.name, got, detail, tc.want)
 			}
 		}
-		b.must("chmod 0400 /etc/applianced/master.key && sysctl -q -w net.ipv4.conf.all.rp_filter=1")
+		b.must(t, "chmod 0400 /etc/applianced/master.key && sysctl -q -w net.ipv4.conf.all.rp_filter=1")
 		out, _ = b.sh("applianced doctor --json")
 		rep = doctorReport{}
 		if err := json.Unmarshal([]byte(out), &rep); err != nil {
@@ -232,7 +232,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 		// Give the container a default route (a veth pair of its own), so
 		// the egress probe's datagram can leave: without the firewall it
 		// does, with the firewall applied it is refused on the spot.
-		b.must("ip link add e2e0 type veth peer name e2e1 && ip addr add 10.99.0.2/24 dev e2e0 && ip link set e2e0 up && ip link set e2e1 up && ip route add default via 10.99.0.1")
+		b.must(t, "ip link add e2e0 type veth peer name e2e1 && ip addr add 10.99.0.2/24 dev e2e0 && ip link set e2e0 up && ip link set e2e1 up && ip route add default via 10.99.0.1")
 		rep = doctor(t, b)
 		if got, detail := rep.find("egress probe 192.0.2.1:443"); got != "fail" {
 			t.Errorf("egress probe without the firewall got %s (%s), want fail", got, detail)
@@ -252,7 +252,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 
 		// Two syslog targets: a receiver in the container (a socket unit
 		// appending what it gets to a file) and one nobody listens on.
-		b.must(sinkScript)
+		b.must(t, sinkScript)
 		var got, detail string
 		for i := 0; i < 50; i++ {
 			rep = doctor(t, b)
@@ -267,7 +267,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 		if got, detail := rep.find("syslog tcp://127.0.0.1:5515"); got != "fail" {
 			t.Errorf("syslog target without a receiver got %s (%s), want fail", got, detail)
 		}
-		if out := b.must("cat /root/sink.log"); !strings.Contains(out, "applianced") {
+		if out := b.must(t, "cat /root/sink.log"); !strings.Contains(out, "applianced") {
 			t.Errorf("the receiver got no audit event:\n%s", out)
 		}
 		text, _ := b.sh("applianced doctor")
@@ -275,30 +275,32 @@ func TestInstallUpgradePurge(t *testing.T) {
 	})
 
 	t.Run("upgrade keeps config, keys and state, and restarts", func(t *testing.T) {
-		b.must(`sed -i 's/^log_level = "info"/log_level = "debug"/' /etc/applianced/applianced.toml && systemctl reload applianced`)
+		b.must(t, `sed -i 's/^log_level = "info"/log_level = "debug"/' /etc/applianced/applianced.toml && systemctl reload applianced`)
 		// The firewall applied above must survive the upgrade (no gap).
-		b.must("nft list table inet applianced")
-		keys := b.must("sha256sum /etc/applianced/master.key /etc/applianced/tls/api.key /etc/applianced/tls/api.pem")
-		state := b.must("find /var/lib/applianced -type f | sort")
-		pid := pidOf()
-		b.must("apt-get install -y /debs/" + debs[1])
-		waitActive()
-		if got := strings.TrimSpace(b.must("dpkg-query -W -f '${Version}' applianced")); got != v2 {
+		b.must(t, "nft list table inet applianced")
+		keys := b.must(t, "sha256sum /etc/applianced/master.key /etc/applianced/tls/api.key /etc/applianced/tls/api.pem")
+		state := b.must(t, "find /var/lib/applianced -type f | sort")
+		pid := pidOf(t)
+		// Unattended, as configuration management upgrades: keep the admin's
+		// config even if the package's default changed meanwhile.
+		b.must(t, "apt-get install -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /debs/"+debs[1])
+		waitActive(t)
+		if got := strings.TrimSpace(b.must(t, "dpkg-query -W -f '${Version}' applianced")); got != v2 {
 			t.Errorf("installed version got %s, want %s", got, v2)
 		}
-		if got := b.must("applianced version"); !strings.Contains(got, v2) {
+		if got := b.must(t, "applianced version"); !strings.Contains(got, v2) {
 			t.Errorf("applianced version got %q, want %s", got, v2)
 		}
-		if got := pidOf(); got == pid {
+		if got := pidOf(t); got == pid {
 			t.Errorf("MainPID unchanged (%s): the new binary is not running", got)
 		}
-		if !strings.Contains(b.must("cat /etc/applianced/applianced.toml"), `log_level = "debug"`) {
+		if !strings.Contains(b.must(t, "cat /etc/applianced/applianced.toml"), `log_level = "debug"`) {
 			t.Error("the admin's edit of the config was lost")
 		}
-		if got := b.must("sha256sum /etc/applianced/master.key /etc/applianced/tls/api.key /etc/applianced/tls/api.pem"); got != keys {
+		if got := b.must(t, "sha256sum /etc/applianced/master.key /etc/applianced/tls/api.key /etc/applianced/tls/api.pem"); got != keys {
 			t.Errorf("keys changed:\n%s\nwant\n%s", got, keys)
 		}
-		after := b.must("find /var/lib/applianced -type f | sort")
+		after := b.must(t, "find /var/lib/applianced -type f | sort")
 		for _, f := range strings.Fields(state) {
 			if !strings.Contains(after, f+"\n") {
 				t.Errorf("state file %s lost in the upgrade", f)
@@ -312,8 +314,37 @@ func TestInstallUpgradePurge(t *testing.T) {
 		}
 	})
 
+	t.Run("master key as an encrypted credential, as the unit documents", func(t *testing.T) {
+		b.must(t, `set -e
+mkdir -p /etc/credstore.encrypted
+systemd-creds encrypt --name=master.key /etc/applianced/master.key /etc/credstore.encrypted/applianced.master.key
+mkdir -p /etc/systemd/system/applianced.service.d
+printf '[Service]\nLoadCredentialEncrypted=master.key:/etc/credstore.encrypted/applianced.master.key\n' > /etc/systemd/system/applianced.service.d/credential.conf
+systemctl daemon-reload && systemctl restart applianced`)
+		waitActive(t)
+		rep := doctor(t, b)
+		if got, detail := rep.find("master key source"); got != "warn" || !strings.Contains(detail, "plain copy") {
+			t.Errorf("sealed key with the plain file still there: doctor got %s (%s), want warn about the plain copy", got, detail)
+		}
+		b.must(t, "shred -u /etc/applianced/master.key && systemctl restart applianced")
+		waitActive(t) // the vault opens from the credential alone
+		rep = doctor(t, b)
+		for name, want := range map[string]string{
+			"master key source":                 "pass",
+			"mode /etc/applianced/master.key":   "skip",
+			"unit hardening applianced.service": "pass",
+		} {
+			if got, detail := rep.find(name); got != want {
+				t.Errorf("doctor %q got %s (%s), want %s", name, got, detail, want)
+			}
+		}
+		if out, err := b.sh("applianced audit verify"); err != nil {
+			t.Errorf("audit journal does not verify on the credential: %v\n%s", err, out)
+		}
+	})
+
 	t.Run("purge leaves no file, user or rule", func(t *testing.T) {
-		b.must("apt-get purge -y applianced")
+		b.must(t, "apt-get purge -y applianced")
 		for _, p := range []string{"/etc/applianced", "/var/lib/applianced", "/usr/bin/applianced", "/lib/systemd/system/applianced.service"} {
 			if _, err := b.sh("test ! -e " + p); err != nil {
 				t.Errorf("%s still exists after purge", p)
@@ -331,8 +362,12 @@ func TestInstallUpgradePurge(t *testing.T) {
 			t.Errorf("enablement state left after purge: %s", out)
 		}
 		// The test's own receiver is not the package's to remove.
-		b.must("systemctl stop e2e-sink.socket; rm -f /etc/systemd/system/e2e-sink.socket /etc/systemd/system/e2e-sink@.service; systemctl daemon-reload")
-		afterFiles := b.must(snapshotScript)
+		b.must(t, "systemctl stop e2e-sink.socket; rm -f /etc/systemd/system/e2e-sink.socket /etc/systemd/system/e2e-sink@.service; systemctl daemon-reload")
+		// Purge removed the sealed key; the store directory is the admin's.
+		if out, err := b.sh("rmdir /etc/credstore.encrypted"); err != nil {
+			t.Errorf("the sealed master key is left after purge: %s", out)
+		}
+		afterFiles := b.must(t, snapshotScript)
 		if afterFiles != before {
 			t.Errorf("files differ after install and purge:\n%s", diffLines(before, afterFiles))
 		}
