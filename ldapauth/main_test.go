@@ -36,6 +36,7 @@ var seedUsers = []samba.User{
 	{Name: "erin", Password: pw("erin")},   // account expired
 	{Name: "frank", Password: pw("frank")}, // must change password
 	{Name: "gina", Password: pw("gina")},   // password expired
+	{Name: "hank", Password: pw("hank")},   // no logon hours
 	{Name: "dup1", Password: pw("dup1"), Mail: "shared@corp.example"},
 	{Name: "dup2", Password: pw("dup2"), Mail: "shared@corp.example"},
 }
@@ -85,6 +86,7 @@ func seed(ctx context.Context, d *samba.DC) error {
 		func() error { return d.ExpireAccount(ctx, "erin") },
 		func() error { return d.MustChangePassword(ctx, "frank") },
 		func() error { return d.ExpirePassword(ctx, "gina") },
+		func() error { return d.DenyLogonHours(ctx, "hank") },
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {

@@ -51,6 +51,7 @@ func TestLoginAD(t *testing.T) {
 				{name: "account expired", user: "erin", pass: pw("erin"), wantReason: ReasonAccountExpired, wantCode: "701"},
 				{name: "must change password", user: "frank", pass: pw("frank"), wantReason: ReasonPasswordMustChange, wantCode: "773"},
 				{name: "password expired", user: "gina", pass: pw("gina"), wantReason: ReasonPasswordExpired, wantCode: "532"},
+				{name: "outside logon hours", user: "hank", pass: pw("hank"), wantReason: ReasonLogonNotAllowed, wantCode: "530"},
 				{name: "not found", user: "nobody", pass: "x", wantReason: ReasonUserNotFound},
 				{name: "empty password", user: "alice", pass: "", wantReason: ReasonEmptyPassword},
 				{name: "huge password", user: "alice", pass: strings.Repeat("p", MaxPasswordLen+1), wantReason: ReasonInvalidPassword},

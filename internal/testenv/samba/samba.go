@@ -23,7 +23,7 @@
 //
 // Then tests add what they need with distinct names (AddUser, AddGroup,
 // AddMembers, Disable, Lock, ExpireAccount, ExpirePassword,
-// MustChangePassword) and connect
+// MustChangePassword, DenyLogonHours) and connect
 // to LDAPSURL or StartTLSURL, verifying against CAFile with ServerName.
 //
 // The package refuses to run without root and the samba, samba-tool and ip
@@ -599,6 +599,12 @@ func (dc *DC) Disable(ctx context.Context, name string) error {
 // ExpireAccount sets accountExpires to 1970 (AD data 701 at bind).
 func (dc *DC) ExpireAccount(ctx context.Context, name string) error {
 	return dc.replace(ctx, name, "accountExpires", "116444736000000000")
+}
+
+// DenyLogonHours clears every bit of logonHours: the account may not log on
+// at any hour (AD data 530 at bind).
+func (dc *DC) DenyLogonHours(ctx context.Context, name string) error {
+	return dc.replace(ctx, name, "logonHours", string(make([]byte, 21)))
 }
 
 // MustChangePassword sets pwdLastSet to 0: the password is expired and must

@@ -24,7 +24,7 @@ func TestDC(t *testing.T) {
 	}
 	t.Cleanup(dc.Stop)
 	const pw = "Harness-Passw0rd!"
-	for _, n := range []string{"ok", "dis", "exp", "chg", "lck", "old"} {
+	for _, n := range []string{"ok", "dis", "exp", "chg", "lck", "old", "hrs"} {
 		if _, err := dc.AddUser(ctx, User{Name: n, Password: pw}); err != nil {
 			t.Fatal(err)
 		}
@@ -32,7 +32,7 @@ func TestDC(t *testing.T) {
 	if _, err := dc.AddGroup(ctx, "g1", "ok"); err != nil {
 		t.Fatal(err)
 	}
-	for _, step := range []error{dc.Disable(ctx, "dis"), dc.ExpireAccount(ctx, "exp"), dc.MustChangePassword(ctx, "chg"), dc.Lock(ctx, "lck"), dc.ExpirePassword(ctx, "old")} {
+	for _, step := range []error{dc.Disable(ctx, "dis"), dc.ExpireAccount(ctx, "exp"), dc.MustChangePassword(ctx, "chg"), dc.Lock(ctx, "lck"), dc.ExpirePassword(ctx, "old"), dc.DenyLogonHours(ctx, "hrs")} {
 		if step != nil {
 			t.Fatal(step)
 		}
@@ -40,7 +40,7 @@ func TestDC(t *testing.T) {
 	tests := []struct {
 		user, want string
 	}{
-		{"ok", ""}, {"dis", "data 533"}, {"exp", "data 701"}, {"chg", "data 773"}, {"lck", "data 775"}, {"old", "data 532"},
+		{"ok", ""}, {"dis", "data 533"}, {"exp", "data 701"}, {"chg", "data 773"}, {"lck", "data 775"}, {"old", "data 532"}, {"hrs", "data 530"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.user, func(t *testing.T) {
