@@ -19,6 +19,7 @@ import (
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/systemd"
+	"github.com/applianced/applianced/vault"
 )
 
 // daemon is the running appliance: its components, in the order they open,
@@ -30,6 +31,7 @@ type daemon struct {
 	notify *systemd.Notifier
 
 	journal *audit.Journal
+	vault   *vault.Vault
 
 	api     *http.ServeMux // HTTPS listener and agent socket
 	admin   *http.ServeMux // admin socket
@@ -73,6 +75,7 @@ func (d *daemon) open(ctx, bg context.Context) error {
 		fn   func(ctx, bg context.Context) error
 	}{
 		{"audit journal", d.openJournal},
+		{"vault", d.openVault},
 		{"network", d.openNet},
 		{"audit forwarding", d.openAuditForwarding},
 		{"directory", func(ctx, bg context.Context) error { _, err := d.openLDAP(nil); return err }},

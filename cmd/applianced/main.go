@@ -78,6 +78,15 @@ var verbs = []verb{
 	{"net rollback", "put back the firewall and VLANs as before the last apply", cmdNetRollback},
 	{"net status", "show the firewall's rules, counters and drift", cmdNetStatus},
 	{"net down", "remove the appliance's firewall table and the VLANs it created", cmdNetDown},
+	{"secret put", "store a secret (value from stdin, never argv)", cmdSecretPut},
+	{"secret rotate", "store a new version of a secret (value from stdin)", cmdSecretRotate},
+	{"secret list", "list secrets: metadata only, no command prints a value", cmdSecretList},
+	{"secret delete", "delete a secret and all its versions", cmdSecretDelete},
+	{"secret verify", "compare a candidate from stdin with a secret: match / no match", cmdSecretVerify},
+	{"vault status", "show the key source, keyring term and counts", cmdVaultStatus},
+	{"vault rekey", "start a new keyring term; --reencrypt moves everything to it", cmdVaultRekey},
+	{"vault backup", "write an encrypted, consistent snapshot of the vault to FILE", cmdVaultBackup},
+	{"vault restore", "replace the vault with a backup the master key opens", cmdVaultRestore},
 }
 
 func main() {

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/applianced/applianced/internal/admin"
+	"github.com/applianced/applianced/vault"
+)
+
+// Admin paths of the vault area.
+const (
+	adminVaultStatus  = "/admin/v1/vault/status"
+	adminVaultRekey   = "/admin/v1/vault/rekey"
+	adminVaultBackup  = "/admin/v1/vault/backup"
+	adminVaultRestore = "/admin/v1/vault/restore"
+)
+
+type vaultRekeyRequest struct {
+	Reencrypt bool `json:"reencrypt"`
+}
+
+// openVault loads the master key ($CREDENTIALS_DIRECTORY/master.key, then
+// [vault] master_key_file), opens state_dir/vault.db and mounts the secret
+// and vault verbs on the admin socket. It is a step of (*daemon).open after
+// the audit journal.
+func (d *daemon) openVault(ctx, bg context.Context) error {
+	cfg := d.config()
+	key, source, err := vault.LoadMasterKey(cfg.Vault)
+	if err != nil {
+		return err
+	}
+	defer clear(key)
+	v, err := vault.Open(ctx, filepath.Join(cfg.Server.StateDir, vault.DefaultFile), key, cfg.Vault,
+		&vault.Options{Audit: d.journal, Logger: d.log, KeySource: source})
+	if err != nil {
+		return err
+	}
+	d.vault = v
+	d.closers = append(d.closers, v.Close)
+	mountSecrets(d.admin, v)
+	mountVault(d.admin, v)
+	return nil
+}
+
+// mountVault puts the vault verbs on the admin mux. Backup and restore
+// stream the database file as application/octet-stream.
+func mountVault(mux *http.ServeMux, v *vault.Vault) {
+	mux.HandleFunc("GET "+adminVaultStatus, func(w http.ResponseWriter, r *http.Request) {
+		st, err := v.Status(r.Context(), actorOf(r))
+		if err != nil {
+			writeVaultError(w, err)
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST "+adminVaultRekey, func(w http.ResponseWriter, r *http.Request) {
+		var req vaultRekeyRequest
+		if !admin.DecodeJSON(w, r, &req) {
+			return
+		}
+		res, err := v.Rekey(r.Context(), actorOf(r), req.Reencrypt)
+		if err != nil {
+			writeVaultError(w, err)
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("GET "+adminVaultBackup, func(w http.ResponseWriter, r *http.Request) {
+		// The status line goes out with the first byte, after the audit
+		// event: a refusal before it is still a JSON error.
+		bw := &lazyHeader{w: w}
+		if _, err := v.Backup(r.Context(), actorOf(r), bw); err != nil && !bw.started {
+			writeVaultError(w, err)
+		}
+	})
+	mux.HandleFunc("POST "+adminVaultRestore, func(w http.ResponseWriter, r *http.Request) {
+		body := http.MaxBytesReader(w, r.Body, vault.MaxRestoreBytes)
+		res, err := v.Restore(r.Context(), actorOf(r), body)
+		if err != nil {
+			writeVaultError(w, err)
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, res)
+	})
+}
+
+// lazyHeader writes the success headers just before the first byte.
+type lazyHeader struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (l *lazyHeader) Write(p []byte) (int, error) {
+	if !l.started {
+		l.started = true
+		l.w.Header().Set("Content-Type", "application/octet-stream")
+		l.w.Header().Set("Cache-Control", "no-store")
+		l.w.WriteHeader(http.StatusOK)
+	}
+	return l.w.Write(p)
+}
+
+func cmdVaultStatus(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("vault status", "",
+		"Show the vault: where the master key came from, the keyring term, and counts.",
+		"applianced vault status", "applianced vault status --json")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, code, ok := parseInterleaved(fs, args)
+	if !ok {
+		return code
+	}
+	if !e.wantPositional(fs, pos, 0) {
+		return exitUsage
+	}
+	var st vault.Status
+	if err := e.call(ctx, *cfgPath, http.MethodGet, adminVaultStatus, nil, &st); err != nil {
+		return e.fail("vault status", err)
+	}
+	if *asJSON {
+		e.printJSON(st)
+		return exitOK
+	}
+	sealed := "no (unsealed)"
+	if st.Sealed {
+		sealed = "yes"
+	}
+	fmt.Fprintf(e.stdout, "sealed          %s\n", sealed)
+	fmt.Fprintf(e.stdout, "master key      %s\n", st.KeySource)
+	fmt.Fprintf(e.stdout, "database        %s (%d bytes)\n", st.Path, st.SizeBytes)
+	fmt.Fprintf(e.stdout, "keyring term    %d of %d (since %s)\n", st.Term, st.Terms, st.TermCreated.Local().Format(time.DateTime))
+	fmt.Fprintf(e.stdout, "secrets         %d (%d versions kept, keep_versions = %d)\n", st.Secrets, st.Versions, st.KeepVersions)
+	fmt.Fprintf(e.stdout, "older terms     %d versions (vault rekey --reencrypt moves them)\n", st.OldTermVersions)
+	fmt.Fprintf(e.stdout, "system keys     %d\n", st.SystemKeys)
+	return exitOK
+}
+
+func cmdVaultRekey(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("vault rekey", "[--reencrypt]",
+		"Add a new keyring term; new writes use it and older terms keep decrypting.\n"+
+			"--reencrypt also re-encrypts every stored version under the new term, online.",
+		"applianced vault rekey", "applianced vault rekey --reencrypt")
+	re := fs.Bool("reencrypt", false, "re-encrypt everything under the new term")
+	pos, code, ok := parseInterleaved(fs, args)
+	if !ok {
+		return code
+	}
+	if !e.wantPositional(fs, pos, 0) {
+		return exitUsage
+	}
+	var res vault.RekeyResult
+	if err := e.call(ctx, *cfgPath, http.MethodPost, adminVaultRekey, vaultRekeyRequest{Reencrypt: *re}, &res); err != nil {
+		return e.fail("vault rekey", err)
+	}
+	fmt.Fprintf(e.stdout, "keyring term %d is active", res.Term)
+	if *re {
+		fmt.Fprintf(e.stdout, "; %d versions re-encrypted", res.Reencrypted)
+	}
+	fmt.Fprintln(e.stdout)
+	return exitOK
+}
+
+func cmdVaultBackup(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("vault backup", "FILE",
+		"Write a consistent snapshot of the vault to FILE (mode 0600) while the daemon\n"+
+			"runs. It stays encrypted: it opens only with the master key, so keep the key's\n"+
+			"own backup apart from it. FILE must not exist.",
+		"applianced vault backup /root/vault-$(date +%F).db")
+	pos, code, ok := parseInterleaved(fs, args)
+	if !ok {
+		return code
+	}
+	if !e.wantPositional(fs, pos, 1) {
+		return exitUsage
+	}
+	c, err := e.adminClient(*cfgPath)
+	if err != nil {
+		return e.fail("vault backup", err)
+	}
+	n, err := backupTo(ctx, c.Socket, pos[0])
+	if err != nil {
+		return e.fail("vault backup", err)
+	}
+	fmt.Fprintf(e.stdout, "%s: %d bytes written\n", pos[0], n)
+	return exitOK
+}
+
+func cmdVaultRestore(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("vault restore", "FILE",
+		"Replace the vault with a backup made by `vault backup`. The daemon refuses a\n"+
+			"backup the current master key cannot open, or one that is damaged; the\n"+
+			"replaced database is kept beside it as vault.db.before-restore.",
+		"applianced vault restore /root/vault-2026-11-25.db")
+	pos, code, ok := parseInterleaved(fs, args)
+	if !ok {
+		return code
+	}
+	if !e.wantPositional(fs, pos, 1) {
+		return exitUsage
+	}
+	c, err := e.adminClient(*cfgPath)
+	if err != nil {
+		return e.fail("vault restore", err)
+	}
+	res, err := restoreFrom(ctx, c.Socket, pos[0])
+	if err != nil {
+		return e.fail("vault restore", err)
+	}
+	fmt.Fprintf(e.stdout, "restored %d secrets and %d system keys (keyring term %d); the previous database is %s\n",
+		res.Secrets, res.SystemKeys, res.Term, res.Previous)
+	return exitOK
+}
+
+// streamClient is an HTTP client on the admin socket for the two verbs
+// that stream a file instead of JSON.
+func streamClient(socket string) *http.Client {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "unix", socket) },
+		DisableKeepAlives: true,
+	}}
+}
+
+// backupTo streams the backup into a new file next to path, then renames it
+// into place, so a failed backup leaves no partial file.
+func backupTo(ctx context.Context, socket, path string) (int64, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return 0, fmt.Errorf("%s exists; choose a new file name", path)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://admin"+adminVaultBackup, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := streamClient(socket).Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("is the daemon running? connecting to %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, answerError(resp)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".part-*")
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(tmp, resp.Body)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Link(tmp.Name(), path) // fails if path appeared meanwhile: never overwrite
+	}
+	_ = os.Remove(tmp.Name())
+	if err != nil {
+		return 0, fmt.Errorf("writing %s: %w", path, err)
+	}
+	return n, nil
+}
+
+// restoreFrom sends the file at path to the daemon.
+func restoreFrom(ctx context.Context, socket, path string) (vault.RestoreResult, error) {
+	var res vault.RestoreResult
+	f, err := os.Open(path)
+	if err != nil {
+		return res, err
+	}
+	defer f.Close()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://admin"+adminVaultRestore, f)
+	if err != nil {
+		return res, err
+	}
+	if st, err := f.Stat(); err == nil {
+		req.ContentLength = st.Size()
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := streamClient(socket).Do(req)
+	if err != nil {
+		return res, fmt.Errorf("is the daemon running? connecting to %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return res, answerError(resp)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&res); err != nil {
+		return res, fmt.Errorf("decoding the answer: %w", err)
+	}
+	return res, nil
+}
+
+// answerError turns a non-200 answer into the admin client's error type.
+func answerError(resp *http.Response) error {
+	var eb admin.ErrorBody
+	_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&eb)
+	if eb.Error == "" {
+		eb.Error = http.StatusText(resp.StatusCode)
+	}
+	return &admin.Error{Status: resp.StatusCode, Code: eb.Error, Description: eb.Description}
+}
