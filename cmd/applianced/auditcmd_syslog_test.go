@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,6 +75,18 @@ format = "rfc5424"
 	}
 	if h := fmt.Sprint(e.stdout); !strings.HasPrefix(h, "hmac-sha256:") || strings.Contains(h, "hunter2") {
 		t.Errorf("got %q, want an HMAC", h)
+	}
+	// Changing the targets waits for a restart, and the reload says so.
+	good, _ := os.ReadFile(cfg.Path)
+	changed := strings.Replace(string(good), srv.Addr, "127.0.0.1:9", 1)
+	if err := os.WriteFile(cfg.Path, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitFor(t, msgs, "RELOADING=1")
+	waitFor(t, msgs, "READY=1")
+	if !strings.Contains(d.env.stderr.(*syncBuffer).String(), "next restart") {
+		t.Errorf("the reload did not say the target change waits for a restart; stderr: %s", d.env.stderr)
 	}
 	if code := d.stop(t); code != exitOK {
 		t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
