@@ -32,9 +32,14 @@ const (
 )
 
 // auditKeys is where the checkpoint signing key and the HMAC key live: the
-// vault, once the daemon has opened it before this step. Nil leaves
-// checkpoints and `audit hash` off (and says so).
-var auditKeys = func(d *daemon) audit.KeySource { return nil }
+// vault, opened before this step. Nil leaves checkpoints and `audit hash`
+// off (and says so).
+func auditKeys(d *daemon) audit.KeySource {
+	if d.vault == nil {
+		return nil
+	}
+	return d.vault
+}
 
 type pubkeyReply struct {
 	PublicKey string `json:"public_key"`

@@ -6,45 +6,20 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/testenv/rsyslog"
 )
 
-// memKeyStore stands in for the vault's get-or-create system keys.
-type memKeyStore struct {
-	mu   sync.Mutex
-	keys map[string][]byte
-}
-
-func (m *memKeyStore) SystemKey(_ context.Context, name string, create func() ([]byte, error)) ([]byte, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if k, ok := m.keys[name]; ok {
-		return k, nil
-	}
-	k, err := create()
-	if err != nil {
-		return nil, err
-	}
-	m.keys[name] = k
-	return k, nil
-}
-
 // TestAuditTrailReachesRsyslogAndVerifies runs the daemon with a real
-// rsyslog target: the trail arrives sealed by a final checkpoint,
+// rsyslog target and its real vault: the trail arrives sealed by a final
+// checkpoint signed with the vault's audit key,
 // `audit verify FILE` passes with `audit pubkey`'s key, and fails naming the
 // seq once a line is removed.
 func TestAuditTrailReachesRsyslogAndVerifies(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
-	ks := &memKeyStore{keys: map[string][]byte{}}
-	old := auditKeys
-	auditKeys = func(*daemon) audit.KeySource { return ks }
-	t.Cleanup(func() { auditKeys = old })
 
 	dir := t.TempDir()
 	cfg := testConfig(t, dir, fmt.Sprintf(`
