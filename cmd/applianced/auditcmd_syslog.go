@@ -41,6 +41,17 @@ func auditKeys(d *daemon) audit.KeySource {
 	return d.vault
 }
 
+// auditHasher returns the Hasher components put in audit events instead of
+// secret values and token ids (broker.Options.Hasher): HMAC-SHA256 under
+// the vault's audit-hmac key, the key `applianced audit hash` uses.
+func (d *daemon) auditHasher(ctx context.Context) (*audit.Hasher, error) {
+	ks := auditKeys(d)
+	if ks == nil {
+		return nil, errors.New("audit: the vault is not open; no HMAC key")
+	}
+	return audit.NewHasher(ctx, ks)
+}
+
 type pubkeyReply struct {
 	PublicKey string `json:"public_key"`
 	KeyID     string `json:"key_id"`
@@ -77,7 +88,7 @@ func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
 		if err != nil {
 			return err
 		}
-		if hasher, err = audit.NewHasher(ctx, ks); err != nil {
+		if hasher, err = d.auditHasher(ctx); err != nil {
 			return err
 		}
 		ck = audit.NewCheckpointer(d.journal, key, &audit.CheckpointOptions{
