@@ -374,6 +374,9 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 	if err != nil {
 		return err
 	}
+	// A write blocked on a receiver that does not read ends with ctx.
+	stopUnblock := context.AfterFunc(ctx, func() { _ = c.w.SetWriteDeadline(time.Now()) })
+	defer stopUnblock()
 	pctx, cancel := context.WithCancel(ctx)
 	entries := make(chan audit.Entry, maxBatchEntries)
 	perr := make(chan error, 1)
@@ -488,6 +491,9 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 			if !more {
 				break
 			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		if c.ep.stream() {
 			if err := c.write(buf, o.WriteTimeout); err != nil {
