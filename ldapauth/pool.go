@@ -232,7 +232,7 @@ func (a *Authenticator) dial(ctx context.Context, d *server, service bool) (*lda
 			if cerr := ctxErr(parent); cerr != nil {
 				err = cerr
 			}
-			return fail(fmt.Errorf("ldapauth: StartTLS with %s: %w", d.url, err))
+			return fail(connError{fmt.Errorf("ldapauth: StartTLS with %s: %w", d.url, err)})
 		}
 	}
 	if service && a.cfg.BindDN != "" {
@@ -253,11 +253,11 @@ func (a *Authenticator) dial(ctx context.Context, d *server, service bool) (*lda
 				a.svcHold.Store(&until)
 				return fail(fmt.Errorf("%w: %s on %s: %w", ErrServiceBind, a.cfg.BindDN, d.url, err))
 			}
-			return fail(fmt.Errorf("ldapauth: service bind on %s: %w", d.url, err))
+			return fail(connError{fmt.Errorf("ldapauth: service bind on %s: %w", d.url, err)})
 		}
 	}
 	if ctx.Err() != nil {
-		return fail(fmt.Errorf("ldapauth: dial %s: %w", d.url, ctx.Err()))
+		return fail(connError{fmt.Errorf("ldapauth: dial %s: %w", d.url, ctx.Err())})
 	}
 	_ = raw.SetDeadline(time.Time{})
 	c.SetTimeout(a.cfg.RequestTimeout.D())
@@ -305,6 +305,14 @@ func capturingTLS(base *tls.Config) (*tls.Config, *error) {
 	}
 	return cfg, &verr
 }
+
+// connError marks a failure to set up a connection that go-ldap reports as
+// a plain error (a read timeout during StartTLS, a connection lost during the
+// service bind): the DC, not the request, failed.
+type connError struct{ err error }
+
+func (e connError) Error() string { return e.err.Error() }
+func (e connError) Unwrap() error { return e.err }
 
 func isTLSErr(err error) bool {
 	var (
@@ -381,7 +389,8 @@ func isConnErr(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrTLS) || isTLSErr(err) {
+	var ce connError
+	if errors.Is(err, ErrTLS) || isTLSErr(err) || errors.As(err, &ce) {
 		return true
 	}
 	var ne net.Error
