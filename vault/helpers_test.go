@@ -201,10 +201,6 @@ func closedJournal(t testing.TB) audit.Appender {
 	return j
 }
 
-func newJSONLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 // testKeyPair makes a self-signed client certificate and its key, PEM.
 func testKeyPair(t testing.TB) (certPEM, keyPEM []byte) {
 	t.Helper()
