@@ -286,7 +286,9 @@ type RestoreResult struct {
 // pass bbolt's consistency check and open with the current master key, and
 // every version in it must decrypt; otherwise nothing changes (ErrSealed for
 // another master key, ErrCorrupt for a damaged file). The replaced database
-// is kept beside it as vault.db.before-restore.
+// is kept beside it as vault.db.before-restore. System keys come back as
+// they were in the backup too; components that loaded theirs at start keep
+// using them until the daemon restarts.
 func (v *Vault) Restore(ctx context.Context, who audit.Actor, r io.Reader) (RestoreResult, error) {
 	ev := &audit.Event{Type: "vault.restore", Actor: who, Action: "vault.restore", Source: "unix", Severity: audit.SeverityHigh}
 	tmp, res, err := v.stageRestore(r)
