@@ -837,8 +837,16 @@ func TestIPv6Rules(t *testing.T) {
 	serveTCP(t, dc.NS, dcAddr)
 	serveTCP(t, inet.NS, inetAddr)
 	serveTCP(t, lab.AI, apiAddr)
-	if err := reachTCP(lab.AI, inetAddr); err != nil {
-		t.Fatalf("before apply: %v (lab broken)", err)
+	// Links come up asynchronously: wait until IPv6 works without a firewall.
+	for start := time.Now(); ; {
+		err := reachTCP(lab.AI, inetAddr)
+		if err == nil {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("before apply: %v (lab broken)", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	j, err := audit.Open(t.TempDir(), nil)
 	if err != nil {

@@ -188,6 +188,20 @@ func build(t testing.TB, v6 bool) *Lab {
 		}
 		lab.Hosts[p.name] = h
 	}
+	for _, h := range lab.Hosts {
+		if err := waitActive(aiH, h.AILink); err != nil {
+			t.Fatal(err)
+		}
+		hh, err := netlink.NewHandleAt(h.h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = waitActive(hh, "eth0")
+		hh.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", h.Name, err)
+		}
+	}
 	return lab
 }
 
@@ -212,6 +226,11 @@ func newNS(t testing.TB, name string, v6 bool) *NS {
 			// IPv6 off: the lab speaks IPv4 only, so counters see only the test's packets.
 			_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
 			_ = os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+		} else {
+			// No duplicate address detection, link-local included: every
+			// address is usable as soon as its link is up.
+			_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/accept_dad", []byte("0"), 0)
+			_ = os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0)
 		}
 		if err := vnetns.Set(orig); err != nil {
 			errc <- err // thread stays locked and is discarded
@@ -262,6 +281,31 @@ func configure(h *netlink.Handle, link string, a, a6 netip.Addr) error {
 	return h.LinkSetUp(l)
 }
 
+// waitActive waits until the kernel has activated link's transmit queue:
+// until then (the link watcher may take a second) it drops every packet.
+func waitActive(h *netlink.Handle, link string) error {
+	l, err := h.LinkByName(link)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		qs, err := h.QdiscList(l)
+		if err != nil {
+			return err
+		}
+		for _, q := range qs {
+			if q.Attrs().Parent == netlink.HANDLE_ROOT && q.Type() != "noop" {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("link %s still has no active queue", link)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // AddRouted adds a namespace behind ai, as a container or VM on the
 // appliance's host: its own /24 link to ai (host .2, ai .1 of prefix), a
 // default route through ai, forwarding on in ai, and a route back to it
@@ -298,6 +342,12 @@ func (lab *Lab) AddRouted(t testing.TB, name string, prefix netip.Prefix) *Host 
 	}
 	defer hh.Close()
 	if err := configure(hh, "eth0", h.Addr, netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitActive(hh, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitActive(aiH, h.AILink); err != nil {
 		t.Fatal(err)
 	}
 	if err := hh.RouteAdd(&netlink.Route{Gw: h.AIAddr.AsSlice()}); err != nil {
