@@ -203,3 +203,12 @@ func hardenProcess(e *env, cfgPath string) error {
 	}
 	return hardening.CheckConfigFile(cfgPath)
 }
+
+// checkKeyFiles refuses to serve with the API's TLS key readable or
+// replaceable by anyone but the service (the vault checks its own key).
+func checkKeyFiles(cfg *config.File) error {
+	if _, err := os.Lstat(cfg.Server.TLSKey); errors.Is(err, os.ErrNotExist) {
+		return nil // `applianced init` makes it; loading it says it is missing
+	}
+	return hardening.CheckKeyFile(cfg.Server.TLSKey)
+}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/applianced/applianced/hardening"
 )
 
@@ -78,5 +80,39 @@ func TestDoctorVerbBadConfig(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestServeRefusesReadableTLSKey: serve stops before opening anything when
+// the API's private key is readable by others.
+func TestServeRefusesReadableTLSKey(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "api.key")
+	if err := os.WriteFile(key, []byte("not a key"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "applianced.toml")
+	cfg := fmt.Sprintf("[server]\nstate_dir = %q\ntls_cert = %q\ntls_key = %q\n", filepath.Join(dir, "state"), filepath.Join(dir, "api.pem"), key)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	e := testEnv()
+	// hardening.Apply (inside serve) changes this process: put back what
+	// the package's other tests could notice (the core limit stays 0).
+	old := unix.Umask(0o022)
+	unix.Umask(old)
+	t.Cleanup(func() {
+		unix.Umask(old)
+		_ = unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
+		_ = unix.Munlockall()
+	})
+	if code := run(context.Background(), e, []string{"serve", "--config", cfgPath}); code != exitFailure {
+		t.Fatalf("serve exit code got %d, want %d", code, exitFailure)
+	}
+	if out := e.stderr.(*syncBuffer).b.String(); !strings.Contains(out, "unsafe file mode") || !strings.Contains(out, key) {
+		t.Errorf("serve output got %q, want the key refused for its mode", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
+		t.Error("serve created the state dir before refusing the key")
 	}
 }

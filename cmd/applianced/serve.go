@@ -42,6 +42,9 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "applianced serve: the config has errors; nothing was started:\n%v\n", err)
 		return exitFailure
 	}
+	if err := checkKeyFiles(cfg); err != nil {
+		return e.fail("serve", err)
+	}
 	return serve(ctx, e, cfg, serveOptions{})
 }
 
