@@ -128,8 +128,8 @@ func TestDebControl(t *testing.T) {
 			t.Errorf("%s got %q, want %q", field, got, want)
 		}
 	}
-	if deps := dpkgDeb(t, "-f", d, "Depends"); !strings.Contains(deps, "adduser") {
-		t.Errorf("Depends got %q, want adduser", deps)
+	if deps := strings.TrimSpace(dpkgDeb(t, "-f", d, "Pre-Depends")); deps != "passwd" {
+		t.Errorf("Pre-Depends got %q, want passwd (preinst runs useradd)", deps)
 	}
 	if got := strings.TrimSpace(dpkgDeb(t, "-I", d, "conffiles")); got != "/etc/applianced/applianced.toml" {
 		t.Errorf("conffiles got %q, want only /etc/applianced/applianced.toml", got)
