@@ -80,3 +80,42 @@ func TestOnlineRekeyAndRestore(t *testing.T) {
 	}
 	t.Logf("%d reads and %d writes alongside 3 rekeys and 3 restores", reads.Load(), writes.Load())
 }
+
+// TestSystemKeyCreatedOnce has many callers get-or-create one system key at
+// once: they all get the same key, and it has one version.
+func TestSystemKeyCreatedOnce(t *testing.T) {
+	e := newEnv(t, Config{})
+	ctx := context.Background()
+	const callers = 16
+	keys := make([][]byte, callers)
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Go(func() {
+			k, err := e.v.SystemKey(ctx, "jwt-signing", func() ([]byte, error) { return fmt.Appendf(nil, "key-from-%02d", i), nil })
+			if err != nil {
+				t.Errorf("caller %d: %v", i, err)
+			}
+			keys[i] = k
+		})
+	}
+	wg.Wait()
+	for i, k := range keys {
+		if !bytes.Equal(k, keys[0]) {
+			t.Errorf("caller %d got %q, caller 0 got %q", i, k, keys[0])
+		}
+	}
+	vers, err := e.v.SystemKeyVersions(ctx, "jwt-signing")
+	if err != nil || len(vers) != 1 {
+		t.Fatalf("versions = %d, %v; want 1", len(vers), err)
+	}
+	if _, err := e.v.PutSystemKey(ctx, operator, "jwt-signing", []byte("rotated")); err != nil {
+		t.Fatal(err)
+	}
+	vers, _ = e.v.SystemKeyVersions(ctx, "jwt-signing")
+	if len(vers) != 2 || string(vers[0].Key) != "rotated" || !bytes.Equal(vers[1].Key, keys[0]) {
+		t.Errorf("after a rotation: %d versions, newest %q", len(vers), vers[0].Key)
+	}
+	if list, _ := e.v.List(ctx, operator); len(list) != 0 {
+		t.Errorf("a system key is listed as a secret: %+v", list)
+	}
+}

@@ -64,6 +64,15 @@ func (r *record) meta(name string) Meta {
 	return m
 }
 
+// recordWant is what addVersion expects of the name.
+type recordWant int
+
+const (
+	anyRecord recordWant = iota
+	mustExist
+	mustBeNew
+)
+
 // errConflict means a record changed between read and write; it cannot
 // happen while the name lock is held and is a bug if seen.
 var errConflict = errors.New("vault: record changed during the write")
@@ -90,7 +99,7 @@ func (v *Vault) Put(ctx context.Context, who audit.Actor, req PutRequest) (Meta,
 	}
 	defer clear(plain)
 	ev.Details["allowed_tools"] = fmt.Sprint(tools)
-	return v.addVersion(ctx, ev, nsSecret, bucketSecrets, req.Name, req.Type, plain, tools, false)
+	return v.addVersion(ctx, ev, nsSecret, bucketSecrets, req.Name, req.Type, plain, tools, anyRecord)
 }
 
 // Rotate stores a new version of an existing secret, keeping its type and
@@ -111,7 +120,7 @@ func (v *Vault) Rotate(ctx context.Context, who audit.Actor, name string, value 
 	}
 	defer clear(plain)
 	ev.Details["type"] = m.Type.String()
-	return v.addVersion(ctx, ev, nsSecret, bucketSecrets, name, m.Type, plain, nil, true)
+	return v.addVersion(ctx, ev, nsSecret, bucketSecrets, name, m.Type, plain, nil, mustExist)
 }
 
 // cleanTools checks, sorts and de-duplicates allowed_tools.
@@ -146,11 +155,12 @@ func (v *Vault) refuse(ctx context.Context, ev *audit.Event, err error) error {
 }
 
 // addVersion seals plain as the next version of name and writes it. tools
-// nil keeps the record's allowed_tools. mustExist refuses a new name. The
+// nil keeps the record's allowed_tools. want says whether the name must
+// exist already (mustExist), must not (mustBeNew, errExists), or either. The
 // event is appended (with the version) before the write; a failed write is
 // recorded as a second, failure event.
 func (v *Vault) addVersion(ctx context.Context, ev *audit.Event, ns byte, bucket []byte, name string, typ Type,
-	plain []byte, tools []string, mustExist bool) (Meta, error) {
+	plain []byte, tools []string, want recordWant) (Meta, error) {
 	l := v.nameLock(ns, name)
 	l.Lock()
 	defer l.Unlock()
@@ -180,7 +190,9 @@ func (v *Vault) addVersion(ctx context.Context, ev *audit.Event, ns byte, bucket
 	now := time.Now()
 	next := uint64(1)
 	switch {
-	case rec == nil && mustExist:
+	case rec != nil && want == mustBeNew:
+		return Meta{}, errExists
+	case rec == nil && want == mustExist:
 		return Meta{}, v.refuse(ctx, ev, fmt.Errorf("vault: %w: %q", ErrNotFound, name))
 	case rec == nil:
 		rec = &record{typ: typ, created: now.UnixNano(), tools: tools}

@@ -36,21 +36,10 @@ type SystemKeyVersion struct {
 // audited: only the daemon's own components call this, at start.
 func (v *Vault) SystemKey(ctx context.Context, name string, create func() ([]byte, error)) ([]byte, error) {
 	val, err := v.current(ctx, nsSystem, bucketSystem, name, nil)
-	if err == nil || !errors.Is(err, ErrNotFound) || create == nil {
-		if err != nil {
-			return nil, err
-		}
-		return val.b, nil
-	}
-	// Create under the name lock, unless another caller just did.
-	l := v.nameLock(nsSystem, name)
-	l.Lock()
-	val, err = v.current(ctx, nsSystem, bucketSystem, name, nil)
-	l.Unlock()
 	if err == nil {
 		return val.b, nil
 	}
-	if !errors.Is(err, ErrNotFound) {
+	if !errors.Is(err, ErrNotFound) || create == nil {
 		return nil, err
 	}
 	key, err := create()
@@ -59,7 +48,7 @@ func (v *Vault) SystemKey(ctx context.Context, name string, create func() ([]byt
 	}
 	if _, err := v.putSystem(ctx, audit.Actor{}, "system_key.create", name, key, true); err != nil {
 		clear(key)
-		if errors.Is(err, errExists) {
+		if errors.Is(err, errExists) { // another caller created it first: use theirs
 			return v.SystemKey(ctx, name, nil)
 		}
 		return nil, err
@@ -85,36 +74,15 @@ func (v *Vault) putSystem(ctx context.Context, who audit.Actor, action, name str
 	if len(key) == 0 || len(key) > MaxValueSize {
 		return 0, v.refuse(ctx, ev, fmt.Errorf("vault: %w: a system key must be 1 to %d bytes, got %d", ErrInvalid, MaxValueSize, len(key)))
 	}
+	want := anyRecord
 	if onlyNew {
-		l := v.nameLock(nsSystem, name)
-		l.Lock()
-		exists, err := v.hasSystem(name)
-		l.Unlock()
-		if err != nil {
-			return 0, err
-		}
-		if exists {
-			return 0, errExists
-		}
+		want = mustBeNew
 	}
-	m, err := v.addVersion(ctx, ev, nsSystem, bucketSystem, name, typeSystem, key, nil, false)
+	m, err := v.addVersion(ctx, ev, nsSystem, bucketSystem, name, typeSystem, key, nil, want)
 	if err != nil {
 		return 0, err
 	}
 	return m.Version, nil
-}
-
-func (v *Vault) hasSystem(name string) (bool, error) {
-	if err := v.rlock(); err != nil {
-		return false, fmt.Errorf("vault: %w", err)
-	}
-	defer v.mu.RUnlock()
-	var ok bool
-	err := v.db.View(func(tx *bolt.Tx) error {
-		ok = tx.Bucket(bucketSystem).Get([]byte(name)) != nil
-		return nil
-	})
-	return ok, err
 }
 
 // SystemKeyVersions returns every kept version of the system key name,
