@@ -185,6 +185,17 @@ func TestKeepVersions(t *testing.T) {
 	if string(val) != "v7" {
 		t.Errorf("current value = %q, want v7", val)
 	}
+	// A reload to keep_versions = 1 applies from the next write.
+	if err := e.v.Reconfigure(Config{KeepVersions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.v.Reconfigure(Config{KeepVersions: -1}); err == nil {
+		t.Error("Reconfigure accepted keep_versions = -1")
+	}
+	m, err := e.v.Rotate(ctx, operator, "s", []byte("v8"))
+	if err != nil || len(m.Versions) != 1 || m.Version != 8 {
+		t.Errorf("after reconfigure: %+v, %v; want only version 8", m.Versions, err)
+	}
 }
 
 // TestCorruptedDatabase opens damaged files: each gives an error that wraps

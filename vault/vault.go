@@ -347,3 +347,16 @@ func (v *Vault) appendEvent(ctx context.Context, e *audit.Event) error {
 	}
 	return nil
 }
+
+// Reconfigure applies a reloaded [vault] section: keep_versions counts from
+// the next write on. master_key_file is read only at Open, so a new one
+// takes effect at the next start.
+func (v *Vault) Reconfigure(cfg Config) error {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return fmt.Errorf("vault: config: %w", errs[0])
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.cfg.KeepVersions = cfg.KeepVersions
+	return nil
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/applianced/applianced/internal/admin"
+	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/vault"
 )
 
@@ -47,6 +48,7 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 	}
 	d.vault = v
 	d.closers = append(d.closers, v.Close)
+	d.reloaders = append(d.reloaders, func(_ context.Context, c *config.File) error { return v.Reconfigure(c.Vault) })
 	mountSecrets(d.admin, v)
 	mountVault(d.admin, v)
 	return nil
