@@ -246,8 +246,11 @@ act_for_groups = ["ai-users"]
 		fmt.Sprintf(`OBO=$(%s -d grant_type=%s -d subject_token_type=%s -d subject_token="$USER_TOKEN" http://agent/oauth2/token | %s)`,
 			curl, url.QueryEscape(broker.GrantTokenExchange), url.QueryEscape("urn:ietf:params:oauth:token-type:access_token"), extract),
 		curl+` -d token="$OBO" http://agent/oauth2/introspect    # sub = alice, act.sub = demo-agent`,
-		dv.cli+" agent list",
-		dv.cli+" agent disable demo-agent && "+curl+` -d token="$OBO" http://agent/oauth2/introspect    # active: false`,
-		dv.cli+" agent enable demo-agent")
+		dv.cli+" agent list")
+	dv.addTry("switch the agent off, and revoke a user's tokens, at once",
+		dv.cli+" agent disable demo-agent",
+		curl+" -d grant_type=client_credentials http://agent/oauth2/token    # unauthorized_client: the agent is disabled",
+		dv.cli+" agent enable demo-agent",
+		dv.cli+` token revoke --user alice && `+curl+` -d token="$OBO" http://agent/oauth2/introspect    # active: false`)
 	return nil
 }

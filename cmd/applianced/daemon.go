@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/broker"
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/systemd"
@@ -30,8 +31,10 @@ type daemon struct {
 	cfg    atomic.Pointer[config.File]
 	notify *systemd.Notifier
 
-	journal *audit.Journal
-	vault   *vault.Vault
+	journal   *audit.Journal
+	vault     *vault.Vault
+	directory *directory     // user login ([ldap])
+	broker    *broker.Broker // agent identities and tokens
 
 	api     *http.ServeMux // HTTPS listener and agent socket
 	admin   *http.ServeMux // admin socket
@@ -78,7 +81,11 @@ func (d *daemon) open(ctx, bg context.Context) error {
 		{"vault", d.openVault},
 		{"network", d.openNet},
 		{"audit forwarding", d.openAuditForwarding},
-		{"directory", func(ctx, bg context.Context) error { _, err := d.openLDAP(nil); return err }},
+		{"directory", func(ctx, bg context.Context) (err error) { d.directory, err = d.openLDAP(d.vault); return err }},
+		{"broker", func(ctx, bg context.Context) (err error) {
+			d.broker, err = d.openBroker(ctx, bg, d.vault, d.directory)
+			return err
+		}},
 		{"routes", d.mountCore},
 	}
 	for _, s := range steps {
