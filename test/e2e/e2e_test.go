@@ -266,6 +266,8 @@ func TestInstallUpgradePurge(t *testing.T) {
 					login = false
 				} else if err != nil || !strings.Contains(out, "ai-users") {
 					t.Errorf("ldap test alice through the installed daemon: %v\n%s", err, out)
+				} else {
+					t.Logf("applianced ldap test alice (AD login through the installed daemon):\n%s", out)
 				}
 			}
 			if login {
@@ -333,6 +335,8 @@ applianced config check`)
 		start := time.Now()
 		b.must(t, "systemctl restart applianced")
 		waitActive(t)
+		m["systemctl restart (drain, stop, start, READY)"] = fmtDur(time.Since(start))
+		start = time.Now()
 		const token = "runuser -u bot -- curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials http://agent/oauth2/token"
 		var out string
 		for i := 0; i < 50; i++ {
@@ -348,7 +352,7 @@ applianced config check`)
 		if !strings.Contains(out, "access_token") {
 			t.Fatalf("no token for agent e2e-bot:\n%s\n%s", out, b.must(t, "journalctl -u applianced --no-pager -n 20"))
 		}
-		m["restart to first agent token"] = fmtDur(time.Since(start))
+		m["READY to first agent token"] = fmtDur(time.Since(start))
 		// Another unix user is not the agent.
 		if out, _ := b.sh("runuser -u nobody -- curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials http://agent/oauth2/token"); strings.Contains(out, "access_token") {
 			t.Errorf("user nobody got a token:\n%s", out)
@@ -365,6 +369,8 @@ applianced config check`)
 		keys := b.must(t, "sha256sum /etc/applianced/master.key /etc/applianced/tls/api.key /etc/applianced/tls/api.pem")
 		state := b.must(t, "find /var/lib/applianced -type f | sort")
 		pid := pidOf(t)
+		// Watch the table through the whole upgrade, every 50 ms.
+		b.must(t, "rm -f /root/gap.log; (while :; do nft list table inet applianced >/dev/null 2>&1 || date +%T.%N >> /root/gap.log; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /root/gap.pid")
 		// Unattended, as configuration management upgrades: keep the admin's
 		// config even if the package's default changed meanwhile.
 		b.must(t, "apt-get install -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /debs/"+debs[1])
@@ -389,6 +395,10 @@ applianced config check`)
 			if !strings.Contains(after, f+"\n") {
 				t.Errorf("state file %s lost in the upgrade", f)
 			}
+		}
+		b.must(t, "kill $(cat /root/gap.pid)")
+		if out, _ := b.sh("cat /root/gap.log 2>/dev/null"); strings.TrimSpace(out) != "" {
+			t.Errorf("the firewall table was missing during the upgrade at:\n%s", out)
 		}
 		if _, err := b.sh("nft list table inet applianced"); err != nil {
 			t.Error("the firewall table is gone after the upgrade")
