@@ -58,6 +58,7 @@ func TestInstallUpgradePurge(t *testing.T) {
 	dc := startDC(t)
 	b := boot(t, debDir)
 	dcURL := ""
+	login := false // an AD user can log in (DC up, daemon wired)
 	if dc != nil {
 		dcURL = linkDC(t, b, dc)
 	}
@@ -238,12 +239,12 @@ func TestInstallUpgradePurge(t *testing.T) {
 		// veth pair of its own; a real user logs in through the daemon.
 		// AD refuses anonymous searches: the service account's password
 		// goes into the vault by name, when the CLI has `secret put`.
-		login := false
+		login = false
 		if dc != nil {
 			help, _ := b.sh("applianced --help")
 			login = strings.Contains(help, "secret put")
 			ldapConf := `printf '\n[ldap]\nurls = ["` + dcURL + `"]\nca_file = "/etc/applianced/ad-ca.pem"\nserver_name = "` + dc.Hostname +
-				`"\nuser_base = "` + dc.BaseDN + `"\ngroup_mode = "ad"\nallowed_groups = ["ai-users"]\n' >> /etc/applianced/applianced.toml`
+				`"\nuser_base = "` + dc.BaseDN + `"\ngroup_mode = "ad"\nallowed_groups = ["ai-users"]\n\n[ldap.group_roles]\n"ai-users" = ["e2e"]\n\n[[role]]\nname = "e2e"\nscopes = ["e2e:read"]\n' >> /etc/applianced/applianced.toml`
 			if login {
 				b.must(t, "printf '%s' '"+dc.AdminPass+"' | applianced secret put ldap-bind --type password")
 				ldapConf = strings.Replace(ldapConf, `user_base`, `bind_dn = "`+dc.AdminDN+`"\nbind_password_secret = "ldap-bind"\nuser_base`, 1)
@@ -327,10 +328,11 @@ func TestInstallUpgradePurge(t *testing.T) {
 		t.Logf("applianced doctor inside the container:\n%s", text)
 	})
 
-	t.Run("an agent gets a token over the agent socket", func(t *testing.T) {
+	t.Run("an AD user and an agent get tokens from the installed daemon", func(t *testing.T) {
 		b.must(t, `set -e
 id bot >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin bot
-printf '\n[[role]]\nname = "e2e"\nscopes = ["e2e:read"]\n\n[[agent]]\nname = "e2e-bot"\nroles = ["e2e"]\nunix_user = "bot"\n' >> /etc/applianced/applianced.toml
+grep -q '^name = "e2e"$' /etc/applianced/applianced.toml || printf '\n[[role]]\nname = "e2e"\nscopes = ["e2e:read"]\n' >> /etc/applianced/applianced.toml
+printf '\n[[agent]]\nname = "e2e-bot"\nroles = ["e2e"]\nunix_user = "bot"\n' >> /etc/applianced/applianced.toml
 applianced config check`)
 		start := time.Now()
 		b.must(t, "systemctl restart applianced")
@@ -356,6 +358,15 @@ applianced config check`)
 		// Another unix user is not the agent.
 		if out, _ := b.sh("runuser -u nobody -- curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials http://agent/oauth2/token"); strings.Contains(out, "access_token") {
 			t.Errorf("user nobody got a token:\n%s", out)
+		}
+		if login {
+			out := b.must(t, "curl -s --cacert /etc/applianced/tls/api.pem -d username=alice -d password='"+dcPassword+"' https://127.0.0.1:8443/v1/login")
+			if !strings.Contains(out, "access_token") {
+				t.Errorf("POST /v1/login as alice over HTTPS gave no user token:\n%s", out)
+			}
+			if out := b.must(t, "curl -s --cacert /etc/applianced/tls/api.pem -d username=alice -d password=wrong https://127.0.0.1:8443/v1/login"); strings.Contains(out, "access_token") {
+				t.Errorf("a wrong password got a user token:\n%s", out)
+			}
 		}
 		b.must(t, "for i in $(seq 200); do "+token+" >/dev/null; done")
 		m["resident memory after 200 token requests (VmRSS)"] = strings.TrimSpace(b.must(t, "grep VmRSS /proc/$(systemctl show -p MainPID --value applianced)/status | cut -d: -f2"))
