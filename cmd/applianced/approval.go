@@ -99,7 +99,11 @@ func approvalDecide(ctx context.Context, e *env, args []string, approve bool) in
 		e.printJSON(a)
 		return exitOK
 	}
-	fmt.Fprintf(e.stdout, "%s: %s %s%s by %s for %s\n", a.Status, a.Method, a.Tool, a.Path, a.Agent, orDash(a.User))
+	forUser := ""
+	if a.User != "" {
+		forUser = " for " + a.User
+	}
+	fmt.Fprintf(e.stdout, "%s: %s %s%s by agent %s%s\n", a.Status, a.Method, a.Tool, a.Path, a.Agent, forUser)
 	return exitOK
 }
 

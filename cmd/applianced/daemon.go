@@ -86,6 +86,7 @@ func (d *daemon) open(ctx, bg context.Context) error {
 			d.broker, err = d.openBroker(ctx, bg, d.vault, d.directory)
 			return err
 		}},
+		{"tool proxy", func(ctx, bg context.Context) error { return d.mountToolProxy(d.broker, d.vault) }},
 		{"routes", d.mountCore},
 	}
 	for _, s := range steps {

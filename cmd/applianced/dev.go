@@ -29,7 +29,7 @@ type devEnv struct {
 // devSteps let each area add to the demo before the daemon starts: start an
 // in-process service, append config, add lines to the printout. They run in
 // this order.
-var devSteps = []func(ctx context.Context, dv *devEnv) error{devLDAP, devBroker}
+var devSteps = []func(ctx context.Context, dv *devEnv) error{devLDAP, devBroker, devTools}
 
 // addTry adds a titled block of commands to the printout.
 func (dv *devEnv) addTry(title string, cmds ...string) {
