@@ -38,6 +38,35 @@ printf '\n[[audit.syslog]]\naddress = "tcp://127.0.0.1:5514"\nformat = "rfc5424"
 printf '\n[[audit.syslog]]\naddress = "tcp://127.0.0.1:5515"\nformat = "rfc5424"\nframing = "newline"\n' >> /etc/applianced/applianced.toml
 applianced config check && systemctl restart applianced`
 
+// toolSecret is the tool's API key: stored in the vault, injected by the
+// proxy, never seen by the agent.
+const toolSecret = "e2e-tool-secret-7f3a"
+
+// toolScript starts a small HTTP upstream in the container (a socket unit
+// running a shell script per connection) that answers 200 only when the
+// request carries toolSecret in X-Api-Key, stores the secret, and adds the
+// tool to the config.
+const toolScript = `set -e
+cat > /usr/local/bin/e2e-upstream <<'EOF'
+#!/bin/sh
+key=bad
+while IFS= read -r line; do
+	line=$(printf '%s' "$line" | tr -d '\r')
+	[ -z "$line" ] && break
+	case "$line" in [Xx]-[Aa]pi-[Kk]ey:*) [ "${line#*: }" = "` + toolSecret + `" ] && key=ok ;; esac
+done
+echo "key=$key" >> /root/upstream.log
+if [ "$key" = ok ]; then body='{"tickets":[1,2]}'; st='200 OK'; else body='{"error":"unauthorized"}'; st='401 Unauthorized'; fi
+printf 'HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' "$st" "${#body}" "$body"
+EOF
+chmod 0755 /usr/local/bin/e2e-upstream
+printf '[Socket]\nListenStream=127.0.0.1:9090\nAccept=yes\n' > /etc/systemd/system/e2e-upstream.socket
+printf '[Service]\nExecStart=/usr/local/bin/e2e-upstream\nStandardInput=socket\nStandardOutput=socket\n' > /etc/systemd/system/e2e-upstream@.service
+systemctl daemon-reload && systemctl start e2e-upstream.socket
+printf '%s' '` + toolSecret + `' | applianced secret put tickets-key --type api_key --allow-tool tickets
+printf '\n[[tool]]\nname = "tickets"\nbase_url = "http://127.0.0.1:9090/api"\ntimeout = "5s"\nauth = { type = "header", name = "X-Api-Key", secret = "tickets-key" }\n\n[[tool.route]]\nmethod = "GET"\npath = "/tickets/*"\nscope = "e2e:read"\n' >> /etc/applianced/applianced.toml
+applianced config check`
+
 type doctorReport struct {
 	Results []struct {
 		Name, Status, Detail, Fix string
@@ -372,6 +401,38 @@ applianced config check`)
 		m["resident memory after 200 token requests (VmRSS)"] = strings.TrimSpace(b.must(t, "grep VmRSS /proc/$(systemctl show -p MainPID --value applianced)/status | cut -d: -f2"))
 	})
 
+	t.Run("an agent calls a tool through the proxy, which injects the credential", func(t *testing.T) {
+		b.must(t, toolScript)
+		b.must(t, "systemctl restart applianced")
+		waitActive(t)
+		tok := strings.TrimSpace(b.must(t, `runuser -u bot -- curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials http://agent/oauth2/token | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p'`))
+		if tok == "" {
+			t.Fatal("no agent token")
+		}
+		call := "runuser -u bot -- curl -s -w ' HTTP%{http_code}' --unix-socket /run/applianced/agent.sock -H 'Authorization: Bearer " + tok + "' http://agent/v1/tools/tickets/tickets/1"
+		out := b.must(t, call)
+		if strings.Contains(out, "HTTP404") && strings.Contains(out, "no such endpoint") {
+			t.Skipf("skipped: the daemon does not serve /v1/tools yet (tool proxy not wired): %s", out)
+		}
+		if !strings.Contains(out, `"tickets":[1,2]`) || !strings.Contains(out, "HTTP200") {
+			t.Errorf("proxied call got %q, want the upstream's answer (it checks the injected key)", out)
+		}
+		if strings.Contains(out, toolSecret) {
+			t.Errorf("the agent saw the tool's credential: %s", out)
+		}
+		if got := b.must(t, "cat /root/upstream.log"); !strings.Contains(got, "key=ok") {
+			t.Errorf("upstream did not receive the injected key:\n%s", got)
+		}
+		// Without a token: refused, and the upstream is not called again.
+		before := b.must(t, "wc -l < /root/upstream.log")
+		if out := b.must(t, "runuser -u bot -- curl -s -w ' HTTP%{http_code}' --unix-socket /run/applianced/agent.sock http://agent/v1/tools/tickets/tickets/1"); strings.Contains(out, "HTTP200") {
+			t.Errorf("a call without a token got through: %s", out)
+		}
+		if after := b.must(t, "wc -l < /root/upstream.log"); after != before {
+			t.Error("the upstream was called for a request without a token")
+		}
+	})
+
 	t.Run("upgrade keeps config, keys and state, and restarts", func(t *testing.T) {
 		b.must(t, `sed -i 's/^log_level = "info"/log_level = "debug"/' /etc/applianced/applianced.toml && systemctl reload applianced`)
 		// The firewall (applied above, or now) must survive the upgrade.
@@ -466,8 +527,8 @@ systemctl daemon-reload && systemctl restart applianced`)
 		if out, _ := b.sh("ls /var/lib/systemd/deb-systemd-helper-enabled /etc/systemd/system/multi-user.target.wants | grep applianced"); out != "" {
 			t.Errorf("enablement state left after purge: %s", out)
 		}
-		// The test's own receiver is not the package's to remove.
-		b.must(t, "systemctl stop e2e-sink.socket; rm -f /etc/systemd/system/e2e-sink.socket /etc/systemd/system/e2e-sink@.service; systemctl daemon-reload")
+		// The test's own receiver and upstream are not the package's to remove.
+		b.must(t, "systemctl stop e2e-sink.socket e2e-upstream.socket; rm -f /etc/systemd/system/e2e-sink.socket /etc/systemd/system/e2e-sink@.service /etc/systemd/system/e2e-upstream.socket /etc/systemd/system/e2e-upstream@.service /usr/local/bin/e2e-upstream; systemctl daemon-reload")
 		// Purge removed the sealed key; the store directory is the admin's.
 		if out, err := b.sh("rmdir /etc/credstore.encrypted"); err != nil {
 			t.Errorf("the sealed master key is left after purge: %s", out)
