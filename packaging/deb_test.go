@@ -20,6 +20,7 @@ const testVersion = "0.0.1~test"
 
 var (
 	debOnce sync.Once
+	debDir  string // removed by TestMain, even when the build failed
 	debPath string
 	debErr  error
 )
@@ -32,12 +33,12 @@ func deb(t *testing.T) string {
 		t.Skip("skipped: dpkg-deb (Debian dpkg) not installed")
 	}
 	debOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "applianced-deb-")
-		if err != nil {
+		var err error
+		if debDir, err = os.MkdirTemp("", "applianced-deb-"); err != nil {
 			debErr = err
 			return
 		}
-		cmd := exec.Command("go", "run", "./packaging/build", "-version", testVersion, "-out", dir)
+		cmd := exec.Command("go", "run", "./packaging/build", "-version", testVersion, "-out", debDir)
 		cmd.Dir = ".."
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
@@ -56,8 +57,8 @@ func deb(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if debPath != "" {
-		os.RemoveAll(filepath.Dir(debPath))
+	if debDir != "" {
+		os.RemoveAll(debDir)
 	}
 	os.Exit(code)
 }
