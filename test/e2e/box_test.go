@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,11 +33,57 @@ var rootfsPackages = []string{
 	"kmod", "ca-certificates", "nftables", "curl", "libcap2-bin",
 }
 
+// mirror is the Debian archive debootstrap fetches from: $E2E_MIRROR, else
+// the one this machine's apt is configured with (an air-gapped site points
+// apt at its own mirror, and so does this test).
 func mirror() string {
 	if m := os.Getenv("E2E_MIRROR"); m != "" {
 		return m
 	}
+	if m := aptMirror(); m != "" {
+		return m
+	}
 	return "http://deb.debian.org/debian"
+}
+
+// aptMirror reads the Debian archive URI for the suite from apt's sources,
+// in deb822 (sources.list.d/*.sources) or one-line (sources.list) format.
+func aptMirror() string {
+	files, _ := filepath.Glob("/etc/apt/sources.list.d/*.sources")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, stanza := range strings.Split(string(data), "\n\n") {
+			var uri string
+			suiteOK := false
+			for _, line := range strings.Split(stanza, "\n") {
+				if v, ok := strings.CutPrefix(line, "URIs:"); ok {
+					if f := strings.Fields(v); len(f) > 0 {
+						uri = f[0]
+					}
+				}
+				if v, ok := strings.CutPrefix(line, "Suites:"); ok && slices.Contains(strings.Fields(v), suite) {
+					suiteOK = true
+				}
+			}
+			if uri != "" && suiteOK {
+				return uri
+			}
+		}
+	}
+	data, err := os.ReadFile("/etc/apt/sources.list")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == "deb" && f[2] == suite {
+			return f[1]
+		}
+	}
+	return ""
 }
 
 // cachedRootfs returns a pristine Debian root file system, made with
