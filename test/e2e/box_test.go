@@ -40,10 +40,7 @@ func mirror() string {
 	if m := os.Getenv("E2E_MIRROR"); m != "" {
 		return m
 	}
-	if m := aptMirror(); m != "" {
-		return m
-	}
-	return "http://deb.debian.org/debian"
+	return aptMirror()
 }
 
 // aptMirror reads the Debian archive URI for the suite from apt's sources,
@@ -109,7 +106,11 @@ func cachedRootfs(t *testing.T) string {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	cmd := exec.Command("debootstrap", "--variant=minbase", "--include="+strings.Join(rootfsPackages, ","), suite, tmp, mirror())
+	m := mirror()
+	if m == "" {
+		t.Fatalf("no Debian mirror for %s in apt's sources: set E2E_MIRROR to the archive URL", suite)
+	}
+	cmd := exec.Command("debootstrap", "--variant=minbase", "--include="+strings.Join(rootfsPackages, ","), suite, tmp, m)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("debootstrap: %v\n%s", err, tail(out, 30))
 	}
