@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -190,4 +191,27 @@ func (d *daemon) record(ctx context.Context, ev *audit.Event) error {
 		return err
 	}
 	return nil
+}
+
+// rawPathPrefixes are API paths whose handler sees the path exactly as the
+// client sent it. http.ServeMux answers a path with "..", "." or "//" with a
+// redirect to its cleaned form, which would turn /v1/tools/t/a/../b into a
+// call to /v1/tools/t/b; the tool proxy refuses such paths itself instead.
+var rawPathPrefixes = []string{"/v1/tools/"}
+
+// apiRoot is the handler of the HTTPS listener and the agent socket: d.api,
+// except that paths under rawPathPrefixes go to their handler uncleaned.
+func (d *daemon) apiRoot() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, p := range rawPathPrefixes {
+			if strings.HasPrefix(r.URL.Path, p) {
+				probe := r.Clone(r.Context())
+				probe.URL.Path, probe.URL.RawPath = p, ""
+				h, _ := d.api.Handler(probe)
+				h.ServeHTTP(w, r)
+				return
+			}
+		}
+		d.api.ServeHTTP(w, r)
+	})
 }

@@ -143,12 +143,15 @@ func cliName() string {
 }
 
 // freeAddr returns addr if it can be bound, else a free port on its host.
+// A port of 0 picks a free one, so the printout shows the real address.
 func freeAddr(addr string) string {
-	if l, err := net.Listen("tcp", addr); err == nil {
-		l.Close()
-		return addr
+	host, port, _ := net.SplitHostPort(addr)
+	if port != "0" {
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
 	}
-	host, _, _ := net.SplitHostPort(addr)
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return addr

@@ -281,9 +281,9 @@ func (d *daemon) servers(l *listeners) []server {
 		return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
 			MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
 	}
-	api := httpSrv(d.api)
+	api := httpSrv(d.apiRoot())
 	api.TLSConfig = l.tlsConfig
-	agent := httpSrv(d.api)
+	agent := httpSrv(d.apiRoot())
 	agent.ConnContext = d.agentConnContext
 	adm := admin.NewServer(admin.ServerConfig{AdminGID: l.adminGID, Handler: d.admin, Audit: d.journal, Logger: d.log})
 	ignoreClosed := func(err error) error {
