@@ -1,0 +1,319 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/applianced/applianced/broker"
+	"github.com/applianced/applianced/internal/admin"
+	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/vault"
+)
+
+// devDaemon is the demo appliance of `applianced dev`, run in process by
+// serve with its log captured: the real journal, vault, broker, embedded
+// LDAP directory, tool proxy and demo tool, on loopback and Unix sockets.
+type devDaemon struct {
+	t       *testing.T
+	ctx     context.Context
+	dir     string
+	cfg     *config.File
+	d       *daemon
+	logs    *syncBuffer
+	toolKey []byte // the demo tool's API key (put into the vault by the test)
+	toolURL string // the demo tool itself, bypassing the proxy
+	alicePW string
+	base    string // https://listen
+	agent   *http.Client
+	https   *http.Client
+	admin   *admin.Client
+	answers [][]byte // every API answer, headers and body
+	stop    func()
+}
+
+func startDevDaemon(t *testing.T, logLevel string) *devDaemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	dir := t.TempDir()
+	dv := &devEnv{dir: dir, cfgPath: filepath.Join(dir, "applianced.toml"), cli: "applianced", listen: pickPort(t)}
+	t.Cleanup(func() {
+		for i := len(dv.cleanup) - 1; i >= 0; i-- {
+			dv.cleanup[i]()
+		}
+	})
+	for _, step := range devSteps {
+		if err := step(ctx, dv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x := &devDaemon{t: t, ctx: ctx, dir: dir, base: "https://" + dv.listen, alicePW: devPassword(t, dv, "alice")}
+	var b strings.Builder
+	template.Must(template.New("dev").Parse(devBaseConfig)).Execute(&b, map[string]string{"Listen": dv.listen, "Dir": dir})
+	for _, s := range dv.sections {
+		b.WriteString("\n" + s + "\n")
+	}
+	body := strings.Replace(b.String(), `log_level = "info"`, `log_level = "`+logLevel+`"`, 1)
+	if m := regexp.MustCompile(`base_url = "([^"]+)"`).FindStringSubmatch(body); m != nil {
+		x.toolURL = m[1]
+	} else {
+		t.Fatal("no demo tool in the dev config")
+	}
+	if err := os.WriteFile(dv.cfgPath, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(dv.cfgPath)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	if err := initState(testEnv(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	x.cfg = cfg
+	if x.toolKey, err = os.ReadFile(filepath.Join(dir, "demo-tool.key")); err != nil {
+		t.Fatal(err)
+	}
+
+	e := testEnv()
+	x.logs = e.stderr.(*syncBuffer)
+	ready := make(chan *daemon, 1)
+	done := make(chan int, 1)
+	go func() {
+		done <- serve(ctx, e, cfg, serveOptions{adminGID: os.Getgid(), onReady: func(d *daemon) { ready <- d }})
+	}()
+	stopped := false
+	x.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the daemon did not stop")
+		}
+	}
+	t.Cleanup(x.stop)
+	select {
+	case x.d = <-ready:
+	case code := <-done:
+		t.Fatalf("serve exited with %d:\n%s", code, x.logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("the daemon did not become ready")
+	}
+	x.agent = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "unix", cfg.Server.AgentSocket)
+	}}}
+	x.https = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	x.admin = admin.NewClient(cfg.Server.AdminSocket)
+	return x
+}
+
+// call makes one API request and keeps the answer.
+func (x *devDaemon) call(c *http.Client, method, u string, hdr map[string]string, body io.Reader, form url.Values) (int, []byte) {
+	x.t.Helper()
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, _ := http.NewRequestWithContext(x.ctx, method, u, body)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		x.t.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	got, _ := io.ReadAll(resp.Body)
+	var hb bytes.Buffer
+	_ = resp.Header.Write(&hb)
+	x.answers = append(x.answers, append(hb.Bytes(), got...))
+	return resp.StatusCode, got
+}
+
+// token returns the access and refresh tokens of a 200 token answer.
+func (x *devDaemon) token(status int, got []byte, what string) (access, refresh string) {
+	x.t.Helper()
+	var tr struct {
+		AccessToken  string `json:"access_token"`
+		RefreshToken string `json:"refresh_token"`
+	}
+	if err := json.Unmarshal(got, &tr); err != nil || status != 200 || tr.AccessToken == "" {
+		x.t.Fatalf("%s: %d %s", what, status, got)
+	}
+	return tr.AccessToken, tr.RefreshToken
+}
+
+func (x *devDaemon) login(pw string) (int, []byte) {
+	return x.call(x.https, "POST", x.base+"/v1/login", nil, nil, url.Values{"username": {"alice"}, "password": {pw}})
+}
+
+func (x *devDaemon) agentToken() (int, []byte) {
+	return x.call(x.agent, "POST", "http://agent/oauth2/token", nil, nil, url.Values{"grant_type": {"client_credentials"}, "resource": {"tickets"}})
+}
+
+func (x *devDaemon) exchange(userTok string) (int, []byte) {
+	return x.call(x.agent, "POST", "http://agent/oauth2/token", nil, nil, url.Values{
+		"grant_type": {broker.GrantTokenExchange}, "subject_token": {userTok},
+		"subject_token_type": {"urn:ietf:params:oauth:token-type:access_token"}, "resource": {"tickets"}})
+}
+
+func (x *devDaemon) tool(method, path, tok string, body io.Reader) (int, []byte) {
+	return x.call(x.https, method, x.base+"/v1/tools/tickets"+path, map[string]string{"Authorization": "Bearer " + tok}, body, nil)
+}
+
+func (x *devDaemon) putSecret(p secretPutRequest) error {
+	var reply json.RawMessage
+	err := x.admin.Call(x.ctx, "POST", adminSecretPut, p, &reply)
+	x.answers = append(x.answers, reply)
+	return err
+}
+
+// TestNoSecretInLogsOrJournal runs the whole demo appliance in process, as
+// `applianced dev` does but with debug logging, drives every flow that
+// handles a secret (a login with a password and one with a wrong password,
+// an agent token, a token exchange, introspection, a secret put, a tool call
+// whose credential the proxy injects, a forged token), and then scans the
+// daemon's log output and every journal file for each password, token and
+// secret value, raw or encoded, and every API answer for the stored secrets.
+func TestNoSecretInLogsOrJournal(t *testing.T) {
+	x := startDevDaemon(t, "debug")
+	var secrets []string // every value that must appear in no log or journal
+	toolKey := x.toolKey
+	// The administrator stores the tool's key and a second secret.
+	other := []byte("s3cret-" + hex.EncodeToString(toolKey[:4]) + "-value")
+	for _, p := range []secretPutRequest{
+		{Name: "tickets-key", Type: vault.TypeAPIKey, Value: toolKey, AllowedTools: []string{"tickets"}},
+		{Name: "other-key", Type: vault.TypeAPIKey, Value: other, AllowedTools: []string{"tickets"}},
+	} {
+		if err := x.putSecret(p); err != nil {
+			t.Fatalf("secret put %s: %v", p.Name, err)
+		}
+	}
+	secrets = append(secrets, string(toolKey), string(other), x.alicePW)
+
+	// A wrong password: refused, and not written anywhere either.
+	wrongPW := "Wr0ng-" + x.alicePW
+	secrets = append(secrets, wrongPW)
+	if st, got := x.login(wrongPW); st == 200 {
+		t.Fatalf("login with a wrong password: %d %s", st, got)
+	}
+	st, got := x.login(x.alicePW)
+	userTok, userRefresh := x.token(st, got, "login")
+	st, got = x.agentToken()
+	agentTok, _ := x.token(st, got, "client_credentials")
+	st, got = x.exchange(userTok)
+	obo, _ := x.token(st, got, "token exchange")
+	secrets = append(secrets, userTok, userRefresh, agentTok, obo)
+	if st, got := x.call(x.agent, "POST", "http://agent/oauth2/introspect", nil, nil, url.Values{"token": {obo}}); st != 200 || !bytes.Contains(got, []byte(`"active":true`)) {
+		t.Fatalf("introspect: %d %s", st, got)
+	}
+	if userRefresh != "" {
+		st, got = x.call(x.https, "POST", x.base+"/oauth2/token", nil, nil, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {userRefresh}})
+		if st == 200 {
+			a, r := x.token(st, got, "refresh")
+			secrets = append(secrets, a, r)
+		}
+	}
+	if st, got := x.tool("GET", "/tickets/2", agentTok, nil); st != 200 {
+		t.Fatalf("tool call: %d %s", st, got)
+	}
+	if st, got := x.tool("GET", "/tickets/1", obo, nil); st != 200 {
+		t.Fatalf("tool call for alice: %d %s", st, got)
+	}
+	// A call with a forged token must not echo it either.
+	forged := agentTok[:len(agentTok)-6] + "AAAAAA"
+	secrets = append(secrets, forged)
+	if st, _ := x.tool("GET", "/tickets/2", forged, nil); st != 401 {
+		t.Errorf("forged token: %d, want 401", st)
+	}
+	x.stop()
+
+	journal := readTree(t, filepath.Join(x.cfg.Server.StateDir, "audit"))
+	for _, typ := range []string{"secret.put", "tool.", "daemon.stop"} {
+		if !bytes.Contains(journal, []byte(typ)) {
+			t.Fatalf("the journal holds no %s: the scan would prove nothing", typ)
+		}
+	}
+	logs := x.logs.String()
+	if !strings.Contains(logs, "applianced ready") {
+		t.Fatalf("the daemon's log was not captured: the scan would prove nothing")
+	}
+	places := map[string][]byte{"the log": []byte(logs), "the journal": journal}
+	for i, a := range x.answers {
+		// Answers carry tokens (that is their job) but never a stored secret.
+		places[fmt.Sprintf("API answer %d", i)] = a
+	}
+	for _, s := range secrets {
+		if s == "" {
+			continue
+		}
+		forms := map[string]string{
+			"raw":       s,
+			"base64":    base64.StdEncoding.EncodeToString([]byte(s)),
+			"base64url": base64.RawURLEncoding.EncodeToString([]byte(s)),
+			"hex":       hex.EncodeToString([]byte(s)),
+		}
+		stored := s == string(toolKey) || s == string(other)
+		for where, data := range places {
+			if strings.HasPrefix(where, "API answer") && !stored {
+				continue
+			}
+			for form, v := range forms {
+				if bytes.Contains(data, []byte(v)) {
+					t.Errorf("%s holds a secret (%d bytes, %s form, starts %.4q)", where, len(s), form, s)
+				}
+			}
+		}
+	}
+}
+
+// devPassword is a demo user's password, from the printout's ldap test line.
+func devPassword(t *testing.T, dv *devEnv, user string) string {
+	t.Helper()
+	re := regexp.MustCompile(`printf '%s' '([^']+)' \| .* ldap test ` + regexp.QuoteMeta(user) + ` `)
+	for _, l := range dv.try {
+		if m := re.FindStringSubmatch(l); m != nil {
+			return m[1]
+		}
+	}
+	t.Fatalf("no password for %s in the demo printout", user)
+	return ""
+}
+
+func readTree(t *testing.T, root string) []byte {
+	t.Helper()
+	var all []byte
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		all = append(all, b...)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all
+}
