@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -316,4 +317,97 @@ func readTree(t *testing.T, root string) []byte {
 		t.Fatal(err)
 	}
 	return all
+}
+
+// adminStatus is the HTTP status of an admin call's error (200 for none).
+func adminStatus(err error) int {
+	var ae *admin.Error
+	switch {
+	case err == nil:
+		return http.StatusOK
+	case errors.As(err, &ae):
+		return ae.Status
+	default:
+		return -1
+	}
+}
+
+// TestDeadJournalFailsEveryAction stops the running daemon's journal (every
+// Append now fails) and then tries each kind of action through the daemon's
+// own listeners: each answers 503 and changes nothing.
+func TestDeadJournalFailsEveryAction(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	if err := x.putSecret(secretPutRequest{Name: "tickets-key", Type: vault.TypeAPIKey, Value: x.toolKey, AllowedTools: []string{"tickets"}}); err != nil {
+		t.Fatal(err)
+	}
+	st, got := x.login(x.alicePW)
+	userTok, userRefresh := x.token(st, got, "login")
+	st, got = x.agentToken()
+	agentTok, _ := x.token(st, got, "client_credentials")
+	if st, got := x.tool("GET", "/tickets/1", agentTok, nil); st != 200 {
+		t.Fatalf("tool call before the journal died: %d %s", st, got)
+	}
+
+	if err := x.d.journal.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantUnavailable := func(t *testing.T, st int, got []byte) {
+		t.Helper()
+		if st != http.StatusServiceUnavailable {
+			t.Errorf("got %d %s, want 503", st, got)
+		}
+		if bytes.Contains(got, []byte("access_token")) {
+			t.Errorf("a token was issued without a record: %s", got)
+		}
+	}
+	t.Run("login", func(t *testing.T) {
+		st, got := x.login(x.alicePW)
+		wantUnavailable(t, st, got)
+	})
+	t.Run("agent token", func(t *testing.T) {
+		st, got := x.agentToken()
+		wantUnavailable(t, st, got)
+	})
+	t.Run("token exchange", func(t *testing.T) {
+		st, got := x.exchange(userTok)
+		wantUnavailable(t, st, got)
+	})
+	t.Run("refresh", func(t *testing.T) {
+		if userRefresh == "" {
+			t.Skip("login issued no refresh token")
+		}
+		st, got := x.call(x.https, "POST", x.base+"/oauth2/token", nil, nil, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {userRefresh}})
+		wantUnavailable(t, st, got)
+	})
+	t.Run("tool call", func(t *testing.T) {
+		st, got := x.tool("GET", "/tickets/1", agentTok, nil)
+		wantUnavailable(t, st, got)
+		if bytes.Contains(got, []byte("Printer")) {
+			t.Errorf("the tool's answer reached the agent without a record: %s", got)
+		}
+	})
+	t.Run("secret put", func(t *testing.T) {
+		err := x.putSecret(secretPutRequest{Name: "unrecorded", Type: vault.TypeAPIKey, Value: []byte("v"), AllowedTools: []string{"tickets"}})
+		if got := adminStatus(err); got != http.StatusServiceUnavailable {
+			t.Errorf("got %d (%v), want 503", got, err)
+		}
+		if _, err := x.d.vault.Describe(x.ctx, "unrecorded"); !errors.Is(err, vault.ErrNotFound) {
+			t.Errorf("the secret exists after an unrecorded put: %v", err)
+		}
+	})
+	t.Run("agent disable", func(t *testing.T) {
+		err := x.admin.Call(x.ctx, "POST", broker.AdminAgentDisable, broker.AgentRef{Name: "demo-agent"}, nil)
+		if got := adminStatus(err); got != http.StatusServiceUnavailable {
+			t.Errorf("got %d (%v), want 503", got, err)
+		}
+		if a, err := x.d.broker.Agent("demo-agent"); err != nil || !a.Enabled {
+			t.Errorf("after an unrecorded disable: enabled %v, err %v; want still enabled", a.Enabled, err)
+		}
+	})
+	t.Run("token revoke", func(t *testing.T) {
+		err := x.admin.Call(x.ctx, "POST", broker.AdminTokenRevoke, broker.RevokeRequest{User: "alice"}, nil)
+		if got := adminStatus(err); got != http.StatusServiceUnavailable {
+			t.Errorf("got %d (%v), want 503", got, err)
+		}
+	})
 }
