@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,7 @@ type compiled struct {
 	byUID    map[int]*agentEntry
 	byUnit   map[string]*agentEntry
 	policies []compiledPolicy
+	tools    map[string]bool
 }
 
 type agentEntry struct {
@@ -143,7 +145,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	return b, nil
 }
 
-// Reload replaces the roles, agents and policies. Tokens already issued
+// Reload replaces the roles, agents, policies and tool names. Tokens already issued
 // stay valid unless their agent is gone or disabled.
 func (b *Broker) Reload(cfg Config) error {
 	cc, err := b.compile(cfg)
@@ -160,7 +162,10 @@ func (b *Broker) compile(cfg Config) (*compiled, error) {
 	}
 	cc := &compiled{
 		tokens: cfg.Tokens, roles: map[string]Role{}, agents: map[string]*agentEntry{},
-		byUID: map[int]*agentEntry{}, byUnit: map[string]*agentEntry{},
+		byUID: map[int]*agentEntry{}, byUnit: map[string]*agentEntry{}, tools: map[string]bool{},
+	}
+	for _, t := range cfg.Tools {
+		cc.tools[t] = true
 	}
 	for _, r := range cfg.Roles {
 		cc.roles[r.Name] = r
@@ -321,9 +326,27 @@ func (b *Broker) agentDisabled(name string) bool {
 // Issuer returns the iss of the broker's tokens.
 func (b *Broker) Issuer() string { return b.issuer }
 
-// ToolAudience is the aud of agent tokens: what the tool proxy passes to
-// Verify.
+// ToolAudience is the general aud of agent tokens, issued when a request
+// names no resource: such a token is good for introspection and
+// revocation, and the tool proxy refuses it (it wants ToolResource).
 func (b *Broker) ToolAudience() string { return b.issuer + "/v1/tools" }
+
+// ToolResource is the audience of a token for one tool: the tool's URL
+// "<issuer>/v1/tools/<name>". A client asks for it with the resource
+// parameter (RFC 8707) or, in a token exchange, audience (RFC 8693); the
+// tool proxy verifies a call to the tool against exactly this audience.
+func (b *Broker) ToolResource(tool string) string { return b.ToolAudience() + "/" + tool }
+
+// ownAudience reports whether aud is one the broker issues: the general
+// agent audience, a tool's (configured or not: a removed tool's token
+// still introspects and revokes) or the user audience.
+func (b *Broker) ownAudience(aud string) bool {
+	if aud == b.ToolAudience() || aud == b.userAudience() {
+		return true
+	}
+	name, ok := strings.CutPrefix(aud, b.ToolAudience()+"/")
+	return ok && name != "" && !strings.Contains(name, "/")
+}
 
 // userAudience is the aud of a user's own token: usable as a token
 // exchange subject_token, not at the tool proxy.

@@ -190,6 +190,10 @@ type Config struct {
 	// UserRoles lists role names users may hold ([ldap.group_roles]
 	// values); each must name a [[role]]. Used only by Validate.
 	UserRoles []string
+	// Tools lists the [[tool]] names (validated with that section): the
+	// resources a token may be issued for, each with the audience
+	// ToolResource(name).
+	Tools []string
 }
 
 var (

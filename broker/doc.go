@@ -11,6 +11,16 @@
 // agent's registered Ed25519 key. A client_secret, stored only as an
 // argon2id hash, is accepted but listed by SecretAgents for doctor.
 //
+// A token is for one tool. The token endpoint takes RFC 8707's resource
+// parameter on client_credentials and token exchange (and RFC 8693's
+// audience on token exchange) naming a [[tool]], by its URL
+// "<issuer>/v1/tools/<name>" or by its bare name; the token's aud is then
+// exactly ToolResource(name), the one audience the tool proxy accepts for
+// that tool. Without a target the token carries the general ToolAudience,
+// good for introspection and refused by the tool proxy. An unknown tool,
+// more than one target in a request, or a target on refresh_token is
+// invalid_target; scopes are still those of the agent's roles.
+//
 // Every issuance and every refusal is appended to the audit journal before
 // the answer; if an issuance cannot be recorded, no token is returned. Audit
 // events carry the HMAC of a token id, never a token.

@@ -103,6 +103,7 @@ func testConfig(t testing.TB, dir string, pubFile string) Config {
 			{Name: "remote", Roles: []string{"reader"}, PublicKeyFile: pubFile},
 			{Name: "legacy", Roles: []string{"reader"}, ClientSecretHash: secretHash},
 		},
+		Tools: []string{"tickets", "wiki"},
 		Policies: []Policy{
 			{Name: "office-hours-deletes", Agents: []string{"bot"}, Scopes: []string{"tickets:delete"},
 				Hours: "Mon-Fri 08:00-18:00", Effect: "allow"},

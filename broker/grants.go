@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -169,7 +170,8 @@ func (b *Broker) issue(ctx context.Context, q *request, typ string, c *claims, r
 		b.log.Error("broker: signing", "err", err)
 		return nil, oerr(http.StatusInternalServerError, "server_error", "could not sign the token")
 	}
-	details := map[string]string{"grant": q.grant, "scope": c.Scope, "exp": strconv.FormatInt(int64(*c.Expiry), 10)}
+	details := map[string]string{"grant": q.grant, "scope": c.Scope, "aud": strings.Join(c.Audience, " "),
+		"exp": strconv.FormatInt(int64(*c.Expiry), 10)}
 	if h := b.hashID(c.ID); h != "" {
 		details["jti_hmac"] = h
 	}
@@ -208,11 +210,19 @@ func (b *Broker) grantClientCredentials(ctx context.Context, q *request, f form)
 		return nil, oe
 	}
 	a := q.client.agent
+	if f.has("audience") {
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request",
+			"audience is a token-exchange parameter; name the tool with resource"), "")
+	}
+	aud, oe := b.target(ctx, q, f)
+	if oe != nil {
+		return nil, oe
+	}
 	scopes, oe := b.pickScopes(ctx, q, f, a.scopes, nil)
 	if oe != nil {
 		return nil, oe
 	}
-	c := b.newClaims(a.Name, KindAgent, []string{b.ToolAudience()}, a.ttl)
+	c := b.newClaims(a.Name, KindAgent, []string{aud}, a.ttl)
 	c.ClientID, c.Scope = a.Name, strings.Join(scopes, " ")
 	return b.issue(ctx, q, "token.issue", c, "")
 }
@@ -231,12 +241,12 @@ func (b *Broker) grantTokenExchange(ctx context.Context, q *request, f form) (*t
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "the actor is the authenticated agent; actor_token is not accepted"), "")
 	case f.has("requested_token_type") && f.get("requested_token_type") != tokenTypeAccess:
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "only access tokens are issued"), "")
-	case f.has("audience") && f.get("audience") != b.ToolAudience():
-		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_target", "audience must be %s", b.ToolAudience()), "")
-	case f.has("resource"):
-		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_target", "resource is not supported; use audience"), "")
 	}
-	c, err := b.verifyClaims(f.get("subject_token"), []string{b.userAudience()})
+	aud, oe := b.target(ctx, q, f)
+	if oe != nil {
+		return nil, oe
+	}
+	c, err := b.verifyClaims(f.get("subject_token"), func(aud string) bool { return aud == b.userAudience() })
 	var p *Principal
 	if err == nil {
 		p, err = b.checkState(c)
@@ -266,10 +276,60 @@ func (b *Broker) grantTokenExchange(ctx context.Context, q *request, f form) (*t
 	if left := p.Expiry.Sub(b.now()); left < ttl {
 		ttl = left
 	}
-	nc := b.newClaims(p.User, KindUser, []string{b.ToolAudience()}, ttl)
+	nc := b.newClaims(p.User, KindUser, []string{aud}, ttl)
 	nc.ClientID, nc.Scope, nc.Act = a.Name, strings.Join(scopes, " "), &actClaim{Sub: a.Name}
 	nc.Groups = p.Groups
 	return b.issue(ctx, q, "token.exchange", nc, "")
+}
+
+// toolNameRE is the shape of a [[tool]] name, to tell a bare name from a
+// URL and to echo only a well-formed name in an error.
+var toolNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// target returns the aud of the token to issue from the request's
+// resource (RFC 8707) or, in a token exchange, audience (RFC 8693): none
+// gives the general ToolAudience; one naming a tool, by its URL
+// ToolResource(name) or by its bare name, gives ToolResource(name). More
+// than one target, a target that is not a tool of this appliance, or
+// resource and audience naming different tools are refused with
+// invalid_target: a token is for one tool.
+func (b *Broker) target(ctx context.Context, q *request, f form) (string, *oauthError) {
+	res, auds := f.all("resource"), f.all("audience")
+	if len(res) > 1 || len(auds) > 1 {
+		return "", b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_target",
+			"one resource per token: ask for a token per tool"), audit.SeverityWarn)
+	}
+	aud := b.ToolAudience()
+	for i, v := range append(slices.Clone(res), auds...) {
+		a, oe := b.resolveTarget(v)
+		if oe != nil {
+			return "", b.deny(ctx, q, "token.deny", oe, audit.SeverityWarn)
+		}
+		if i > 0 && a != aud {
+			return "", b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_target",
+				"resource and audience name different targets"), audit.SeverityWarn)
+		}
+		aud = a
+	}
+	return aud, nil
+}
+
+// resolveTarget maps one resource or audience value to an audience.
+func (b *Broker) resolveTarget(v string) (string, *oauthError) {
+	if v == b.ToolAudience() {
+		return v, nil
+	}
+	name, isURL := strings.CutPrefix(v, b.ToolAudience()+"/")
+	if !isURL {
+		name = v
+	}
+	if !toolNameRE.MatchString(name) {
+		return "", oerr(http.StatusBadRequest, "invalid_target", "resource must be %s/TOOL or a tool's name", b.ToolAudience())
+	}
+	if !b.cfg.Load().tools[name] {
+		return "", oerr(http.StatusBadRequest, "invalid_target", "no tool named %q", name)
+	}
+	return b.ToolResource(name), nil
 }
 
 // reason returns the specific cause inside a verification error.
@@ -288,6 +348,10 @@ func hashRefresh(tok string) string {
 }
 
 func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenResponse, *oauthError) {
+	if f.has("resource") || f.has("audience") {
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_target",
+			"a user session's tokens are for token exchange, not for tools: exchange them with resource"), "")
+	}
 	tok := f.get("refresh_token")
 	if tok == "" || len(tok) > 256 {
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "refresh_token is missing"), "")
@@ -455,7 +519,7 @@ func (b *Broker) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "token is missing"))
 		return
 	}
-	c, err := b.verifyClaims(f.get("token"), []string{b.ToolAudience(), b.userAudience()})
+	c, err := b.verifyClaims(f.get("token"), b.ownAudience)
 	var p *Principal
 	if err == nil {
 		p, err = b.checkState(c)
@@ -488,7 +552,7 @@ func (b *Broker) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	q.src, q.srcString = source(r)
 	ev := &audit.Event{Type: "token.revoke", Actor: q.actor(), Action: "token.revoke", Outcome: audit.OutcomeSuccess, Source: q.srcString}
 	if strings.Count(tok, ".") == 2 {
-		c, err := b.verifyClaims(tok, []string{b.ToolAudience(), b.userAudience()})
+		c, err := b.verifyClaims(tok, b.ownAudience)
 		if err != nil {
 			// RFC 7009 §2.2: an invalid token is not an error.
 			writeJSON(w, http.StatusOK, struct{}{})

@@ -55,11 +55,27 @@ func writeOAuthError(w http.ResponseWriter, e *oauthError) {
 }
 
 // form is a decoded application/x-www-form-urlencoded body with every
-// parameter present at most once and empty values dropped (RFC 6749 §3.2).
-type form map[string]string
+// parameter present at most once and empty values dropped (RFC 6749 §3.2),
+// except the target parameters (resource, audience), which RFC 8707 and
+// RFC 8693 let repeat: the grants refuse more than one target themselves,
+// with invalid_target, after the client is known.
+type form map[string][]string
 
-func (f form) has(k string) bool   { _, ok := f[k]; return ok }
-func (f form) get(k string) string { return f[k] }
+func (f form) has(k string) bool   { return len(f[k]) > 0 }
+func (f form) get(k string) string { return firstOf(f[k]) }
+
+// all returns every value of a repeatable parameter.
+func (f form) all(k string) []string { return f[k] }
+
+func firstOf(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
+}
+
+// repeatable lists the parameters that may appear more than once.
+var repeatable = map[string]bool{"resource": true, "audience": true}
 
 // decodeForm parses an OAuth2 form body: POST only, the right content
 // type, no query parameters, at most maxFormBytes, no repeated parameter.
@@ -103,11 +119,13 @@ func parseFormBody(body []byte) (form, *oauthError) {
 	}
 	f := form{}
 	for k, vs := range vals {
-		if len(vs) > 1 {
+		if len(vs) > 1 && !repeatable[k] {
 			return nil, oerr(http.StatusBadRequest, "invalid_request", "parameter %q is repeated", k)
 		}
-		if vs[0] != "" {
-			f[k] = vs[0]
+		for _, v := range vs {
+			if v != "" {
+				f[k] = append(f[k], v)
+			}
 		}
 	}
 	return f, nil

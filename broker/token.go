@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -123,14 +124,16 @@ func invalid(why error) error { return fmt.Errorf("%w: %w", ErrInvalidToken, why
 // then the revocation list, the agent's state and user revocation. The
 // error wraps ErrInvalidToken and the specific reason.
 func (b *Broker) Verify(ctx context.Context, raw, audience string) (*Principal, error) {
-	c, err := b.verifyClaims(raw, []string{audience})
+	c, err := b.verifyClaims(raw, func(aud string) bool { return aud == audience })
 	if err != nil {
 		return nil, err
 	}
 	return b.checkState(c)
 }
 
-func (b *Broker) verifyClaims(raw string, audiences []string) (*claims, error) {
+// verifyClaims checks raw up to its claims; accept decides which aud
+// values are good (one is enough).
+func (b *Broker) verifyClaims(raw string, accept func(aud string) bool) (*claims, error) {
 	if len(raw) > maxTokenBytes || strings.Count(raw, ".") != 2 {
 		return nil, invalid(ErrMalformed)
 	}
@@ -180,13 +183,7 @@ func (b *Broker) verifyClaims(raw string, audiences []string) (*claims, error) {
 	case err != nil:
 		return nil, invalid(ErrMalformed)
 	}
-	ok = false
-	for _, a := range audiences {
-		if c.Audience.Contains(a) {
-			ok = true
-		}
-	}
-	if !ok {
+	if !slices.ContainsFunc(c.Audience, accept) {
 		return nil, invalid(ErrAudience)
 	}
 	return &c, nil

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -55,8 +56,11 @@ func (v *tokens) Verify(_ context.Context, raw, audience string) (Principal, err
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	e, ok := v.byRaw[raw]
-	if !ok || !slices.Contains(e.aud, audience) || v.revoked[e.p.Agent] {
+	if !ok || v.revoked[e.p.Agent] {
 		return Principal{}, errors.New("invalid token")
+	}
+	if !slices.Contains(e.aud, audience) {
+		return Principal{}, fmt.Errorf("invalid token: %w", ErrWrongAudience)
 	}
 	if on, _ := v.agents.Enabled(context.Background(), e.p.Agent); !on {
 		return Principal{}, errors.New("agent disabled")

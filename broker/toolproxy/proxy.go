@@ -37,8 +37,11 @@ type Principal struct {
 }
 
 // Verifier checks an access token. Verify must check signature, expiry,
-// revocation, that the agent is enabled, and that the token's audience
-// includes audience (the tool's name). Any error refuses the call with 401.
+// revocation, that the agent is enabled, and that the token is for the
+// tool named audience: its aud must be that tool's own audience, never a
+// general one shared by several tools. An error wrapping ErrWrongAudience
+// (a sound token for another audience) refuses the call with 403; any
+// other error with 401.
 type Verifier interface {
 	Verify(ctx context.Context, rawToken, audience string) (Principal, error)
 }
@@ -152,6 +155,10 @@ type route struct {
 var (
 	ErrConfig = errors.New("toolproxy: invalid configuration")
 )
+
+// ErrWrongAudience is what a Verifier wraps when a token is sound but was
+// issued for another audience (another tool, or no tool in particular).
+var ErrWrongAudience = errors.New("toolproxy: token is for another audience")
 
 // New validates opts, opens the state file and returns a proxy. Close it.
 func New(opts Options) (*Proxy, error) {

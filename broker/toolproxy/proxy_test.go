@@ -258,7 +258,8 @@ func TestBadInputIsRefused(t *testing.T) {
 		wantCode                  string
 	}{
 		{"no token", "GET", "/v1/tools/tickets/tickets/1", "", nil, nil, 401, CodeInvalidToken},
-		{"token for another tool", "GET", "/v1/tools/tickets/tickets/1", "other-aud", nil, nil, 401, CodeInvalidToken},
+		{"token never issued", "GET", "/v1/tools/tickets/tickets/1", "never-issued", nil, nil, 401, CodeInvalidToken},
+		{"token for another tool", "GET", "/v1/tools/tickets/tickets/1", "other-aud", nil, nil, 403, CodeWrongAudience},
 		{"unknown tool", "GET", "/v1/tools/nosuch/x", agentToken, nil, nil, 404, CodeUnknownTool},
 		{"no route", "PUT", "/v1/tools/tickets/tickets/1", agentToken, nil, nil, 403, CodeNoRoute},
 		{"no route for path", "GET", "/v1/tools/tickets/admin/users", agentToken, nil, nil, 403, CodeNoRoute},

@@ -20,6 +20,7 @@ import (
 const (
 	CodeInvalidRequest   = "invalid_request"
 	CodeInvalidToken     = "invalid_token"
+	CodeWrongAudience    = "wrong_audience"
 	CodeUnknownTool      = "unknown_tool"
 	CodeNoRoute          = "no_route"
 	CodeInsufficient     = "insufficient_scope"
@@ -154,6 +155,11 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 		return
 	}
 	pr, err := p.opts.Verifier.Verify(r.Context(), raw, tp.tool)
+	if errors.Is(err, ErrWrongAudience) {
+		c.deny(http.StatusForbidden, "tool.deny", CodeWrongAudience,
+			"the access token is not for this tool: get one with resource="+tp.tool)
+		return
+	}
 	if err != nil {
 		c.deny(http.StatusUnauthorized, "tool.deny", CodeInvalidToken, "the access token is not valid for this tool")
 		return

@@ -192,6 +192,9 @@ func (d *daemon) openBroker(ctx, bg context.Context, v *vault.Vault, dir broker.
 // brokerConfig is the broker's part of the config file.
 func brokerConfig(cfg *config.File) broker.Config {
 	c := broker.Config{Tokens: cfg.Tokens, Roles: cfg.Roles, Agents: cfg.Agents, Policies: cfg.Policies}
+	for _, t := range cfg.Tools {
+		c.Tools = append(c.Tools, t.Name)
+	}
 	if cfg.LDAP != nil {
 		for _, roles := range cfg.LDAP.GroupRoles {
 			c.UserRoles = append(c.UserRoles, roles...)
@@ -237,15 +240,16 @@ act_for_groups = ["ai-users"]
 	sock := filepath.Join(dv.dir, "agent.sock")
 	curl := "curl -s --unix-socket " + sock
 	extract := `sed -E 's/.*"access_token":"([^"]+)".*/\1/'`
-	dv.addTry("an agent token on the agent socket: no secret, your uid is the identity",
-		curl+" -d grant_type=client_credentials http://agent/oauth2/token",
-		"AGENT_TOKEN=$("+curl+" -d grant_type=client_credentials http://agent/oauth2/token | "+extract+")")
+	dv.addTry("an agent token on the agent socket: no secret, your uid is the identity; resource names the one tool it is for",
+		curl+" -d grant_type=client_credentials http://agent/oauth2/token    # general audience: introspection only, no tool takes it",
+		"AGENT_TOKEN=$("+curl+" -d grant_type=client_credentials -d resource=tickets http://agent/oauth2/token | "+extract+")",
+		curl+" -d grant_type=client_credentials -d resource=nosuch http://agent/oauth2/token    # invalid_target: no such tool")
 	dv.addTry("log in as alice (her password is printed with the directory's users above), then let the agent act for her",
 		"ALICE_PW='...'",
 		fmt.Sprintf(`USER_TOKEN=$(curl -sk https://%s/v1/login --data-urlencode username=alice --data-urlencode password="$ALICE_PW" | %s)`, dv.listen, extract),
-		fmt.Sprintf(`OBO=$(%s -d grant_type=%s -d subject_token_type=%s -d subject_token="$USER_TOKEN" http://agent/oauth2/token | %s)`,
+		fmt.Sprintf(`OBO=$(%s -d grant_type=%s -d subject_token_type=%s -d subject_token="$USER_TOKEN" -d resource=tickets http://agent/oauth2/token | %s)`,
 			curl, url.QueryEscape(broker.GrantTokenExchange), url.QueryEscape("urn:ietf:params:oauth:token-type:access_token"), extract),
-		curl+` -d token="$OBO" http://agent/oauth2/introspect    # sub = alice, act.sub = demo-agent`,
+		curl+` -d token="$OBO" http://agent/oauth2/introspect    # sub = alice, act.sub = demo-agent, aud = the tickets tool`,
 		dv.cli+" agent list")
 	dv.addTry("switch the agent off, and revoke a user's tokens, at once",
 		dv.cli+" agent disable demo-agent",

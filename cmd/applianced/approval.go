@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -150,14 +151,16 @@ func (d *daemon) mountToolProxy(b *broker.Broker, v *vault.Vault) error {
 // brokerTools adapts the broker to the proxy's Verifier and PolicyChecker.
 type brokerTools struct{ b *broker.Broker }
 
-// Verify accepts the broker's agent tokens, whose audience is the tool
-// proxy as a whole, or a token whose audience names this tool.
+// Verify accepts only a token whose audience is this tool's
+// (broker.ToolResource): a token for another tool, or the general agent
+// token issued without a resource, is refused.
 func (t brokerTools) Verify(ctx context.Context, raw, tool string) (toolproxy.Principal, error) {
-	p, err := t.b.Verify(ctx, raw, t.b.ToolAudience())
+	p, err := t.b.Verify(ctx, raw, t.b.ToolResource(tool))
+	if errors.Is(err, broker.ErrAudience) {
+		return toolproxy.Principal{}, fmt.Errorf("%w: %w", toolproxy.ErrWrongAudience, err)
+	}
 	if err != nil {
-		if p, err = t.b.Verify(ctx, raw, t.b.ToolAudience()+"/"+tool); err != nil {
-			return toolproxy.Principal{}, err
-		}
+		return toolproxy.Principal{}, err
 	}
 	return toolproxy.Principal{Agent: p.Agent, User: p.User, Groups: p.Groups, Scopes: p.Scopes, JTI: p.JTI, Expiry: p.Expiry}, nil
 }
@@ -205,9 +208,12 @@ func devTools(ctx context.Context, dv *devEnv) error {
 	dv.sections = append(dv.sections, b.String())
 	api := "https://" + dv.listen + "/v1/tools/tickets"
 	auth := `-H "Authorization: Bearer $AGENT_TOKEN"`
-	dv.addTry("call a tool without holding its credential (an agent token with tickets:* scopes in $AGENT_TOKEN)",
+	dv.addTry("call a tool without holding its credential ($AGENT_TOKEN: tickets:* scopes, aud = the tickets tool, from resource=tickets)",
 		dv.cli+" secret put tickets-key --type api_key --allow-tool tickets < "+keyFile+"    # the admin, once",
 		"curl -sk "+auth+" "+api+"/tickets              # the proxy adds X-Api-Key on the way out",
+		`curl -sk -H "Authorization: Bearer $(curl -s --unix-socket `+filepath.Join(dv.dir, "agent.sock")+
+			` -d grant_type=client_credentials http://agent/oauth2/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/')" `+api+
+			"/tickets    # 403 wrong_audience: a token without resource=tickets",
 		"curl -sk "+auth+" "+api+"/tickets/2            # the card number and IBAN in the notes come back redacted",
 		"curl -sk -X DELETE "+auth+" "+api+"/tickets/3  # 403 approval_required, with an approval_id",
 		dv.cli+" approval list",

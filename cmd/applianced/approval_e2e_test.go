@@ -49,6 +49,9 @@ func TestToolProxyEndToEnd(t *testing.T) {
 	if err := devTools(ctx, dv); err != nil {
 		t.Fatal(err)
 	}
+	// A second tool, for the check that a token is good for one tool only.
+	wiki := strings.Split(dv.sections[len(dv.sections)-1], "\n[risk]")[0]
+	dv.sections = append(dv.sections, strings.Replace(wiki, `name = "tickets"`, `name = "wiki"`, 1))
 	var b strings.Builder
 	template.Must(template.New("dev").Parse(devBaseConfig)).Execute(&b, map[string]string{"Listen": dv.listen, "Dir": dir})
 	for _, s := range dv.sections {
@@ -139,14 +142,40 @@ func TestToolProxyEndToEnd(t *testing.T) {
 		return a
 	}
 
-	tok := do("POST", "/oauth2/token", nil, url.Values{"grant_type": {"client_credentials"}})
-	var tr struct {
+	type tokenAnswer struct {
 		AccessToken string `json:"access_token"`
 	}
-	if err := json.Unmarshal(tok.body, &tr); err != nil || tr.AccessToken == "" {
-		t.Fatalf("token: %d %s", tok.status, tok.body)
+	token := func(form url.Values) tokenAnswer {
+		t.Helper()
+		form.Set("grant_type", "client_credentials")
+		tok := do("POST", "/oauth2/token", nil, form)
+		var tr tokenAnswer
+		if err := json.Unmarshal(tok.body, &tr); err != nil || tr.AccessToken == "" {
+			t.Fatalf("token: %d %s", tok.status, tok.body)
+		}
+		return tr
 	}
+	tr := token(url.Values{"resource": {"tickets"}})
 	bearer := map[string]string{"Authorization": "Bearer " + tr.AccessToken}
+
+	// A token is good at one tool only: the general token (no resource)
+	// and a token for another tool are refused, and the refusal audited.
+	refused := []struct{ name, token string }{
+		{"general audience", token(url.Values{}).AccessToken},
+		{"token for another tool", token(url.Values{"resource": {"wiki"}}).AccessToken},
+	}
+	for _, tc := range refused {
+		t.Run(tc.name, func(t *testing.T) {
+			before := journalCount(t, cfg.Server.StateDir, `"decision":"wrong_audience"`)
+			got := do("GET", "/v1/tools/tickets/tickets/2", map[string]string{"Authorization": "Bearer " + tc.token}, nil)
+			if got.status != 403 || !bytes.Contains(got.body, []byte(`"wrong_audience"`)) {
+				t.Fatalf("got %d %s, want 403 wrong_audience", got.status, got.body)
+			}
+			if journalCount(t, cfg.Server.StateDir, `"decision":"wrong_audience"`) != before+1 {
+				t.Errorf("the refusal is not in the journal")
+			}
+		})
+	}
 
 	got := do("GET", "/v1/tools/tickets/tickets/2", bearer, nil)
 	if got.status != 200 || !bytes.Contains(got.body, []byte("Refund for order 1042")) {
@@ -203,4 +232,18 @@ func TestToolProxyEndToEnd(t *testing.T) {
 			t.Errorf("an answer holds the tool's key")
 		}
 	}
+}
+
+// journalCount counts the occurrences of s in the audit journal's files
+// under stateDir.
+func journalCount(t *testing.T, stateDir, s string) int {
+	t.Helper()
+	n := 0
+	files, _ := filepath.Glob(filepath.Join(stateDir, "audit", "*"))
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil {
+			n += bytes.Count(b, []byte(s))
+		}
+	}
+	return n
 }
