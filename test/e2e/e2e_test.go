@@ -408,9 +408,10 @@ applianced config check`)
 		b.must(t, toolScript)
 		b.must(t, "systemctl restart applianced")
 		waitActive(t)
-		tok := strings.TrimSpace(b.must(t, `runuser -u bot -- curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials http://agent/oauth2/token | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p'`))
+		// A token is for one tool: resource names it (RFC 8707).
+		tok := strings.TrimSpace(b.must(t, `runuser -u bot -- curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials -d resource=tickets http://agent/oauth2/token | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p'`))
 		if tok == "" {
-			t.Fatal("no agent token")
+			t.Fatal("no agent token for resource=tickets")
 		}
 		call := "runuser -u bot -- curl -s -w ' HTTP%{http_code}' --unix-socket /run/applianced/agent.sock -H 'Authorization: Bearer " + tok + "' http://agent/v1/tools/tickets/tickets/1"
 		out := b.must(t, call)
@@ -426,8 +427,13 @@ applianced config check`)
 		if got := b.must(t, "cat /root/upstream.log"); !strings.Contains(got, "key=ok") {
 			t.Errorf("upstream did not receive the injected key:\n%s", got)
 		}
-		// Without a token: refused, and the upstream is not called again.
+		// Without a token, or with one not for this tool: refused, and the
+		// upstream is not called again.
 		before := b.must(t, "wc -l < /root/upstream.log")
+		general := strings.TrimSpace(b.must(t, `runuser -u bot -- curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials http://agent/oauth2/token | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p'`))
+		if out := b.must(t, "runuser -u bot -- curl -s -w ' HTTP%{http_code}' --unix-socket /run/applianced/agent.sock -H 'Authorization: Bearer "+general+"' http://agent/v1/tools/tickets/tickets/1"); !strings.Contains(out, "HTTP403") {
+			t.Errorf("a token without resource=tickets got %s, want 403", out)
+		}
 		if out := b.must(t, "runuser -u bot -- curl -s -w ' HTTP%{http_code}' --unix-socket /run/applianced/agent.sock http://agent/v1/tools/tickets/tickets/1"); strings.Contains(out, "HTTP200") {
 			t.Errorf("a call without a token got through: %s", out)
 		}
