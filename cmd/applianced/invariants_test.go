@@ -48,7 +48,7 @@ type devDaemon struct {
 	stop    func()
 }
 
-func startDevDaemon(t *testing.T, logLevel string) *devDaemon {
+func startDevDaemon(t *testing.T, logLevel string, extraTOML ...string) *devDaemon {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	dir := t.TempDir()
@@ -66,7 +66,7 @@ func startDevDaemon(t *testing.T, logLevel string) *devDaemon {
 	x := &devDaemon{t: t, ctx: ctx, dir: dir, base: "https://" + dv.listen, alicePW: devPassword(t, dv, "alice")}
 	var b strings.Builder
 	template.Must(template.New("dev").Parse(devBaseConfig)).Execute(&b, map[string]string{"Listen": dv.listen, "Dir": dir})
-	for _, s := range dv.sections {
+	for _, s := range append(dv.sections, extraTOML...) {
 		b.WriteString("\n" + s + "\n")
 	}
 	body := strings.Replace(b.String(), `log_level = "info"`, `log_level = "`+logLevel+`"`, 1)
@@ -408,6 +408,131 @@ func TestDeadJournalFailsEveryAction(t *testing.T) {
 		err := x.admin.Call(x.ctx, "POST", broker.AdminTokenRevoke, broker.RevokeRequest{User: "alice"}, nil)
 		if got := adminStatus(err); got != http.StatusServiceUnavailable {
 			t.Errorf("got %d (%v), want 503", got, err)
+		}
+	})
+}
+
+// jti is the token id in a JWT's payload (read without verification).
+func jti(t *testing.T, tok string) string {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		t.Fatalf("not a JWT: %d parts", len(parts))
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	var c struct {
+		ID string `json:"jti"`
+	}
+	if err != nil || json.Unmarshal(raw, &c) != nil || c.ID == "" {
+		t.Fatalf("no jti in the token: %v", err)
+	}
+	return c.ID
+}
+
+// TestRevocationReachesIntrospectionAndProxyAtOnce: through the daemon's
+// own wiring (the real broker verifying for the real tool proxy), a revoked
+// jti, a revoked user and a disabled agent are refused by introspection and
+// by the tool proxy at the very next request, with tokens that have not
+// expired.
+func TestRevocationReachesIntrospectionAndProxyAtOnce(t *testing.T) {
+	// A second agent, the resource server that introspects, so that the
+	// introspecting caller is not the agent being disabled.
+	const checkerSecret = "checker-client-secret-0123456789"
+	hash, err := broker.HashClientSecret(checkerSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := startDevDaemon(t, "info", fmt.Sprintf("[[agent]]\nname = \"checker\"\nroles = [\"chat-user\"]\nclient_secret_hash = %q\n", hash))
+	if err := x.putSecret(secretPutRequest{Name: "tickets-key", Type: vault.TypeAPIKey, Value: x.toolKey, AllowedTools: []string{"tickets"}}); err != nil {
+		t.Fatal(err)
+	}
+	active := func(tok string) bool {
+		t.Helper()
+		st, got := x.call(x.https, "POST", x.base+"/oauth2/introspect", nil, nil, url.Values{"token": {tok}, "client_id": {"checker"}, "client_secret": {checkerSecret}})
+		var in struct {
+			Active bool `json:"active"`
+		}
+		if st != 200 || json.Unmarshal(got, &in) != nil {
+			t.Fatalf("introspect: %d %s", st, got)
+		}
+		return in.Active
+	}
+	works := func(tok string) bool {
+		t.Helper()
+		st, got := x.tool("GET", "/tickets/1", tok, nil)
+		if st == 200 {
+			return true
+		}
+		if st != http.StatusUnauthorized && st != http.StatusForbidden {
+			t.Fatalf("tool call: %d %s, want 200, 401 or 403", st, got)
+		}
+		return false
+	}
+	fresh := func(userToo bool) (agentTok, oboTok string) {
+		t.Helper()
+		st, got := x.agentToken()
+		agentTok, _ = x.token(st, got, "client_credentials")
+		if userToo {
+			st, got = x.login(x.alicePW)
+			userTok, _ := x.token(st, got, "login")
+			st, got = x.exchange(userTok)
+			oboTok, _ = x.token(st, got, "token exchange")
+		}
+		return agentTok, oboTok
+	}
+	revoke := func(req broker.RevokeRequest) {
+		t.Helper()
+		if err := x.admin.Call(x.ctx, "POST", broker.AdminTokenRevoke, req, nil); err != nil {
+			t.Fatalf("revoke %+v: %v", req, err)
+		}
+	}
+
+	t.Run("revoked jti", func(t *testing.T) {
+		victim, _ := fresh(false)
+		bystander, _ := fresh(false)
+		if !active(victim) || !works(victim) {
+			t.Fatal("a fresh agent token must work before the revocation, else this proves nothing")
+		}
+		revoke(broker.RevokeRequest{JTI: jti(t, victim)})
+		if active(victim) {
+			t.Error("introspection: a revoked jti is still active")
+		}
+		if works(victim) {
+			t.Error("proxy: a revoked jti still calls the tool")
+		}
+		if !works(bystander) {
+			t.Error("revoking one jti refused another token of the same agent")
+		}
+	})
+	t.Run("revoked user", func(t *testing.T) {
+		agentTok, obo := fresh(true)
+		if !active(obo) || !works(obo) {
+			t.Fatal("a fresh on-behalf-of token must work before the revocation, else this proves nothing")
+		}
+		revoke(broker.RevokeRequest{User: "alice"})
+		if active(obo) {
+			t.Error("introspection: a token for a revoked user is still active")
+		}
+		if works(obo) {
+			t.Error("proxy: a token for a revoked user still calls the tool")
+		}
+		if !works(agentTok) {
+			t.Error("revoking the user refused the agent's own token")
+		}
+	})
+	t.Run("disabled agent", func(t *testing.T) {
+		agentTok, _ := fresh(false)
+		if !active(agentTok) || !works(agentTok) {
+			t.Fatal("a fresh agent token must work before the disable, else this proves nothing")
+		}
+		if err := x.admin.Call(x.ctx, "POST", broker.AdminAgentDisable, broker.AgentRef{Name: "demo-agent"}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if active(agentTok) {
+			t.Error("introspection: a disabled agent's token is still active")
+		}
+		if works(agentTok) {
+			t.Error("proxy: a disabled agent's token still calls the tool")
 		}
 	})
 }
