@@ -536,3 +536,65 @@ func TestRevocationReachesIntrospectionAndProxyAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestStateFilesArePrivate runs the daemon through a login, a token, a
+// secret put and a tool call, then checks every file it and `init` made:
+// the master key is 0400, the vault and every other file under the state
+// dir (journal, broker state, signing and TLS keys) are readable by the
+// owner alone, and directories are 0700.
+func TestStateFilesArePrivate(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	if err := x.putSecret(secretPutRequest{Name: "tickets-key", Type: vault.TypeAPIKey, Value: x.toolKey, AllowedTools: []string{"tickets"}}); err != nil {
+		t.Fatal(err)
+	}
+	st, got := x.login(x.alicePW)
+	x.token(st, got, "login")
+	st, got = x.agentToken()
+	agentTok, _ := x.token(st, got, "client_credentials")
+	if st, got := x.tool("GET", "/tickets/1", agentTok, nil); st != 200 {
+		t.Fatalf("tool call: %d %s", st, got)
+	}
+	x.stop()
+
+	mk, err := os.Stat(x.cfg.Vault.MasterKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mk.Mode().Perm(); got != 0o400 {
+		t.Errorf("master key %s: mode %04o, want 0400", x.cfg.Vault.MasterKeyFile, got)
+	}
+	if st, err := os.Stat(x.cfg.Server.TLSKey); err != nil || st.Mode().Perm()&0o077 != 0 {
+		t.Errorf("TLS key: %v, err %v; want no group or other bits", st.Mode(), err)
+	}
+	var files, vaultSeen int
+	err = filepath.WalkDir(x.cfg.Server.StateDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			if got := info.Mode().Perm(); got&0o077 != 0 {
+				t.Errorf("dir %s: mode %04o, want no group or other bits", p, got)
+			}
+		case info.Mode().IsRegular():
+			files++
+			if filepath.Base(p) == "vault.db" {
+				vaultSeen++
+			}
+			if got := info.Mode().Perm(); got&0o077 != 0 || got&0o200 == 0 && got != 0o400 {
+				t.Errorf("%s: mode %04o, want 0600 or 0400", p, got)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files < 3 || vaultSeen != 1 {
+		t.Fatalf("the state dir holds %d files, vault.db %d times: the check proves nothing", files, vaultSeen)
+	}
+}
