@@ -51,6 +51,10 @@ func FuzzTokenForm(f *testing.F) {
 		"grant_type=refresh_token&refresh_token=x",
 		"client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=a.b.c&grant_type=client_credentials",
 		"client_id=legacy&client_secret=x&grant_type=client_credentials",
+		"grant_type=client_credentials&resource=tickets",
+		"grant_type=client_credentials&resource=tickets&resource=wiki",
+		"grant_type=client_credentials&resource=https%3A%2F%2Fappliance.test%3A8443%2Fv1%2Ftools%2Fwiki",
+		"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&audience=tickets&resource=",
 		"%zz=1", "a=1;b=2", "&&&", "scope=%00",
 	} {
 		f.Add(s, true)
