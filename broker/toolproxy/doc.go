@@ -24,7 +24,9 @@
 // audit event.
 //
 // It depends on small interfaces that the daemon wires to the broker and the
-// vault: Verifier (token checks, audience = tool name), PolicyChecker (ABAC),
+// vault: Verifier (token checks; the token's audience must be the called
+// tool's own, and a sound token for another audience is refused with 403
+// wrong_audience, audited), PolicyChecker (ABAC),
 // AgentControl (enabled?, disable, revoke), SecretSource (a secret's value
 // for a tool), KeySource (the key that seals TOTP seeds), and audit.Appender.
 //
