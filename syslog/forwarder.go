@@ -98,6 +98,20 @@ type Forwarder struct {
 	j       Journal
 	opts    Options
 	targets []*target
+
+	stopMu   sync.RWMutex // held for reading around a target-state append
+	stopping bool
+}
+
+// Stopping tells the forwarder the daemon is stopping: from now on a
+// target's state changes are logged but no longer appended to the journal,
+// so the final checkpoint written next stays the journal's last entry.
+// Call it before the final checkpoint; delivery goes on until Run's ctx
+// ends.
+func (f *Forwarder) Stopping() {
+	f.stopMu.Lock()
+	f.stopping = true
+	f.stopMu.Unlock()
 }
 
 type target struct {
@@ -240,6 +254,73 @@ func (f *Forwarder) Flush(ctx context.Context) error {
 	return nil
 }
 
+// StopFlushTimeout is the bound the daemon gives FlushConnected at stop,
+// for the final checkpoint to reach the targets that are connected. What
+// is not delivered by then stays in the journal and is sent at the next
+// start, from the target's durable cursor: a stop never loses an entry.
+const StopFlushTimeout = 2 * time.Second
+
+// ErrTargetUnavailable means FlushConnected gave up on a target that was
+// not connected; its entries wait in the journal.
+var ErrTargetUnavailable = errors.New("syslog: target not connected; its entries wait in the journal")
+
+// FlushConnected is Flush for a stop: it waits, until ctx ends, only for
+// the targets that are connected, and gives up at once on a target that is
+// not (its last attempt failed, it is dialing, or it is waiting to retry)
+// or that loses its connection meanwhile. An unreachable target therefore
+// costs a stop nothing; a connected one that does not read costs at most
+// ctx's bound. It returns nil when every target has what the journal held
+// when it was called; else an error wrapping ErrTargetUnavailable and/or
+// ctx's error. Nothing is lost either way: the cursors stay where delivery
+// was confirmed.
+func (f *Forwarder) FlushConnected(ctx context.Context) error {
+	want := f.j.LastSeq()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	gaveUp := map[*target]bool{}
+	for {
+		waiting := 0
+		for _, t := range f.targets {
+			if gaveUp[t] || t.delivered.Load() >= want {
+				continue
+			}
+			t.mu.Lock()
+			up := t.st.Connected
+			t.mu.Unlock()
+			if !up {
+				gaveUp[t] = true
+				continue
+			}
+			waiting++
+		}
+		if waiting == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			var errs []error
+			for _, t := range f.targets {
+				if d := t.delivered.Load(); d < want && !gaveUp[t] {
+					errs = append(errs, fmt.Errorf("syslog: flush %s: %d of %d delivered: %w", t.cfg.Address, d, want, ctx.Err()))
+				}
+			}
+			return errors.Join(append(errs, f.gaveUpErr(gaveUp, want))...)
+		case <-tick.C:
+		}
+	}
+	return f.gaveUpErr(gaveUp, want)
+}
+
+func (f *Forwarder) gaveUpErr(gaveUp map[*target]bool, want uint64) error {
+	var errs []error
+	for _, t := range f.targets {
+		if gaveUp[t] && t.delivered.Load() < want {
+			errs = append(errs, fmt.Errorf("%w: %s: %d of %d delivered", ErrTargetUnavailable, t.cfg.Address, t.delivered.Load(), want))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Prune removes journal segments every target has delivered, when they are
 // older than Retain or the journal is larger than KeepBytes.
 func (f *Forwarder) Prune() (int, error) {
@@ -349,6 +430,11 @@ func (t *target) up(ctx context.Context) {
 func (t *target) audit(ctx context.Context, typ, sev, outcome, reason string) {
 	ev := &audit.Event{Type: typ, Severity: sev, Action: "audit.forward", Target: t.cfg.Address,
 		Outcome: outcome, Reason: reason, Details: map[string]string{"delivered": fmt.Sprint(t.delivered.Load())}}
+	t.f.stopMu.RLock()
+	defer t.f.stopMu.RUnlock()
+	if t.f.stopping {
+		return
+	}
 	if _, err := t.f.j.Append(ctx, ev); err != nil && ctx.Err() == nil {
 		t.log.Error("syslog: recording target state", "event", typ, "err", err)
 	}
@@ -374,8 +460,10 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 	if err != nil {
 		return err
 	}
-	// A write blocked on a receiver that does not read ends with ctx.
-	stopUnblock := context.AfterFunc(ctx, func() { _ = c.w.SetWriteDeadline(time.Now()) })
+	// A write blocked on a receiver that does not read ends with ctx: the
+	// socket is closed (a deadline alone could be replaced by the next
+	// write's before that write starts).
+	stopUnblock := context.AfterFunc(ctx, c.abort)
 	defer stopUnblock()
 	pctx, cancel := context.WithCancel(ctx)
 	entries := make(chan audit.Entry, maxBatchEntries)
@@ -496,14 +584,14 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 			return ctx.Err()
 		}
 		if c.ep.stream() {
-			if err := c.write(buf, o.WriteTimeout); err != nil {
+			if err := c.write(ctx, buf, o.WriteTimeout); err != nil {
 				return err
 			}
 			pending = append(pending, flight{seq: last, end: c.written()})
 		} else {
 			start := 0
 			for _, end := range ends {
-				if err := c.write(buf[start:end], o.WriteTimeout); err != nil {
+				if err := c.write(ctx, buf[start:end], o.WriteTimeout); err != nil {
 					return err
 				}
 				start = end

@@ -138,11 +138,20 @@ func (c *conn) deadErr() error {
 	return ErrReceiverClosed
 }
 
-// write sends b within timeout.
-func (c *conn) write(b []byte, timeout time.Duration) error {
+// write sends b within timeout, or until ctx ends: the caller arranges for
+// the socket to be closed when ctx ends (abort), which ends a blocked write
+// at once; the check after setting the deadline covers a ctx that ended
+// just before it.
+func (c *conn) write(ctx context.Context, b []byte, timeout time.Duration) error {
 	_ = c.w.SetWriteDeadline(time.Now().Add(timeout))
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	_, err := c.w.Write(b)
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			return fmt.Errorf("%w: %s after %v", ErrReceiverStalled, c.ep.addr, timeout)
@@ -208,4 +217,20 @@ func (c *conn) received() (acked uint64, taking bool, err error) {
 	return w - uint64(outq), info.Snd_wnd*2 >= c.maxWd, nil
 }
 
-func (c *conn) close() error { return c.w.Close() }
+// closeGrace bounds the TLS close_notify sent at close: a receiver that
+// does not read must not hold up a reconnect or a stop.
+const closeGrace = 250 * time.Millisecond
+
+// abort closes the socket at once, ending any blocked read or write. It is
+// what a cancelled ctx does to a connection.
+func (c *conn) abort() { _ = c.raw.Conn.Close() }
+
+// close closes the connection; a TLS close_notify gets closeGrace, then the
+// socket is closed regardless.
+func (c *conn) close() error {
+	t := time.AfterFunc(closeGrace, c.abort)
+	defer t.Stop()
+	err := c.w.Close()
+	c.abort()
+	return err
+}

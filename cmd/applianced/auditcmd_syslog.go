@@ -65,10 +65,17 @@ type hashReply struct {
 	HMAC string `json:"hmac"`
 }
 
+// finalCheckpointTimeout bounds the final checkpoint at stop: catching up
+// with the journal and one append, all local.
+const finalCheckpointTimeout = 5 * time.Second
+
 // openAuditForwarding starts the forwarders of [[audit.syslog]] and the
 // checkpointer, and mounts their admin routes and metrics. At stop it
-// writes the final checkpoint and gives the forwarders a few seconds to
-// deliver it, before the journal closes.
+// appends the final checkpoint to the journal (whether or not any target
+// can receive it), gives the connected targets syslog.StopFlushTimeout to
+// take it, and stops the forwarders, before the journal closes. An
+// unreachable target does not delay the stop; its entries are sent from
+// its durable cursor after the next start.
 func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
 	cfg := d.config()
 	a := cfg.Audit
@@ -111,17 +118,27 @@ func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
 		}()
 	}
 	d.closers = append(d.closers, func() error {
-		sctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
-		defer stop()
 		var errs []error
+		fw.Stopping() // the final checkpoint stays the journal's last entry
 		if ck != nil {
-			errs = append(errs, ck.Close(sctx))
+			// The final checkpoint is a local append: it does not wait
+			// for any target.
+			cctx, stop := context.WithTimeout(context.Background(), finalCheckpointTimeout)
+			errs = append(errs, ck.Close(cctx))
+			stop()
 		}
 		if len(a.Syslog) > 0 {
-			if err := fw.Flush(sctx); err != nil {
+			// Connected targets get a short while to take the final
+			// checkpoint; unreachable ones are not waited for. Either
+			// way the cursors only move on confirmed delivery, so what
+			// is left is sent at the next start.
+			fctx, stop := context.WithTimeout(context.Background(), syslog.StopFlushTimeout)
+			if err := fw.FlushConnected(fctx); err != nil {
 				d.log.Warn("audit: stopping with entries not yet delivered; they are sent at the next start", "err", err)
 			}
+			stop()
 		}
+		// Ends every dial, write and backoff of the forwarders at once.
 		cancel()
 		<-done
 		if ck != nil {
