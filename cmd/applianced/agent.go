@@ -244,8 +244,8 @@ act_for_groups = ["ai-users"]
 		curl+" -d grant_type=client_credentials http://agent/oauth2/token    # general audience: introspection only, no tool takes it",
 		"AGENT_TOKEN=$("+curl+" -d grant_type=client_credentials -d resource=tickets http://agent/oauth2/token | "+extract+")",
 		curl+" -d grant_type=client_credentials -d resource=nosuch http://agent/oauth2/token    # invalid_target: no such tool")
-	dv.addTry("log in as alice (her password is printed with the directory's users above), then let the agent act for her",
-		"ALICE_PW='...'",
+	dv.addTry("log in as alice, then let the agent act for her",
+		fmt.Sprintf("ALICE_PW='%s'", dv.users["alice"]),
 		fmt.Sprintf(`USER_TOKEN=$(curl -sk https://%s/v1/login --data-urlencode username=alice --data-urlencode password="$ALICE_PW" | %s)`, dv.listen, extract),
 		fmt.Sprintf(`OBO=$(%s -d grant_type=%s -d subject_token_type=%s -d subject_token="$USER_TOKEN" -d resource=tickets http://agent/oauth2/token | %s)`,
 			curl, url.QueryEscape(broker.GrantTokenExchange), url.QueryEscape("urn:ietf:params:oauth:token-type:access_token"), extract),

@@ -21,8 +21,9 @@ type devEnv struct {
 	cli     string // how to invoke the CLI in printed commands
 	listen  string
 
-	sections []string // TOML appended to the base config by the areas
-	try      []string // printout lines, in order
+	sections []string          // TOML appended to the base config by the areas
+	users    map[string]string // demo directory users and their passwords
+	try      []string          // printout lines, in order
 	cleanup  []func()
 }
 

@@ -291,7 +291,9 @@ func devLDAP(ctx context.Context, dv *devEnv) error {
 	dv.cleanup = append(dv.cleanup, func() { srv.Stop() })
 	dv.sections = append(dv.sections, "# The embedded demo directory ("+srv.URL()+").\n"+srv.TOML())
 	lines := []string{}
+	dv.users = map[string]string{}
 	for _, c := range srv.Credentials() {
+		dv.users[c.Username] = c.Password
 		lines = append(lines, fmt.Sprintf("printf '%%s' '%s' | %s ldap test %s    # %s", c.Password, dv.cli, c.Username, c.Note))
 	}
 	dv.addTry("log in with the demo directory's users (alice is in ai-users through a nested group)", lines...)
