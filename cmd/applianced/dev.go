@@ -119,13 +119,13 @@ func (dv *devEnv) printTry(e *env) {
 		dv.cli + " audit verify",
 	}
 	for _, l := range append(base, dv.try...) {
-		if l == "" || strings.HasPrefix(l, "#") {
-			fmt.Fprintf(w, "\n  %s", l)
+		if l == "" {
+			fmt.Fprintln(w)
 			continue
 		}
-		fmt.Fprintf(w, "\n  %s", l)
+		fmt.Fprintf(w, "  %s\n", l)
 	}
-	fmt.Fprintf(w, "\n\nCtrl-C stops the demo and deletes %s.\n", dv.dir)
+	fmt.Fprintf(w, "\nCtrl-C stops the demo and deletes %s.\n", dv.dir)
 }
 
 // cliName is how the printout invokes this binary: its path, or `go run`
