@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -257,5 +258,17 @@ func TestServeRefusesAnOpenKeyFile(t *testing.T) {
 	}
 	if !strings.Contains(e.stderr.(*syncBuffer).String(), "mode 0644") || !strings.Contains(e.stderr.(*syncBuffer).String(), cfg.Server.TLSKey) {
 		t.Fatalf("error does not name the file and its mode: %s", e.stderr)
+	}
+}
+
+func TestWatchdogIsPingedWhenEnabled(t *testing.T) {
+	msgs := notifySocket(t)
+	t.Setenv("WATCHDOG_USEC", "200000") // 200 ms: pings every 100 ms
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	cfg := testConfig(t, t.TempDir(), "")
+	startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+	for i := 0; i < 3; i++ {
+		waitFor(t, msgs, "WATCHDOG=1")
 	}
 }
