@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -270,5 +271,52 @@ func TestWatchdogIsPingedWhenEnabled(t *testing.T) {
 	waitFor(t, msgs, "READY=1")
 	for i := 0; i < 3; i++ {
 		waitFor(t, msgs, "WATCHDOG=1")
+	}
+}
+
+// On SIGTERM a request in flight is finished, not cut.
+func TestStopDrainsInFlightRequests(t *testing.T) {
+	msgs := notifySocket(t)
+	cfg := testConfig(t, t.TempDir(), "")
+	entered, release := make(chan struct{}), make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- serve(ctx, testEnv(), cfg, serveOptions{adminGID: -1, setupHook: func(_ context.Context, d *daemon) error {
+			d.api.HandleFunc("GET /test/slow", func(w http.ResponseWriter, r *http.Request) {
+				close(entered)
+				<-release
+				w.Write([]byte("finished"))
+			})
+			return nil
+		}})
+	}()
+	waitFor(t, msgs, "READY=1")
+	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	type result struct {
+		body string
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := hc.Get("https://" + cfg.Server.Listen + "/test/slow")
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		res <- result{string(b), err}
+	}()
+	<-entered
+	cancel() // SIGTERM
+	waitFor(t, msgs, "STOPPING=1")
+	close(release)
+	r := <-res
+	if r.err != nil || r.body != "finished" {
+		t.Fatalf("in-flight request: got %q, %v; want it finished", r.body, r.err)
+	}
+	if code := <-done; code != exitOK {
+		t.Fatalf("serve exited %d, want 0", code)
 	}
 }
