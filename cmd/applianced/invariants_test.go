@@ -21,7 +21,10 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/broker"
+	"github.com/applianced/applianced/broker/toolproxy"
+	"github.com/applianced/applianced/broker/toolproxy/demotool"
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/vault"
@@ -597,4 +600,183 @@ func TestStateFilesArePrivate(t *testing.T) {
 	if files < 3 || vaultSeen != 1 {
 		t.Fatalf("the state dir holds %d files, vault.db %d times: the check proves nothing", files, vaultSeen)
 	}
+}
+
+// TestBadInputChangesNothing sends malformed bodies to every admin verb that
+// changes state and to every API endpoint of the running daemon, and bad
+// tokens to the tool proxy: each gets a 4xx with a JSON error, and
+// afterwards the secrets, the agents, the approvals, a live token and the
+// tool behind the proxy are exactly as before.
+func TestBadInputChangesNothing(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	if err := x.putSecret(secretPutRequest{Name: "tickets-key", Type: vault.TypeAPIKey, Value: x.toolKey, AllowedTools: []string{"tickets"}}); err != nil {
+		t.Fatal(err)
+	}
+	st, got := x.agentToken()
+	agentTok, _ := x.token(st, got, "client_credentials")
+	// A pending approval, so approve and deny have something to hit.
+	if st, got := x.tool("DELETE", "/tickets/3", agentTok, nil); st != http.StatusForbidden {
+		t.Fatalf("DELETE: %d %s, want 403 approval_required", st, got)
+	}
+	snapshot := func() string {
+		t.Helper()
+		var b strings.Builder
+		secrets, err := x.d.vault.List(x.ctx, audit.Actor{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs, err := x.d.vault.Status(x.ctx, audit.Actor{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var approvals json.RawMessage
+		if err := x.admin.Call(x.ctx, "GET", toolproxy.AdminApprovalList, nil, &approvals); err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range []any{secrets, vs.Term, x.d.broker.Agents(), approvals} {
+			j, _ := json.Marshal(v)
+			b.Write(j)
+			b.WriteByte('\n')
+		}
+		st, got := x.call(x.agent, "POST", "http://agent/oauth2/introspect", nil, nil, url.Values{"token": {agentTok}})
+		fmt.Fprintf(&b, "introspect %d active=%v\n", st, bytes.Contains(got, []byte(`"active":true`)))
+		fmt.Fprintf(&b, "tickets %d\n", x.ticketCount())
+		return b.String()
+	}
+	before := snapshot()
+
+	adminHC := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "unix", x.cfg.Server.AdminSocket)
+	}}}
+	bodies := map[string]string{
+		"empty":           "",
+		"truncated":       `{"name":"tickets-key"`,
+		"array":           `[]`,
+		"null":            `null`,
+		"wrong type":      `{"name":7,"jti":7,"user":7,"id":7,"value":7}`,
+		"unknown field":   `{"name":"tickets-key","id":"x","jti":"x","agent":"demo-agent","value":"eA==","shell":"rm -rf /"}`,
+		"trailing data":   `{"name":"demo-agent"} {"name":"demo-agent"}`,
+		"NUL in name":     `{"name":"tickets-key\u0000"}`,
+		"oversized":       `{"name":"` + strings.Repeat("a", 4<<20) + `"}`,
+		"not JSON":        "name=demo-agent",
+		"invalid UTF-8":   "{\"name\":\"\xff\xfe\"}",
+		"deeply nested":   strings.Repeat("[", 10000) + strings.Repeat("]", 10000),
+		"bad base64":      `{"name":"tickets-key","value":"!!!"}`,
+		"empty object":    `{}`,
+		"two revocations": `{"jti":"x","user":"alice"}`,
+	}
+	changers := []string{adminSecretPut, adminSecretRotate, adminSecretDelete, adminSecretVerify,
+		broker.AdminAgentDisable, broker.AdminAgentEnable, broker.AdminTokenRevoke,
+		toolproxy.AdminApprovalApprove, toolproxy.AdminApprovalDeny, adminVaultRekey, adminVaultRestore}
+	for _, path := range changers {
+		for name, body := range bodies {
+			if path == adminVaultRekey && (body == "null" || body == "{}") {
+				continue // a valid request: rekey takes no required field
+			}
+			t.Run(path+"/"+name, func(t *testing.T) {
+				req, _ := http.NewRequestWithContext(x.ctx, "POST", "http://admin"+path, strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := adminHC.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				rb, _ := io.ReadAll(resp.Body)
+				var eb struct {
+					Error string `json:"error"`
+				}
+				if resp.StatusCode/100 != 4 || json.Unmarshal(rb, &eb) != nil || eb.Error == "" {
+					t.Errorf("got %d %.200s, want a 4xx with a JSON error", resp.StatusCode, rb)
+				}
+			})
+		}
+	}
+
+	api := []struct {
+		name   string
+		c      *http.Client
+		method string
+		url    string
+		ctype  string
+		body   string
+	}{
+		{"token: no grant", x.agent, "POST", "http://agent/oauth2/token", "application/x-www-form-urlencoded", ""},
+		{"token: unknown grant", x.agent, "POST", "http://agent/oauth2/token", "application/x-www-form-urlencoded", "grant_type=password&username=alice&password=x"},
+		{"token: bad form", x.agent, "POST", "http://agent/oauth2/token", "application/x-www-form-urlencoded", "grant_type=%zz"},
+		{"token: repeated grant", x.agent, "POST", "http://agent/oauth2/token", "application/x-www-form-urlencoded", "grant_type=client_credentials&grant_type=refresh_token"},
+		{"token: JSON body", x.agent, "POST", "http://agent/oauth2/token", "application/json", `{"grant_type":"client_credentials"}`},
+		{"token: oversized", x.agent, "POST", "http://agent/oauth2/token", "application/x-www-form-urlencoded", "grant_type=client_credentials&scope=" + strings.Repeat("a", 4<<20)},
+		{"exchange: garbage subject", x.agent, "POST", "http://agent/oauth2/token", "application/x-www-form-urlencoded",
+			url.Values{"grant_type": {broker.GrantTokenExchange}, "subject_token": {"a.b.c"}, "subject_token_type": {"urn:ietf:params:oauth:token-type:access_token"}}.Encode()},
+		{"exchange: own token as subject", x.agent, "POST", "http://agent/oauth2/token", "application/x-www-form-urlencoded",
+			url.Values{"grant_type": {broker.GrantTokenExchange}, "subject_token": {agentTok}, "subject_token_type": {"urn:ietf:params:oauth:token-type:access_token"}}.Encode()},
+		{"refresh: garbage", x.agent, "POST", "http://agent/oauth2/token", "application/x-www-form-urlencoded", "grant_type=refresh_token&refresh_token=garbage"},
+		{"revoke: no token", x.agent, "POST", "http://agent/oauth2/revoke", "application/x-www-form-urlencoded", "token_type_hint=access_token"},
+		{"introspect: no token", x.agent, "POST", "http://agent/oauth2/introspect", "application/x-www-form-urlencoded", ""},
+		{"login: malformed JSON", x.https, "POST", x.base + "/v1/login", "application/json", `{"username":"alice","password":`},
+		{"login: unknown field", x.https, "POST", x.base + "/v1/login", "application/json", `{"username":"alice","password":"x","admin":true}`},
+		{"login: wrong types", x.https, "POST", x.base + "/v1/login", "application/json", `{"username":["alice"],"password":1}`},
+		{"login: filter injection", x.https, "POST", x.base + "/v1/login", "application/x-www-form-urlencoded", "username=*)(uid=*&password=x"},
+		{"login: NUL in name", x.https, "POST", x.base + "/v1/login", "application/x-www-form-urlencoded", "username=alice%00&password=x"},
+		{"login: empty password", x.https, "POST", x.base + "/v1/login", "application/x-www-form-urlencoded", "username=alice&password="},
+		{"login: GET", x.https, "GET", x.base + "/v1/login?username=alice&password=x", "", ""},
+	}
+	for _, tc := range api {
+		t.Run(tc.name, func(t *testing.T) {
+			var hdr map[string]string
+			if tc.ctype != "" {
+				hdr = map[string]string{"Content-Type": tc.ctype}
+			}
+			st, got := x.call(tc.c, tc.method, tc.url, hdr, strings.NewReader(tc.body), nil)
+			var eb struct {
+				Error string `json:"error"`
+			}
+			if st/100 != 4 || json.Unmarshal(got, &eb) != nil || eb.Error == "" {
+				t.Errorf("got %d %.200s, want a 4xx with a JSON error", st, got)
+			}
+		})
+	}
+
+	parts := strings.Split(agentTok, ".")
+	badTokens := map[string]string{
+		"garbage":         "garbage",
+		"alg none":        base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"at+jwt"}`)) + "." + parts[1] + ".",
+		"payload swapped": parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"demo-agent","scope":"tickets:delete"}`)) + "." + parts[2],
+		"signature cut":   parts[0] + "." + parts[1] + ".",
+		"oversized":       strings.Repeat("a", 1<<16),
+	}
+	for name, tok := range badTokens {
+		t.Run("tool token: "+name, func(t *testing.T) {
+			st, got := x.call(x.https, "POST", x.base+"/v1/tools/tickets/tickets", map[string]string{"Authorization": "Bearer " + tok},
+				strings.NewReader(`{"title":"from a bad token"}`), nil)
+			if st != http.StatusUnauthorized && st != http.StatusBadRequest {
+				t.Errorf("got %d %.200s, want 401 (or 400)", st, got)
+			}
+		})
+	}
+
+	if after := snapshot(); after != before {
+		t.Errorf("bad input changed the state:\n got %s\nwant %s", after, before)
+	}
+}
+
+// ticketCount asks the demo tool itself, with its key, how many tickets it
+// holds.
+func (x *devDaemon) ticketCount() int {
+	x.t.Helper()
+	req, _ := http.NewRequestWithContext(x.ctx, "GET", x.toolURL+"/tickets", nil)
+	req.Header.Set(demotool.KeyHeader, string(x.toolKey))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Tickets []json.RawMessage `json:"tickets"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != 200 {
+		x.t.Fatalf("the demo tool: %d %v", resp.StatusCode, err)
+	}
+	return len(list.Tickets)
 }
