@@ -116,7 +116,8 @@ func fullBacklogListener(t *testing.T) (addr string, closeFn func()) {
 }
 
 // TestStopWithUnreachableTarget stops a forwarder whose target is down in
-// each of the ways a SIEM can be, with dial and write timeouts of a minute:
+// each of the ways a SIEM can be, with dial and write timeouts and retry
+// waits of a minute:
 // the stop sequence of the daemon (final checkpoint, FlushConnected, cancel)
 // returns well before the watchdog, so it waited on no dial, write or
 // backoff; the final checkpoint is in the journal; and after a restart
@@ -193,7 +194,7 @@ func TestStopWithUnreachableTarget(t *testing.T) {
 				}
 			}
 			target := Target{Address: "tcp://" + su.addr, Framing: FramingNewline}
-			opts := &Options{Dir: cursors, Logger: quietLogger(), DialTimeout: long, WriteTimeout: long, BackoffMin: 50 * time.Millisecond}
+			opts := &Options{Dir: cursors, Logger: quietLogger(), DialTimeout: long, WriteTimeout: long, BackoffMin: long, BackoffMax: long}
 			f, err := New(j, []Target{target}, opts)
 			if err != nil {
 				t.Fatal(err)
