@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/testenv/rsyslog"
 )
 
@@ -108,5 +110,79 @@ format = "rfc5424"
 	}
 	if out := fmt.Sprint(e.stdout); !strings.Contains(out, "seq 2 is missing") {
 		t.Errorf("got %q, want the missing seq named", out)
+	}
+}
+
+// TestStopDoesNotWaitForAnUnreachableTarget stops the daemon while its
+// syslog target refuses connections: the stop gives up on the target
+// instead of running into the flush bound, the final checkpoint still goes
+// into the journal, and once the receiver is back on the same address the
+// next start delivers the whole trail, from seq 1 without a gap, sealed by
+// the first run's final checkpoint.
+func TestStopDoesNotWaitForAnUnreachableTarget(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	if err := srv.Stop(); err != nil { // the address now refuses connections
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, fmt.Sprintf(`
+[[audit.syslog]]
+address = "tcp://%s"
+format = "rfc5424"
+`, srv.Addr))
+	msgs := notifySocket(t)
+	d := startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+	stopped := make(chan int, 1)
+	go func() { d.cancel(); <-d.done; stopped <- d.code }()
+	select {
+	case code := <-stopped:
+		if code != exitOK {
+			t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the daemon did not stop within 10s with its target unreachable")
+	}
+	logs := d.env.stderr.(*syncBuffer).String()
+	if !strings.Contains(logs, "target not connected") || strings.Contains(logs, "deadline exceeded") {
+		t.Errorf("the stop did not give up on the unreachable target at once; stderr:\n%s", logs)
+	}
+
+	// The receiver is back; the next start sends what the first run kept.
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	msgs = notifySocket(t)
+	d = startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+	e := testEnv()
+	if code := run(context.Background(), e, []string{"audit", "pubkey", "--config", cfg.Path}); code != exitOK {
+		t.Fatalf("audit pubkey: exit %d: %s\ndaemon: %s", code, e.stderr, d.env.stderr)
+	}
+	pub := strings.TrimSpace(fmt.Sprint(e.stdout))
+	if code := d.stop(t); code != exitOK {
+		t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
+	}
+	finals := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for finals < 2 && time.Now().Before(deadline) {
+		b, _ := os.ReadFile(srv.File)
+		finals = strings.Count(string(b), `final\":\"true\"`) + strings.Count(string(b), `"final":"true"`)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if finals < 2 {
+		t.Fatalf("got %d final checkpoints at the receiver, want both runs'", finals)
+	}
+	e = testEnv()
+	if code := run(context.Background(), e, []string{"audit", "verify", "--json", "--pubkey", pub, srv.File}); code != exitOK {
+		t.Fatalf("audit verify: exit %d\n%s%s", code, e.stdout, e.stderr)
+	}
+	var rep audit.CaptureReport
+	if err := json.Unmarshal([]byte(fmt.Sprint(e.stdout)), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.FirstSeq != 1 || rep.SealedUpTo+1 != rep.LastSeq || len(rep.Problems) > 0 {
+		t.Errorf("got seq %d..%d sealed up to %d, problems %v; want from 1, sealed up to the final checkpoint, none",
+			rep.FirstSeq, rep.LastSeq, rep.SealedUpTo, rep.Problems)
 	}
 }
