@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -779,4 +780,83 @@ func (x *devDaemon) ticketCount() int {
 		x.t.Fatalf("the demo tool: %d %v", resp.StatusCode, err)
 	}
 	return len(list.Tickets)
+}
+
+const firewallChildEnv = "APPLIANCED_FIREWALL_CHILD"
+
+// TestFirewallChild is the process TestDaemonStopLeavesTheFirewall runs in
+// a network namespace of its own; on its own it does nothing. It prints
+// what it saw on lines the parent reads.
+func TestFirewallChild(t *testing.T) {
+	if os.Getenv(firewallChildEnv) == "" {
+		t.Skip("helper process of TestDaemonStopLeavesTheFirewall")
+	}
+	table := func() string {
+		out, err := exec.Command("nft", "list", "tables").CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft list tables: %v\n%s", err, out)
+		}
+		if strings.Contains(string(out), "table inet applianced\n") {
+			return "present"
+		}
+		return "absent"
+	}
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, "\n[[net.egress]]\nto = [\"10.10.0.11/32\"]\nproto = \"tcp\"\nports = [636]\ncomment = \"domain controllers\"\n")
+	call := func(path string, in any) error {
+		t.Helper()
+		var err error
+		for range 200 {
+			if err = admin.NewClient(cfg.Server.AdminSocket).Call(context.Background(), "POST", path, in, nil); err == nil || adminStatus(err) > 0 {
+				return err
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return err
+	}
+	r := startDaemon(t, cfg)
+	if err := call(netPathApply, netApplyRequest{}); err != nil {
+		t.Fatalf("net apply: %v", err)
+	}
+	fmt.Println("AFTER_APPLY=" + table())
+	r.stop(t)
+	fmt.Println("AFTER_STOP=" + table())
+	r = startDaemon(t, cfg)
+	if err := call(netPathDown, struct{}{}); err != nil {
+		t.Fatalf("net down: %v", err)
+	}
+	fmt.Println("AFTER_DOWN=" + table())
+	r.stop(t)
+}
+
+// TestDaemonStopLeavesTheFirewall runs the daemon in a network namespace of
+// its own (a child process under unshare -n): `net apply` through the admin
+// socket installs table inet applianced, stopping the daemon leaves it in
+// place (fail closed), and `net down` through a new daemon removes it.
+func TestDaemonStopLeavesTheFirewall(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root for a network namespace and nftables")
+	}
+	for _, tool := range []string{"unshare", "ip", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipped: %s not installed", tool)
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "-n", "sh", "-c", `ip link set lo up && exec "$0" -test.run='^TestFirewallChild$' -test.count=1 -test.v`, exe)
+	cmd.Env = append(os.Environ(), firewallChildEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	for _, want := range []string{"AFTER_APPLY=present", "AFTER_STOP=present", "AFTER_DOWN=absent"} {
+		if !strings.Contains(string(out), want+"\n") {
+			t.Errorf("child output lacks %s:\n%s", want, out)
+		}
+	}
 }
