@@ -14,6 +14,14 @@
 // target's lag and last error are in Forwarder.Status, and a target going
 // down or coming back is itself an audit event.
 //
+// Stopping never waits on a receiver: when Run's ctx ends, a dial, a TLS
+// handshake, a write blocked on a receiver that does not read (its socket
+// is closed) and a retry wait all return at once. At stop the daemon calls
+// Stopping, writes the final checkpoint, and gives FlushConnected
+// StopFlushTimeout to deliver it to the targets that are connected; one
+// that is not is given up on at once. What a target did not get stays in
+// the journal and goes from its cursor after the next start.
+//
 // Every message carries the entry's seq, chain hash and previous hash and the
 // event's canonical JSON, in a body that starts with `{"audit_seq":`, so
 // `applianced audit verify` can check what a receiver stored

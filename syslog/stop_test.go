@@ -129,8 +129,11 @@ func TestStopWithUnreachableTarget(t *testing.T) {
 		long     = time.Minute // dial and write timeouts: a stop must not wait for them
 	)
 	type setup struct {
-		addr    string
-		ready   func(f *Forwarder) bool // the target is in the state under test
+		addr  string
+		tls   bool
+		ready func(f *Forwarder) bool // the target is in the state under test
+		// restart makes the address reachable and returns what it
+		// received; nil skips the restart.
 		restart func(t *testing.T) func() []byte
 	}
 	for _, tc := range []struct {
@@ -162,6 +165,11 @@ func TestStopWithUnreachableTarget(t *testing.T) {
 					return s.received
 				}}
 		}, false},
+		{"TLS handshake never answered", func(t *testing.T) setup {
+			s := newStallListener(t)
+			return setup{addr: s.l.Addr().String(), tls: true,
+				ready: func(f *Forwarder) bool { time.Sleep(200 * time.Millisecond); return true }} // handshaking
+		}, true},
 		{"black hole", func(t *testing.T) setup {
 			addr, closeFn := fullBacklogListener(t)
 			return setup{addr: addr,
@@ -194,6 +202,9 @@ func TestStopWithUnreachableTarget(t *testing.T) {
 				}
 			}
 			target := Target{Address: "tcp://" + su.addr, Framing: FramingNewline}
+			if su.tls {
+				target.Address = "tls://" + su.addr
+			}
 			opts := &Options{Dir: cursors, Logger: quietLogger(), DialTimeout: long, WriteTimeout: long, BackoffMin: long, BackoffMax: long}
 			f, err := New(j, []Target{target}, opts)
 			if err != nil {
@@ -246,6 +257,9 @@ func TestStopWithUnreachableTarget(t *testing.T) {
 			}
 			if err := j.Close(); err != nil {
 				t.Fatal(err)
+			}
+			if su.restart == nil {
+				return
 			}
 
 			// Restart: the same journal and cursors, a receiver on the
