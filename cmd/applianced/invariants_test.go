@@ -827,12 +827,34 @@ func TestFirewallChild(t *testing.T) {
 	}
 	fmt.Println("AFTER_DOWN=" + table())
 	r.stop(t)
+
+	// With the journal dead, an apply is refused with 503 and changes nothing.
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan *daemon, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serve(ctx, testEnv(), cfg, serveOptions{adminGID: -1, onReady: func(d *daemon) { ready <- d }})
+	}()
+	defer func() { cancel(); <-done }()
+	var d *daemon
+	select {
+	case d = <-ready:
+	case <-done:
+		t.Fatal("serve ended before it was ready")
+	}
+	if err := d.journal.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err := call(netPathApply, netApplyRequest{})
+	fmt.Printf("DEAD_JOURNAL_APPLY=%d table=%s\n", adminStatus(err), table())
 }
 
 // TestDaemonStopLeavesTheFirewall runs the daemon in a network namespace of
 // its own (a child process under unshare -n): `net apply` through the admin
 // socket installs table inet applianced, stopping the daemon leaves it in
-// place (fail closed), and `net down` through a new daemon removes it.
+// place (fail closed), `net down` through a new daemon removes it, and with
+// the journal dead an apply answers 503 and installs nothing.
 func TestDaemonStopLeavesTheFirewall(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: needs root for a network namespace and nftables")
@@ -854,7 +876,7 @@ func TestDaemonStopLeavesTheFirewall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
-	for _, want := range []string{"AFTER_APPLY=present", "AFTER_STOP=present", "AFTER_DOWN=absent"} {
+	for _, want := range []string{"AFTER_APPLY=present", "AFTER_STOP=present", "AFTER_DOWN=absent", "DEAD_JOURNAL_APPLY=503 table=absent"} {
 		if !strings.Contains(string(out), want+"\n") {
 			t.Errorf("child output lacks %s:\n%s", want, out)
 		}

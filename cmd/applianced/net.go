@@ -118,6 +118,8 @@ func netError(w http.ResponseWriter, err error) {
 		admin.WriteError(w, http.StatusConflict, "lockout", err.Error())
 	case errors.Is(err, netseg.ErrNothingToConfirm), errors.Is(err, netseg.ErrNothingToRollback):
 		admin.WriteError(w, http.StatusConflict, "nothing_to_do", err.Error())
+	case errors.Is(err, audit.ErrClosed), errors.Is(err, audit.ErrUnwritable), errors.Is(err, audit.ErrDiskLimit):
+		admin.WriteError(w, http.StatusServiceUnavailable, "audit_unavailable", err.Error())
 	default:
 		admin.WriteError(w, http.StatusInternalServerError, "server_error", err.Error())
 	}
