@@ -352,6 +352,14 @@ func TestDeadJournalFailsEveryAction(t *testing.T) {
 		t.Fatalf("tool call before the journal died: %d %s", st, got)
 	}
 
+	st, got = x.tool("DELETE", "/tickets/3", agentTok, nil)
+	var pending struct {
+		ApprovalID string `json:"approval_id"`
+	}
+	if err := json.Unmarshal(got, &pending); err != nil || st != http.StatusForbidden || pending.ApprovalID == "" {
+		t.Fatalf("DELETE before the journal died: %d %s, want 403 with an approval_id", st, got)
+	}
+
 	if err := x.d.journal.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -406,6 +414,16 @@ func TestDeadJournalFailsEveryAction(t *testing.T) {
 		}
 		if a, err := x.d.broker.Agent("demo-agent"); err != nil || !a.Enabled {
 			t.Errorf("after an unrecorded disable: enabled %v, err %v; want still enabled", a.Enabled, err)
+		}
+	})
+	t.Run("approval approve", func(t *testing.T) {
+		err := x.admin.Call(x.ctx, "POST", toolproxy.AdminApprovalApprove, map[string]string{"id": pending.ApprovalID}, nil)
+		if got := adminStatus(err); got != http.StatusServiceUnavailable {
+			t.Errorf("got %d (%v), want 503", got, err)
+		}
+		var list json.RawMessage
+		if err := x.admin.Call(x.ctx, "GET", toolproxy.AdminApprovalList, nil, &list); err != nil || !bytes.Contains(list, []byte(`"status":"pending"`)) {
+			t.Errorf("after an unrecorded approve: list %s, err %v; want the approval still pending", list, err)
 		}
 	})
 	t.Run("token revoke", func(t *testing.T) {
