@@ -20,7 +20,7 @@ const fsyncChildEnv = "AUDIT_FSYNC_CHILD_DIR"
 func TestFsyncChild(t *testing.T) {
 	dir := os.Getenv(fsyncChildEnv)
 	if dir == "" {
-		t.Skip("helper process of TestAppendFailsWhenFsyncFails")
+		return // only a helper process; not a skipped test
 	}
 	j, err := Open(dir, nil)
 	if err != nil {

@@ -807,7 +807,7 @@ const firewallChildEnv = "APPLIANCED_FIREWALL_CHILD"
 // what it saw on lines the parent reads.
 func TestFirewallChild(t *testing.T) {
 	if os.Getenv(firewallChildEnv) == "" {
-		t.Skip("helper process of TestDaemonStopLeavesTheFirewall")
+		return // only a helper process; not a skipped test
 	}
 	table := func() string {
 		out, err := exec.Command("nft", "list", "tables").CombinedOutput()
