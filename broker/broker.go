@@ -32,8 +32,15 @@ type Identity struct {
 // Authenticator checks a user's password against the directory. A wrong
 // password, an unknown or disabled user is ok == false with a nil error;
 // err is for a directory that cannot answer.
+//
+// Recheck looks a user who logged in before up again, without a password,
+// at refresh and at token exchange: denied is why the directory refuses the
+// account now ("" when it may still sign in), err is for a directory that
+// cannot answer. freshGroups asks for the groups from the directory rather
+// than from a cache; the account state is always read afresh.
 type Authenticator interface {
 	Login(ctx context.Context, username, password, source string) (id Identity, ok bool, err error)
+	Recheck(ctx context.Context, username, source string, freshGroups bool) (id Identity, denied string, err error)
 }
 
 // Hasher turns an identifier into the keyed hash under which it appears

@@ -258,17 +258,29 @@ func (b *Broker) grantTokenExchange(ctx context.Context, q *request, f form) (*t
 	if c.Kind != KindUser || c.Act != nil {
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "subject_token must be a user's own token"), audit.SeverityWarn)
 	}
-	if !intersects(a.ActForGroups, p.Groups) {
+	groups, userScopes := p.Groups, p.Scopes
+	// The account state is read from the directory at every exchange; the
+	// groups may come from its cache (group_cache_ttl).
+	fresh, oe := b.recheckUser(ctx, q, p.User, false)
+	if oe != nil {
+		return nil, oe
+	}
+	if fresh != nil {
+		groups = fresh.Groups
+		cur, _ := b.cfg.Load().scopesAndTTL(fresh.Roles)
+		userScopes = slices.DeleteFunc(slices.Clone(p.Scopes), func(s string) bool { return !slices.Contains(cur, s) })
+	}
+	if !intersects(a.ActForGroups, groups) {
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "unauthorized_client",
 			"agent %q may not act for this user (no group in act_for_groups)", a.Name), audit.SeverityWarn)
 	}
 	var both []string
 	for _, s := range a.scopes {
-		if slices.Contains(p.Scopes, s) {
+		if slices.Contains(userScopes, s) {
 			both = append(both, s)
 		}
 	}
-	scopes, oe := b.pickScopes(ctx, q, f, both, p.Groups)
+	scopes, oe := b.pickScopes(ctx, q, f, both, groups)
 	if oe != nil {
 		return nil, oe
 	}
@@ -278,7 +290,7 @@ func (b *Broker) grantTokenExchange(ctx context.Context, q *request, f form) (*t
 	}
 	nc := b.newClaims(p.User, KindUser, []string{aud}, ttl)
 	nc.ClientID, nc.Scope, nc.Act = a.Name, strings.Join(scopes, " "), &actClaim{Sub: a.Name}
-	nc.Groups = p.Groups
+	nc.Groups = groups
 	return b.issue(ctx, q, "token.exchange", nc, "")
 }
 
@@ -356,10 +368,27 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 	if tok == "" || len(tok) > 256 {
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_request", "refresh_token is missing"), "")
 	}
+	// The directory is asked before the token is used up, so that a
+	// directory that cannot answer costs the user nothing.
 	next := newID() + newID()
+	rec := RefreshToken{Hash: hashRefresh(next)}
+	var fresh *Identity
+	if cur, err := b.store.GetRefresh(ctx, hashRefresh(tok)); err == nil && !cur.Used && b.auth != nil {
+		q.user = cur.User
+		id, oe := b.recheckUser(ctx, q, cur.User, true)
+		if oe != nil {
+			return nil, oe
+		}
+		fresh = id
+		rec.User, rec.Groups = cur.User, id.Groups
+		rec.Scopes, _ = b.cfg.Load().scopesAndTTL(id.Roles)
+	} else if err != nil && !errors.Is(err, ErrRefreshUnknown) {
+		b.log.Error("broker: refresh", "err", err)
+		return nil, errUnavailable
+	}
 	now := b.now()
-	old, err := b.store.RotateRefresh(ctx, hashRefresh(tok), now,
-		RefreshToken{Hash: hashRefresh(next), Issued: now.UTC()})
+	rec.Issued = now.UTC()
+	old, err := b.store.RotateRefresh(ctx, hashRefresh(tok), now, rec)
 	q.user = old.User
 	switch {
 	case errors.Is(err, ErrRefreshReused):
@@ -374,7 +403,42 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 	if err := b.revs.check(&Principal{User: old.User, IssuedAt: old.Issued}); err != nil {
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "the user's tokens are revoked"), audit.SeverityWarn)
 	}
+	if fresh != nil && old.User == rec.User {
+		// Group and role changes in the directory take effect here.
+		return b.userToken(ctx, q, "token.refresh", old.User, rec.Groups, rec.Scopes, next)
+	}
 	return b.userToken(ctx, q, "token.refresh", old.User, old.Groups, old.Scopes, next)
+}
+
+// recheckUser asks the directory whether user may still sign in, at
+// refresh (freshGroups) and token exchange. A user it refuses loses every
+// session and token at once (revokeDirectoryDenied) and the grant is
+// invalid_grant; a directory that cannot answer refuses the grant with
+// temporarily_unavailable and revokes nothing. Without a directory
+// (no Authenticator) there is nothing to ask and it returns nil, nil.
+func (b *Broker) recheckUser(ctx context.Context, q *request, user string, freshGroups bool) (*Identity, *oauthError) {
+	if b.auth == nil {
+		return nil, nil
+	}
+	id, denied, err := b.auth.Recheck(ctx, user, q.srcString, freshGroups)
+	if err != nil {
+		b.log.Warn("broker: directory recheck failed", "user", user, "err", err)
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusServiceUnavailable, "temporarily_unavailable",
+			"the directory cannot be reached to check the user; try again"), audit.SeverityWarn)
+	}
+	if denied != "" {
+		if err := b.revokeDirectoryDenied(ctx, q, user, denied); err != nil {
+			b.log.Error("broker: revoking a user the directory refuses", "user", user, "err", err)
+			return nil, errUnavailable
+		}
+		// The reason is in the audit trail; the caller gets the generic answer.
+		ev := oerr(http.StatusBadRequest, "invalid_grant", "the user may no longer sign in")
+		_ = b.record(ctx, &audit.Event{Type: "token.deny", Severity: audit.SeverityHigh, Actor: q.actor(), Action: "token.issue",
+			Target: q.grant, Outcome: audit.OutcomeDenied, Reason: "directory: " + denied, Source: q.srcString,
+			Details: map[string]string{"grant": q.grant, "error": ev.code}})
+		return nil, ev
+	}
+	return &id, nil
 }
 
 // userToken issues a user's own access token, with refresh as its refresh token.

@@ -6,15 +6,16 @@ import (
 	"github.com/applianced/applianced/ldapauth"
 )
 
-// DirectoryLogin is ldapauth's login, as *ldapauth.Authenticator (or a
-// wrapper that swaps it on reload) offers it.
+// DirectoryLogin is ldapauth's login and password-less lookup, as
+// *ldapauth.Authenticator (or a wrapper that swaps it on reload) offers them.
 type DirectoryLogin interface {
 	Login(ctx context.Context, r ldapauth.Request) (ldapauth.Identity, ldapauth.Outcome, error)
+	Lookup(ctx context.Context, r ldapauth.LookupRequest) (ldapauth.Identity, ldapauth.Outcome, error)
 }
 
 // FromLDAP adapts the directory login of ldapauth to an Authenticator. The
 // directory records every attempt (auth.login) itself; the broker records
-// the token it then issues.
+// the token it then issues; it records each lookup (auth.recheck) too.
 func FromLDAP(a DirectoryLogin) Authenticator { return ldapLogin{a} }
 
 type ldapLogin struct{ a DirectoryLogin }
@@ -27,9 +28,27 @@ func (l ldapLogin) Login(ctx context.Context, username, password, source string)
 	if !out.OK {
 		return Identity{}, false, nil
 	}
+	return brokerIdentity(id), true, nil
+}
+
+func (l ldapLogin) Recheck(ctx context.Context, username, source string, freshGroups bool) (Identity, string, error) {
+	id, out, err := l.a.Lookup(ctx, ldapauth.LookupRequest{Username: username, Source: source, FreshGroups: freshGroups})
+	if err != nil {
+		return Identity{}, "", err
+	}
+	if !out.OK {
+		if out.Reason == "" {
+			return Identity{}, "denied", nil
+		}
+		return Identity{}, string(out.Reason), nil
+	}
+	return brokerIdentity(id), "", nil
+}
+
+func brokerIdentity(id ldapauth.Identity) Identity {
 	groups := make([]string, 0, len(id.Groups))
 	for _, g := range id.Groups {
 		groups = append(groups, g.Name)
 	}
-	return Identity{Username: id.Username, DN: id.DN, Groups: groups, Roles: id.Roles}, true, nil
+	return Identity{Username: id.Username, DN: id.DN, Groups: groups, Roles: id.Roles}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -243,4 +244,27 @@ func (b *Broker) SetAgentEnabled(ctx context.Context, name string, enabled bool,
 	}
 	b.states[name] = st
 	return nil
+}
+
+// revokeDirectoryDenied ends every session and token of a user the
+// directory now refuses (disabled, locked, expired, gone or out of
+// allowed_groups), seen at refresh or token exchange. It is audited
+// (token.revoke) before the refusal is answered.
+func (b *Broker) revokeDirectoryDenied(ctx context.Context, q *request, user, reason string) error {
+	now := b.now()
+	x := Revocation{Kind: RevokeUser, Value: user, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
+	details := map[string]string{"user": user, "reason": "directory: " + reason, "trigger": q.grant}
+	n, err := b.store.RevokeUserFamilies(ctx, user)
+	if err == nil {
+		details["sessions"] = strconv.Itoa(n)
+		err = b.revoke(ctx, x)
+	}
+	ev := &audit.Event{Type: "token.revoke", Severity: audit.SeverityHigh, Actor: q.actor(), Action: "token.revoke",
+		Target: RevokeUser, Outcome: audit.OutcomeSuccess, Reason: "directory_denied", Source: q.srcString, Details: details}
+	if err != nil {
+		ev.Outcome, ev.Reason = audit.OutcomeFailure, err.Error()
+		_ = b.record(ctx, ev)
+		return err
+	}
+	return b.record(ctx, ev)
 }

@@ -85,6 +85,9 @@ type Store interface {
 	UseAssertion(ctx context.Context, id string, exp time.Time) (fresh bool, err error)
 	// PutRefresh stores a refresh token starting a new family.
 	PutRefresh(ctx context.Context, rt RefreshToken) error
+	// GetRefresh returns the record of the token with hash, changing
+	// nothing; ErrRefreshUnknown when there is none.
+	GetRefresh(ctx context.Context, hash string) (RefreshToken, error)
 	// RotateRefresh atomically marks the token with oldHash used and stores
 	// next in the same family, returning the old record. A reused token
 	// revokes the family and returns ErrRefreshReused.
@@ -241,6 +244,24 @@ func getJSON(b *bolt.Bucket, key string, v any) (bool, error) {
 		return false, fmt.Errorf("broker: decoding %q: %w", key, err)
 	}
 	return true, nil
+}
+
+func (s *boltStore) GetRefresh(ctx context.Context, hash string) (RefreshToken, error) {
+	var rt RefreshToken
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		found, err = getJSON(tx.Bucket(bucketRefresh), hash, &rt)
+		return err
+	})
+	if err != nil {
+		return RefreshToken{}, fmt.Errorf("broker: reading refresh token: %w", err)
+	}
+	if !found {
+		return RefreshToken{}, ErrRefreshUnknown
+	}
+	rt.Hash = hash
+	return rt, nil
 }
 
 func (s *boltStore) RotateRefresh(ctx context.Context, oldHash string, now time.Time, next RefreshToken) (RefreshToken, error) {

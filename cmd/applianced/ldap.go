@@ -60,6 +60,16 @@ func (dir *directory) Login(ctx context.Context, r ldapauth.Request) (ldapauth.I
 	return a.Login(ctx, r)
 }
 
+// Lookup re-checks a known user, without a password, with the current
+// [ldap] config; the broker asks at refresh and token exchange.
+func (dir *directory) Lookup(ctx context.Context, r ldapauth.LookupRequest) (ldapauth.Identity, ldapauth.Outcome, error) {
+	a := dir.cur.Load()
+	if a == nil {
+		return ldapauth.Identity{}, ldapauth.Outcome{Reason: ldapauth.ReasonDirectoryUnavailable}, errors.New("no [ldap] section in the config")
+	}
+	return a.Lookup(ctx, r)
+}
+
 // vaultSecrets reads bind_password_secret from the vault; without a vault,
 // every service bind fails with a clear error (the daemon still starts).
 func vaultSecrets(v *vault.Vault) ldapauth.SecretFunc {

@@ -1,0 +1,268 @@
+package ldapauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// LookupRequest is a password-less re-check of a user who logged in before.
+type LookupRequest struct {
+	Username  string // as stored at login: sAMAccountName, uid or UPN
+	Source    string // client address, for the audit
+	RequestID string
+	// FreshGroups resolves the groups from the directory even when the
+	// group cache holds them (and refreshes the cache). Without it a cached
+	// entry younger than group_cache_ttl is used. The account state is
+	// always read from the directory.
+	FreshGroups bool
+}
+
+// AD userAccountControl bits.
+const (
+	uacDisabled        = 0x2
+	uacLockout         = 0x10     // in msDS-User-Account-Control-Computed
+	uacPasswordExpired = 0x800000 // in msDS-User-Account-Control-Computed
+)
+
+// stateAttrs are the account-state attributes read by Lookup, per mode.
+func stateAttrs(mode string) []string {
+	switch mode {
+	case GroupModeAD, GroupModeADInChain:
+		return []string{"userAccountControl", "msDS-User-Account-Control-Computed", "lockoutTime", "accountExpires", "pwdLastSet"}
+	}
+	// OpenLDAP ppolicy, 389-DS and shadowAccount.
+	return []string{"pwdAccountLockedTime", "nsAccountLock", "shadowExpire"}
+}
+
+// Lookup re-checks a known user with the service connection, never binding
+// as the user: it finds the user exactly as Login does, reads the account
+// state (AD: disabled, locked out, account expired, password expired or to
+// be changed; elsewhere: ppolicy lock, nsAccountLock, shadowExpire, and that
+// the user still exists), and resolves the groups and roles again. A denied
+// lookup returns ok == false with the same Reasons as Login and drops the
+// user's group cache entry; an error means the directory could not answer.
+// Every lookup is audited (auth.recheck) before Lookup returns.
+func (a *Authenticator) Lookup(ctx context.Context, r LookupRequest) (Identity, Outcome, error) {
+	name, err := parseLoginName(r.Username, a.cfg.NetBIOSDomain)
+	if err != nil {
+		return a.finishLookup(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidName}, nil)
+	}
+	var lastErr error
+	for _, d := range a.dcOrder(a.now()) {
+		id, out, err, failover := a.lookupOn(ctx, d, name, r.FreshGroups)
+		if !failover {
+			return a.finishLookup(ctx, r, id, out, err)
+		}
+		if cerr := ctxErr(ctx); cerr != nil {
+			if !errors.Is(err, cerr) {
+				err = fmt.Errorf("%w (%w)", cerr, err)
+			}
+			lastErr = err
+			break
+		}
+		lastErr = err
+		d.markDown(a.now(), err)
+		a.log.Warn("ldap server failed, trying the next", "dc", d.url, "error", err)
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	return a.finishLookup(ctx, r, Identity{}, Outcome{Reason: ReasonDirectoryUnavailable},
+		fmt.Errorf("%w: %w", ErrUnavailable, lastErr))
+}
+
+func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName, fresh bool) (id Identity, out Outcome, err error, failover bool) {
+	out.DC = d.url
+	sc, pooled, err := a.searchConn(ctx, d)
+	if err != nil {
+		if errors.Is(err, ErrServiceBind) || !isConnErr(err) {
+			return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, err, false
+		}
+		return id, out, err, true
+	}
+	keep := false
+	defer func() {
+		switch {
+		case sc == nil:
+		case keep:
+			d.put(false, sc, a.cfg.MaxConnections, a.now())
+		default:
+			sc.Close()
+		}
+	}()
+	attrs := append(userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), stateAttrs(a.cfg.GroupMode)...)
+	req := ldap.NewSearchRequest(a.cfg.UserBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name), attrs, nil)
+	res, err := a.search(ctx, sc, req, false)
+	if err != nil && pooled && connFailed(sc, err) && ctxErr(ctx) == nil {
+		sc.Close()
+		if sc, err = a.dial(ctx, d, true); err != nil {
+			sc = nil
+			return id, out, err, isConnErr(err)
+		}
+		res, err = a.search(ctx, sc, req, false)
+	}
+	if err != nil {
+		if ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
+			keep = true
+			out.Reason = ReasonAmbiguousUser
+			return id, out, nil, false
+		}
+		if connFailed(sc, err) {
+			return id, out, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), true
+		}
+		return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
+	}
+	keep = true
+	switch {
+	case len(res.Entries) == 0 || res.Entries[0].DN == "":
+		out.Reason = ReasonUserNotFound
+		return id, out, nil, false
+	case len(res.Entries) > 1:
+		out.Reason = ReasonAmbiguousUser
+		return id, out, nil, false
+	}
+	user := res.Entries[0]
+	if reason := accountState(user, a.cfg.GroupMode, a.now()); reason != "" {
+		a.cache.drop(user.DN)
+		out.Reason = reason
+		id.DN = user.DN
+		return id, out, nil, false
+	}
+	groups, hit := a.cache.get(user.DN, a.now())
+	if hit && !fresh {
+		a.stats.cacheHit.Add(1)
+	} else {
+		groups, err = a.groups(ctx, sc, user)
+		if err != nil {
+			keep = !connFailed(sc, err)
+			return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: groups on %s: %w", d.url, err), false
+		}
+		a.cache.put(user.DN, groups, a.now())
+	}
+	d.markUp(a.now())
+	id = a.identity(user, groups, d.url)
+	if len(a.cfg.AllowedGroups) > 0 && !a.allowed(groups) {
+		a.cache.drop(user.DN)
+		out.Reason = ReasonNotInAllowedGroups
+		return id, out, nil, false
+	}
+	out.OK = true
+	return id, out, nil, false
+}
+
+// accountState returns why the directory would refuse the account now, or
+// "" when it may log in, from the attributes of stateAttrs.
+func accountState(e *ldap.Entry, mode string, now time.Time) Reason {
+	num := func(attr string) (int64, bool) {
+		v := e.GetAttributeValue(attr)
+		if v == "" {
+			return 0, false
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		return n, err == nil
+	}
+	switch mode {
+	case GroupModeAD, GroupModeADInChain:
+		if uac, ok := num("userAccountControl"); ok && uac&uacDisabled != 0 {
+			return ReasonAccountDisabled
+		}
+		if exp, ok := num("accountExpires"); ok && exp != 0 && exp != 0x7FFFFFFFFFFFFFFF && !now.Before(fromFiletime(exp)) {
+			return ReasonAccountExpired
+		}
+		if computed, ok := num("msDS-User-Account-Control-Computed"); ok {
+			// The DC computes lockout with the domain's lockout duration.
+			if computed&uacLockout != 0 {
+				return ReasonAccountLocked
+			}
+			if computed&uacPasswordExpired != 0 {
+				if pls, ok := num("pwdLastSet"); ok && pls == 0 {
+					return ReasonPasswordMustChange
+				}
+				return ReasonPasswordExpired
+			}
+		} else if lt, ok := num("lockoutTime"); ok && lt != 0 {
+			// Without the computed flags, any lockout counts until a
+			// successful login or an administrator resets it.
+			return ReasonAccountLocked
+		}
+		if pls, ok := num("pwdLastSet"); ok && pls == 0 {
+			return ReasonPasswordMustChange
+		}
+	default:
+		if e.GetAttributeValue("pwdAccountLockedTime") != "" {
+			return ReasonAccountLocked
+		}
+		if strings.EqualFold(e.GetAttributeValue("nsAccountLock"), "true") {
+			return ReasonAccountDisabled
+		}
+		if days, ok := num("shadowExpire"); ok && days >= 0 && !now.Before(time.Unix(days*86400, 0)) {
+			return ReasonAccountExpired
+		}
+	}
+	return ""
+}
+
+// fromFiletime converts an AD FILETIME (100 ns since 1601) to a time.
+func fromFiletime(ft int64) time.Time {
+	const epochDiff = 116444736000000000 // 1601 → 1970 in 100 ns
+	return time.Unix(0, 0).Add(time.Duration(ft-epochDiff) * 100)
+}
+
+// finishLookup audits a lookup (auth.recheck) and returns its result.
+func (a *Authenticator) finishLookup(ctx context.Context, r LookupRequest, id Identity, out Outcome, lerr error) (Identity, Outcome, error) {
+	ev := &audit.Event{
+		Type:      "auth.recheck",
+		Action:    "ldap.recheck",
+		Actor:     audit.Actor{User: auditName(r.Username)},
+		Outcome:   audit.OutcomeDenied,
+		Reason:    string(out.Reason),
+		RequestID: r.RequestID,
+		Source:    r.Source,
+		Details:   map[string]string{},
+	}
+	switch {
+	case lerr != nil:
+		ev.Outcome = audit.OutcomeFailure
+		ev.Severity = audit.SeverityWarn
+		if ev.Reason == "" {
+			ev.Reason = string(ReasonDirectoryUnavailable)
+		}
+		ev.Details["error"] = lerr.Error()
+	case out.OK:
+		ev.Outcome = audit.OutcomeSuccess
+		ev.Details["groups"] = fmt.Sprint(len(id.Groups))
+		ev.Details["roles"] = strings.Join(id.Roles, ",")
+	default:
+		ev.Severity = audit.SeverityWarn
+	}
+	if out.DC != "" {
+		ev.Details["dc"] = out.DC
+	}
+	if id.DN != "" {
+		ev.Target = id.DN
+	}
+	if len(ev.Details) == 0 {
+		ev.Details = nil
+	}
+	if _, err := a.opts.Audit.Append(ctx, ev); err != nil {
+		a.log.Error("ldap recheck not audited", "user", ev.Actor.User, "error", err)
+		return Identity{}, Outcome{Reason: out.Reason, DC: out.DC}, fmt.Errorf("%w: %w", ErrAudit, err)
+	}
+	a.log.Info("ldap recheck", "user", ev.Actor.User, "outcome", ev.Outcome, "reason", ev.Reason, "source", r.Source, "dc", out.DC)
+	if lerr != nil {
+		return Identity{}, out, lerr
+	}
+	if !out.OK {
+		return Identity{}, out, nil
+	}
+	return id, out, nil
+}
