@@ -30,6 +30,15 @@
 // AgentControl (enabled?, disable, revoke), SecretSource (a secret's value
 // for a tool), KeySource (the key that seals TOTP seeds), and audit.Appender.
 //
+// Auditing: every refusal is appended to the journal before its answer. A
+// call that passes the checks is appended as tool.call (the decision: agent,
+// user, tool, method, path with query values redacted, route, approval id,
+// request id) before it is sent; if that append fails the agent gets 503
+// audit_unavailable and the tool never sees the call, whatever the method.
+// When the tool has answered, failed or timed out, the outcome (upstream
+// status, bytes, duration, DLP action) is appended as tool.result, or
+// tool.dlp when DLP acted, with the same request id.
+//
 // State (approvals, TOTP enrolments, source addresses seen per agent) lives
 // in one bbolt file, toolproxy.db, in the state directory.
 //
@@ -39,4 +48,10 @@
 // streamed binary body echoing the credential is not scrubbed). A router
 // in front of the proxy must not "clean" paths (net/http.ServeMux redirects
 // "/a/../b"); mount the handler so that it sees the path as sent.
+// If the journal fails between the decision and the outcome, the tool may
+// have acted while the agent gets 503 (no answer leaves without a record)
+// and the failure is logged at error level; the call is not unrecorded,
+// since its tool.call entry is durable, but its outcome is missing from the
+// trail. A streamed response is recorded before its body is sent; a stream
+// cut later is recorded as a second, failed tool.result.
 package toolproxy

@@ -90,17 +90,23 @@ func (p *Proxy) forward(c *call) {
 	}
 	c.ev.Details["credential"] = t.cfg.Auth.Type + ":" + t.cfg.Auth.Secret
 
+	// The decision is durable before the tool sees anything: a call the
+	// journal cannot take is never sent.
+	if !c.recordDecision() {
+		return
+	}
+
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			c.deny(http.StatusGatewayTimeout, "tool.call", CodeUpstreamTimeout, "the tool did not answer in time")
+			c.deny(http.StatusGatewayTimeout, "tool.result", CodeUpstreamTimeout, "the tool did not answer in time")
 			return
 		}
 		if c.r.Context().Err() != nil {
-			c.deny(499, "tool.call", CodeUpstreamError, "the agent went away")
+			c.deny(499, "tool.result", CodeUpstreamError, "the agent went away")
 			return
 		}
-		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "the tool could not be reached or answered garbage")
+		c.deny(http.StatusBadGateway, "tool.result", CodeUpstreamError, "the tool could not be reached or answered garbage")
 		return
 	}
 	defer resp.Body.Close()
@@ -110,7 +116,7 @@ func (p *Proxy) forward(c *call) {
 	c.ev.Details["upstream_status"] = strconv.Itoa(resp.StatusCode)
 
 	if resp.ContentLength > rt.maxResp {
-		c.deny(http.StatusBadGateway, "tool.call", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
+		c.deny(http.StatusBadGateway, "tool.result", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
 		return
 	}
 	c.echo = echo
@@ -128,20 +134,20 @@ func (p *Proxy) forward(c *call) {
 func (p *Proxy) answerScanned(c *call, resp *http.Response, ct string) {
 	rt := c.rt
 	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "the tool sent an encoded ("+ce+") response DLP cannot inspect")
+		c.deny(http.StatusBadGateway, "tool.result", CodeUpstreamError, "the tool sent an encoded ("+ce+") response DLP cannot inspect")
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, rt.maxResp+1))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			c.deny(http.StatusGatewayTimeout, "tool.call", CodeUpstreamTimeout, "the tool did not finish its answer in time")
+			c.deny(http.StatusGatewayTimeout, "tool.result", CodeUpstreamTimeout, "the tool did not finish its answer in time")
 			return
 		}
-		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "reading the tool's response failed")
+		c.deny(http.StatusBadGateway, "tool.result", CodeUpstreamError, "reading the tool's response failed")
 		return
 	}
 	if int64(len(body)) > rt.maxResp {
-		c.deny(http.StatusBadGateway, "tool.call", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
+		c.deny(http.StatusBadGateway, "tool.result", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
 		return
 	}
 	out, res := body, dlp.Result(nil)
@@ -162,7 +168,7 @@ func (p *Proxy) answerScanned(c *call, resp *http.Response, ct string) {
 		}
 		c.ev.Type = "tool.dlp"
 	} else {
-		c.ev.Type = "tool.call"
+		c.ev.Type = "tool.result"
 	}
 	c.ev.Outcome = audit.OutcomeSuccess
 	c.ev.Details["decision"] = "allow"
@@ -191,18 +197,18 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 	head, err := io.ReadAll(io.LimitReader(resp.Body, peek))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			c.deny(http.StatusGatewayTimeout, "tool.call", CodeUpstreamTimeout, "the tool did not finish its answer in time")
+			c.deny(http.StatusGatewayTimeout, "tool.result", CodeUpstreamTimeout, "the tool did not finish its answer in time")
 			return
 		}
-		c.deny(http.StatusBadGateway, "tool.call", CodeUpstreamError, "reading the tool's response failed")
+		c.deny(http.StatusBadGateway, "tool.result", CodeUpstreamError, "reading the tool's response failed")
 		return
 	}
 	if int64(len(head)) > limit {
-		c.deny(http.StatusBadGateway, "tool.call", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
+		c.deny(http.StatusBadGateway, "tool.result", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
 		return
 	}
 	complete := int64(len(head)) < peek
-	c.ev.Type = "tool.call"
+	c.ev.Type = "tool.result"
 	c.ev.Outcome = audit.OutcomeSuccess
 	c.ev.Details["decision"] = "allow"
 	if complete {
@@ -237,7 +243,7 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 	p.risk.addBytes(c.pr.Agent, c.pr.User, p.now(), n)
 	if err != nil {
 		ev := *c.ev
-		ev.Details = map[string]string{"bytes": strconv.FormatInt(n, 10), "path": c.ev.Details["path"]}
+		ev.Details = map[string]string{"bytes": strconv.FormatInt(n, 10), "path": c.ev.Details["path"], "decision": CodeUpstreamError}
 		ev.Outcome = audit.OutcomeFailure
 		ev.Reason = "the response stream was cut: " + err.Error()
 		if _, aerr := p.opts.Audit.Append(context.WithoutCancel(c.r.Context()), &ev); aerr != nil {

@@ -150,6 +150,8 @@ type envOpts struct {
 	policy  PolicyChecker
 	dlp     *dlp.Scanner
 	now     time.Time
+	// wrap, if set, stands between the proxy and the journal.
+	wrap func(audit.Appender) audit.Appender
 }
 
 // newEnv opens a journal and a vault in a temp dir, stores the secrets,
@@ -195,9 +197,13 @@ func newEnv(t testing.TB, o envOpts) *env {
 	e.agents = &agents{clk: e.clk, disabled: map[string]time.Time{}, revokes: map[string]int{}}
 	e.tok = &tokens{byRaw: map[string]tokenEntry{}, agents: e.agents, revoked: map[string]bool{}}
 	e.agents.tok = e.tok
+	var app audit.Appender = j
+	if o.wrap != nil {
+		app = o.wrap(j)
+	}
 	p, err := New(Options{
 		Tools: o.tools, Risk: o.risk, DLP: o.dlp, StateDir: dir,
-		Verifier: e.tok, Policy: o.policy, Agents: e.agents, Secrets: v, Keys: v, Audit: j,
+		Verifier: e.tok, Policy: o.policy, Agents: e.agents, Secrets: v, Keys: v, Audit: app,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:    e.clk.Now,
 	})
@@ -400,16 +406,16 @@ func stdEnv(t testing.TB, u *upstream, risk RiskConfig) *env {
 	return e
 }
 
-// lastCall returns the newest forwarded call's event (tool.call, or
+// lastCall returns the newest sent call's outcome event (tool.result, or
 // tool.dlp when DLP redacted the answer).
 func (e *env) lastCall() audit.Event {
 	e.t.Helper()
 	evs := e.events()
 	for i := len(evs) - 1; i >= 0; i-- {
-		if evs[i].Type == "tool.call" || evs[i].Type == "tool.dlp" {
+		if evs[i].Type == "tool.result" || evs[i].Type == "tool.dlp" {
 			return evs[i]
 		}
 	}
-	e.t.Fatalf("no tool.call or tool.dlp event in the journal")
+	e.t.Fatalf("no tool.result or tool.dlp event in the journal")
 	return audit.Event{}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -76,13 +77,34 @@ type call struct {
 	echo  echoForms // the injected credential's spellings
 }
 
-// record appends the call's event; false means it could not be recorded,
-// and the caller has already answered 503. The agent hanging up does not
-// cancel the record: the call may already have reached the tool.
+// record appends the call's event (a refusal, or the outcome of a call that
+// was sent); false means it could not be recorded, and the caller has
+// already answered 503. The agent hanging up does not cancel the record:
+// the call may already have reached the tool.
 func (c *call) record() bool {
 	c.ev.Details["duration_ms"] = strconv.FormatInt(c.p.now().Sub(c.start).Milliseconds(), 10)
 	if _, err := c.p.opts.Audit.Append(context.WithoutCancel(c.r.Context()), c.ev); err != nil {
-		c.p.log.Error("toolproxy: audit append failed; refusing the call", "err", err, "request_id", c.ev.RequestID)
+		// After a sent call the tool may have acted: its tool.call record
+		// exists, its outcome does not, and the agent gets no answer.
+		c.p.log.Error("toolproxy: audit append failed; refusing the call", "err", err, "request_id", c.ev.RequestID, "type", c.ev.Type)
+		writeError(c.w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written; no call goes through without a record")
+		return false
+	}
+	return true
+}
+
+// recordDecision appends the decision to forward the call (tool.call) and
+// answers 503 when it cannot: false means the call must not go out. The
+// outcome is recorded later under the same request id (tool.result, or
+// tool.dlp when DLP acted).
+func (c *call) recordDecision() bool {
+	dec := *c.ev
+	dec.Type = "tool.call"
+	dec.Outcome = audit.OutcomeSuccess
+	dec.Details = maps.Clone(c.ev.Details)
+	dec.Details["decision"] = "allow"
+	if _, err := c.p.opts.Audit.Append(context.WithoutCancel(c.r.Context()), &dec); err != nil {
+		c.p.log.Error("toolproxy: audit append failed; the call is not sent", "err", err, "request_id", c.ev.RequestID)
 		writeError(c.w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written; no call goes through without a record")
 		return false
 	}
