@@ -398,6 +398,14 @@ func TestDeadJournalFailsEveryAction(t *testing.T) {
 			t.Errorf("the tool's answer reached the agent without a record: %s", got)
 		}
 	})
+	t.Run("tool call that changes the tool", func(t *testing.T) {
+		before := x.ticketCount()
+		st, got := x.tool("POST", "/tickets", agentTok, strings.NewReader(`{"title":"unrecorded"}`))
+		wantUnavailable(t, st, got)
+		if after := x.ticketCount(); after != before {
+			t.Errorf("tool holds %d tickets, was %d", after, before)
+		}
+	})
 	t.Run("secret put", func(t *testing.T) {
 		err := x.putSecret(secretPutRequest{Name: "unrecorded", Type: vault.TypeAPIKey, Value: []byte("v"), AllowedTools: []string{"tickets"}})
 		if got := adminStatus(err); got != http.StatusServiceUnavailable {
