@@ -39,8 +39,31 @@
 //
 // The revocation list and agent states are cached in memory and written
 // through to the Store; a second appliance sharing the Store sees changes
-// when it reloads them. Refresh does not consult the directory again:
-// a user's groups are those of the login until the session (refresh_ttl)
-// ends or the user is revoked with RevokeUser. Requests on the agent socket
-// count as coming from 127.0.0.1 for source_cidrs.
+// when it reloads them. Requests on the agent socket count as coming from
+// 127.0.0.1 for source_cidrs.
+//
+// # Directory changes
+//
+// A user disabled, locked out, expired, deleted or taken out of
+// allowed_groups in the directory:
+//
+//   - keeps the access tokens already issued until their exp (at most the
+//     token ttl, 5 minutes by default) unless they are revoked;
+//   - is refused at the next refresh_token grant and at the next token
+//     exchange for them: both ask the directory again without a password
+//     (Authenticator.Recheck, audited as auth.recheck), reading the account
+//     state afresh each time. The refusal is invalid_grant and, at that
+//     moment, every session (refresh family) and every token of or for the
+//     user, an agent's exchanged tokens included, is revoked (token.revoke,
+//     reason directory_denied), so introspection and the tool proxy reject
+//     them at once;
+//   - is cut off at once by RevokeUser (`applianced token revoke --user`),
+//     the kill switch that needs no request from the user.
+//
+// A refresh takes the user's groups, roles and scopes from the directory
+// (group changes take effect at refresh); a token exchange may take the
+// groups from the directory's group cache (group_cache_ttl, 5 minutes by
+// default), never the account state. A directory that cannot answer
+// refuses refresh and exchange with temporarily_unavailable (fail closed)
+// and revokes nothing: the refresh token stays valid for a later try.
 package broker

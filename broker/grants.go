@@ -372,17 +372,20 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 	// directory that cannot answer costs the user nothing.
 	next := newID() + newID()
 	rec := RefreshToken{Hash: hashRefresh(next)}
-	var fresh *Identity
-	if cur, err := b.store.GetRefresh(ctx, hashRefresh(tok)); err == nil && !cur.Used && b.auth != nil {
+	// A token that is unknown, used (reuse revokes its family), revoked or
+	// expired is refused by RotateRefresh below without asking.
+	if cur, err := b.store.GetRefresh(ctx, hashRefresh(tok), b.now()); err == nil && !cur.Used {
 		q.user = cur.User
+		rec.User, rec.Groups, rec.Scopes = cur.User, cur.Groups, cur.Scopes
 		id, oe := b.recheckUser(ctx, q, cur.User, true)
 		if oe != nil {
 			return nil, oe
 		}
-		fresh = id
-		rec.User, rec.Groups = cur.User, id.Groups
-		rec.Scopes, _ = b.cfg.Load().scopesAndTTL(id.Roles)
-	} else if err != nil && !errors.Is(err, ErrRefreshUnknown) {
+		if id != nil {
+			rec.Groups = id.Groups
+			rec.Scopes, _ = b.cfg.Load().scopesAndTTL(id.Roles)
+		}
+	} else if err != nil && !errors.Is(err, ErrRefreshUnknown) && !errors.Is(err, ErrRefreshRevoked) && !errors.Is(err, ErrRefreshExpired) {
 		b.log.Error("broker: refresh", "err", err)
 		return nil, errUnavailable
 	}
@@ -403,7 +406,7 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 	if err := b.revs.check(&Principal{User: old.User, IssuedAt: old.Issued}); err != nil {
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "the user's tokens are revoked"), audit.SeverityWarn)
 	}
-	if fresh != nil && old.User == rec.User {
+	if old.User == rec.User {
 		// Group and role changes in the directory take effect here.
 		return b.userToken(ctx, q, "token.refresh", old.User, rec.Groups, rec.Scopes, next)
 	}

@@ -27,7 +27,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(peerHelperEnv); sock != "" {
 		peerHelper(sock)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	stopSharedDC()
+	os.Exit(code)
 }
 
 // peerHelper posts a client_credentials request to sock and prints the answer.

@@ -86,8 +86,10 @@ type Store interface {
 	// PutRefresh stores a refresh token starting a new family.
 	PutRefresh(ctx context.Context, rt RefreshToken) error
 	// GetRefresh returns the record of the token with hash, changing
-	// nothing; ErrRefreshUnknown when there is none.
-	GetRefresh(ctx context.Context, hash string) (RefreshToken, error)
+	// nothing: ErrRefreshUnknown when there is none, ErrRefreshRevoked or
+	// ErrRefreshExpired when its session ended. A used token is returned
+	// with Used set.
+	GetRefresh(ctx context.Context, hash string, now time.Time) (RefreshToken, error)
 	// RotateRefresh atomically marks the token with oldHash used and stores
 	// next in the same family, returning the old record. A reused token
 	// revokes the family and returns ErrRefreshReused.
@@ -246,19 +248,36 @@ func getJSON(b *bolt.Bucket, key string, v any) (bool, error) {
 	return true, nil
 }
 
-func (s *boltStore) GetRefresh(ctx context.Context, hash string) (RefreshToken, error) {
+func (s *boltStore) GetRefresh(ctx context.Context, hash string, now time.Time) (RefreshToken, error) {
 	var rt RefreshToken
-	var found bool
+	var outcome error
 	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		found, err = getJSON(tx.Bucket(bucketRefresh), hash, &rt)
-		return err
+		outcome = nil
+		ok, err := getJSON(tx.Bucket(bucketRefresh), hash, &rt)
+		if err != nil {
+			return err
+		}
+		var fam family
+		if ok {
+			ok, err = getJSON(tx.Bucket(bucketFamilies), rt.Family, &fam)
+		}
+		switch {
+		case err != nil:
+			return err
+		case !ok:
+			outcome = ErrRefreshUnknown
+		case fam.Revoked:
+			outcome = ErrRefreshRevoked
+		case !now.Before(fam.Expires):
+			outcome = ErrRefreshExpired
+		}
+		return nil
 	})
 	if err != nil {
 		return RefreshToken{}, fmt.Errorf("broker: reading refresh token: %w", err)
 	}
-	if !found {
-		return RefreshToken{}, ErrRefreshUnknown
+	if outcome != nil {
+		return RefreshToken{}, outcome
 	}
 	rt.Hash = hash
 	return rt, nil

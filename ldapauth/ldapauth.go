@@ -8,7 +8,13 @@
 // health-checked service connections, group resolution (tokenGroups with a
 // SID cache, the in-chain rule, memberOf or posix groups), a per-user group
 // cache, failure limits per user name and per source address, and one audit
-// event per attempt.
+// event per attempt. Lookup re-checks a user who logged in before without a
+// password, with the service account only (auth.recheck): it reads the
+// account state afresh every time (AD: userAccountControl, the DC-computed
+// lockout and password expiry, accountExpires, pwdLastSet; elsewhere:
+// ppolicy lock, nsAccountLock, shadowExpire, and that the entry exists) and
+// resolves the groups, from the group cache unless asked for fresh ones; a
+// denial drops the cache entry.
 //
 // It refuses: an empty password (never sent, since LDAP treats it as an
 // anonymous bind); plain LDAP unless insecure_plaintext is set; a name that
@@ -19,8 +25,9 @@
 //
 // Caveats: the reasons a login was denied (Reason) are for the audit trail
 // and for administrators; callers facing users must answer them all with the
-// same generic error. AD only reveals account states (disabled, expired, …)
-// to a bind with the right password, except lockout.
+// same generic error. At login AD only reveals account states (disabled,
+// expired, …) to a bind with the right password, except lockout; Lookup
+// reads them as attributes with the service account instead.
 package ldapauth
 
 import (
