@@ -2,6 +2,7 @@ package ldapauth
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"slices"
 	"testing"
@@ -195,4 +196,45 @@ func (a *Authenticator) bindPoolLen() int {
 		d.mu.Unlock()
 	}
 	return n
+}
+
+// TestAccountState: the attribute rules of Lookup, for the states a test
+// directory cannot easily be put in (no computed flags, OpenLDAP's
+// ppolicy and shadow attributes).
+func TestAccountState(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	filetime := func(t time.Time) string { return fmt.Sprint(t.UnixNano()/100 + 116444736000000000) }
+	tests := []struct {
+		name  string
+		mode  string
+		attrs map[string][]string
+		want  Reason
+	}{
+		{"ad normal", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "msDS-User-Account-Control-Computed": {"0"}, "accountExpires": {"9223372036854775807"}, "pwdLastSet": {"134000000000000000"}}, ""},
+		{"ad no expiry 0", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "accountExpires": {"0"}}, ""},
+		{"ad disabled", GroupModeAD, map[string][]string{"userAccountControl": {"514"}}, ReasonAccountDisabled},
+		{"ad expired", GroupModeADInChain, map[string][]string{"userAccountControl": {"512"}, "accountExpires": {filetime(now.Add(-time.Minute))}}, ReasonAccountExpired},
+		{"ad expires later", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "accountExpires": {filetime(now.Add(time.Hour))}}, ""},
+		{"ad computed lockout", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "msDS-User-Account-Control-Computed": {"16"}, "lockoutTime": {"1"}}, ReasonAccountLocked},
+		{"ad lockout over", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "msDS-User-Account-Control-Computed": {"0"}, "lockoutTime": {"1"}}, ""},
+		{"ad lockoutTime without computed", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "lockoutTime": {"133000000000000000"}}, ReasonAccountLocked},
+		{"ad lockoutTime 0", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "lockoutTime": {"0"}}, ""},
+		{"ad must change", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "pwdLastSet": {"0"}}, ReasonPasswordMustChange},
+		{"ad password expired", GroupModeAD, map[string][]string{"userAccountControl": {"512"}, "msDS-User-Account-Control-Computed": {"8388608"}, "pwdLastSet": {"1"}}, ReasonPasswordExpired},
+		{"ad garbage numbers", GroupModeAD, map[string][]string{"userAccountControl": {"x"}, "accountExpires": {"-"}}, ""},
+		{"posix normal", GroupModePosix, map[string][]string{"uid": {"alice"}}, ""},
+		{"ppolicy locked", GroupModeMemberOf, map[string][]string{"pwdAccountLockedTime": {"000001010000Z"}}, ReasonAccountLocked},
+		{"389 locked", GroupModePosix, map[string][]string{"nsAccountLock": {"TRUE"}}, ReasonAccountDisabled},
+		{"shadow expired", GroupModePosix, map[string][]string{"shadowExpire": {"20000"}}, ReasonAccountExpired},
+		{"shadow later", GroupModePosix, map[string][]string{"shadowExpire": {"40000"}}, ""},
+		{"shadow none", GroupModePosix, map[string][]string{"shadowExpire": {"-1"}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := ldap.NewEntry("cn=x,dc=example", tt.attrs)
+			if got := accountState(e, tt.mode, now); got != tt.want {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
 }

@@ -93,6 +93,11 @@ func TestLoginOpenLDAP(t *testing.T) {
 			if id.Username != tt.user {
 				t.Errorf("username: got %q", id.Username)
 			}
+			// The password-less lookup finds the same user and groups.
+			lid, lout, err := a.Lookup(ctx, LookupRequest{Username: tt.user, FreshGroups: true})
+			if err != nil || !lout.OK || !slices.Equal(groupNames(lid.Groups), tt.wantGroups) || !slices.Equal(lid.Roles, tt.wantRoles) {
+				t.Errorf("lookup: got %+v %+v %v, want groups %v roles %v", lid, lout, err, tt.wantGroups, tt.wantRoles)
+			}
 		})
 	}
 }
