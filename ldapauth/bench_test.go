@@ -228,3 +228,44 @@ func rawWorker(b *testing.B, group string, ops *atomic.Int64) worker {
 	}
 	return worker{login: login, done: func() { search.Close(); bind.Close() }}
 }
+
+// BenchmarkLookup measures the password-less re-check of refresh and token
+// exchange against the shared Samba DC, 16 workers: warm_cache is the
+// exchange path (account state read, groups cached), fresh_groups the
+// refresh path (groups resolved again).
+func BenchmarkLookup(b *testing.B) {
+	if dc == nil {
+		b.Skipf("no Samba AD DC: %v", sambaSkip)
+	}
+	for _, fresh := range []bool{false, true} {
+		name := "warm_cache"
+		if fresh {
+			name = "fresh_groups"
+		}
+		b.Run(name, func(b *testing.B) {
+			j := newJournal(b)
+			a, err := New(adConfig(func(cfg *Config) {
+				cfg.GroupCacheTTL = conf.Duration(time.Hour)
+				cfg.MaxConnections = benchWorkers
+			}), Options{Audit: j, BindPassword: secrets})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer a.Close()
+			for _, u := range []string{"alice", "bob"} {
+				if _, out, err := a.Lookup(context.Background(), LookupRequest{Username: u}); err != nil || !out.OK {
+					b.Fatalf("warm-up: %v %+v", err, out)
+				}
+			}
+			runParallel(b, func() worker {
+				return worker{login: func(user string) error {
+					_, out, err := a.Lookup(context.Background(), LookupRequest{Username: user, Source: "192.0.2.10", FreshGroups: fresh})
+					if err == nil && !out.OK {
+						err = errString(out.Reason)
+					}
+					return err
+				}, done: func() {}}
+			}, func() int64 { return int64(a.Stats().Operations) })
+		})
+	}
+}
