@@ -23,11 +23,8 @@ func cmdAgentList(ctx context.Context, e *env, args []string) int {
 		"they are enabled and when they last got a token.",
 		"applianced agent list", "applianced agent list --json")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 0) {
-		return exitUsage
 	}
 	var out broker.AgentList
 	if err := e.call(ctx, *cfgPath, http.MethodGet, broker.AdminAgentList, nil, &out); err != nil {
@@ -72,11 +69,8 @@ func cmdAgentShow(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := e.flags("agent show", "NAME", "Show one agent: roles, scopes, authentication, the groups it may act for and\n"+
 		"its state.", "applianced agent show ticket-bot")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 1); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 1) {
-		return exitUsage
 	}
 	var a broker.AgentInfo
 	if err := e.call(ctx, *cfgPath, http.MethodPost, broker.AdminAgentShow, broker.AgentRef{Name: fs.Arg(0)}, &a); err != nil {
@@ -123,11 +117,8 @@ func agentSetEnabled(ctx context.Context, e *env, args []string, enable bool) in
 	}
 	fs, cfgPath := e.flags(verb, "NAME", about, "applianced "+verb+" ticket-bot")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 1); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 1) {
-		return exitUsage
 	}
 	var a broker.AgentInfo
 	if err := e.call(ctx, *cfgPath, http.MethodPost, path, broker.AgentRef{Name: fs.Arg(0)}, &a); err != nil {

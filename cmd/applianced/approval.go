@@ -26,11 +26,8 @@ func cmdApprovalList(ctx context.Context, e *env, args []string) int {
 		"applianced approval list", "applianced approval list --json")
 	asJSON := fs.Bool("json", false, "print JSON")
 	pending := fs.Bool("pending", false, "only approvals still waiting for a decision")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 0) {
-		return exitUsage
 	}
 	var out toolproxy.ApprovalList
 	if err := e.call(ctx, *cfgPath, http.MethodGet, toolproxy.AdminApprovalList, nil, &out); err != nil {
@@ -85,11 +82,8 @@ func approvalDecide(ctx context.Context, e *env, args []string, approve bool) in
 	}
 	fs, cfgPath := e.flags(verb, "ID", about, "applianced "+verb+" 3f9c0e6a4b2d4c1e8f7a6b5c4d3e2f10")
 	asJSON := fs.Bool("json", false, "print the decided approval as JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 1); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 1) {
-		return exitUsage
 	}
 	var a toolproxy.Approval
 	id := strings.TrimSpace(fs.Arg(0))

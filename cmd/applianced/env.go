@@ -71,6 +71,18 @@ func (e *env) wantArgs(fs *flag.FlagSet, n int) bool {
 	return true
 }
 
+// parseArgs parses args and checks the count of positional arguments. It
+// returns the exit code to use when either fails and whether to go on.
+func (e *env) parseArgs(fs *flag.FlagSet, args []string, n int) (int, bool) {
+	if code, ok := parse(fs, args); !ok {
+		return code, false
+	}
+	if !e.wantArgs(fs, n) {
+		return exitUsage, false
+	}
+	return 0, true
+}
+
 // adminClient returns a client for the admin socket named in the config
 // file. Only [server] admin_socket is needed, so a config with problems in
 // other sections still lets the admin reach the daemon.

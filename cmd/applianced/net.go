@@ -198,11 +198,8 @@ func cmdNetPlan(ctx context.Context, e *env, args []string) int {
 		"the egress the appliance derives from the rest of the config) and the kernel.",
 		"applianced net plan", "applianced net plan --json")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 0) {
-		return exitUsage
 	}
 	var p netseg.Plan
 	req := netApplyRequest{SSHConnection: e.getenv("SSH_CONNECTION")}
@@ -226,11 +223,8 @@ func cmdNetApply(ctx context.Context, e *env, args []string) int {
 	within := fs.Duration("confirm-within", 0, "roll back after this long unless confirmed (e.g. 120s)")
 	force := fs.Bool("force", false, "apply even if it would cut your SSH session")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 0) {
-		return exitUsage
 	}
 	req := netApplyRequest{Force: *force, SSHConnection: e.getenv("SSH_CONNECTION")}
 	if *within > 0 {
@@ -252,11 +246,8 @@ func cmdNetApply(ctx context.Context, e *env, args []string) int {
 func netSimpleVerb(verb, path, about, done string) func(context.Context, *env, []string) int {
 	return func(ctx context.Context, e *env, args []string) int {
 		fs, cfgPath := e.flags(verb, "", about, "applianced "+verb)
-		if code, ok := parse(fs, args); !ok {
+		if code, ok := e.parseArgs(fs, args, 0); !ok {
 			return code
-		}
-		if !e.wantArgs(fs, 0) {
-			return exitUsage
 		}
 		if err := e.call(ctx, *cfgPath, http.MethodPost, path, struct{}{}, nil); err != nil {
 			return e.fail(verb, err)
@@ -279,11 +270,8 @@ func cmdNetStatus(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := e.flags("net status", "", "Show the firewall as the kernel has it: rules with their counters, drift from the\n"+
 		"applied state, a pending confirmation.", "applianced net status", "applianced net status --json")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 0) {
-		return exitUsage
 	}
 	var st netseg.Status
 	if err := e.call(ctx, *cfgPath, http.MethodGet, netPathStatus, nil, &st); err != nil {

@@ -166,6 +166,19 @@ func (e *env) wantPositional(fs *flag.FlagSet, pos []string, n int) bool {
 	return true
 }
 
+// parsePositional is parseInterleaved followed by wantPositional: it
+// returns the n positionals, or the exit code to use and false.
+func (e *env) parsePositional(fs *flag.FlagSet, args []string, n int) ([]string, int, bool) {
+	pos, code, ok := parseInterleaved(fs, args)
+	if !ok {
+		return nil, code, false
+	}
+	if !e.wantPositional(fs, pos, n) {
+		return nil, exitUsage, false
+	}
+	return pos, 0, true
+}
+
 // readSecret reads a value: without echo from a terminal (one line), or all
 // of stdin. Unless raw, one trailing newline is removed. It never comes
 // from the command line, so it is not in the shell history or ps.
@@ -218,12 +231,9 @@ func cmdSecretPut(ctx context.Context, e *env, args []string) int {
 	var tools toolList
 	fs.Var(&tools, "allow-tool", "a [[tool]] `NAME` that may use the secret (repeat, or comma-separated)")
 	raw := fs.Bool("raw", false, "keep the value byte for byte (do not remove a trailing newline)")
-	pos, code, ok := parseInterleaved(fs, args)
+	pos, code, ok := e.parsePositional(fs, args, 1)
 	if !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 1) {
-		return exitUsage
 	}
 	t, err := vault.ParseType(*typ)
 	if err != nil {
@@ -251,12 +261,9 @@ func cmdSecretRotate(ctx context.Context, e *env, args []string) int {
 			"The value is read from stdin (a terminal gets a prompt without echo).",
 		"applianced secret rotate tickets-key", "applianced secret rotate wiki < wiki.json")
 	raw := fs.Bool("raw", false, "keep the value byte for byte (do not remove a trailing newline)")
-	pos, code, ok := parseInterleaved(fs, args)
+	pos, code, ok := e.parsePositional(fs, args, 1)
 	if !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 1) {
-		return exitUsage
 	}
 	value, err := readSecret(e, fmt.Sprintf("New value for %s: ", pos[0]), *raw)
 	if err != nil {
@@ -277,12 +284,8 @@ func cmdSecretList(ctx context.Context, e *env, args []string) int {
 			"Values are never shown; no command prints one.",
 		"applianced secret list", "applianced secret list --json")
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, code, ok := parseInterleaved(fs, args)
-	if !ok {
+	if _, code, ok := e.parsePositional(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 0) {
-		return exitUsage
 	}
 	var out secretListReply
 	if err := e.call(ctx, *cfgPath, http.MethodGet, adminSecretList, nil, &out); err != nil {
@@ -309,12 +312,9 @@ func cmdSecretList(ctx context.Context, e *env, args []string) int {
 func cmdSecretDelete(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := e.flags("secret delete", "NAME", "Delete a secret and every version of it.",
 		"applianced secret delete old-key")
-	pos, code, ok := parseInterleaved(fs, args)
+	pos, code, ok := e.parsePositional(fs, args, 1)
 	if !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 1) {
-		return exitUsage
 	}
 	if err := e.call(ctx, *cfgPath, http.MethodPost, adminSecretDelete, secretNameRequest{Name: pos[0]}, nil); err != nil {
 		return e.fail("secret delete", err)
@@ -330,12 +330,9 @@ func cmdSecretVerify(ctx context.Context, e *env, args []string) int {
 			"(exit 1).",
 		"applianced secret verify ldap-bind")
 	raw := fs.Bool("raw", false, "keep the candidate byte for byte (do not remove a trailing newline)")
-	pos, code, ok := parseInterleaved(fs, args)
+	pos, code, ok := e.parsePositional(fs, args, 1)
 	if !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 1) {
-		return exitUsage
 	}
 	cand, err := readSecret(e, fmt.Sprintf("Candidate for %s: ", pos[0]), *raw)
 	if err != nil {

@@ -20,11 +20,8 @@ func cmdTokenRevoke(ctx context.Context, e *env, args []string) int {
 	agent := fs.String("agent", "", "agent `NAME`")
 	user := fs.String("user", "", "user `NAME`")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 0) {
-		return exitUsage
 	}
 	n := 0
 	for _, s := range []string{*jti, *agent, *user} {

@@ -14,11 +14,8 @@ func cmdUserTOTPEnroll(ctx context.Context, e *env, args []string) int {
 		"seed: hand it to the user only. The seed is stored sealed in the state dir.",
 		"applianced user totp enroll alice", "applianced user totp enroll alice | qrencode -t ansiutf8")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := e.parseArgs(fs, args, 1); !ok {
 		return code
-	}
-	if !e.wantArgs(fs, 1) {
-		return exitUsage
 	}
 	var out toolproxy.EnrollAnswer
 	if err := e.call(ctx, *cfgPath, http.MethodPost, toolproxy.AdminTOTPEnroll, toolproxy.EnrollRequest{User: fs.Arg(0)}, &out); err != nil {

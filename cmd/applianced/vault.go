@@ -117,12 +117,8 @@ func cmdVaultStatus(ctx context.Context, e *env, args []string) int {
 		"Show the vault: where the master key came from, the keyring term, and counts.",
 		"applianced vault status", "applianced vault status --json")
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, code, ok := parseInterleaved(fs, args)
-	if !ok {
+	if _, code, ok := e.parsePositional(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 0) {
-		return exitUsage
 	}
 	var st vault.Status
 	if err := e.call(ctx, *cfgPath, http.MethodGet, adminVaultStatus, nil, &st); err != nil {
@@ -152,12 +148,8 @@ func cmdVaultRekey(ctx context.Context, e *env, args []string) int {
 			"--reencrypt also re-encrypts every stored version under the new term, online.",
 		"applianced vault rekey", "applianced vault rekey --reencrypt")
 	re := fs.Bool("reencrypt", false, "re-encrypt everything under the new term")
-	pos, code, ok := parseInterleaved(fs, args)
-	if !ok {
+	if _, code, ok := e.parsePositional(fs, args, 0); !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 0) {
-		return exitUsage
 	}
 	var res vault.RekeyResult
 	if err := e.call(ctx, *cfgPath, http.MethodPost, adminVaultRekey, vaultRekeyRequest{Reencrypt: *re}, &res); err != nil {
@@ -177,12 +169,9 @@ func cmdVaultBackup(ctx context.Context, e *env, args []string) int {
 			"runs. It stays encrypted: it opens only with the master key, so keep the key's\n"+
 			"own backup apart from it. FILE must not exist.",
 		"applianced vault backup /root/vault-$(date +%F).db")
-	pos, code, ok := parseInterleaved(fs, args)
+	pos, code, ok := e.parsePositional(fs, args, 1)
 	if !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 1) {
-		return exitUsage
 	}
 	c, err := e.adminClient(*cfgPath)
 	if err != nil {
@@ -202,12 +191,9 @@ func cmdVaultRestore(ctx context.Context, e *env, args []string) int {
 			"backup the current master key cannot open, or one that is damaged; the\n"+
 			"replaced database is kept beside it as vault.db.before-restore.",
 		"applianced vault restore /root/vault-2026-11-25.db")
-	pos, code, ok := parseInterleaved(fs, args)
+	pos, code, ok := e.parsePositional(fs, args, 1)
 	if !ok {
 		return code
-	}
-	if !e.wantPositional(fs, pos, 1) {
-		return exitUsage
 	}
 	c, err := e.adminClient(*cfgPath)
 	if err != nil {
