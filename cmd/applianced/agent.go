@@ -27,24 +27,18 @@ func cmdAgentList(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var out broker.AgentList
-	if err := e.call(ctx, *cfgPath, http.MethodGet, broker.AdminAgentList, nil, &out); err != nil {
-		return e.fail("agent list", err)
-	}
-	if *asJSON {
-		e.printJSON(out)
-		return exitOK
-	}
-	if len(out.Agents) == 0 {
-		fmt.Fprintln(e.stdout, "no agents configured")
-		return exitOK
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tROLES\tAUTH\tLAST SEEN")
-	for _, a := range out.Agents {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Name, agentState(a), strings.Join(a.Roles, ","), strings.Join(a.Auth, ","), when(a.LastSeen))
-	}
-	tw.Flush()
-	return exitOK
+	return e.show(ctx, *cfgPath, "agent list", http.MethodGet, broker.AdminAgentList, nil, &out, *asJSON, func() {
+		if len(out.Agents) == 0 {
+			fmt.Fprintln(e.stdout, "no agents configured")
+			return
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tSTATE\tROLES\tAUTH\tLAST SEEN")
+		for _, a := range out.Agents {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Name, agentState(a), strings.Join(a.Roles, ","), strings.Join(a.Auth, ","), when(a.LastSeen))
+		}
+		tw.Flush()
+	})
 }
 
 func agentState(a broker.AgentInfo) string {
@@ -73,15 +67,9 @@ func cmdAgentShow(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var a broker.AgentInfo
-	if err := e.call(ctx, *cfgPath, http.MethodPost, broker.AdminAgentShow, broker.AgentRef{Name: fs.Arg(0)}, &a); err != nil {
-		return e.fail("agent show", err)
-	}
-	if *asJSON {
-		e.printJSON(a)
-		return exitOK
-	}
-	printAgent(e, a)
-	return exitOK
+	return e.show(ctx, *cfgPath, "agent show", http.MethodPost, broker.AdminAgentShow, broker.AgentRef{Name: fs.Arg(0)}, &a, *asJSON, func() {
+		printAgent(e, a)
+	})
 }
 
 func printAgent(e *env, a broker.AgentInfo) {
@@ -121,15 +109,9 @@ func agentSetEnabled(ctx context.Context, e *env, args []string, enable bool) in
 		return code
 	}
 	var a broker.AgentInfo
-	if err := e.call(ctx, *cfgPath, http.MethodPost, path, broker.AgentRef{Name: fs.Arg(0)}, &a); err != nil {
-		return e.fail(verb, err)
-	}
-	if *asJSON {
-		e.printJSON(a)
-		return exitOK
-	}
-	fmt.Fprintf(e.stdout, "%s: %s\n", a.Name, agentState(a))
-	return exitOK
+	return e.show(ctx, *cfgPath, verb, http.MethodPost, path, broker.AgentRef{Name: fs.Arg(0)}, &a, *asJSON, func() {
+		fmt.Fprintf(e.stdout, "%s: %s\n", a.Name, agentState(a))
+	})
 }
 
 // openBroker opens the token broker: its state file in the state dir, its

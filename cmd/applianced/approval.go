@@ -87,19 +87,13 @@ func approvalDecide(ctx context.Context, e *env, args []string, approve bool) in
 	}
 	var a toolproxy.Approval
 	id := strings.TrimSpace(fs.Arg(0))
-	if err := e.call(ctx, *cfgPath, http.MethodPost, path, toolproxy.ApprovalRef{ID: id}, &a); err != nil {
-		return e.fail(verb, err)
-	}
-	if *asJSON {
-		e.printJSON(a)
-		return exitOK
-	}
-	forUser := ""
-	if a.User != "" {
-		forUser = " for " + a.User
-	}
-	fmt.Fprintf(e.stdout, "%s: %s %s%s by agent %s%s\n", a.Status, a.Method, a.Tool, a.Path, a.Agent, forUser)
-	return exitOK
+	return e.show(ctx, *cfgPath, verb, http.MethodPost, path, toolproxy.ApprovalRef{ID: id}, &a, *asJSON, func() {
+		forUser := ""
+		if a.User != "" {
+			forUser = " for " + a.User
+		}
+		fmt.Fprintf(e.stdout, "%s: %s %s%s by agent %s%s\n", a.Status, a.Method, a.Tool, a.Path, a.Agent, forUser)
+	})
 }
 
 func orDash(s string) string {

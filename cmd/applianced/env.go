@@ -112,6 +112,20 @@ func (e *env) printJSON(v any) {
 	_ = enc.Encode(v)
 }
 
+// show runs one admin call into out and prints the answer: indented JSON
+// with asJSON, else whatever text prints. It returns the verb's exit code.
+func (e *env) show(ctx context.Context, cfgPath, verb, method, path string, in, out any, asJSON bool, text func()) int {
+	if err := e.call(ctx, cfgPath, method, path, in, out); err != nil {
+		return e.fail(verb, err)
+	}
+	if asJSON {
+		e.printJSON(out)
+		return exitOK
+	}
+	text()
+	return exitOK
+}
+
 // call runs one admin verb against the daemon.
 func (e *env) call(ctx context.Context, cfgPath, method, path string, in, out any) error {
 	c, err := e.adminClient(cfgPath)

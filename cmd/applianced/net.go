@@ -203,15 +203,9 @@ func cmdNetPlan(ctx context.Context, e *env, args []string) int {
 	}
 	var p netseg.Plan
 	req := netApplyRequest{SSHConnection: e.getenv("SSH_CONNECTION")}
-	if err := e.call(ctx, *cfgPath, http.MethodPost, netPathPlan, req, &p); err != nil {
-		return e.fail("net plan", err)
-	}
-	if *asJSON {
-		e.printJSON(p)
-	} else {
+	return e.show(ctx, *cfgPath, "net plan", http.MethodPost, netPathPlan, req, &p, *asJSON, func() {
 		fmt.Fprint(e.stdout, p.String())
-	}
-	return exitOK
+	})
 }
 
 func cmdNetApply(ctx context.Context, e *env, args []string) int {
@@ -231,16 +225,10 @@ func cmdNetApply(ctx context.Context, e *env, args []string) int {
 		req.ConfirmWithin = within.String()
 	}
 	var p netseg.Plan
-	if err := e.call(ctx, *cfgPath, http.MethodPost, netPathApply, req, &p); err != nil {
-		return e.fail("net apply", err)
-	}
-	if *asJSON {
-		e.printJSON(p)
-		return exitOK
-	}
-	fmt.Fprint(e.stdout, p.String())
-	fmt.Fprintln(e.stdout, "\napplied.")
-	return exitOK
+	return e.show(ctx, *cfgPath, "net apply", http.MethodPost, netPathApply, req, &p, *asJSON, func() {
+		fmt.Fprint(e.stdout, p.String())
+		fmt.Fprintln(e.stdout, "\napplied.")
+	})
 }
 
 func netSimpleVerb(verb, path, about, done string) func(context.Context, *env, []string) int {
@@ -274,34 +262,28 @@ func cmdNetStatus(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var st netseg.Status
-	if err := e.call(ctx, *cfgPath, http.MethodGet, netPathStatus, nil, &st); err != nil {
-		return e.fail("net status", err)
-	}
-	if *asJSON {
-		e.printJSON(st)
-		return exitOK
-	}
-	if !st.Applied {
-		fmt.Fprintln(e.stdout, "firewall: not applied (run `applianced net plan`, then `applianced net apply`)")
-	} else {
-		fmt.Fprintf(e.stdout, "firewall: applied at %s\n", st.AppliedAt.Local().Format(time.DateTime))
-	}
-	if !st.ConfirmBy.IsZero() {
-		fmt.Fprintf(e.stdout, "waiting for `applianced net confirm` until %s, then rolls back\n", st.ConfirmBy.Local().Format(time.DateTime))
-	}
-	for _, d := range st.Drift {
-		fmt.Fprintf(e.stdout, "DRIFT: %s\n", d)
-	}
-	for _, v := range st.VLANs {
-		fmt.Fprintf(e.stdout, "vlan %s\n", v)
-	}
-	if len(st.Rules) > 0 {
-		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "\nCHAIN\tPACKETS\tBYTES\tRULE")
-		for _, r := range st.Rules {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", r.Chain, r.Packets, r.Bytes, strings.TrimPrefix(r.Rule, r.Chain+": "))
+	return e.show(ctx, *cfgPath, "net status", http.MethodGet, netPathStatus, nil, &st, *asJSON, func() {
+		if !st.Applied {
+			fmt.Fprintln(e.stdout, "firewall: not applied (run `applianced net plan`, then `applianced net apply`)")
+		} else {
+			fmt.Fprintf(e.stdout, "firewall: applied at %s\n", st.AppliedAt.Local().Format(time.DateTime))
 		}
-		tw.Flush()
-	}
-	return exitOK
+		if !st.ConfirmBy.IsZero() {
+			fmt.Fprintf(e.stdout, "waiting for `applianced net confirm` until %s, then rolls back\n", st.ConfirmBy.Local().Format(time.DateTime))
+		}
+		for _, d := range st.Drift {
+			fmt.Fprintf(e.stdout, "DRIFT: %s\n", d)
+		}
+		for _, v := range st.VLANs {
+			fmt.Fprintf(e.stdout, "vlan %s\n", v)
+		}
+		if len(st.Rules) > 0 {
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "\nCHAIN\tPACKETS\tBYTES\tRULE")
+			for _, r := range st.Rules {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", r.Chain, r.Packets, r.Bytes, strings.TrimPrefix(r.Rule, r.Chain+": "))
+			}
+			tw.Flush()
+		}
+	})
 }

@@ -288,25 +288,19 @@ func cmdSecretList(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var out secretListReply
-	if err := e.call(ctx, *cfgPath, http.MethodGet, adminSecretList, nil, &out); err != nil {
-		return e.fail("secret list", err)
-	}
-	if *asJSON {
-		e.printJSON(out)
-		return exitOK
-	}
-	if len(out.Secrets) == 0 {
-		fmt.Fprintln(e.stdout, "no secrets")
-		return exitOK
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tTYPE\tVERSION\tKEPT\tROTATED\tTOOLS")
-	for _, m := range out.Secrets {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", m.Name, m.Type, m.Version, len(m.Versions),
-			m.Rotated.Local().Format(time.DateTime), orNone(m.AllowedTools))
-	}
-	tw.Flush()
-	return exitOK
+	return e.show(ctx, *cfgPath, "secret list", http.MethodGet, adminSecretList, nil, &out, *asJSON, func() {
+		if len(out.Secrets) == 0 {
+			fmt.Fprintln(e.stdout, "no secrets")
+			return
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tTYPE\tVERSION\tKEPT\tROTATED\tTOOLS")
+		for _, m := range out.Secrets {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", m.Name, m.Type, m.Version, len(m.Versions),
+				m.Rotated.Local().Format(time.DateTime), orNone(m.AllowedTools))
+		}
+		tw.Flush()
+	})
 }
 
 func cmdSecretDelete(ctx context.Context, e *env, args []string) int {

@@ -18,13 +18,7 @@ func cmdUserTOTPEnroll(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var out toolproxy.EnrollAnswer
-	if err := e.call(ctx, *cfgPath, http.MethodPost, toolproxy.AdminTOTPEnroll, toolproxy.EnrollRequest{User: fs.Arg(0)}, &out); err != nil {
-		return e.fail("user totp enroll", err)
-	}
-	if *asJSON {
-		e.printJSON(out)
-		return exitOK
-	}
-	fmt.Fprintln(e.stdout, out.URI)
-	return exitOK
+	return e.show(ctx, *cfgPath, "user totp enroll", http.MethodPost, toolproxy.AdminTOTPEnroll, toolproxy.EnrollRequest{User: fs.Arg(0)}, &out, *asJSON, func() {
+		fmt.Fprintln(e.stdout, out.URI)
+	})
 }

@@ -121,25 +121,19 @@ func cmdVaultStatus(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var st vault.Status
-	if err := e.call(ctx, *cfgPath, http.MethodGet, adminVaultStatus, nil, &st); err != nil {
-		return e.fail("vault status", err)
-	}
-	if *asJSON {
-		e.printJSON(st)
-		return exitOK
-	}
-	sealed := "no (unsealed)"
-	if st.Sealed {
-		sealed = "yes"
-	}
-	fmt.Fprintf(e.stdout, "sealed          %s\n", sealed)
-	fmt.Fprintf(e.stdout, "master key      %s\n", st.KeySource)
-	fmt.Fprintf(e.stdout, "database        %s (%d bytes)\n", st.Path, st.SizeBytes)
-	fmt.Fprintf(e.stdout, "keyring term    %d of %d (since %s)\n", st.Term, st.Terms, st.TermCreated.Local().Format(time.DateTime))
-	fmt.Fprintf(e.stdout, "secrets         %d (%d versions kept, keep_versions = %d)\n", st.Secrets, st.Versions, st.KeepVersions)
-	fmt.Fprintf(e.stdout, "older terms     %d versions (vault rekey --reencrypt moves them)\n", st.OldTermVersions)
-	fmt.Fprintf(e.stdout, "system keys     %d\n", st.SystemKeys)
-	return exitOK
+	return e.show(ctx, *cfgPath, "vault status", http.MethodGet, adminVaultStatus, nil, &st, *asJSON, func() {
+		sealed := "no (unsealed)"
+		if st.Sealed {
+			sealed = "yes"
+		}
+		fmt.Fprintf(e.stdout, "sealed          %s\n", sealed)
+		fmt.Fprintf(e.stdout, "master key      %s\n", st.KeySource)
+		fmt.Fprintf(e.stdout, "database        %s (%d bytes)\n", st.Path, st.SizeBytes)
+		fmt.Fprintf(e.stdout, "keyring term    %d of %d (since %s)\n", st.Term, st.Terms, st.TermCreated.Local().Format(time.DateTime))
+		fmt.Fprintf(e.stdout, "secrets         %d (%d versions kept, keep_versions = %d)\n", st.Secrets, st.Versions, st.KeepVersions)
+		fmt.Fprintf(e.stdout, "older terms     %d versions (vault rekey --reencrypt moves them)\n", st.OldTermVersions)
+		fmt.Fprintf(e.stdout, "system keys     %d\n", st.SystemKeys)
+	})
 }
 
 func cmdVaultRekey(ctx context.Context, e *env, args []string) int {
