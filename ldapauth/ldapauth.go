@@ -264,12 +264,7 @@ func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out 
 	}
 	switch {
 	case lerr != nil:
-		ev.Outcome = audit.OutcomeFailure
-		ev.Severity = audit.SeverityWarn
-		if ev.Reason == "" {
-			ev.Reason = string(ReasonDirectoryUnavailable)
-		}
-		ev.Details["error"] = lerr.Error()
+		failed(ev, lerr)
 	case out.OK:
 		ev.Outcome = audit.OutcomeSuccess
 		ev.Actor.User = id.Username
@@ -277,11 +272,19 @@ func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out 
 		ev.Details["groups"] = fmt.Sprint(len(id.Groups))
 		ev.Details["roles"] = strings.Join(id.Roles, ",")
 	}
-	if out.DC != "" {
-		ev.Details["dc"] = out.DC
-	}
 	if out.ADCode != "" {
 		ev.Details["ad_code"] = out.ADCode
+	}
+	return a.record(ctx, ev, "login", id, out, lerr)
+}
+
+// record completes ev with what every auth event carries (the DC, the
+// user's DN), appends it and returns the result; an audit failure turns any
+// result into an error. what names the check in the log ("login",
+// "recheck").
+func (a *Authenticator) record(ctx context.Context, ev *audit.Event, what string, id Identity, out Outcome, lerr error) (Identity, Outcome, error) {
+	if out.DC != "" {
+		ev.Details["dc"] = out.DC
 	}
 	if id.DN != "" {
 		ev.Target = id.DN
@@ -290,10 +293,10 @@ func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out 
 		ev.Details = nil
 	}
 	if _, err := a.opts.Audit.Append(ctx, ev); err != nil {
-		a.log.Error("ldap login not audited", "user", ev.Actor.User, "error", err)
+		a.log.Error("ldap "+what+" not audited", "user", ev.Actor.User, "error", err)
 		return Identity{}, Outcome{Reason: out.Reason, DC: out.DC}, fmt.Errorf("%w: %w", ErrAudit, err)
 	}
-	a.log.Info("ldap login", "user", ev.Actor.User, "outcome", ev.Outcome, "reason", ev.Reason, "source", r.Source, "dc", out.DC)
+	a.log.Info("ldap "+what, "user", ev.Actor.User, "outcome", ev.Outcome, "reason", ev.Reason, "source", ev.Source, "dc", out.DC)
 	if lerr != nil {
 		return Identity{}, out, lerr
 	}
@@ -301,6 +304,16 @@ func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out 
 		return Identity{}, out, nil
 	}
 	return id, out, nil
+}
+
+// failed marks ev as a directory failure: the check could not be answered.
+func failed(ev *audit.Event, lerr error) {
+	ev.Outcome = audit.OutcomeFailure
+	ev.Severity = audit.SeverityWarn
+	if ev.Reason == "" {
+		ev.Reason = string(ReasonDirectoryUnavailable)
+	}
+	ev.Details["error"] = lerr.Error()
 }
 
 func (a *Authenticator) auditLimit(ctx context.Context, r Request, key string, limit int) error {

@@ -231,12 +231,7 @@ func (a *Authenticator) finishLookup(ctx context.Context, r LookupRequest, id Id
 	}
 	switch {
 	case lerr != nil:
-		ev.Outcome = audit.OutcomeFailure
-		ev.Severity = audit.SeverityWarn
-		if ev.Reason == "" {
-			ev.Reason = string(ReasonDirectoryUnavailable)
-		}
-		ev.Details["error"] = lerr.Error()
+		failed(ev, lerr)
 	case out.OK:
 		ev.Outcome = audit.OutcomeSuccess
 		ev.Details["groups"] = fmt.Sprint(len(id.Groups))
@@ -244,25 +239,5 @@ func (a *Authenticator) finishLookup(ctx context.Context, r LookupRequest, id Id
 	default:
 		ev.Severity = audit.SeverityWarn
 	}
-	if out.DC != "" {
-		ev.Details["dc"] = out.DC
-	}
-	if id.DN != "" {
-		ev.Target = id.DN
-	}
-	if len(ev.Details) == 0 {
-		ev.Details = nil
-	}
-	if _, err := a.opts.Audit.Append(ctx, ev); err != nil {
-		a.log.Error("ldap recheck not audited", "user", ev.Actor.User, "error", err)
-		return Identity{}, Outcome{Reason: out.Reason, DC: out.DC}, fmt.Errorf("%w: %w", ErrAudit, err)
-	}
-	a.log.Info("ldap recheck", "user", ev.Actor.User, "outcome", ev.Outcome, "reason", ev.Reason, "source", r.Source, "dc", out.DC)
-	if lerr != nil {
-		return Identity{}, out, lerr
-	}
-	if !out.OK {
-		return Identity{}, out, nil
-	}
-	return id, out, nil
+	return a.record(ctx, ev, "recheck", id, out, lerr)
 }
