@@ -229,9 +229,7 @@ func (l *links) ensure(vlans []VLAN) ([]string, error) {
 			if slices.Contains(want, a) {
 				continue
 			}
-			p := netip.MustParsePrefix(a)
-			addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
-			if err := h.AddrDel(link, addr); err != nil {
+			if err := h.AddrDel(link, nlAddr(a)); err != nil {
 				return done, fmt.Errorf("netseg: remove address %s from %s: %w", a, v.Name, err)
 			}
 		}
@@ -239,9 +237,7 @@ func (l *links) ensure(vlans []VLAN) ([]string, error) {
 			if slices.Contains(st.Addrs, a) {
 				continue
 			}
-			p := netip.MustParsePrefix(a)
-			addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
-			if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			if err := h.AddrAdd(link, nlAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
 				return done, fmt.Errorf("netseg: address %s on %s: %w", a, v.Name, err)
 			}
 		}
@@ -255,6 +251,12 @@ func (l *links) ensure(vlans []VLAN) ([]string, error) {
 	return done, nil
 }
 
+// nlAddr converts a normalized prefix ("10.0.0.1/24") to a netlink address.
+func nlAddr(prefix string) *netlink.Addr {
+	p := netip.MustParsePrefix(prefix)
+	return &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+}
+
 // removeManaged deletes the VLANs we created whose names are not in keep.
 func (l *links) removeManaged(keep []VLAN) ([]string, error) {
 	h, err := l.handle()
@@ -262,25 +264,35 @@ func (l *links) removeManaged(keep []VLAN) ([]string, error) {
 		return nil, err
 	}
 	defer h.Close()
+	stale, err := staleVLANs(h, keep)
+	if err != nil {
+		return nil, err
+	}
+	var done []string
+	for _, link := range stale {
+		name := link.Attrs().Name
+		if err := h.LinkDel(link); err != nil {
+			return done, fmt.Errorf("netseg: delete VLAN %s: %w", name, err)
+		}
+		done = append(done, "removed VLAN "+name)
+	}
+	return done, nil
+}
+
+// staleVLANs returns the VLANs we created whose names are not in keep.
+func staleVLANs(h *netlink.Handle, keep []VLAN) ([]netlink.Link, error) {
 	all, err := retry(h.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("netseg: list links: %w", err)
 	}
-	var done []string
+	var stale []netlink.Link
 	for _, link := range all {
 		a := link.Attrs()
-		if a.Alias != vlanAlias || link.Type() != "vlan" {
-			continue
+		if a.Alias == vlanAlias && link.Type() == "vlan" && !slices.ContainsFunc(keep, func(v VLAN) bool { return v.Name == a.Name }) {
+			stale = append(stale, link)
 		}
-		if slices.ContainsFunc(keep, func(v VLAN) bool { return v.Name == a.Name }) {
-			continue
-		}
-		if err := h.LinkDel(link); err != nil {
-			return done, fmt.Errorf("netseg: delete VLAN %s: %w", a.Name, err)
-		}
-		done = append(done, "removed VLAN "+a.Name)
 	}
-	return done, nil
+	return stale, nil
 }
 
 // plan reports what ensure and removeManaged would do, without doing it.
@@ -299,15 +311,12 @@ func (l *links) plan(vlans []VLAN) ([]string, error) {
 		_, ch := vlanDiff(v, st)
 		out = append(out, ch...)
 	}
-	all, err := retry(h.LinkList)
+	stale, err := staleVLANs(h, vlans)
 	if err != nil {
-		return nil, fmt.Errorf("netseg: list links: %w", err)
+		return nil, err
 	}
-	for _, link := range all {
-		a := link.Attrs()
-		if a.Alias == vlanAlias && link.Type() == "vlan" && !slices.ContainsFunc(vlans, func(v VLAN) bool { return v.Name == a.Name }) {
-			out = append(out, "remove VLAN "+a.Name+" (no longer in the config)")
-		}
+	for _, link := range stale {
+		out = append(out, "remove VLAN "+link.Attrs().Name+" (no longer in the config)")
 	}
 	return out, nil
 }
