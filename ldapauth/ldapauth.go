@@ -369,9 +369,19 @@ func (a *Authenticator) dcOrder(now time.Time) []*server {
 }
 
 func (a *Authenticator) login(ctx context.Context, name loginName, password string) (Identity, Outcome, error) {
+	return a.tryDCs(ctx, func(d *server) (Identity, Outcome, error, bool) {
+		return a.loginOn(ctx, d, name, password)
+	})
+}
+
+// tryDCs runs try on each DC in dcOrder until one answers (failover false)
+// and returns that answer. A DC that failed is held down and the next one
+// tried; when the caller gives up or no DC is left, the directory is
+// unavailable.
+func (a *Authenticator) tryDCs(ctx context.Context, try func(d *server) (id Identity, out Outcome, err error, failover bool)) (Identity, Outcome, error) {
 	var lastErr error
 	for _, d := range a.dcOrder(a.now()) {
-		id, out, err, failover := a.loginOn(ctx, d, name, password)
+		id, out, err, failover := try(d)
 		if !failover {
 			return id, out, err
 		}

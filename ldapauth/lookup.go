@@ -55,28 +55,10 @@ func (a *Authenticator) Lookup(ctx context.Context, r LookupRequest) (Identity, 
 	if err != nil {
 		return a.finishLookup(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidName}, nil)
 	}
-	var lastErr error
-	for _, d := range a.dcOrder(a.now()) {
-		id, out, err, failover := a.lookupOn(ctx, d, name, r.FreshGroups)
-		if !failover {
-			return a.finishLookup(ctx, r, id, out, err)
-		}
-		if cerr := ctxErr(ctx); cerr != nil {
-			if !errors.Is(err, cerr) {
-				err = fmt.Errorf("%w (%w)", cerr, err)
-			}
-			lastErr = err
-			break
-		}
-		lastErr = err
-		d.markDown(a.now(), err)
-		a.log.Warn("ldap server failed, trying the next", "dc", d.url, "error", err)
-	}
-	if lastErr == nil {
-		lastErr = ctx.Err()
-	}
-	return a.finishLookup(ctx, r, Identity{}, Outcome{Reason: ReasonDirectoryUnavailable},
-		fmt.Errorf("%w: %w", ErrUnavailable, lastErr))
+	id, out, err := a.tryDCs(ctx, func(d *server) (Identity, Outcome, error, bool) {
+		return a.lookupOn(ctx, d, name, r.FreshGroups)
+	})
+	return a.finishLookup(ctx, r, id, out, err)
 }
 
 func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName, fresh bool) (id Identity, out Outcome, err error, failover bool) {
