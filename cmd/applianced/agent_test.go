@@ -1,26 +1,15 @@
 package main
 
 import (
-	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"text/template"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/applianced/applianced/broker"
-	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
-	"github.com/applianced/applianced/systemd"
-	"github.com/applianced/applianced/vault"
 )
 
 // TestDevBrokerConfigLoads checks that the demo roles and agent, with the
@@ -41,17 +30,10 @@ func TestDevBrokerConfigLoads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var b strings.Builder
-	template.Must(template.New("dev").Parse(devBaseConfig)).Execute(&b, map[string]string{"Listen": dv.listen, "Dir": dir})
-	for _, s := range dv.sections {
-		b.WriteString("\n" + s + "\n")
-	}
-	if err := os.WriteFile(dv.cfgPath, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	text := writeDevConfig(t, dv, dv.sections)
 	cfg, err := config.Load(dv.cfgPath)
 	if err != nil {
-		t.Fatalf("the dev config does not load: %v\n%s", err, b.String())
+		t.Fatalf("the dev config does not load: %v\n%s", err, text)
 	}
 	bc := brokerConfig(cfg)
 	if errs := bc.Validate(); len(errs) > 0 {
@@ -75,46 +57,17 @@ func TestAgentAndTokenVerbs(t *testing.T) {
 		t.Fatal(err)
 	}
 	section := strings.Split(dv.sections[0], "[ldap.group_roles]")[0] // no directory here
-	var b strings.Builder
-	template.Must(template.New("dev").Parse(devBaseConfig)).Execute(&b, map[string]string{"Listen": dv.listen, "Dir": dir})
-	b.WriteString("\n" + section + "\n")
-	if err := os.WriteFile(dv.cfgPath, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeDevConfig(t, dv, []string{section})
 	cfg, err := config.Load(dv.cfgPath)
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	if err := os.MkdirAll(cfg.Server.StateDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{log: slog.New(slog.DiscardHandler), notify: &systemd.Notifier{Logger: slog.New(slog.DiscardHandler)},
-		api: http.NewServeMux(), admin: http.NewServeMux(), metrics: prometheus.NewRegistry()}
-	d.cfg.Store(cfg)
-	bg, cancel := context.WithCancel(context.Background())
-	d.bgCancel = cancel
-	t.Cleanup(d.close)
-	if err := d.openJournal(ctx, bg); err != nil {
-		t.Fatal(err)
-	}
-	mk := make([]byte, vault.MasterKeySize)
-	_, _ = rand.Read(mk)
-	v, err := vault.Open(ctx, filepath.Join(cfg.Server.StateDir, "vault.db"), mk, cfg.Vault, &vault.Options{Audit: d.journal, Logger: d.log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.closers = append(d.closers, v.Close)
+	d, bg, v := brokerTestDaemon(t, ctx, cfg)
 	br, err := d.openBroker(ctx, bg, v, nil)
 	if err != nil {
 		t.Fatalf("openBroker: %v", err)
 	}
-	l, err := net.Listen("unix", cfg.Server.AdminSocket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	as := admin.NewServer(admin.ServerConfig{AdminGID: os.Getgid(), Handler: d.admin, Audit: d.journal})
-	go func() { _ = as.Serve(l) }()
-	t.Cleanup(func() { as.Shutdown(context.Background()) })
+	serveAdmin(t, d, cfg.Server.AdminSocket)
 
 	// Flags go before positional arguments.
 	verb := func(words int, args ...string) (int, string) {
@@ -160,17 +113,7 @@ func TestAgentAndTokenVerbs(t *testing.T) {
 func mintToken(t *testing.T, d *daemon) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "agent.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: d.api, ConnContext: broker.ConnContext}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var dl net.Dialer
-		return dl.DialContext(ctx, "unix", sock)
-	}}}
+	hc := serveAgentSocket(t, d, sock)
 	resp, err := hc.Post("http://agent/oauth2/token", "application/x-www-form-urlencoded", strings.NewReader("grant_type=client_credentials"))
 	if err != nil {
 		t.Fatal(err)

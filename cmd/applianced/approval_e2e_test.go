@@ -2,12 +2,8 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"encoding/json"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -15,15 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"text/template"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/applianced/applianced/audit"
-	"github.com/applianced/applianced/broker"
 	"github.com/applianced/applianced/broker/toolproxy"
 	"github.com/applianced/applianced/internal/config"
-	"github.com/applianced/applianced/systemd"
 	"github.com/applianced/applianced/vault"
 )
 
@@ -52,38 +43,13 @@ func TestToolProxyEndToEnd(t *testing.T) {
 	// A second tool, for the check that a token is good for one tool only.
 	wiki := strings.Split(dv.sections[len(dv.sections)-1], "\n[risk]")[0]
 	dv.sections = append(dv.sections, strings.Replace(wiki, `name = "tickets"`, `name = "wiki"`, 1))
-	var b strings.Builder
-	template.Must(template.New("dev").Parse(devBaseConfig)).Execute(&b, map[string]string{"Listen": dv.listen, "Dir": dir})
-	for _, s := range dv.sections {
-		b.WriteString("\n" + s + "\n")
-	}
-	if err := os.WriteFile(dv.cfgPath, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	text := writeDevConfig(t, dv, dv.sections)
 	cfg, err := config.Load(dv.cfgPath)
 	if err != nil {
-		t.Fatalf("config: %v\n%s", err, b.String())
-	}
-	if err := os.MkdirAll(cfg.Server.StateDir, 0o700); err != nil {
-		t.Fatal(err)
+		t.Fatalf("config: %v\n%s", err, text)
 	}
 
-	d := &daemon{log: slog.New(slog.DiscardHandler), notify: &systemd.Notifier{Logger: slog.New(slog.DiscardHandler)},
-		api: http.NewServeMux(), admin: http.NewServeMux(), metrics: prometheus.NewRegistry()}
-	d.cfg.Store(cfg)
-	bg, cancel := context.WithCancel(context.Background())
-	d.bgCancel = cancel
-	t.Cleanup(d.close)
-	if err := d.openJournal(ctx, bg); err != nil {
-		t.Fatal(err)
-	}
-	mk := make([]byte, vault.MasterKeySize)
-	_, _ = rand.Read(mk)
-	v, err := vault.Open(ctx, filepath.Join(cfg.Server.StateDir, "vault.db"), mk, cfg.Vault, &vault.Options{Audit: d.journal, Logger: d.log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.closers = append(d.closers, v.Close)
+	d, bg, v := brokerTestDaemon(t, ctx, cfg)
 	key, err := os.ReadFile(filepath.Join(dir, "demo-tool.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -101,17 +67,7 @@ func TestToolProxyEndToEnd(t *testing.T) {
 
 	// The agent socket: the same API, the caller's identity from the kernel.
 	sock := filepath.Join(dir, "agent.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: d.api, ConnContext: broker.ConnContext}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var dl net.Dialer
-		return dl.DialContext(ctx, "unix", sock)
-	}}}
+	hc := serveAgentSocket(t, d, sock)
 	type answer struct {
 		status int
 		body   []byte

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"text/template"
 
 	"github.com/applianced/applianced/internal/config"
 )
@@ -23,17 +22,10 @@ func TestDevToolsConfigLoads(t *testing.T) {
 			c()
 		}
 	})
-	var b strings.Builder
-	template.Must(template.New("dev").Parse(devBaseConfig)).Execute(&b, map[string]string{"Listen": dv.listen, "Dir": dir})
-	for _, s := range dv.sections {
-		b.WriteString("\n" + s + "\n")
-	}
-	if err := os.WriteFile(dv.cfgPath, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	text := writeDevConfig(t, dv, dv.sections)
 	cfg, err := config.Load(dv.cfgPath)
 	if err != nil {
-		t.Fatalf("the dev config with the demo tool does not load: %v\n%s", err, b.String())
+		t.Fatalf("the dev config with the demo tool does not load: %v\n%s", err, text)
 	}
 	if len(cfg.Tools) != 1 || cfg.Tools[0].Name != "tickets" || len(cfg.Tools[0].Routes) != 4 || cfg.Risk.RequestsPerMinute != 60 {
 		t.Errorf("got tools %+v risk %+v", cfg.Tools, cfg.Risk)
@@ -42,7 +34,7 @@ func TestDevToolsConfigLoads(t *testing.T) {
 	if err != nil || len(key) == 0 {
 		t.Fatalf("demo key file: %v", err)
 	}
-	if strings.Contains(b.String(), string(key)) || strings.Contains(strings.Join(dv.try, "\n"), string(key)) {
+	if strings.Contains(text, string(key)) || strings.Contains(strings.Join(dv.try, "\n"), string(key)) {
 		t.Error("the demo tool's key is in the config or the printout")
 	}
 }

@@ -5,20 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
-	"github.com/applianced/applianced/systemd"
 	"github.com/applianced/applianced/vault"
 )
 
@@ -39,26 +34,12 @@ func vaultDaemon(t testing.TB) (cfgPath string, d *daemon) {
 	if err := initState(&env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard, getenv: os.Getenv}, cfg); err != nil {
 		t.Fatal(err)
 	}
-	d = &daemon{log: slog.New(slog.DiscardHandler), notify: &systemd.Notifier{Logger: slog.New(slog.DiscardHandler)},
-		api: http.NewServeMux(), admin: http.NewServeMux(), metrics: prometheus.NewRegistry()}
-	d.cfg.Store(cfg)
 	ctx := context.Background()
-	bg, cancel := context.WithCancel(ctx)
-	d.bgCancel = cancel
-	t.Cleanup(d.close)
-	if err := d.openJournal(ctx, bg); err != nil {
-		t.Fatal(err)
-	}
+	d, bg := newTestDaemon(t, ctx, cfg)
 	if err := d.openVault(ctx, bg); err != nil {
 		t.Fatalf("openVault: %v", err)
 	}
-	l, err := net.Listen("unix", cfg.Server.AdminSocket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	as := admin.NewServer(admin.ServerConfig{AdminGID: os.Getgid(), Handler: d.admin, Audit: d.journal})
-	go func() { _ = as.Serve(l) }()
-	t.Cleanup(func() { as.Shutdown(context.Background()) })
+	serveAdmin(t, d, cfg.Server.AdminSocket)
 	return filepath.Join(dir, "applianced.toml"), d
 }
 
