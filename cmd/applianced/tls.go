@@ -1,20 +1,16 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/applianced/applianced/internal/pki"
 )
 
 // loadTLS loads the API's certificate and key, refusing a key file that
@@ -51,34 +47,24 @@ func writeSelfSigned(certFile, keyFile string, hosts []string) (created bool, er
 			return false, nil
 		}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return false, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return false, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: hosts[0], Organization: []string{"applianced"}},
-		NotBefore:    time.Now().Add(-time.Hour),
+	leaf := pki.Leaf{
+		CommonName:   hosts[0],
+		Organization: []string{"applianced"},
+		ExtKeyUsage:  x509.ExtKeyUsageServerAuth,
 		NotAfter:     time.Now().AddDate(2, 0, 0),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			leaf.IPAddresses = append(leaf.IPAddresses, ip)
 		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
+			leaf.DNSNames = append(leaf.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := pki.SelfSigned(leaf)
 	if err != nil {
 		return false, err
 	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	keyPEM, err := cert.KeyPEM()
 	if err != nil {
 		return false, err
 	}
@@ -87,10 +73,10 @@ func writeSelfSigned(certFile, keyFile string, hosts []string) (created bool, er
 			return false, err
 		}
 	}
-	if err := writeNew(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := writeNew(keyFile, keyPEM, 0o600); err != nil {
 		return false, err
 	}
-	if err := writeNew(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := writeNew(certFile, cert.CertPEM(), 0o644); err != nil {
 		os.Remove(keyFile)
 		return false, err
 	}

@@ -14,17 +14,12 @@ package devdir
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -39,6 +34,7 @@ import (
 	"github.com/jimlambrt/gldap"
 
 	"github.com/applianced/applianced/internal/conf"
+	"github.com/applianced/applianced/internal/pki"
 	"github.com/applianced/applianced/ldapauth"
 )
 
@@ -521,44 +517,26 @@ func (s *Server) unsupported(w *gldap.ResponseWriter, r *gldap.Request) {
 }
 
 func (s *Server) makeTLS(ip netip.Addr) (*tls.Config, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	notAfter := time.Now().Add(30 * 24 * time.Hour)
+	ca, err := pki.NewCA("applianced dev directory CA", notAfter, x509.KeyUsageCertSign)
 	if err != nil {
 		return nil, fmt.Errorf("devdir: %w", err)
 	}
-	now := time.Now()
-	serial := func() *big.Int {
-		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-		return n
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: "applianced dev directory CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(30 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	leaf, err := ca.Issue(pki.Leaf{
+		CommonName:  "localhost",
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{ip.AsSlice()},
+		ExtKeyUsage: x509.ExtKeyUsageServerAuth,
+		NotAfter:    notAfter,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("devdir: %w", err)
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("devdir: %w", err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: "localhost"},
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{ip.AsSlice()},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(30 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("devdir: %w", err)
-	}
-	if err := os.WriteFile(s.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
+	if err := os.WriteFile(s.caFile, pki.CertPEM(ca.DER), 0o644); err != nil {
 		return nil, fmt.Errorf("devdir: %w", err)
 	}
 	return &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: key}},
+		Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.DER}, PrivateKey: leaf.Key}},
 		MinVersion:   tls.VersionTLS12,
 	}, nil
 }

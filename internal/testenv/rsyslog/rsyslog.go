@@ -15,14 +15,9 @@ package rsyslog
 import (
 	"bytes"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -33,6 +28,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/applianced/applianced/internal/pki"
 )
 
 // Inputs.
@@ -293,98 +290,57 @@ func (s *Server) Output() string {
 
 // writeCerts makes a CA and a server certificate for 127.0.0.1/localhost.
 func (s *Server) writeCerts() (caFile, certFile, keyFile string, err error) {
-	caKey, caDER, err := NewCA("rsyslog test CA")
+	ca, err := newCA("rsyslog test CA")
 	if err != nil {
 		return "", "", "", err
 	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf, err := ca.Issue(pki.Leaf{
+		CommonName:  "localhost",
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: x509.ExtKeyUsageServerAuth,
+		NotAfter:    time.Now().Add(24 * time.Hour),
+	})
 	if err != nil {
 		return "", "", "", err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return "", "", "", err
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return "", "", "", err
-	}
-	if err := s.writeClientCert(ca, caKey); err != nil {
+	if err := s.writeClientCert(ca); err != nil {
 		return "", "", "", err
 	}
 	caFile, certFile, keyFile = filepath.Join(s.Dir, "ca.pem"), filepath.Join(s.Dir, "cert.pem"), filepath.Join(s.Dir, "key.pem")
-	for _, f := range []struct {
-		path, typ string
-		der       []byte
-	}{{caFile, "CERTIFICATE", caDER}, {certFile, "CERTIFICATE", der}, {keyFile, "PRIVATE KEY", kb}} {
-		if err := os.WriteFile(f.path, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), 0o600); err != nil {
-			return "", "", "", err
-		}
+	if err := os.WriteFile(caFile, pki.CertPEM(ca.DER), 0o600); err != nil {
+		return "", "", "", err
+	}
+	if err := leaf.WriteFiles(certFile, 0o600, keyFile, 0o600); err != nil {
+		return "", "", "", err
 	}
 	return caFile, certFile, keyFile, nil
 }
 
 // writeClientCert issues a client certificate from the harness's CA.
-func (s *Server) writeClientCert(ca *x509.Certificate, caKey *ecdsa.PrivateKey) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "applianced client"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
+func (s *Server) writeClientCert(ca *pki.CA) error {
+	leaf, err := ca.Issue(pki.Leaf{
+		CommonName:  "applianced client",
+		ExtKeyUsage: x509.ExtKeyUsageClientAuth,
+		NotAfter:    time.Now().Add(24 * time.Hour),
+	})
 	if err != nil {
 		return err
 	}
 	s.ClientCertFile, s.ClientKeyFile = filepath.Join(s.Dir, "client.pem"), filepath.Join(s.Dir, "client.key")
-	if err := os.WriteFile(s.ClientCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		return err
-	}
-	return os.WriteFile(s.ClientKeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600)
+	return leaf.WriteFiles(s.ClientCertFile, 0o600, s.ClientKeyFile, 0o600)
 }
 
 // NewCA returns a new self-signed CA key and certificate (DER), for tests
 // that need a second, unrelated CA.
 func NewCA(cn string) (*ecdsa.PrivateKey, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := newCA(cn)
 	if err != nil {
 		return nil, nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	return key, der, err
+	return ca.Key, ca.DER, nil
 }
 
-func serial() *big.Int {
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	return n.Add(n, big.NewInt(1))
+func newCA(cn string) (*pki.CA, error) {
+	return pki.NewCA(cn, time.Now().Add(24*time.Hour), x509.KeyUsageCertSign|x509.KeyUsageDigitalSignature)
 }

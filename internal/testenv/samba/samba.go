@@ -36,16 +36,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -59,6 +55,8 @@ import (
 	"unicode/utf16"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/applianced/applianced/internal/pki"
 )
 
 // Default domain names.
@@ -342,81 +340,47 @@ func (dc *DC) writeCerts() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("samba: %w", err)
 	}
-	caKey, caDER, err := NewCA("Samba test CA " + dc.Realm)
+	ca, err := newCA("Samba test CA " + dc.Realm)
 	if err != nil {
 		return err
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("samba: %w", err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: dc.Hostname},
-		DNSNames:     []string{dc.Hostname},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(7 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &leafKey.PublicKey, caKey)
+	leaf, err := ca.Issue(pki.Leaf{
+		CommonName:  dc.Hostname,
+		DNSNames:    []string{dc.Hostname},
+		ExtKeyUsage: x509.ExtKeyUsageServerAuth,
+		NotAfter:    time.Now().Add(7 * 24 * time.Hour),
+	})
 	if err != nil {
 		return fmt.Errorf("samba: dc certificate: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
-	if err != nil {
+	dc.CAFile = filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(dc.CAFile, pki.CertPEM(ca.DER), 0o644); err != nil {
 		return fmt.Errorf("samba: %w", err)
 	}
-	dc.CAFile = filepath.Join(dir, "ca.pem")
-	files := []struct {
-		name, typ string
-		der       []byte
-		mode      os.FileMode
-	}{
-		{"ca.pem", "CERTIFICATE", caDER, 0o644},
-		{"dc.pem", "CERTIFICATE", leafDER, 0o644},
-		{"dc.key", "PRIVATE KEY", keyDER, 0o600},
-	}
-	for _, f := range files {
-		b := pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der})
-		if err := os.WriteFile(filepath.Join(dir, f.name), b, f.mode); err != nil {
-			return fmt.Errorf("samba: %w", err)
-		}
+	if err := leaf.WriteFiles(filepath.Join(dir, "dc.pem"), 0o644, filepath.Join(dir, "dc.key"), 0o600); err != nil {
+		return fmt.Errorf("samba: %w", err)
 	}
 	dc.caPool = x509.NewCertPool()
-	dc.caPool.AddCert(caCert)
+	dc.caPool.AddCert(ca.Cert)
 	return nil
 }
 
 // NewCA makes a self-signed ECDSA CA (a second, unrelated CA is what a
 // wrong-CA test needs). It returns the key and the DER certificate.
 func NewCA(cn string) (*ecdsa.PrivateKey, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := newCA(cn)
 	if err != nil {
-		return nil, nil, fmt.Errorf("samba: %w", err)
+		return nil, nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(7 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("samba: ca: %w", err)
-	}
-	return key, der, nil
+	return ca.Key, ca.DER, nil
 }
 
-func serial() *big.Int {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[0] &= 0x7f
-	return new(big.Int).SetBytes(b[:])
+func newCA(cn string) (*pki.CA, error) {
+	ca, err := pki.NewCA(cn, time.Now().Add(7*24*time.Hour), x509.KeyUsageCertSign|x509.KeyUsageCRLSign)
+	if err != nil {
+		return nil, fmt.Errorf("samba: ca: %w", err)
+	}
+	return ca, nil
 }
 
 func randHex(n int) string {

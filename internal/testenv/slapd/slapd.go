@@ -16,16 +16,11 @@ package slapd
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -37,6 +32,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/applianced/applianced/internal/pki"
 )
 
 // Names in the test directory.
@@ -304,57 +301,31 @@ func (s *Server) AddPosixOU(ctx context.Context) error {
 }
 
 func (s *Server) writeCerts() error {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	notAfter := time.Now().Add(7 * 24 * time.Hour)
+	ca, err := pki.NewCA("slapd test CA", notAfter, x509.KeyUsageCertSign)
 	if err != nil {
 		return fmt.Errorf("slapd: %w", err)
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: "slapd test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(7 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	leaf, err := ca.Issue(pki.Leaf{
+		CommonName:  "127.0.0.1",
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:    []string{"localhost"},
+		ExtKeyUsage: x509.ExtKeyUsageServerAuth,
+		NotAfter:    notAfter,
+	})
 	if err != nil {
 		return fmt.Errorf("slapd: %w", err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("slapd: %w", err)
-	}
-	leaf := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(7 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return fmt.Errorf("slapd: %w", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return fmt.Errorf("slapd: %w", err)
-	}
-	for name, b := range map[string][]byte{
-		"ca.pem":     pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		"server.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
-		"server.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-	} {
-		if err := os.WriteFile(filepath.Join(s.dir, name), b, 0o600); err != nil {
-			return fmt.Errorf("slapd: %w", err)
-		}
 	}
 	s.CAFile = filepath.Join(s.dir, "ca.pem")
+	if err := os.WriteFile(s.CAFile, pki.CertPEM(ca.DER), 0o600); err != nil {
+		return fmt.Errorf("slapd: %w", err)
+	}
+	if err := leaf.WriteFiles(filepath.Join(s.dir, "server.pem"), 0o600, filepath.Join(s.dir, "server.key"), 0o600); err != nil {
+		return fmt.Errorf("slapd: %w", err)
+	}
 	s.pool = x509.NewCertPool()
-	s.pool.AddCert(caCert)
+	s.pool.AddCert(ca.Cert)
 	return nil
-}
-
-func serial() *big.Int {
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	return n
 }
 
 func randHex(n int) string {
