@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -163,20 +164,13 @@ func cmdVaultBackup(ctx context.Context, e *env, args []string) int {
 			"runs. It stays encrypted: it opens only with the master key, so keep the key's\n"+
 			"own backup apart from it. FILE must not exist.",
 		"applianced vault backup /root/vault-$(date +%F).db")
-	pos, code, ok := e.parsePositional(fs, args, 1)
-	if !ok {
-		return code
-	}
-	c, err := e.adminClient(*cfgPath)
-	if err != nil {
-		return e.fail("vault backup", err)
-	}
-	n, err := backupTo(ctx, c.Socket, pos[0])
-	if err != nil {
-		return e.fail("vault backup", err)
-	}
-	fmt.Fprintf(e.stdout, "%s: %d bytes written\n", pos[0], n)
-	return exitOK
+	return e.streamFile(fs, cfgPath, args, func(socket, path string) error {
+		n, err := backupTo(ctx, socket, path)
+		if err == nil {
+			fmt.Fprintf(e.stdout, "%s: %d bytes written\n", path, n)
+		}
+		return err
+	})
 }
 
 func cmdVaultRestore(ctx context.Context, e *env, args []string) int {
@@ -185,20 +179,31 @@ func cmdVaultRestore(ctx context.Context, e *env, args []string) int {
 			"backup the current master key cannot open, or one that is damaged; the\n"+
 			"replaced database is kept beside it as vault.db.before-restore.",
 		"applianced vault restore /root/vault-2026-11-25.db")
+	return e.streamFile(fs, cfgPath, args, func(socket, path string) error {
+		res, err := restoreFrom(ctx, socket, path)
+		if err == nil {
+			fmt.Fprintf(e.stdout, "restored %d secrets and %d system keys (keyring term %d); the previous database is %s\n",
+				res.Secrets, res.SystemKeys, res.Term, res.Previous)
+		}
+		return err
+	})
+}
+
+// streamFile is the rest of a verb that streams one FILE over the admin
+// socket (vault backup, vault restore): it parses args, finds the socket
+// and runs transfer with it and FILE; transfer prints what it did.
+func (e *env) streamFile(fs *flag.FlagSet, cfgPath *string, args []string, transfer func(socket, path string) error) int {
 	pos, code, ok := e.parsePositional(fs, args, 1)
 	if !ok {
 		return code
 	}
 	c, err := e.adminClient(*cfgPath)
 	if err != nil {
-		return e.fail("vault restore", err)
+		return e.fail(fs.Name(), err)
 	}
-	res, err := restoreFrom(ctx, c.Socket, pos[0])
-	if err != nil {
-		return e.fail("vault restore", err)
+	if err := transfer(c.Socket, pos[0]); err != nil {
+		return e.fail(fs.Name(), err)
 	}
-	fmt.Fprintf(e.stdout, "restored %d secrets and %d system keys (keyring term %d); the previous database is %s\n",
-		res.Secrets, res.SystemKeys, res.Term, res.Previous)
 	return exitOK
 }
 
