@@ -403,6 +403,36 @@ func (a *Authenticator) tryDCs(ctx context.Context, try func(d *server) (id Iden
 	return Identity{}, Outcome{Reason: ReasonDirectoryUnavailable}, fmt.Errorf("%w: %w", ErrUnavailable, lastErr)
 }
 
+// searchUser runs the user search req on sc. A pooled connection the
+// network dropped while idle is closed and the search repeated, once, on a
+// fresh connection to the same DC (searches are safe to repeat). It returns
+// the connection now in use, nil when that redial failed (err says why).
+func (a *Authenticator) searchUser(ctx context.Context, d *server, sc *ldap.Conn, pooled bool, req *ldap.SearchRequest) (*ldap.Conn, *ldap.SearchResult, error) {
+	res, err := a.search(ctx, sc, req, false)
+	if err != nil && pooled && connFailed(sc, err) && ctxErr(ctx) == nil {
+		sc.Close()
+		if sc, err = a.dial(ctx, d, true); err != nil {
+			return nil, nil, err
+		}
+		res, err = a.search(ctx, sc, req, false)
+	}
+	return sc, res, err
+}
+
+// searchFailure classifies a failed user search on d: a size limit means
+// the name is ambiguous (a denial; sc may be kept), a connection that
+// failed lets the next DC be tried, anything else leaves the directory
+// unavailable.
+func searchFailure(d *server, sc *ldap.Conn, err error) (out Outcome, keep bool, ferr error, failover bool) {
+	if ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
+		return Outcome{Reason: ReasonAmbiguousUser, DC: d.url}, true, nil, false
+	}
+	if connFailed(sc, err) {
+		return Outcome{DC: d.url}, false, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), true
+	}
+	return Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, false, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
+}
+
 // loginOn tries one DC. failover reports that the DC itself failed before
 // any password was checked by it (or without an answer), so the next DC may
 // be tried.
@@ -429,27 +459,13 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 	req := ldap.NewSearchRequest(a.cfg.UserBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name),
 		userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), nil)
-	res, err := a.search(ctx, sc, req, false)
-	if err != nil && pooled && connFailed(sc, err) && ctxErr(ctx) == nil {
-		// A pooled connection the network dropped while idle: searches are
-		// safe to repeat, once, on a fresh connection to the same DC.
-		sc.Close()
-		if sc, err = a.dial(ctx, d, true); err != nil {
-			sc = nil
-			return id, out, err, isConnErr(err)
-		}
-		res, err = a.search(ctx, sc, req, false)
+	var res *ldap.SearchResult
+	if sc, res, err = a.searchUser(ctx, d, sc, pooled, req); sc == nil {
+		return id, out, err, isConnErr(err)
 	}
 	if err != nil {
-		if ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
-			keep = true
-			out.Reason = ReasonAmbiguousUser
-			return id, out, nil, false
-		}
-		if connFailed(sc, err) {
-			return id, out, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), true
-		}
-		return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
+		out, keep, err, failover = searchFailure(d, sc, err)
+		return id, out, err, failover
 	}
 	switch {
 	case len(res.Entries) == 0:

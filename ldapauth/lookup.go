@@ -83,25 +83,13 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName,
 	attrs := append(userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), stateAttrs(a.cfg.GroupMode)...)
 	req := ldap.NewSearchRequest(a.cfg.UserBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name), attrs, nil)
-	res, err := a.search(ctx, sc, req, false)
-	if err != nil && pooled && connFailed(sc, err) && ctxErr(ctx) == nil {
-		sc.Close()
-		if sc, err = a.dial(ctx, d, true); err != nil {
-			sc = nil
-			return id, out, err, isConnErr(err)
-		}
-		res, err = a.search(ctx, sc, req, false)
+	var res *ldap.SearchResult
+	if sc, res, err = a.searchUser(ctx, d, sc, pooled, req); sc == nil {
+		return id, out, err, isConnErr(err)
 	}
 	if err != nil {
-		if ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
-			keep = true
-			out.Reason = ReasonAmbiguousUser
-			return id, out, nil, false
-		}
-		if connFailed(sc, err) {
-			return id, out, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), true
-		}
-		return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
+		out, keep, err, failover = searchFailure(d, sc, err)
+		return id, out, err, failover
 	}
 	keep = true
 	switch {
