@@ -403,6 +403,18 @@ func (a *Authenticator) tryDCs(ctx context.Context, try func(d *server) (id Iden
 	return Identity{}, Outcome{Reason: ReasonDirectoryUnavailable}, fmt.Errorf("%w: %w", ErrUnavailable, lastErr)
 }
 
+// releaseSearch returns sc to d's pool of search connections when keep,
+// else closes it; a nil sc (a redial that failed) is left alone.
+func (a *Authenticator) releaseSearch(d *server, sc *ldap.Conn, keep bool) {
+	switch {
+	case sc == nil:
+	case keep:
+		d.put(false, sc, a.cfg.MaxConnections, a.now())
+	default:
+		sc.Close()
+	}
+}
+
 // searchUser runs the user search req on sc. A pooled connection the
 // network dropped while idle is closed and the search repeated, once, on a
 // fresh connection to the same DC (searches are safe to repeat). It returns
@@ -446,15 +458,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 		return id, out, err, true
 	}
 	keep := false
-	defer func() {
-		switch {
-		case sc == nil:
-		case keep:
-			d.put(false, sc, a.cfg.MaxConnections, a.now())
-		default:
-			sc.Close()
-		}
-	}()
+	defer func() { a.releaseSearch(d, sc, keep) }()
 
 	req := ldap.NewSearchRequest(a.cfg.UserBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name),

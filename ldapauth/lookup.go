@@ -71,15 +71,7 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName,
 		return id, out, err, true
 	}
 	keep := false
-	defer func() {
-		switch {
-		case sc == nil:
-		case keep:
-			d.put(false, sc, a.cfg.MaxConnections, a.now())
-		default:
-			sc.Close()
-		}
-	}()
+	defer func() { a.releaseSearch(d, sc, keep) }()
 	attrs := append(userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), stateAttrs(a.cfg.GroupMode)...)
 	req := ldap.NewSearchRequest(a.cfg.UserBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name), attrs, nil)
