@@ -62,30 +62,8 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pctx, cancel := context.WithCancel(ctx)
-	entries := make(chan Entry, 1024)
-	perr := make(chan error, 1)
-	pumped := make(chan struct{})
-	go func() {
-		defer close(pumped)
-		for {
-			e, err := r.Next(pctx)
-			if err != nil {
-				perr <- err
-				return
-			}
-			select {
-			case entries <- e:
-			case <-pctx.Done():
-				return
-			}
-		}
-	}()
-	defer func() {
-		cancel()
-		<-pumped
-		r.Close()
-	}()
+	entries, perr, stopPump := r.Pump(ctx, 1024)
+	defer stopPump()
 
 	var (
 		lastSeq  uint64

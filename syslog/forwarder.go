@@ -465,30 +465,8 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 	// write's before that write starts).
 	stopUnblock := context.AfterFunc(ctx, c.abort)
 	defer stopUnblock()
-	pctx, cancel := context.WithCancel(ctx)
-	entries := make(chan audit.Entry, maxBatchEntries)
-	perr := make(chan error, 1)
-	pumped := make(chan struct{})
-	go func() {
-		defer close(pumped)
-		for {
-			e, err := r.Next(pctx)
-			if err != nil {
-				perr <- err
-				return
-			}
-			select {
-			case entries <- e:
-			case <-pctx.Done():
-				return
-			}
-		}
-	}()
-	defer func() {
-		cancel()
-		<-pumped
-		r.Close()
-	}()
+	entries, perr, stopPump := r.Pump(ctx, maxBatchEntries)
+	defer stopPump()
 
 	var (
 		buf       []byte
