@@ -65,18 +65,7 @@ func TestLookupAccountStates(t *testing.T) {
 // removeMember takes member out of group as the domain administrator.
 func removeMember(t *testing.T, group, member string) {
 	t.Helper()
-	c, err := ldap.DialURL(dc.LDAPSURL(), ldap.DialWithTLSConfig(dc.TLSConfig()),
-		ldap.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Bind(dc.AdminDN, dc.AdminPass); err != nil {
-		t.Fatal(err)
-	}
-	m := ldap.NewModifyRequest(dc.GroupDN(group), nil)
-	m.Delete("member", []string{dc.UserDN(member)})
-	if err := c.Modify(m); err != nil {
+	if err := dc.RemoveMembers(context.Background(), group, member); err != nil {
 		t.Fatalf("removing %s from %s: %v", member, group, err)
 	}
 }

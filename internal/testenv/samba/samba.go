@@ -534,6 +534,16 @@ func (dc *DC) AddMembers(ctx context.Context, group string, members ...string) e
 	return nil
 }
 
+// RemoveMembers takes members (names or DNs) out of an existing group.
+func (dc *DC) RemoveMembers(ctx context.Context, group string, members ...string) error {
+	m := ldap.NewModifyRequest(dc.dns([]string{group})[0], nil)
+	m.Delete("member", dc.dns(members))
+	if err := dc.admin(ctx, func(c *ldap.Conn) error { return c.Modify(m) }); err != nil {
+		return fmt.Errorf("samba: remove members from %s: %w", group, err)
+	}
+	return nil
+}
+
 func (dc *DC) dns(names []string) []string {
 	out := make([]string, len(names))
 	for i, n := range names {
