@@ -481,16 +481,7 @@ func newStallListener(t *testing.T) *stallListener {
 			s.mu.Unlock()
 			go func() {
 				<-s.release
-				var b [64 << 10]byte
-				for {
-					n, err := c.Read(b[:])
-					s.mu.Lock()
-					buf.Write(b[:n])
-					s.mu.Unlock()
-					if err != nil {
-						return
-					}
-				}
+				readInto(c, &s.mu, buf)
 			}()
 		}
 	}()
@@ -747,5 +738,19 @@ func TestDropOldestSkipsToTheOldestKept(t *testing.T) {
 	waitFor(t, "delivery", time.Minute, func() bool { cnt.poll(); return uint64(len(cnt.seen)) >= j.LastSeq()-first })
 	if cnt.seen[first] == 0 || cnt.seen[first-1] != 0 {
 		t.Errorf("got seq %d: %d copies, seq %d: %d; want delivery to start at the oldest kept, %d", first, cnt.seen[first], first-1, cnt.seen[first-1], first)
+	}
+}
+
+// readInto copies what c receives into buf, under mu, until c fails.
+func readInto(c net.Conn, mu *sync.Mutex, buf *bytes.Buffer) {
+	var b [64 << 10]byte
+	for {
+		n, err := c.Read(b[:])
+		mu.Lock()
+		buf.Write(b[:n])
+		mu.Unlock()
+		if err != nil {
+			return
+		}
 	}
 }

@@ -58,18 +58,7 @@ func startLineReceiver(t *testing.T, addr string) *lineReceiver {
 			r.mu.Lock()
 			r.got = append(r.got, buf)
 			r.mu.Unlock()
-			go func() {
-				var b [64 << 10]byte
-				for {
-					n, err := c.Read(b[:])
-					r.mu.Lock()
-					buf.Write(b[:n])
-					r.mu.Unlock()
-					if err != nil {
-						return
-					}
-				}
-			}()
+			go readInto(c, &r.mu, buf)
 		}
 	}()
 	return r
