@@ -3,7 +3,8 @@
 // length and mod-97 checked), JWTs, PEM private keys, well-known API key
 // formats, AWS access key ids, bearer tokens and the values of password-like
 // fields. A site adds its own detectors (RE2 regular expressions) in the
-// [dlp] section and may turn built-in ones off.
+// [dlp] section and may turn built-in ones off. Scanner.Reload swaps the
+// whole set at once on a config reload; an invalid section changes nothing.
 //
 // The tool proxy uses it on upstream responses before they reach an agent,
 // and Appender uses it on audit events before they reach the journal.
@@ -26,6 +27,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/applianced/applianced/internal/conf"
 )
@@ -118,15 +120,62 @@ type detector struct {
 	find func(s, lower string) [][2]int // lower: s ASCII-lowercased, same length
 }
 
-// Scanner finds and redacts. It is safe for concurrent use.
+// Scanner finds and redacts. It is safe for concurrent use, also with
+// Reload: each call sees one detector set, the old or the new.
 type Scanner struct {
+	set atomic.Pointer[detectorSet]
+}
+
+// detectorSet is one compiled [dlp] section.
+type detectorSet struct {
 	dets     []detector
 	password bool // password-like JSON keys
+	card     bool // JSON numbers that are card numbers
 }
+
+var emptySet = &detectorSet{}
 
 // New returns a scanner with the built-in detectors, minus cfg.Disable, plus
 // cfg.Detectors.
 func New(cfg Config) (*Scanner, error) {
+	ds, err := compileSet(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Scanner{}
+	s.set.Store(ds)
+	return s, nil
+}
+
+// Reload swaps in the detector set of cfg (SIGHUP). Redactions in flight
+// finish on the old set. An invalid cfg is refused and changes nothing.
+func (s *Scanner) Reload(cfg Config) error {
+	ds, err := compileSet(cfg)
+	if err != nil {
+		return err
+	}
+	s.set.Store(ds)
+	return nil
+}
+
+// Detectors returns the names of the detectors in use, in scan order.
+func (s *Scanner) Detectors() []string {
+	ds := s.load()
+	n := make([]string, len(ds.dets))
+	for i, d := range ds.dets {
+		n[i] = d.name
+	}
+	return n
+}
+
+func (s *Scanner) load() *detectorSet {
+	if ds := s.set.Load(); ds != nil {
+		return ds
+	}
+	return emptySet
+}
+
+func compileSet(cfg Config) (*detectorSet, error) {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("dlp: %w", errs[0])
 	}
@@ -134,17 +183,17 @@ func New(cfg Config) (*Scanner, error) {
 	for _, d := range cfg.Disable {
 		off[d] = true
 	}
-	s := &Scanner{password: !off[PasswordField]}
+	ds := &detectorSet{password: !off[PasswordField], card: !off[Card]}
 	for _, d := range builtins {
 		if !off[d.name] {
-			s.dets = append(s.dets, d)
+			ds.dets = append(ds.dets, d)
 		}
 	}
 	for _, dc := range cfg.Detectors {
 		re, _ := compileSite(dc.Pattern)
-		s.dets = append(s.dets, detector{name: dc.Name, find: reFinder(re, 0)})
+		ds.dets = append(ds.dets, detector{name: dc.Name, find: reFinder(re, 0)})
 	}
-	return s, nil
+	return ds, nil
 }
 
 // Result says what a redaction found: detector name → number of matches.
@@ -167,10 +216,12 @@ func (r Result) Names() []string {
 func replacement(name string) string { return "[REDACTED:" + name + "]" }
 
 // RedactString returns s with every match replaced by "[REDACTED:name]".
-func (s *Scanner) RedactString(in string) (string, Result) {
+func (s *Scanner) RedactString(in string) (string, Result) { return s.load().redactString(in) }
+
+func (ds *detectorSet) redactString(in string) (string, Result) {
 	var spans []span
 	lower := asciiLower(in)
-	for _, d := range s.dets {
+	for _, d := range ds.dets {
 		for _, m := range d.find(in, lower) {
 			spans = append(spans, span{m[0], m[1], d.name})
 		}
@@ -193,8 +244,10 @@ func (s *Scanner) RedactString(in string) (string, Result) {
 }
 
 // RedactText redacts b as plain text. With nothing found it returns b itself.
-func (s *Scanner) RedactText(b []byte) ([]byte, Result) {
-	out, res := s.RedactString(string(b))
+func (s *Scanner) RedactText(b []byte) ([]byte, Result) { return s.load().redactText(b) }
+
+func (ds *detectorSet) redactText(b []byte) ([]byte, Result) {
+	out, res := ds.redactString(string(b))
 	if !res.Found() {
 		return b, nil
 	}
@@ -206,12 +259,13 @@ func (s *Scanner) RedactText(b []byte) ([]byte, Result) {
 // body that claims to be JSON but does not parse is treated as text. With
 // nothing found it returns b itself.
 func (s *Scanner) Redact(contentType string, b []byte) ([]byte, Result) {
+	ds := s.load()
 	if IsJSON(contentType) {
-		if out, res, err := s.RedactJSON(b); err == nil {
+		if out, res, err := ds.redactJSON(b); err == nil {
 			return out, res
 		}
 	}
-	return s.RedactText(b)
+	return ds.redactText(b)
 }
 
 // IsJSON reports whether the media type is JSON (application/json or
@@ -242,12 +296,14 @@ func IsText(contentType string) bool {
 // value of every password-like key replaced whole. Key order is kept; when
 // something is found the output is compact. With nothing found it returns b
 // itself. An error means b is not JSON.
-func (s *Scanner) RedactJSON(b []byte) ([]byte, Result, error) {
+func (s *Scanner) RedactJSON(b []byte) ([]byte, Result, error) { return s.load().redactJSON(b) }
+
+func (ds *detectorSet) redactJSON(b []byte) ([]byte, Result, error) {
 	// Fast path: a document without \u or \/ escapes in which a plain text
 	// scan finds nothing has nothing a structural scan would find either
 	// (every string, number and "key": value pair is visible as text).
 	if !bytes.Contains(b, []byte(`\u`)) && !bytes.Contains(b, []byte(`\/`)) {
-		if _, res := s.RedactText(b); !res.Found() {
+		if _, res := ds.redactText(b); !res.Found() {
 			if !json.Valid(b) && !validJSONSeq(b) {
 				return nil, nil, errors.New("dlp: not JSON")
 			}
@@ -320,7 +376,7 @@ func (s *Scanner) RedactJSON(b []byte) ([]byte, Result, error) {
 			f.wantKey = false
 			writeString(str)
 			out.WriteByte(':')
-			sensitive = s.password && passwordKey(str)
+			sensitive = ds.password && passwordKey(str)
 			continue
 		}
 		beforeValue()
@@ -335,7 +391,7 @@ func (s *Scanner) RedactJSON(b []byte) ([]byte, Result, error) {
 				writeString(replacement(PasswordField))
 				res[PasswordField]++
 			} else {
-				r, found := s.RedactString(t)
+				r, found := ds.redactString(t)
 				for k, v := range found {
 					res[k] += v
 				}
@@ -346,7 +402,7 @@ func (s *Scanner) RedactJSON(b []byte) ([]byte, Result, error) {
 			case sensitive:
 				writeString(replacement(PasswordField))
 				res[PasswordField]++
-			case s.hasCard() && isCardNumber(string(t)):
+			case ds.card && isCardNumber(string(t)):
 				writeString(replacement(Card))
 				res[Card]++
 			default:
@@ -367,15 +423,6 @@ func (s *Scanner) RedactJSON(b []byte) ([]byte, Result, error) {
 		return b, nil, nil
 	}
 	return out.Bytes(), res, nil
-}
-
-func (s *Scanner) hasCard() bool {
-	for _, d := range s.dets {
-		if d.name == Card {
-			return true
-		}
-	}
-	return false
 }
 
 type span struct {
