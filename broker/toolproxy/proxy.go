@@ -91,10 +91,13 @@ type KeySource interface {
 // Options configure a Proxy. Every interface is required except Policy
 // (nil: no ABAC rules beyond scopes) and Logger.
 type Options struct {
-	Tools    []Tool
-	Risk     RiskConfig
-	DLP      *dlp.Scanner // nil: the built-in detectors
-	StateDir string       // toolproxy.db lives here
+	Tools []Tool
+	Risk  RiskConfig
+	// DLP scans responses; nil: the built-in detectors. ReloadWithDLP
+	// swaps this scanner's detector set, so an audit Appender sharing it
+	// follows the reload too.
+	DLP      *dlp.Scanner
+	StateDir string // toolproxy.db lives here
 	Verifier Verifier
 	Policy   PolicyChecker
 	Agents   AgentControl
@@ -117,6 +120,10 @@ type Proxy struct {
 	cur   atomic.Pointer[state] // swapped by Reload
 	risk  *riskEngine
 	store *store
+
+	sweepMu  sync.Mutex // one sweep of expired approvals at a time
+	sweeper  sync.Mutex // guards sweepCtl
+	sweepCtl *sweepControl
 }
 
 // state is the configuration-derived part of the proxy.
@@ -202,6 +209,7 @@ func New(opts Options) (*Proxy, error) {
 	}
 	p.store = st
 	p.risk = newRiskEngine(opts.Risk)
+	p.startSweeper(approvalSweepEvery)
 	return p, nil
 }
 
@@ -232,20 +240,42 @@ func buildState(tools []Tool, risk RiskConfig, old *state) (*state, error) {
 	return st, nil
 }
 
-// Reload swaps in new [[tool]] and [risk] sections (SIGHUP). Calls in
-// flight finish on the old ones; counters, blocks, approvals and enrolments
-// are kept. On error nothing changes.
+// Reload swaps in new [[tool]] and [risk] sections (SIGHUP) and keeps the
+// DLP detectors. Calls in flight finish on the old ones; counters, blocks,
+// approvals and enrolments are kept. On error nothing changes.
 func (p *Proxy) Reload(tools []Tool, risk RiskConfig) error {
+	return p.reload(tools, risk, nil)
+}
+
+// ReloadWithDLP is Reload that also swaps the DLP detector set for the
+// [dlp] section dc. All three sections are checked before anything is
+// swapped: an invalid one (a bad detector pattern, say) is refused with
+// ErrConfig and the old tools, limits and detectors stay in force.
+func (p *Proxy) ReloadWithDLP(tools []Tool, risk RiskConfig, dc dlp.Config) error {
+	return p.reload(tools, risk, &dc)
+}
+
+func (p *Proxy) reload(tools []Tool, risk RiskConfig, dc *dlp.Config) error {
 	if errs := ValidateTools(tools); len(errs) > 0 {
 		return fmt.Errorf("%w: %v", ErrConfig, errs[0])
 	}
 	if errs := risk.Validate(); len(errs) > 0 {
 		return fmt.Errorf("%w: risk.%v", ErrConfig, errs[0])
 	}
+	if dc != nil {
+		if errs := dc.Validate(); len(errs) > 0 {
+			return fmt.Errorf("%w: dlp.%v", ErrConfig, errs[0])
+		}
+	}
 	old := p.cur.Load()
 	st, err := buildState(tools, risk, old)
 	if err != nil {
 		return err
+	}
+	if dc != nil {
+		if err := p.dlp.Reload(*dc); err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
 	}
 	p.cur.Store(st)
 	p.risk.setConfig(risk)
@@ -257,8 +287,10 @@ func (p *Proxy) Reload(tools []Tool, risk RiskConfig) error {
 	return nil
 }
 
-// Close closes the state file and idle upstream connections.
+// Close stops the sweep of expired approvals and closes the state file and
+// idle upstream connections.
 func (p *Proxy) Close() error {
+	p.stopSweeper()
 	for _, t := range p.cur.Load().tools {
 		t.closeIdle()
 	}

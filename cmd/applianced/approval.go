@@ -131,7 +131,7 @@ func (d *daemon) mountToolProxy(b *broker.Broker, v *vault.Vault) error {
 	p.RegisterAdmin(d.admin)
 	d.closers = append(d.closers, p.Close)
 	d.reloaders = append(d.reloaders, func(_ context.Context, cfg *config.File) error {
-		return p.Reload(cfg.Tools, cfg.Risk)
+		return p.ReloadWithDLP(cfg.Tools, cfg.Risk, cfg.DLP)
 	})
 	return nil
 }
