@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/applianced/applianced/audit"
+	bolt "go.etcd.io/bbolt"
 )
 
 // ApprovalHeader carries the id of an approved call when the agent retries.
@@ -217,4 +219,154 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	writeJSON(w, http.StatusOK, ApprovalStatus{ID: a.ID, Status: a.Status, ExpiresAt: a.Expires.UTC().Format(time.RFC3339)})
+}
+
+// approvalSweepEvery is how often the proxy looks for approvals that
+// expired unused. The proxy's clock decides what has expired; this ticker
+// only wakes the sweep.
+const approvalSweepEvery = 30 * time.Second
+
+// sweepControl stops one sweeper goroutine.
+type sweepControl struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startSweeper starts the goroutine that records approval.expire for every
+// approval that expires unused, whether or not anyone polls it. The first
+// sweep runs one interval after the start; it also records approvals that
+// expired while the daemon was down.
+func (p *Proxy) startSweeper(every time.Duration) {
+	p.sweeper.Lock()
+	defer p.sweeper.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	ctl := &sweepControl{cancel: cancel, done: make(chan struct{})}
+	p.sweepCtl = ctl
+	go func() {
+		defer close(ctl.done)
+		tk := time.NewTicker(every)
+		defer tk.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+			if _, err := p.sweepApprovals(ctx); err != nil && ctx.Err() == nil {
+				p.log.Error("toolproxy: recording expired approvals; retrying at the next sweep", "err", err)
+			}
+		}
+	}()
+}
+
+// stopSweeper stops the sweeper goroutine and waits for it. Idempotent.
+func (p *Proxy) stopSweeper() {
+	p.sweeper.Lock()
+	ctl := p.sweepCtl
+	p.sweepCtl = nil
+	p.sweeper.Unlock()
+	if ctl != nil {
+		ctl.cancel()
+		<-ctl.done
+	}
+}
+
+// sweepApprovals records approval.expire once for each approval that has
+// expired, as of the proxy's clock, while pending or approved but unused,
+// and marks it expired. A used or denied approval never expires. The
+// approval is marked first, so that a concurrent use or decision sees it
+// expired and nothing records it twice; if the journal refuses the event the
+// mark is undone and the next sweep tries again. It returns how many
+// approvals it recorded.
+func (p *Proxy) sweepApprovals(ctx context.Context) (int, error) {
+	p.sweepMu.Lock()
+	defer p.sweepMu.Unlock()
+	now := p.now()
+	due, err := p.store.dueToExpire(now)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, id := range due {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		a, prev, err := p.store.markExpired(id, now)
+		if errors.Is(err, errNotDue) || errors.Is(err, ErrApprovalNotFound) {
+			continue // used, decided or pruned since the listing
+		}
+		if err != nil {
+			return n, err
+		}
+		reason := "expired unanswered"
+		if prev == StatusApproved {
+			reason = "expired approved but unused"
+		}
+		ev := &audit.Event{
+			Type: "approval.expire", Actor: audit.Actor{Agent: a.Agent, User: a.User},
+			Action: "approval.expire", Target: a.ID, Outcome: audit.OutcomeSuccess, Reason: reason,
+			RequestID: newRequestID(),
+			Details: map[string]string{
+				"approval_id": a.ID, "agent": a.Agent, "user": a.User, "tool": a.Tool,
+				"method": a.Method, "path": a.Path, "status": prev,
+				"expires_at": a.Expires.UTC().Format(time.RFC3339),
+			},
+		}
+		if _, err := p.opts.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+			if _, uerr := p.store.updateApproval(id, func(a *Approval) error {
+				if a.Status != StatusExpired {
+					return errNotDue
+				}
+				a.Status = prev
+				return nil
+			}); uerr != nil && !errors.Is(uerr, errNotDue) {
+				p.log.Error("toolproxy: undoing an approval's expiry mark", "approval_id", id, "err", uerr)
+			}
+			return n, fmt.Errorf("toolproxy: recording approval.expire: %w", err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// errNotDue says an approval is not (or no longer) pending or approved past
+// its expiry.
+var errNotDue = errors.New("toolproxy: approval is not due to expire")
+
+// dueToExpire lists the approvals still stored as pending or approved whose
+// expiry has passed as of now.
+func (s *store) dueToExpire(now time.Time) ([]string, error) {
+	var ids []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketApprovals).ForEach(func(k, v []byte) error {
+			var a Approval
+			if json.Unmarshal(v, &a) != nil {
+				return nil
+			}
+			if dueToExpire(&a, now) {
+				ids = append(ids, string(k))
+			}
+			return nil
+		})
+	})
+	return ids, err
+}
+
+func dueToExpire(a *Approval, now time.Time) bool {
+	return (a.Status == StatusPending || a.Status == StatusApproved) && !now.Before(a.Expires)
+}
+
+// markExpired stores the approval as expired if it is due, and returns it
+// with the status it had.
+func (s *store) markExpired(id string, now time.Time) (*Approval, string, error) {
+	var prev string
+	a, err := s.updateApproval(id, func(a *Approval) error {
+		if !dueToExpire(a, now) {
+			return errNotDue
+		}
+		prev = a.Status
+		a.Status = StatusExpired
+		return nil
+	})
+	return a, prev, err
 }

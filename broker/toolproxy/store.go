@@ -115,14 +115,15 @@ func putApproval(b *bolt.Bucket, a *Approval) error {
 	return b.Put([]byte(a.ID), v)
 }
 
-// createApproval stores a, dropping approvals that ended over a day ago.
+// createApproval stores a, dropping approvals that ended over a day ago
+// (not one whose expiry is still to be recorded by the sweep).
 func (s *store) createApproval(a *Approval, now time.Time) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketApprovals)
 		var old [][]byte
 		_ = b.ForEach(func(k, v []byte) error {
 			var x Approval
-			if json.Unmarshal(v, &x) == nil && now.Sub(x.Expires) > 24*time.Hour {
+			if json.Unmarshal(v, &x) == nil && now.Sub(x.Expires) > 24*time.Hour && !dueToExpire(&x, now) {
 				old = append(old, append([]byte(nil), k...))
 			}
 			return nil
