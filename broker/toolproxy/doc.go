@@ -37,7 +37,9 @@
 // audit_unavailable and the tool never sees the call, whatever the method.
 // When the tool has answered, failed or timed out, the outcome (upstream
 // status, bytes, duration, DLP action) is appended as tool.result, or
-// tool.dlp when DLP acted, with the same request id.
+// tool.dlp when DLP acted, with the same request id. An approval that
+// expires unused (pending, or approved and never used) is recorded once as
+// approval.expire by a periodic sweep, whether or not anyone polls it.
 //
 // State (approvals, TOTP enrolments, source addresses seen per agent) lives
 // in one bbolt file, toolproxy.db, in the state directory.
