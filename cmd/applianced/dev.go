@@ -10,6 +10,7 @@ import (
 	"text/template"
 
 	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/internal/procs"
 )
 
 // devEnv is the demo appliance `applianced dev` builds: a config file in a
@@ -102,6 +103,7 @@ func cmdDev(ctx context.Context, e *env, args []string) int {
 	if err := initState(quiet, cfg); err != nil {
 		return e.fail("dev", err)
 	}
+	procs.Tune()
 	return serve(ctx, e, cfg, serveOptions{adminGID: os.Getgid(), onReady: func(d *daemon) {
 		dv.printTry(e)
 	}})

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/internal/procs"
 )
 
 func cmdServe(ctx context.Context, e *env, args []string) int {
@@ -45,6 +47,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	if err := checkKeyFiles(cfg); err != nil {
 		return e.fail("serve", err)
 	}
+	procs.Tune()
 	return serve(ctx, e, cfg, serveOptions{})
 }
 
@@ -119,7 +122,7 @@ func serve(ctx context.Context, e *env, cfg *config.File, opts serveOptions) int
 	d.notify.Ready()
 	d.notify.Status("serving: API %s, agent socket %s, admin socket %s", l.api.Addr(), cfg.Server.AgentSocket, cfg.Server.AdminSocket)
 	log.Info("applianced ready", "api", l.api.Addr().String(), "agent_socket", cfg.Server.AgentSocket,
-		"admin_socket", cfg.Server.AdminSocket, "version", version)
+		"admin_socket", cfg.Server.AdminSocket, "version", version, "gomaxprocs", runtime.GOMAXPROCS(0))
 	if opts.onReady != nil {
 		opts.onReady(d)
 	}
