@@ -6,6 +6,7 @@ import (
 	"hash/crc32"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,8 +18,13 @@ import (
 // It is written after the entries it names are durable, off the append path:
 // a background goroutine writes the newest value into one of two slots in
 // turn (pwrite + fdatasync), so a crash mid-write leaves the other slot
-// intact. The marker may lag the journal by the batches in flight; it never
-// runs ahead of it.
+// intact. It writes at most once per markerInterval: every fdatasync of the
+// marker is a cache flush the journal's own fsync would queue behind, so a
+// marker that followed every batch would double the flushes a busy journal
+// waits for. The marker may therefore lag the journal by up to
+// markerInterval of appends, and a cut of only that newest tail is not
+// caught by it (the forwarded copy in syslog still has those entries); it
+// never runs ahead of the journal.
 type marker struct {
 	f *os.File
 
@@ -97,13 +103,26 @@ func (m *marker) store(seq uint64, hash [32]byte) {
 	}
 }
 
+// markerInterval is the least time between two marker writes.
+const markerInterval = 5 * time.Millisecond
+
 func (m *marker) loop() {
 	defer close(m.stopped)
+	pause := time.NewTimer(0)
+	<-pause.C
 	for {
 		select {
 		case <-m.wake:
 			m.flush()
 		case <-m.stop:
+			m.flush()
+			return
+		}
+		pause.Reset(markerInterval)
+		select {
+		case <-pause.C:
+		case <-m.stop:
+			pause.Stop()
 			m.flush()
 			return
 		}
