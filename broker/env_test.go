@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -126,7 +127,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *env {
 	if _, err := io.ReadFull(rand.Reader, master); err != nil {
 		t.Fatal(err)
 	}
-	v, err := vault.Open(ctx, filepath.Join(dir, "vault.db"), master, vault.Config{}, &vault.Options{Audit: j})
+	v, err := vault.Open(ctx, filepath.Join(dir, "vault.db"), master, vault.Config{}, &vault.Options{Audit: j, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
