@@ -43,7 +43,7 @@ var Catalogue = []EventType{
 	{"approval.request", "a tool call waits for a human approval", 5},
 	{"approval.approve", "an approval was granted", 5},
 	{"approval.deny", "an approval was denied", 8},
-	{"approval.expire", "an approval expired unanswered", 5},
+	{"approval.expire", "an approval expired before it was used (pending or approved)", 5},
 
 	// Secrets and the vault.
 	{"secret.put", "a secret was stored (its value is never recorded)", 5},
