@@ -159,6 +159,9 @@ func Open(dir string, opts *Options) (*Journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit: creating journal dir: %w", err)
 	}
+	if err := removeTemps(dir, o.Logger); err != nil {
+		return nil, err
+	}
 	segs, err := listSegments(dir)
 	if err != nil {
 		return nil, err
@@ -473,22 +476,36 @@ func withSeq(canon []byte, seq uint64) []byte {
 	return append(out, canon[len(zero):]...)
 }
 
+// The segment appears under its name only with its header on disk: the
+// header is written and synced under a temporary name, then linked into
+// place (which fails if the name exists). A crash midway leaves at most a
+// temporary file, which Open removes, never a segment without a header.
 func (j *Journal) newSegment(first uint64, prev [32]byte) error {
 	path := filepath.Join(j.dir, segName(first))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	tmp := path + tmpSuffix
+	_ = os.Remove(tmp) // left by a crash while creating this very segment
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("audit: creating segment: %w", err)
 	}
+	fail := func(what string, err error) error {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("audit: %s: %w", what, err)
+	}
 	hdr := fmt.Sprintf("%s first=%d prev=%s\n", headerMagic, first, hex.EncodeToString(prev[:]))
 	if _, err := f.WriteString(hdr); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("audit: writing segment header: %w", err)
+		return fail("writing segment header", err)
 	}
 	if err := f.Sync(); err != nil {
+		return fail("syncing segment header", err)
+	}
+	if err := os.Link(tmp, path); err != nil {
+		return fail("creating segment", err)
+	}
+	if err := os.Remove(tmp); err != nil {
 		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("audit: syncing segment header: %w", err)
+		return fmt.Errorf("audit: creating segment: %w", err)
 	}
 	if err := syncDir(j.dir); err != nil {
 		f.Close()
@@ -512,6 +529,25 @@ func syncDir(dir string) error {
 	defer d.Close()
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("audit: syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// tmpSuffix marks a segment being created (see newSegment).
+const tmpSuffix = ".tmp"
+
+// removeTemps deletes the temporary files of segments whose creation a
+// crash interrupted: they never held an entry.
+func removeTemps(dir string, log *slog.Logger) error {
+	tmps, err := filepath.Glob(filepath.Join(dir, segPrefix+"*"+segSuffix+tmpSuffix))
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	for _, t := range tmps {
+		if err := os.Remove(t); err != nil {
+			return fmt.Errorf("audit: removing an unfinished segment: %w", err)
+		}
+		log.Warn("audit: removed an unfinished segment left by a crash (it held no entry)", "path", t)
 	}
 	return nil
 }

@@ -270,6 +270,33 @@ func TestTornFinalLineIsRepairedOnOpen(t *testing.T) {
 	}
 }
 
+func TestUnfinishedSegmentIsRemovedOnOpen(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, nil)
+	for i := 0; i < 3; i++ {
+		j.Append(context.Background(), testEvent(i))
+	}
+	j.Close()
+	// A crash while the next segment was being created: its header only
+	// half written, under the temporary name.
+	tmp := filepath.Join(dir, segName(4)+tmpSuffix)
+	if err := os.WriteFile(tmp, []byte(headerMagic+" fir"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j2 := openTest(t, dir, nil)
+	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the unfinished segment is still there after Open (stat: %v)", err)
+	}
+	seq, err := j2.Append(context.Background(), testEvent(4))
+	if err != nil || seq != 4 {
+		t.Fatalf("append after Open: seq %d err %v, want 4", seq, err)
+	}
+	j2.Close()
+	if rep := mustVerify(t, dir); !rep.OK() || rep.Last != 4 {
+		t.Fatalf("verify: last %d problems %v", rep.Last, rep.Problems)
+	}
+}
+
 // The crash test re-executes the test binary as a child that appends as fast
 // as it can and prints each acknowledged seq; the parent kills it with
 // SIGKILL at random points.
