@@ -85,6 +85,9 @@ type Broker struct {
 	cfg  atomic.Pointer[compiled]
 	revs *revocations
 
+	verified        *verifiedCache
+	signatureChecks atomic.Int64 // full verifications (cache misses), for tests
+
 	stateMu sync.RWMutex
 	states  map[string]AgentState
 	seen    sync.Map // agent name -> time.Time, flushed to the store by Run
@@ -117,7 +120,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	}
 	b := &Broker{
 		issuer: opts.Issuer, store: opts.Store, audit: opts.Audit, auth: opts.Auth, hasher: opts.Hasher,
-		log: opts.Logger, loc: opts.Location, now: opts.Now,
+		log: opts.Logger, loc: opts.Location, now: opts.Now, verified: newVerifiedCache(),
 	}
 	if b.log == nil {
 		b.log = slog.Default()

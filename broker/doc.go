@@ -30,6 +30,11 @@
 // current and previous signing keys, the signature, iss/exp/nbf/iat with 30 s
 // leeway, aud, then the revocation list, the agent's state and user
 // revocation. Revocation and disabling take effect at once in this process.
+// A token whose signature checked out is remembered by the SHA-256 of its
+// text (a bounded cache), so an agent's later calls with the same token
+// skip the parse and the Ed25519 check (about 70 µs of CPU, against about
+// 1 µs); every other check, the signing key's trust included, runs on every
+// call.
 //
 // The package refuses: any algorithm but EdDSA, tokens without exp or jti,
 // repeated or URL-borne OAuth2 parameters, client_secret stored in clear,

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -123,6 +124,9 @@ func invalid(why error) error { return fmt.Errorf("%w: %w", ErrInvalidToken, why
 // by kid, signature, claims (iss, exp, nbf, iat with 30 s leeway), aud,
 // then the revocation list, the agent's state and user revocation. The
 // error wraps ErrInvalidToken and the specific reason.
+//
+// A token seen before with a good signature skips parse and signature (see
+// verifiedCache); every other check runs on every call.
 func (b *Broker) Verify(ctx context.Context, raw, audience string) (*Principal, error) {
 	c, err := b.verifyClaims(raw, func(aud string) bool { return aud == audience })
 	if err != nil {
@@ -137,42 +141,70 @@ func (b *Broker) verifyClaims(raw string, accept func(aud string) bool) (*claims
 	if len(raw) > maxTokenBytes || strings.Count(raw, ".") != 2 {
 		return nil, invalid(ErrMalformed)
 	}
+	key := sha256.Sum256([]byte(raw))
+	if e, ok := b.verified.get(key); ok {
+		if _, trusted := b.keys.cur.Load().pub[e.kid]; !trusted {
+			return nil, invalid(ErrUnknownKey)
+		}
+		return b.checkClaims(e.c, accept)
+	}
+	c, kid, err := b.verifySignature(raw)
+	if err != nil {
+		return nil, err
+	}
+	// Authentic: remembered even if it fails what follows, which every
+	// later presentation checks again.
+	b.verified.put(key, verifiedEntry{c: c, kid: kid}, b.now())
+	return b.checkClaims(c, accept)
+}
+
+// verifySignature parses raw (EdDSA only), checks typ, finds the key by kid,
+// verifies the signature and decodes the claims, which must have the
+// fields every token of the broker has. It returns the claims and the kid.
+func (b *Broker) verifySignature(raw string) (*claims, string, error) {
+	b.signatureChecks.Add(1)
 	jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.EdDSA})
 	if err != nil {
 		var alg *jose.ErrUnexpectedSignatureAlgorithm
 		if errors.As(err, &alg) {
-			return nil, invalid(ErrAlgorithm)
+			return nil, "", invalid(ErrAlgorithm)
 		}
-		return nil, invalid(ErrMalformed)
+		return nil, "", invalid(ErrMalformed)
 	}
 	if len(jws.Signatures) != 1 {
-		return nil, invalid(ErrMalformed)
+		return nil, "", invalid(ErrMalformed)
 	}
 	h := jws.Signatures[0].Protected
 	if h.Algorithm != string(jose.EdDSA) {
-		return nil, invalid(ErrAlgorithm)
+		return nil, "", invalid(ErrAlgorithm)
 	}
 	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(typ, "at+jwt") && !strings.EqualFold(typ, "application/at+jwt") {
-		return nil, invalid(ErrTokenType)
+		return nil, "", invalid(ErrTokenType)
 	}
 	pub, ok := b.keys.cur.Load().pub[h.KeyID]
 	if !ok {
-		return nil, invalid(ErrUnknownKey)
+		return nil, "", invalid(ErrUnknownKey)
 	}
 	payload, err := jws.Verify(pub)
 	if err != nil {
-		return nil, invalid(ErrSignature)
+		return nil, "", invalid(ErrSignature)
 	}
 	var c claims
 	if err := json.Unmarshal(payload, &c); err != nil {
-		return nil, invalid(ErrMalformed)
+		return nil, "", invalid(ErrMalformed)
 	}
 	if c.Expiry == nil || c.IssuedAt == nil || c.ID == "" || c.Subject == "" || (c.Kind != KindAgent && c.Kind != KindUser) {
-		return nil, invalid(ErrMalformed)
+		return nil, "", invalid(ErrMalformed)
 	}
+	return &c, h.KeyID, nil
+}
+
+// checkClaims checks what depends on the clock and the caller: iss, exp,
+// nbf and iat (30 s leeway), then aud. It does not modify c.
+func (b *Broker) checkClaims(c *claims, accept func(aud string) bool) (*claims, error) {
 	std := jwt.Claims{Issuer: c.Issuer, Subject: c.Subject, Audience: c.Audience, Expiry: c.Expiry,
 		NotBefore: c.NotBefore, IssuedAt: c.IssuedAt, ID: c.ID}
-	err = std.ValidateWithLeeway(jwt.Expected{Issuer: b.issuer, Time: b.now()}, leeway)
+	err := std.ValidateWithLeeway(jwt.Expected{Issuer: b.issuer, Time: b.now()}, leeway)
 	switch {
 	case errors.Is(err, jwt.ErrInvalidIssuer):
 		return nil, invalid(ErrIssuer)
@@ -186,15 +218,15 @@ func (b *Broker) verifyClaims(raw string, accept func(aud string) bool) (*claims
 	if !slices.ContainsFunc(c.Audience, accept) {
 		return nil, invalid(ErrAudience)
 	}
-	return &c, nil
+	return c, nil
 }
 
 // checkState applies what changes after issuance: revocations and the
 // agent's state. It returns the principal.
 func (b *Broker) checkState(c *claims) (*Principal, error) {
 	p := &Principal{
-		Kind: c.Kind, Subject: c.Subject, ClientID: c.ClientID, Audience: c.Audience, JTI: c.ID,
-		Groups: c.Groups, Scopes: strings.Fields(c.Scope), IssuedAt: c.IssuedAt.Time(), Expiry: c.Expiry.Time(),
+		Kind: c.Kind, Subject: c.Subject, ClientID: c.ClientID, Audience: slices.Clone(c.Audience), JTI: c.ID,
+		Groups: slices.Clone(c.Groups), Scopes: strings.Fields(c.Scope), IssuedAt: c.IssuedAt.Time(), Expiry: c.Expiry.Time(),
 	}
 	if c.NotBefore != nil {
 		p.NotBefore = c.NotBefore.Time()
