@@ -1,6 +1,7 @@
 package toolproxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -54,6 +56,58 @@ func (f echoForms) scrub(s string) (string, bool) {
 		}
 	}
 	return s, found
+}
+
+// errEchoed means a streamed answer held the injected credential.
+var errEchoed = errors.New("the tool echoed its credential")
+
+// echoWriter passes a stream to w while holding back its last
+// longest-form-minus-one bytes, so that a credential split across writes
+// is seen whole before any byte of it goes out. Write fails with
+// errEchoed, writing nothing of the match, once one is seen.
+type echoWriter struct {
+	w     io.Writer
+	forms [][]byte
+	hold  int
+	buf   []byte
+}
+
+func newEchoWriter(w io.Writer, forms echoForms) *echoWriter {
+	ew := &echoWriter{w: w}
+	for _, f := range forms {
+		ew.forms = append(ew.forms, []byte(f))
+		ew.hold = max(ew.hold, len(f)-1)
+	}
+	return ew
+}
+
+func (ew *echoWriter) Write(p []byte) (int, error) {
+	if len(ew.forms) == 0 {
+		return ew.w.Write(p)
+	}
+	ew.buf = append(ew.buf, p...)
+	for _, f := range ew.forms {
+		if bytes.Contains(ew.buf, f) {
+			return 0, errEchoed
+		}
+	}
+	if n := len(ew.buf) - ew.hold; n > 0 {
+		if _, err := ew.w.Write(ew.buf[:n]); err != nil {
+			return 0, err
+		}
+		ew.buf = append(ew.buf[:0], ew.buf[n:]...)
+	}
+	return len(p), nil
+}
+
+// flush sends what was held back once the stream has ended.
+func (ew *echoWriter) flush() error {
+	if len(ew.buf) == 0 {
+		return nil
+	}
+	_, err := ew.w.Write(ew.buf)
+	ew.buf = ew.buf[:0]
+	return err
 }
 
 // inject adds t's credential to out and returns the transport to send it

@@ -19,8 +19,9 @@
 // absurd header counts, bodies over the limit, and every call it cannot
 // audit. It never forwards the agent's Authorization, cookies or hop-by-hop
 // headers, never passes Set-Cookie or WWW-Authenticate back, scrubs the
-// injected credential from answers that echo it (headers, and text bodies
-// it buffers), and never puts a credential or a body into a log line or an
+// injected credential from answers that echo it (headers and whole bodies
+// are scrubbed; a streamed body is cut before the first byte of an echoed
+// credential, and the cut is audited as tool.dlp), and never puts a credential or a body into a log line or an
 // audit event.
 //
 // It depends on small interfaces that the daemon wires to the broker and the
@@ -46,8 +47,7 @@
 //
 // Caveats: request bodies are buffered (max_request_bytes, default 1 MiB)
 // because an approval binds the body's SHA-256; responses scanned by DLP are
-// buffered up to max_response_bytes, other responses are streamed (a
-// streamed binary body echoing the credential is not scrubbed). A router
+// buffered up to max_response_bytes, other responses are streamed. A router
 // in front of the proxy must not "clean" paths (net/http.ServeMux redirects
 // "/a/../b"); mount the handler so that it sees the path as sent.
 // If the journal fails between the decision and the outcome, the tool may

@@ -208,6 +208,15 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 		return
 	}
 	complete := int64(len(head)) < peek
+	if complete {
+		// Whole answers, binary ones too, lose an echoed credential as text
+		// answers do.
+		if scrubbed, echoed := c.echo.scrub(string(head)); echoed {
+			head = []byte(scrubbed)
+			c.ev.Details["credential_echo"] = "redacted"
+			c.ev.Severity = audit.SeverityWarn
+		}
+	}
 	c.ev.Type = "tool.result"
 	c.ev.Outcome = audit.OutcomeSuccess
 	c.ev.Details["decision"] = "allow"
@@ -227,17 +236,28 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 		c.w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
 	c.w.WriteHeader(resp.StatusCode)
-	_, _ = c.w.Write(head)
 	n := int64(len(head))
-	if !complete {
-		var k int64
-		k, err = io.Copy(c.w, io.LimitReader(resp.Body, limit-n))
-		n += k
+	if complete {
+		_, _ = c.w.Write(head)
+	} else {
+		// A long answer passes through a window that holds back the tail
+		// of each read, so that a credential the tool echoes, even split
+		// across two reads, is seen whole before any of it is sent: the
+		// stream is cut there.
+		ew := newEchoWriter(c.w, c.echo)
+		if _, err = ew.Write(head); err == nil {
+			var k int64
+			k, err = io.Copy(ew, io.LimitReader(resp.Body, limit-n))
+			n += k
+		}
 		if err == nil && n == limit {
 			var one [1]byte
 			if m, _ := resp.Body.Read(one[:]); m > 0 {
 				err = errors.New("over max_response_bytes")
 			}
+		}
+		if err == nil {
+			err = ew.flush()
 		}
 	}
 	p.risk.addBytes(c.pr.Agent, c.pr.User, p.now(), n)
@@ -246,6 +266,12 @@ func (p *Proxy) answerStreamed(c *call, resp *http.Response) {
 		ev.Details = map[string]string{"bytes": strconv.FormatInt(n, 10), "path": c.ev.Details["path"], "decision": CodeUpstreamError}
 		ev.Outcome = audit.OutcomeFailure
 		ev.Reason = "the response stream was cut: " + err.Error()
+		if errors.Is(err, errEchoed) {
+			ev.Type = "tool.dlp"
+			ev.Severity = audit.SeverityHigh
+			ev.Details["decision"] = CodeDLPBlocked
+			ev.Details["credential_echo"] = "cut"
+		}
 		if _, aerr := p.opts.Audit.Append(context.WithoutCancel(c.r.Context()), &ev); aerr != nil {
 			p.log.Error("toolproxy: auditing a cut stream", "err", aerr)
 		}

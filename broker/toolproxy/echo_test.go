@@ -1,0 +1,137 @@
+package toolproxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/applianced/applianced/audit"
+)
+
+// binaryWith is a binary answer of n bytes with the tool's secret planted
+// at offset at (at < 0: not planted).
+func binaryWith(n, at int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/251)
+	}
+	if at >= 0 {
+		copy(b[at:], toolSecret)
+	}
+	return b
+}
+
+func binaryUpstream(t *testing.T, body []byte) *upstream {
+	return newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		// Small writes, so the secret may straddle two reads of the proxy.
+		for off := 0; off < len(body); off += 4093 {
+			_, _ = w.Write(body[off:min(off+4093, len(body))])
+			if f, ok := w.(http.Flusher); ok {
+				f.Flush()
+			}
+		}
+	})
+}
+
+func TestStreamedAnswerEchoingTheCredentialIsCut(t *testing.T) {
+	for _, at := range []int{100 << 10, 4093*30 - 7, streamPeek - 5} { // inside a read, across two, across the peek
+		body := binaryWith(300<<10, at)
+		e := stdEnv(t, binaryUpstream(t, body), RiskConfig{})
+		req, err := http.NewRequest("GET", e.srv.URL+"/v1/tools/tickets/tickets/export", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+agentToken)
+		resp, err := e.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil && len(got) == len(body) {
+			t.Fatalf("secret at %d: the whole answer (%d bytes) reached the agent", at, len(got))
+		}
+		if bytes.Contains(got, []byte(toolSecret)) {
+			t.Fatalf("secret at %d: the secret reached the agent", at)
+		}
+		if !bytes.Equal(got, body[:len(got)]) {
+			t.Fatalf("secret at %d: the bytes before the cut differ from the tool's", at)
+		}
+		e.assertNowhere(toolSecret)
+		var cut *audit.Event
+		for _, ev := range e.events() {
+			if ev.Type == "tool.dlp" && ev.Details["credential_echo"] == "cut" {
+				cut = &ev
+			}
+		}
+		if cut == nil || cut.Outcome != audit.OutcomeFailure || cut.Severity != audit.SeverityHigh {
+			t.Fatalf("secret at %d: no tool.dlp event with credential_echo=cut and high severity: %+v", at, cut)
+		}
+	}
+}
+
+func TestWholeBinaryAnswerEchoingTheCredentialIsRedacted(t *testing.T) {
+	body := binaryWith(20<<10, 9000)
+	e := stdEnv(t, binaryUpstream(t, body), RiskConfig{})
+	got := e.do("GET", "/v1/tools/tickets/tickets/export", agentToken, nil, nil)
+	if got.status != http.StatusOK {
+		t.Fatalf("got %d, want 200", got.status)
+	}
+	want := append(append(bytes.Clone(body[:9000]), "[REDACTED:credential]"...), body[9000+len(toolSecret):]...)
+	if !bytes.Equal(got.body, want) {
+		t.Fatalf("got %d bytes, want the answer with the secret replaced (%d bytes)", len(got.body), len(want))
+	}
+	e.assertNowhere(toolSecret, got)
+	if ev := e.lastCall(); ev.Details["credential_echo"] != "redacted" {
+		t.Fatalf("audit: got %+v, want credential_echo=redacted", ev.Details)
+	}
+}
+
+func TestStreamedAnswerWithoutTheCredentialIsUntouched(t *testing.T) {
+	body := binaryWith(1<<20+12345, -1)
+	e := stdEnv(t, binaryUpstream(t, body), RiskConfig{})
+	got := e.do("GET", "/v1/tools/tickets/tickets/export", agentToken, nil, nil)
+	if got.status != http.StatusOK || !bytes.Equal(got.body, body) {
+		t.Fatalf("got %d and %d bytes (equal %v), want 200 and the %d bytes unchanged", got.status, len(got.body), bytes.Equal(got.body, body), len(body))
+	}
+	if ev := e.lastCall(); ev.Details["bytes"] != "streamed" || ev.Details["credential_echo"] != "" {
+		t.Fatalf("audit: got %+v", ev.Details)
+	}
+}
+
+// FuzzEchoWriter: whatever the chunking, the writer sends exactly the input
+// when it holds no credential form, and never a form when it does.
+func FuzzEchoWriter(f *testing.F) {
+	f.Add([]byte("abc s3cret-upstream-key-7c2e94b1 def"), uint8(3))
+	f.Add([]byte("nothing to see here, move along"), uint8(1))
+	f.Add([]byte("s3cret-upstream-key-7c2e94"), uint8(5))
+	f.Fuzz(func(t *testing.T, in []byte, step uint8) {
+		var out bytes.Buffer
+		forms := echoForms{toolSecret, "c3Zj0nN3Y3JldA"}
+		ew := newEchoWriter(&out, forms)
+		st := int(step%64) + 1
+		var err error
+		for off := 0; off < len(in) && err == nil; off += st {
+			_, err = ew.Write(in[off:min(off+st, len(in))])
+		}
+		if err == nil {
+			err = ew.flush()
+		}
+		holds := false
+		for _, fm := range forms {
+			holds = holds || strings.Contains(string(in), fm)
+			if strings.Contains(out.String(), fm) {
+				t.Fatalf("form %q went out", fm)
+			}
+		}
+		if !holds && (err != nil || !bytes.Equal(out.Bytes(), in)) {
+			t.Fatalf("clean input: err %v, out %d bytes, want the %d bytes", err, out.Len(), len(in))
+		}
+		if holds && err != errEchoed {
+			t.Fatalf("input with a form: err %v, want errEchoed", err)
+		}
+	})
+}
