@@ -35,74 +35,32 @@ import (
 // ratio-64 (proxy/direct) and bare-ratio-64 (bare proxy/direct).
 func BenchmarkProxyVsDirect(b *testing.B) {
 	defer procs.ForBenchmark()() // as applianced serve does
-	body := `{"id": 1, "title": "Printer on floor 2 jams", "status": "open", "created_at": "2026-11-25T10:00:00Z", "tags": ["hw", "floor-2"]}`
-	// An upstream that keeps nothing (the test upstream records every
-	// request, which would grow the heap both ways alike over a long run).
-	u := &upstream{Server: httptest.NewServer(jsonOK(body))}
-	b.Cleanup(u.Close)
-	e := stdEnv(b, u, RiskConfig{})
-	target, _ := url.Parse(u.URL)
+	bp := newBenchPair(b, jsonOK(benchBody))
+	target, _ := url.Parse(bp.u.URL)
 	bare := httptest.NewServer(&httputil.ReverseProxy{
 		Rewrite:    func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 		Transport:  &http.Transport{MaxIdleConnsPerHost: 128},
 		BufferPool: &bufferPool{},
 	})
 	b.Cleanup(bare.Close)
-
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
-	b.Cleanup(client.CloseIdleConnections)
-	direct := func() error {
-		req, _ := http.NewRequest("GET", u.URL+"/api/tickets/1", nil)
-		req.Header.Set("X-Api-Key", toolSecret)
-		return doCall(client, req)
-	}
 	viaBare := func() error {
 		req, _ := http.NewRequest("GET", bare.URL+"/api/tickets/1", nil)
 		req.Header.Set("X-Api-Key", toolSecret)
-		return doCall(client, req)
+		return doCall(bp.client, req)
 	}
-	proxied := func() error {
-		req, _ := http.NewRequest("GET", e.srv.URL+"/v1/tools/tickets/tickets/1", nil)
-		req.Header.Set("Authorization", "Bearer "+agentToken)
-		return doCall(client, req)
-	}
-	for range 50 { // warm connections and caches
-		_ = direct()
+	for range 50 {
 		_ = viaBare()
-		_ = proxied()
 	}
-
-	var dLat, pLat []time.Duration
-	b.ResetTimer()
-	for b.Loop() {
-		t0 := time.Now()
-		if err := direct(); err != nil {
-			b.Fatal(err)
-		}
-		t1 := time.Now()
-		if err := proxied(); err != nil {
-			b.Fatal(err)
-		}
-		t2 := time.Now()
-		dLat = append(dLat, t1.Sub(t0))
-		pLat = append(pLat, t2.Sub(t1))
-	}
-	b.StopTimer()
-	dp, pp := p50(dLat), p50(pLat)
-	b.ReportMetric(float64(dp.Microseconds()), "direct-p50-µs")
-	b.ReportMetric(float64(pp.Microseconds()), "proxy-p50-µs")
-	b.ReportMetric(float64((pp - dp).Microseconds()), "added-p50-µs")
-
-	rate := func(workers, per int, f func() error) float64 { return rate(b, workers, per, f) }
+	bp.latency(b)
 	for _, workers := range []int{8, 64} {
 		per := 4000 / workers
 		// Alternate short rounds so that the machine's load hits all three
 		// alike; report the medians.
 		var drs, brs, prs []float64
 		for range 5 {
-			drs = append(drs, rate(workers, per, direct))
-			brs = append(brs, rate(workers, per, viaBare))
-			prs = append(prs, rate(workers, per, proxied))
+			drs = append(drs, rate(b, workers, per, bp.direct))
+			brs = append(brs, rate(b, workers, per, viaBare))
+			prs = append(prs, rate(b, workers, per, bp.proxied))
 		}
 		dr, br, pr := median(drs), median(brs), median(prs)
 		b.ReportMetric(dr, fmt.Sprintf("direct-%d-req/s", workers))
@@ -125,39 +83,75 @@ func BenchmarkProxyVsDirect(b *testing.B) {
 // callers, direct and proxy requests per second and ratio-8, ratio-64.
 func BenchmarkProxyVsDirectSlowUpstream(b *testing.B) {
 	defer procs.ForBenchmark()()
-	body := `{"id": 1, "title": "Printer on floor 2 jams", "status": "open", "created_at": "2026-11-25T10:00:00Z", "tags": ["hw", "floor-2"]}`
-	answer := jsonOK(body)
-	u := &upstream{Server: httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	answer := jsonOK(benchBody)
+	bp := newBenchPair(b, func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(time.Millisecond)
 		answer(w, r)
-	}))}
+	})
+	bp.latency(b)
+	for _, workers := range []int{8, 64} {
+		per := 2000 / workers
+		var drs, prs []float64
+		for range 5 {
+			drs = append(drs, rate(b, workers, per, bp.direct))
+			prs = append(prs, rate(b, workers, per, bp.proxied))
+		}
+		dr, pr := median(drs), median(prs)
+		b.ReportMetric(dr, fmt.Sprintf("direct-%d-req/s", workers))
+		b.ReportMetric(pr, fmt.Sprintf("proxy-%d-req/s", workers))
+		b.ReportMetric(pr/dr, fmt.Sprintf("ratio-%d", workers))
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+const benchBody = `{"id": 1, "title": "Printer on floor 2 jams", "status": "open", "created_at": "2026-11-25T10:00:00Z", "tags": ["hw", "floor-2"]}`
+
+// benchPair is one upstream, the proxy in front of it, and a call of the
+// same ticket each way.
+type benchPair struct {
+	u               *upstream
+	client          *http.Client
+	direct, proxied func() error
+}
+
+// newBenchPair starts an upstream answering with fn (it keeps no record of
+// the requests, which would grow the heap both ways alike over a long run)
+// and the proxy with its tool, and warms both paths.
+func newBenchPair(b *testing.B, fn http.HandlerFunc) *benchPair {
+	u := &upstream{Server: httptest.NewServer(fn)}
 	b.Cleanup(u.Close)
 	e := stdEnv(b, u, RiskConfig{})
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
-	b.Cleanup(client.CloseIdleConnections)
-	direct := func() error {
+	bp := &benchPair{u: u, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}}
+	b.Cleanup(bp.client.CloseIdleConnections)
+	bp.direct = func() error {
 		req, _ := http.NewRequest("GET", u.URL+"/api/tickets/1", nil)
 		req.Header.Set("X-Api-Key", toolSecret)
-		return doCall(client, req)
+		return doCall(bp.client, req)
 	}
-	proxied := func() error {
+	bp.proxied = func() error {
 		req, _ := http.NewRequest("GET", e.srv.URL+"/v1/tools/tickets/tickets/1", nil)
 		req.Header.Set("Authorization", "Bearer "+agentToken)
-		return doCall(client, req)
+		return doCall(bp.client, req)
 	}
-	for range 50 {
-		_ = direct()
-		_ = proxied()
+	for range 50 { // warm connections and caches
+		_ = bp.direct()
+		_ = bp.proxied()
 	}
+	return bp
+}
+
+// latency times b.N sequential calls each way, interleaved so that load on
+// the machine hits both alike, and reports their p50s and the difference.
+func (bp *benchPair) latency(b *testing.B) {
 	var dLat, pLat []time.Duration
 	b.ResetTimer()
 	for b.Loop() {
 		t0 := time.Now()
-		if err := direct(); err != nil {
+		if err := bp.direct(); err != nil {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		if err := proxied(); err != nil {
+		if err := bp.proxied(); err != nil {
 			b.Fatal(err)
 		}
 		dLat = append(dLat, t1.Sub(t0))
@@ -168,19 +162,6 @@ func BenchmarkProxyVsDirectSlowUpstream(b *testing.B) {
 	b.ReportMetric(float64(dp.Microseconds()), "direct-p50-µs")
 	b.ReportMetric(float64(pp.Microseconds()), "proxy-p50-µs")
 	b.ReportMetric(float64((pp - dp).Microseconds()), "added-p50-µs")
-	for _, workers := range []int{8, 64} {
-		per := 2000 / workers
-		var drs, prs []float64
-		for range 5 {
-			drs = append(drs, rate(b, workers, per, direct))
-			prs = append(prs, rate(b, workers, per, proxied))
-		}
-		dr, pr := median(drs), median(prs)
-		b.ReportMetric(dr, fmt.Sprintf("direct-%d-req/s", workers))
-		b.ReportMetric(pr, fmt.Sprintf("proxy-%d-req/s", workers))
-		b.ReportMetric(pr/dr, fmt.Sprintf("ratio-%d", workers))
-	}
-	b.ReportMetric(0, "ns/op")
 }
 
 // rate runs per calls of f in each of workers goroutines and returns the
