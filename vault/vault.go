@@ -249,14 +249,17 @@ func openDB(path string, master []byte, create bool) (db *bolt.DB, kr *keyring, 
 	return db, kr, nil
 }
 
-// checkDB runs bbolt's consistency check over the whole file.
+// checkDB runs bbolt's consistency check over the whole file and reports
+// the first five problems. The check's channel is drained to its end: the
+// checker goroutine reads the transaction until then, so leaving early
+// would close the transaction under it (a race, and a goroutine blocked on
+// the channel for good).
 func checkDB(db *bolt.DB) error {
 	return db.View(func(tx *bolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() {
-			errs = append(errs, err)
-			if len(errs) >= 5 {
-				break
+			if len(errs) < 5 {
+				errs = append(errs, err)
 			}
 		}
 		return errors.Join(errs...)
