@@ -252,14 +252,27 @@ func countsAsFailure(r Reason) bool {
 // finish audits the attempt and returns the result; an audit failure turns
 // any result into an error.
 func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out Outcome, lerr error, key string) (Identity, Outcome, error) {
+	ev := authEvent("auth.login", "ldap.login", r.Username, r.RequestID, r.Source, id, out, lerr)
+	if lerr == nil && out.OK {
+		ev.Actor.User = id.Username
+	}
+	if out.ADCode != "" {
+		ev.Details["ad_code"] = out.ADCode
+	}
+	return a.record(ctx, ev, "login", id, out, lerr)
+}
+
+// authEvent is the audit event of a login or a recheck of username: denied
+// unless out is OK, a directory failure when lerr is set (see failed).
+func authEvent(typ, action, username, requestID, source string, id Identity, out Outcome, lerr error) *audit.Event {
 	ev := &audit.Event{
-		Type:      "auth.login",
-		Action:    "ldap.login",
-		Actor:     audit.Actor{User: auditName(r.Username)},
+		Type:      typ,
+		Action:    action,
+		Actor:     audit.Actor{User: auditName(username)},
 		Outcome:   audit.OutcomeDenied,
 		Reason:    string(out.Reason),
-		RequestID: r.RequestID,
-		Source:    r.Source,
+		RequestID: requestID,
+		Source:    source,
 		Details:   map[string]string{},
 	}
 	switch {
@@ -267,15 +280,10 @@ func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out 
 		failed(ev, lerr)
 	case out.OK:
 		ev.Outcome = audit.OutcomeSuccess
-		ev.Actor.User = id.Username
-		ev.Target = id.DN
 		ev.Details["groups"] = fmt.Sprint(len(id.Groups))
 		ev.Details["roles"] = strings.Join(id.Roles, ",")
 	}
-	if out.ADCode != "" {
-		ev.Details["ad_code"] = out.ADCode
-	}
-	return a.record(ctx, ev, "login", id, out, lerr)
+	return ev
 }
 
 // record completes ev with what every auth event carries (the DC, the

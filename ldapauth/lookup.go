@@ -181,24 +181,8 @@ func fromFiletime(ft int64) time.Time {
 
 // finishLookup audits a lookup (auth.recheck) and returns its result.
 func (a *Authenticator) finishLookup(ctx context.Context, r LookupRequest, id Identity, out Outcome, lerr error) (Identity, Outcome, error) {
-	ev := &audit.Event{
-		Type:      "auth.recheck",
-		Action:    "ldap.recheck",
-		Actor:     audit.Actor{User: auditName(r.Username)},
-		Outcome:   audit.OutcomeDenied,
-		Reason:    string(out.Reason),
-		RequestID: r.RequestID,
-		Source:    r.Source,
-		Details:   map[string]string{},
-	}
-	switch {
-	case lerr != nil:
-		failed(ev, lerr)
-	case out.OK:
-		ev.Outcome = audit.OutcomeSuccess
-		ev.Details["groups"] = fmt.Sprint(len(id.Groups))
-		ev.Details["roles"] = strings.Join(id.Roles, ",")
-	default:
+	ev := authEvent("auth.recheck", "ldap.recheck", r.Username, r.RequestID, r.Source, id, out, lerr)
+	if lerr == nil && !out.OK {
 		ev.Severity = audit.SeverityWarn
 	}
 	return a.record(ctx, ev, "recheck", id, out, lerr)
