@@ -207,22 +207,19 @@ func openLoop(b *testing.B, rate float64, do func() error) {
 }
 
 func BenchmarkClientCredentialsSocketHalfLoad(b *testing.B) {
-	e := newEnv(b, nil)
-	e.serveSocket()
-	do := socketRequest(b, e)
-	if b.N == 1 {
-		return // the sizing run: measure only at the real b.N
-	}
-	defer procs.ForBenchmark()()
-	rate := peak(b, do) / 2
-	b.ResetTimer()
-	openLoop(b, rate, do)
+	halfLoad(b, (*env).serveSocket, socketRequest)
 }
 
 func BenchmarkClientCredentialsHTTPSHalfLoad(b *testing.B) {
+	halfLoad(b, (*env).serveHTTPS, httpsRequest)
+}
+
+// halfLoad measures the peak rate of the requests request makes on the
+// server serve starts, then latency at half of it.
+func halfLoad(b *testing.B, serve func(*env), request func(testing.TB, *env) func() error) {
 	e := newEnv(b, nil)
-	e.serveHTTPS()
-	do := httpsRequest(b, e)
+	serve(e)
+	do := request(b, e)
 	if b.N == 1 {
 		return // the sizing run: measure only at the real b.N
 	}
