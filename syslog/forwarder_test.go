@@ -468,24 +468,31 @@ func newStallListener(t *testing.T) *stallListener {
 	}
 	s := &stallListener{l: l, release: make(chan struct{})}
 	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() })
-			buf := new(bytes.Buffer)
-			s.mu.Lock()
-			s.got = append(s.got, buf)
-			s.mu.Unlock()
-			go func() {
-				<-s.release
-				readInto(c, &s.mu, buf)
-			}()
-		}
-	}()
+	go acceptInto(t, l, &s.mu, &s.got, s.release)
 	return s
+}
+
+// acceptInto accepts connections on l until it is closed and reads each
+// into a buffer of its own, appended to *got under mu. With wait not nil,
+// reading starts only once wait is closed.
+func acceptInto(t *testing.T, l net.Listener, mu *sync.Mutex, got *[]*bytes.Buffer, wait <-chan struct{}) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		t.Cleanup(func() { c.Close() })
+		buf := new(bytes.Buffer)
+		mu.Lock()
+		*got = append(*got, buf)
+		mu.Unlock()
+		go func() {
+			if wait != nil {
+				<-wait
+			}
+			readInto(c, mu, buf)
+		}()
+	}
 }
 
 // TestReceiverThatNeverReads: the write times out with a clear error, the

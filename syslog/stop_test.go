@@ -47,20 +47,7 @@ func startLineReceiver(t *testing.T, addr string) *lineReceiver {
 	waitFor(t, "listening on "+addr, 10*time.Second, func() bool { l, err = net.Listen("tcp", addr); return err == nil })
 	t.Cleanup(func() { l.Close() })
 	r := &lineReceiver{}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() })
-			buf := new(bytes.Buffer)
-			r.mu.Lock()
-			r.got = append(r.got, buf)
-			r.mu.Unlock()
-			go readInto(c, &r.mu, buf)
-		}
-	}()
+	go acceptInto(t, l, &r.mu, &r.got, nil)
 	return r
 }
 
