@@ -8,8 +8,10 @@ import (
 
 // verifiedMax bounds the verified-token cache. An agent calling a tool
 // presents the same token on every call for its few minutes of life; the
-// cache holds the tokens in use, not every token ever issued.
-const verifiedMax = 16384
+// cache holds the tokens in use, not every token ever issued. A user token
+// carries the user's groups, so an entry can reach a few KiB: 4,096 of them
+// stay within tens of MiB.
+const verifiedMax = 4096
 
 // verifiedCache remembers access tokens whose signature, header and shape
 // have been checked, so that a token presented again (every tool call of
