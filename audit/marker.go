@@ -23,8 +23,8 @@ import (
 // marker that followed every batch would double the flushes a busy journal
 // waits for. The marker may therefore lag the journal by up to
 // markerInterval of appends, and a cut of only that newest tail is not
-// caught by it (the forwarded copy in syslog still has those entries); it
-// never runs ahead of the journal.
+// caught by it (where syslog forwarding is on, the forwarded copy still
+// has those entries); it never runs ahead of the journal.
 type marker struct {
 	f *os.File
 
