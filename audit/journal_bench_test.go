@@ -44,3 +44,46 @@ func BenchmarkDurableAppend(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReader measures how fast a follower (the checkpointer, a syslog
+// forwarder) reads entries that are already durable.
+func BenchmarkReader(b *testing.B) {
+	j, err := Open(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	const n = 20000
+	var g errgroup.Group
+	var next atomic.Int64
+	for range 64 {
+		g.Go(func() error {
+			for i := next.Add(1); i <= n; i = next.Add(1) {
+				if _, err := j.Append(context.Background(), testEvent(int(i))); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	read := 0
+	for read < b.N {
+		r, err := j.Reader(1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := 0; i < n && read < b.N; i++ {
+			if _, err := r.Next(ctx); err != nil {
+				b.Fatal(err)
+			}
+			read++
+		}
+		r.Close()
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+}
