@@ -64,11 +64,7 @@ func mountSecrets(mux *http.ServeMux, v *vault.Vault) {
 		}
 		defer clear(req.Value)
 		m, err := v.Put(r.Context(), actorOf(r), vault.PutRequest{Name: req.Name, Type: req.Type, Value: req.Value, AllowedTools: req.AllowedTools})
-		if err != nil {
-			writeVaultError(w, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, m)
+		answerVault(w, m, err)
 	})
 	mux.HandleFunc("POST "+adminSecretRotate, func(w http.ResponseWriter, r *http.Request) {
 		var req secretPutRequest
@@ -77,30 +73,18 @@ func mountSecrets(mux *http.ServeMux, v *vault.Vault) {
 		}
 		defer clear(req.Value)
 		m, err := v.Rotate(r.Context(), actorOf(r), req.Name, req.Value)
-		if err != nil {
-			writeVaultError(w, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, m)
+		answerVault(w, m, err)
 	})
 	mux.HandleFunc("GET "+adminSecretList, func(w http.ResponseWriter, r *http.Request) {
 		list, err := v.List(r.Context(), actorOf(r))
-		if err != nil {
-			writeVaultError(w, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, secretListReply{Secrets: list})
+		answerVault(w, secretListReply{Secrets: list}, err)
 	})
 	mux.HandleFunc("POST "+adminSecretDelete, func(w http.ResponseWriter, r *http.Request) {
 		var req secretNameRequest
 		if !admin.DecodeJSON(w, r, &req) {
 			return
 		}
-		if err := v.Delete(r.Context(), actorOf(r), req.Name); err != nil {
-			writeVaultError(w, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, struct{}{})
+		answerVault(w, struct{}{}, v.Delete(r.Context(), actorOf(r), req.Name))
 	})
 	mux.HandleFunc("POST "+adminSecretVerify, func(w http.ResponseWriter, r *http.Request) {
 		var req secretVerifyRequest
@@ -109,11 +93,7 @@ func mountSecrets(mux *http.ServeMux, v *vault.Vault) {
 		}
 		defer clear(req.Candidate)
 		ok, err := v.Verify(r.Context(), actorOf(r), req.Name, req.Candidate)
-		if err != nil {
-			writeVaultError(w, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, secretVerifyReply{Match: ok})
+		answerVault(w, secretVerifyReply{Match: ok}, err)
 	})
 }
 
@@ -123,6 +103,15 @@ func actorOf(r *http.Request) audit.Actor {
 		return c.Actor()
 	}
 	return audit.Actor{}
+}
+
+// answerVault answers res, or err as writeVaultError does.
+func answerVault(w http.ResponseWriter, res any, err error) {
+	if err != nil {
+		writeVaultError(w, err)
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, res)
 }
 
 // writeVaultError answers a vault error with the matching status. Vault

@@ -60,11 +60,7 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 func mountVault(mux *http.ServeMux, v *vault.Vault) {
 	mux.HandleFunc("GET "+adminVaultStatus, func(w http.ResponseWriter, r *http.Request) {
 		st, err := v.Status(r.Context(), actorOf(r))
-		if err != nil {
-			writeVaultError(w, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, st)
+		answerVault(w, st, err)
 	})
 	mux.HandleFunc("POST "+adminVaultRekey, func(w http.ResponseWriter, r *http.Request) {
 		var req vaultRekeyRequest
@@ -72,11 +68,7 @@ func mountVault(mux *http.ServeMux, v *vault.Vault) {
 			return
 		}
 		res, err := v.Rekey(r.Context(), actorOf(r), req.Reencrypt)
-		if err != nil {
-			writeVaultError(w, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, res)
+		answerVault(w, res, err)
 	})
 	mux.HandleFunc("GET "+adminVaultBackup, func(w http.ResponseWriter, r *http.Request) {
 		// The status line goes out with the first byte, after the audit
@@ -89,11 +81,7 @@ func mountVault(mux *http.ServeMux, v *vault.Vault) {
 	mux.HandleFunc("POST "+adminVaultRestore, func(w http.ResponseWriter, r *http.Request) {
 		body := http.MaxBytesReader(w, r.Body, vault.MaxRestoreBytes)
 		res, err := v.Restore(r.Context(), actorOf(r), body)
-		if err != nil {
-			writeVaultError(w, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, res)
+		answerVault(w, res, err)
 	})
 }
 
