@@ -323,11 +323,7 @@ func (c Config) Validate() []*conf.FieldError {
 			errs = append(errs, conf.Errf(k+".ttl", "%s is longer than tokens.max_ttl %s", r.TTL.D(), c.Tokens.maxTTL()))
 		}
 	}
-	for i, r := range c.UserRoles {
-		if !roles[r] {
-			errs = append(errs, conf.Errf(fmt.Sprintf("ldap.group_roles[%d]", i), "unknown role %q", r))
-		}
-	}
+	errs = append(errs, unknownRefs("ldap.group_roles", c.UserRoles, roles, "role")...)
 	agents := map[string]bool{}
 	uids := map[int]string{}
 	users := map[string]string{}
@@ -339,28 +335,15 @@ func (c Config) Validate() []*conf.FieldError {
 			errs = append(errs, conf.Errf(k+".name", "duplicate agent %q", a.Name))
 		}
 		agents[a.Name] = true
-		for j, r := range a.Roles {
-			if !roles[r] {
-				errs = append(errs, conf.Errf(fmt.Sprintf("%s.roles[%d]", k, j), "unknown role %q", r))
-			}
-		}
+		errs = append(errs, unknownRefs(k+".roles", a.Roles, roles, "role")...)
 		if a.UnixUser != "" {
-			if o, dup := users[a.UnixUser]; dup {
-				errs = append(errs, conf.Errf(k+".unix_user", "%q is already agent %q", a.UnixUser, o))
-			}
-			users[a.UnixUser] = a.Name
+			errs = append(errs, claim(users, a.UnixUser, a.Name, k+".unix_user", fmt.Sprintf("%q", a.UnixUser))...)
 		}
 		if a.UnixUID != nil {
-			if o, dup := uids[*a.UnixUID]; dup {
-				errs = append(errs, conf.Errf(k+".unix_uid", "uid %d is already agent %q", *a.UnixUID, o))
-			}
-			uids[*a.UnixUID] = a.Name
+			errs = append(errs, claim(uids, *a.UnixUID, a.Name, k+".unix_uid", fmt.Sprintf("uid %d", *a.UnixUID))...)
 		}
 		if a.SystemdUnit != "" {
-			if o, dup := units[a.SystemdUnit]; dup {
-				errs = append(errs, conf.Errf(k+".systemd_unit", "%q is already agent %q", a.SystemdUnit, o))
-			}
-			units[a.SystemdUnit] = a.Name
+			errs = append(errs, claim(units, a.SystemdUnit, a.Name, k+".systemd_unit", fmt.Sprintf("%q", a.SystemdUnit))...)
 		}
 	}
 	pols := map[string]bool{}
@@ -371,11 +354,29 @@ func (c Config) Validate() []*conf.FieldError {
 			errs = append(errs, conf.Errf(k+".name", "duplicate policy %q", p.Name))
 		}
 		pols[p.Name] = true
-		for j, a := range p.Agents {
-			if !agents[a] {
-				errs = append(errs, conf.Errf(fmt.Sprintf("%s.agents[%d]", k, j), "unknown agent %q", a))
-			}
+		errs = append(errs, unknownRefs(k+".agents", p.Agents, agents, "agent")...)
+	}
+	return errs
+}
+
+// unknownRefs reports each of refs (key[i]) that known does not hold.
+func unknownRefs(key string, refs []string, known map[string]bool, what string) []*conf.FieldError {
+	var errs []*conf.FieldError
+	for i, r := range refs {
+		if !known[r] {
+			errs = append(errs, conf.Errf(fmt.Sprintf("%s[%d]", key, i), "unknown %s %q", what, r))
 		}
 	}
+	return errs
+}
+
+// claim records that agent owns the local identity id (shown as label) and
+// reports, at key, an identity another agent owns already.
+func claim[K comparable](owners map[K]string, id K, agent, key, label string) []*conf.FieldError {
+	var errs []*conf.FieldError
+	if o, dup := owners[id]; dup {
+		errs = append(errs, conf.Errf(key, "%s is already agent %q", label, o))
+	}
+	owners[id] = agent
 	return errs
 }
