@@ -12,7 +12,10 @@
 // previous entry's hash and the event's canonical bytes. Segments rotate by
 // size; the chain continues across them. A durable marker of the last
 // sequence number lets Verify tell a cut tail from a journal that simply
-// ended.
+// ended. The segment being written keeps zeros written ahead of its newest
+// entry, so the fsync after an append writes the entry and not also the
+// file's new size; every reader takes a zero byte as the end of a segment's
+// entries, and finished segments are trimmed back to their entries.
 //
 // The package refuses: rewriting or deleting entries (retention removes whole
 // segments only, after every forwarder has delivered them), and any field

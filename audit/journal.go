@@ -50,7 +50,9 @@ type Options struct {
 	// file. Default 64 MiB.
 	SegmentBytes int64
 	// MaxBytes bounds the total size of all segments; 0 means only the file
-	// system bounds it. What happens at the bound is DiskFull.
+	// system bounds it. What happens at the bound is DiskFull. The zeros
+	// kept ahead of the newest entries (at most 4 MiB, see prealloc.go) are
+	// not counted.
 	MaxBytes int64
 	// DiskFull is DiskFullBlock (default) or DiskFullDropOldest. It applies
 	// when MaxBytes is reached or the file system is full.
@@ -59,6 +61,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock for events without a time. Default time.Now.
 	Now func() time.Time
+
+	noAhead    bool  // no zeros written ahead (prealloc.go), for the benchmark's comparison
+	aheadChunk int64 // zeros written per step; tests make it small
 }
 
 func (o *Options) withDefaults() Options {
@@ -122,6 +127,8 @@ type Journal struct {
 
 	syncs atomic.Int64 // fsyncs of entries done, for the benchmark's report
 
+	ahead ahead // zeros written ahead of the entries (prealloc.go)
+
 	// writer-owned
 	f       *os.File
 	size    int64
@@ -180,7 +187,7 @@ func Open(dir string, opts *Options) (*Journal, error) {
 		}
 	} else {
 		last := segs[len(segs)-1]
-		lastSeq, lastHash, goodSize, err := scanTail(last)
+		lastSeq, lastHash, goodSize, clean, err := scanTail(last)
 		if err != nil {
 			mark.close()
 			return nil, err
@@ -195,7 +202,7 @@ func Open(dir string, opts *Options) (*Journal, error) {
 			mark.close()
 			return nil, fmt.Errorf("audit: opening journal segment: %w", err)
 		}
-		if goodSize != last.size {
+		if !clean {
 			o.Logger.Warn("audit: cutting a torn final line left by a crash", "segment", last.path, "bytes", last.size-goodSize)
 			if err := f.Truncate(goodSize); err != nil {
 				f.Close()
@@ -207,8 +214,9 @@ func Open(dir string, opts *Options) (*Journal, error) {
 				mark.close()
 				return nil, fmt.Errorf("audit: repairing torn tail: %w", err)
 			}
-			segs[len(segs)-1].size = goodSize
+			last.size = goodSize
 		}
+		segs[len(segs)-1].size = goodSize
 		if _, err := f.Seek(goodSize, io.SeekStart); err != nil {
 			f.Close()
 			mark.close()
@@ -217,7 +225,10 @@ func Open(dir string, opts *Options) (*Journal, error) {
 		j.segments, j.f, j.size = segs, f, goodSize
 		j.nextSeq, j.prev = lastSeq+1, lastHash
 		j.committed, j.lastHash = lastSeq, lastHash
+		j.ahead.path = last.path
+		j.ahead.zeroEnd.Store(last.size)
 	}
+	j.startAhead(j.ahead.path, j.size, j.ahead.zeroEnd.Load())
 	go j.writer()
 	return j, nil
 }
@@ -284,9 +295,12 @@ func (j *Journal) Close() error {
 	j.mu.Unlock()
 	close(j.reqs)
 	<-j.done
+	j.stopAhead()
 	var errs []error
 	if j.f != nil {
-		errs = append(errs, j.f.Close())
+		// A stopped journal's files hold exactly their entries.
+		errs = append(errs, j.trim(trimJob{j.f, j.size}))
+		j.f = nil
 	}
 	errs = append(errs, j.mark.close())
 	return errors.Join(errs...)
@@ -353,7 +367,7 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 		r.seq, prev = seq, h
 		seq++
 	}
-	n, werr := j.f.Write(buf.Bytes())
+	n, werr := j.write(buf.Bytes())
 	if werr == nil {
 		// The appenders the previous batch woke wait in this goroutine's
 		// run queue, and a goroutine blocked in fdatasync keeps its P (and
@@ -378,7 +392,7 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 	if werr != nil {
 		// Nothing of this batch may remain: cut back to where it started.
 		if n > 0 {
-			if terr := j.f.Truncate(j.size); terr != nil {
+			if terr := j.cut(); terr != nil {
 				err := fmt.Errorf("%w: %w (and cutting the partial write failed: %w)", ErrUnwritable, werr, terr)
 				j.mu.Lock()
 				j.broken = err
@@ -400,6 +414,7 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 		return
 	}
 	j.size += int64(n)
+	j.wrote(j.size)
 	j.nextSeq, j.prev = seq, prev
 	j.mu.Lock()
 	j.committed, j.lastHash = seq-1, prev
@@ -518,10 +533,7 @@ func (j *Journal) newSegment(first uint64, prev [32]byte) error {
 		f.Close()
 		return err
 	}
-	if j.f != nil {
-		j.f.Close()
-	}
-	j.f, j.size = f, int64(len(hdr))
+	j.switchTo(f, path, int64(len(hdr)))
 	j.mu.Lock()
 	j.segments = append(j.segments, segment{first: first, path: path, size: j.size})
 	j.mu.Unlock()
@@ -625,39 +637,48 @@ func parseLine(line []byte) (hash [32]byte, canon []byte, seq uint64, err error)
 }
 
 // scanTail reads the last segment and returns the last valid entry's seq and
-// hash and the size up to it. It accepts only a torn last line as damage;
-// anything else wrong is left to Verify.
-func scanTail(s segment) (lastSeq uint64, lastHash [32]byte, goodSize int64, err error) {
+// hash and the size up to it, and whether nothing but zeros follows (clean).
+// It accepts only a torn last line, and whatever a crash left after it, as
+// damage; anything else wrong is left to Verify.
+func scanTail(s segment) (lastSeq uint64, lastHash [32]byte, goodSize int64, clean bool, err error) {
 	f, err := os.Open(s.path)
 	if err != nil {
-		return 0, lastHash, 0, fmt.Errorf("audit: %w", err)
+		return 0, lastHash, 0, false, fmt.Errorf("audit: %w", err)
 	}
 	defer f.Close()
 	br := bufio.NewReaderSize(f, 1<<20)
-	hdr, err := br.ReadBytes('\n')
+	hdr, err := readLine(br)
 	if err != nil {
-		return 0, lastHash, 0, fmt.Errorf("audit: %s: segment header missing (a crash while creating it?): remove the empty segment file if it has no entries", s.path)
+		return 0, lastHash, 0, false, fmt.Errorf("audit: %s: segment header missing (a crash while creating it?): remove the empty segment file if it has no entries", s.path)
 	}
 	first, prev, err := parseHeader(bytes.TrimSuffix(hdr, []byte("\n")))
 	if err != nil {
-		return 0, lastHash, 0, fmt.Errorf("audit: %s: %w", s.path, err)
+		return 0, lastHash, 0, false, fmt.Errorf("audit: %s: %w", s.path, err)
 	}
 	lastSeq, lastHash, goodSize = first-1, prev, int64(len(hdr))
 	for {
-		line, err := br.ReadBytes('\n')
-		if err == io.EOF {
-			return lastSeq, lastHash, goodSize, nil // a line without newline is torn
+		line, err := readLine(br)
+		if err == io.EOF || errors.Is(err, errPadding) {
+			// The entries end here: cleanly if only zeros follow; a partial
+			// line or anything after the zeros was never acknowledged.
+			clean := len(line) == 0
+			if clean {
+				if clean, err = onlyZeros(s.path, goodSize); err != nil {
+					return 0, lastHash, 0, false, err
+				}
+			}
+			return lastSeq, lastHash, goodSize, clean, nil
 		}
 		if err != nil {
-			return 0, lastHash, 0, fmt.Errorf("audit: reading %s: %w", s.path, err)
+			return 0, lastHash, 0, false, fmt.Errorf("audit: reading %s: %w", s.path, err)
 		}
 		h, canon, seq, perr := parseLine(line[:len(line)-1])
 		if perr != nil || seq != lastSeq+1 || ChainHash(lastHash, canon) != h {
 			// Only a torn tail may be repaired: the bad line must be the last.
-			if _, err := br.Peek(1); err == io.EOF {
-				return lastSeq, lastHash, goodSize, nil
+			if endOfData(readLine(br)) {
+				return lastSeq, lastHash, goodSize, false, nil
 			}
-			return 0, lastHash, 0, fmt.Errorf("audit: %s: entry after seq %d is damaged (run `applianced audit verify`)", s.path, lastSeq)
+			return 0, lastHash, 0, false, fmt.Errorf("audit: %s: entry after seq %d is damaged (run `applianced audit verify`)", s.path, lastSeq)
 		}
 		lastSeq, lastHash = seq, h
 		goodSize += int64(len(line))

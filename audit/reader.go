@@ -58,12 +58,15 @@ func (r *Reader) Next(ctx context.Context) (Entry, error) {
 				return Entry{}, err
 			}
 		}
-		line, err := r.br.ReadBytes('\n')
-		if err == io.EOF && len(line) == 0 {
+		line, err := readLine(r.br)
+		if endOfData(line, err) {
 			// This segment is done; the entry is in the next one.
 			r.f.Close()
 			r.f, r.br = nil, nil
 			continue
+		}
+		if err == io.EOF || errors.Is(err, errPadding) {
+			return Entry{}, fmt.Errorf("audit: reading journal at seq %d: entry cut short", r.next)
 		}
 		if err != nil {
 			return Entry{}, fmt.Errorf("audit: reading journal at seq %d: %w", r.next, err)
@@ -113,8 +116,10 @@ func (r *Reader) open() error {
 		}
 		return fmt.Errorf("audit: %w", err)
 	}
-	br := bufio.NewReaderSize(f, 256<<10)
-	hdr, err := br.ReadBytes('\n')
+	// The zeros written ahead of the segment being written (prealloc.go)
+	// are not read: what is read of it ends with the last durable entry.
+	br := bufio.NewReaderSize(&durable{j: r.j, f: f, first: segs[idx].first}, 256<<10)
+	hdr, err := readLine(br)
 	if err != nil {
 		f.Close()
 		return fmt.Errorf("audit: %s: reading header: %w", segs[idx].path, err)
@@ -126,6 +131,38 @@ func (r *Reader) open() error {
 	}
 	r.f, r.br, r.prev = f, br, prev
 	return nil
+}
+
+// durable reads a segment file up to the end of its durable entries as the
+// journal records it.
+type durable struct {
+	j     *Journal
+	f     *os.File
+	first uint64 // the segment's
+	pos   int64
+}
+
+func (d *durable) Read(p []byte) (int, error) {
+	d.j.mu.Lock()
+	end := int64(-1)
+	for _, s := range d.j.segments {
+		if s.first == d.first {
+			end = s.size
+		}
+	}
+	d.j.mu.Unlock()
+	if end >= 0 {
+		if d.pos >= end {
+			return 0, io.EOF
+		}
+		p = p[:min(int64(len(p)), end-d.pos)]
+	}
+	n, err := d.f.ReadAt(p, d.pos)
+	d.pos += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
 }
 
 // Pos returns the seq the next call to Next returns.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -68,7 +69,7 @@ func VerifyDir(dir string) (*Report, error) {
 			return nil, fmt.Errorf("audit: %w", err)
 		}
 		br := bufio.NewReaderSize(f, 1<<20)
-		hdr, err := br.ReadBytes('\n')
+		hdr, err := readLine(br)
 		if err != nil {
 			f.Close()
 			rep.Problems = append(rep.Problems, Problem{Seq: s.first, File: name, Reason: "segment header missing"})
@@ -111,8 +112,10 @@ func VerifyDir(dir string) (*Report, error) {
 
 func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte, rep *Report, last bool) *Problem {
 	for {
-		line, err := br.ReadBytes('\n')
-		if err == io.EOF {
+		line, err := readLine(br)
+		if err == io.EOF || errors.Is(err, errPadding) {
+			// The entries end at the end of the file or at zeros written
+			// ahead of them (see prealloc.go).
 			if len(line) > 0 {
 				if last {
 					return nil // an unfinished final line was never acknowledged
