@@ -103,7 +103,7 @@ func cmdDev(ctx context.Context, e *env, args []string) int {
 	if err := initState(quiet, cfg); err != nil {
 		return e.fail("dev", err)
 	}
-	procs.Tune()
+	procs.Apply()
 	return serve(ctx, e, cfg, serveOptions{adminGID: os.Getgid(), onReady: func(d *daemon) {
 		dv.printTry(e)
 	}})

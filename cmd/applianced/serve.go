@@ -47,8 +47,17 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	if err := checkKeyFiles(cfg); err != nil {
 		return e.fail("serve", err)
 	}
-	procs.Tune()
+	procs.Apply()
 	return serve(ctx, e, cfg, serveOptions{})
+}
+
+// schedSlice says which scheduler slice the daemon's threads run with.
+func schedSlice() string {
+	d, err := procs.CurrentSlice()
+	if err != nil || d == 0 {
+		return "kernel default"
+	}
+	return d.String()
 }
 
 // serveOptions adjust serve for `applianced dev`.
@@ -122,7 +131,7 @@ func serve(ctx context.Context, e *env, cfg *config.File, opts serveOptions) int
 	d.notify.Ready()
 	d.notify.Status("serving: API %s, agent socket %s, admin socket %s", l.api.Addr(), cfg.Server.AgentSocket, cfg.Server.AdminSocket)
 	log.Info("applianced ready", "api", l.api.Addr().String(), "agent_socket", cfg.Server.AgentSocket,
-		"admin_socket", cfg.Server.AdminSocket, "version", version, "gomaxprocs", runtime.GOMAXPROCS(0))
+		"admin_socket", cfg.Server.AdminSocket, "version", version, "gomaxprocs", runtime.GOMAXPROCS(0), "sched_slice", schedSlice())
 	if opts.onReady != nil {
 		opts.onReady(d)
 	}

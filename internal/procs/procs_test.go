@@ -1,8 +1,12 @@
 package procs
 
 import (
+	"os"
 	"runtime"
+	"strconv"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestTuneAddsSyncPs(t *testing.T) {
@@ -38,5 +42,52 @@ func TestForBenchmarkRestores(t *testing.T) {
 	undo()
 	if got := runtime.GOMAXPROCS(0); got != 3 {
 		t.Errorf("after: GOMAXPROCS = %d, want 3", got)
+	}
+}
+
+// TestSetSliceReachesEveryThread checks that the slice is set on the
+// threads running now and inherited by one the runtime starts afterwards.
+func TestSetSliceReachesEveryThread(t *testing.T) {
+	if err := SetSlice(Slice); err != nil {
+		t.Fatalf("SetSlice: %v", err)
+	}
+	t.Cleanup(func() { SetSlice(0) })
+	// A goroutine locked to its thread while others are too forces the
+	// runtime to start new threads.
+	var ready, release sync.WaitGroup
+	release.Add(1)
+	for range 4 {
+		ready.Add(1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			ready.Done()
+			release.Wait()
+		}()
+	}
+	ready.Wait()
+	defer release.Done()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tasks) < 5 {
+		t.Fatalf("got %d threads, want the runtime to have started more", len(tasks))
+	}
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		a, err := getattr(tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Duration(a.runtime) != Slice {
+			t.Errorf("thread %d runs with slice %v, want %v", tid, time.Duration(a.runtime), Slice)
+		}
+	}
+	if err := SetSlice(0); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := CurrentSlice(); err != nil || d == Slice {
+		t.Errorf("after SetSlice(0): slice %v err %v, want the kernel's default back", d, err)
 	}
 }
