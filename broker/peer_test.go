@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(peerHelperEnv); sock != "" {
 		peerHelper(sock)
 	}
+	if spec := os.Getenv(loadgenEnv); spec != "" {
+		loadgen(spec)
+	}
 	code := m.Run()
 	stopSharedDC()
 	os.Exit(code)
