@@ -111,13 +111,17 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 				}
 			}
 		case reply := <-c.final:
-			// Catch up with everything durable, then seal it.
+			// Catch up with everything durable, still sealing every
+			// Every entries, then seal it all.
 			want := c.j.LastSeq()
 			var err error
 			for lastSeq < want && err == nil {
 				select {
 				case e := <-entries:
 					take(e)
+					if since >= c.opts.Every {
+						err = write(false)
+					}
 				case err = <-perr:
 				case <-ctx.Done():
 					err = ctx.Err()
