@@ -27,6 +27,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/applianced/applianced/internal/conf"
@@ -131,6 +132,40 @@ type detectorSet struct {
 	dets     []detector
 	password bool // password-like JSON keys
 	card     bool // JSON numbers that are card numbers
+
+	// clean remembers short strings these detectors found nothing in: the
+	// same few values (a tool's name, a method, "allow", a status) recur
+	// in every audit event, and in many answers. It lives and dies with the
+	// set, so a reload with new detectors starts with none.
+	clean  sync.Map // string -> struct{}
+	nClean atomic.Int32
+}
+
+const (
+	cleanMaxLen     = 128  // longer strings are always scanned
+	cleanMaxEntries = 4096 // then the memory starts over
+)
+
+// isClean reports whether s was found clean before.
+func (ds *detectorSet) isClean(s string) bool {
+	if len(s) > cleanMaxLen {
+		return false
+	}
+	_, ok := ds.clean.Load(s)
+	return ok
+}
+
+// rememberClean records that s holds nothing these detectors find.
+func (ds *detectorSet) rememberClean(s string) {
+	if len(s) > cleanMaxLen {
+		return
+	}
+	if ds.nClean.Add(1) > cleanMaxEntries {
+		ds.clean.Clear()
+		ds.nClean.Store(1)
+	}
+	// A copy: s may be a slice of a large answer, which must not be kept.
+	ds.clean.Store(strings.Clone(s), struct{}{})
 }
 
 var emptySet = &detectorSet{}
@@ -219,6 +254,9 @@ func replacement(name string) string { return "[REDACTED:" + name + "]" }
 func (s *Scanner) RedactString(in string) (string, Result) { return s.load().redactString(in) }
 
 func (ds *detectorSet) redactString(in string) (string, Result) {
+	if ds.isClean(in) {
+		return in, nil
+	}
 	var spans []span
 	lower := asciiLower(in)
 	for _, d := range ds.dets {
@@ -227,6 +265,7 @@ func (ds *detectorSet) redactString(in string) (string, Result) {
 		}
 	}
 	if len(spans) == 0 {
+		ds.rememberClean(in)
 		return in, nil
 	}
 	spans = mergeSpans(spans)

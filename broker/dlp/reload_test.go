@@ -1,6 +1,7 @@
 package dlp
 
 import (
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -134,5 +135,43 @@ func TestZeroScannerFindsNothing(t *testing.T) {
 	}
 	if got := s.Detectors(); len(got) != 0 {
 		t.Errorf("got detectors %v, want none", got)
+	}
+}
+
+// TestCleanMemoryStartsOverOnReload: a value found clean is remembered,
+// and a reload whose new detector matches it finds it.
+func TestCleanMemoryStartsOverOnReload(t *testing.T) {
+	s := newScanner(t, Config{})
+	const v = "ref EMP-654321"
+	for range 2 { // the second time from memory
+		if got, res := s.RedactString(v); got != v || res.Found() {
+			t.Fatalf("before reload: got %q %v, want it untouched", got, res)
+		}
+	}
+	if !s.load().isClean(v) {
+		t.Fatal("a clean short value was not remembered")
+	}
+	if err := s.Reload(Config{Detectors: []DetectorConfig{{Name: "employee_id", Pattern: `\bEMP-[0-9]{6}\b`}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.RedactString(v); got != "ref [REDACTED:employee_id]" {
+		t.Fatalf("after reload: got %q, want the new detector to apply", got)
+	}
+}
+
+func TestCleanMemoryIsBounded(t *testing.T) {
+	s := newScanner(t, Config{})
+	for i := range cleanMaxEntries + 10 {
+		s.RedactString("value-" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + strconv.Itoa(i))
+	}
+	n := 0
+	s.load().clean.Range(func(any, any) bool { n++; return true })
+	if n == 0 || n > cleanMaxEntries {
+		t.Fatalf("remembered %d values, want between 1 and %d", n, cleanMaxEntries)
+	}
+	long := strings.Repeat("y", cleanMaxLen+1)
+	s.RedactString(long)
+	if s.load().isClean(long) {
+		t.Fatal("a value over cleanMaxLen was remembered")
 	}
 }
