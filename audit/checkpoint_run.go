@@ -120,7 +120,9 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 				case e := <-entries:
 					take(e)
 					if since >= c.opts.Every {
-						err = write(false)
+						if err = write(false); err == nil {
+							want = c.j.LastSeq() // the final one covers this one too
+						}
 					}
 				case err = <-perr:
 				case <-ctx.Done():
