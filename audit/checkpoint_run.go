@@ -111,19 +111,13 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 				}
 			}
 		case reply := <-c.final:
-			// Catch up with everything durable, still sealing every
-			// Every entries, then seal it all.
+			// Catch up with everything durable, then seal it.
 			want := c.j.LastSeq()
 			var err error
 			for lastSeq < want && err == nil {
 				select {
 				case e := <-entries:
 					take(e)
-					if since >= c.opts.Every {
-						if err = write(false); err == nil {
-							want = c.j.LastSeq() // the final one covers this one too
-						}
-					}
 				case err = <-perr:
 				case <-ctx.Done():
 					err = ctx.Err()

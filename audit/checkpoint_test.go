@@ -124,6 +124,12 @@ func TestCheckpointerSealsEveryNAndAtClose(t *testing.T) {
 		if _, err := j.Append(ctx, &Event{Type: "tool.call", Outcome: OutcomeSuccess, Target: fmt.Sprint(i)}); err != nil {
 			t.Fatal(err)
 		}
+		if (i+1)%10 == 0 {
+			// Let the checkpointer seal these before more come: how far
+			// behind it runs is up to the scheduler, and a checkpointer
+			// catching up at Close seals only once.
+			waitSeq(t, j, uint64(i+1+(i+1)/10))
+		}
 	}
 	if err := c.Close(ctx); err != nil {
 		t.Fatal(err)
@@ -161,6 +167,16 @@ func TestCheckpointerSealsEveryNAndAtClose(t *testing.T) {
 	last := cps[len(cps)-1]
 	if !last.Final || last.Seq != j.LastSeq()-1 {
 		t.Errorf("got last checkpoint %+v, want final covering seq %d", last, j.LastSeq()-1)
+	}
+}
+
+// waitSeq waits until the journal holds seq.
+func waitSeq(t *testing.T, j *Journal, seq uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); j.LastSeq() < seq; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("journal holds seq %d after 10 s, want %d", j.LastSeq(), seq)
+		}
 	}
 }
 

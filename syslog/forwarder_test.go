@@ -278,8 +278,14 @@ func TestCaptureVerification(t *testing.T) {
 			cp, pub := startCheckpointer(t, j, 100)
 			tc.target.Address = "tcp://" + srv.Addr
 			f := startForwarder(t, j, nil, tc.target)
-			if err := appendN(t, j, 300, 8); err != nil {
-				t.Fatal(err)
+			// 300 entries; each 100 sealed before the next come, so that
+			// checkpoints stand between them whatever the scheduler does
+			// (the tail-dropped case below needs some before the cut).
+			for k := uint64(1); k <= 3; k++ {
+				if err := appendN(t, j, 100, 8); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, "a checkpoint", time.Minute, func() bool { return j.LastSeq() >= 101*k })
 			}
 			if tc.big {
 				e := testEvent(0)
