@@ -170,17 +170,22 @@ func runPeak(do func() error) (float64, error) {
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
-// openLoop sends b.N requests at rate per second, whatever the answers'
-// latency (no coordinated omission: latency counts from the scheduled
-// send time), and reports the p50 and p99 latency and how late the
-// generator itself released the requests (p99).
+// openLoop sends latencyRequests(b) requests at rate per second, whatever
+// the answers' latency (no coordinated omission: latency counts from the
+// scheduled send time), and reports the p50 and p99 latency and how late
+// the generator itself released the requests (p99).
 func openLoop(b *testing.B, rate float64, do func() error) {
-	st, err := runOpenLoop(b.N, rate, do)
+	st, err := runOpenLoop(latencyRequests(b), rate, do)
 	if err != nil {
 		b.Fatal(err)
 	}
 	st.report(b, "")
 }
+
+// latencyRequests is how many requests an open-loop run sends: b.N, but
+// never fewer than 20,000, so that a p99 rests on 200 samples even under
+// `make bench`'s -benchtime 1s (whose b.N here would be a few hundred).
+func latencyRequests(b *testing.B) int { return max(b.N, 20000) }
 
 // loadStats are an open-loop run's results, in milliseconds.
 type loadStats struct {
@@ -267,8 +272,8 @@ func BenchmarkClientCredentialsSocketOtherProcess(b *testing.B) {
 	defer procs.ForBenchmark()()
 	pk := loadgenRun(b, e.sock, 0, 0)
 	b.ResetTimer()
-	loadgenRun(b, e.sock, pk.Rate/2, b.N).report(b, "half-")
-	loadgenRun(b, e.sock, 12500/2, b.N).report(b, "target-half-")
+	loadgenRun(b, e.sock, pk.Rate/2, latencyRequests(b)).report(b, "half-")
+	loadgenRun(b, e.sock, 12500/2, latencyRequests(b)).report(b, "target-half-")
 	b.ReportMetric(pk.Rate, "peak-tokens/s")
 }
 
