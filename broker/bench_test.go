@@ -33,8 +33,12 @@ const benchWorkers = 128
 var ccBody = url.Values{"grant_type": {"client_credentials"}, "scope": {"tickets:read"}}.Encode()
 
 // socketRequest returns a function that fetches one token over the agent socket.
-func socketRequest(tb testing.TB, e *env) func() error {
-	hc := unixClient(e.sock)
+func socketRequest(tb testing.TB, e *env) func() error { return socketTokens(e.sock) }
+
+// socketTokens returns a function that fetches one token over the agent
+// socket at path.
+func socketTokens(path string) func() error {
+	hc := unixClient(path)
 	hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 2 * benchWorkers
 	return func() error {
 		req, _ := http.NewRequest(http.MethodPost, "http://agent/oauth2/token", strings.NewReader(ccBody))
@@ -308,13 +312,7 @@ func loadgen(spec string) {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(2)
 	}
-	hc := unixClient(sock)
-	hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 2 * benchWorkers
-	do := func() error {
-		req, _ := http.NewRequest(http.MethodPost, "http://agent/oauth2/token", strings.NewReader(ccBody))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		return doToken(hc, req)
-	}
+	do := socketTokens(sock)
 	var st loadStats
 	err := runClosedLoop(2*benchWorkers, do) // warm the connections
 	if err == nil && rate == 0 {
