@@ -525,14 +525,13 @@ func (j *Journal) newSegment(first uint64, prev [32]byte) error {
 	if err := os.Link(tmp, path); err != nil {
 		return fail("creating segment", err)
 	}
-	if err := os.Remove(tmp); err != nil {
-		f.Close()
-		return fmt.Errorf("audit: creating segment: %w", err)
-	}
 	if err := syncDir(j.dir); err != nil {
-		f.Close()
-		return err
+		// Undo, so that no segment without entries stays between the one
+		// still written and a later one.
+		os.Remove(path)
+		return fail("creating segment", err)
 	}
+	_ = os.Remove(tmp) // a leftover is removed by Open
 	j.switchTo(f, path, int64(len(hdr)))
 	j.mu.Lock()
 	j.segments = append(j.segments, segment{first: first, path: path, size: j.size})

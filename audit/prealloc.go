@@ -23,8 +23,8 @@ import (
 // CPU it costs by a fifth.
 //
 // A maintenance goroutine writes the zeros, a chunk at a time, off the
-// append path, and trims each finished segment back to its entries; Close
-// trims the last one. It writes and syncs through its own open file, so a
+// append path, and trims a finished segment back to its entries if zeros
+// follow them; Close trims the last one. It writes and syncs through its own open file, so a
 // write-back error it sees is also reported to the writer's fdatasync (the
 // kernel reports such an error once to every open file, not once per file).
 //
@@ -131,12 +131,18 @@ func (j *Journal) cut() error {
 }
 
 // switchTo makes the new segment f (at path, size bytes of header) the one
-// written, and queues the old one to be trimmed to its entries.
+// written, and queues the old one to be trimmed to its entries if zeros
+// follow them. (Zeros stop at SegmentBytes, where rotation starts, so that
+// is only when the old segment came from a run with larger segments.)
 func (j *Journal) switchTo(f *os.File, path string, size int64) {
 	a := &j.ahead
 	a.mu.Lock()
 	if j.f != nil {
-		a.trim = append(a.trim, trimJob{j.f, j.size})
+		if a.zeroEnd.Load() > j.size {
+			a.trim = append(a.trim, trimJob{j.f, j.size})
+		} else {
+			j.f.Close()
+		}
 	}
 	j.f, j.size = f, size
 	a.path, a.gen = path, a.gen+1
@@ -151,7 +157,8 @@ func (j *Journal) maintain() {
 	a := &j.ahead
 	defer close(a.stopped)
 	var (
-		f      *os.File     // own open file of a.path
+		f      *os.File     // own open file of path
+		path   string       // a.path when f was opened
 		gen    = ^uint64(0) // a.gen that f is for
 		zeros  []byte
 		failed bool // this segment: stop writing ahead after an error
@@ -187,11 +194,11 @@ func (j *Journal) maintain() {
 				if f != nil {
 					f.Close()
 				}
-				gen, failed = a.gen, false
+				gen, path, failed = a.gen, a.path, false
 				var err error
-				if f, err = os.OpenFile(a.path, os.O_WRONLY, 0); err != nil {
+				if f, err = os.OpenFile(path, os.O_WRONLY, 0); err != nil {
 					a.mu.Unlock()
-					j.opts.Logger.Warn("audit: cannot write ahead of the journal; appends go on without it", "segment", a.path, "err", err)
+					j.opts.Logger.Warn("audit: cannot write zeros ahead of the journal; appends go on without them", "segment", path, "err", err)
 					f, failed = nil, true
 					break
 				}
@@ -208,13 +215,19 @@ func (j *Journal) maintain() {
 			n, err := f.WriteAt(zeros[:min(int64(len(zeros)), want-end)], end)
 			a.zeroEnd.Store(end + int64(n))
 			a.mu.Unlock()
-			if err == nil {
-				err = f.Sync()
-			}
 			if err != nil {
 				// Most likely a full disk. The writer meets the same
 				// condition itself and applies the journal's policy.
-				j.opts.Logger.Warn("audit: cannot write ahead of the journal; appends go on without it", "segment", a.path, "err", err)
+				j.opts.Logger.Warn("audit: cannot write zeros ahead of the journal; appends go on without them", "segment", path, "err", err)
+				failed = true
+				continue
+			}
+			if err := f.Sync(); err != nil {
+				// The file's pages could not all be written back: the
+				// writer's next fdatasync reports the same error, and the
+				// journal refuses appends from then on, as after any failed
+				// fsync.
+				j.opts.Logger.Error("audit: syncing the zeros ahead of the journal failed; the journal will refuse appends", "segment", path, "err", err)
 				failed = true
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -274,4 +275,49 @@ func FuzzSegment(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSegmentWithZerosIsTrimmedAtRotation: a segment that a crash left
+// with zeros after its entries, reopened with smaller segments, is cut
+// back to its entries when the journal moves on from it.
+func TestSegmentWithZerosIsTrimmedAtRotation(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, &Options{SegmentBytes: 1 << 20})
+	appendN(t, j, 30)
+	path, end := waitAhead(t, j)
+	img := crashImage(t, dir)
+	seg := filepath.Join(img, filepath.Base(path))
+	j2 := openTest(t, img, &Options{SegmentBytes: 4096})
+	appendN(t, j2, 1) // over 4096 bytes: the next batch goes to a new segment
+	appendN(t, j2, 1)
+	if n := len(j2.Segments()); n != 2 {
+		t.Fatalf("got %d segments, want the journal to have moved on to a second", n)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		st, err := os.Stat(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() == end+int64(len(mustLastLine(t, j2, 31))) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the finished segment is %d bytes, want its entries only", st.Size())
+		}
+	}
+	if rep := mustVerify(t, img); !rep.OK() || rep.Last != 32 {
+		t.Fatalf("verify: last %d problems %v, want 32 and none", rep.Last, rep.Problems)
+	}
+}
+
+// mustLastLine returns the journal line of entry seq.
+func mustLastLine(t *testing.T, j *Journal, seq uint64) []byte {
+	t.Helper()
+	r, _ := j.Reader(seq)
+	defer r.Close()
+	e, err := r.Next(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []byte(fmt.Sprintf("%x %s\n", e.Hash, e.Canonical))
 }
