@@ -31,9 +31,12 @@ type Checkpointer struct {
 	opts  CheckpointOptions
 	final chan chan error
 	done  chan struct{}
+	start uint64 // the journal's last seq when the Checkpointer was made
 }
 
-// NewCheckpointer returns a Checkpointer; Run starts it.
+// NewCheckpointer returns a Checkpointer; Run starts it. It counts entries
+// from the journal's last one now, so none appended before Run gets going
+// is left out of the count.
 func NewCheckpointer(j *Journal, key ed25519.PrivateKey, opts *CheckpointOptions) *Checkpointer {
 	var o CheckpointOptions
 	if opts != nil {
@@ -48,7 +51,7 @@ func NewCheckpointer(j *Journal, key ed25519.PrivateKey, opts *CheckpointOptions
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Checkpointer{j: j, key: key, opts: o, final: make(chan chan error), done: make(chan struct{})}
+	return &Checkpointer{j: j, key: key, opts: o, final: make(chan chan error), done: make(chan struct{}), start: j.LastSeq()}
 }
 
 // PublicKey returns the key auditors verify checkpoints with.
@@ -57,8 +60,7 @@ func (c *Checkpointer) PublicKey() ed25519.PublicKey { return c.key.Public().(ed
 // Run follows the journal and writes checkpoints until ctx ends or Close.
 func (c *Checkpointer) Run(ctx context.Context) error {
 	defer close(c.done)
-	start := c.j.LastSeq()
-	r, err := c.j.Reader(max(start, 1))
+	r, err := c.j.Reader(max(c.start, 1))
 	if err != nil {
 		return err
 	}

@@ -119,8 +119,12 @@ func TestCheckpointerSealsEveryNAndAtClose(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
 	for i := 0; i < 35; i++ {
+		if i == 5 {
+			// Started late on purpose: entries appended since
+			// NewCheckpointer count as well.
+			go func() { done <- c.Run(ctx) }()
+		}
 		if _, err := j.Append(ctx, &Event{Type: "tool.call", Outcome: OutcomeSuccess, Target: fmt.Sprint(i)}); err != nil {
 			t.Fatal(err)
 		}
