@@ -228,7 +228,7 @@ func Open(dir string, opts *Options) (*Journal, error) {
 		j.ahead.path = last.path
 		j.ahead.zeroEnd.Store(last.size)
 	}
-	j.startAhead(j.ahead.path, j.size, j.ahead.zeroEnd.Load())
+	j.startAhead()
 	go j.writer()
 	return j, nil
 }

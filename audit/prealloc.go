@@ -59,18 +59,16 @@ const (
 	aheadChunk = 1 << 20 // written per step
 )
 
-// startAhead starts the maintenance goroutine for the segment at path,
-// whose entries end at dataEnd and whose file is zeroEnd bytes long.
-func (j *Journal) startAhead(path string, dataEnd, zeroEnd int64) {
+// startAhead starts the maintenance goroutine for the segment being
+// written: a.path, whose file is a.zeroEnd bytes long.
+func (j *Journal) startAhead() {
 	a := &j.ahead
 	a.size, a.limit, a.chunk = j.opts.aheadBytes(), j.opts.SegmentBytes, j.opts.aheadChunk
 	if a.chunk <= 0 {
 		a.chunk = aheadChunk
 	}
 	a.kick, a.stop, a.stopped = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
-	a.path = path
-	a.dataEnd.Store(dataEnd)
-	a.zeroEnd.Store(zeroEnd)
+	a.dataEnd.Store(j.size)
 	go j.maintain()
 	j.kickAhead()
 }
