@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,7 +36,9 @@ import (
 //
 // Metrics: direct-p50-µs, proxy-p50-µs, added-p50-µs; for 8 and 64
 // callers, direct, bare-proxy and proxy requests per second; ratio-8 and
-// ratio-64 (proxy/direct) and bare-ratio-64 (bare proxy/direct).
+// ratio-64 (proxy/direct) and bare-ratio-64 (bare proxy/direct); and, with
+// 64 callers, the CPU a call costs beyond a direct one through the proxy
+// and through the bare proxy (proxy-added-cpu-µs/call, bare-added-...).
 func BenchmarkProxyVsDirect(b *testing.B) {
 	defer procs.ForBenchmark()() // as applianced serve does
 	bp := newBenchPair(b, jsonOK(benchBody))
@@ -59,11 +62,14 @@ func BenchmarkProxyVsDirect(b *testing.B) {
 		per := 4000 / workers
 		// Alternate short rounds so that the machine's load hits all three
 		// alike; report the medians.
-		var drs, brs, prs []float64
+		var drs, brs, prs, dcs, bcs, pcs []float64
 		for range 5 {
-			drs = append(drs, rate(b, workers, per, bp.direct))
-			brs = append(brs, rate(b, workers, per, viaBare))
-			prs = append(prs, rate(b, workers, per, bp.proxied))
+			r, c := rate(b, workers, per, bp.direct)
+			drs, dcs = append(drs, r), append(dcs, c)
+			r, c = rate(b, workers, per, viaBare)
+			brs, bcs = append(brs, r), append(bcs, c)
+			r, c = rate(b, workers, per, bp.proxied)
+			prs, pcs = append(prs, r), append(pcs, c)
 		}
 		dr, br, pr := median(drs), median(brs), median(prs)
 		b.ReportMetric(dr, fmt.Sprintf("direct-%d-req/s", workers))
@@ -72,6 +78,10 @@ func BenchmarkProxyVsDirect(b *testing.B) {
 		b.ReportMetric(pr/dr, fmt.Sprintf("ratio-%d", workers))
 		if workers == 64 {
 			b.ReportMetric(br/dr, "bare-ratio-64")
+			// What a call costs the machine beyond a direct one: the
+			// proxy's own work, and a bare reverse proxy's for scale.
+			b.ReportMetric(median(pcs)-median(dcs), "proxy-added-cpu-µs/call")
+			b.ReportMetric(median(bcs)-median(dcs), "bare-added-cpu-µs/call")
 		}
 	}
 	b.ReportMetric(0, "ns/op")
@@ -96,8 +106,10 @@ func BenchmarkProxyVsDirectSlowUpstream(b *testing.B) {
 		per := 2000 / workers
 		var drs, prs []float64
 		for range 5 {
-			drs = append(drs, rate(b, workers, per, bp.direct))
-			prs = append(prs, rate(b, workers, per, bp.proxied))
+			r, _ := rate(b, workers, per, bp.direct)
+			drs = append(drs, r)
+			r, _ = rate(b, workers, per, bp.proxied)
+			prs = append(prs, r)
 		}
 		dr, pr := median(drs), median(prs)
 		b.ReportMetric(dr, fmt.Sprintf("direct-%d-req/s", workers))
@@ -176,9 +188,11 @@ func (bp *benchPair) latency(b *testing.B) {
 }
 
 // rate runs per calls of f in each of workers goroutines and returns the
-// calls per second.
-func rate(b *testing.B, workers, per int, f func() error) float64 {
+// calls per second and the process's CPU time per call (callers, proxy and
+// upstream together).
+func rate(b *testing.B, workers, per int, f func() error) (perSecond, cpuMicros float64) {
 	var wg sync.WaitGroup
+	cpu0 := cpuTime(b)
 	start := time.Now()
 	for range workers {
 		wg.Add(1)
@@ -193,7 +207,17 @@ func rate(b *testing.B, workers, per int, f func() error) float64 {
 		}()
 	}
 	wg.Wait()
-	return float64(workers*per) / time.Since(start).Seconds()
+	n := float64(workers * per)
+	return n / time.Since(start).Seconds(), float64((cpuTime(b) - cpu0).Microseconds()) / n
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // bufferPool lets the bare reverse proxy reuse its copy buffers, as a
