@@ -453,6 +453,16 @@ func searchFailure(d *server, sc *ldap.Conn, err error) (out Outcome, keep bool,
 	return Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, false, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
 }
 
+// searchConnFailure says what a failure to get a search connection to d
+// means: the next DC may be tried when d could not be reached; a refused
+// service bind or any other error ends the attempt.
+func searchConnFailure(d *server, err error) (out Outcome, failover bool) {
+	if errors.Is(err, ErrServiceBind) || !isConnErr(err) {
+		return Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, false
+	}
+	return Outcome{DC: d.url}, true
+}
+
 // loginOn tries one DC. failover reports that the DC itself failed before
 // any password was checked by it (or without an answer), so the next DC may
 // be tried.
@@ -460,10 +470,8 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 	out.DC = d.url
 	sc, pooled, err := a.searchConn(ctx, d)
 	if err != nil {
-		if errors.Is(err, ErrServiceBind) || !isConnErr(err) {
-			return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, err, false
-		}
-		return id, out, err, true
+		out, failover := searchConnFailure(d, err)
+		return id, out, err, failover
 	}
 	keep := false
 	defer func() { a.releaseSearch(d, sc, keep) }()

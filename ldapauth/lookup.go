@@ -2,7 +2,6 @@ package ldapauth
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -65,10 +64,8 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName,
 	out.DC = d.url
 	sc, pooled, err := a.searchConn(ctx, d)
 	if err != nil {
-		if errors.Is(err, ErrServiceBind) || !isConnErr(err) {
-			return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, err, false
-		}
-		return id, out, err, true
+		out, failover := searchConnFailure(d, err)
+		return id, out, err, failover
 	}
 	keep := false
 	defer func() { a.releaseSearch(d, sc, keep) }()
