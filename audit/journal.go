@@ -49,10 +49,9 @@ type Options struct {
 	// SegmentBytes is the size at which the journal starts a new segment
 	// file. Default 64 MiB.
 	SegmentBytes int64
-	// MaxBytes bounds the total size of all segments; 0 means only the file
-	// system bounds it. What happens at the bound is DiskFull. The zeros
-	// kept ahead of the newest entries (at most 4 MiB, see prealloc.go) are
-	// not counted.
+	// MaxBytes bounds the total size of all segments, the zeros kept ahead
+	// of the newest entries (prealloc.go) included; 0 means only the file
+	// system bounds it. What happens at the bound is DiskFull.
 	MaxBytes int64
 	// DiskFull is DiskFullBlock (default) or DiskFullDropOldest. It applies
 	// when MaxBytes is reached or the file system is full.
@@ -349,10 +348,6 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 		fail(broken)
 		return
 	}
-	if err := j.makeRoom(); err != nil {
-		fail(err)
-		return
-	}
 	buf.Reset()
 	seq, prev := j.nextSeq, j.prev
 	for _, r := range batch {
@@ -366,6 +361,10 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 		buf.WriteByte('\n')
 		r.seq, prev = seq, h
 		seq++
+	}
+	if err := j.makeRoom(int64(buf.Len())); err != nil {
+		fail(err)
+		return
 	}
 	n, werr := j.write(buf.Bytes())
 	if werr == nil {
@@ -434,12 +433,12 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 	}
 }
 
-// makeRoom applies the size limit before a batch is written.
-func (j *Journal) makeRoom() error {
+// makeRoom applies the size limit before a batch of n bytes is written.
+func (j *Journal) makeRoom(n int64) error {
 	if j.opts.MaxBytes <= 0 {
 		return nil
 	}
-	for j.totalSize() >= j.opts.MaxBytes {
+	for j.totalSize()+n > j.opts.MaxBytes {
 		if j.opts.DiskFull != DiskFullDropOldest || !j.dropOldest() {
 			return fmt.Errorf("%w (%d bytes; policy %q)", ErrDiskLimit, j.opts.MaxBytes, j.opts.DiskFull)
 		}
@@ -532,10 +531,13 @@ func (j *Journal) newSegment(first uint64, prev [32]byte) error {
 		return fail("creating segment", err)
 	}
 	_ = os.Remove(tmp) // a leftover is removed by Open
-	j.switchTo(f, path, int64(len(hdr)))
+	// The segment is listed before it becomes the one written, so that the
+	// zeros written ahead in it are bounded with the old one counted
+	// (aheadRoom).
 	j.mu.Lock()
-	j.segments = append(j.segments, segment{first: first, path: path, size: j.size})
+	j.segments = append(j.segments, segment{first: first, path: path, size: int64(len(hdr))})
 	j.mu.Unlock()
+	j.switchTo(f, path, int64(len(hdr)))
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -187,7 +188,18 @@ func (j *Journal) maintain() {
 				return
 			default:
 			}
+			// The room is computed without a.mu held (the two locks are
+			// never held together) and used only if the segment written is
+			// still the one it was computed for.
 			a.mu.Lock()
+			g0 := a.gen
+			a.mu.Unlock()
+			room := j.aheadRoom()
+			a.mu.Lock()
+			if a.gen != g0 {
+				a.mu.Unlock()
+				continue
+			}
 			if a.gen != gen {
 				if f != nil {
 					f.Close()
@@ -202,7 +214,7 @@ func (j *Journal) maintain() {
 				}
 			}
 			end := a.zeroEnd.Load()
-			want := min(a.dataEnd.Load()+a.size, a.limit)
+			want := min(a.dataEnd.Load()+a.size, a.limit, room)
 			if failed || end >= want {
 				a.mu.Unlock()
 				break
@@ -230,6 +242,21 @@ func (j *Journal) maintain() {
 			}
 		}
 	}
+}
+
+// aheadRoom is how long the segment being written may grow, zeros
+// included, for all segments to stay within Options.MaxBytes.
+func (j *Journal) aheadRoom() int64 {
+	if j.opts.MaxBytes <= 0 {
+		return math.MaxInt64
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	room := j.opts.MaxBytes
+	for _, s := range j.segments[:max(len(j.segments)-1, 0)] {
+		room -= s.size
+	}
+	return room
 }
 
 // trim cuts a finished segment back to its entries and closes it. Its

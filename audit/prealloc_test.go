@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -320,4 +321,76 @@ func mustLastLine(t *testing.T, j *Journal, seq uint64) []byte {
 		t.Fatal(err)
 	}
 	return []byte(fmt.Sprintf("%x %s\n", e.Hash, e.Canonical))
+}
+
+// dirBytes is what the journal's files take, zeros included.
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), "journal-") {
+			continue
+		}
+		st, err := os.Stat(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += st.Size()
+	}
+	return n
+}
+
+// settled waits until the journal's files stop growing: the maintenance
+// goroutine has written all the zeros it will.
+func settled(t *testing.T, dir string) int64 {
+	t.Helper()
+	n := dirBytes(t, dir)
+	for same := 0; same < 20; {
+		time.Sleep(5 * time.Millisecond)
+		if m := dirBytes(t, dir); m != n {
+			n, same = m, 0
+		} else {
+			same++
+		}
+	}
+	return n
+}
+
+// max_bytes bounds what the journal takes on disk, the zeros ahead of its
+// entries included. With a limit of two and a half segments, the third
+// segment's zeros would otherwise run to a full segment.
+func TestZerosAheadStayWithinMaxBytes(t *testing.T) {
+	for _, policy := range []string{DiskFullBlock, DiskFullDropOldest} {
+		t.Run(policy, func(t *testing.T) {
+			dir := t.TempDir()
+			const seg, limit = 64 << 10, 160 << 10
+			j := openTest(t, dir, &Options{SegmentBytes: seg, MaxBytes: limit, DiskFull: policy, aheadChunk: 4096})
+			full := false
+			for i := 0; i < 1500 && !full; i++ {
+				_, err := j.Append(context.Background(), testEvent(i))
+				if errors.Is(err, ErrDiskLimit) && policy == DiskFullBlock {
+					full = true
+					break
+				}
+				if err != nil {
+					t.Fatalf("append %d: %v", i, err)
+				}
+				if i%100 == 0 {
+					if n := settled(t, dir); n > limit {
+						t.Fatalf("after %d entries the journal takes %d bytes on disk, over max_bytes %d", i+1, n, limit)
+					}
+				}
+			}
+			if n := settled(t, dir); n > limit {
+				t.Fatalf("the journal takes %d bytes on disk, over max_bytes %d", n, limit)
+			}
+			if segs := j.Segments(); !full && segs[0].First == 1 {
+				t.Fatal("the journal never reached max_bytes; the test must append more")
+			}
+		})
+	}
 }

@@ -86,9 +86,8 @@ type Server struct {
 type Audit struct {
 	// SegmentBytes is the journal segment size. Default 64MB.
 	SegmentBytes conf.ByteSize `toml:"segment_bytes"`
-	// MaxBytes bounds the journal on disk; 0 means the file system does.
-	// The zeros the journal keeps written ahead of its newest entry (at
-	// most 4 MiB) are not counted.
+	// MaxBytes bounds the journal on disk, the zeros it keeps written
+	// ahead of its newest entry included; 0 means the file system does.
 	MaxBytes conf.ByteSize `toml:"max_bytes"`
 	// Retain is how long delivered segments are kept. Default 90d.
 	Retain conf.Duration `toml:"retain"`
