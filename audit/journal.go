@@ -113,8 +113,9 @@ type Journal struct {
 	opts Options
 	mark *marker
 
-	reqs chan *appendReq
-	done chan struct{}
+	reqs   chan *appendReq
+	sendMu sync.RWMutex // held shared to send on reqs, exclusively to close it
+	done   chan struct{}
 
 	mu        sync.Mutex // guards the fields below
 	closed    bool
@@ -254,23 +255,8 @@ func (j *Journal) Append(ctx context.Context, e *Event) (uint64, error) {
 		return 0, fmt.Errorf("audit: encoding event: %w", err)
 	}
 	r := &appendReq{ev: e, canon: canon, done: make(chan struct{})}
-	j.mu.Lock()
-	if j.closed {
-		j.mu.Unlock()
-		return 0, ErrClosed
-	}
-	if j.broken != nil {
-		err := j.broken
-		j.mu.Unlock()
+	if err := j.send(ctx, r); err != nil {
 		return 0, err
-	}
-	j.mu.Unlock()
-	select {
-	case j.reqs <- r:
-	case <-j.done:
-		return 0, ErrClosed
-	case <-ctx.Done():
-		return 0, fmt.Errorf("audit: %w", ctx.Err())
 	}
 	// Once queued, the entry may become durable; wait for the outcome even if
 	// ctx ends, so a caller never acts on an unrecorded decision or reports a
@@ -283,16 +269,48 @@ func (j *Journal) Append(ctx context.Context, e *Event) (uint64, error) {
 	return r.seq, nil
 }
 
+// testHookBeforeSend, if set, runs between send's check that the journal
+// is open and the send itself.
+var testHookBeforeSend func()
+
+// send queues r for the writer. Close cannot close the queue while a send
+// is under way: it waits for the send, and the writer drains the queue.
+func (j *Journal) send(ctx context.Context, r *appendReq) error {
+	j.sendMu.RLock()
+	defer j.sendMu.RUnlock()
+	j.mu.Lock()
+	closed, broken := j.closed, j.broken
+	j.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if broken != nil {
+		return broken
+	}
+	if testHookBeforeSend != nil {
+		testHookBeforeSend()
+	}
+	select {
+	case j.reqs <- r:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("audit: %w", ctx.Err())
+	}
+}
+
 // Close stops accepting appends, finishes those queued, and closes files.
 func (j *Journal) Close() error {
+	j.sendMu.Lock()
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
+		j.sendMu.Unlock()
 		return nil
 	}
 	j.closed = true
 	j.mu.Unlock()
 	close(j.reqs)
+	j.sendMu.Unlock()
 	<-j.done
 	j.stopAhead()
 	var errs []error
