@@ -921,3 +921,42 @@ func TestRoutedTrafficFollowsEgressRules(t *testing.T) {
 		t.Errorf("no net.egress_blocked from the forward chain for 172.17.0.2 → 203.0.113.10 in %d events", len(evs))
 	}
 }
+
+// net down and net rollback that cannot be audited change nothing: the
+// egress filter never goes away, or back to an older state, unrecorded.
+func TestDownAndRollbackFailWithoutAudit(t *testing.T) {
+	r := startLab(t)
+	ctx := context.Background()
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(ctx, cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg2, needs2 := labConfig()
+	cfg2.Egress[0].To = append(cfg2.Egress[0].To, "10.10.0.20")
+	if _, err := r.m.Apply(ctx, cfg2, needs2, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := r.m.cur.rs
+	r.j.Close() // every Append now fails
+	unchanged := func(what string) {
+		t.Helper()
+		kt, err := r.m.k.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !kt.Exists {
+			t.Fatalf("%s without an audit journal removed the table", what)
+		}
+		if d := tableDrift(want, kt); len(d) != 0 {
+			t.Fatalf("%s without an audit journal changed the table: %v", what, d)
+		}
+	}
+	if err := r.m.Down(ctx, audit.Actor{}, ""); err == nil {
+		t.Fatal("Down succeeded without an audit journal")
+	}
+	unchanged("net down")
+	if err := r.m.Rollback(ctx, audit.Actor{}, ""); err == nil {
+		t.Fatal("Rollback succeeded without an audit journal")
+	}
+	unchanged("net rollback")
+}

@@ -502,7 +502,6 @@ func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, 
 	switch {
 	case m.pending != nil:
 		target = m.pending.prev
-		m.pending.stop()
 	case m.hasPrev:
 		target = m.prev
 	default:
@@ -518,11 +517,19 @@ func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, 
 	if target != nil {
 		det["to"] = "state applied at " + target.At.Format(time.RFC3339)
 	}
-	m.pending = nil
-	m.cur, m.prev, m.hasPrev = target, nil, false
+	// As for Apply: a rollback that cannot be recorded is undone, and the
+	// state (a pending confirmation and its timer included) stays as it was.
 	if err := m.audit(ctx, "net.rollback", audit.OutcomeSuccess, "", actor, reqID, det); err != nil {
+		if _, rerr := m.put(m.cur, target); rerr != nil {
+			m.log.Error("netseg: undoing a rollback that could not be audited", "err", rerr)
+		}
 		return err
 	}
+	if m.pending != nil {
+		m.pending.stop()
+		m.pending = nil
+	}
+	m.cur, m.prev, m.hasPrev = target, nil, false
 	return m.save()
 }
 
@@ -538,6 +545,16 @@ func (m *Manager) Down(ctx context.Context, actor audit.Actor, reqID string) err
 		}
 		return err
 	}
+	// As for Apply: a down that cannot be recorded is undone, so the egress
+	// filter never goes away unrecorded.
+	if err := m.audit(ctx, "net.down", audit.OutcomeSuccess, "", actor, reqID, map[string]string{"vlans": strings.Join(done, "; ")}); err != nil {
+		if m.cur != nil {
+			if _, rerr := m.put(m.cur, nil); rerr != nil {
+				m.log.Error("netseg: undoing a down that could not be audited", "err", rerr)
+			}
+		}
+		return err
+	}
 	if m.pending != nil {
 		m.pending.stop()
 		m.pending = nil
@@ -546,9 +563,6 @@ func (m *Manager) Down(ctx context.Context, actor audit.Actor, reqID string) err
 		m.prev, m.hasPrev = m.cur, true
 	}
 	m.cur = nil
-	if err := m.audit(ctx, "net.down", audit.OutcomeSuccess, "", actor, reqID, map[string]string{"vlans": strings.Join(done, "; ")}); err != nil {
-		return err
-	}
 	return m.save()
 }
 
