@@ -23,7 +23,7 @@ var hopByHop = map[string]bool{
 
 // dropRequest are request headers the agent sends that never reach the
 // upstream: its own credentials, cookies, and anything that would tell the
-// upstream a different story about the request.
+// upstream a different story about the request (every X-Forwarded-* too).
 var dropRequest = map[string]bool{
 	"Authorization": true, "Cookie": true, "Cookie2": true, "Approval-Id": true, "Host": true,
 	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true,
@@ -81,6 +81,11 @@ func (p *Proxy) forward(c *call) {
 		also = textproto.CanonicalMIMEHeaderKey(t.cfg.Auth.Name)
 	}
 	copyHeaders(out.Header, c.r.Header, dropRequest, also)
+	for k := range out.Header {
+		if strings.HasPrefix(k, "X-Forwarded-") {
+			delete(out.Header, k)
+		}
+	}
 
 	tr, echo, err := p.inject(ctx, t, out)
 	if err != nil {

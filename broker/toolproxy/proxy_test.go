@@ -93,6 +93,7 @@ func TestAgentHeadersNeverReachUpstream(t *testing.T) {
 		"Connection":          "X-Private",
 		"X-Private":           "hop",
 		"X-Forwarded-For":     "6.6.6.6",
+		"X-Forwarded-Port":    "8443",
 		"X-Api-Key":           "agent-chosen-key",
 		"X-Trace":             "kept",
 	})
@@ -100,7 +101,7 @@ func TestAgentHeadersNeverReachUpstream(t *testing.T) {
 		t.Fatalf("got %d %s", got.status, got.body)
 	}
 	r, _ := u.last(t)
-	for _, h := range []string{"Authorization", "Cookie", "Proxy-Authorization", "X-Private", "X-Forwarded-For", "Approval-Id"} {
+	for _, h := range []string{"Authorization", "Cookie", "Proxy-Authorization", "X-Private", "X-Forwarded-For", "X-Forwarded-Port", "Approval-Id"} {
 		if v := r.Header.Get(h); v != "" {
 			t.Errorf("upstream got %s: %q, want none", h, v)
 		}
@@ -359,4 +360,40 @@ type policyFunc func(PolicyRequest) (bool, string)
 func (f policyFunc) Allow(_ context.Context, r PolicyRequest) (bool, string, error) {
 	ok, why := f(r)
 	return ok, why, nil
+}
+
+// A call that says its method or path is another one than the route was
+// matched on (X-HTTP-Method-Override, X-Original-URL, _method, ...) is
+// refused, and the upstream never sees it: a read scope must not reach a
+// DELETE route or one that needs approval.
+func TestMethodAndPathOverridesAreRefused(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	cases := []struct {
+		name, path string
+		headers    map[string]string
+	}{
+		{"X-HTTP-Method-Override", "/v1/tools/tickets/tickets/1", map[string]string{"X-HTTP-Method-Override": "DELETE"}},
+		{"X-HTTP-Method", "/v1/tools/tickets/tickets/1", map[string]string{"X-HTTP-Method": "DELETE"}},
+		{"X-Method-Override", "/v1/tools/tickets/tickets/1", map[string]string{"X-Method-Override": "DELETE"}},
+		{"X-Original-URL", "/v1/tools/tickets/tickets/1", map[string]string{"X-Original-URL": "/admin"}},
+		{"X-Rewrite-URL", "/v1/tools/tickets/tickets/1", map[string]string{"X-Rewrite-URL": "/admin"}},
+		{"X-Forwarded-Prefix", "/v1/tools/tickets/tickets/1", map[string]string{"X-Forwarded-Prefix": "/evil"}},
+		{"_method", "/v1/tools/tickets/tickets/1?_method=DELETE", nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := u.count()
+			got := e.do("GET", tc.path, agentToken, nil, tc.headers)
+			if got.status != http.StatusBadRequest {
+				t.Fatalf("got %d %s, want 400", got.status, got.body)
+			}
+			if !strings.Contains(strings.ToLower(string(got.body)), strings.ToLower(tc.name)) {
+				t.Errorf("the error does not name %s: %s", tc.name, got.body)
+			}
+			if u.count() != before {
+				t.Error("the upstream was called")
+			}
+		})
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"net/netip"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -161,6 +162,11 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	}
 	c.query = q
 	c.ev.Details["path"] = p.auditPath(tp, q)
+	if q.Has("_method") {
+		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest,
+			"the query parameter _method is refused: it overrides the method the route was matched on; send the real method")
+		return
+	}
 	if msg := checkHeaders(r.Header); msg != "" {
 		status := http.StatusBadRequest
 		if strings.HasPrefix(msg, "more than") {
@@ -368,7 +374,24 @@ func checkHeaders(h http.Header) string {
 	if n > MaxHeaderCount {
 		return "more than " + strconv.Itoa(MaxHeaderCount) + " header fields"
 	}
+	for k := range h {
+		if overrides[textproto.CanonicalMIMEHeaderKey(k)] {
+			return "the header " + k + " is refused: it overrides the method or path the route was matched on; send the real method and path"
+		}
+	}
 	return ""
+}
+
+// overrides are request headers with which many web frameworks let a
+// request say that its method or path is another one. The route was
+// matched on the request's own method and path, so a call carrying one is
+// refused: forwarded, it could reach a route with another scope or one
+// that needs approval.
+var overrides = map[string]bool{
+	"X-Http-Method-Override": true, "X-Http-Method": true, "X-Method-Override": true,
+	"X-Original-Method": true, "X-Forwarded-Method": true,
+	"X-Original-Url": true, "X-Original-Uri": true, "X-Rewrite-Url": true,
+	"X-Forwarded-Prefix": true, "X-Forwarded-Path": true, "X-Forwarded-Uri": true,
 }
 
 // bodyReader returns the buffered request body for the upstream request.
