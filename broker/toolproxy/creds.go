@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -38,10 +39,33 @@ const minEchoLen = 6
 // echoing its request (an error page, a debug endpoint) could send back.
 type echoForms []string
 
+// add adds each value, and the spellings an upstream could echo it in: as
+// a JSON string (escaped, HTML-safe or not), in base64, and escaped for a
+// URL path or query.
 func (f *echoForms) add(vals ...string) {
 	for _, v := range vals {
-		if len(v) >= minEchoLen {
-			*f = append(*f, v)
+		if len(v) < minEchoLen {
+			continue
+		}
+		var js strings.Builder
+		enc := json.NewEncoder(&js)
+		_ = enc.Encode(v)
+		jsHTML := strings.TrimSuffix(js.String(), "\n")
+		js.Reset()
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(v)
+		jsPlain := strings.TrimSuffix(js.String(), "\n")
+		for _, form := range []string{
+			v,
+			jsHTML[1 : len(jsHTML)-1], jsPlain[1 : len(jsPlain)-1],
+			strings.ReplaceAll(jsPlain[1:len(jsPlain)-1], "/", `\/`),
+			// Unpadded: the padded spelling contains it.
+			base64.RawStdEncoding.EncodeToString([]byte(v)), base64.RawURLEncoding.EncodeToString([]byte(v)),
+			url.PathEscape(v), url.QueryEscape(v),
+		} {
+			if !slices.Contains(*f, form) {
+				*f = append(*f, form)
+			}
 		}
 	}
 }

@@ -2,6 +2,8 @@ package toolproxy
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
@@ -134,4 +136,52 @@ func FuzzEchoWriter(f *testing.F) {
 			t.Fatalf("input with a form: err %v, want errEchoed", err)
 		}
 	})
+}
+
+// An upstream that echoes the credential in another spelling (inside a JSON
+// string, in base64) does not get it to the agent either.
+func TestEchoedCredentialInOtherSpellingsIsRedacted(t *testing.T) {
+	const secret = `k3y"with/<odd>&\chars-42`
+	var html, plain strings.Builder
+	_ = json.NewEncoder(&html).Encode(secret)
+	enc := json.NewEncoder(&plain)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(secret)
+	unquote := func(s string) string { s = strings.TrimSpace(s); return s[1 : len(s)-1] }
+	forms := map[string]string{
+		"json":              unquote(html.String()),
+		"json without html": unquote(plain.String()),
+		"json with \\/":     strings.ReplaceAll(unquote(plain.String()), "/", `\/`),
+		"base64":            base64.StdEncoding.EncodeToString([]byte(secret)),
+		"base64url":         base64.RawURLEncoding.EncodeToString([]byte(secret)),
+	}
+	for name, form := range forms {
+		t.Run(name, func(t *testing.T) {
+			u := newUpstream(t, jsonOK(`{"echo": "`+form+`"}`))
+			e := newEnv(t, envOpts{tools: []Tool{stdTool(u.URL)}, secrets: map[string]string{"tickets-key": secret}})
+			e.tok.add(agentToken, Principal{Agent: "bot", User: "alice", Groups: []string{"helpdesk"}, Scopes: allScopes(), JTI: "jti-1"}, "tickets")
+			got := e.do("GET", "/v1/tools/tickets/tickets/1", agentToken, nil, nil)
+			if got.status != http.StatusOK {
+				t.Fatalf("got %d %s", got.status, got.body)
+			}
+			if bytes.Contains(got.body, []byte(form)) || !bytes.Contains(got.body, []byte("[REDACTED:credential]")) {
+				t.Fatalf("the agent got %s, want the echoed credential redacted", got.body)
+			}
+		})
+	}
+}
+
+// An agent that knows the credential and puts it in the path: the call's
+// audit events never hold it.
+func TestCredentialInThePathNeverReachesTheJournal(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	got := e.do("GET", "/v1/tools/tickets/tickets/"+toolSecret, agentToken, nil, nil)
+	if got.status != http.StatusOK {
+		t.Fatalf("got %d %s", got.status, got.body)
+	}
+	e.assertNowhere(toolSecret)
+	if p := e.lastCall().Details["path"]; !strings.Contains(p, "[REDACTED:credential]") {
+		t.Errorf("audited path %q, want the credential redacted", p)
+	}
 }

@@ -94,6 +94,11 @@ func (p *Proxy) forward(c *call) {
 		return
 	}
 	c.ev.Details["credential"] = t.cfg.Auth.Type + ":" + t.cfg.Auth.Secret
+	// An agent that knows the credential could put it in the path; the
+	// journal never holds it.
+	if s, found := echo.scrub(c.ev.Details["path"]); found {
+		c.ev.Details["path"] = s
+	}
 
 	// The decision is durable before the tool sees anything: a call the
 	// journal cannot take is never sent.
