@@ -406,11 +406,22 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 	if err := b.revs.check(&Principal{User: old.User, IssuedAt: old.Issued}); err != nil {
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "the user's tokens are revoked"), audit.SeverityWarn)
 	}
+	groups, scopes := old.Groups, old.Scopes
 	if old.User == rec.User {
 		// Group and role changes in the directory take effect here.
-		return b.userToken(ctx, q, "token.refresh", old.User, rec.Groups, rec.Scopes, next)
+		groups, scopes = rec.Groups, rec.Scopes
 	}
-	return b.userToken(ctx, q, "token.refresh", old.User, old.Groups, old.Scopes, next)
+	resp, oe := b.userToken(ctx, q, "token.refresh", old.User, groups, scopes, next)
+	if oe != nil {
+		// The new refresh token never reached the client (the issuance
+		// could not be recorded or signed): the old one stays good, so
+		// that the client's retry is not taken for the reuse of a stolen
+		// token, which would end the session and raise an alert.
+		if err := b.store.UndoRotate(ctx, hashRefresh(tok), rec.Hash); err != nil {
+			b.log.Error("broker: refresh", "err", err)
+		}
+	}
+	return resp, oe
 }
 
 // recheckUser asks the directory whether user may still sign in, at
@@ -642,15 +653,22 @@ func (b *Broker) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		}
 		ev.Details = map[string]string{"jti_hmac": b.hashID(c.ID)}
 		x := Revocation{Kind: RevokeJTI, Value: c.ID, At: b.now(), Until: c.Expiry.Time().Add(leeway)}
+		// Recorded first: a revocation the journal cannot take is not made.
+		if err := b.record(ctx, ev); err != nil {
+			writeOAuthError(w, errUnavailable)
+			return
+		}
 		if err := b.revoke(ctx, x); err != nil {
 			b.log.Error("broker: revoking", "err", err)
+			b.recordRevokeFailed(ctx, ev, err)
 			writeOAuthError(w, errUnavailable)
 			return
 		}
 	} else {
-		rt, err := b.store.RevokeRefresh(ctx, hashRefresh(tok))
-		if errors.Is(err, ErrRefreshUnknown) {
-			writeJSON(w, http.StatusOK, struct{}{})
+		hash := hashRefresh(tok)
+		rt, err := b.store.GetRefresh(ctx, hash, b.now())
+		if errors.Is(err, ErrRefreshUnknown) || errors.Is(err, ErrRefreshRevoked) || errors.Is(err, ErrRefreshExpired) {
+			writeJSON(w, http.StatusOK, struct{}{}) // RFC 7009 §2.2; nothing left to revoke
 			return
 		}
 		if err != nil {
@@ -659,10 +677,24 @@ func (b *Broker) handleRevoke(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		ev.Target, ev.Actor.User = "refresh_token", rt.User
-	}
-	if err := b.record(ctx, ev); err != nil {
-		writeOAuthError(w, errUnavailable)
-		return
+		if err := b.record(ctx, ev); err != nil {
+			writeOAuthError(w, errUnavailable)
+			return
+		}
+		if _, err := b.store.RevokeRefresh(ctx, hash); err != nil && !errors.Is(err, ErrRefreshUnknown) {
+			b.log.Error("broker: revoking", "err", err)
+			b.recordRevokeFailed(ctx, ev, err)
+			writeOAuthError(w, errUnavailable)
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// recordRevokeFailed records that a revocation recorded as made could not
+// be made after all.
+func (b *Broker) recordRevokeFailed(ctx context.Context, ev *audit.Event, err error) {
+	failed := *ev
+	failed.Outcome, failed.Reason = audit.OutcomeFailure, "recorded above but not made: "+err.Error()
+	_ = b.record(ctx, &failed)
 }

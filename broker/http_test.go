@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -470,4 +471,54 @@ func TestRevokeUserEndsSessions(t *testing.T) {
 	ex = e.socketPost("/oauth2/token", url.Values{"grant_type": {GrantTokenExchange}, "subject_token": {lg.str("access_token")},
 		"subject_token_type": {tokenTypeAccess}})
 	wantOAuthError(t, ex, 400, "invalid_grant")
+}
+
+// failingAppender fails the appends of events of type typ while on is set,
+// as a journal does on a full disk, and passes every other one on.
+type failingAppender struct {
+	next audit.Appender
+	typ  string
+	on   atomic.Bool
+}
+
+func (f *failingAppender) Append(ctx context.Context, e *audit.Event) (uint64, error) {
+	if f.on.Load() && e.Type == f.typ {
+		return 0, errors.New("no space left on device (test)")
+	}
+	return f.next.Append(ctx, e)
+}
+
+// A refresh whose issuance cannot be recorded hands out nothing, and the
+// refresh token it was asked with stays good: the client's retry once the
+// journal works again gets a token, not the reuse alarm that ends the
+// session.
+func TestRefreshThatCannotBeRecordedKeepsTheOldToken(t *testing.T) {
+	e := newEnv(t, nil)
+	fa := &failingAppender{next: e.j, typ: "token.refresh"}
+	opts := e.opts
+	opts.Audit = fa
+	var err error
+	if e.b, err = New(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	e.serveHTTPS()
+	r1 := e.login("alice", "alice-pw").str("refresh_token")
+	refresh := func(tok string) answer {
+		return e.httpsPost("/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok}})
+	}
+	fa.on.Store(true)
+	wantOAuthError(t, refresh(r1), 503, "temporarily_unavailable")
+	fa.on.Store(false)
+	a := refresh(r1)
+	if a.status != 200 || a.str("refresh_token") == "" {
+		t.Fatalf("retry after the journal came back: got %d %v, want a new token", a.status, a.body)
+	}
+	for _, x := range e.events() {
+		if x.Type == "token.deny" && x.Severity == audit.SeverityHigh {
+			t.Fatalf("the retry raised %+v", x)
+		}
+	}
+	if b := refresh(a.str("refresh_token")); b.status != 200 {
+		t.Fatalf("the session ended: next refresh got %d %v", b.status, b.body)
+	}
 }

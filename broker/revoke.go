@@ -135,20 +135,36 @@ func (b *Broker) revokeAgent(ctx context.Context, name string, by audit.Actor, r
 func (b *Broker) RevokeUser(ctx context.Context, name string, by audit.Actor) error {
 	now := b.now()
 	x := Revocation{Kind: RevokeUser, Value: name, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
-	if _, err := b.store.RevokeUserFamilies(ctx, name); err != nil {
+	return b.adminRevoke(ctx, x, by, map[string]string{"user": name}, func(ctx context.Context) error {
+		_, err := b.store.RevokeUserFamilies(ctx, name)
 		return err
-	}
-	return b.adminRevoke(ctx, x, by, map[string]string{"user": name})
+	})
 }
 
-func (b *Broker) adminRevoke(ctx context.Context, x Revocation, by audit.Actor, details map[string]string) error {
-	if err := b.revoke(ctx, x); err != nil {
-		_ = b.record(ctx, &audit.Event{Type: "broker.revoke", Severity: audit.SeverityWarn, Actor: by,
-			Action: "token.revoke", Target: x.Kind, Outcome: audit.OutcomeFailure, Reason: err.Error(), Details: details})
+// adminRevoke records the revocation, then makes it (and also, if set). A
+// revocation that cannot be recorded is not made: the action fails as a
+// whole, as every action does when the journal cannot be written (and
+// with it every use of a token at the proxy). If making it fails after the
+// record, a second record says so.
+func (b *Broker) adminRevoke(ctx context.Context, x Revocation, by audit.Actor, details map[string]string, also ...func(context.Context) error) error {
+	ev := func(outcome, reason string) *audit.Event {
+		return &audit.Event{Type: "broker.revoke", Severity: audit.SeverityWarn, Actor: by,
+			Action: "token.revoke", Target: x.Kind, Outcome: outcome, Reason: reason, Details: details}
+	}
+	if err := b.record(ctx, ev(audit.OutcomeSuccess, "")); err != nil {
 		return err
 	}
-	return b.record(ctx, &audit.Event{Type: "broker.revoke", Severity: audit.SeverityWarn, Actor: by,
-		Action: "token.revoke", Target: x.Kind, Outcome: audit.OutcomeSuccess, Details: details})
+	err := b.revoke(ctx, x)
+	for _, f := range also {
+		if err == nil {
+			err = f(ctx)
+		}
+	}
+	if err != nil {
+		_ = b.record(ctx, ev(audit.OutcomeFailure, "recorded above but not made: "+err.Error()))
+		return err
+	}
+	return nil
 }
 
 // AgentInfo is an agent's config and runtime state, for listings.

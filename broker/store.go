@@ -94,6 +94,9 @@ type Store interface {
 	// next in the same family, returning the old record. A reused token
 	// revokes the family and returns ErrRefreshReused.
 	RotateRefresh(ctx context.Context, oldHash string, now time.Time, next RefreshToken) (RefreshToken, error)
+	// UndoRotate undoes a RotateRefresh whose new token was never handed
+	// out: the token with oldHash is unused again and nextHash is gone.
+	UndoRotate(ctx context.Context, oldHash, nextHash string) error
 	// RevokeRefresh revokes the family of the token with hash.
 	RevokeRefresh(ctx context.Context, hash string) (RefreshToken, error)
 	// RevokeUserFamilies revokes every session of user.
@@ -326,6 +329,26 @@ func (s *boltStore) RotateRefresh(ctx context.Context, oldHash string, now time.
 		return RefreshToken{}, fmt.Errorf("broker: rotating refresh token: %w", err)
 	}
 	return old, outcome
+}
+
+func (s *boltStore) UndoRotate(ctx context.Context, oldHash, nextHash string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rb := tx.Bucket(bucketRefresh)
+		var old RefreshToken
+		ok, err := getJSON(rb, oldHash, &old)
+		if err != nil || !ok {
+			return err
+		}
+		old.Used = false
+		if err := putJSON(rb, oldHash, old); err != nil {
+			return err
+		}
+		return rb.Delete([]byte(nextHash))
+	})
+	if err != nil {
+		return fmt.Errorf("broker: undoing a refresh token's rotation: %w", err)
+	}
+	return nil
 }
 
 func (s *boltStore) RevokeRefresh(ctx context.Context, hash string) (RefreshToken, error) {

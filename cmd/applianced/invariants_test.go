@@ -439,6 +439,19 @@ func TestDeadJournalFailsEveryAction(t *testing.T) {
 		if got := adminStatus(err); got != http.StatusServiceUnavailable {
 			t.Errorf("got %d (%v), want 503", got, err)
 		}
+		if _, err := x.d.broker.Verify(x.ctx, userTok, x.d.broker.Issuer()+"/oauth2/token"); err != nil {
+			t.Errorf("after an unrecorded revoke, alice's token is refused (%v); want it unchanged", err)
+		}
+	})
+	t.Run("token revoke at /oauth2/revoke", func(t *testing.T) {
+		if userRefresh == "" {
+			t.Skip("login issued no refresh token")
+		}
+		st, got := x.call(x.https, "POST", x.base+"/oauth2/revoke", nil, nil, url.Values{"token": {userTok}})
+		wantUnavailable(t, st, got)
+		if _, err := x.d.broker.Verify(x.ctx, userTok, x.d.broker.Issuer()+"/oauth2/token"); err != nil {
+			t.Errorf("after an unrecorded revoke, alice's token is refused (%v); want it unchanged", err)
+		}
 	})
 }
 
