@@ -464,8 +464,7 @@ func searchConnFailure(d *server, err error) (out Outcome, failover bool) {
 }
 
 // loginOn tries one DC. failover reports that the DC itself failed before
-// any password was checked by it (or without an answer), so the next DC may
-// be tried.
+// the user's password was sent to it, so the next DC may be tried.
 func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, password string) (id Identity, out Outcome, err error, failover bool) {
 	out.DC = d.url
 	sc, pooled, err := a.searchConn(ctx, d)
@@ -536,7 +535,17 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 			return id, out, nil, false
 		}
 		bc.Close()
-		return id, out, fmt.Errorf("ldapauth: bind on %s: %w", d.url, err), true
+		// The bind went out: the DC may have checked the password, and
+		// counted a wrong one, before it failed. Sent to the next DC it
+		// could count twice toward AD's lockout, so the login ends here,
+		// as the directory being unavailable, and the DC is held down.
+		err = fmt.Errorf("ldapauth: bind on %s: %w", d.url, err)
+		if ctxErr(ctx) == nil {
+			d.markDown(a.now(), err)
+			a.log.Warn("ldap server failed during a bind; not retried on another DC", "dc", d.url, "error", err)
+		}
+		out.Reason = ReasonDirectoryUnavailable
+		return id, out, fmt.Errorf("%w: %w", ErrUnavailable, err), false
 	}
 	d.put(true, bc, a.cfg.MaxConnections, a.now())
 

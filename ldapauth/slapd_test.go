@@ -2,10 +2,19 @@ package ldapauth
 
 import (
 	"context"
+	"io"
+	"net"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	ber "github.com/go-asn1-ber/asn1-ber"
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/applianced/applianced/internal/conf"
 	"github.com/applianced/applianced/internal/testenv/slapd"
 )
 
@@ -99,5 +108,130 @@ func TestLoginOpenLDAP(t *testing.T) {
 				t.Errorf("lookup: got %+v %+v %v, want groups %v roles %v", lid, lout, err, tt.wantGroups, tt.wantRoles)
 			}
 		})
+	}
+}
+
+// bindWatcher is a plaintext LDAP proxy that reads what the client sends
+// and counts the binds of one DN; with hold set, it stops forwarding a
+// connection at such a bind and leaves it silent, as a DC that hangs.
+type bindWatcher struct {
+	target, dn string
+	hold       bool
+	binds      atomic.Int32
+}
+
+func (w *bindWatcher) listen(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", w.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, up)
+			mu.Unlock()
+			go func() { _, _ = io.Copy(c, up) }()
+			go func() {
+				for {
+					p, err := ber.ReadPacket(c)
+					if err != nil {
+						up.Close()
+						return
+					}
+					if len(p.Children) > 1 && p.Children[1].ClassType == ber.ClassApplication && p.Children[1].Tag == ldap.ApplicationBindRequest &&
+						len(p.Children[1].Children) > 1 && p.Children[1].Children[1].Data.String() == w.dn {
+						w.binds.Add(1)
+						if w.hold {
+							return // the bind never arrives, and nothing answers
+						}
+					}
+					if _, err := up.Write(p.Bytes()); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A DC that goes silent once it has the user's bind may have counted a
+// wrong password already: the same password is not sent to the next DC
+// (AD lockout counters would count it twice). The login fails as the
+// directory being unavailable.
+func TestBindThatTimesOutIsNotRetriedOnAnotherDC(t *testing.T) {
+	if err := slapd.Available(); err != nil {
+		t.Skipf("no OpenLDAP: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := slapd.Start(ctx, slapd.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	if err := s.AddUser(ctx, "alice", pw("alice"), 10001); err != nil {
+		t.Fatal(err)
+	}
+	target := strings.TrimPrefix(s.PlainURL, "ldap://")
+	silent := &bindWatcher{target: target, dn: s.UserDN("alice"), hold: true}
+	second := &bindWatcher{target: target, dn: s.UserDN("alice")}
+	silentAddr, secondAddr := silent.listen(t), second.listen(t)
+	newAuth := func(urls ...string) *Authenticator {
+		cfg := Config{
+			URLs: urls, InsecurePlaintext: true, RequestTimeout: conf.Duration(time.Second),
+			BindDN: slapd.ServiceDN, BindPasswordSecret: "slapd-svc",
+			UserBase: slapd.PeopleDN, GroupBase: slapd.GroupsDN, GroupMode: GroupModeMemberOf,
+		}
+		a, err := New(cfg, Options{Audit: newJournal(t), BindPassword: func(context.Context, string) ([]byte, error) {
+			return []byte(s.ServicePassword), nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		return a
+	}
+
+	a := newAuth("ldap://"+silentAddr, "ldap://"+secondAddr)
+	_, out, err := a.Login(ctx, Request{Username: "alice", Password: pw("alice")})
+	if err == nil || out.OK {
+		t.Fatalf("login with a DC silent at the bind: ok=%v err=%v, want the directory unavailable", out.OK, err)
+	}
+	if silent.binds.Load() != 1 {
+		t.Fatalf("the silent DC saw %d binds of the user, want 1 (the test proves nothing otherwise)", silent.binds.Load())
+	}
+	if n := second.binds.Load(); n != 0 {
+		t.Errorf("the user's password was sent to the next DC %d times after the first went silent, want 0", n)
+	}
+
+	// The control: the second DC does take the user's bind when the first
+	// one is down before anything is sent.
+	b := newAuth("ldap://127.0.0.1:1", "ldap://"+secondAddr)
+	if _, out, err := b.Login(ctx, Request{Username: "alice", Password: pw("alice")}); err != nil || !out.OK {
+		t.Fatalf("login through the second DC: ok=%v err=%v", out.OK, err)
+	}
+	if second.binds.Load() != 1 {
+		t.Errorf("the second DC saw %d binds of the user, want 1", second.binds.Load())
 	}
 }

@@ -51,6 +51,7 @@ type Options struct{}
 // Server is a running slapd.
 type Server struct {
 	URL             string // ldaps://127.0.0.1:PORT
+	PlainURL        string // ldap://127.0.0.1:PORT, plaintext, for tests that read the protocol on the wire
 	CAFile          string
 	ServicePassword string
 	AdminPassword   string
@@ -107,13 +108,22 @@ func Start(ctx context.Context, _ Options) (_ *Server, err error) {
 	if err := os.MkdirAll(filepath.Join(dir, "db"), 0o700); err != nil {
 		return nil, fmt.Errorf("slapd: %w", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("slapd: %w", err)
+	// Two free ports, both held until both are chosen so they differ.
+	var ports [2]int
+	var lns []net.Listener
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("slapd: %w", err)
+		}
+		lns = append(lns, ln)
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	s.URL = "ldaps://127.0.0.1:" + strconv.Itoa(port)
+	for _, ln := range lns {
+		ln.Close()
+	}
+	s.URL = "ldaps://127.0.0.1:" + strconv.Itoa(ports[0])
+	s.PlainURL = "ldap://127.0.0.1:" + strconv.Itoa(ports[1])
 
 	conf := fmt.Sprintf(`include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -154,7 +164,7 @@ access to *
 		return nil, fmt.Errorf("slapd: %w", err)
 	}
 	defer logf.Close()
-	s.cmd = exec.Command(slapdPath(), "-d", "0", "-f", confFile, "-h", s.URL+"/")
+	s.cmd = exec.Command(slapdPath(), "-d", "0", "-f", confFile, "-h", s.URL+"/ "+s.PlainURL+"/")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
