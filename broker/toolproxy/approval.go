@@ -87,7 +87,13 @@ func (p *Proxy) checkApproval(c *call, why string) bool {
 		Method: c.r.Method, Path: c.ev.Details["path"], BodySHA256: bodySHA, Reason: why,
 		Created: c.now, Expires: c.now.Add(c.st.approvalTTL()), CallHash: hash,
 	}
-	if err := p.store.createApproval(a, c.now); err != nil {
+	a, err := p.store.createApproval(a, c.now)
+	if errors.Is(err, ErrTooManyPending) {
+		c.deny(http.StatusTooManyRequests, "tool.deny", CodeTooManyApprovals, fmt.Sprintf(
+			"agent %s has %d approvals pending; an approver must decide them, or they expire", c.pr.Agent, maxPendingPerAgent))
+		return false
+	}
+	if err != nil {
 		p.log.Error("toolproxy: storing an approval", "err", err)
 		c.deny(http.StatusInternalServerError, "tool.deny", CodeServerError, "approvals are unavailable")
 		return false
@@ -155,9 +161,12 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	now := p.now()
 	_, src := sourceOf(r)
+	// The user named in the body is only a claim until their code checks
+	// out: it is recorded as such, and becomes the actor only then.
 	ev := &audit.Event{
-		Type: "approval.deny", Actor: audit.Actor{User: d.User}, Action: "approval." + d.Decision, Target: id,
-		Outcome: audit.OutcomeDenied, RequestID: newRequestID(), Source: src, Details: map[string]string{"approver": "totp"},
+		Type: "approval.deny", Action: "approval." + d.Decision, Target: id,
+		Outcome: audit.OutcomeDenied, RequestID: newRequestID(), Source: src,
+		Details: map[string]string{"approver": "totp", "claimed_user": d.User},
 	}
 	fail := func(status int, code, desc string) {
 		ev.Reason = desc
@@ -178,19 +187,24 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	// Only the user the agent acts for may decide, and only with their own
-	// code; a wrong user or code counts against the approval.
-	ok := false
-	reason := "wrong user or code"
+	// code. A wrong code for that user counts against the approval (after
+	// maxTOTPFailures it is denied); a request naming anyone else does not,
+	// so that a stranger cannot deny an approval by failing on purpose.
 	if a.User == "" {
-		reason = "the agent acts for no user; only an administrator can decide"
-	} else if d.User == a.User {
-		ok, err = p.verifyTOTP(r.Context(), d.User, d.Code, now)
-		if err != nil {
-			p.log.Error("toolproxy: checking a TOTP code", "err", err)
-			fail(http.StatusInternalServerError, CodeServerError, "TOTP is unavailable")
-			return
-		}
+		fail(http.StatusForbidden, CodeAccessDenied, "the agent acts for no user; only an administrator can decide (applianced approval approve|deny ID)")
+		return
 	}
+	if d.User != a.User {
+		fail(http.StatusForbidden, CodeAccessDenied, "wrong user or code")
+		return
+	}
+	ok, err := p.verifyTOTP(r.Context(), d.User, d.Code, now)
+	if err != nil {
+		p.log.Error("toolproxy: checking a TOTP code", "err", err)
+		fail(http.StatusInternalServerError, CodeServerError, "TOTP is unavailable")
+		return
+	}
+	reason := "wrong user or code"
 	if !ok {
 		a2, _ := p.store.updateApprovalKeep(id, func(a *Approval) error {
 			a.Failures++
@@ -208,6 +222,7 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	// Recorded before it takes effect: no decision without a record.
 	ev.Type = "approval." + d.Decision
 	ev.Outcome = audit.OutcomeSuccess
+	ev.Actor.User = d.User
 	if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
 		writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 		return

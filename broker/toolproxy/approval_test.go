@@ -3,6 +3,7 @@ package toolproxy
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"testing"
@@ -200,4 +201,87 @@ func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
 			t.Errorf("got %d %s, want 409 once the approval is denied", got.status, got.body)
 		}
 	})
+}
+
+// Failed TOTP decisions by anyone but the user the agent acts for do not
+// count against the approval: a stranger who knows its id cannot deny it
+// by failing on purpose, nor one where the agent acts for no user. And the
+// user named in a refused decision is recorded as a claim, not as the actor.
+func TestStrangersCannotDenyAnApproval(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	aliceURI, err := e.proxy.EnrollTOTP(t.Context(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const path = "/v1/tools/tickets/tickets/3"
+	id := askApproval(t, e, agentToken, path, nil) // the agent acts for alice
+	for range maxTOTPFailures + 2 {
+		if got := e.decideTOTP(id, TOTPDecision{User: "mallory", Code: "000000", Decision: "deny"}); got.status != 403 {
+			t.Fatalf("got %d %s, want 403", got.status, got.body)
+		}
+	}
+	if ev := e.lastEvent("approval.deny"); ev.Actor.User != "" || ev.Details["claimed_user"] != "mallory" {
+		t.Errorf("refused decision recorded as %+v, want no actor user and claimed_user=mallory", ev)
+	}
+	code, err := totp.GenerateCode(totpSecret(t, aliceURI), e.clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.decideTOTP(id, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 200 {
+		t.Fatalf("alice after a stranger's failures: got %d %s, want 200", got.status, got.body)
+	}
+
+	// An agent acting for no user: only an admin decides, and the refusals
+	// leave the approval pending.
+	const noUser = "agent-token-for-no-user"
+	e.tok.add(noUser, Principal{Agent: "bot", Scopes: allScopes(), JTI: "jti-nouser"}, "tickets")
+	id2 := askApproval(t, e, noUser, path, nil)
+	for range maxTOTPFailures + 2 {
+		if got := e.decideTOTP(id2, TOTPDecision{User: "alice", Code: "000000", Decision: "deny"}); got.status != 403 {
+			t.Fatalf("got %d %s, want 403", got.status, got.body)
+		}
+	}
+	a, err := e.proxy.store.approval(id2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := a.effective(e.clk.Now()); st != StatusPending {
+		t.Errorf("an approval for no user is %s after refused TOTP decisions, want pending", st)
+	}
+}
+
+// Asking again for the same call answers with the approval already
+// pending; an agent can have at most maxPendingPerAgent pending, and the
+// next call that needs one is refused with 429 until they are decided.
+func TestPendingApprovalsAreReusedAndBounded(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	first := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/1", nil)
+	if again := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/1", nil); again != first {
+		t.Errorf("the same call asked twice got approvals %s and %s, want the pending one again", first, again)
+	}
+	if other := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/1", []byte(`{"other":"body"}`)); other == first {
+		t.Error("a call with another body got the same approval")
+	}
+	for i := 2; i < maxPendingPerAgent; i++ {
+		askApproval(t, e, agentToken, fmt.Sprintf("/v1/tools/tickets/tickets/%d", i), nil)
+	}
+	got := e.do("DELETE", "/v1/tools/tickets/tickets/999", agentToken, nil, nil)
+	var eb errorBody
+	if err := json.Unmarshal(got.body, &eb); err != nil || got.status != http.StatusTooManyRequests || eb.Error != CodeTooManyApprovals {
+		t.Fatalf("call %d needing approval: got %d %s, want 429 %s", maxPendingPerAgent+1, got.status, got.body, CodeTooManyApprovals)
+	}
+	list, err := e.proxy.store.listApprovals(e.clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != maxPendingPerAgent {
+		t.Errorf("%d approvals stored, want %d", len(list), maxPendingPerAgent)
+	}
+	// Once they expire, the agent may ask again.
+	e.clk.Add(time.Hour)
+	if id := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/999", nil); id == "" {
+		t.Error("no approval after the pending ones expired")
+	}
 }

@@ -31,6 +31,7 @@ const (
 	CodeAgentBlocked     = "agent_blocked"
 	CodeApprovalRequired = "approval_required"
 	CodeApprovalInvalid  = "approval_invalid"
+	CodeTooManyApprovals = "too_many_approvals"
 	CodeTooLarge         = "request_too_large"
 	CodeUpstreamError    = "upstream_error"
 	CodeUpstreamTimeout  = "upstream_timeout"

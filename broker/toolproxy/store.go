@@ -115,16 +115,40 @@ func putApproval(b *bolt.Bucket, a *Approval) error {
 	return b.Put([]byte(a.ID), v)
 }
 
-// createApproval stores a, dropping approvals that ended over a day ago
-// (not one whose expiry is still to be recorded by the sweep).
-func (s *store) createApproval(a *Approval, now time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// maxPendingPerAgent bounds the approvals one agent may have waiting: an
+// agent in a loop must not bury the one that matters under hundreds.
+const maxPendingPerAgent = 20
+
+// ErrTooManyPending means the agent has maxPendingPerAgent approvals
+// waiting already.
+var ErrTooManyPending = errors.New("toolproxy: too many approvals pending")
+
+// createApproval stores a, unless an approval for the very same call
+// (CallHash) is still pending: that one is returned instead, so that
+// asking again does not queue a second one. It refuses with
+// ErrTooManyPending when a's agent has maxPendingPerAgent pending, and it
+// drops approvals that ended over a day ago (not one whose expiry is still
+// to be recorded by the sweep).
+func (s *store) createApproval(a *Approval, now time.Time) (*Approval, error) {
+	out := a
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketApprovals)
 		var old [][]byte
+		var same *Approval
+		pending := 0
 		_ = b.ForEach(func(k, v []byte) error {
 			var x Approval
-			if json.Unmarshal(v, &x) == nil && now.Sub(x.Expires) > 24*time.Hour && !dueToExpire(&x, now) {
+			if json.Unmarshal(v, &x) != nil {
+				return nil
+			}
+			switch {
+			case now.Sub(x.Expires) > 24*time.Hour && !dueToExpire(&x, now):
 				old = append(old, append([]byte(nil), k...))
+			case x.effective(now) == StatusPending && x.Agent == a.Agent:
+				pending++
+				if x.CallHash == a.CallHash && same == nil {
+					same = &x
+				}
 			}
 			return nil
 		})
@@ -133,8 +157,19 @@ func (s *store) createApproval(a *Approval, now time.Time) error {
 				return err
 			}
 		}
+		switch {
+		case same != nil:
+			out = same
+			return nil
+		case pending >= maxPendingPerAgent:
+			return ErrTooManyPending
+		}
 		return putApproval(b, a)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (s *store) approval(id string) (*Approval, error) {
