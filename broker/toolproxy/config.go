@@ -192,6 +192,19 @@ func (t *Tool) Validate() []*conf.FieldError {
 	for i := range t.Routes {
 		errs = append(errs, conf.Join(fmt.Sprintf("route[%d]", i), t.Routes[i].Validate())...)
 	}
+	// The first route that matches a call decides it, so a route that an
+	// earlier one covers never applies: its scope, approval and limits
+	// would be skipped without a word.
+	for i := range t.Routes {
+		for j := range i {
+			if t.Routes[j].covers(&t.Routes[i]) {
+				errs = append(errs, conf.Errf(fmt.Sprintf("route[%d]", i),
+					"%s %s can never apply: route[%d] (%s %s) comes first and matches every call it would; list the more specific route first",
+					t.Routes[i].Method, t.Routes[i].Path, j, t.Routes[j].Method, t.Routes[j].Path))
+				break
+			}
+		}
+	}
 	return errs
 }
 
@@ -225,7 +238,7 @@ func (a *ToolAuth) validate() []*conf.FieldError {
 func (r *Route) Validate() []*conf.FieldError {
 	var errs []*conf.FieldError
 	if r.Method != "*" && !isMethod(r.Method) {
-		errs = append(errs, conf.Errf("method", "%q: want an upper-case HTTP method such as GET, or \"*\"", r.Method))
+		errs = append(errs, conf.Errf("method", "%q: want an HTTP method in upper case (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, ...), or \"*\"", r.Method))
 	}
 	if _, err := compilePattern(r.Path); err != nil {
 		errs = append(errs, conf.Errf("path", "%v", err))
@@ -249,16 +262,44 @@ func (r *Route) Validate() []*conf.FieldError {
 	return errs
 }
 
-func isMethod(m string) bool {
-	if m == "" || len(m) > 16 {
+// methods are the methods a route may name: RFC 9110's, PATCH, and
+// WebDAV's. A misspelt one would make a route that never matches.
+var methods = map[string]bool{
+	"GET": true, "HEAD": true, "POST": true, "PUT": true, "DELETE": true, "CONNECT": true, "OPTIONS": true,
+	"TRACE": true, "PATCH": true, "PROPFIND": true, "PROPPATCH": true, "MKCOL": true, "COPY": true,
+	"MOVE": true, "LOCK": true, "UNLOCK": true, "REPORT": true, "SEARCH": true,
+}
+
+func isMethod(m string) bool { return methods[m] }
+
+// covers reports whether route a, listed before b, matches every call b
+// matches: b can then never be chosen (the first matching route wins).
+func (a *Route) covers(b *Route) bool {
+	if a.Method != "*" && a.Method != b.Method {
 		return false
 	}
-	for _, c := range m {
-		if c < 'A' || c > 'Z' {
+	pa, err1 := compilePattern(a.Path)
+	pb, err2 := compilePattern(b.Path)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	as, bs := pa.segs, pb.segs
+	for i, seg := range as {
+		switch {
+		case seg == "**":
+			return true
+		case i >= len(bs), bs[i] == "**":
+			// b's paths end here, or go on as they like; a's do not.
+			return false
+		case seg == "*":
+			if bs[i] == "" {
+				return false // "*" never matches an empty segment
+			}
+		case seg != bs[i]:
 			return false
 		}
 	}
-	return true
+	return len(as) == len(bs)
 }
 
 // Validate checks the [risk] section.

@@ -206,6 +206,31 @@ func TestToolValidate(t *testing.T) {
 		{"route scope", func(tl *Tool) { tl.Routes[2].Scope = "" }, "route[2].scope"},
 		{"route approval", func(tl *Tool) { tl.Routes[2].Approval = "maybe" }, "route[2].approval"},
 		{"route dlp", func(tl *Tool) { tl.Routes[0].DLP = "mask" }, "route[0].dlp"},
+		{"route method misspelt", func(tl *Tool) { tl.Routes[2].Method = "DELET" }, "route[2].method"},
+		// A route an earlier one covers would never apply: here the DELETE
+		// that needs approval, behind a catch-all.
+		{"route behind a catch-all", func(tl *Tool) {
+			tl.Routes = append([]Route{{Method: "*", Path: "/**", Scope: "tickets:read"}}, tl.Routes[2])
+		}, "route[1]"},
+		{"route behind one segment", func(tl *Tool) {
+			tl.Routes = []Route{{Method: "DELETE", Path: "/tickets/*", Scope: "tickets:read"}, {Method: "DELETE", Path: "/tickets/7", Scope: "tickets:delete"}}
+		}, "route[1]"},
+		{"route twice", func(tl *Tool) { tl.Routes = append(tl.Routes, tl.Routes[1]) }, "route[5]"},
+		{"specific route first", func(tl *Tool) {
+			tl.Routes = []Route{{Method: "DELETE", Path: "/tickets/7", Scope: "tickets:delete"}, {Method: "*", Path: "/**", Scope: "tickets:read"}}
+		}, ""},
+		{"other method", func(tl *Tool) {
+			tl.Routes = []Route{{Method: "GET", Path: "/**", Scope: "tickets:read"}, {Method: "DELETE", Path: "/tickets/*", Scope: "tickets:delete"}}
+		}, ""},
+		{"star does not cover an empty segment", func(tl *Tool) {
+			tl.Routes = []Route{{Method: "GET", Path: "/tickets/*", Scope: "tickets:read"}, {Method: "GET", Path: "/tickets/", Scope: "tickets:read"}}
+		}, ""},
+		{"longer path not covered", func(tl *Tool) {
+			tl.Routes = []Route{{Method: "GET", Path: "/tickets/*", Scope: "tickets:read"}, {Method: "GET", Path: "/tickets/*/notes", Scope: "tickets:read"}}
+		}, ""},
+		{"double star covers its prefix", func(tl *Tool) {
+			tl.Routes = []Route{{Method: "GET", Path: "/tickets/**", Scope: "tickets:read"}, {Method: "GET", Path: "/tickets", Scope: "tickets:read"}}
+		}, "route[1]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
