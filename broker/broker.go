@@ -31,7 +31,8 @@ type Identity struct {
 
 // Authenticator checks a user's password against the directory. A wrong
 // password, an unknown or disabled user is ok == false with a nil error;
-// err is for a directory that cannot answer.
+// err is for a directory that cannot answer, or a *ThrottledError when the
+// attempt was refused before the directory was asked (too many failures).
 //
 // Recheck looks a user who logged in before up again, without a password,
 // at refresh and at token exchange: denied is why the directory refuses the
@@ -41,6 +42,16 @@ type Identity struct {
 type Authenticator interface {
 	Login(ctx context.Context, username, password, source string) (id Identity, ok bool, err error)
 	Recheck(ctx context.Context, username, source string, freshGroups bool) (id Identity, denied string, err error)
+}
+
+// ThrottledError is a login refused, without asking the directory,
+// because of the user's or the address's recent failures.
+type ThrottledError struct {
+	RetryAfter time.Duration // until the next attempt is let through
+}
+
+func (e *ThrottledError) Error() string {
+	return fmt.Sprintf("too many failed sign-ins; retry in %s", e.RetryAfter.Round(time.Second))
 }
 
 // Hasher turns an identifier into the keyed hash under which it appears

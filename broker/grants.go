@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"math"
 	"mime"
 	"net/http"
 	"net/netip"
@@ -506,6 +507,13 @@ func (b *Broker) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	// The Authenticator records the attempt and its outcome (auth.login).
 	id, ok, err := b.auth.Login(ctx, in.Username, in.Password, q.srcString)
+	if te := (*ThrottledError)(nil); errors.As(err, &te) {
+		secs := max(int64(math.Ceil(te.RetryAfter.Seconds())), 1)
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		writeOAuthError(w, oerr(http.StatusTooManyRequests, "too_many_attempts",
+			"too many failed sign-ins for this account or from this address; try again in %d s", secs))
+		return
+	}
 	if err != nil {
 		b.log.Warn("broker: directory login failed", "err", err)
 		writeOAuthError(w, oerr(http.StatusServiceUnavailable, "temporarily_unavailable", "the directory cannot be reached; try again"))

@@ -25,6 +25,9 @@ func (l ldapLogin) Login(ctx context.Context, username, password, source string)
 	if err != nil {
 		return Identity{}, false, err
 	}
+	if out.Reason == ldapauth.ReasonRateLimited {
+		return Identity{}, false, &ThrottledError{RetryAfter: out.RetryAfter}
+	}
 	if !out.OK {
 		return Identity{}, false, nil
 	}

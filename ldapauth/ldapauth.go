@@ -90,6 +90,9 @@ type Outcome struct {
 	Reason Reason `json:"reason,omitempty"`  // why it was denied
 	ADCode string `json:"ad_code,omitempty"` // AD's bind sub-code ("52e", "775", …)
 	DC     string `json:"dc,omitempty"`      // DC that gave the answer, if any
+	// RetryAfter is, for ReasonRateLimited, how long until the next
+	// attempt would be let through.
+	RetryAfter time.Duration `json:"-"`
 }
 
 // Authenticator logs users in. It is safe for concurrent use.
@@ -213,8 +216,17 @@ func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome
 		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidPassword}, nil, name.key)
 	}
 	now := a.now()
-	if !a.users.allow(name.key, now) || !a.sources.allow(r.Source, now) {
-		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonRateLimited}, nil, "")
+	uok, uwait := a.users.check(name.key, now)
+	sok, swait := a.sources.check(r.Source, now)
+	if !uok || !sok {
+		wait := time.Duration(0)
+		if !uok {
+			wait = uwait
+		}
+		if !sok {
+			wait = max(wait, swait)
+		}
+		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonRateLimited, RetryAfter: wait}, nil, "")
 	}
 	a.stats.logins.Add(1)
 	id, out, err := a.login(ctx, name, r.Password)

@@ -36,27 +36,35 @@ func newLimiter(max int, window time.Duration, backoff bool) *limiter {
 
 // allow says whether an attempt for key may go to the directory now.
 func (l *limiter) allow(key string, now time.Time) bool {
+	ok, _ := l.check(key, now)
+	return ok
+}
+
+// check is allow, and when the attempt is refused, how long until the
+// next one would be allowed.
+func (l *limiter) check(key string, now time.Time) (ok bool, retryAfter time.Duration) {
 	if key == "" {
-		return true
+		return true, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	f := l.keys[key]
 	if f == nil {
-		return true
+		return true, 0
 	}
-	if now.Sub(f.last) >= l.window {
+	since := now.Sub(f.last)
+	if since >= l.window {
 		delete(l.keys, key)
-		return true
+		return true, 0
 	}
 	if f.n >= l.max {
-		return false
+		return false, l.window - since
 	}
 	if l.backoff && f.n >= limiterBackoffAfter {
 		wait := limiterBackoffBase << min(f.n-limiterBackoffAfter, 10)
-		return now.Sub(f.last) >= wait
+		return since >= wait, wait - since
 	}
-	return true
+	return true, 0
 }
 
 // fail records a failure; it returns true when this failure trips the

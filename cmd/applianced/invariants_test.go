@@ -921,3 +921,22 @@ func TestDaemonStopLeavesTheFirewall(t *testing.T) {
 		}
 	}
 }
+
+// A login refused because of recent failures says so, and when to try
+// again: not "invalid username or password", which would send the user to
+// retype a right password and lengthen the wait.
+func TestThrottledLoginSaysWhenToRetry(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	for range 2 {
+		if st, got := x.login("not-the-password"); st != http.StatusBadRequest {
+			t.Fatalf("wrong password: got %d %s, want 400", st, got)
+		}
+	}
+	st, got := x.login(x.alicePW)
+	if st != http.StatusTooManyRequests || !bytes.Contains(got, []byte("too_many_attempts")) || !bytes.Contains(got, []byte("try again in")) {
+		t.Fatalf("the right password right after two failures: got %d %s, want 429 too_many_attempts", st, got)
+	}
+	if hdr := x.answers[len(x.answers)-1]; !regexp.MustCompile(`(?m)^Retry-After: [1-9][0-9]*\r?$`).Match(hdr) {
+		t.Errorf("no Retry-After header in:\n%s", hdr)
+	}
+}
