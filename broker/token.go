@@ -119,6 +119,38 @@ func (b *Broker) sign(c *claims) (string, error) {
 
 func invalid(why error) error { return fmt.Errorf("%w: %w", ErrInvalidToken, why) }
 
+// HolderError is the refusal of a token whose signature checked out, so
+// that whom it was issued to is known: Agent, User and JTI are for the
+// audit record of the refusal. Err wraps ErrInvalidToken and the reason.
+type HolderError struct {
+	Err   error
+	Agent string
+	User  string
+	JTI   string
+}
+
+func (e *HolderError) Error() string { return e.Err.Error() }
+func (e *HolderError) Unwrap() error { return e.Err }
+
+// holderOf says whom c was issued to: an agent, a user, or an agent acting
+// for a user.
+func holderOf(c *claims) (agent, user string) {
+	switch {
+	case c.Kind == KindAgent:
+		return c.Subject, ""
+	case c.Act != nil:
+		return c.Act.Sub, c.Subject
+	default:
+		return "", c.Subject
+	}
+}
+
+// refused is err for the authentic token c.
+func refused(c *claims, err error) error {
+	agent, user := holderOf(c)
+	return &HolderError{Err: err, Agent: agent, User: user, JTI: c.ID}
+}
+
 // Verify checks raw as an access token for audience and returns who holds
 // it. The checks run in this order: size and parse (EdDSA only), typ, key
 // by kid, signature, claims (iss, exp, nbf, iat with 30 s leeway), aud,
@@ -142,20 +174,25 @@ func (b *Broker) verifyClaims(raw string, accept func(aud string) bool) (*claims
 		return nil, invalid(ErrMalformed)
 	}
 	key := sha256.Sum256([]byte(raw))
+	c, kid := (*claims)(nil), ""
 	if e, ok := b.verified.get(key); ok {
 		if _, trusted := b.keys.cur.Load().pub[e.kid]; !trusted {
 			return nil, invalid(ErrUnknownKey)
 		}
-		return b.checkClaims(e.c, accept)
+		c = e.c
+	} else {
+		var err error
+		if c, kid, err = b.verifySignature(raw); err != nil {
+			return nil, err
+		}
+		// Authentic: remembered even if it fails what follows, which every
+		// later presentation checks again.
+		b.verified.put(key, verifiedEntry{c: c, kid: kid}, b.now())
 	}
-	c, kid, err := b.verifySignature(raw)
-	if err != nil {
-		return nil, err
+	if _, err := b.checkClaims(c, accept); err != nil {
+		return nil, refused(c, err)
 	}
-	// Authentic: remembered even if it fails what follows, which every
-	// later presentation checks again.
-	b.verified.put(key, verifiedEntry{c: c, kid: kid}, b.now())
-	return b.checkClaims(c, accept)
+	return c, nil
 }
 
 // verifySignature parses raw (EdDSA only), checks typ, finds the key by kid,
@@ -231,24 +268,17 @@ func (b *Broker) checkState(c *claims) (*Principal, error) {
 	if c.NotBefore != nil {
 		p.NotBefore = c.NotBefore.Time()
 	}
-	switch {
-	case c.Kind == KindAgent:
-		p.Agent = c.Subject
-	case c.Act != nil:
-		p.User, p.Agent = c.Subject, c.Act.Sub
-	default:
-		p.User = c.Subject
-	}
+	p.Agent, p.User = holderOf(c)
 	if err := b.revs.check(p); err != nil {
-		return nil, invalid(err)
+		return nil, refused(c, invalid(err))
 	}
 	if p.Agent != "" {
 		cc := b.cfg.Load()
 		if _, ok := cc.agents[p.Agent]; !ok {
-			return nil, invalid(ErrUnknownAgent)
+			return nil, refused(c, invalid(ErrUnknownAgent))
 		}
 		if b.agentDisabled(p.Agent) {
-			return nil, invalid(ErrAgentDisabled)
+			return nil, refused(c, invalid(ErrAgentDisabled))
 		}
 	}
 	return p, nil

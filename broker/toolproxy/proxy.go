@@ -167,6 +167,21 @@ var (
 // issued for another audience (another tool, or no tool in particular).
 var ErrWrongAudience = errors.New("toolproxy: token is for another audience")
 
+// TokenError is what a Verifier returns for a token it refuses but could
+// attribute (its signature checked out): Why is told to the caller
+// ("expired", "was revoked", ...), and Holder (Agent, User, JTI) goes into
+// the audit record of the refusal, so that an auditor sees who kept
+// calling with a revoked token or after being disabled.
+type TokenError struct {
+	Why      string
+	Holder   Principal
+	Disabled bool // the agent is disabled: answered as agent_disabled
+	Err      error
+}
+
+func (e *TokenError) Error() string { return e.Err.Error() }
+func (e *TokenError) Unwrap() error { return e.Err }
+
 // New validates opts, opens the state file and returns a proxy. Close it.
 func New(opts Options) (*Proxy, error) {
 	if errs := ValidateTools(opts.Tools); len(errs) > 0 {

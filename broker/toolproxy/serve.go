@@ -184,13 +184,35 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 		return
 	}
 	pr, err := p.opts.Verifier.Verify(r.Context(), raw, tp.tool)
+	var te *TokenError
+	if errors.As(err, &te) {
+		c.ev.Actor = audit.Actor{Agent: te.Holder.Agent, User: te.Holder.User}
+		if te.Holder.JTI != "" {
+			c.ev.Details["jti"] = te.Holder.JTI
+		}
+	}
 	if errors.Is(err, ErrWrongAudience) {
-		c.deny(http.StatusForbidden, "tool.deny", CodeWrongAudience,
-			"the access token is not for this tool: get one with resource="+tp.tool)
+		if _, known := p.cur.Load().tools[tp.tool]; !known {
+			c.deny(http.StatusNotFound, "tool.deny", CodeUnknownTool, "no tool named "+strconv.Quote(tp.tool))
+			return
+		}
+		desc := "the access token is not for this tool: an agent gets one with resource=" + tp.tool
+		if te != nil && te.Holder.Agent == "" && te.Holder.User != "" {
+			desc = "a user's own token is not accepted here: an agent exchanges it (token exchange) for one with audience=" + tp.tool
+		}
+		c.deny(http.StatusForbidden, "tool.deny", CodeWrongAudience, desc)
+		return
+	}
+	if te != nil && te.Disabled {
+		c.deny(http.StatusForbidden, "agent.blocked", CodeAgentDisabled, "the agent is disabled")
+		return
+	}
+	if te != nil && te.Why != "" {
+		c.deny(http.StatusUnauthorized, "tool.deny", CodeInvalidToken, "the access token "+te.Why)
 		return
 	}
 	if err != nil {
-		c.deny(http.StatusUnauthorized, "tool.deny", CodeInvalidToken, "the access token is not valid for this tool")
+		c.deny(http.StatusUnauthorized, "tool.deny", CodeInvalidToken, "the access token is not valid (malformed, or not signed by this appliance)")
 		return
 	}
 	c.pr = pr

@@ -144,11 +144,31 @@ type brokerTools struct{ b *broker.Broker }
 // token issued without a resource, is refused.
 func (t brokerTools) Verify(ctx context.Context, raw, tool string) (toolproxy.Principal, error) {
 	p, err := t.b.Verify(ctx, raw, t.b.ToolResource(tool))
-	if errors.Is(err, broker.ErrAudience) {
-		return toolproxy.Principal{}, fmt.Errorf("%w: %w", toolproxy.ErrWrongAudience, err)
-	}
 	if err != nil {
-		return toolproxy.Principal{}, err
+		// Whom an authentic token was issued to goes into the audit record
+		// of the refusal; why it is refused goes to the caller.
+		te := &toolproxy.TokenError{Err: err}
+		var he *broker.HolderError
+		if errors.As(err, &he) {
+			te.Holder = toolproxy.Principal{Agent: he.Agent, User: he.User, JTI: he.JTI}
+		}
+		switch {
+		case errors.Is(err, broker.ErrAudience):
+			te.Err = fmt.Errorf("%w: %w", toolproxy.ErrWrongAudience, err)
+		case errors.Is(err, broker.ErrExpired):
+			te.Why = "expired: get a new one"
+		case errors.Is(err, broker.ErrNotYetValid):
+			te.Why = "is not valid yet: check this machine's clock and the client's"
+		case errors.Is(err, broker.ErrRevoked):
+			te.Why = "was revoked"
+		case errors.Is(err, broker.ErrUserRevoked):
+			te.Why = "was revoked with every token of its user"
+		case errors.Is(err, broker.ErrAgentDisabled):
+			te.Disabled = true
+		case errors.Is(err, broker.ErrUnknownAgent):
+			te.Why = "names an agent that is not configured"
+		}
+		return toolproxy.Principal{}, te
 	}
 	return toolproxy.Principal{Agent: p.Agent, User: p.User, Groups: p.Groups, Scopes: p.Scopes, JTI: p.JTI, Expiry: p.Expiry}, nil
 }

@@ -940,3 +940,79 @@ func TestThrottledLoginSaysWhenToRetry(t *testing.T) {
 		t.Errorf("no Retry-After header in:\n%s", hdr)
 	}
 }
+
+// lastEvent is the newest journal entry of type typ.
+func (x *devDaemon) lastEvent(typ string) audit.Event {
+	x.t.Helper()
+	r, err := x.d.journal.Reader(1)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	defer r.Close()
+	last := x.d.journal.LastSeq()
+	var found audit.Event
+	ok := false
+	for seq := uint64(1); seq <= last; seq++ {
+		e, err := r.Next(x.ctx)
+		if err != nil {
+			x.t.Fatal(err)
+		}
+		if e.Event.Type == typ {
+			found, ok = e.Event, true
+		}
+	}
+	if !ok {
+		x.t.Fatalf("no %s event in the journal", typ)
+	}
+	return found
+}
+
+// The tool proxy says why it refuses a token it issued (revoked, agent
+// disabled, a user's own token), and the refusal's audit record names the
+// agent, user and jti the token was issued to: an auditor sees who kept
+// calling after being cut off.
+func TestRefusedTokensSayWhyAndWhose(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	if err := x.putSecret(secretPutRequest{Name: "tickets-key", Type: vault.TypeAPIKey, Value: x.toolKey, AllowedTools: []string{"tickets"}}); err != nil {
+		t.Fatal(err)
+	}
+	st, got := x.login(x.alicePW)
+	userTok, _ := x.token(st, got, "login")
+	st, got = x.agentToken()
+	agentTok, _ := x.token(st, got, "client_credentials")
+
+	check := func(what string, wantStatus int, wantCode, wantDesc, wantType, wantAgent, wantUser, wantJTI string, st int, got []byte) {
+		t.Helper()
+		if st != wantStatus || !bytes.Contains(got, []byte(wantCode)) || !bytes.Contains(got, []byte(wantDesc)) {
+			t.Errorf("%s: got %d %s, want %d %s %q", what, st, got, wantStatus, wantCode, wantDesc)
+			return
+		}
+		ev := x.lastEvent(wantType)
+		if ev.Actor.Agent != wantAgent || ev.Actor.User != wantUser || ev.Details["jti"] != wantJTI {
+			t.Errorf("%s: audited as agent %q user %q jti %q, want %q %q %q", what, ev.Actor.Agent, ev.Actor.User, ev.Details["jti"], wantAgent, wantUser, wantJTI)
+		}
+	}
+
+	st, got = x.tool("GET", "/tickets/1", userTok, nil)
+	check("a user's own token", 403, "wrong_audience", "a user's own token is not accepted here", "tool.deny", "", "alice", jti(t, userTok), st, got)
+
+	st, got = x.call(x.https, "GET", x.base+"/v1/tools/nosuch/x", map[string]string{"Authorization": "Bearer " + agentTok}, nil, nil)
+	check("an unknown tool", 404, "unknown_tool", `no tool named \"nosuch\"`, "tool.deny", "demo-agent", "", jti(t, agentTok), st, got)
+
+	if err := x.admin.Call(x.ctx, "POST", broker.AdminTokenRevoke, broker.RevokeRequest{JTI: jti(t, agentTok)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, got = x.tool("GET", "/tickets/1", agentTok, nil)
+	check("a revoked token", 401, "invalid_token", "the access token was revoked", "tool.deny", "demo-agent", "", jti(t, agentTok), st, got)
+
+	st, got = x.agentToken()
+	fresh, _ := x.token(st, got, "client_credentials")
+	if err := x.admin.Call(x.ctx, "POST", broker.AdminAgentDisable, broker.AgentRef{Name: "demo-agent"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, got = x.tool("GET", "/tickets/1", fresh, nil)
+	check("a disabled agent's token", 403, "agent_disabled", "the agent is disabled", "agent.blocked", "demo-agent", "", jti(t, fresh), st, got)
+
+	st, got = x.tool("GET", "/tickets/1", "not.a.token", nil)
+	check("garbage", 401, "invalid_token", "not valid (malformed, or not signed by this appliance)", "tool.deny", "", "", "", st, got)
+}
