@@ -102,6 +102,7 @@ type Broker struct {
 	stateMu sync.RWMutex
 	states  map[string]AgentState
 	seen    sync.Map // agent name -> time.Time, flushed to the store by Run
+	holders sync.Map // user name -> time.Time: when the last token of or for the user expires
 }
 
 // compiled is a validated config with its lookup tables.
@@ -283,6 +284,8 @@ func readEd25519PublicKey(path string) (ed25519.PublicKey, error) {
 func (b *Broker) Run(ctx context.Context) error {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
+	rt := time.NewTicker(DirectoryRecheckEvery)
+	defer rt.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -290,8 +293,61 @@ func (b *Broker) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			b.Tick(ctx)
+		case <-rt.C:
+			b.RecheckHolders(ctx)
 		}
 	}
+}
+
+// DirectoryRecheckEvery is how often the directory is asked about every
+// user who holds a token that may still be live. A user disabled, locked
+// or expired in the directory loses every token and session within this
+// time, and at once at their next refresh or token exchange.
+const DirectoryRecheckEvery = 30 * time.Second
+
+// PeriodicRechecker is an Authenticator that can check a user without
+// recording an answer that the user may still sign in (FromLDAP's is one).
+type PeriodicRechecker interface {
+	RecheckPeriodic(ctx context.Context, username string) (denied string, err error)
+}
+
+// RecheckHolders asks the directory about every user holding a token that
+// may still be live, and revokes every token and session of one it now
+// refuses (a token.revoke event with trigger directory_recheck). A
+// directory that cannot answer ends the round; the next one tries again.
+func (b *Broker) RecheckHolders(ctx context.Context) {
+	if b.auth == nil {
+		return
+	}
+	now := b.now()
+	b.holders.Range(func(k, v any) bool {
+		user, until := k.(string), v.(time.Time)
+		if now.After(until.Add(leeway)) {
+			b.holders.CompareAndDelete(user, until)
+			return true
+		}
+		var denied string
+		var err error
+		if pr, ok := b.auth.(PeriodicRechecker); ok {
+			denied, err = pr.RecheckPeriodic(ctx, user)
+		} else {
+			_, denied, err = b.auth.Recheck(ctx, user, "", false)
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				b.log.Warn("broker: periodic directory check failed; trying again later", "err", err)
+			}
+			return false
+		}
+		if denied != "" {
+			if err := b.revokeDirectoryDenied(ctx, &request{grant: "directory_recheck"}, user, denied); err != nil {
+				b.log.Error("broker: revoking the tokens of a user the directory refuses", "user", user, "err", err)
+				return true
+			}
+			b.holders.CompareAndDelete(user, until)
+		}
+		return true
+	})
 }
 
 // Tick does one round of Run's work.

@@ -52,8 +52,11 @@
 // A user disabled, locked out, expired, deleted or taken out of
 // allowed_groups in the directory:
 //
-//   - keeps the access tokens already issued until their exp (at most the
-//     token ttl, 5 minutes by default) unless they are revoked;
+//   - loses every token and session within 30 s even if the user makes no
+//     request: Run asks the directory about every user who holds a token
+//     that may still be live (RecheckHolders, every DirectoryRecheckEvery;
+//     only a refusal or a failure is recorded), and revokes as below
+//     (trigger directory_recheck);
 //   - is refused at the next refresh_token grant and at the next token
 //     exchange for them: both ask the directory again without a password
 //     (Authenticator.Recheck, audited as auth.recheck), reading the account

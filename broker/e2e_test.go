@@ -362,3 +362,60 @@ func TestDirectoryRecheck(t *testing.T) {
 		}
 	})
 }
+
+// A user locked in the directory who neither refreshes nor exchanges loses
+// every token at the next periodic check (RecheckHolders, every
+// DirectoryRecheckEvery under Run). While the directory says the user may
+// still sign in, the periodic check records nothing.
+func TestPeriodicRecheckEndsALockedUsersTokens(t *testing.T) {
+	dc := sharedDC(t)
+	ctx := context.Background()
+	e := newEnv(t, nil)
+	e.opts.Auth = FromLDAP(newLDAP(t, e, ldapConfig(dc)))
+	var err error
+	if e.b, err = New(ctx, e.opts); err != nil {
+		t.Fatal(err)
+	}
+	e.serveHTTPS()
+	e.serveSocket()
+	u := adUser(t, dc, "pr")
+	s := e.session(t, u)
+	ex := e.exchange(s.access)
+	if ex.status != 200 {
+		t.Fatalf("exchange: got %d %v", ex.status, ex.body)
+	}
+	rechecks := func() int {
+		n := 0
+		for _, x := range e.events() {
+			if x.Type == "auth.recheck" {
+				n++
+			}
+		}
+		return n
+	}
+	before := rechecks()
+	e.b.RecheckHolders(ctx)
+	if n := rechecks(); n != before {
+		t.Errorf("a periodic check the user passed recorded %d auth.recheck events, want none", n-before)
+	}
+	if in := e.introspect(ex.str("access_token")); in.body["active"] != true {
+		t.Fatalf("exchanged token after a check the user passed: got %v", in.body)
+	}
+	if err := dc.Lock(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	e.b.RecheckHolders(ctx)
+	for name, tok := range map[string]string{"the user's access token": s.access, "the exchanged token": ex.str("access_token")} {
+		if in := e.introspect(tok); in.status != 200 || in.body["active"] != false {
+			t.Errorf("%s after the periodic check: got %d %v, want inactive", name, in.status, in.body)
+		}
+	}
+	rev, ok := e.lastEvent("token.revoke")
+	if !ok || rev.Details["user"] != u || rev.Reason != "directory_denied" || rev.Details["trigger"] != "directory_recheck" {
+		t.Errorf("token.revoke: got %+v, want directory_denied for %s by directory_recheck", rev, u)
+	}
+	if ev, ok := e.lastEvent("auth.recheck"); !ok || ev.Outcome != "denied" || ev.Reason != "account_locked" {
+		t.Errorf("auth.recheck: got %+v, want the denial recorded", ev)
+	}
+	wantOAuthError(t, e.refresh(s.refresh), 400, "invalid_grant")
+}

@@ -190,6 +190,9 @@ func (b *Broker) issue(ctx context.Context, q *request, typ string, c *claims, r
 	if q.client.agent != nil {
 		b.seen.Store(q.client.agent.Name, b.now().UTC().Truncate(time.Second))
 	}
+	if _, user := holderOf(c); user != "" {
+		b.noteHolder(user, c.Expiry.Time())
+	}
 	resp := &tokenResponse{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(*c.Expiry) - int64(*c.IssuedAt),
 		Scope: c.Scope, RefreshToken: refresh}
 	if q.grant == GrantTokenExchange {
@@ -705,4 +708,15 @@ func (b *Broker) recordRevokeFailed(ctx context.Context, ev *audit.Event, err er
 	failed := *ev
 	failed.Outcome, failed.Reason = audit.OutcomeFailure, "recorded above but not made: "+err.Error()
 	_ = b.record(ctx, &failed)
+}
+
+// noteHolder remembers that user holds a token until exp, for
+// RecheckHolders.
+func (b *Broker) noteHolder(user string, exp time.Time) {
+	for {
+		v, loaded := b.holders.LoadOrStore(user, exp)
+		if !loaded || !exp.After(v.(time.Time)) || b.holders.CompareAndSwap(user, v, exp) {
+			return
+		}
+	}
 }

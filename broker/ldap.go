@@ -55,3 +55,19 @@ func brokerIdentity(id ldapauth.Identity) Identity {
 	}
 	return Identity{Username: id.Username, DN: id.DN, Groups: groups, Roles: id.Roles}
 }
+
+// RecheckPeriodic is Recheck for the regular check of users holding live
+// tokens: an answer that the user may still sign in is not recorded.
+func (l ldapLogin) RecheckPeriodic(ctx context.Context, username string) (string, error) {
+	_, out, err := l.a.Lookup(ctx, ldapauth.LookupRequest{Username: username, Periodic: true})
+	if err != nil {
+		return "", err
+	}
+	if !out.OK {
+		if out.Reason == "" {
+			return "denied", nil
+		}
+		return string(out.Reason), nil
+	}
+	return "", nil
+}
