@@ -185,3 +185,29 @@ func TestCredentialInThePathNeverReachesTheJournal(t *testing.T) {
 		t.Errorf("audited path %q, want the credential redacted", p)
 	}
 }
+
+// An answer in an encoding the proxy did not ask for (brotli, deflate)
+// cannot be read for DLP or for an echoed credential: it is refused,
+// binary (streamed) or text alike, and the encoded bytes never reach the
+// agent.
+func TestUnrequestedContentEncodingIsRefused(t *testing.T) {
+	for _, ct := range []string{"application/octet-stream", "application/json"} {
+		for _, enc := range []string{"br", "deflate", "zstd"} {
+			t.Run(ct+" "+enc, func(t *testing.T) {
+				u := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Content-Type", ct)
+					w.Header().Set("Content-Encoding", enc)
+					_, _ = w.Write([]byte("encoded-bytes:" + toolSecret))
+				})
+				e := stdEnv(t, u, RiskConfig{})
+				got := e.do("GET", "/v1/tools/tickets/raw/1", agentToken, nil, nil)
+				if got.status != http.StatusBadGateway || !bytes.Contains(got.body, []byte("encoded ("+enc+")")) {
+					t.Fatalf("got %d %s, want 502 naming the encoding", got.status, got.body)
+				}
+				if bytes.Contains(got.body, []byte("encoded-bytes")) {
+					t.Fatal("the encoded answer reached the agent")
+				}
+			})
+		}
+	}
+}

@@ -129,6 +129,13 @@ func (p *Proxy) forward(c *call) {
 		c.deny(http.StatusBadGateway, "tool.result", CodeResponseTooLarge, "the tool's response is over max_response_bytes")
 		return
 	}
+	// The proxy asks for gzip only, and the transport decodes it; any other
+	// encoding was not asked for, and neither DLP nor the check for an
+	// echoed credential could read it, streamed or not.
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		c.deny(http.StatusBadGateway, "tool.result", CodeUpstreamError, "the tool sent an encoded ("+ce+") response the proxy cannot inspect")
+		return
+	}
 	c.echo = echo
 	ct := resp.Header.Get("Content-Type")
 	scan := rt.dlp != DLPOff && dlp.IsText(ct)
@@ -143,10 +150,6 @@ func (p *Proxy) forward(c *call) {
 // answers.
 func (p *Proxy) answerScanned(c *call, resp *http.Response, ct string) {
 	rt := c.rt
-	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		c.deny(http.StatusBadGateway, "tool.result", CodeUpstreamError, "the tool sent an encoded ("+ce+") response DLP cannot inspect")
-		return
-	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, rt.maxResp+1))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
