@@ -259,6 +259,11 @@ func (a Agent) Validate() []*conf.FieldError {
 			errs = append(errs, conf.Errf("client_secret_hash", "%v", err))
 		}
 	}
+	if a.PublicKeyFile != "" {
+		if _, err := readEd25519PublicKey(a.PublicKeyFile); err != nil {
+			errs = append(errs, conf.Errf("public_key_file", "%v", err))
+		}
+	}
 	if local == 0 && a.PublicKeyFile == "" && a.ClientSecretHash == "" {
 		errs = append(errs, conf.Errf("", "no way to authenticate: set unix_user, unix_uid, systemd_unit, public_key_file or client_secret_hash"))
 	}

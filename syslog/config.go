@@ -194,9 +194,19 @@ func (t Target) Validate() []*conf.FieldError {
 	if tlsKeys && err == nil && ep.scheme != "tls" {
 		errs = append(errs, conf.Errf("address", "ca_file, cert_file, key_file and server_name need a tls:// address, got %s://", ep.scheme))
 	}
-	for _, f := range []struct{ key, val string }{{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
-		if f.val != "" && !filepath.IsAbs(f.val) {
+	for _, f := range []struct {
+		key, val string
+		check    func(string) error
+	}{{"ca_file", t.CAFile, func(p string) error { _, err := conf.CertPool(p); return err }},
+		{"cert_file", t.CertFile, conf.CheckCertFile}, {"key_file", t.KeyFile, conf.CheckExists}} {
+		switch {
+		case f.val == "":
+		case !filepath.IsAbs(f.val):
 			errs = append(errs, conf.Errf(f.key, "must be an absolute path, got %q", f.val))
+		default:
+			if err := f.check(f.val); err != nil {
+				errs = append(errs, conf.Errf(f.key, "%v", err))
+			}
 		}
 	}
 	if (t.CertFile == "") != (t.KeyFile == "") {

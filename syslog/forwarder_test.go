@@ -544,6 +544,18 @@ func TestReceiverThatNeverReads(t *testing.T) {
 
 func TestNewRefusesBadTargets(t *testing.T) {
 	j := openJournal(t)
+	_, caDER, err := rsyslog.NewCA("a CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ca, notPEM := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		t    Target
@@ -558,6 +570,10 @@ func TestNewRefusesBadTargets(t *testing.T) {
 		{"ca on tcp", Target{Address: "tcp://h:514", CAFile: "/etc/ca.pem"}, "address"},
 		{"cert without key", Target{Address: "tls://h:6514", CertFile: "/etc/c.pem"}, "cert_file"},
 		{"relative ca", Target{Address: "tls://h:6514", CAFile: "ca.pem"}, "ca_file"},
+		{"missing ca", Target{Address: "tls://h:6514", CAFile: filepath.Join(dir, "nosuch.pem")}, "ca_file"},
+		{"ca not PEM", Target{Address: "tls://h:6514", CAFile: notPEM}, "ca_file"},
+		{"cert not PEM", Target{Address: "tls://h:6514", CAFile: ca, CertFile: notPEM, KeyFile: notPEM}, "cert_file"},
+		{"missing key", Target{Address: "tls://h:6514", CAFile: ca, CertFile: ca, KeyFile: filepath.Join(dir, "nosuch.key")}, "key_file"},
 		{"facility", Target{Address: "tcp://h:514", Facility: "local9"}, "facility"},
 		{"wazuh too big", Target{Address: "tcp://h:514", Format: FormatWazuh, MaxMessageBytes: 70000}, "max_message_bytes"},
 		{"too small", Target{Address: "tcp://h:514", MaxMessageBytes: 100}, "max_message_bytes"},
@@ -577,7 +593,7 @@ func TestNewRefusesBadTargets(t *testing.T) {
 	if len(errs) != 1 || errs[0].Key != "[1].address" {
 		t.Errorf("got %v, want a duplicate address error on [1].address", errs)
 	}
-	if errs := (Target{Address: "tls://siem.example:6514", CAFile: "/etc/ca.pem", Format: FormatWazuh, Framing: FramingNewline}).Validate(); len(errs) != 0 {
+	if errs := (Target{Address: "tls://siem.example:6514", CAFile: ca, Format: FormatWazuh, Framing: FramingNewline}).Validate(); len(errs) != 0 {
 		t.Errorf("got %v for a good target", errs)
 	}
 }

@@ -3,16 +3,16 @@ package syslog
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/applianced/applianced/internal/conf"
 )
 
 // Sentinel errors of the transports.
@@ -31,13 +31,9 @@ func tlsConfig(t Target, ep endpoint) (*tls.Config, error) {
 		cfg.ServerName = ep.host
 	}
 	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
+		pool, err := conf.CertPool(t.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("syslog: %s: ca_file: %w", t.Address, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("syslog: %s: ca_file %s holds no PEM certificate", t.Address, t.CAFile)
 		}
 		cfg.RootCAs = pool
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -178,6 +179,13 @@ func (t *Tool) Validate() []*conf.FieldError {
 		errs = append(errs, conf.Errf("base_url", "%q is not an http:// or https:// URL", t.BaseURL))
 	} else if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		errs = append(errs, conf.Errf("base_url", "must not carry a query, fragment or user info"))
+	}
+	if t.CAFile != "" {
+		if !filepath.IsAbs(t.CAFile) {
+			errs = append(errs, conf.Errf("ca_file", "must be an absolute path, got %q", t.CAFile))
+		} else if _, err := conf.CertPool(t.CAFile); err != nil {
+			errs = append(errs, conf.Errf("ca_file", "%v", err))
+		}
 	}
 	if t.Timeout < 0 {
 		errs = append(errs, conf.Errf("timeout", "must not be negative"))

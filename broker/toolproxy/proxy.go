@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/broker/dlp"
+	"github.com/applianced/applianced/internal/conf"
 )
 
 // Principal is what a verified token says about its bearer.
@@ -339,13 +338,9 @@ func newTool(c Tool) (*tool, error) {
 	}
 	t.tlsBase = &tls.Config{MinVersion: tls.VersionTLS12}
 	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
+		pool, err := conf.CertPool(c.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("toolproxy: tool %s: reading ca_file: %w", c.Name, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: tool %s: ca_file %s holds no PEM certificate", ErrConfig, c.Name, c.CAFile)
+			return nil, fmt.Errorf("%w: tool %s: ca_file: %w", ErrConfig, c.Name, err)
 		}
 		t.tlsBase.RootCAs = pool
 	}

@@ -206,6 +206,8 @@ func TestToolValidate(t *testing.T) {
 		{"route scope", func(tl *Tool) { tl.Routes[2].Scope = "" }, "route[2].scope"},
 		{"route approval", func(tl *Tool) { tl.Routes[2].Approval = "maybe" }, "route[2].approval"},
 		{"route dlp", func(tl *Tool) { tl.Routes[0].DLP = "mask" }, "route[0].dlp"},
+		{"ca_file missing", func(tl *Tool) { tl.CAFile = "/nonexistent/corp-ca.pem" }, "ca_file"},
+		{"ca_file relative", func(tl *Tool) { tl.CAFile = "corp-ca.pem" }, "ca_file"},
 		{"route method misspelt", func(tl *Tool) { tl.Routes[2].Method = "DELET" }, "route[2].method"},
 		// A route an earlier one covers would never apply: here the DELETE
 		// that needs approval, behind a catch-all.

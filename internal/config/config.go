@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	toml "github.com/pelletier/go-toml/v2"
@@ -374,6 +375,8 @@ func (s *Server) validate() []*conf.FieldError {
 	var errs []*conf.FieldError
 	if _, port, err := net.SplitHostPort(s.Listen); err != nil || port == "" {
 		errs = append(errs, conf.Errf("listen", "invalid address %q: want host:port, e.g. \"10.20.0.5:8443\"", s.Listen))
+	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		errs = append(errs, conf.Errf("listen", "invalid port %q in %q: want a number from 1 to 65535", port, s.Listen))
 	}
 	for key, p := range map[string]string{"state_dir": s.StateDir, "admin_socket": s.AdminSocket,
 		"agent_socket": s.AgentSocket, "tls_cert": s.TLSCert, "tls_key": s.TLSKey} {

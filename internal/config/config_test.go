@@ -58,6 +58,8 @@ func TestBrokenConfigsNameLineAndKey(t *testing.T) {
 		{"bad size", "[audit]\nsegment_bytes = \"lots\"\n", 2, "audit.segment_bytes", "invalid size"},
 		{"bad enum", "[audit]\n\ndisk_full = \"panic\"\n", 3, "audit.disk_full", "unknown policy"},
 		{"bad listen", "[server]\nlisten = \"nowhere\"\n", 2, "server.listen", "host:port"},
+		{"listen port out of range", "[server]\nlisten = \"0.0.0.0:99999\"\n", 2, "server.listen", "from 1 to 65535"},
+		{"agent key file missing", "[[role]]\nname = \"a\"\n[[agent]]\nname = \"bot\"\nroles = [\"a\"]\npublic_key_file = \"/nonexistent/bot.pub\"\n", 6, "agent[0].public_key_file", "/nonexistent/bot.pub"},
 		{"relative path", "[server]\nstate_dir = \"var/lib\"\n", 2, "server.state_dir", "absolute"},
 		{"duplicate role", "[[role]]\nname = \"a\"\n[[role]]\nname = \"a\"\n", 4, "role[1].name", "duplicate name"},
 		{"unknown role on agent", "[[role]]\nname = \"a\"\n[[agent]]\nname = \"bot\"\nroles = [\"a\", \"b\"]\n", 5, "agent[0].roles[1]", "unknown role"},
