@@ -3,6 +3,9 @@ package hardening
 import (
 	"context"
 	"fmt"
+	"os/user"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -109,6 +112,9 @@ func FirewallCheck(fw FirewallState) Check {
 type AgentAuth struct {
 	Name   string
 	Method string
+	// UnixUser is the agent's unix_user, if any: it must exist on this
+	// host for the agent to use the agent socket.
+	UnixUser string
 }
 
 // AgentSecretCheck warns for each agent still authenticating with a shared
@@ -121,10 +127,73 @@ func AgentSecretCheck(agents []AgentAuth) Check {
 				out = append(out, Result{Name: "agent " + a.Name, Status: Warn, Detail: "authenticates with a client_secret",
 					Fix: "give it unix_user (agent socket) or public_key_file (private_key_jwt) instead"})
 			}
+			if a.UnixUser != "" {
+				if _, err := lookupUser(a.UnixUser); err != nil {
+					out = append(out, Result{Name: "agent " + a.Name, Status: Fail,
+						Detail: fmt.Sprintf("unix_user %q does not exist on this host: the agent cannot use the agent socket", a.UnixUser),
+						Fix:    "create the user the agent runs as, or correct unix_user"})
+				}
+			}
 		}
 		if len(out) == 0 {
 			out = append(out, Result{Name: "agent credentials", Status: Pass,
-				Detail: fmt.Sprintf("%d agent(s), none uses a client_secret", len(agents))})
+				Detail: fmt.Sprintf("%d agent(s), none uses a client_secret, every unix_user exists", len(agents))})
+		}
+		return out
+	}}
+}
+
+// lookupUser is user.Lookup; tests replace it.
+var lookupUser = user.Lookup
+
+// ToolCredential is a [[tool]]'s credential: the vault secret it names.
+type ToolCredential struct {
+	Tool, Secret string
+}
+
+// SecretInfo is what the vault says of a secret: never its value.
+type SecretInfo struct {
+	Name         string
+	AllowedTools []string
+}
+
+// SecretLister lists the vault's secrets through the running daemon.
+type SecretLister interface {
+	Secrets(ctx context.Context) ([]SecretInfo, error)
+}
+
+// ToolCredentialCheck fails for each tool whose secret is not in the vault
+// or does not allow that tool: its first call would fail with 502.
+func ToolCredentialCheck(tools []ToolCredential, src SecretLister) Check {
+	return Check{Name: "tool credentials", Run: func(ctx context.Context) []Result {
+		if len(tools) == 0 {
+			return []Result{{Name: "tool credentials", Status: Pass, Detail: "no [[tool]] configured"}}
+		}
+		secrets, err := src.Secrets(ctx)
+		if err != nil {
+			return []Result{{Name: "tool credentials", Status: Skip, Detail: "cannot ask the daemon: " + err.Error(), Fix: "systemctl status applianced"}}
+		}
+		byName := map[string]SecretInfo{}
+		for _, s := range secrets {
+			byName[s.Name] = s
+		}
+		var out []Result
+		for _, t := range tools {
+			s, ok := byName[t.Secret]
+			switch {
+			case !ok:
+				out = append(out, Result{Name: "tool " + t.Tool, Status: Fail,
+					Detail: fmt.Sprintf("its secret %q is not in the vault: every call would fail with 502", t.Secret),
+					Fix:    fmt.Sprintf("applianced secret put %s --type TYPE --allow-tool %s", t.Secret, t.Tool)})
+			case !slices.Contains(s.AllowedTools, t.Tool):
+				out = append(out, Result{Name: "tool " + t.Tool, Status: Fail,
+					Detail: fmt.Sprintf("its secret %q does not allow tool %s (allowed: %s)", t.Secret, t.Tool, strings.Join(s.AllowedTools, ", ")),
+					Fix:    fmt.Sprintf("store the secret again with --allow-tool %s (applianced secret put %s --type TYPE --allow-tool %s)", t.Tool, t.Secret, t.Tool)})
+			}
+		}
+		if len(out) == 0 {
+			out = append(out, Result{Name: "tool credentials", Status: Pass,
+				Detail: fmt.Sprintf("%d tool(s), each secret in the vault and allowed", len(tools))})
 		}
 		return out
 	}}

@@ -84,12 +84,56 @@ func TestFirewallCheck(t *testing.T) {
 }
 
 func TestAgentSecretCheck(t *testing.T) {
-	rs := AgentSecretCheck([]AgentAuth{{"ticket-bot", "unix"}, {"legacy", "client_secret"}, {"remote", "private_key_jwt"}}).Run(context.Background())
+	rs := AgentSecretCheck([]AgentAuth{{Name: "ticket-bot", Method: "unix"}, {Name: "legacy", Method: "client_secret"}, {Name: "remote", Method: "private_key_jwt"}}).Run(context.Background())
 	if len(rs) != 1 || rs[0].Name != "agent legacy" || rs[0].Status != Warn || rs[0].Fix == "" {
 		t.Errorf("got %+v, want one warn for agent legacy", rs)
 	}
-	rs = AgentSecretCheck([]AgentAuth{{"ticket-bot", "unix"}}).Run(context.Background())
+	rs = AgentSecretCheck([]AgentAuth{{Name: "ticket-bot", Method: "unix"}}).Run(context.Background())
 	if len(rs) != 1 || rs[0].Status != Pass {
 		t.Errorf("got %+v, want one pass", rs)
+	}
+}
+
+func TestAgentSecretCheckFailsForAMissingUnixUser(t *testing.T) {
+	rs := AgentSecretCheck([]AgentAuth{{Name: "bot", Method: "unix", UnixUser: "root"}}).Run(context.Background())
+	if len(rs) != 1 || rs[0].Status != Pass {
+		t.Errorf("an existing unix_user: got %+v, want one pass", rs)
+	}
+	rs = AgentSecretCheck([]AgentAuth{{Name: "bot", Method: "unix", UnixUser: "no-such-user-applianced"}}).Run(context.Background())
+	if len(rs) != 1 || rs[0].Status != Fail || !strings.Contains(rs[0].Detail, "no-such-user-applianced") || rs[0].Fix == "" {
+		t.Errorf("a missing unix_user: got %+v, want one fail naming it", rs)
+	}
+}
+
+type fakeSecrets struct {
+	list []SecretInfo
+	err  error
+}
+
+func (f fakeSecrets) Secrets(context.Context) ([]SecretInfo, error) { return f.list, f.err }
+
+func TestToolCredentialCheck(t *testing.T) {
+	tools := []ToolCredential{{Tool: "tickets", Secret: "tickets-key"}, {Tool: "wiki", Secret: "wiki-token"}, {Tool: "crm", Secret: "crm-key"}}
+	vault := fakeSecrets{list: []SecretInfo{
+		{Name: "tickets-key", AllowedTools: []string{"tickets"}},
+		{Name: "wiki-token", AllowedTools: []string{"tickets"}},
+	}}
+	rs := ToolCredentialCheck(tools, vault).Run(context.Background())
+	got := map[string]Result{}
+	for _, r := range rs {
+		got[r.Name] = r
+	}
+	if len(rs) != 2 || got["tool wiki"].Status != Fail || !strings.Contains(got["tool wiki"].Detail, "does not allow") ||
+		got["tool crm"].Status != Fail || !strings.Contains(got["tool crm"].Detail, "not in the vault") ||
+		!strings.Contains(got["tool crm"].Fix, "--allow-tool crm") {
+		t.Errorf("got %+v, want fails for wiki (not allowed) and crm (missing)", rs)
+	}
+	rs = ToolCredentialCheck(tools[:1], vault).Run(context.Background())
+	if len(rs) != 1 || rs[0].Status != Pass {
+		t.Errorf("got %+v, want one pass", rs)
+	}
+	rs = ToolCredentialCheck(tools, fakeSecrets{err: errors.New("connection refused")}).Run(context.Background())
+	if len(rs) != 1 || rs[0].Status != Skip {
+		t.Errorf("daemon down: got %+v, want one skip", rs)
 	}
 }

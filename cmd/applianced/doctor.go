@@ -107,7 +107,11 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		case a.PublicKeyFile != "":
 			method = "private_key_jwt"
 		}
-		agents = append(agents, hardening.AgentAuth{Name: a.Name, Method: method})
+		agents = append(agents, hardening.AgentAuth{Name: a.Name, Method: method, UnixUser: a.UnixUser})
+	}
+	var tools []hardening.ToolCredential
+	for _, t := range cfg.Tools {
+		tools = append(tools, hardening.ToolCredential{Tool: t.Name, Secret: t.Auth.Secret})
 	}
 	return append(checks,
 		hardening.SyslogCheck(adminSyslog{client}),
@@ -117,7 +121,24 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		hardening.ListeningCheck("/proc", ingress),
 		hardening.ClockCheck(),
 		hardening.AgentSecretCheck(agents),
+		hardening.ToolCredentialCheck(tools, adminSecrets{client}),
 	)
+}
+
+// adminSecrets asks the running daemon which secrets the vault holds
+// (names and allowed tools, never values).
+type adminSecrets struct{ c *admin.Client }
+
+func (a adminSecrets) Secrets(ctx context.Context) ([]hardening.SecretInfo, error) {
+	var reply secretListReply
+	if err := a.c.Call(ctx, "GET", adminSecretList, nil, &reply); err != nil {
+		return nil, err
+	}
+	out := make([]hardening.SecretInfo, 0, len(reply.Secrets))
+	for _, s := range reply.Secrets {
+		out = append(out, hardening.SecretInfo{Name: s.Name, AllowedTools: s.AllowedTools})
+	}
+	return out, nil
 }
 
 func configCheck(path string, err error) hardening.Check {
