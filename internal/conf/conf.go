@@ -9,6 +9,7 @@
 package conf
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -83,6 +84,22 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// UnmarshalTOML, called when the decoder's unmarshaler interface is on,
+// refuses a bare number (ttl = 5 has no unit, and would read as 5 ns) and
+// parses a quoted string as UnmarshalText does.
+func (d *Duration) UnmarshalTOML(data []byte) error {
+	raw := strings.TrimSpace(string(data))
+	if n := len(raw); n >= 2 && (raw[0] == '"' && raw[n-1] == '"' || raw[0] == '\'' && raw[n-1] == '\'') {
+		err := d.UnmarshalText([]byte(raw[1 : n-1]))
+		var ve *ValueError
+		if errors.As(err, &ve) {
+			ve.Value = raw // as written, for finding its line
+		}
+		return err
+	}
+	return valueErr(raw, "invalid duration %s: want it in quotes, with its unit, like \"30s\", \"5m\", \"720h\" or \"90d\"", raw)
 }
 
 // MarshalText writes the duration back as a Go duration string.

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -162,6 +163,7 @@ func Parse(path string, data []byte) (*File, error) {
 		f = File{}
 		dec := toml.NewDecoder(strings.NewReader(string(doc)))
 		dec.DisallowUnknownFields()
+		dec.EnableUnmarshalerInterface() // conf.Duration refuses a bare number
 		err := dec.Decode(&f)
 		if err == nil {
 			break
@@ -171,8 +173,14 @@ func Parse(path string, data []byte) (*File, error) {
 			for _, de := range sm.Errors {
 				line, _ := de.Position()
 				key := strings.Join(de.Key(), ".")
-				probs = append(probs, Problem{File: path, Line: line, Key: idx.pathAt(line, key),
-					Msg: "unknown key (check its spelling and section)"})
+				at := idx.pathAt(line, key)
+				msg := "unknown key (check its spelling and section)"
+				if name := de.Key()[len(de.Key())-1]; !strings.HasSuffix(at, name) {
+					// Inside an inline table: the expression is the table.
+					msg = fmt.Sprintf("unknown key %q in this table (check its spelling)", name)
+				}
+				probs = append(probs, Problem{File: path, Line: line, Key: at, Msg: msg})
+				decodeFailed[at] = true
 			}
 			// Decode again without them to validate the rest.
 			for _, de := range sm.Errors {
@@ -209,8 +217,8 @@ func Parse(path string, data []byte) (*File, error) {
 	f.Path = path
 	f.applyDefaults()
 	for _, fe := range f.validate() {
-		if decodeFailed[fe.Key] {
-			continue // already reported as a wrong value
+		if reportedAbove(decodeFailed, fe.Key) {
+			continue // already reported as a wrong value or an unknown key
 		}
 		probs = append(probs, Problem{File: path, Line: idx.lineOf(fe.Key), Key: fe.Key, Msg: fe.Msg})
 	}
@@ -226,9 +234,75 @@ func Parse(path string, data []byte) (*File, error) {
 	return &f, nil
 }
 
+// reportedAbove says whether key, or a table holding it, was dropped from
+// the document for a problem already reported: what validation says of it
+// then is a consequence, not news.
+func reportedAbove(failed map[string]bool, key string) bool {
+	for k := key; k != ""; {
+		if failed[k] {
+			return true
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return false
+}
+
+// decodeMsg says what is wrong with a value of the wrong type in words a
+// sysadmin can act on, not in Go's types.
 func decodeMsg(de *toml.DecodeError) string {
 	msg := strings.TrimPrefix(de.Error(), "toml: ")
-	return msg
+	m := wrongTypeRE.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	got, want := m[1], m[2]
+	switch got {
+	case "string":
+		got = "a string"
+	case "integer":
+		got = "a number"
+	case "boolean":
+		got = "true/false"
+	case "array":
+		got = "a list"
+	case "table", "inline table":
+		got = "a table"
+	default:
+		got = "a " + got
+	}
+	return "wrong type: " + got + " where " + wantText(want) + " belongs"
+}
+
+var wrongTypeRE = regexp.MustCompile(`cannot (?:decode|store) TOML (\w+(?: \w+)?)(?: \(.*?\))? into (?:struct field \S+ of )?(?:a Go )?(?:type )?(\S+)`)
+
+func wantText(goType string) string {
+	switch {
+	case goType == "[]string":
+		return `a list of strings, like ["a", "b"],`
+	case strings.HasPrefix(goType, "[]int"):
+		return "a list of numbers, like [22, 443],"
+	case strings.HasPrefix(goType, "[]"):
+		return "a list"
+	case goType == "string":
+		return `a string in quotes`
+	case strings.Contains(goType, "int"):
+		return "a whole number"
+	case strings.Contains(goType, "float"):
+		return "a number"
+	case goType == "bool":
+		return "true or false"
+	case strings.HasSuffix(goType, "Duration"):
+		return `a duration in quotes, like "5m",`
+	case strings.HasSuffix(goType, "ByteSize"):
+		return `a size, like "64MB",`
+	case strings.HasPrefix(goType, "map["):
+		return "a table"
+	}
+	return "a value of another kind"
 }
 
 func errText(err error) string {
