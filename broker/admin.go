@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"time"
 
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/admin"
 )
+
+// jtiRE is the form of the jti of every token the broker issues (newID).
+var jtiRE = regexp.MustCompile(`^[A-Za-z0-9_-]{22}$`)
 
 // Admin paths served by RegisterAdmin.
 const (
@@ -95,8 +99,9 @@ func (b *Broker) RegisterAdmin(mux *http.ServeMux) {
 		var err error
 		switch {
 		case req.JTI != "":
-			if len(req.JTI) > 256 {
-				admin.WriteError(w, http.StatusBadRequest, "invalid_request", "not a token id")
+			if !jtiRE.MatchString(req.JTI) {
+				admin.WriteError(w, http.StatusBadRequest, "invalid_request", fmt.Sprintf(
+					"%q is not a token id: the jti of a token this appliance issued is 22 characters of A-Z a-z 0-9 - _ (see the token's jti claim, or details.jti of its tool.call events)", req.JTI))
 				return
 			}
 			err = b.RevokeJTI(r.Context(), req.JTI, caller.Actor())

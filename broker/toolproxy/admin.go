@@ -128,6 +128,17 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 			admin.WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "not a user name")
 			return
 		}
+		if p.opts.Users != nil {
+			ok, err := p.opts.Users.UserExists(r.Context(), req.User)
+			if err != nil {
+				admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory cannot be asked whether "+req.User+" exists: "+err.Error())
+				return
+			}
+			if !ok {
+				admin.WriteError(w, http.StatusNotFound, "not_found", "no user "+strconv.Quote(req.User)+" who may sign in is in the directory; enroll the name the user logs in with")
+				return
+			}
+		}
 		caller, _ := admin.CallerFrom(r.Context())
 		ev := &audit.Event{
 			Type: "auth.totp", Actor: caller.Actor(), Action: "totp.enroll", Target: req.User,

@@ -100,6 +100,9 @@ type Options struct {
 	Verifier Verifier
 	Policy   PolicyChecker
 	Agents   AgentControl
+	// Users, if set, is asked whether a user exists before a TOTP
+	// enrollment; without it every well-formed name is enrolled.
+	Users UserDirectory
 	Secrets  SecretSource
 	Keys     KeySource
 	Audit    audit.Appender
@@ -161,6 +164,12 @@ type route struct {
 var (
 	ErrConfig = errors.New("toolproxy: invalid configuration")
 )
+
+// UserDirectory says whether user exists in the directory (and may sign
+// in). An error is for a directory that cannot answer.
+type UserDirectory interface {
+	UserExists(ctx context.Context, user string) (bool, error)
+}
 
 // ErrWrongAudience is what a Verifier wraps when a token is sound but was
 // issued for another audience (another tool, or no tool in particular).

@@ -100,6 +100,9 @@ func TestAgentAndTokenVerbs(t *testing.T) {
 	if _, err := br.Verify(ctx, raw, br.ToolAudience()); !errors.Is(err, broker.ErrRevoked) {
 		t.Fatalf("after token revoke --jti: got %v, want ErrRevoked", err)
 	}
+	if code, out := verb(2, "token", "revoke", "--jti", "nosuch"); code != exitFailure || !strings.Contains(out, "is not a token id") {
+		t.Fatalf("token revoke --jti nosuch: got %d %q, want a failure saying it is not a token id", code, out)
+	}
 	if code, out := verb(2, "token", "revoke"); code != exitUsage {
 		t.Fatalf("token revoke without a target: got %d %q, want %d", code, out, exitUsage)
 	}

@@ -118,7 +118,7 @@ func (d *daemon) mountToolProxy(b *broker.Broker, v *vault.Vault) error {
 	}
 	p, err := toolproxy.New(toolproxy.Options{
 		Tools: cfg.Tools, Risk: cfg.Risk, DLP: scanner, StateDir: cfg.Server.StateDir,
-		Verifier: brokerTools{b}, Policy: brokerTools{b}, Agents: b, Secrets: v, Keys: v,
+		Verifier: brokerTools{b}, Policy: brokerTools{b}, Agents: b, Secrets: v, Keys: v, Users: d.directory,
 		// Audit details (paths, reasons) pass DLP before the journal.
 		Audit:  &dlp.Appender{Next: d.journal, Scanner: scanner},
 		Logger: d.log.With("component", "toolproxy"),

@@ -1016,3 +1016,17 @@ func TestRefusedTokensSayWhyAndWhose(t *testing.T) {
 	st, got = x.tool("GET", "/tickets/1", "not.a.token", nil)
 	check("garbage", 401, "invalid_token", "not valid (malformed, or not signed by this appliance)", "tool.deny", "", "", "", st, got)
 }
+
+// TOTP enrollment asks the directory first: a name no one signs in with
+// gets no seed (a typo would leave the real user without one).
+func TestTOTPEnrollNeedsAUserInTheDirectory(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	var out toolproxy.EnrollAnswer
+	err := x.admin.Call(x.ctx, "POST", toolproxy.AdminTOTPEnroll, toolproxy.EnrollRequest{User: "nosuchuser"}, &out)
+	if got := adminStatus(err); got != http.StatusNotFound || out.URI != "" || !strings.Contains(err.Error(), "nosuchuser") {
+		t.Fatalf("enrolling a user not in the directory: got %d (%v), uri %q; want 404 naming the user and no seed", got, err, out.URI)
+	}
+	if err := x.admin.Call(x.ctx, "POST", toolproxy.AdminTOTPEnroll, toolproxy.EnrollRequest{User: "alice"}, &out); err != nil || !strings.HasPrefix(out.URI, "otpauth://") {
+		t.Fatalf("enrolling alice: %v, uri %q", err, out.URI)
+	}
+}

@@ -70,6 +70,20 @@ func (dir *directory) Lookup(ctx context.Context, r ldapauth.LookupRequest) (lda
 	return a.Lookup(ctx, r)
 }
 
+// UserExists asks the directory whether user may sign in (TOTP
+// enrollment). Without an [ldap] section there is no one to ask, and every
+// name is taken as given.
+func (dir *directory) UserExists(ctx context.Context, user string) (bool, error) {
+	if dir == nil || dir.cur.Load() == nil {
+		return true, nil
+	}
+	_, out, err := dir.Lookup(ctx, ldapauth.LookupRequest{Username: user, Source: "unix"})
+	if err != nil {
+		return false, err
+	}
+	return out.OK, nil
+}
+
 // vaultSecrets reads bind_password_secret from the vault; without a vault,
 // every service bind fails with a clear error (the daemon still starts).
 func vaultSecrets(v *vault.Vault) ldapauth.SecretFunc {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -55,14 +56,23 @@ type secretListReply struct {
 	Secrets []vault.Meta `json:"secrets"`
 }
 
-// mountSecrets puts the secret verbs on the admin mux.
-func mountSecrets(mux *http.ServeMux, v *vault.Vault) {
+// mountSecrets puts the secret verbs on the admin mux. tools lists the
+// configured [[tool]] names, which --allow-tool must name.
+func mountSecrets(mux *http.ServeMux, v *vault.Vault, tools func() []string) {
 	mux.HandleFunc("POST "+adminSecretPut, func(w http.ResponseWriter, r *http.Request) {
 		var req secretPutRequest
 		if !admin.DecodeJSON(w, r, &req) {
 			return
 		}
 		defer clear(req.Value)
+		known := tools()
+		for _, t := range req.AllowedTools {
+			if !slices.Contains(known, t) {
+				admin.WriteError(w, http.StatusBadRequest, "invalid_input", fmt.Sprintf(
+					"--allow-tool %s: no [[tool]] of that name in the config (tools: %s)", t, strings.Join(known, ", ")))
+				return
+			}
+		}
 		m, err := v.Put(r.Context(), actorOf(r), vault.PutRequest{Name: req.Name, Type: req.Type, Value: req.Value, AllowedTools: req.AllowedTools})
 		answerVault(w, m, err)
 	})

@@ -24,6 +24,11 @@ func vaultDaemon(t testing.TB) (cfgPath string, d *daemon) {
 	dir := t.TempDir()
 	body := fmt.Sprintf("[server]\nstate_dir = %q\nadmin_socket = %q\ntls_cert = %q\ntls_key = %q\n\n[vault]\nmaster_key_file = %q\nkeep_versions = 3\n",
 		dir+"/state", dir+"/admin.sock", dir+"/tls/api.pem", dir+"/tls/api.key", dir+"/master.key")
+	// The tools that --allow-tool may name.
+	for _, tool := range []string{"tickets", "wiki", "wiki2"} {
+		body += fmt.Sprintf("\n[[tool]]\nname = %q\nbase_url = \"http://127.0.0.1:1\"\nauth = { type = \"bearer\", secret = %q }\n"+
+			"[[tool.route]]\nmethod = \"GET\"\npath = \"/**\"\nscope = \"%s:read\"\n", tool, tool+"-key", tool)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "applianced.toml"), []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -78,6 +83,7 @@ func TestSecretAndVaultVerbs(t *testing.T) {
 		{"verify no match", "wrong\n", []string{"secret", "verify", "tickets-key"}, exitFailure, "no match"},
 		{"verify basic by content", `{"password":"` + wikiPW + `","user":"svc-wiki"}`, []string{"secret", "verify", "wiki"}, exitOK, "match"},
 		{"rotate", apiKey2 + "\n", []string{"secret", "rotate", "tickets-key"}, exitOK, "tickets-key: version 2 stored"},
+		{"put for a tool not configured", "x\n", []string{"secret", "put", "crm-key", "--type", "api_key", "--allow-tool", "crm"}, exitFailure, "--allow-tool crm: no [[tool]] of that name in the config (tools: tickets, wiki, wiki2)"},
 		{"put bad name", "x\n", []string{"secret", "put", "bad/name", "--type", "password"}, exitFailure, "has '/'"},
 		{"put unknown type", "x\n", []string{"secret", "put", "x", "--type", "nope"}, exitUsage, "unknown secret type"},
 		{"put without type", "x\n", []string{"secret", "put", "x"}, exitUsage, "unknown secret type"},

@@ -50,7 +50,13 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 	d.vault = v
 	d.closers = append(d.closers, v.Close)
 	d.reloaders = append(d.reloaders, func(_ context.Context, c *config.File) error { return v.Reconfigure(c.Vault) })
-	mountSecrets(d.admin, v)
+	mountSecrets(d.admin, v, func() []string {
+		var names []string
+		for _, t := range d.config().Tools {
+			names = append(names, t.Name)
+		}
+		return names
+	})
 	mountVault(d.admin, v)
 	return nil
 }
