@@ -499,8 +499,15 @@ func (b *Broker) handleLogin(w http.ResponseWriter, r *http.Request) {
 		}
 		in.Username, in.Password = f.get("username"), f.get("password")
 	}
-	if in.Username == "" || in.Password == "" || len(in.Username) > 256 || len(in.Password) > 1024 {
+	switch {
+	case in.Username == "" || in.Password == "":
 		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "username and password are required"))
+		return
+	case len(in.Username) > 256:
+		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "username too long (at most 256 bytes)"))
+		return
+	case len(in.Password) > 1024:
+		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "password too long (at most 1024 bytes)"))
 		return
 	}
 	q.user = in.Username

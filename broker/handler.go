@@ -166,9 +166,13 @@ func basicAuth(r *http.Request) (id, secret string, ok bool, oe *oauthError) {
 	if r.Header.Get("Authorization") == "" {
 		return "", "", false, nil
 	}
+	if len(r.Header.Values("Authorization")) > 1 {
+		return "", "", false, oerr(http.StatusBadRequest, "invalid_request", "more than one Authorization header")
+	}
 	u, p, ok := r.BasicAuth()
 	if !ok {
-		return "", "", false, oerr(http.StatusUnauthorized, "invalid_client", "malformed Authorization header")
+		return "", "", false, oerr(http.StatusUnauthorized, "invalid_client",
+			"the Authorization header must be Basic with the client id and secret (or authenticate with private_key_jwt: client_assertion in the body)")
 	}
 	var err1, err2 error
 	id, err1 = url.QueryUnescape(u)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -178,9 +179,17 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	}
 
 	// 2. Who is calling: the token's audience must be this tool.
+	if len(r.Header.Values("Authorization")) > 1 {
+		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest, "more than one Authorization header")
+		return
+	}
+	if len(r.Header.Values(ApprovalHeader)) > 1 {
+		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest, "more than one "+ApprovalHeader+" header")
+		return
+	}
 	raw, ok := bearerToken(r)
 	if !ok {
-		c.deny(http.StatusUnauthorized, "tool.deny", CodeInvalidToken, "a Bearer access token is required")
+		c.deny(http.StatusUnauthorized, "tool.deny", CodeInvalidToken, "a Bearer access token is required (Authorization: Bearer ...)")
 		return
 	}
 	pr, err := p.opts.Verifier.Verify(r.Context(), raw, tp.tool)
@@ -264,8 +273,9 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	}
 
 	// 4. The body: bounded, and buffered because an approval binds its hash.
+	tooLarge := fmt.Sprintf("request body over tool %s's max_request_bytes (%d bytes)", t.cfg.Name, t.maxReq)
 	if r.ContentLength > t.maxReq {
-		c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, "request body over max_request_bytes")
+		c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, tooLarge)
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
@@ -275,7 +285,7 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 			return
 		}
 		if int64(len(b)) > t.maxReq {
-			c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, "request body over max_request_bytes")
+			c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, tooLarge)
 			return
 		}
 		c.body = b

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -211,6 +213,15 @@ func (d *daemon) apiRoot() http.Handler {
 				h.ServeHTTP(w, r)
 				return
 			}
+		}
+		// Anywhere else a path that is not in canonical form gets a clear
+		// error, not ServeMux's redirect to the cleaned path (with an HTML
+		// body an API client cannot read).
+		if p := r.URL.Path; p != "/" && path.Clean(p) != strings.TrimSuffix(p, "/") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"error":"invalid_request","error_description":"the path must be in canonical form: no \".\" or \"..\" segments and no \"//\""}`+"\n")
+			return
 		}
 		d.api.ServeHTTP(w, r)
 	})

@@ -1030,3 +1030,25 @@ func TestTOTPEnrollNeedsAUserInTheDirectory(t *testing.T) {
 		t.Fatalf("enrolling alice: %v, uri %q", err, out.URI)
 	}
 }
+
+// A path not in canonical form outside the tool proxy gets a JSON 400, not
+// a redirect to another endpoint with an HTML body.
+func TestNonCanonicalPathsGetAClearError(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	for _, p := range []string{"/v1/approvals/../tools/tickets/tickets", "/v1//login", "/v1/./login"} {
+		req, _ := http.NewRequestWithContext(x.ctx, "GET", x.base+"/", nil)
+		req.URL.Path, req.URL.RawPath = p, p // sent as written
+		resp, err := x.https.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !bytes.Contains(body, []byte(`"error":"invalid_request"`)) || !bytes.Contains(body, []byte("canonical")) {
+			t.Errorf("GET %s: got %d %s, want a JSON 400", p, resp.StatusCode, body)
+		}
+	}
+	if st, got := x.call(x.https, "GET", x.base+"/healthz", nil, nil, nil); st != http.StatusOK {
+		t.Errorf("/healthz: got %d %s", st, got)
+	}
+}
