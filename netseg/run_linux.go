@@ -266,7 +266,12 @@ func tableOf(b []byte) string {
 // watchLinks kicks a drift check when one of our VLANs changes.
 func (m *Manager) watchLinks(ctx context.Context) error {
 	ch := make(chan vnl.LinkUpdate, 64)
-	opts := vnl.LinkSubscribeOptions{ErrorCallback: func(err error) { m.log.Warn("netseg: link monitor", "err", err) }}
+	opts := vnl.LinkSubscribeOptions{ErrorCallback: func(err error) {
+		if ctx.Err() != nil {
+			return // the socket closing as the daemon stops
+		}
+		m.log.Warn("netseg: link monitor", "err", err)
+	}}
 	if m.opts.NetNSFd > 0 {
 		ns := vnetns.NsHandle(m.opts.NetNSFd)
 		opts.Namespace = &ns

@@ -78,6 +78,10 @@ const MaxValueSize = 64 << 10
 // maxNameLen bounds a secret's, a system key's or a tool's name.
 const maxNameLen = 128
 
+// CheckName says why s cannot name a secret, or nil: the CLI checks a name
+// before it reads the value.
+func CheckName(s string) error { return checkName(s) }
+
 // checkName accepts 1 to 128 of [A-Za-z0-9._:@-], starting with a letter
 // or a digit. Slashes, spaces and control characters are refused.
 func checkName(s string) error {

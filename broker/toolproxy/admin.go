@@ -109,7 +109,14 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 			case errors.Is(err, ErrApprovalNotFound):
 				admin.WriteError(w, http.StatusNotFound, "not_found", "no such approval")
 			case errors.Is(err, ErrApprovalExpired), errors.Is(err, ErrApprovalDecided):
-				admin.WriteError(w, http.StatusConflict, CodeApprovalInvalid, err.Error())
+				desc := "the approval expired"
+				if cur, gerr := p.store.approval(ref.ID); gerr == nil {
+					desc = "the approval is already " + cur.effective(p.now())
+					if cur.DecidedBy != "" {
+						desc += " (by " + cur.DecidedBy + ")"
+					}
+				}
+				admin.WriteError(w, http.StatusConflict, CodeApprovalInvalid, desc)
 			case err != nil:
 				admin.WriteError(w, http.StatusServiceUnavailable, CodeServerError, err.Error())
 			default:

@@ -73,6 +73,10 @@ func cmdAuditTail(ctx context.Context, e *env, args []string) int {
 	if !e.wantArgs(fs, 0) {
 		return exitUsage
 	}
+	if *n < 0 {
+		fmt.Fprintf(e.stderr, "applianced audit tail: -n %d: want 0 or more\n", *n)
+		return exitUsage
+	}
 	c, err := e.adminClient(*cfgPath)
 	if err != nil {
 		return e.fail("audit tail", err)
@@ -87,6 +91,10 @@ func cmdAuditTail(ctx context.Context, e *env, args []string) int {
 	})
 	if err != nil && ctx.Err() == nil {
 		return e.fail("audit tail", err)
+	}
+	if *follow && ctx.Err() == nil {
+		// The daemon ended the stream: it is stopping.
+		fmt.Fprintln(e.stderr, "applianced audit tail: the daemon stopped")
 	}
 	return exitOK
 }
@@ -113,11 +121,13 @@ func (d *daemon) handleAuditTail(w http.ResponseWriter, r *http.Request) {
 	}
 	defer rd.Close()
 	follow := r.URL.Query().Get("follow") == "1"
+	ctx, cancel := admin.StreamContext(r) // ends at once when the daemon stops
+	defer cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	bw := bufio.NewWriter(w)
 	flusher, _ := w.(http.Flusher)
 	for follow || rd.Pos() <= last {
-		e, err := rd.Next(r.Context())
+		e, err := rd.Next(ctx)
 		if err != nil {
 			break
 		}

@@ -36,7 +36,7 @@ func TestEveryVerbHasHelp(t *testing.T) {
 }
 
 func TestUnknownVerbAndBadFlagsAreUsageErrors(t *testing.T) {
-	for _, args := range [][]string{{"frobnicate"}, {}, {"version", "--bogus"}, {"config", "check", "extra-arg"}} {
+	for _, args := range [][]string{{"frobnicate"}, {}, {"version", "--bogus"}, {"version", "extra"}, {"config", "check", "extra-arg"}, {"audit", "tail", "-n", "-5"}} {
 		if code, _, _ := runCLI(t, args...); code != exitUsage {
 			t.Errorf("applianced %v: exit %d, want 2", args, code)
 		}

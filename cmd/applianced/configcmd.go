@@ -18,6 +18,9 @@ func cmdVersion(ctx context.Context, e *env, args []string) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	if !e.wantArgs(fs, 0) {
+		return exitUsage
+	}
 	commit, dirty := "unknown", ""
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {

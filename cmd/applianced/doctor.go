@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
@@ -221,6 +222,13 @@ func hardenProcess(e *env, cfgPath string) error {
 	}
 	if !a.MemoryLocked {
 		fmt.Fprintf(e.stderr, "applianced serve: memory not locked: %s\n", a.MemoryLockSkipped)
+	}
+	if _, err := os.Lstat(cfgPath); err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("cannot read the config file %s: %v (name another with --config; the package installs /etc/applianced/applianced.toml)", cfgPath, err)
 	}
 	return hardening.CheckConfigFile(cfgPath)
 }

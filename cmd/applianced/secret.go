@@ -234,6 +234,13 @@ func cmdSecretPut(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return code
 	}
+	if err := vault.CheckName(pos[0]); err != nil {
+		return e.fail("secret put", err)
+	}
+	if *typ == "" {
+		fmt.Fprintln(e.stderr, "applianced secret put: --type is required: password, api_key, basic, oauth2_client, tls_client or opaque")
+		return exitUsage
+	}
 	t, err := vault.ParseType(*typ)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "applianced secret put: --type: %v\n", err)

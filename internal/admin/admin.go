@@ -24,6 +24,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/applianced/applianced/audit"
@@ -62,8 +63,30 @@ type ServerConfig struct {
 
 // Server serves admin verbs on a Unix listener.
 type Server struct {
-	cfg ServerConfig
-	srv *http.Server
+	cfg      ServerConfig
+	srv      *http.Server
+	stopping chan struct{} // closed when Shutdown begins
+	stopOnce sync.Once
+}
+
+type stoppingKey struct{}
+
+// StreamContext is r's context, also ended when the server begins to shut
+// down: a handler that streams until the client goes away (audit tail -f)
+// uses it, so that it ends at once at shutdown instead of holding the
+// drain until its timeout. Other verbs keep r.Context(): they finish.
+func StreamContext(r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	if ch, ok := r.Context().Value(stoppingKey{}).(chan struct{}); ok {
+		go func() {
+			select {
+			case <-ch:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return ctx, cancel
 }
 
 // NewServer returns a server for cfg. It does not listen.
@@ -71,10 +94,13 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{cfg: cfg, stopping: make(chan struct{})}
 	s.srv = &http.Server{
 		Handler:           s.guard(cfg.Handler),
 		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context {
+			return context.WithValue(context.Background(), stoppingKey{}, s.stopping)
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			uc, ok := c.(*net.UnixConn)
 			if !ok {
@@ -143,8 +169,12 @@ func (s *Server) Serve(l net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting and waits for in-flight verbs until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// Shutdown stops accepting, ends the streams (StreamContext) and waits for
+// in-flight verbs until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stopping) })
+	return s.srv.Shutdown(ctx)
+}
 
 // ErrorBody is the JSON error shape of the admin socket and the HTTP API.
 type ErrorBody struct {

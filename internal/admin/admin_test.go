@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/applianced/applianced/audit"
 )
@@ -174,5 +176,59 @@ func TestMalformedRequestIsRefusedCleanly(t *testing.T) {
 	n, _ := conn.Read(buf)
 	if !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 400") {
 		t.Fatalf("got %q, want an HTTP 400", buf[:n])
+	}
+}
+
+// A stream that would run until the client leaves (audit tail -f) ends
+// cleanly when the server shuts down, so Shutdown does not wait out its
+// drain deadline; an ordinary verb in flight still finishes.
+func TestShutdownEndsStreamsAndFinishesVerbs(t *testing.T) {
+	dir := t.TempDir()
+	started, verbGo := make(chan struct{}, 2), make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/v1/stream", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := StreamContext(r)
+		defer cancel()
+		_, _ = io.WriteString(w, "first\n")
+		w.(http.Flusher).Flush()
+		started <- struct{}{}
+		<-ctx.Done()
+	})
+	mux.HandleFunc("GET /admin/v1/slow", func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-verbGo
+		WriteJSON(w, http.StatusOK, map[string]string{"done": "yes"})
+	})
+	sock := filepath.Join(dir, "admin.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(ServerConfig{AdminGID: -1, Handler: mux})
+	go srv.Serve(l)
+	c := NewClient(sock)
+	streamDone := make(chan error, 1)
+	var lines []string
+	go func() {
+		streamDone <- c.Stream(context.Background(), "/admin/v1/stream", func(b []byte) error { lines = append(lines, string(b)); return nil })
+	}()
+	verbDone := make(chan error, 1)
+	var reply map[string]string
+	go func() { verbDone <- c.Call(context.Background(), "GET", "/admin/v1/slow", nil, &reply) }()
+	<-started
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	if err := <-streamDone; err != nil || len(lines) != 1 || lines[0] != "first" {
+		t.Fatalf("the stream ended with %v after %q, want a clean end after its first line", err, lines)
+	}
+	close(verbGo)
+	if err := <-verbDone; err != nil || reply["done"] != "yes" {
+		t.Fatalf("the verb in flight: %v %v, want it finished", err, reply)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v, want it done once the verb finished", err)
 	}
 }
