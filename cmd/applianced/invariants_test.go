@@ -443,6 +443,23 @@ func TestDeadJournalFailsEveryAction(t *testing.T) {
 			t.Errorf("after an unrecorded revoke, alice's token is refused (%v); want it unchanged", err)
 		}
 	})
+	t.Run("config reload", func(t *testing.T) {
+		before := x.d.config()
+		path := before.Path
+		good, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changed := append(bytes.Clone(good), []byte("\n[[role]]\nname = \"unrecorded-role\"\nscopes = [\"tickets:read\"]\n")...)
+		if err := os.WriteFile(path, changed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defer os.WriteFile(path, good, 0o600)
+		x.d.reloadFrom(x.ctx, path)
+		if x.d.config() != before {
+			t.Error("a reload that could not be recorded was applied")
+		}
+	})
 	t.Run("token revoke at /oauth2/revoke", func(t *testing.T) {
 		if userRefresh == "" {
 			t.Skip("login issued no refresh token")

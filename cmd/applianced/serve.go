@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -192,13 +194,24 @@ func (d *daemon) reloadFrom(ctx context.Context, path string) {
 		d.notify.Status("reload refused: %s has errors; running on the previous config", path)
 		return
 	}
-	if err := d.reload(ctx, cfg); err != nil {
-		d.log.Error("reload partly refused", "err", err)
-		_ = d.record(ctx, &audit.Event{Type: "config.reload", Action: "reload", Outcome: audit.OutcomeFailure, Reason: err.Error()})
+	// Recorded before it takes effect: a config the journal cannot record
+	// is not applied (the action fails, as every action does then).
+	details := map[string]string{"config": path}
+	if b, err := os.ReadFile(path); err == nil {
+		sum := sha256.Sum256(b)
+		details["config_sha256"] = hex.EncodeToString(sum[:])
+	}
+	if err := d.record(ctx, &audit.Event{Type: "config.reload", Action: "reload", Outcome: audit.OutcomeSuccess, Details: details}); err != nil {
+		d.log.Error("reload refused: it cannot be recorded in the audit journal; still running on the previous config", "err", err)
+		d.notify.Status("reload refused: the audit journal cannot be written; running on the previous config")
 		return
 	}
-	_ = d.record(ctx, &audit.Event{Type: "config.reload", Action: "reload", Outcome: audit.OutcomeSuccess,
-		Details: map[string]string{"config": path}})
+	if err := d.reload(ctx, cfg); err != nil {
+		d.log.Error("reload partly refused", "err", err)
+		_ = d.record(ctx, &audit.Event{Type: "config.reload", Action: "reload", Outcome: audit.OutcomeFailure,
+			Reason: "recorded above but partly refused: " + err.Error(), Details: details})
+		return
+	}
 	d.log.Info("config reloaded", "config", path)
 	d.notify.Status("serving (config reloaded %s)", time.Now().Format(time.RFC3339))
 }
