@@ -102,11 +102,11 @@ type Options struct {
 	Agents   AgentControl
 	// Users, if set, is asked whether a user exists before a TOTP
 	// enrollment; without it every well-formed name is enrolled.
-	Users UserDirectory
-	Secrets  SecretSource
-	Keys     KeySource
-	Audit    audit.Appender
-	Logger   *slog.Logger
+	Users   UserDirectory
+	Secrets SecretSource
+	Keys    KeySource
+	Audit   audit.Appender
+	Logger  *slog.Logger
 	// Issuer names the appliance in TOTP enrolment URIs. Default "applianced".
 	Issuer string
 	// Now is the clock. Default time.Now.
