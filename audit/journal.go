@@ -369,13 +369,15 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 	buf.Reset()
 	seq, prev := j.nextSeq, j.prev
 	for _, r := range batch {
-		r.canon = withSeq(r.canon, seq)
-		h := ChainHash(prev, r.canon)
+		// r.canon keeps seq 0: a batch retried (after drop_oldest made room
+		// on a full disk) numbers it again from the same encoding.
+		line := withSeq(r.canon, seq)
+		h := ChainHash(prev, line)
 		var hexHash [64]byte
 		hex.Encode(hexHash[:], h[:])
 		buf.Write(hexHash[:])
 		buf.WriteByte(' ')
-		buf.Write(r.canon)
+		buf.Write(line)
 		buf.WriteByte('\n')
 		r.seq, prev = seq, h
 		seq++
@@ -444,21 +446,59 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 	for _, r := range batch {
 		close(r.done)
 	}
-	if j.size >= j.opts.SegmentBytes {
+	if j.size >= j.opts.SegmentBytes && j.roomForHeader() {
 		if err := j.newSegment(seq, prev); err != nil {
 			j.opts.Logger.Error("audit: starting a new segment", "err", err)
 		}
 	}
 }
 
+// maxHeaderBytes bounds a segment header's size, for the size limit.
+const maxHeaderBytes = 128
+
+// roomForHeader says whether a new segment's header fits under MaxBytes,
+// making room under drop_oldest. Under block, when it does not fit, the
+// segment being written goes on past SegmentBytes instead, and every batch
+// still has to fit (makeRoom).
+func (j *Journal) roomForHeader() bool {
+	if j.opts.MaxBytes <= 0 {
+		return true
+	}
+	for j.totalSize()+maxHeaderBytes > j.opts.MaxBytes {
+		if j.opts.DiskFull != DiskFullDropOldest || !j.dropOldest() {
+			return false
+		}
+	}
+	return true
+}
+
 // makeRoom applies the size limit before a batch of n bytes is written.
+// Under block, a batch that does not fit is refused. Under drop_oldest the
+// oldest segments go first; when only the segment being written is left,
+// the journal moves on to a new segment and drops that one too. A batch
+// larger than MaxBytes on its own is then written anyway (drop_oldest
+// never refuses an entry for the limit), and logged.
 func (j *Journal) makeRoom(n int64) error {
 	if j.opts.MaxBytes <= 0 {
 		return nil
 	}
 	for j.totalSize()+n > j.opts.MaxBytes {
-		if j.opts.DiskFull != DiskFullDropOldest || !j.dropOldest() {
+		if j.opts.DiskFull != DiskFullDropOldest {
 			return fmt.Errorf("%w (%d bytes; policy %q)", ErrDiskLimit, j.opts.MaxBytes, j.opts.DiskFull)
+		}
+		if j.dropOldest() {
+			continue
+		}
+		j.mu.Lock()
+		emptySeg := j.segments[len(j.segments)-1].first == j.nextSeq
+		j.mu.Unlock()
+		if emptySeg {
+			j.opts.Logger.Warn("audit: a batch larger than max_bytes on its own; written anyway (policy drop_oldest)",
+				"batch_bytes", n, "max_bytes", j.opts.MaxBytes)
+			return nil
+		}
+		if err := j.newSegment(j.nextSeq, j.prev); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnwritable, err)
 		}
 	}
 	return nil

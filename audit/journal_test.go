@@ -463,3 +463,33 @@ func TestDropOldestPolicyMakesRoom(t *testing.T) {
 		t.Fatalf("block policy at the limit: got %v, want ErrDiskLimit", err)
 	}
 }
+
+// Under drop_oldest, a full file system makes the journal drop its oldest
+// segment and write the batch again: every append succeeds, and the entries
+// written on the retry are intact (their seq put in once, the chain whole).
+func TestDropOldestOnAFullDiskRetriesIntactEntries(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs (capability CAP_SYS_ADMIN absent)")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v)", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	j := openTest(t, dir, &Options{SegmentBytes: 64 << 10, DiskFull: DiskFullDropOldest, noAhead: true})
+	big := strings.Repeat("x", 2000)
+	for i := 0; i < 400; i++ {
+		ev := testEvent(i)
+		ev.Details["pad"] = big
+		if _, err := j.Append(context.Background(), ev); err != nil {
+			t.Fatalf("append %d under drop_oldest on a full disk: %v", i, err)
+		}
+	}
+	if segs := j.Segments(); segs[0].First == 1 {
+		t.Fatal("nothing was dropped: the disk never filled, the test proves nothing")
+	}
+	// 400 entries, and one audit.dropped for each segment dropped.
+	if rep := mustVerify(t, dir); !rep.OK() || rep.Last < 400 {
+		t.Fatalf("verify: last %d problems %v, want at least 400 and none", rep.Last, rep.Problems)
+	}
+}

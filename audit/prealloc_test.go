@@ -394,3 +394,44 @@ func TestZerosAheadStayWithinMaxBytes(t *testing.T) {
 		})
 	}
 }
+
+// Under drop_oldest, concurrent appends (batches of many entries) are never
+// refused for the limit, even when only the segment being written is left
+// to drop; and the files stay within max_bytes.
+func TestDropOldestNeverRefusesABatch(t *testing.T) {
+	dir := t.TempDir()
+	const seg, limit = 64 << 10, 128 << 10
+	j := openTest(t, dir, &Options{SegmentBytes: seg, MaxBytes: limit, DiskFull: DiskFullDropOldest, aheadChunk: 4096})
+	big := strings.Repeat("x", 300)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2000)
+	for i := range 2000 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e := testEvent(i)
+			e.Details["pad"] = big
+			if _, err := j.Append(context.Background(), e); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	n := 0
+	for err := range errs {
+		if n == 0 {
+			t.Errorf("append refused under drop_oldest: %v", err)
+		}
+		n++
+	}
+	if n > 0 {
+		t.Fatalf("%d of 2000 appends refused, want none", n)
+	}
+	if got := settled(t, dir); got > limit {
+		t.Errorf("the journal takes %d bytes on disk, over max_bytes %d", got, limit)
+	}
+	if rep := mustVerify(t, dir); !rep.OK() {
+		t.Errorf("verify after drops: %v", rep.Problems)
+	}
+}
