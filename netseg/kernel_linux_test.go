@@ -960,3 +960,35 @@ func TestDownAndRollbackFailWithoutAudit(t *testing.T) {
 	}
 	unchanged("net rollback")
 }
+
+// The rollback of an apply not confirmed in time is a safety net against a
+// ruleset that cut the admin off: it happens even when the journal cannot
+// record it (an admin's own rollback would then be refused).
+func TestUnconfirmedApplyRollsBackEvenWithoutAudit(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: time.Second}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	r.j.Close() // every Append now fails
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		kt, err := r.m.k.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !kt.Exists {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the unconfirmed ruleset is still in place: the automatic rollback did not happen without a journal")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := reachTCP(r.lab.AI, "203.0.113.10:443"); err != nil {
+		t.Errorf("after the automatic rollback: %v", err)
+	}
+	if err := r.m.Confirm(context.Background(), audit.Actor{}, ""); !errors.Is(err, ErrNothingToConfirm) {
+		t.Errorf("Confirm after the rollback: got %v, want ErrNothingToConfirm", err)
+	}
+}

@@ -469,7 +469,7 @@ func (m *Manager) expire(p *pendingConfirm) {
 	if m.pending != p {
 		return // confirmed or superseded meanwhile
 	}
-	if err := m.rollbackLocked(ctx, audit.Actor{}, "", "not confirmed before "+p.deadline.UTC().Format(time.RFC3339)); err != nil {
+	if err := m.rollbackLocked(ctx, audit.Actor{}, "", "not confirmed before "+p.deadline.UTC().Format(time.RFC3339), true); err != nil {
 		m.log.Error("netseg: automatic rollback failed", "err", err)
 	}
 }
@@ -494,10 +494,15 @@ func (m *Manager) Confirm(ctx context.Context, actor audit.Actor, reqID string) 
 func (m *Manager) Rollback(ctx context.Context, actor audit.Actor, reqID string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.rollbackLocked(ctx, actor, reqID, "asked for")
+	return m.rollbackLocked(ctx, actor, reqID, "asked for", false)
 }
 
-func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, why string) error {
+// rollbackLocked puts back the state before the last apply. auto marks
+// the rollback of an apply not confirmed in time: that one is a safety net
+// against a ruleset that cut the admin off, so it stays in effect even if
+// it cannot be recorded (the failure is logged); one an admin asks for is
+// undone then, as every action is that the journal cannot take.
+func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, why string, auto bool) error {
 	var target *applied
 	switch {
 	case m.pending != nil:
@@ -517,13 +522,17 @@ func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, 
 	if target != nil {
 		det["to"] = "state applied at " + target.At.Format(time.RFC3339)
 	}
-	// As for Apply: a rollback that cannot be recorded is undone, and the
-	// state (a pending confirmation and its timer included) stays as it was.
+	// As for Apply: a rollback an admin asked for that cannot be recorded
+	// is undone, and the state (a pending confirmation and its timer
+	// included) stays as it was. The automatic one stays.
 	if err := m.audit(ctx, "net.rollback", audit.OutcomeSuccess, "", actor, reqID, det); err != nil {
-		if _, rerr := m.put(m.cur, target); rerr != nil {
-			m.log.Error("netseg: undoing a rollback that could not be audited", "err", rerr)
+		if !auto {
+			if _, rerr := m.put(m.cur, target); rerr != nil {
+				m.log.Error("netseg: undoing a rollback that could not be audited", "err", rerr)
+			}
+			return err
 		}
-		return err
+		m.log.Error("netseg: automatic rollback done, but it could not be recorded in the audit journal", "err", err, "why", why)
 	}
 	if m.pending != nil {
 		m.pending.stop()
