@@ -139,7 +139,31 @@ func (ew *echoWriter) flush() error {
 func (p *Proxy) inject(ctx context.Context, t *tool, out *http.Request) (http.RoundTripper, echoForms, error) {
 	var forms echoForms
 	tr, err := p.injectInto(ctx, t, out, &forms)
+	if err == nil {
+		t.forms.Store(&forms)
+	}
 	return tr, forms, err
+}
+
+// pathForms are the spellings of t's credential, for scrubbing audited
+// paths: those of the last call's injection, or, before any call, those of
+// the secret in the vault. (An OAuth2 tool's token is known only once a
+// call has fetched it; a tls_client credential is never in a request.)
+func (p *Proxy) pathForms(ctx context.Context, t *tool) echoForms {
+	if f := t.forms.Load(); f != nil {
+		return *f
+	}
+	switch t.cfg.Auth.Type {
+	case AuthOAuth2Client, AuthTLSClient:
+		return nil
+	}
+	var forms echoForms
+	dummy, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.base.String(), nil)
+	if _, err := p.injectInto(ctx, t, dummy, &forms); err != nil {
+		return nil // the call fails at injection, with its own record
+	}
+	t.forms.Store(&forms)
+	return forms
 }
 
 func (p *Proxy) injectInto(ctx context.Context, t *tool, out *http.Request, forms *echoForms) (http.RoundTripper, error) {

@@ -176,6 +176,26 @@ func TestEchoedCredentialInOtherSpellingsIsRedacted(t *testing.T) {
 func TestCredentialInThePathNeverReachesTheJournal(t *testing.T) {
 	u := newUpstream(t, jsonOK(`{}`))
 	e := stdEnv(t, u, RiskConfig{})
+	// Refused calls first, before any call has injected the credential:
+	// no token, no route, and a call that needs approval (the approval
+	// stores the path too).
+	for _, c := range []struct {
+		method, path, token string
+		want                int
+	}{
+		{"GET", "/v1/tools/tickets/tickets/" + toolSecret, "", http.StatusUnauthorized},
+		{"GET", "/v1/tools/tickets/nope/" + toolSecret, agentToken, http.StatusForbidden},
+		{"DELETE", "/v1/tools/tickets/tickets/" + toolSecret, agentToken, http.StatusForbidden},
+	} {
+		if got := e.do(c.method, c.path, c.token, nil, nil); got.status != c.want {
+			t.Fatalf("%s %s: got %d %s, want %d", c.method, c.path, got.status, got.body, c.want)
+		}
+	}
+	list, err := e.proxy.store.listApprovals(e.clk.Now())
+	if err != nil || len(list) != 1 || strings.Contains(list[0].Path, toolSecret) {
+		t.Fatalf("approvals %+v (err %v), want one without the credential in its path", list, err)
+	}
+	e.assertNowhere(toolSecret)
 	got := e.do("GET", "/v1/tools/tickets/tickets/"+toolSecret, agentToken, nil, nil)
 	if got.status != http.StatusOK {
 		t.Fatalf("got %d %s", got.status, got.body)

@@ -147,6 +147,10 @@ type tool struct {
 	tlsBase     *tls.Config
 	transport   *http.Transport // without a client certificate
 
+	// forms are the spellings of the credential last injected, to scrub
+	// it from audited paths (pathForms); every call refreshes them.
+	forms atomic.Pointer[echoForms]
+
 	mu     sync.Mutex
 	tlsKey [32]byte // hash of the tls_client secret the cached transport uses
 	tlsTr  *http.Transport

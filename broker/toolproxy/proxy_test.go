@@ -2,12 +2,15 @@ package toolproxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -396,4 +399,53 @@ func TestMethodAndPathOverridesAreRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A _method field in a form, multipart or JSON body is refused like the
+// header: a POST on a create route must not reach the tool as a DELETE.
+func TestMethodOverrideInTheBodyIsRefused(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	var mp bytes.Buffer
+	mw := multipart.NewWriter(&mp)
+	_ = mw.WriteField("title", "x")
+	_ = mw.WriteField("_method", "DELETE")
+	mw.Close()
+	for _, c := range []struct{ name, ct, body string }{
+		{"form", "application/x-www-form-urlencoded", "title=x&_method=DELETE"},
+		{"json", "application/json", `{"title": "x", "_method": "DELETE"}`},
+		{"multipart", mw.FormDataContentType(), mp.String()},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := u.count()
+			got := e.do("POST", "/v1/tools/tickets/tickets", agentToken, []byte(c.body), map[string]string{"Content-Type": c.ct})
+			if got.status != http.StatusBadRequest || !bytes.Contains(got.body, []byte("_method")) {
+				t.Fatalf("got %d %s, want 400 naming _method", got.status, got.body)
+			}
+			if u.count() != before {
+				t.Error("the upstream was called")
+			}
+		})
+	}
+	// A body that only mentions the word is not refused.
+	if got := e.do("POST", "/v1/tools/tickets/tickets", agentToken, []byte(`{"title": "what _method means"}`), map[string]string{"Content-Type": "application/json"}); got.status != http.StatusOK {
+		t.Fatalf("an ordinary body: got %d %s", got.status, got.body)
+	}
+}
+
+// FuzzBodyOverridesMethod: any body and content type is read without a
+// panic, and a form body that parses is refused exactly when it has _method.
+func FuzzBodyOverridesMethod(f *testing.F) {
+	f.Add("application/x-www-form-urlencoded", "title=x&_method=DELETE")
+	f.Add("application/json", `{"_method": "PUT", "a": [1, 2]}`)
+	f.Add("multipart/form-data; boundary=XX", "--XX\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n")
+	f.Add("text/plain", "_method=DELETE")
+	f.Fuzz(func(t *testing.T, ct, body string) {
+		got := bodyOverridesMethod(ct, []byte(body))
+		if ct == "application/x-www-form-urlencoded" {
+			if q, err := url.ParseQuery(body); err == nil && got != q.Has("_method") {
+				t.Fatalf("form %q: got %v, want %v", body, got, q.Has("_method"))
+			}
+		}
+	})
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/netip"
 	"net/textproto"
@@ -152,18 +154,18 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	c.tp = tp
 	c.ev.Target = tp.tool
 	if len(r.URL.RawQuery) > MaxQueryBytes {
-		c.ev.Details["path"] = p.auditPath(tp, nil)
+		c.ev.Details["path"] = p.auditPath(r.Context(), tp, nil)
 		c.deny(http.StatusRequestURITooLong, "tool.deny", CodeInvalidRequest, "query string too long")
 		return
 	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil || strings.ContainsAny(r.URL.RawQuery, "\r\n\x00") {
-		c.ev.Details["path"] = p.auditPath(tp, nil)
+		c.ev.Details["path"] = p.auditPath(r.Context(), tp, nil)
 		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest, "malformed query string")
 		return
 	}
 	c.query = q
-	c.ev.Details["path"] = p.auditPath(tp, q)
+	c.ev.Details["path"] = p.auditPath(r.Context(), tp, q)
 	if q.Has("_method") {
 		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest,
 			"the query parameter _method is refused: it overrides the method the route was matched on; send the real method")
@@ -290,6 +292,11 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 		}
 		c.body = b
 	}
+	if bodyOverridesMethod(r.Header.Get("Content-Type"), c.body) {
+		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest,
+			"a _method field in the body is refused: it overrides the method the route was matched on; send the real method")
+		return
+	}
 
 	// 5. Risk limits, then approvals.
 	needApproval := rt.cfg.Approval == ApprovalRequired
@@ -382,10 +389,16 @@ func (st *state) blockFor() time.Duration {
 
 // auditPath is the call's path for records: decoded segments with DLP
 // applied, and the query with every value replaced.
-func (p *Proxy) auditPath(tp toolPath, q url.Values) string {
+func (p *Proxy) auditPath(ctx context.Context, tp toolPath, q url.Values) string {
 	s, _ := p.dlp.RedactString(tp.decoded())
 	if rq := redactQuery(q); rq != "" {
 		s += "?" + rq
+	}
+	// An agent that knows the tool's credential could write it into the
+	// journal by putting it in the path: every event of the call, refusals
+	// and approvals included, holds the path with it scrubbed.
+	if t, ok := p.cur.Load().tools[tp.tool]; ok {
+		s, _ = p.pathForms(ctx, t).scrub(s)
 	}
 	return s
 }
@@ -433,4 +446,38 @@ func (c *call) bodyReader() io.Reader {
 		return http.NoBody
 	}
 	return bytes.NewReader(c.body)
+}
+
+// bodyOverridesMethod reports a _method field in a form or JSON body, with
+// which Rails, Laravel and Symfony let a POST say it is a DELETE or a PUT.
+// A multipart body is read for it too.
+func bodyOverridesMethod(contentType string, body []byte) bool {
+	if len(body) == 0 || !bytes.Contains(body, []byte("_method")) {
+		return false
+	}
+	mt, params, _ := mime.ParseMediaType(contentType)
+	switch {
+	case mt == "application/x-www-form-urlencoded":
+		q, err := url.ParseQuery(string(body))
+		return err != nil || q.Has("_method")
+	case mt == "multipart/form-data":
+		mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
+		for {
+			part, err := mr.NextPart()
+			if err != nil {
+				return false
+			}
+			if part.FormName() == "_method" {
+				return true
+			}
+		}
+	case mt == "application/json" || strings.HasSuffix(mt, "+json"):
+		var top map[string]json.RawMessage
+		if json.Unmarshal(body, &top) != nil {
+			return false
+		}
+		_, ok := top["_method"]
+		return ok
+	}
+	return false
 }
