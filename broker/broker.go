@@ -164,6 +164,17 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	b.revs = newRevocations(revs)
+	// Users with a live session may hold live tokens issued before this
+	// start: they are checked against the directory with the rest
+	// (RecheckHolders), for as long as a token could still be live.
+	users, err := b.store.SessionUsers(ctx, b.now())
+	if err != nil {
+		return nil, err
+	}
+	until := b.now().Add(cc.tokens.maxTTL())
+	for _, u := range users {
+		b.noteHolder(u, until)
+	}
 	return b, nil
 }
 
@@ -334,8 +345,10 @@ func (b *Broker) RecheckHolders(ctx context.Context) {
 			_, denied, err = b.auth.Recheck(ctx, user, "", false)
 		}
 		if err != nil {
+			// A directory that cannot answer one user cannot answer the
+			// next: the round ends rather than wait out a timeout per user.
 			if ctx.Err() == nil {
-				b.log.Warn("broker: periodic directory check failed; trying again later", "err", err)
+				b.log.Warn("broker: periodic directory check failed; trying again at the next round", "err", err)
 			}
 			return false
 		}

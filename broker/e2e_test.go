@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -418,4 +419,20 @@ func TestPeriodicRecheckEndsALockedUsersTokens(t *testing.T) {
 		t.Errorf("auth.recheck: got %+v, want the denial recorded", ev)
 	}
 	wantOAuthError(t, e.refresh(s.refresh), 400, "invalid_grant")
+
+	// After a restart, a user with a live session is checked too: the
+	// broker that starts knows them from the stored sessions.
+	u2 := adUser(t, dc, "pr")
+	s2 := e.session(t, u2)
+	restarted, err := New(ctx, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.Lock(ctx, u2); err != nil {
+		t.Fatal(err)
+	}
+	restarted.RecheckHolders(ctx)
+	if _, err := restarted.Verify(ctx, s2.access, restarted.userAudience()); !errors.Is(err, ErrUserRevoked) {
+		t.Errorf("a token issued before the restart, after the periodic check: got %v, want ErrUserRevoked", err)
+	}
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -101,6 +103,9 @@ type Store interface {
 	RevokeRefresh(ctx context.Context, hash string) (RefreshToken, error)
 	// RevokeUserFamilies revokes every session of user.
 	RevokeUserFamilies(ctx context.Context, user string) (int, error)
+	// SessionUsers lists the users with a session (refresh family) neither
+	// revoked nor expired at now.
+	SessionUsers(ctx context.Context, now time.Time) ([]string, error)
 	// Prune drops what expired before now.
 	Prune(ctx context.Context, now time.Time) error
 	Close() error
@@ -410,6 +415,26 @@ func (s *boltStore) RevokeUserFamilies(ctx context.Context, user string) (int, e
 		return 0, fmt.Errorf("broker: revoking sessions of %q: %w", user, err)
 	}
 	return n, nil
+}
+
+func (s *boltStore) SessionUsers(ctx context.Context, now time.Time) ([]string, error) {
+	seen := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketFamilies).ForEach(func(k, v []byte) error {
+			var fam family
+			if err := json.Unmarshal(v, &fam); err != nil {
+				return err
+			}
+			if !fam.Revoked && now.Before(fam.Expires) && fam.User != "" {
+				seen[fam.User] = true
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: listing sessions: %w", err)
+	}
+	return slices.Sorted(maps.Keys(seen)), nil
 }
 
 func (s *boltStore) Prune(ctx context.Context, now time.Time) error {
