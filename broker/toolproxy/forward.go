@@ -132,7 +132,8 @@ func (p *Proxy) forward(c *call) {
 	// The proxy asks for gzip only, and the transport decodes it; any other
 	// encoding was not asked for, and neither DLP nor the check for an
 	// echoed credential could read it, streamed or not.
-	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+	noBody := c.r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") && !noBody {
 		c.deny(http.StatusBadGateway, "tool.result", CodeUpstreamError, "the tool sent an encoded ("+ce+") response the proxy cannot inspect")
 		return
 	}

@@ -179,7 +179,12 @@ loop:
 func (d *daemon) reloadFrom(ctx context.Context, path string) {
 	d.notify.Reloading()
 	defer d.notify.Ready()
-	cfg, err := config.Load(path)
+	// Read once: the hash recorded below is of the bytes applied.
+	data, err := os.ReadFile(path)
+	var cfg *config.File
+	if err == nil {
+		cfg, err = config.Parse(path, data)
+	}
 	if err != nil {
 		var ce *config.Error
 		if errors.As(err, &ce) {
@@ -196,11 +201,8 @@ func (d *daemon) reloadFrom(ctx context.Context, path string) {
 	}
 	// Recorded before it takes effect: a config the journal cannot record
 	// is not applied (the action fails, as every action does then).
-	details := map[string]string{"config": path}
-	if b, err := os.ReadFile(path); err == nil {
-		sum := sha256.Sum256(b)
-		details["config_sha256"] = hex.EncodeToString(sum[:])
-	}
+	sum := sha256.Sum256(data)
+	details := map[string]string{"config": path, "config_sha256": hex.EncodeToString(sum[:])}
 	if err := d.record(ctx, &audit.Event{Type: "config.reload", Action: "reload", Outcome: audit.OutcomeSuccess, Details: details}); err != nil {
 		d.log.Error("reload refused: it cannot be recorded in the audit journal; still running on the previous config", "err", err)
 		d.notify.Status("reload refused: the audit journal cannot be written; running on the previous config")
