@@ -39,6 +39,13 @@ type secretPutRequest struct {
 	AllowedTools []string   `json:"allowed_tools,omitempty"`
 }
 
+// secretPutReply is what a put answers: the stored secret's metadata, and
+// what the admin should know about it.
+type secretPutReply struct {
+	vault.Meta
+	Warnings []string `json:"warnings,omitempty"`
+}
+
 type secretNameRequest struct {
 	Name string `json:"name"`
 }
@@ -65,16 +72,18 @@ func mountSecrets(mux *http.ServeMux, v *vault.Vault, tools func() []string) {
 			return
 		}
 		defer clear(req.Value)
+		// A secret may be stored before its [[tool]] is configured, but a
+		// name no tool has is most likely a typo: the put says so.
+		var warnings []string
 		known := tools()
 		for _, t := range req.AllowedTools {
 			if !slices.Contains(known, t) {
-				admin.WriteError(w, http.StatusBadRequest, "invalid_input", fmt.Sprintf(
-					"--allow-tool %s: no [[tool]] of that name in the config (tools: %s)", t, strings.Join(known, ", ")))
-				return
+				warnings = append(warnings, fmt.Sprintf("--allow-tool %s: no [[tool]] of that name in the running config (tools: %s); no tool can use the secret under that name until one is configured",
+					t, orNone(known)))
 			}
 		}
 		m, err := v.Put(r.Context(), actorOf(r), vault.PutRequest{Name: req.Name, Type: req.Type, Value: req.Value, AllowedTools: req.AllowedTools})
-		answerVault(w, m, err)
+		answerVault(w, secretPutReply{Meta: m, Warnings: warnings}, err)
 	})
 	mux.HandleFunc("POST "+adminSecretRotate, func(w http.ResponseWriter, r *http.Request) {
 		var req secretPutRequest
@@ -251,13 +260,16 @@ func cmdSecretPut(ctx context.Context, e *env, args []string) int {
 		return e.fail("secret put", err)
 	}
 	defer clear(value)
-	var m vault.Meta
+	var m secretPutReply
 	err = e.call(ctx, *cfgPath, http.MethodPost, adminSecretPut,
 		secretPutRequest{Name: pos[0], Type: t, Value: value, AllowedTools: tools}, &m)
 	if err != nil {
 		return e.fail("secret put", err)
 	}
 	fmt.Fprintf(e.stdout, "%s: version %d stored (%s; tools: %s)\n", m.Name, m.Version, m.Type, orNone(m.AllowedTools))
+	for _, w := range m.Warnings {
+		fmt.Fprintf(e.stderr, "applianced secret put: warning: %s\n", w)
+	}
 	return exitOK
 }
 
