@@ -99,21 +99,27 @@ func newLDAP(t *testing.T, e *env, cfg ldapauth.Config) *ldapauth.Authenticator 
 	return la
 }
 
+// newSambaEnv is newEnv with users logging in against dc, serving HTTPS
+// and the agent socket.
+func newSambaEnv(t *testing.T, dc *samba.DC) *env {
+	t.Helper()
+	e := newEnv(t, nil)
+	e.opts.Auth = FromLDAP(newLDAP(t, e, ldapConfig(dc)))
+	var err error
+	if e.b, err = New(context.Background(), e.opts); err != nil {
+		t.Fatal(err)
+	}
+	e.serveHTTPS()
+	e.serveSocket()
+	return e
+}
+
 // TestEndToEndSambaAD: a user of a real Samba AD domain logs in over
 // HTTPS, the agent exchanges the user's token on the agent socket, and
 // introspection shows the agent as the actor. A user outside the agent's
 // act_for_groups (resolved through nested groups) is refused.
 func TestEndToEndSambaAD(t *testing.T) {
-	dc := sharedDC(t)
-	ctx := context.Background()
-	e := newEnv(t, nil)
-	e.opts.Auth = FromLDAP(newLDAP(t, e, ldapConfig(dc)))
-	var err error
-	if e.b, err = New(ctx, e.opts); err != nil {
-		t.Fatal(err)
-	}
-	e.serveHTTPS()
-	e.serveSocket()
+	e := newSambaEnv(t, sharedDC(t))
 
 	lg := e.login("carl", pw("carl"))
 	if lg.status != 200 {
@@ -371,14 +377,7 @@ func TestDirectoryRecheck(t *testing.T) {
 func TestPeriodicRecheckEndsALockedUsersTokens(t *testing.T) {
 	dc := sharedDC(t)
 	ctx := context.Background()
-	e := newEnv(t, nil)
-	e.opts.Auth = FromLDAP(newLDAP(t, e, ldapConfig(dc)))
-	var err error
-	if e.b, err = New(ctx, e.opts); err != nil {
-		t.Fatal(err)
-	}
-	e.serveHTTPS()
-	e.serveSocket()
+	e := newSambaEnv(t, dc)
 	u := adUser(t, dc, "pr")
 	s := e.session(t, u)
 	ex := e.exchange(s.access)

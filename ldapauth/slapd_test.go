@@ -18,19 +18,27 @@ import (
 	"github.com/applianced/applianced/internal/testenv/slapd"
 )
 
-// TestLoginOpenLDAP: the memberof and posix group modes against a real
-// OpenLDAP with the memberof overlay.
-func TestLoginOpenLDAP(t *testing.T) {
+// startSlapd starts a real OpenLDAP for the test, or skips it where none
+// can run.
+func startSlapd(t *testing.T, ctx context.Context) *slapd.Server {
+	t.Helper()
 	if err := slapd.Available(); err != nil {
 		t.Skipf("no OpenLDAP: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	s, err := slapd.Start(ctx, slapd.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Stop)
+	return s
+}
+
+// TestLoginOpenLDAP: the memberof and posix group modes against a real
+// OpenLDAP with the memberof overlay.
+func TestLoginOpenLDAP(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := startSlapd(t, ctx)
 	seed := []func() error{
 		func() error { return s.AddUser(ctx, "alice", pw("alice"), 10001) },
 		func() error { return s.AddUser(ctx, "bob", pw("bob"), 10002) },
@@ -180,16 +188,9 @@ func (w *bindWatcher) listen(t *testing.T) string {
 // (AD lockout counters would count it twice). The login fails as the
 // directory being unavailable.
 func TestBindThatTimesOutIsNotRetriedOnAnotherDC(t *testing.T) {
-	if err := slapd.Available(); err != nil {
-		t.Skipf("no OpenLDAP: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := slapd.Start(ctx, slapd.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
+	s := startSlapd(t, ctx)
 	if err := s.AddUser(ctx, "alice", pw("alice"), 10001); err != nil {
 		t.Fatal(err)
 	}
