@@ -231,3 +231,21 @@ func TestUnrequestedContentEncodingIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// The credential of another configured tool, put in a call's path, is
+// scrubbed from its events too.
+func TestOtherToolsCredentialInThePathNeverReachesTheJournal(t *testing.T) {
+	const otherSecret = "0ther-t00l-secret-5d21c8"
+	u := newUpstream(t, jsonOK(`{}`))
+	other := stdTool(u.URL)
+	other.Name, other.Auth.Secret = "wiki", "wiki-key"
+	e := newEnv(t, envOpts{tools: []Tool{stdTool(u.URL), other}, secrets: map[string]string{"tickets-key": toolSecret, "wiki-key": otherSecret}})
+	e.tok.add(agentToken, Principal{Agent: "bot", User: "alice", Groups: []string{"helpdesk"}, Scopes: allScopes(), JTI: "jti-1"}, "tickets")
+	if got := e.do("GET", "/v1/tools/tickets/tickets/"+otherSecret, agentToken, nil, nil); got.status != http.StatusOK {
+		t.Fatalf("got %d %s", got.status, got.body)
+	}
+	if got := e.do("GET", "/v1/tools/tickets/nope/"+otherSecret, agentToken, nil, nil); got.status != http.StatusForbidden {
+		t.Fatalf("got %d %s", got.status, got.body)
+	}
+	e.assertNowhere(otherSecret)
+}

@@ -394,10 +394,11 @@ func (p *Proxy) auditPath(ctx context.Context, tp toolPath, q url.Values) string
 	if rq := redactQuery(q); rq != "" {
 		s += "?" + rq
 	}
-	// An agent that knows the tool's credential could write it into the
+	// An agent that knows a tool's credential could write it into the
 	// journal by putting it in the path: every event of the call, refusals
-	// and approvals included, holds the path with it scrubbed.
-	if t, ok := p.cur.Load().tools[tp.tool]; ok {
+	// and approvals included, holds the path with the credentials of every
+	// configured tool scrubbed.
+	for _, t := range p.cur.Load().tools {
 		s, _ = p.pathForms(ctx, t).scrub(s)
 	}
 	return s
