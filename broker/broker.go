@@ -465,6 +465,10 @@ func (b *Broker) SecretAgents() []string {
 }
 
 // hashID returns the audit form of a token id.
+// HashID is the keyed hash under which the broker's events record a token
+// id (jti_hmac), for other components' records to match them.
+func (b *Broker) HashID(id string) string { return b.hashID(id) }
+
 func (b *Broker) hashID(id string) string {
 	if b.hasher == nil || id == "" {
 		return ""

@@ -32,7 +32,10 @@ type Principal struct {
 	Groups []string // the user's directory groups
 	Scopes []string
 	JTI    string
-	Expiry time.Time
+	// JTIHMAC is the keyed hash of JTI under which the token's issuance
+	// was recorded (jti_hmac), if the Verifier knows it.
+	JTIHMAC string
+	Expiry  time.Time
 }
 
 // Verifier checks an access token. Verify must check signature, expiry,

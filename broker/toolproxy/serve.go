@@ -198,9 +198,7 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	var te *TokenError
 	if errors.As(err, &te) {
 		c.ev.Actor = audit.Actor{Agent: te.Holder.Agent, User: te.Holder.User}
-		if te.Holder.JTI != "" {
-			c.ev.Details["jti"] = te.Holder.JTI
-		}
+		setJTI(c.ev, te.Holder)
 	}
 	if errors.Is(err, ErrWrongAudience) {
 		if _, known := p.cur.Load().tools[tp.tool]; !known {
@@ -228,9 +226,7 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	}
 	c.pr = pr
 	c.ev.Actor = audit.Actor{Agent: pr.Agent, User: pr.User}
-	if pr.JTI != "" {
-		c.ev.Details["jti"] = pr.JTI
-	}
+	setJTI(c.ev, pr)
 	st := p.cur.Load()
 	c.st = st
 	t, ok := st.tools[tp.tool]
@@ -481,4 +477,16 @@ func bodyOverridesMethod(contentType string, body []byte) bool {
 		return ok
 	}
 	return false
+}
+
+// setJTI records the token's id in ev: raw, as `applianced token revoke
+// --jti` takes it, and as the keyed hash under which the broker recorded
+// its issuance, so that the two records match.
+func setJTI(ev *audit.Event, pr Principal) {
+	if pr.JTI != "" {
+		ev.Details["jti"] = pr.JTI
+	}
+	if pr.JTIHMAC != "" {
+		ev.Details["jti_hmac"] = pr.JTIHMAC
+	}
 }

@@ -150,7 +150,7 @@ func (t brokerTools) Verify(ctx context.Context, raw, tool string) (toolproxy.Pr
 		te := &toolproxy.TokenError{Err: err}
 		var he *broker.HolderError
 		if errors.As(err, &he) {
-			te.Holder = toolproxy.Principal{Agent: he.Agent, User: he.User, JTI: he.JTI}
+			te.Holder = toolproxy.Principal{Agent: he.Agent, User: he.User, JTI: he.JTI, JTIHMAC: t.b.HashID(he.JTI)}
 		}
 		switch {
 		case errors.Is(err, broker.ErrAudience):
@@ -170,7 +170,8 @@ func (t brokerTools) Verify(ctx context.Context, raw, tool string) (toolproxy.Pr
 		}
 		return toolproxy.Principal{}, te
 	}
-	return toolproxy.Principal{Agent: p.Agent, User: p.User, Groups: p.Groups, Scopes: p.Scopes, JTI: p.JTI, Expiry: p.Expiry}, nil
+	return toolproxy.Principal{Agent: p.Agent, User: p.User, Groups: p.Groups, Scopes: p.Scopes, JTI: p.JTI,
+		JTIHMAC: t.b.HashID(p.JTI), Expiry: p.Expiry}, nil
 }
 
 // Allow evaluates the [[policy]] rules; the agent socket counts as

@@ -1008,6 +1008,10 @@ func TestRefusedTokensSayWhyAndWhose(t *testing.T) {
 		if ev.Actor.Agent != wantAgent || ev.Actor.User != wantUser || ev.Details["jti"] != wantJTI {
 			t.Errorf("%s: audited as agent %q user %q jti %q, want %q %q %q", what, ev.Actor.Agent, ev.Actor.User, ev.Details["jti"], wantAgent, wantUser, wantJTI)
 		}
+		// The same keyed hash as the issuance's record, to match them.
+		if wantJTI != "" && (ev.Details["jti_hmac"] == "" || ev.Details["jti_hmac"] != x.d.broker.HashID(wantJTI)) {
+			t.Errorf("%s: jti_hmac %q, want the broker's %q", what, ev.Details["jti_hmac"], x.d.broker.HashID(wantJTI))
+		}
 	}
 
 	st, got = x.tool("GET", "/tickets/1", userTok, nil)
