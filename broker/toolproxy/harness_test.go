@@ -290,12 +290,14 @@ func (e *env) lastEvent(typ string) audit.Event {
 	return audit.Event{}
 }
 
-// journalBytes returns the raw bytes of every journal file.
+// journalBytes returns the raw bytes of the journal's segments. (Not the
+// marker beside them: a seq and a raw hash, whose random bytes can spell
+// anything, and nothing else.)
 func (e *env) journalBytes() []byte {
 	e.t.Helper()
 	var all []byte
 	_ = filepath.Walk(filepath.Join(e.dir, "audit"), func(p string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() {
+		if err == nil && !fi.IsDir() && strings.HasPrefix(fi.Name(), "journal-") {
 			b, _ := os.ReadFile(p)
 			all = append(all, b...)
 		}
