@@ -252,9 +252,17 @@ func TestStopWithUnreachableTarget(t *testing.T) {
 			if err := f2.Flush(ctx); err != nil {
 				t.Fatal(err)
 			}
-			v := audit.NewCaptureVerifier(&audit.CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), AllowOpenTail: true})
-			v.Read("receiver", bytes.NewReader(received()))
-			rep := v.Report()
+			// Flush means written to the socket; the receiver may still be
+			// reading the last of it.
+			var rep *audit.CaptureReport
+			for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+				v := audit.NewCaptureVerifier(&audit.CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), AllowOpenTail: true})
+				v.Read("receiver", bytes.NewReader(received()))
+				rep = v.Report()
+				if rep.OK() && rep.LastSeq >= last && rep.SealedUpTo >= last-1 || time.Now().After(deadline) {
+					break
+				}
+			}
 			if !rep.OK() || rep.FirstSeq != 1 || rep.LastSeq < last || rep.SealedUpTo < last-1 {
 				t.Errorf("after the restart got seq %d..%d sealed up to %d, problems %v; want 1..%d (at least), sealed up to %d, none",
 					rep.FirstSeq, rep.LastSeq, rep.SealedUpTo, rep.Problems, last, last-1)
