@@ -136,13 +136,14 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 			return
 		}
 		if p.opts.Users != nil {
-			ok, err := p.opts.Users.UserExists(r.Context(), req.User)
+			refused, err := p.opts.Users.UserRefused(r.Context(), req.User)
 			if err != nil {
 				admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory cannot be asked whether "+req.User+" exists: "+err.Error())
 				return
 			}
-			if !ok {
-				admin.WriteError(w, http.StatusNotFound, "not_found", "no user "+strconv.Quote(req.User)+" who may sign in is in the directory; enroll the name the user logs in with")
+			if refused != "" {
+				admin.WriteError(w, http.StatusNotFound, "not_found", "the directory refuses user "+strconv.Quote(req.User)+" ("+refused+
+					"); enroll the name an active user logs in with")
 				return
 			}
 		}

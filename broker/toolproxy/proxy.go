@@ -172,10 +172,11 @@ var (
 	ErrConfig = errors.New("toolproxy: invalid configuration")
 )
 
-// UserDirectory says whether user exists in the directory (and may sign
-// in). An error is for a directory that cannot answer.
+// UserDirectory says whether user may sign in: refused is "" when so,
+// else the directory's reason (user_not_found, account_locked, ...). An
+// error is for a directory that cannot answer.
 type UserDirectory interface {
-	UserExists(ctx context.Context, user string) (bool, error)
+	UserRefused(ctx context.Context, user string) (refused string, err error)
 }
 
 // ErrWrongAudience is what a Verifier wraps when a token is sound but was

@@ -1044,7 +1044,7 @@ func TestTOTPEnrollNeedsAUserInTheDirectory(t *testing.T) {
 	x := startDevDaemon(t, "info")
 	var out toolproxy.EnrollAnswer
 	err := x.admin.Call(x.ctx, "POST", toolproxy.AdminTOTPEnroll, toolproxy.EnrollRequest{User: "nosuchuser"}, &out)
-	if got := adminStatus(err); got != http.StatusNotFound || out.URI != "" || !strings.Contains(err.Error(), "nosuchuser") {
+	if got := adminStatus(err); got != http.StatusNotFound || out.URI != "" || !strings.Contains(err.Error(), `"nosuchuser" (user_not_found)`) {
 		t.Fatalf("enrolling a user not in the directory: got %d (%v), uri %q; want 404 naming the user and no seed", got, err, out.URI)
 	}
 	if err := x.admin.Call(x.ctx, "POST", toolproxy.AdminTOTPEnroll, toolproxy.EnrollRequest{User: "alice"}, &out); err != nil || !strings.HasPrefix(out.URI, "otpauth://") {

@@ -70,18 +70,23 @@ func (dir *directory) Lookup(ctx context.Context, r ldapauth.LookupRequest) (lda
 	return a.Lookup(ctx, r)
 }
 
-// UserExists asks the directory whether user may sign in (TOTP
-// enrollment). Without an [ldap] section there is no one to ask, and every
-// name is taken as given.
-func (dir *directory) UserExists(ctx context.Context, user string) (bool, error) {
+// UserRefused asks the directory whether user may sign in (TOTP
+// enrollment): "" if so, else why not. Without an [ldap] section there is
+// no one to ask, and every name is taken as given.
+func (dir *directory) UserRefused(ctx context.Context, user string) (string, error) {
 	if dir == nil || dir.cur.Load() == nil {
-		return true, nil
+		return "", nil
 	}
 	_, out, err := dir.Lookup(ctx, ldapauth.LookupRequest{Username: user, Source: "unix"})
-	if err != nil {
-		return false, err
+	switch {
+	case err != nil:
+		return "", err
+	case out.OK:
+		return "", nil
+	case out.Reason == "":
+		return "denied", nil
 	}
-	return out.OK, nil
+	return string(out.Reason), nil
 }
 
 // vaultSecrets reads bind_password_secret from the vault; without a vault,
