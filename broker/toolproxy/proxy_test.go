@@ -382,6 +382,8 @@ func TestMethodAndPathOverridesAreRefused(t *testing.T) {
 		{"X-Original-URL", "/v1/tools/tickets/tickets/1", map[string]string{"X-Original-URL": "/admin"}},
 		{"X-Rewrite-URL", "/v1/tools/tickets/tickets/1", map[string]string{"X-Rewrite-URL": "/admin"}},
 		{"X-Forwarded-Prefix", "/v1/tools/tickets/tickets/1", map[string]string{"X-Forwarded-Prefix": "/evil"}},
+		{"X_HTTP_Method_Override", "/v1/tools/tickets/tickets/1", map[string]string{"X_HTTP_Method_Override": "DELETE"}},
+		{"X-Envoy-Original-Path", "/v1/tools/tickets/tickets/1", map[string]string{"X-Envoy-Original-Path": "/admin"}},
 		{"_method", "/v1/tools/tickets/tickets/1?_method=DELETE", nil},
 	}
 	for _, tc := range cases {
@@ -415,6 +417,9 @@ func TestMethodOverrideInTheBodyIsRefused(t *testing.T) {
 		{"form", "application/x-www-form-urlencoded", "title=x&_method=DELETE"},
 		{"json", "application/json", `{"title": "x", "_method": "DELETE"}`},
 		{"multipart", mw.FormDataContentType(), mp.String()},
+		{"form, name encoded", "application/x-www-form-urlencoded", "%5Fmethod=DELETE"},
+		{"form, another pair malformed", "application/x-www-form-urlencoded", "a=50%&_method=DELETE"},
+		{"json, name escaped", "application/json", `{"\u005fmethod": "DELETE"}`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := u.count()
@@ -427,9 +432,16 @@ func TestMethodOverrideInTheBodyIsRefused(t *testing.T) {
 			}
 		})
 	}
-	// A body that only mentions the word is not refused.
-	if got := e.do("POST", "/v1/tools/tickets/tickets", agentToken, []byte(`{"title": "what _method means"}`), map[string]string{"Content-Type": "application/json"}); got.status != http.StatusOK {
-		t.Fatalf("an ordinary body: got %d %s", got.status, got.body)
+	// A body that only mentions the word is not refused, nor one that a
+	// form parser cannot read.
+	for _, c := range []struct{ ct, body string }{
+		{"application/json", `{"title": "what _method means"}`},
+		{"application/x-www-form-urlencoded", "comment=rename the _method param; thanks"},
+		{"application/x-www-form-urlencoded", "comment=_method at 50%"},
+	} {
+		if got := e.do("POST", "/v1/tools/tickets/tickets", agentToken, []byte(c.body), map[string]string{"Content-Type": c.ct}); got.status != http.StatusOK {
+			t.Fatalf("an ordinary body %q: got %d %s", c.body, got.status, got.body)
+		}
 	}
 }
 

@@ -418,7 +418,8 @@ func checkHeaders(h http.Header) string {
 		return "more than " + strconv.Itoa(MaxHeaderCount) + " header fields"
 	}
 	for k := range h {
-		if overrides[textproto.CanonicalMIMEHeaderKey(k)] {
+		// CGI and WSGI servers read '_' in a header name as '-'.
+		if overrides[textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(k, "_", "-"))] {
 			return "the header " + k + " is refused: it overrides the method or path the route was matched on; send the real method and path"
 		}
 	}
@@ -435,6 +436,7 @@ var overrides = map[string]bool{
 	"X-Original-Method": true, "X-Forwarded-Method": true,
 	"X-Original-Url": true, "X-Original-Uri": true, "X-Rewrite-Url": true,
 	"X-Forwarded-Prefix": true, "X-Forwarded-Path": true, "X-Forwarded-Uri": true,
+	"X-Envoy-Original-Path": true, "X-Envoy-Original-Url": true,
 }
 
 // bodyReader returns the buffered request body for the upstream request.
@@ -445,18 +447,21 @@ func (c *call) bodyReader() io.Reader {
 	return bytes.NewReader(c.body)
 }
 
-// bodyOverridesMethod reports a _method field in a form or JSON body, with
-// which Rails, Laravel and Symfony let a POST say it is a DELETE or a PUT.
-// A multipart body is read for it too.
+// bodyOverridesMethod reports a _method field in a form, multipart or JSON
+// body, with which Rails, Laravel and Symfony let a POST say it is a DELETE
+// or a PUT. Field names are compared as those frameworks see them, decoded
+// (%5Fmethod, \u005fmethod).
 func bodyOverridesMethod(contentType string, body []byte) bool {
-	if len(body) == 0 || !bytes.Contains(body, []byte("_method")) {
+	if len(body) == 0 {
 		return false
 	}
 	mt, params, _ := mime.ParseMediaType(contentType)
 	switch {
 	case mt == "application/x-www-form-urlencoded":
-		q, err := url.ParseQuery(string(body))
-		return err != nil || q.Has("_method")
+		// The pairs that decode count, even when another does not: a
+		// framework reads those too.
+		q, _ := url.ParseQuery(string(body))
+		return q.Has("_method")
 	case mt == "multipart/form-data":
 		mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
 		for {
