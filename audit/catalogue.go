@@ -20,7 +20,7 @@ var Catalogue = []EventType{
 	// Authentication and tokens.
 	{"auth.login", "a user logged in with a directory account (outcome denied: wrong password, locked or not allowed)", 3},
 	{"auth.totp", "a second factor was checked or enrolled", 3},
-	{"auth.recheck", "a known user's account was looked up again without a password, at token refresh or exchange (outcome denied: disabled, locked, expired, gone or out of allowed_groups)", 5},
+	{"auth.recheck", "a known user's account was looked up again without a password, at token refresh or exchange, or by the periodic check of users holding tokens (outcome denied: disabled, locked, expired, gone or out of allowed_groups)", 5},
 	{"token.issue", "an access token was issued to an agent or user", 3},
 	{"token.exchange", "an agent exchanged a user token for an on-behalf-of token (RFC 8693)", 3},
 	{"token.refresh", "a refresh token was used", 3},
@@ -43,6 +43,7 @@ var Catalogue = []EventType{
 	{"approval.request", "a tool call waits for a human approval", 5},
 	{"approval.approve", "an approval was granted", 5},
 	{"approval.deny", "an approval was denied", 8},
+	{"approval.refused", "an attempt to decide an approval was refused (wrong user or code, or a decision only an admin may make)", 8},
 	{"approval.expire", "an approval expired before it was used (pending or approved)", 5},
 
 	// Secrets and the vault.

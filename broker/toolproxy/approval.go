@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -88,9 +89,15 @@ func (p *Proxy) checkApproval(c *call, why string) bool {
 		Created: c.now, Expires: c.now.Add(c.st.approvalTTL()), CallHash: hash,
 	}
 	a, err := p.store.createApproval(a, c.now)
-	if errors.Is(err, ErrTooManyPending) {
+	if tm := (*TooManyPendingError)(nil); errors.As(err, &tm) {
+		who := "for itself"
+		if c.pr.User != "" {
+			who = "for user " + c.pr.User
+		}
+		secs := max(int64(math.Ceil(tm.FirstExpiry.Sub(c.now).Seconds())), 1)
+		c.w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 		c.deny(http.StatusTooManyRequests, "tool.deny", CodeTooManyApprovals, fmt.Sprintf(
-			"agent %s has %d approvals pending; an approver must decide them, or they expire", c.pr.Agent, maxPendingPerAgent))
+			"agent %s has %d approvals pending %s; an approver must decide them, or the first expires in %d s", c.pr.Agent, maxPendingPerAgent, who, secs))
 		return false
 	}
 	if err != nil {
@@ -164,7 +171,7 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	// The user named in the body is only a claim until their code checks
 	// out: it is recorded as such, and becomes the actor only then.
 	ev := &audit.Event{
-		Type: "approval.deny", Action: "approval." + d.Decision, Target: id,
+		Type: "approval.refused", Action: "approval." + d.Decision, Target: id,
 		Outcome: audit.OutcomeDenied, RequestID: newRequestID(), Source: src,
 		Details: map[string]string{"approver": "totp", "claimed_user": d.User},
 	}
@@ -181,7 +188,8 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 		fail(http.StatusNotFound, "not_found", "no such approval")
 		return
 	}
-	ev.Actor.Agent = a.Agent
+	// Not the actor: nobody has authenticated yet.
+	ev.Details["approval_agent"] = a.Agent
 	if st := a.effective(now); st != StatusPending {
 		fail(http.StatusConflict, CodeApprovalInvalid, "the approval is "+st)
 		return
@@ -213,16 +221,25 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 			}
 			return nil
 		})
-		if a2 != nil && a2.Status == StatusDenied {
+		autoDenied := a2 != nil && a2.Status == StatusDenied && a2.DecidedAt.Equal(now)
+		if autoDenied {
 			ev.Details["auto_denied"] = "true"
 		}
 		fail(http.StatusForbidden, CodeAccessDenied, reason)
+		if autoDenied {
+			// The denial itself, for whoever follows approval.deny.
+			_, _ = p.opts.Audit.Append(context.WithoutCancel(r.Context()), &audit.Event{
+				Type: "approval.deny", Severity: audit.SeverityWarn, Action: "approval.deny", Target: id,
+				Outcome: audit.OutcomeSuccess, Reason: "too many failed codes", Source: src,
+				Details: map[string]string{"approver": "totp", "approval_agent": a.Agent},
+			})
+		}
 		return
 	}
 	// Recorded before it takes effect: no decision without a record.
 	ev.Type = "approval." + d.Decision
 	ev.Outcome = audit.OutcomeSuccess
-	ev.Actor.User = d.User
+	ev.Actor = audit.Actor{User: d.User, Agent: a.Agent}
 	if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
 		writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 		return

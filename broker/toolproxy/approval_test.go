@@ -200,6 +200,9 @@ func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
 		if got := e.decideTOTP(id3, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}); got.status != 409 {
 			t.Errorf("got %d %s, want 409 once the approval is denied", got.status, got.body)
 		}
+		if ev := e.lastEvent("approval.deny"); ev.Target != id3 || ev.Reason != "too many failed codes" {
+			t.Errorf("the automatic denial recorded as %+v", ev)
+		}
 	})
 }
 
@@ -221,8 +224,8 @@ func TestStrangersCannotDenyAnApproval(t *testing.T) {
 			t.Fatalf("got %d %s, want 403", got.status, got.body)
 		}
 	}
-	if ev := e.lastEvent("approval.deny"); ev.Actor.User != "" || ev.Details["claimed_user"] != "mallory" {
-		t.Errorf("refused decision recorded as %+v, want no actor user and claimed_user=mallory", ev)
+	if ev := e.lastEvent("approval.refused"); ev.Actor != (audit.Actor{}) || ev.Details["claimed_user"] != "mallory" || ev.Details["approval_agent"] != "bot" {
+		t.Errorf("refused decision recorded as %+v, want no actor, claimed_user=mallory, approval_agent=bot", ev)
 	}
 	code, err := totp.GenerateCode(totpSecret(t, aliceURI), e.clk.Now())
 	if err != nil {
@@ -272,12 +275,21 @@ func TestPendingApprovalsAreReusedAndBounded(t *testing.T) {
 	if err := json.Unmarshal(got.body, &eb); err != nil || got.status != http.StatusTooManyRequests || eb.Error != CodeTooManyApprovals {
 		t.Fatalf("call %d needing approval: got %d %s, want 429 %s", maxPendingPerAgent+1, got.status, got.body, CodeTooManyApprovals)
 	}
+	if ra := got.header.Get("Retry-After"); ra == "" || ra == "0" {
+		t.Errorf("Retry-After %q, want when the first pending approval expires", ra)
+	}
+	// The room is per user: the same agent acting for bob still asks.
+	const forBob = "agent-token-for-bob"
+	e.tok.add(forBob, Principal{Agent: "bot", User: "bob", Scopes: allScopes(), JTI: "jti-bob"}, "tickets")
+	if id := askApproval(t, e, forBob, "/v1/tools/tickets/tickets/999", nil); id == "" {
+		t.Fatal("bob's call got no approval: alice's pending ones used up his room")
+	}
 	list, err := e.proxy.store.listApprovals(e.clk.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != maxPendingPerAgent {
-		t.Errorf("%d approvals stored, want %d", len(list), maxPendingPerAgent)
+	if len(list) != maxPendingPerAgent+1 {
+		t.Errorf("%d approvals stored, want %d for alice and bob's one", len(list), maxPendingPerAgent)
 	}
 	// Once they expire, the agent may ask again.
 	e.clk.Add(time.Hour)

@@ -115,13 +115,22 @@ func putApproval(b *bolt.Bucket, a *Approval) error {
 	return b.Put([]byte(a.ID), v)
 }
 
-// maxPendingPerAgent bounds the approvals one agent may have waiting: an
-// agent in a loop must not bury the one that matters under hundreds.
+// maxPendingPerAgent bounds the approvals one agent may have waiting for
+// one user (or for itself alone): an agent in a loop must not bury the one
+// that matters under hundreds, and one user cannot use up the room of the
+// agent's other users.
 const maxPendingPerAgent = 20
 
 // ErrTooManyPending means the agent has maxPendingPerAgent approvals
-// waiting already.
+// waiting already for the same user.
 var ErrTooManyPending = errors.New("toolproxy: too many approvals pending")
+
+// TooManyPendingError is ErrTooManyPending with when the first of them
+// expires.
+type TooManyPendingError struct{ FirstExpiry time.Time }
+
+func (e *TooManyPendingError) Error() string { return ErrTooManyPending.Error() }
+func (e *TooManyPendingError) Unwrap() error { return ErrTooManyPending }
 
 // createApproval stores a, unless an approval for the very same call
 // (CallHash) is still pending: that one is returned instead, so that
@@ -136,6 +145,7 @@ func (s *store) createApproval(a *Approval, now time.Time) (*Approval, error) {
 		var old [][]byte
 		var same *Approval
 		pending := 0
+		var first time.Time
 		_ = b.ForEach(func(k, v []byte) error {
 			var x Approval
 			if json.Unmarshal(v, &x) != nil {
@@ -144,8 +154,11 @@ func (s *store) createApproval(a *Approval, now time.Time) (*Approval, error) {
 			switch {
 			case now.Sub(x.Expires) > 24*time.Hour && !dueToExpire(&x, now):
 				old = append(old, append([]byte(nil), k...))
-			case x.effective(now) == StatusPending && x.Agent == a.Agent:
+			case x.effective(now) == StatusPending && x.Agent == a.Agent && x.User == a.User:
 				pending++
+				if first.IsZero() || x.Expires.Before(first) {
+					first = x.Expires
+				}
 				if x.CallHash == a.CallHash && same == nil {
 					same = &x
 				}
@@ -162,7 +175,7 @@ func (s *store) createApproval(a *Approval, now time.Time) (*Approval, error) {
 			out = same
 			return nil
 		case pending >= maxPendingPerAgent:
-			return ErrTooManyPending
+			return &TooManyPendingError{FirstExpiry: first}
 		}
 		return putApproval(b, a)
 	})
