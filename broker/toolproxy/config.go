@@ -203,13 +203,25 @@ func (t *Tool) Validate() []*conf.FieldError {
 	// The first route that matches a call decides it, so a route that an
 	// earlier one covers never applies: its scope, approval and limits
 	// would be skipped without a word.
+	// Likewise a route that needs approval, which an earlier route without
+	// approval takes some of the calls of: those calls would skip it.
 	for i := range t.Routes {
+		ri := &t.Routes[i]
 		for j := range i {
-			if t.Routes[j].covers(&t.Routes[i]) {
+			rj := &t.Routes[j]
+			if rj.covers(ri) {
 				errs = append(errs, conf.Errf(fmt.Sprintf("route[%d]", i),
 					"%s %s can never apply: route[%d] (%s %s) comes first and matches every call it would; list the more specific route first",
-					t.Routes[i].Method, t.Routes[i].Path, j, t.Routes[j].Method, t.Routes[j].Path))
+					ri.Method, ri.Path, j, rj.Method, rj.Path))
 				break
+			}
+			if ri.Approval == ApprovalRequired && rj.Approval != ApprovalRequired {
+				if m, p, ok := rj.overlap(ri); ok {
+					errs = append(errs, conf.Errf(fmt.Sprintf("route[%d]", i),
+						"%s %s needs approval, but route[%d] (%s %s), without approval, comes first for some of its calls (such as %s %s), which would skip it; list route[%d] first or narrow route[%d]",
+						ri.Method, ri.Path, j, rj.Method, rj.Path, m, p, i, j))
+					break
+				}
 			}
 		}
 	}
@@ -279,6 +291,73 @@ var methods = map[string]bool{
 }
 
 func isMethod(m string) bool { return methods[m] }
+
+// overlap returns a call (method and path) that both a and b match, if
+// there is one.
+func (a *Route) overlap(b *Route) (method, path string, ok bool) {
+	switch {
+	case a.Method == "*" && b.Method == "*":
+		method = "GET"
+	case a.Method == "*":
+		method = b.Method
+	case b.Method == "*" || a.Method == b.Method:
+		method = a.Method
+	default:
+		return "", "", false
+	}
+	pa, err1 := compilePattern(a.Path)
+	pb, err2 := compilePattern(b.Path)
+	if err1 != nil || err2 != nil {
+		return "", "", false
+	}
+	// example spells out a pattern's remaining segments as a path.
+	example := func(segs []string) []string {
+		var out []string
+		for _, s := range segs {
+			switch s {
+			case "**":
+				return out
+			case "*":
+				out = append(out, "x")
+			default:
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	as, bs := pa.segs, pb.segs
+	var p []string
+	for i := 0; ; i++ {
+		aEnd, bEnd := i >= len(as), i >= len(bs)
+		switch {
+		case !aEnd && as[i] == "**":
+			p = append(p, example(bs[min(i, len(bs)):])...)
+		case !bEnd && bs[i] == "**":
+			p = append(p, example(as[i:])...)
+		case aEnd && bEnd:
+		case aEnd || bEnd:
+			return "", "", false
+		default:
+			x, y := as[i], bs[i]
+			switch {
+			case x == "*" && y == "*":
+				p = append(p, "x")
+				continue
+			case x == "*" && y != "":
+				p = append(p, y)
+				continue
+			case y == "*" && x != "":
+				p = append(p, x)
+				continue
+			case x == y && x != "*":
+				p = append(p, x)
+				continue
+			}
+			return "", "", false
+		}
+		return method, "/" + strings.Join(p, "/"), true
+	}
+}
 
 // covers reports whether route a, listed before b, matches every call b
 // matches: b can then never be chosen (the first matching route wins).

@@ -230,6 +230,12 @@ func TestToolValidate(t *testing.T) {
 		{"longer path not covered", func(tl *Tool) {
 			tl.Routes = []Route{{Method: "GET", Path: "/tickets/*", Scope: "tickets:read"}, {Method: "GET", Path: "/tickets/*/notes", Scope: "tickets:read"}}
 		}, ""},
+		{"approval route partly behind one without", func(tl *Tool) {
+			tl.Routes = []Route{{Method: "*", Path: "/pages/*", Scope: "tickets:read"}, {Method: "DELETE", Path: "/pages/**", Scope: "tickets:delete", Approval: ApprovalRequired}}
+		}, "route[1]"},
+		{"approval route first", func(tl *Tool) {
+			tl.Routes = []Route{{Method: "DELETE", Path: "/pages/**", Scope: "tickets:delete", Approval: ApprovalRequired}, {Method: "*", Path: "/pages/*", Scope: "tickets:read"}}
+		}, ""},
 		{"double star covers its prefix", func(tl *Tool) {
 			tl.Routes = []Route{{Method: "GET", Path: "/tickets/**", Scope: "tickets:read"}, {Method: "GET", Path: "/tickets", Scope: "tickets:read"}}
 		}, "route[1]"},
@@ -248,5 +254,60 @@ func TestToolValidate(t *testing.T) {
 	dup := ValidateTools([]Tool{good, good})
 	if len(dup) != 1 || dup[0].Key != "tool[1].name" {
 		t.Errorf("got %v, want a duplicate name on tool[1].name", dup)
+	}
+}
+
+// covers and overlap agree with pattern.match on every path of up to four
+// segments over a small alphabet: covers(a, b) exactly when every path b
+// matches a matches too, overlap exactly when one path matches both, and
+// the example it gives is such a path.
+func TestRouteCoverageAgreesWithMatching(t *testing.T) {
+	patterns := []string{"/", "/**", "/a", "/a/", "/a/*", "/a/**", "/*", "/*/b", "/a/b", "/*/*", "/a/*/**", "/*/", "/b/**", "/a/b/*"}
+	alphabet := []string{"a", "b", "x", ""}
+	var paths [][]string
+	var grow func(p []string)
+	grow = func(p []string) {
+		paths = append(paths, append([]string(nil), p...))
+		if len(p) == 4 {
+			return
+		}
+		for _, s := range alphabet {
+			grow(append(p, s))
+		}
+	}
+	grow(nil)
+	for _, pa := range patterns {
+		for _, pb := range patterns {
+			a, b := &Route{Method: "GET", Path: pa}, &Route{Method: "GET", Path: pb}
+			ca, _ := compilePattern(pa)
+			cb, _ := compilePattern(pb)
+			covered, both := true, false
+			for _, p := range paths {
+				ma, mb := ca.match(p), cb.match(p)
+				if mb && !ma {
+					covered = false
+				}
+				if ma && mb {
+					both = true
+				}
+			}
+			if got := a.covers(b); got != covered {
+				t.Errorf("covers(%s, %s) = %v, want %v", pa, pb, got, covered)
+			}
+			_, ex, got := a.overlap(b)
+			if got != both {
+				t.Errorf("overlap(%s, %s) = %v, want %v", pa, pb, got, both)
+				continue
+			}
+			if got {
+				segs := strings.Split(strings.TrimPrefix(ex, "/"), "/")
+				if ex == "/" {
+					segs = nil
+				}
+				if !ca.match(segs) || !cb.match(segs) {
+					t.Errorf("overlap(%s, %s) gave %q, which does not match both", pa, pb, ex)
+				}
+			}
+		}
 	}
 }
