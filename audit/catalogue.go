@@ -21,6 +21,7 @@ var Catalogue = []EventType{
 	{"auth.login", "a user logged in with a directory account (outcome denied: wrong password, locked or not allowed)", 3},
 	{"auth.totp", "a second factor was checked or enrolled", 3},
 	{"auth.recheck", "a known user's account was looked up again without a password, at token refresh or exchange, or by the periodic check of users holding tokens (outcome denied: disabled, locked, expired, gone or out of allowed_groups)", 5},
+	{"auth.unlock", "an administrator cleared the login failures counted against a user or a client address", 5},
 	{"token.issue", "an access token was issued to an agent or user", 3},
 	{"token.exchange", "an agent exchanged a user token for an on-behalf-of token (RFC 8693)", 3},
 	{"token.refresh", "a refresh token was used", 3},

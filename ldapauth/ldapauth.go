@@ -200,6 +200,24 @@ func (a *Authenticator) Stats() Stats {
 	}
 }
 
+// Unlock clears the failures counted against a user name and against a
+// client address (either may be empty), so that their next login goes to
+// the directory at once. It reports whether anything was counted. It does
+// not touch the directory's own lockout (AD's badPwdCount).
+func (a *Authenticator) Unlock(user, source string) (userHad, sourceHad bool, err error) {
+	if user != "" {
+		name, err := parseLoginName(user, a.cfg.NetBIOSDomain)
+		if err != nil {
+			return false, false, err
+		}
+		userHad = a.users.reset(name.key)
+	}
+	if source != "" {
+		sourceHad = a.sources.reset(source)
+	}
+	return userHad, sourceHad, nil
+}
+
 // Login checks a user's password and returns the user's identity. A denied
 // login returns ok == false with a Reason and a nil error; an error means
 // the machine failed (no DC reachable, TLS failure, audit failure) and the

@@ -88,11 +88,14 @@ func (l *limiter) fail(key string, now time.Time) bool {
 	return f.n == l.max
 }
 
-// reset clears key after a successful login.
-func (l *limiter) reset(key string) {
+// reset clears key after a successful login; it reports whether key had
+// failures counted.
+func (l *limiter) reset(key string) bool {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, had := l.keys[key]
 	delete(l.keys, key)
-	l.mu.Unlock()
+	return had
 }
 
 // prune drops expired keys, and if none expired, the oldest half (memory

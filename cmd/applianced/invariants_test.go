@@ -1073,3 +1073,30 @@ func TestNonCanonicalPathsGetAClearError(t *testing.T) {
 		t.Errorf("/healthz: got %d %s", st, got)
 	}
 }
+
+// An admin clears the failures a user or an address has counted against
+// it: the next login goes to the directory at once, and the unlock is
+// recorded.
+func TestLDAPUnlockClearsCountedFailures(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	for range 2 {
+		x.login("not-the-password")
+	}
+	if st, got := x.login(x.alicePW); st != http.StatusTooManyRequests {
+		t.Fatalf("right after two failures: got %d %s, want 429 (the test needs the backoff)", st, got)
+	}
+	var rep ldapUnlockReply
+	if err := x.admin.Call(x.ctx, "POST", adminLDAPUnlock, ldapUnlockRequest{User: "alice"}, &rep); err != nil || !rep.UserHad {
+		t.Fatalf("unlock alice: %v %+v, want her failures cleared", err, rep)
+	}
+	if st, got := x.login(x.alicePW); st != http.StatusOK {
+		t.Fatalf("after the unlock: got %d %s, want 200", st, got)
+	}
+	if ev := x.lastEvent("auth.unlock"); ev.Target != "alice" || ev.Details["user"] != "alice" {
+		t.Errorf("auth.unlock recorded as %+v", ev)
+	}
+	err := x.admin.Call(x.ctx, "POST", adminLDAPUnlock, ldapUnlockRequest{Source: "not-an-address"}, nil)
+	if got := adminStatus(err); got != http.StatusBadRequest {
+		t.Errorf("unlock of a bad address: got %d (%v), want 400", got, err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/term"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/ldapauth"
@@ -26,10 +28,24 @@ import (
 const (
 	adminLDAPTest   = "/admin/v1/ldap/test"
 	adminLDAPHealth = "/admin/v1/ldap/health"
+	adminLDAPUnlock = "/admin/v1/ldap/unlock"
 )
 
 // ldapTestRequest is the body of POST /admin/v1/ldap/test. It travels only
 // over the admin socket.
+// ldapUnlockRequest names the user and/or client address whose counted
+// login failures to clear.
+type ldapUnlockRequest struct {
+	User   string `json:"user,omitempty"`
+	Source string `json:"source,omitempty"`
+}
+
+// ldapUnlockReply says which of them had failures counted.
+type ldapUnlockReply struct {
+	UserHad   bool `json:"user_had_failures"`
+	SourceHad bool `json:"source_had_failures"`
+}
+
 type ldapTestRequest struct {
 	Username string `json:"username"`
 	Password string `json:"password"`
@@ -140,6 +156,7 @@ func (d *daemon) openLDAP(v *vault.Vault) (*directory, error) {
 		return nil
 	})
 	d.admin.HandleFunc("POST "+adminLDAPTest, dir.handleTest)
+	d.admin.HandleFunc("POST "+adminLDAPUnlock, dir.handleUnlock)
 	d.admin.HandleFunc("GET "+adminLDAPHealth, func(w http.ResponseWriter, r *http.Request) {
 		a := dir.cur.Load()
 		if a == nil {
@@ -221,6 +238,93 @@ func (dir *directory) handleTest(w http.ResponseWriter, r *http.Request) {
 		res.Identity = &id
 	}
 	admin.WriteJSON(w, http.StatusOK, res)
+}
+
+// handleUnlock clears the login failures counted against a user name or a
+// client address; recorded before it takes effect.
+func (dir *directory) handleUnlock(w http.ResponseWriter, r *http.Request) {
+	var req ldapUnlockRequest
+	if !admin.DecodeJSON(w, r, &req) {
+		return
+	}
+	if req.User == "" && req.Source == "" {
+		admin.WriteError(w, http.StatusBadRequest, "invalid_request", "name a user, a source address, or both")
+		return
+	}
+	if req.Source != "" {
+		addr, err := netip.ParseAddr(req.Source)
+		if err != nil {
+			admin.WriteError(w, http.StatusBadRequest, "invalid_request", fmt.Sprintf("--source %q is not an IP address", req.Source))
+			return
+		}
+		req.Source = addr.Unmap().String()
+	}
+	a := dir.cur.Load()
+	if a == nil {
+		admin.WriteError(w, http.StatusNotFound, "not_configured", "no [ldap] section in the config")
+		return
+	}
+	caller, _ := admin.CallerFrom(r.Context())
+	ev := &audit.Event{Type: "auth.unlock", Actor: caller.Actor(), Action: "ldap.unlock", Outcome: audit.OutcomeSuccess,
+		Source: "unix", Details: map[string]string{}}
+	if req.User != "" {
+		ev.Target = req.User
+		ev.Details["user"] = req.User
+	}
+	if req.Source != "" {
+		ev.Details["source"] = req.Source
+	}
+	if err := dir.d.record(r.Context(), ev); err != nil {
+		admin.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the audit journal cannot be written")
+		return
+	}
+	userHad, sourceHad, err := a.Unlock(req.User, req.Source)
+	if err != nil {
+		admin.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
+	admin.WriteJSON(w, http.StatusOK, ldapUnlockReply{UserHad: userHad, SourceHad: sourceHad})
+}
+
+// cmdLDAPUnlock is `applianced ldap unlock [--user NAME] [--source ADDR]`.
+func cmdLDAPUnlock(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("ldap unlock", "",
+		"Clear the login failures the daemon counted against a user name or a client address,\n"+
+			"so that the next login goes to the directory at once instead of waiting out the\n"+
+			"backoff or failure_window. It does not unlock an account the directory itself\n"+
+			"locked (AD's lockout): that is done in AD. Recorded in the audit trail.",
+		"applianced ldap unlock --user alice",
+		"applianced ldap unlock --source 10.20.0.7")
+	user := fs.String("user", "", "the user `NAME` (as the user logs in)")
+	source := fs.String("source", "", "the client `ADDRESS` (the chatbot backend, for one)")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !e.wantArgs(fs, 0) {
+		return exitUsage
+	}
+	if *user == "" && *source == "" {
+		fmt.Fprintln(e.stderr, "applianced ldap unlock: name --user, --source, or both")
+		return exitUsage
+	}
+	var rep ldapUnlockReply
+	if err := e.call(ctx, *cfgPath, http.MethodPost, adminLDAPUnlock, ldapUnlockRequest{User: *user, Source: *source}, &rep); err != nil {
+		return e.fail("ldap unlock", err)
+	}
+	say := func(what, name string, had bool) {
+		if had {
+			fmt.Fprintf(e.stdout, "%s %s: failures cleared\n", what, name)
+		} else {
+			fmt.Fprintf(e.stdout, "%s %s: no failures were counted\n", what, name)
+		}
+	}
+	if *user != "" {
+		say("user", *user, rep.UserHad)
+	}
+	if *source != "" {
+		say("source", *source, rep.SourceHad)
+	}
+	return exitOK
 }
 
 // cmdLDAPTest is `applianced ldap test USER`.

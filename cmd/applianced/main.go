@@ -63,6 +63,7 @@ var verbs = []verb{
 	{"audit hash", "print the HMAC under which a secret value appears in audit events", cmdAuditHash},
 	{"doctor", "check the host and the appliance: pass/warn/fail with a fix each", cmdDoctor},
 	{"ldap test", "log a user in through the daemon; print DN, nested groups, roles or the exact denial reason", cmdLDAPTest},
+	{"ldap unlock", "clear the login failures counted against a user or a client address", cmdLDAPUnlock},
 	{"approval list", "list tool-call approvals", cmdApprovalList},
 	{"approval approve", "approve one pending tool call", cmdApprovalApprove},
 	{"approval deny", "deny one pending tool call", cmdApprovalDeny},
