@@ -96,9 +96,10 @@ type Config struct {
 	// GroupRoles maps a group (name or DN, case-insensitive) to the roles
 	// its members get.
 	GroupRoles map[string][]string `toml:"group_roles"`
-	// DialTimeout bounds connecting, TLS and the service bind. Default 5s.
+	// DialTimeout bounds connecting, TLS and the service bind. Default (and
+	// when 0) 5s.
 	DialTimeout conf.Duration `toml:"dial_timeout"`
-	// RequestTimeout bounds each LDAP request. Default 10s.
+	// RequestTimeout bounds each LDAP request. Default (and when 0) 10s.
 	RequestTimeout conf.Duration `toml:"request_timeout"`
 	// PageSize is the paged-results size of group searches. Default 500.
 	PageSize int `toml:"page_size"`

@@ -38,7 +38,7 @@ type Tool struct {
 	// upstream's TLS certificate. Empty means the system roots.
 	CAFile string `toml:"ca_file"`
 	// Timeout bounds one whole upstream exchange (connect, headers, body).
-	// Default 30s.
+	// Default (and when 0) 30s.
 	Timeout conf.Duration `toml:"timeout"`
 	// MaxRequestBytes bounds a request body the agent sends. Default 1MiB.
 	MaxRequestBytes conf.ByteSize `toml:"max_request_bytes"`
