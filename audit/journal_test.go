@@ -395,14 +395,7 @@ func TestAcknowledgedAppendsSurviveSIGKILL(t *testing.T) {
 }
 
 func TestFullDiskFailsClosedAndLeavesNothingHalfWritten(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs (capability CAP_SYS_ADMIN absent)")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
-		t.Skipf("cannot mount a tmpfs here (%v)", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := smallFS(t, "64k")
 	j := openTest(t, dir, nil)
 	big := strings.Repeat("x", 2000)
 	var lastOK uint64
@@ -468,14 +461,7 @@ func TestDropOldestPolicyMakesRoom(t *testing.T) {
 // segment and write the batch again: every append succeeds, and the entries
 // written on the retry are intact (their seq put in once, the chain whole).
 func TestDropOldestOnAFullDiskRetriesIntactEntries(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs (capability CAP_SYS_ADMIN absent)")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
-		t.Skipf("cannot mount a tmpfs here (%v)", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := smallFS(t, "256k")
 	j := openTest(t, dir, &Options{SegmentBytes: 64 << 10, DiskFull: DiskFullDropOldest, noAhead: true})
 	big := strings.Repeat("x", 2000)
 	for i := 0; i < 400; i++ {
@@ -492,4 +478,19 @@ func TestDropOldestOnAFullDiskRetriesIntactEntries(t *testing.T) {
 	if rep := mustVerify(t, dir); !rep.OK() || rep.Last < 400 {
 		t.Fatalf("verify: last %d problems %v, want at least 400 and none", rep.Last, rep.Problems)
 	}
+}
+
+// smallFS mounts a tmpfs of size on a temporary directory: a file system
+// that fills up.
+func smallFS(t *testing.T, size string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs (capability CAP_SYS_ADMIN absent)")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v)", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
 }
