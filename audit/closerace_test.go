@@ -17,12 +17,13 @@ func TestAppendRacingCloseEndsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	closed := make(chan error, 1)
-	testHookBeforeSend = func() {
-		testHookBeforeSend = nil
+	hook := func() {
+		testHookBeforeSend.Store(nil)
 		go func() { closed <- j.Close() }()
 		time.Sleep(50 * time.Millisecond) // time for Close to run, if it can
 	}
-	t.Cleanup(func() { testHookBeforeSend = nil })
+	testHookBeforeSend.Store(&hook)
+	t.Cleanup(func() { testHookBeforeSend.Store(nil) })
 	seq, err := j.Append(context.Background(), testEvent(0))
 	if err != nil && !errors.Is(err, ErrClosed) {
 		t.Fatalf("append racing Close: %v, want an entry or ErrClosed", err)

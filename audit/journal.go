@@ -271,7 +271,7 @@ func (j *Journal) Append(ctx context.Context, e *Event) (uint64, error) {
 
 // testHookBeforeSend, if set, runs between send's check that the journal
 // is open and the send itself.
-var testHookBeforeSend func()
+var testHookBeforeSend atomic.Pointer[func()]
 
 // send queues r for the writer. Close cannot close the queue while a send
 // is under way: it waits for the send, and the writer drains the queue.
@@ -287,8 +287,8 @@ func (j *Journal) send(ctx context.Context, r *appendReq) error {
 	if broken != nil {
 		return broken
 	}
-	if testHookBeforeSend != nil {
-		testHookBeforeSend()
+	if hook := testHookBeforeSend.Load(); hook != nil {
+		(*hook)()
 	}
 	select {
 	case j.reqs <- r:
