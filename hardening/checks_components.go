@@ -198,3 +198,28 @@ func ToolCredentialCheck(tools []ToolCredential, src SecretLister) Check {
 		return out
 	}}
 }
+
+// RouteScope is one tool route's scope, for RouteScopeCheck.
+type RouteScope struct {
+	Tool, Route, Scope string
+}
+
+// RouteScopeCheck warns for each tool route whose scope no [[role]] grants:
+// no agent can ever get a token that calls it.
+func RouteScopeCheck(routes []RouteScope, granted []string) Check {
+	return Check{Name: "route scopes", Run: func(ctx context.Context) []Result {
+		var out []Result
+		for _, r := range routes {
+			if !slices.Contains(granted, r.Scope) {
+				out = append(out, Result{Name: "tool " + r.Tool + " route " + r.Route, Status: Warn,
+					Detail: fmt.Sprintf("scope %q is granted by no [[role]]: no agent can call this route", r.Scope),
+					Fix:    fmt.Sprintf("add %q to the scopes of the role(s) that should call it, or correct the route's scope", r.Scope)})
+			}
+		}
+		if len(out) == 0 {
+			out = append(out, Result{Name: "route scopes", Status: Pass,
+				Detail: fmt.Sprintf("%d route(s), each scope granted by a role", len(routes))})
+		}
+		return out
+	}}
+}

@@ -137,3 +137,15 @@ func TestToolCredentialCheck(t *testing.T) {
 		t.Errorf("daemon down: got %+v, want one skip", rs)
 	}
 }
+
+func TestRouteScopeCheck(t *testing.T) {
+	routes := []RouteScope{{"tickets", "GET /tickets/*", "tickets:read"}, {"tickets", "DELETE /tickets/*", "tickets:nuke"}}
+	rs := RouteScopeCheck(routes, []string{"tickets:read", "tickets:create"}).Run(context.Background())
+	if len(rs) != 1 || rs[0].Status != Warn || !strings.Contains(rs[0].Detail, "tickets:nuke") || rs[0].Name != "tool tickets route DELETE /tickets/*" {
+		t.Errorf("got %+v, want one warning for the route whose scope no role grants", rs)
+	}
+	rs = RouteScopeCheck(routes[:1], []string{"tickets:read"}).Run(context.Background())
+	if len(rs) != 1 || rs[0].Status != Pass {
+		t.Errorf("got %+v, want one pass", rs)
+	}
+}

@@ -111,8 +111,16 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		agents = append(agents, hardening.AgentAuth{Name: a.Name, Method: method, UnixUser: a.UnixUser})
 	}
 	var tools []hardening.ToolCredential
+	var routes []hardening.RouteScope
 	for _, t := range cfg.Tools {
 		tools = append(tools, hardening.ToolCredential{Tool: t.Name, Secret: t.Auth.Secret})
+		for _, r := range t.Routes {
+			routes = append(routes, hardening.RouteScope{Tool: t.Name, Route: r.Method + " " + r.Path, Scope: r.Scope})
+		}
+	}
+	var granted []string
+	for _, r := range cfg.Roles {
+		granted = append(granted, r.Scopes...)
 	}
 	return append(checks,
 		hardening.SyslogCheck(adminSyslog{client}),
@@ -123,6 +131,7 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		hardening.ClockCheck(),
 		hardening.AgentSecretCheck(agents),
 		hardening.ToolCredentialCheck(tools, adminSecrets{client}),
+		hardening.RouteScopeCheck(routes, granted),
 	)
 }
 
