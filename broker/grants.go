@@ -497,6 +497,11 @@ func (b *Broker) handleLogin(w http.ResponseWriter, r *http.Request) {
 			writeOAuthError(w, oe)
 			return
 		}
+		if f.has("resource") || f.has("audience") {
+			writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request",
+				"/v1/login issues the user's own token and takes no resource or audience: a token for a tool is an agent's, which it gets by exchanging the user's token (grant token-exchange, audience=TOOL)"))
+			return
+		}
 		in.Username, in.Password = f.get("username"), f.get("password")
 	}
 	switch {

@@ -368,6 +368,7 @@ func TestBadInput(t *testing.T) {
 		{"refresh without token", "POST", "/oauth2/token", form, "grant_type=refresh_token", 400, "invalid_request"},
 		{"unknown refresh token", "POST", "/oauth2/token", form, "grant_type=refresh_token&refresh_token=abc", 400, "invalid_grant"},
 		{"login without password", "POST", "/v1/login", form, "username=alice", 400, "invalid_request"},
+		{"login for a tool", "POST", "/v1/login", form, "username=alice&password=alice-pw&resource=tickets", 400, "invalid_request"},
 		{"login JSON with unknown field", "POST", "/v1/login", "application/json", `{"username":"a","password":"b","x":1}`, 400, "invalid_request"},
 		{"login JSON trailing data", "POST", "/v1/login", "application/json", `{"username":"a","password":"b"} {}`, 400, "invalid_request"},
 		{"introspect without token", "POST", "/oauth2/introspect", form, "", 400, "invalid_request"},
