@@ -23,11 +23,22 @@ var hopByHop = map[string]bool{
 
 // dropRequest are request headers the agent sends that never reach the
 // upstream: its own credentials, cookies, and anything that would tell the
-// upstream a different story about the request (every X-Forwarded-* too).
+// upstream a different story about the request or its path (every
+// X-Forwarded-* too). A name is compared with '_' read as '-', as CGI and
+// WSGI servers read it.
 var dropRequest = map[string]bool{
 	"Authorization": true, "Cookie": true, "Cookie2": true, "Approval-Id": true, "Host": true,
 	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true,
 	"X-Real-Ip": true, "Accept-Encoding": true, "Content-Length": true, "Expect": true,
+	"X-Original-Url": true, "X-Original-Uri": true, "X-Rewrite-Url": true,
+	"X-Envoy-Original-Path": true, "X-Envoy-Original-Url": true,
+}
+
+// dropsRequestHeader reports whether the request header k (canonical)
+// stays with the proxy.
+func dropsRequestHeader(k string) bool {
+	k = textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(k, "_", "-"))
+	return dropRequest[k] || strings.HasPrefix(k, "X-Forwarded-")
 }
 
 // dropResponse are upstream headers that carry or ask for credentials, or
@@ -82,7 +93,7 @@ func (p *Proxy) forward(c *call) {
 	}
 	copyHeaders(out.Header, c.r.Header, dropRequest, also)
 	for k := range out.Header {
-		if strings.HasPrefix(k, "X-Forwarded-") {
+		if dropsRequestHeader(k) {
 			delete(out.Header, k)
 		}
 	}

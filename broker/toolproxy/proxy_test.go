@@ -91,20 +91,26 @@ func TestAgentHeadersNeverReachUpstream(t *testing.T) {
 	u := newUpstream(t, jsonOK(`{}`))
 	e := stdEnv(t, u, RiskConfig{})
 	got := e.do("GET", "/v1/tools/tickets/tickets/1", agentToken, nil, map[string]string{
-		"Cookie":              "sid=agent-cookie",
-		"Proxy-Authorization": "Basic Zm9vOmJhcg==",
-		"Connection":          "X-Private",
-		"X-Private":           "hop",
-		"X-Forwarded-For":     "6.6.6.6",
-		"X-Forwarded-Port":    "8443",
-		"X-Api-Key":           "agent-chosen-key",
-		"X-Trace":             "kept",
+		"Cookie":                "sid=agent-cookie",
+		"Proxy-Authorization":   "Basic Zm9vOmJhcg==",
+		"Connection":            "X-Private",
+		"X-Private":             "hop",
+		"X-Forwarded-For":       "6.6.6.6",
+		"X-Forwarded-Port":      "8443",
+		"X_Forwarded_For":       "6.6.6.7",
+		"X-Original-URL":        "/admin",
+		"X-Rewrite-URL":         "/admin",
+		"X-Forwarded-Prefix":    "/evil",
+		"X-Envoy-Original-Path": "/admin",
+		"X-Api-Key":             "agent-chosen-key",
+		"X-Trace":               "kept",
 	})
 	if got.status != http.StatusOK {
 		t.Fatalf("got %d %s", got.status, got.body)
 	}
 	r, _ := u.last(t)
-	for _, h := range []string{"Authorization", "Cookie", "Proxy-Authorization", "X-Private", "X-Forwarded-For", "X-Forwarded-Port", "Approval-Id"} {
+	for _, h := range []string{"Authorization", "Cookie", "Proxy-Authorization", "X-Private", "X-Forwarded-For", "X-Forwarded-Port", "Approval-Id",
+		"X_Forwarded_For", "X-Original-Url", "X-Rewrite-Url", "X-Forwarded-Prefix", "X-Envoy-Original-Path"} {
 		if v := r.Header.Get(h); v != "" {
 			t.Errorf("upstream got %s: %q, want none", h, v)
 		}
@@ -379,12 +385,9 @@ func TestMethodAndPathOverridesAreRefused(t *testing.T) {
 		{"X-HTTP-Method-Override", "/v1/tools/tickets/tickets/1", map[string]string{"X-HTTP-Method-Override": "DELETE"}},
 		{"X-HTTP-Method", "/v1/tools/tickets/tickets/1", map[string]string{"X-HTTP-Method": "DELETE"}},
 		{"X-Method-Override", "/v1/tools/tickets/tickets/1", map[string]string{"X-Method-Override": "DELETE"}},
-		{"X-Original-URL", "/v1/tools/tickets/tickets/1", map[string]string{"X-Original-URL": "/admin"}},
-		{"X-Rewrite-URL", "/v1/tools/tickets/tickets/1", map[string]string{"X-Rewrite-URL": "/admin"}},
-		{"X-Forwarded-Prefix", "/v1/tools/tickets/tickets/1", map[string]string{"X-Forwarded-Prefix": "/evil"}},
 		{"X_HTTP_Method_Override", "/v1/tools/tickets/tickets/1", map[string]string{"X_HTTP_Method_Override": "DELETE"}},
-		{"X-Envoy-Original-Path", "/v1/tools/tickets/tickets/1", map[string]string{"X-Envoy-Original-Path": "/admin"}},
 		{"_method", "/v1/tools/tickets/tickets/1?_method=DELETE", nil},
+		{".method", "/v1/tools/tickets/tickets/1?.method=DELETE", nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -420,6 +423,12 @@ func TestMethodOverrideInTheBodyIsRefused(t *testing.T) {
 		{"form, name encoded", "application/x-www-form-urlencoded", "%5Fmethod=DELETE"},
 		{"form, another pair malformed", "application/x-www-form-urlencoded", "a=50%&_method=DELETE"},
 		{"json, name escaped", "application/json", `{"\u005fmethod": "DELETE"}`},
+		{"no content type", "", "_method=DELETE"},
+		{"two types", "application/x-www-form-urlencoded, text/plain", "_method=DELETE"},
+		{"name as PHP reads it", "application/x-www-form-urlencoded", ".method=DELETE"},
+		{"multipart, odd parameter", "multipart/form-data; boundary=XYZ; charset", "--XYZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XYZ--\r\n"},
+		{"multipart/mixed", "multipart/mixed; boundary=XYZ", "--XYZ\r\nContent-Disposition: attachment; name=\"_method\"\r\n\r\nDELETE\r\n--XYZ--\r\n"},
+		{"text/json", "text/json", `{"_method": "DELETE"}`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := u.count()
@@ -436,6 +445,8 @@ func TestMethodOverrideInTheBodyIsRefused(t *testing.T) {
 	// form parser cannot read.
 	for _, c := range []struct{ ct, body string }{
 		{"application/json", `{"title": "what _method means"}`},
+		{"text/plain", "_method=DELETE is what some frameworks read"},
+		{"application/octet-stream", "\x00\x01&_method=DELETE"},
 		{"application/x-www-form-urlencoded", "comment=rename the _method param; thanks"},
 		{"application/x-www-form-urlencoded", "comment=_method at 50%"},
 	} {
@@ -446,7 +457,8 @@ func TestMethodOverrideInTheBodyIsRefused(t *testing.T) {
 }
 
 // FuzzBodyOverridesMethod: any body and content type is read without a
-// panic, and a form body that parses is refused exactly when it has _method.
+// panic, and a form body that parses is refused exactly when it has a field
+// frameworks read as _method.
 func FuzzBodyOverridesMethod(f *testing.F) {
 	f.Add("application/x-www-form-urlencoded", "title=x&_method=DELETE")
 	f.Add("application/json", `{"_method": "PUT", "a": [1, 2]}`)
@@ -455,8 +467,8 @@ func FuzzBodyOverridesMethod(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ct, body string) {
 		got := bodyOverridesMethod(ct, []byte(body))
 		if ct == "application/x-www-form-urlencoded" {
-			if q, err := url.ParseQuery(body); err == nil && got != q.Has("_method") {
-				t.Fatalf("form %q: got %v, want %v", body, got, q.Has("_method"))
+			if q, err := url.ParseQuery(body); err == nil && got != (methodField(q) != "") {
+				t.Fatalf("form %q: got %v, want %v", body, got, methodField(q) != "")
 			}
 		}
 	})

@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"mime"
 	"mime/multipart"
 	"net/http"
 	"net/netip"
 	"net/textproto"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -154,21 +154,21 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	c.tp = tp
 	c.ev.Target = tp.tool
 	if len(r.URL.RawQuery) > MaxQueryBytes {
-		c.ev.Details["path"] = p.auditPath(r.Context(), tp, nil)
+		c.ev.Details["path"] = p.auditPath(tp, nil)
 		c.deny(http.StatusRequestURITooLong, "tool.deny", CodeInvalidRequest, "query string too long")
 		return
 	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil || strings.ContainsAny(r.URL.RawQuery, "\r\n\x00") {
-		c.ev.Details["path"] = p.auditPath(r.Context(), tp, nil)
+		c.ev.Details["path"] = p.auditPath(tp, nil)
 		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest, "malformed query string")
 		return
 	}
 	c.query = q
-	c.ev.Details["path"] = p.auditPath(r.Context(), tp, q)
-	if q.Has("_method") {
+	c.ev.Details["path"] = p.auditPath(tp, q)
+	if name := methodField(q); name != "" {
 		c.deny(http.StatusBadRequest, "tool.deny", CodeInvalidRequest,
-			"the query parameter _method is refused: it overrides the method the route was matched on; send the real method")
+			"the query parameter "+strconv.Quote(name)+" is refused: frameworks read it as _method, which overrides the method the route was matched on; send the real method")
 		return
 	}
 	if msg := checkHeaders(r.Header); msg != "" {
@@ -385,7 +385,7 @@ func (st *state) blockFor() time.Duration {
 
 // auditPath is the call's path for records: decoded segments with DLP
 // applied, and the query with every value replaced.
-func (p *Proxy) auditPath(ctx context.Context, tp toolPath, q url.Values) string {
+func (p *Proxy) auditPath(tp toolPath, q url.Values) string {
 	s, _ := p.dlp.RedactString(tp.decoded())
 	if rq := redactQuery(q); rq != "" {
 		s += "?" + rq
@@ -393,9 +393,11 @@ func (p *Proxy) auditPath(ctx context.Context, tp toolPath, q url.Values) string
 	// An agent that knows a tool's credential could write it into the
 	// journal by putting it in the path: every event of the call, refusals
 	// and approvals included, holds the path with the credentials of every
-	// configured tool scrubbed.
+	// configured tool scrubbed (as far as known: learnForms).
 	for _, t := range p.cur.Load().tools {
-		s, _ = p.pathForms(ctx, t).scrub(s)
+		if f := t.forms.Load(); f != nil {
+			s, _ = f.scrub(s)
+		}
 	}
 	return s
 }
@@ -420,23 +422,21 @@ func checkHeaders(h http.Header) string {
 	for k := range h {
 		// CGI and WSGI servers read '_' in a header name as '-'.
 		if overrides[textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(k, "_", "-"))] {
-			return "the header " + k + " is refused: it overrides the method or path the route was matched on; send the real method and path"
+			return "the header " + k + " is refused: it overrides the method the route was matched on; send the real method"
 		}
 	}
 	return ""
 }
 
 // overrides are request headers with which many web frameworks let a
-// request say that its method or path is another one. The route was
-// matched on the request's own method and path, so a call carrying one is
-// refused: forwarded, it could reach a route with another scope or one
-// that needs approval.
+// request say that its method is another one. The route was matched on the
+// request's own method, so a call carrying one is refused: forwarded, it
+// could reach a route with another scope or one that needs approval. (The
+// headers that rewrite the path are dropped instead, in forward: proxies
+// in front of applianced may set them.)
 var overrides = map[string]bool{
 	"X-Http-Method-Override": true, "X-Http-Method": true, "X-Method-Override": true,
 	"X-Original-Method": true, "X-Forwarded-Method": true,
-	"X-Original-Url": true, "X-Original-Uri": true, "X-Rewrite-Url": true,
-	"X-Forwarded-Prefix": true, "X-Forwarded-Path": true, "X-Forwarded-Uri": true,
-	"X-Envoy-Original-Path": true, "X-Envoy-Original-Url": true,
 }
 
 // bodyReader returns the buffered request body for the upstream request.
@@ -449,39 +449,103 @@ func (c *call) bodyReader() io.Reader {
 
 // bodyOverridesMethod reports a _method field in a form, multipart or JSON
 // body, with which Rails, Laravel and Symfony let a POST say it is a DELETE
-// or a PUT. Field names are compared as those frameworks see them, decoded
-// (%5Fmethod, \u005fmethod).
+// or a PUT. It reads the body as leniently as those frameworks do: a body
+// without a usable Content-Type as a form, any multipart/* type, any JSON
+// type, field names decoded (%5Fmethod, \u005fmethod) and spelled as PHP
+// reads them (".method" and " method" are "_method" there).
 func bodyOverridesMethod(contentType string, body []byte) bool {
 	if len(body) == 0 {
 		return false
 	}
-	mt, params, _ := mime.ParseMediaType(contentType)
+	mt, params := lenientMediaType(contentType)
 	switch {
-	case mt == "application/x-www-form-urlencoded":
-		// The pairs that decode count, even when another does not: a
-		// framework reads those too.
-		q, _ := url.ParseQuery(string(body))
-		return q.Has("_method")
-	case mt == "multipart/form-data":
-		mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
+	case strings.HasPrefix(mt, "multipart/"):
+		boundary := params["boundary"]
+		if boundary == "" {
+			// No boundary to go by: any part named _method.
+			return methodPartRE.Match(body)
+		}
+		mr := multipart.NewReader(bytes.NewReader(body), boundary)
 		for {
 			part, err := mr.NextPart()
 			if err != nil {
-				return false
+				return methodPartRE.Match(body)
 			}
-			if part.FormName() == "_method" {
+			if isMethodName(partName(part.Header.Get("Content-Disposition"))) {
 				return true
 			}
 		}
-	case mt == "application/json" || strings.HasSuffix(mt, "+json"):
+	case strings.Contains(mt, "json"):
 		var top map[string]json.RawMessage
 		if json.Unmarshal(body, &top) != nil {
 			return false
 		}
-		_, ok := top["_method"]
-		return ok
+		for k := range top {
+			if isMethodName(k) {
+				return true
+			}
+		}
+		return false
+	case mt == "application/x-www-form-urlencoded", mt == "", !strings.Contains(mt, "/"):
+		// A form, or what Rack reads as one: no type, or one it cannot
+		// use. The pairs that decode count, even when another does not.
+		q, _ := url.ParseQuery(string(body))
+		return methodField(q) != ""
 	}
 	return false
+}
+
+// lenientMediaType is the media type (lower case, cut at the first ';',
+// ',' or space, as Rack and PHP cut it) and its parameters, read one by
+// one so that a malformed one does not hide the others.
+func lenientMediaType(ct string) (string, map[string]string) {
+	mt, rest, _ := strings.Cut(ct, ";")
+	if i := strings.IndexAny(mt, ", \t"); i >= 0 {
+		mt = mt[:i]
+	}
+	params := map[string]string{}
+	for _, p := range strings.Split(rest, ";") {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok {
+			continue
+		}
+		k = strings.ToLower(strings.TrimSpace(k))
+		if _, seen := params[k]; !seen {
+			params[k] = strings.Trim(strings.TrimSpace(v), `"`)
+		}
+	}
+	return strings.ToLower(strings.TrimSpace(mt)), params
+}
+
+// partName is the name="..." of a part's Content-Disposition, whatever its
+// disposition type.
+func partName(cd string) string {
+	for _, p := range strings.Split(cd, ";") {
+		k, v, ok := strings.Cut(p, "=")
+		if ok && strings.EqualFold(strings.TrimSpace(k), "name") {
+			return strings.Trim(strings.TrimSpace(v), `"`)
+		}
+	}
+	return ""
+}
+
+var methodPartRE = regexp.MustCompile(`(?i)name\s*=\s*"?[._ ]method"?`)
+
+// isMethodName reports a field name that a framework reads as _method:
+// PHP turns '.' and ' ' in a name into '_'.
+func isMethodName(name string) bool {
+	return len(name) == len("_method") && strings.ContainsRune("_. ", rune(name[0])) && name[1:] == "method"
+}
+
+// methodField is the name of a field of q that frameworks read as
+// _method, or "".
+func methodField(q url.Values) string {
+	for k := range q {
+		if isMethodName(k) {
+			return k
+		}
+	}
+	return ""
 }
 
 // setJTI records the token's id in ev: raw, as `applianced token revoke
