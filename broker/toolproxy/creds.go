@@ -145,25 +145,30 @@ func (p *Proxy) inject(ctx context.Context, t *tool, out *http.Request) (http.Ro
 	return tr, forms, err
 }
 
-// pathForms are the spellings of t's credential, for scrubbing audited
-// paths: those of the last call's injection, or, before any call, those of
-// the secret in the vault. (An OAuth2 tool's token is known only once a
-// call has fetched it; a tls_client credential is never in a request.)
-func (p *Proxy) pathForms(ctx context.Context, t *tool) echoForms {
-	if f := t.forms.Load(); f != nil {
-		return *f
+// learnForms learns the spellings of the credential of every tool of st
+// that does not know them yet, for scrubbing audited paths (auditPath reads
+// only what is known, so that no request makes the proxy read the vault
+// before its caller is checked). It runs at start and at reload; a tool's
+// calls then keep its spellings up to date. A tool whose secret cannot be
+// read now (not stored yet, say) learns them at its first call. An OAuth2
+// tool's token is known only once a call has fetched it, and a tls_client
+// credential is never in a request.
+func (p *Proxy) learnForms(st *state) {
+	for _, t := range st.tools {
+		if t.forms.Load() != nil {
+			continue
+		}
+		switch t.cfg.Auth.Type {
+		case AuthOAuth2Client, AuthTLSClient:
+			continue
+		}
+		var forms echoForms
+		dummy, _ := http.NewRequest(http.MethodGet, t.base.String(), nil)
+		if _, err := p.injectInto(context.Background(), t, dummy, &forms); err != nil {
+			continue
+		}
+		t.forms.Store(&forms)
 	}
-	switch t.cfg.Auth.Type {
-	case AuthOAuth2Client, AuthTLSClient:
-		return nil
-	}
-	var forms echoForms
-	dummy, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.base.String(), nil)
-	if _, err := p.injectInto(ctx, t, dummy, &forms); err != nil {
-		return nil // the call fails at injection, with its own record
-	}
-	t.forms.Store(&forms)
-	return forms
 }
 
 func (p *Proxy) injectInto(ctx context.Context, t *tool, out *http.Request, forms *echoForms) (http.RoundTripper, error) {

@@ -249,3 +249,25 @@ func TestOtherToolsCredentialInThePathNeverReachesTheJournal(t *testing.T) {
 	}
 	e.assertNowhere(otherSecret)
 }
+
+// A request before its caller is checked never makes the proxy read the
+// vault: a tool whose secret is not stored yet costs no secret.use record
+// per unauthenticated request.
+func TestUnauthenticatedRequestsReadNoSecret(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := newEnv(t, envOpts{tools: []Tool{stdTool(u.URL)}})
+	for range 5 {
+		if got := e.do("GET", "/v1/tools/tickets/tickets/1", "", nil, nil); got.status != http.StatusUnauthorized {
+			t.Fatalf("got %d %s, want 401", got.status, got.body)
+		}
+	}
+	n := 0
+	for _, ev := range e.events() {
+		if ev.Type == "secret.use" {
+			n++
+		}
+	}
+	if n > 1 {
+		t.Errorf("%d secret.use records for 5 requests without a token, want at most the one at start", n)
+	}
+}

@@ -234,6 +234,7 @@ func New(opts Options) (*Proxy, error) {
 		return nil, err
 	}
 	p.cur.Store(stt)
+	p.learnForms(stt)
 	st, err := openStore(filepath.Join(opts.StateDir, "toolproxy.db"))
 	if err != nil {
 		return nil, err
@@ -309,6 +310,7 @@ func (p *Proxy) reload(tools []Tool, risk RiskConfig, dc *dlp.Config) error {
 		}
 	}
 	p.cur.Store(st)
+	p.learnForms(st)
 	p.risk.setConfig(risk)
 	for name, t := range old.tools {
 		if st.tools[name] != t {
