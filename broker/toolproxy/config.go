@@ -2,10 +2,12 @@ package toolproxy
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -216,7 +218,7 @@ func (t *Tool) Validate() []*conf.FieldError {
 				break
 			}
 			if ri.Approval == ApprovalRequired && rj.Approval != ApprovalRequired {
-				if m, p, ok := rj.overlap(ri); ok {
+				if m, p, ok := t.skipsApproval(j, i); ok {
 					errs = append(errs, conf.Errf(fmt.Sprintf("route[%d]", i),
 						"%s %s needs approval, but route[%d] (%s %s), without approval, comes first for some of its calls (such as %s %s), which would skip it; list route[%d] first or narrow route[%d]",
 						ri.Method, ri.Path, j, rj.Method, rj.Path, m, p, i, j))
@@ -357,6 +359,55 @@ func (a *Route) overlap(b *Route) (method, path string, ok bool) {
 		}
 		return method, "/" + strings.Join(p, "/"), true
 	}
+}
+
+// skipsApproval looks for a call that route i matches but that route j,
+// listed before it, decides, no route before j having matched it: such a
+// call skips what route i asks for. It tries the calls both routes match
+// (overlap), with fresh names for wildcard segments and a few lengths for
+// "**", and each method when both routes take any.
+func (t *Tool) skipsApproval(j, i int) (method, path string, ok bool) {
+	rj, ri := &t.Routes[j], &t.Routes[i]
+	m, p, ok := rj.overlap(ri)
+	if !ok {
+		return "", "", false
+	}
+	ms := []string{m}
+	if rj.Method == "*" && ri.Method == "*" {
+		ms = slices.Sorted(maps.Keys(methods))
+	}
+	const fresh = "zz-any"
+	var base []string
+	if p != "/" {
+		base = strings.Split(strings.TrimPrefix(p, "/"), "/")
+	}
+	for k := range base {
+		if base[k] == "x" {
+			base[k] = fresh
+		}
+	}
+	paths := [][]string{base, append(slices.Clone(base), fresh), append(slices.Clone(base), fresh, fresh)}
+	pats := make([]pattern, i+1)
+	for k := 0; k <= i; k++ {
+		pats[k], _ = compilePattern(t.Routes[k].Path)
+	}
+	for _, method := range ms {
+		for _, segs := range paths {
+			if !pats[i].match(segs) || !pats[j].match(segs) {
+				continue
+			}
+			first := -1
+			for k := 0; k <= i && first < 0; k++ {
+				if (t.Routes[k].Method == "*" || t.Routes[k].Method == method) && pats[k].match(segs) {
+					first = k
+				}
+			}
+			if first == j {
+				return method, "/" + strings.Join(segs, "/"), true
+			}
+		}
+	}
+	return "", "", false
 }
 
 // covers reports whether route a, listed before b, matches every call b

@@ -233,6 +233,13 @@ func TestToolValidate(t *testing.T) {
 		{"approval route partly behind one without", func(tl *Tool) {
 			tl.Routes = []Route{{Method: "*", Path: "/pages/*", Scope: "tickets:read"}, {Method: "DELETE", Path: "/pages/**", Scope: "tickets:delete", Approval: ApprovalRequired}}
 		}, "route[1]"},
+		{"approval route partly behind one without, the rest behind one with", func(tl *Tool) {
+			tl.Routes = []Route{
+				{Method: "GET", Path: "/admin/**", Scope: "tickets:read", Approval: ApprovalRequired},
+				{Method: "GET", Path: "/**", Scope: "tickets:read"},
+				{Method: "*", Path: "/admin/**", Scope: "tickets:delete", Approval: ApprovalRequired},
+			}
+		}, ""},
 		{"approval route first", func(tl *Tool) {
 			tl.Routes = []Route{{Method: "DELETE", Path: "/pages/**", Scope: "tickets:delete", Approval: ApprovalRequired}, {Method: "*", Path: "/pages/*", Scope: "tickets:read"}}
 		}, ""},
