@@ -65,7 +65,7 @@ func (p *Proxy) Decide(ctx context.Context, id string, approve bool, by audit.Ac
 		Source: "unix", Details: map[string]string{"approver": "admin", "agent": a.Agent, "user": a.User, "tool": a.Tool, "method": a.Method, "path": a.Path},
 	}
 	if st := a.effective(now); st != StatusPending {
-		ev.Type, ev.Outcome, ev.Reason = "approval.deny", audit.OutcomeDenied, "the approval is "+st
+		ev.Type, ev.Outcome, ev.Reason = "approval.refused", audit.OutcomeDenied, "the approval is "+st
 		if _, err := p.opts.Audit.Append(ctx, ev); err != nil {
 			return nil, err
 		}

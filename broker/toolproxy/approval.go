@@ -189,7 +189,7 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	// Not the actor: nobody has authenticated yet.
-	ev.Details["approval_agent"] = a.Agent
+	ev.Details["agent"] = a.Agent
 	if st := a.effective(now); st != StatusPending {
 		fail(http.StatusConflict, CodeApprovalInvalid, "the approval is "+st)
 		return
@@ -214,26 +214,31 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	reason := "wrong user or code"
 	if !ok {
-		a2, _ := p.store.updateApprovalKeep(id, func(a *Approval) error {
+		// The failure that reaches maxTOTPFailures denies the approval: that
+		// denial is recorded before it takes effect.
+		if cur, err := p.store.approval(id); err == nil && cur.effective(now) == StatusPending && cur.Failures+1 >= maxTOTPFailures {
+			if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), &audit.Event{
+				Type: "approval.deny", Severity: audit.SeverityWarn, Action: "approval.deny", Target: id,
+				Outcome: audit.OutcomeSuccess, Reason: "too many failed codes", RequestID: ev.RequestID, Source: src,
+				Details: map[string]string{"approver": "totp", "agent": a.Agent, "user": a.User, "tool": a.Tool},
+			}); err != nil {
+				writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
+				return
+			}
+		}
+		denied := false
+		_, _ = p.store.updateApprovalKeep(id, func(a *Approval) error {
 			a.Failures++
 			if a.Failures >= maxTOTPFailures && a.Status == StatusPending {
 				a.Status, a.DecidedBy, a.DecidedAt = StatusDenied, "too many failed codes", now
+				denied = true
 			}
 			return nil
 		})
-		autoDenied := a2 != nil && a2.Status == StatusDenied && a2.DecidedAt.Equal(now)
-		if autoDenied {
+		if denied {
 			ev.Details["auto_denied"] = "true"
 		}
 		fail(http.StatusForbidden, CodeAccessDenied, reason)
-		if autoDenied {
-			// The denial itself, for whoever follows approval.deny.
-			_, _ = p.opts.Audit.Append(context.WithoutCancel(r.Context()), &audit.Event{
-				Type: "approval.deny", Severity: audit.SeverityWarn, Action: "approval.deny", Target: id,
-				Outcome: audit.OutcomeSuccess, Reason: "too many failed codes", Source: src,
-				Details: map[string]string{"approver": "totp", "approval_agent": a.Agent},
-			})
-		}
 		return
 	}
 	// Recorded before it takes effect: no decision without a record.
@@ -246,7 +251,7 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	a, err = p.store.decide(id, d.Decision == "approve", "user:"+d.User, now)
 	if err != nil {
-		ev.Type, ev.Outcome = "approval.deny", audit.OutcomeFailure
+		ev.Type, ev.Outcome = "approval.refused", audit.OutcomeFailure
 		fail(http.StatusConflict, CodeApprovalInvalid, "the approval could not be decided: "+err.Error())
 		return
 	}

@@ -224,8 +224,8 @@ func TestStrangersCannotDenyAnApproval(t *testing.T) {
 			t.Fatalf("got %d %s, want 403", got.status, got.body)
 		}
 	}
-	if ev := e.lastEvent("approval.refused"); ev.Actor != (audit.Actor{}) || ev.Details["claimed_user"] != "mallory" || ev.Details["approval_agent"] != "bot" {
-		t.Errorf("refused decision recorded as %+v, want no actor, claimed_user=mallory, approval_agent=bot", ev)
+	if ev := e.lastEvent("approval.refused"); ev.Actor != (audit.Actor{}) || ev.Details["claimed_user"] != "mallory" || ev.Details["agent"] != "bot" {
+		t.Errorf("refused decision recorded as %+v, want no actor, claimed_user=mallory, agent=bot", ev)
 	}
 	code, err := totp.GenerateCode(totpSecret(t, aliceURI), e.clk.Now())
 	if err != nil {
