@@ -200,22 +200,29 @@ func (a *Authenticator) Stats() Stats {
 	}
 }
 
-// Unlock clears the failures counted against a user name and against a
-// client address (either may be empty), so that their next login goes to
-// the directory at once. It reports whether anything was counted. It does
-// not touch the directory's own lockout (AD's badPwdCount).
-func (a *Authenticator) Unlock(user, source string) (userHad, sourceHad bool, err error) {
-	if user != "" {
-		name, err := parseLoginName(user, a.cfg.NetBIOSDomain)
-		if err != nil {
-			return false, false, err
-		}
-		userHad = a.users.reset(name.key)
+// UserKey is the key under which failed logins of user are counted (the
+// name as the directory knows it), or why user is not a login name.
+func (a *Authenticator) UserKey(user string) (string, error) {
+	name, err := parseLoginName(user, a.cfg.NetBIOSDomain)
+	if err != nil {
+		return "", err
+	}
+	return name.key, nil
+}
+
+// Unlock clears the failures counted against a user key (UserKey) and
+// against a client address, as logins give it (either may be empty), so
+// that their next login goes to the directory at once. It reports whether
+// anything was counted. It does not touch the directory's own lockout
+// (AD's badPwdCount).
+func (a *Authenticator) Unlock(userKey, source string) (userHad, sourceHad bool) {
+	if userKey != "" {
+		userHad = a.users.reset(userKey)
 	}
 	if source != "" {
 		sourceHad = a.sources.reset(source)
 	}
-	return userHad, sourceHad, nil
+	return userHad, sourceHad
 }
 
 // Login checks a user's password and returns the user's identity. A denied

@@ -1099,4 +1099,14 @@ func TestLDAPUnlockClearsCountedFailures(t *testing.T) {
 	if got := adminStatus(err); got != http.StatusBadRequest {
 		t.Errorf("unlock of a bad address: got %d (%v), want 400", got, err)
 	}
+	// The agent socket's logins are counted under "unix".
+	if err := x.admin.Call(x.ctx, "POST", adminLDAPUnlock, ldapUnlockRequest{Source: "unix"}, &rep); err != nil {
+		t.Errorf("unlock of the agent socket's source: %v", err)
+	}
+	// A name that is no login name is refused before anything is recorded.
+	before := x.d.journal.LastSeq()
+	err = x.admin.Call(x.ctx, "POST", adminLDAPUnlock, ldapUnlockRequest{User: "bad\x00name"}, nil)
+	if got := adminStatus(err); got != http.StatusBadRequest || x.d.journal.LastSeq() != before {
+		t.Errorf("unlock of a bad name: got %d (%v), journal %d -> %d; want 400 and no record", got, err, before, x.d.journal.LastSeq())
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -31,8 +32,6 @@ const (
 	adminLDAPUnlock = "/admin/v1/ldap/unlock"
 )
 
-// ldapTestRequest is the body of POST /admin/v1/ldap/test. It travels only
-// over the admin socket.
 // ldapUnlockRequest names the user and/or client address whose counted
 // login failures to clear.
 type ldapUnlockRequest struct {
@@ -46,6 +45,8 @@ type ldapUnlockReply struct {
 	SourceHad bool `json:"source_had_failures"`
 }
 
+// ldapTestRequest is the body of POST /admin/v1/ldap/test. It travels only
+// over the admin socket.
 type ldapTestRequest struct {
 	Username string `json:"username"`
 	Password string `json:"password"`
@@ -252,24 +253,38 @@ func (dir *directory) handleUnlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Source != "" {
-		addr, err := netip.ParseAddr(req.Source)
-		if err != nil {
-			admin.WriteError(w, http.StatusBadRequest, "invalid_request", fmt.Sprintf("--source %q is not an IP address", req.Source))
+		// As logins give it: an IP address, "unix" for the agent socket,
+		// "unix:uid=N" for `ldap test`.
+		switch addr, err := netip.ParseAddr(req.Source); {
+		case err == nil:
+			req.Source = addr.Unmap().String()
+		case req.Source == "unix" || unixUIDSourceRE.MatchString(req.Source):
+		default:
+			admin.WriteError(w, http.StatusBadRequest, "invalid_request", fmt.Sprintf(
+				"--source %q: want an IP address, \"unix\" (logins over the agent socket) or \"unix:uid=N\" (ldap test)", req.Source))
 			return
 		}
-		req.Source = addr.Unmap().String()
 	}
 	a := dir.cur.Load()
 	if a == nil {
 		admin.WriteError(w, http.StatusNotFound, "not_configured", "no [ldap] section in the config")
 		return
 	}
+	var userKey string
+	if req.User != "" {
+		k, err := a.UserKey(req.User)
+		if err != nil {
+			admin.WriteError(w, http.StatusBadRequest, "invalid_request", fmt.Sprintf("--user %q: %v", req.User, err))
+			return
+		}
+		userKey = k
+	}
 	caller, _ := admin.CallerFrom(r.Context())
 	ev := &audit.Event{Type: "auth.unlock", Actor: caller.Actor(), Action: "ldap.unlock", Outcome: audit.OutcomeSuccess,
 		Source: "unix", Details: map[string]string{}}
 	if req.User != "" {
-		ev.Target = req.User
-		ev.Details["user"] = req.User
+		ev.Target = userKey
+		ev.Details["user"] = userKey
 	}
 	if req.Source != "" {
 		ev.Details["source"] = req.Source
@@ -278,13 +293,11 @@ func (dir *directory) handleUnlock(w http.ResponseWriter, r *http.Request) {
 		admin.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the audit journal cannot be written")
 		return
 	}
-	userHad, sourceHad, err := a.Unlock(req.User, req.Source)
-	if err != nil {
-		admin.WriteError(w, http.StatusBadRequest, "invalid_request", err.Error())
-		return
-	}
+	userHad, sourceHad := a.Unlock(userKey, req.Source)
 	admin.WriteJSON(w, http.StatusOK, ldapUnlockReply{UserHad: userHad, SourceHad: sourceHad})
 }
+
+var unixUIDSourceRE = regexp.MustCompile(`^unix:uid=[0-9]+$`)
 
 // cmdLDAPUnlock is `applianced ldap unlock [--user NAME] [--source ADDR]`.
 func cmdLDAPUnlock(ctx context.Context, e *env, args []string) int {
@@ -296,7 +309,7 @@ func cmdLDAPUnlock(ctx context.Context, e *env, args []string) int {
 		"applianced ldap unlock --user alice",
 		"applianced ldap unlock --source 10.20.0.7")
 	user := fs.String("user", "", "the user `NAME` (as the user logs in)")
-	source := fs.String("source", "", "the client `ADDRESS` (the chatbot backend, for one)")
+	source := fs.String("source", "", "the client `ADDRESS` (the chatbot backend, for one), or unix for logins over the agent socket")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
