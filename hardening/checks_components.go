@@ -204,16 +204,17 @@ type RouteScope struct {
 	Tool, Route, Scope string
 }
 
-// RouteScopeCheck warns for each tool route whose scope no [[role]] grants:
-// no agent can ever get a token that calls it.
+// RouteScopeCheck warns for each tool route whose scope is not in granted
+// (the scopes of the roles agents hold): no agent can ever get a token
+// that calls it.
 func RouteScopeCheck(routes []RouteScope, granted []string) Check {
 	return Check{Name: "route scopes", Run: func(ctx context.Context) []Result {
 		var out []Result
 		for _, r := range routes {
 			if !slices.Contains(granted, r.Scope) {
 				out = append(out, Result{Name: "tool " + r.Tool + " route " + r.Route, Status: Warn,
-					Detail: fmt.Sprintf("scope %q is granted by no [[role]]: no agent can call this route", r.Scope),
-					Fix:    fmt.Sprintf("add %q to the scopes of the role(s) that should call it, or correct the route's scope", r.Scope)})
+					Detail: fmt.Sprintf("scope %q is granted by no role an agent holds: no agent can call this route", r.Scope),
+					Fix:    fmt.Sprintf("add %q to the scopes of a role of the agent(s) that should call it, or correct the route's scope", r.Scope)})
 			}
 		}
 		if len(out) == 0 {

@@ -135,7 +135,8 @@ func (e *TooManyPendingError) Unwrap() error { return ErrTooManyPending }
 // createApproval stores a, unless an approval for the very same call
 // (CallHash) is still pending: that one is returned instead, so that
 // asking again does not queue a second one. It refuses with
-// ErrTooManyPending when a's agent has maxPendingPerAgent pending, and it
+// ErrTooManyPending when a's agent has maxPendingPerAgent pending for a's
+// user (or for itself alone), and it
 // drops approvals that ended over a day ago (not one whose expiry is still
 // to be recorded by the sweep).
 func (s *store) createApproval(a *Approval, now time.Time) (*Approval, error) {

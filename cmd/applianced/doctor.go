@@ -118,9 +118,18 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 			routes = append(routes, hardening.RouteScope{Tool: t.Name, Route: r.Method + " " + r.Path, Scope: r.Scope})
 		}
 	}
+	// A tool token carries scopes of the roles its agent holds.
+	held := map[string]bool{}
+	for _, a := range cfg.Agents {
+		for _, r := range a.Roles {
+			held[r] = true
+		}
+	}
 	var granted []string
 	for _, r := range cfg.Roles {
-		granted = append(granted, r.Scopes...)
+		if held[r.Name] {
+			granted = append(granted, r.Scopes...)
+		}
 	}
 	return append(checks,
 		hardening.SyslogCheck(adminSyslog{client}),
