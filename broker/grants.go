@@ -488,7 +488,12 @@ func (b *Broker) handleLogin(w http.ResponseWriter, r *http.Request) {
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&in); err != nil || dec.More() {
-			writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request", "malformed JSON body"))
+			why := "trailing data"
+			if err != nil {
+				why = strings.TrimPrefix(err.Error(), "json: ")
+			}
+			writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_request",
+				`malformed JSON body (%s): /v1/login takes {"username": ..., "password": ...}; a token for a tool is an agent's, got by token exchange`, why))
 			return
 		}
 	} else {
