@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
-	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -224,9 +223,7 @@ func (c Config) Validate() []*conf.FieldError {
 		}
 	}
 	if c.CAFile != "" {
-		if b, err := os.ReadFile(c.CAFile); err != nil {
-			add("ca_file", "cannot read: %v", err)
-		} else if _, err := certPool(b); err != nil {
+		if _, err := conf.CertPool(c.CAFile); err != nil {
 			add("ca_file", "%v", err)
 		}
 	}

@@ -37,7 +37,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -46,6 +45,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/conf"
 )
 
 // SecretFunc returns the value of the named vault secret (the service
@@ -137,12 +137,9 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 	c.URLs = append([]string(nil), cfg.URLs...)
 	var roots *x509.CertPool
 	if c.CAFile != "" {
-		b, err := os.ReadFile(c.CAFile)
-		if err != nil {
+		var err error
+		if roots, err = conf.CertPool(c.CAFile); err != nil {
 			return nil, fmt.Errorf("ldapauth: ca_file: %w", err)
-		}
-		if roots, err = certPool(b); err != nil {
-			return nil, err
 		}
 	}
 	a := &Authenticator{
@@ -162,14 +159,6 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 		a.dcs = append(a.dcs, d)
 	}
 	return a, nil
-}
-
-func certPool(pemBytes []byte) (*x509.CertPool, error) {
-	p := x509.NewCertPool()
-	if !p.AppendCertsFromPEM(pemBytes) {
-		return nil, errors.New("ldapauth: ca_file holds no PEM certificate")
-	}
-	return p, nil
 }
 
 func (a *Authenticator) now() time.Time { return a.opts.Now() }

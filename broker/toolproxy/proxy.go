@@ -151,7 +151,7 @@ type tool struct {
 	transport   *http.Transport // without a client certificate
 
 	// forms are the spellings of the credential last injected, to scrub
-	// it from audited paths (pathForms); every call refreshes them.
+	// it from audited paths (learnForms); every call refreshes them.
 	forms atomic.Pointer[echoForms]
 
 	mu     sync.Mutex
