@@ -2,12 +2,14 @@ package toolproxy
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/applianced/applianced/audit"
 )
@@ -229,6 +231,36 @@ func TestUnrequestedContentEncodingIsRefused(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A range request asks the tool for identity: a store that keeps objects
+// gzipped and sends them so to anyone who does not refuse it answers with
+// the plain bytes, which the proxy can scan and pass on.
+func TestRangeRequestAsksForIdentity(t *testing.T) {
+	const doc = `{"title": "Printer on floor 2 jams", "status": "open"}`
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte(doc))
+	_ = zw.Close()
+	u := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		// As RFC 9110 allows: no Accept-Encoding means any encoding.
+		if ae := r.Header.Get("Accept-Encoding"); ae == "" || strings.Contains(ae, "gzip") {
+			w.Header().Set("Content-Encoding", "gzip")
+			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(gz.Bytes()))
+			return
+		}
+		http.ServeContent(w, r, "", time.Time{}, strings.NewReader(doc))
+	})
+	e := stdEnv(t, u, RiskConfig{})
+	got := e.do("GET", "/v1/tools/tickets/raw/1", agentToken, nil, map[string]string{"Range": "bytes=0-19"})
+	if got.status != http.StatusPartialContent || string(got.body) != doc[:20] {
+		t.Fatalf("got %d %q, want 206 %q", got.status, got.body, doc[:20])
+	}
+	// Without a range the transport asks for gzip and decodes it.
+	if got := e.do("GET", "/v1/tools/tickets/raw/1", agentToken, nil, nil); got.status != http.StatusOK || string(got.body) != doc {
+		t.Fatalf("got %d %q, want 200 %q", got.status, got.body, doc)
 	}
 }
 

@@ -98,6 +98,15 @@ func (p *Proxy) forward(c *call) {
 		}
 	}
 
+	// The transport asks for gzip, and decodes it, except for a range
+	// request: part of a gzip stream cannot be decoded, so it sends no
+	// Accept-Encoding, which allows any encoding. A store of gzipped
+	// objects then answers with gzip the proxy could neither scan nor
+	// pass on; asking for identity gets the plain bytes.
+	if out.Header.Get("Range") != "" {
+		out.Header.Set("Accept-Encoding", "identity")
+	}
+
 	tr, echo, err := p.inject(ctx, t, out)
 	if err != nil {
 		p.log.Error("toolproxy: preparing the credential", "tool", t.cfg.Name, "err", err, "request_id", c.ev.RequestID)
