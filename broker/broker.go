@@ -324,13 +324,17 @@ type PeriodicRechecker interface {
 
 // RecheckHolders asks the directory about every user holding a token that
 // may still be live, and revokes every token and session of one it now
-// refuses (a token.revoke event with trigger directory_recheck). A
-// directory that cannot answer ends the round; the next one tries again.
+// refuses (a token.revoke event with trigger directory_recheck). A user
+// the directory fails to answer about is asked again at the next round;
+// two failures in a row end the round, as a directory that cannot answer
+// one user cannot answer the next, and waiting out a timeout per user
+// would only delay the round after it.
 func (b *Broker) RecheckHolders(ctx context.Context) {
 	if b.auth == nil {
 		return
 	}
 	now := b.now()
+	failures := 0
 	b.holders.Range(func(k, v any) bool {
 		user, until := k.(string), v.(time.Time)
 		if now.After(until.Add(leeway)) {
@@ -345,13 +349,18 @@ func (b *Broker) RecheckHolders(ctx context.Context) {
 			_, denied, err = b.auth.Recheck(ctx, user, "", false)
 		}
 		if err != nil {
-			// A directory that cannot answer one user cannot answer the
-			// next: the round ends rather than wait out a timeout per user.
-			if ctx.Err() == nil {
-				b.log.Warn("broker: periodic directory check failed; trying again at the next round", "err", err)
+			if ctx.Err() != nil {
+				return false
 			}
-			return false
+			failures++
+			if failures == 2 {
+				b.log.Warn("broker: periodic directory check failed twice in a row; the round ends and the next one tries again", "user", user, "err", err)
+				return false
+			}
+			b.log.Warn("broker: periodic directory check of a user failed; asking again at the next round", "user", user, "err", err)
+			return true
 		}
+		failures = 0
 		if denied != "" {
 			if err := b.revokeDirectoryDenied(ctx, &request{grant: "directory_recheck"}, user, denied); err != nil {
 				b.log.Error("broker: revoking the tokens of a user the directory refuses", "user", user, "err", err)

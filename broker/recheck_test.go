@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 )
 
 // recheckAuth is staticAuth whose Recheck answer a test sets.
@@ -92,4 +93,76 @@ func TestRecheckSemantics(t *testing.T) {
 			t.Errorf("a revoked session asked the directory again (%d calls)", after-before)
 		}
 	})
+}
+
+// perUserAuth answers Recheck from a table per user: an error, a refusal,
+// or (absent) staticAuth's answer.
+type perUserAuth struct {
+	staticAuth
+	mu     sync.Mutex
+	denied map[string]string
+	errs   map[string]error
+	asked  []string
+}
+
+func (a *perUserAuth) Recheck(ctx context.Context, username, source string, fresh bool) (Identity, string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.asked = append(a.asked, username)
+	if err := a.errs[username]; err != nil {
+		return Identity{}, "", err
+	}
+	if d := a.denied[username]; d != "" {
+		return Identity{}, d, nil
+	}
+	return a.staticAuth.Recheck(ctx, username, source, fresh)
+}
+
+// TestPeriodicRecheckGoesOnPastOneUsersFailure: the directory failing to
+// answer about one user does not spare another it now refuses, whatever
+// order the round takes them in; two failures in a row end the round.
+func TestPeriodicRecheckGoesOnPastOneUsersFailure(t *testing.T) {
+	e := newEnv(t, nil)
+	auth := &perUserAuth{staticAuth: e.opts.Auth.(staticAuth)}
+	e.opts.Auth = auth
+	var err error
+	if e.b, err = New(context.Background(), e.opts); err != nil {
+		t.Fatal(err)
+	}
+	e.serveHTTPS()
+	e.serveSocket()
+	tokens := map[string]string{}
+	for _, u := range []string{"alice", "bob"} {
+		lg := e.login(u, u+"-pw")
+		if lg.status != 200 {
+			t.Fatalf("login %s: got %d %v", u, lg.status, lg.body)
+		}
+		tokens[u] = lg.str("access_token")
+	}
+	auth.errs = map[string]error{"bob": errors.New("ldapauth: search for bob: size limit exceeded")}
+	auth.denied = map[string]string{"alice": "account_locked"}
+	// The round's order is the map's, which varies: several rounds see
+	// both orders.
+	for range 8 {
+		e.b.RecheckHolders(context.Background())
+	}
+	if in := e.introspect(tokens["alice"]); in.body["active"] != false {
+		t.Errorf("alice's token after the directory refused her: got %v, want inactive", in.body)
+	}
+	if in := e.introspect(tokens["bob"]); in.body["active"] != true {
+		t.Errorf("bob's token after a failed lookup: got %v, want still active", in.body)
+	}
+
+	// A directory that fails for everyone: one round asks two users, not
+	// every holder.
+	auth.mu.Lock()
+	auth.errs["alice"], auth.errs["carol"] = errors.New("down"), errors.New("down")
+	auth.asked = nil
+	auth.mu.Unlock()
+	e.b.holders.Store("alice", e.clock.Now().Add(time.Hour))
+	e.b.holders.Store("carol", e.clock.Now().Add(time.Hour))
+	e.b.RecheckHolders(context.Background())
+	if len(auth.asked) != 2 {
+		t.Errorf("a round with the directory down asked %v, want two users", auth.asked)
+	}
 }
