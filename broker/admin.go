@@ -42,6 +42,13 @@ type RevokeRequest struct {
 	User  string `json:"user,omitempty"`
 }
 
+// RevokeAnswer is the answer of AdminTokenRevoke: the request, and for a
+// user what the revocation found.
+type RevokeAnswer struct {
+	RevokeRequest
+	User *UserRevocation `json:"user_revocation,omitempty"`
+}
+
 // RegisterAdmin mounts the agent and token verbs on the admin mux.
 func (b *Broker) RegisterAdmin(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+AdminAgentList, func(w http.ResponseWriter, r *http.Request) {
@@ -112,13 +119,17 @@ func (b *Broker) RegisterAdmin(mux *http.ServeMux) {
 				admin.WriteError(w, http.StatusBadRequest, "invalid_request", "not a user name")
 				return
 			}
-			err = b.RevokeUser(r.Context(), req.User, caller.Actor())
+			var res UserRevocation
+			if res, err = b.RevokeUser(r.Context(), req.User, caller.Actor()); err == nil {
+				admin.WriteJSON(w, http.StatusOK, RevokeAnswer{RevokeRequest: req, User: &res})
+				return
+			}
 		}
 		if err != nil {
 			writeAdminError(w, err)
 			return
 		}
-		admin.WriteJSON(w, http.StatusOK, req)
+		admin.WriteJSON(w, http.StatusOK, RevokeAnswer{RevokeRequest: req})
 	})
 }
 

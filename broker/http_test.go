@@ -462,7 +462,7 @@ func TestRevokeUserEndsSessions(t *testing.T) {
 	if ex.status != 200 {
 		t.Fatalf("exchange: %d %v", ex.status, ex.body)
 	}
-	if err := e.b.RevokeUser(ctx, "alice", audit.Actor{}); err != nil {
+	if _, err := e.b.RevokeUser(ctx, "alice", audit.Actor{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.b.Verify(ctx, ex.str("access_token"), e.b.ToolAudience()); !errors.Is(err, ErrUserRevoked) {

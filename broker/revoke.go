@@ -22,9 +22,15 @@ type revocations struct {
 	mu     sync.RWMutex
 	jtis   map[string]time.Time // jti -> until
 	agents map[string]time.Time // agent -> tokens issued at or before this are revoked
-	users  map[string]time.Time
+	users  map[string]time.Time // userKey(user) -> as agents
 	until  map[string]time.Time // kind\x00value -> until, for pruning agents/users
 }
+
+// userKey is how a revocation names a user. Directories compare login
+// names without regard to case (sAMAccountName, and uid under
+// caseIgnoreMatch), and a token carries the name as the directory stores
+// it: `token revoke --user ALICE` must reach the tokens of "alice".
+func userKey(name string) string { return strings.ToLower(name) }
 
 func newRevocations(list []Revocation) *revocations {
 	r := &revocations{jtis: map[string]time.Time{}, agents: map[string]time.Time{},
@@ -46,9 +52,14 @@ func (r *revocations) add(x Revocation) {
 			r.agents[x.Value] = x.At
 		}
 	case RevokeUser:
-		if x.At.After(r.users[x.Value]) {
-			r.users[x.Value] = x.At
+		k := userKey(x.Value)
+		if x.At.After(r.users[k]) {
+			r.users[k] = x.At
 		}
+		if x.Until.After(r.until[x.Kind+"\x00"+k]) {
+			r.until[x.Kind+"\x00"+k] = x.Until
+		}
+		return
 	}
 	r.until[x.Kind+"\x00"+x.Value] = x.Until
 }
@@ -68,7 +79,7 @@ func (r *revocations) check(p *Principal) error {
 		}
 	}
 	if p.User != "" {
-		if at, ok := r.users[p.User]; ok && !p.IssuedAt.After(at) {
+		if at, ok := r.users[userKey(p.User)]; ok && !p.IssuedAt.After(at) {
 			return ErrUserRevoked
 		}
 	}
@@ -130,15 +141,34 @@ func (b *Broker) revokeAgent(ctx context.Context, name string, by audit.Actor, r
 	return b.adminRevoke(ctx, x, by, details)
 }
 
+// UserRevocation is what RevokeUser found: how many sessions it ended,
+// and whether the appliance had issued the user a token that may still be
+// live. Neither, for a name the admin typed, usually means a misspelling.
+type UserRevocation struct {
+	SessionsEnded int  `json:"sessions_ended"`
+	HeldLiveToken bool `json:"held_live_token"`
+}
+
 // RevokeUser revokes every token of or for the user issued until now and
-// ends the user's sessions (refresh tokens).
-func (b *Broker) RevokeUser(ctx context.Context, name string, by audit.Actor) error {
+// ends the user's sessions (refresh tokens). The name is matched without
+// regard to case, as the directory matches it.
+func (b *Broker) RevokeUser(ctx context.Context, name string, by audit.Actor) (UserRevocation, error) {
 	now := b.now()
+	var res UserRevocation
+	b.holders.Range(func(k, v any) bool {
+		if strings.EqualFold(k.(string), name) && !now.After(v.(time.Time).Add(leeway)) {
+			res.HeldLiveToken = true
+			return false
+		}
+		return true
+	})
 	x := Revocation{Kind: RevokeUser, Value: name, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
-	return b.adminRevoke(ctx, x, by, map[string]string{"user": name}, func(ctx context.Context) error {
-		_, err := b.store.RevokeUserFamilies(ctx, name)
+	err := b.adminRevoke(ctx, x, by, map[string]string{"user": name}, func(ctx context.Context) error {
+		n, err := b.store.RevokeUserFamilies(ctx, name)
+		res.SessionsEnded = n
 		return err
 	})
+	return res, err
 }
 
 // adminRevoke records the revocation, then makes it (and also, if set). A

@@ -237,6 +237,37 @@ func TestRevocationPersistsAndIsPruned(t *testing.T) {
 	}
 }
 
+// TestRevokeUserIgnoresCase: the directory matches login names without
+// regard to case, so `token revoke --user ALICE` ends the tokens and the
+// sessions of the user the directory calls alice, and says what it found.
+func TestRevokeUserIgnoresCase(t *testing.T) {
+	e := newEnv(t, nil)
+	e.serveHTTPS()
+	e.serveSocket()
+	ctx := context.Background()
+	lg := e.login("alice", "alice-pw")
+	if lg.status != 200 {
+		t.Fatalf("login: got %d %v", lg.status, lg.body)
+	}
+	e.clock.Set(time.Now().Add(time.Second)) // iat has one-second resolution
+	res, err := e.b.RevokeUser(ctx, "ALICE", audit.Actor{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SessionsEnded != 1 || !res.HeldLiveToken {
+		t.Errorf("revoking ALICE found %+v, want her one session and a live token", res)
+	}
+	if in := e.introspect(lg.str("access_token")); in.body["active"] != false {
+		t.Errorf("alice's token after revoking ALICE: got %v, want inactive", in.body)
+	}
+	if r := e.refresh(lg.str("refresh_token")); r.status == 200 {
+		t.Errorf("alice's session after revoking ALICE: refresh got %d, want refused", r.status)
+	}
+	if res, err := e.b.RevokeUser(ctx, "nosuch", audit.Actor{}); err != nil || res != (UserRevocation{}) {
+		t.Errorf("revoking a name nobody uses: got %+v, %v, want nothing found", res, err)
+	}
+}
+
 // TestRevokeAgentAndUser: token revoke --agent and --user take effect at once.
 func TestRevokeAgentAndUser(t *testing.T) {
 	e := newEnv(t, nil)
@@ -248,7 +279,7 @@ func TestRevokeAgentAndUser(t *testing.T) {
 	u.Kind, u.Subject, u.Act = KindUser, "alice", &actClaim{Sub: "bot"}
 	u.IssuedAt = jwt.NewNumericDate(time.Now().Add(-time.Second))
 	userTok := e.signed(u)
-	if err := e.b.RevokeUser(ctx, "alice", audit.Actor{}); err != nil {
+	if _, err := e.b.RevokeUser(ctx, "alice", audit.Actor{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.b.Verify(ctx, userTok, e.b.ToolAudience()); !errors.Is(err, ErrUserRevoked) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -101,7 +102,8 @@ type Store interface {
 	UndoRotate(ctx context.Context, oldHash, nextHash string) error
 	// RevokeRefresh revokes the family of the token with hash.
 	RevokeRefresh(ctx context.Context, hash string) (RefreshToken, error)
-	// RevokeUserFamilies revokes every session of user.
+	// RevokeUserFamilies revokes every session of user, whose name it
+	// matches without regard to case.
 	RevokeUserFamilies(ctx context.Context, user string) (int, error)
 	// SessionUsers lists the users with a session (refresh family) neither
 	// revoked nor expired at now.
@@ -394,7 +396,7 @@ func (s *boltStore) RevokeUserFamilies(ctx context.Context, user string) (int, e
 			if err := json.Unmarshal(v, &fam); err != nil {
 				return err
 			}
-			if fam.User == user && !fam.Revoked {
+			if strings.EqualFold(fam.User, user) && !fam.Revoked {
 				fam.Revoked = true
 				updates[string(k)] = fam
 			}

@@ -103,6 +103,9 @@ func TestAgentAndTokenVerbs(t *testing.T) {
 	if code, out := verb(2, "token", "revoke", "--jti", "nosuch"); code != exitFailure || !strings.Contains(out, "is not a token id") {
 		t.Fatalf("token revoke --jti nosuch: got %d %q, want a failure saying it is not a token id", code, out)
 	}
+	if code, out := verb(2, "token", "revoke", "--user", "nosuch"); code != exitOK || !strings.Contains(out, "0 sessions ended") || !strings.Contains(out, "misspelling") {
+		t.Fatalf("token revoke --user nosuch: got %d %q, want success with a warning that nosuch had nothing to revoke", code, out)
+	}
 	if code, out := verb(2, "token", "revoke"); code != exitUsage {
 		t.Fatalf("token revoke without a target: got %d %q, want %d", code, out, exitUsage)
 	}

@@ -35,11 +35,12 @@ func cmdTokenRevoke(ctx context.Context, e *env, args []string) int {
 		return exitUsage
 	}
 	req := broker.RevokeRequest{JTI: *jti, Agent: *agent, User: *user}
-	if err := e.call(ctx, *cfgPath, http.MethodPost, broker.AdminTokenRevoke, req, nil); err != nil {
+	var ans broker.RevokeAnswer
+	if err := e.call(ctx, *cfgPath, http.MethodPost, broker.AdminTokenRevoke, req, &ans); err != nil {
 		return e.fail("token revoke", err)
 	}
 	if *asJSON {
-		e.printJSON(req)
+		e.printJSON(ans)
 		return exitOK
 	}
 	switch {
@@ -48,7 +49,20 @@ func cmdTokenRevoke(ctx context.Context, e *env, args []string) int {
 	case *agent != "":
 		fmt.Fprintf(e.stdout, "every token of agent %s issued until now is revoked\n", *agent)
 	default:
-		fmt.Fprintf(e.stdout, "every token of user %s issued until now is revoked, and their sessions ended\n", *user)
+		fmt.Fprintf(e.stdout, "every token of user %s issued until now is revoked", *user)
+		if u := ans.User; u != nil {
+			if u.SessionsEnded == 1 {
+				fmt.Fprintln(e.stdout, "; 1 session ended")
+			} else {
+				fmt.Fprintf(e.stdout, "; %d sessions ended\n", u.SessionsEnded)
+			}
+			if u.SessionsEnded == 0 && !u.HeldLiveToken {
+				fmt.Fprintf(e.stderr, "applianced token revoke: warning: %s had no session and no token that may still be live on this appliance; "+
+					"if that is a misspelling, give the login name as the directory has it (e.g. alice, not CORP\\alice)\n", *user)
+			}
+		} else {
+			fmt.Fprintln(e.stdout)
+		}
 	}
 	return exitOK
 }
