@@ -661,6 +661,87 @@ func TestStateSurvivesRestart(t *testing.T) {
 	}
 }
 
+// After a reboot the kernel holds nothing of ours. RestoreTable, which
+// serve calls before anything that can fail, puts the applied table back
+// from the saved state alone; and Run's drift repair does it at once, not
+// at its first periodic check.
+func TestTableIsBackAtStart(t *testing.T) {
+	lab := netns.New(t)
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	serveTCP(t, lab.Hosts["internet"].NS, "203.0.113.10:443")
+	dir := t.TempDir()
+	opts := Options{Audit: j, StateDir: dir, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DriftInterval: time.Hour}
+	m1, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, needs := labConfig()
+	if _, err := m1.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reboot := func() {
+		t.Helper()
+		if err := m1.k.remove(); err != nil {
+			t.Fatal(err)
+		}
+		if err := reachTCP(lab.AI, "203.0.113.10:443"); err != nil {
+			t.Fatalf("without the table: %v (lab broken)", err)
+		}
+	}
+
+	t.Run("RestoreTable", func(t *testing.T) {
+		reboot()
+		changed, err := RestoreTable(dir, lab.AI.Fd())
+		if err != nil || len(changed) == 0 {
+			t.Fatalf("RestoreTable: changed %v, err %v; want the missing table named", changed, err)
+		}
+		if err := reachTCP(lab.AI, "203.0.113.10:443"); err == nil {
+			t.Error("ai reaches the internet host after RestoreTable")
+		}
+		if changed, err := RestoreTable(dir, lab.AI.Fd()); err != nil || len(changed) != 0 {
+			t.Errorf("RestoreTable again: changed %v, err %v; want nothing to do", changed, err)
+		}
+		if changed, err := RestoreTable(t.TempDir(), lab.AI.Fd()); err != nil || len(changed) != 0 {
+			t.Errorf("RestoreTable without saved state: changed %v, err %v; want nothing to do", changed, err)
+		}
+	})
+
+	t.Run("Run", func(t *testing.T) {
+		reboot()
+		m2, err := New(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- m2.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+		// The periodic check is an hour away and nothing changed the
+		// table after Run began: only the repair at start can put it back.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			kt, err := m2.k.read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kt.Exists {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("Run did not put the table back at start")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := reachTCP(lab.AI, "203.0.113.10:443"); err == nil {
+			t.Error("ai reaches the internet host after Run started")
+		}
+	})
+}
+
 // No audit, no action: when the journal cannot record the apply, the
 // kernel is put back as it was and the apply fails.
 func TestApplyFailsWithoutAudit(t *testing.T) {

@@ -132,6 +132,40 @@ func New(opts Options) (*Manager, error) {
 	return m, nil
 }
 
+// RestoreTable puts the table of the state saved in stateDir back into
+// the kernel (of the namespace nsFd, 0 for the daemon's own) when the
+// kernel's differs, and says what differed; nothing when no state was
+// saved or the kernel already holds it. It needs no journal, so that
+// `applianced serve` can call it first, before anything that can fail:
+// nftables does not survive a reboot, and the egress filter must not wait
+// for the vault, the directory or the first drift check. VLANs are left to
+// the drift repair of Run. The caller records what was restored once its
+// journal is open.
+func RestoreTable(stateDir string, nsFd int) (changed []string, err error) {
+	if stateDir == "" {
+		return nil, nil
+	}
+	m := &Manager{opts: Options{StateDir: stateDir}, k: &nft{nsFd: nsFd}}
+	if err := m.load(); err != nil {
+		return nil, err
+	}
+	if m.cur == nil {
+		return nil, nil
+	}
+	kt, err := m.k.read()
+	if err != nil {
+		return nil, err
+	}
+	changed = tableDrift(m.cur.rs, kt)
+	if len(changed) == 0 {
+		return nil, nil
+	}
+	if err := m.k.replace(m.cur.rs); err != nil {
+		return changed, fmt.Errorf("netseg: restoring table inet %s from %s: %w", TableName, m.statePath(), err)
+	}
+	return changed, nil
+}
+
 func (m *Manager) statePath() string {
 	if m.opts.StateDir == "" {
 		return ""

@@ -159,6 +159,11 @@ func (m *Manager) Run(ctx context.Context) error {
 func (m *Manager) repairLoop(ctx context.Context) {
 	t := time.NewTicker(m.opts.DriftInterval)
 	defer t.Stop()
+	// First at once: after a reboot the kernel holds nothing of ours, and
+	// egress must not stay open until the first tick.
+	if err := m.repair(ctx); err != nil {
+		m.log.Error("netseg: drift repair", "err", err)
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -51,6 +51,10 @@ type daemon struct {
 	bg       sync.WaitGroup
 	bgCancel context.CancelFunc
 
+	// netRestored is what serve's first step put back of the firewall
+	// table (netseg.RestoreTable), for openNet to record.
+	netRestored []string
+
 	closers   []func() error                              // run in reverse order on stop
 	reloaders []func(context.Context, *config.File) error // get a validated new config on SIGHUP
 	ready     atomic.Bool
@@ -58,9 +62,9 @@ type daemon struct {
 
 // openDaemon opens every component for cfg. On error, whatever was opened
 // is closed again.
-func openDaemon(ctx context.Context, cfg *config.File, log *slog.Logger, level *slog.LevelVar) (*daemon, error) {
+func openDaemon(ctx context.Context, cfg *config.File, log *slog.Logger, level *slog.LevelVar, netRestored []string) (*daemon, error) {
 	d := &daemon{
-		log: log, level: level, notify: &systemd.Notifier{Logger: log},
+		log: log, level: level, notify: &systemd.Notifier{Logger: log}, netRestored: netRestored,
 		api: http.NewServeMux(), admin: http.NewServeMux(), metrics: prometheus.NewRegistry(),
 	}
 	d.cfg.Store(cfg)

@@ -877,7 +877,35 @@ func TestFirewallChild(t *testing.T) {
 	fmt.Println("AFTER_APPLY=" + table())
 	r.stop(t)
 	fmt.Println("AFTER_STOP=" + table())
+
+	// A reboot empties the kernel's ruleset. The daemon's first step puts
+	// the applied table back, before its admin socket (or anything else)
+	// is up, and records it once the journal is open.
+	if out, err := exec.Command("nft", "delete", "table", "inet", "applianced").CombinedOutput(); err != nil {
+		t.Fatalf("nft delete table: %v\n%s", err, out)
+	}
+	fmt.Println("AFTER_REBOOT=" + table())
 	r = startDaemon(t, cfg)
+	for i := 0; ; i++ {
+		if err := admin.NewClient(cfg.Server.AdminSocket).Call(context.Background(), "GET", netPathStatus, nil, nil); err == nil {
+			break
+		} else if i == 200 {
+			t.Fatalf("net status: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fmt.Println("AFTER_RESTART=" + table())
+	recorded := "no"
+	segs, _ := filepath.Glob(filepath.Join(cfg.Server.StateDir, "audit", "*"))
+	for _, seg := range segs {
+		b, _ := os.ReadFile(seg)
+		for line := range bytes.Lines(b) {
+			if bytes.Contains(line, []byte(`"type":"net.drift"`)) && bytes.Contains(line, []byte(`"trigger":"start"`)) {
+				recorded = "yes"
+			}
+		}
+	}
+	fmt.Println("RESTORE_RECORDED=" + recorded)
 	if err := call(netPathDown, struct{}{}); err != nil {
 		t.Fatalf("net down: %v", err)
 	}
@@ -909,7 +937,8 @@ func TestFirewallChild(t *testing.T) {
 // TestDaemonStopLeavesTheFirewall runs the daemon in a network namespace of
 // its own (a child process under unshare -n): `net apply` through the admin
 // socket installs table inet applianced, stopping the daemon leaves it in
-// place (fail closed), `net down` through a new daemon removes it, and with
+// place (fail closed), a new daemon puts it back at once after a reboot
+// emptied the kernel's ruleset, `net down` through it removes it, and with
 // the journal dead an apply answers 503 and installs nothing.
 func TestDaemonStopLeavesTheFirewall(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -932,7 +961,7 @@ func TestDaemonStopLeavesTheFirewall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
-	for _, want := range []string{"AFTER_APPLY=present", "AFTER_STOP=present", "AFTER_DOWN=absent", "DEAD_JOURNAL_APPLY=503 table=absent"} {
+	for _, want := range []string{"AFTER_APPLY=present", "AFTER_STOP=present", "AFTER_REBOOT=absent", "AFTER_RESTART=present", "RESTORE_RECORDED=yes", "AFTER_DOWN=absent", "DEAD_JOURNAL_APPLY=503 table=absent"} {
 		if !strings.Contains(string(out), want+"\n") {
 			t.Errorf("child output lacks %s:\n%s", want, out)
 		}

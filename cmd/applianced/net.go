@@ -79,6 +79,15 @@ func (d *daemon) openNet(ctx, bg context.Context) error {
 	if err != nil {
 		return err
 	}
+	if len(d.netRestored) > 0 {
+		// Done before the journal was open (serve's first step); it is
+		// recorded as the drift repair it was.
+		if _, err := d.journal.Append(ctx, &audit.Event{Type: "net.drift", Severity: audit.SeverityWarn, Action: "net.drift",
+			Target: "inet " + netseg.TableName, Outcome: audit.OutcomeSuccess,
+			Details: map[string]string{"changed": strings.Join(d.netRestored, "; "), "repaired": "true", "trigger": "start"}}); err != nil {
+			return err
+		}
+	}
 	d.goBackground(bg, func(ctx context.Context) {
 		if err := m.Run(ctx); err != nil {
 			d.log.Warn("network drift repair and drop logging stopped (they need CAP_NET_ADMIN)", "err", err)

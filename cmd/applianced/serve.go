@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/internal/procs"
+	"github.com/applianced/applianced/netseg"
 )
 
 func cmdServe(ctx context.Context, e *env, args []string) int {
@@ -94,7 +96,20 @@ func serve(ctx context.Context, e *env, cfg *config.File, opts serveOptions) int
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	d, err := openDaemon(ctx, cfg, log, level)
+	// The firewall first: nftables does not survive a reboot, and egress
+	// must be filtered again before any later step can fail.
+	restored, err := netseg.RestoreTable(cfg.Server.StateDir, 0)
+	switch {
+	case errors.Is(err, syscall.EPERM):
+		// Without CAP_NET_ADMIN (the demo) there is no table to restore.
+	case err != nil:
+		// The drift repair keeps trying, and records each failure; the
+		// daemon starts, so that `net down` or a fixed apply can reach it.
+		log.Error("cannot restore the firewall table; drift repair will try again", "err", err)
+	case len(restored) > 0:
+		log.Warn("firewall table restored from the applied state", "changed", strings.Join(restored, "; "))
+	}
+	d, err := openDaemon(ctx, cfg, log, level, restored)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		d0 := "applianced serve: " + err.Error()
