@@ -36,9 +36,13 @@ const (
 	// rfc3164 targets when the config names none: the size RFC 5425 says a
 	// receiver should accept and rsyslog's default maxMessageSize.
 	DefaultMaxMessageBytes = 8192
-	// WazuhMaxMessageBytes is Wazuh's limit on one log line, the default and
-	// the maximum for wazuh targets.
-	WazuhMaxMessageBytes = 65536
+	// WazuhMaxMessageBytes is the default and the maximum for wazuh
+	// targets: Wazuh's limit on one log line (OS_MAXSTR, 65,536 bytes, its
+	// line feed and terminating NUL included) less room for the
+	// "2:<source address>:" remoted puts in front of each message before
+	// the analysis daemon sees it. A longer line is cut there, and the cut
+	// JSON matches no rule.
+	WazuhMaxMessageBytes = 65536 - 512
 	// MinMaxMessageBytes is the smallest accepted max_message_bytes: a part
 	// must hold its header, the seq and hashes, and some of the event.
 	MinMaxMessageBytes = 1024
@@ -78,7 +82,8 @@ type Target struct {
 	Format string `toml:"format"`
 
 	// Framing separates messages on tcp:// and tls://: "octet-counting"
-	// (the default) or "newline". Under newline framing no message contains
+	// (the default) or "newline" (the default, and the only choice, for
+	// format = "wazuh"). Under newline framing no message contains
 	// a line feed: control characters in structured-data values are written
 	// as #ooo (octal), as rsyslog does on reception. Ignored for udp and unix.
 	Framing string `toml:"framing"`
@@ -190,6 +195,11 @@ func (t Target) Validate() []*conf.FieldError {
 	default:
 		errs = append(errs, conf.Errf("framing", "unknown framing %q: want octet-counting or newline", t.Framing))
 	}
+	if t.Format == FormatWazuh && t.Framing == FramingOctetCounting {
+		// Wazuh's syslog input reads one message per line: octet-counted
+		// frames hold none, and every event would be lost unseen.
+		errs = append(errs, conf.Errf("framing", "octet-counting does not work with format = \"wazuh\": Wazuh reads one message per line; use framing = \"newline\" (the default for wazuh)"))
+	}
 	tlsKeys := t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""
 	if tlsKeys && err == nil && ep.scheme != "tls" {
 		errs = append(errs, conf.Errf("address", "ca_file, cert_file, key_file and server_name need a tls:// address, got %s://", ep.scheme))
@@ -264,6 +274,9 @@ func (t Target) withDefaults() Target {
 	}
 	if t.Framing == "" {
 		t.Framing = FramingOctetCounting
+		if t.Format == FormatWazuh {
+			t.Framing = FramingNewline // Wazuh reads one message per line
+		}
 	}
 	if t.Facility == "" {
 		t.Facility = DefaultFacility

@@ -576,6 +576,9 @@ func TestNewRefusesBadTargets(t *testing.T) {
 		{"missing key", Target{Address: "tls://h:6514", CAFile: ca, CertFile: ca, KeyFile: filepath.Join(dir, "nosuch.key")}, "key_file"},
 		{"facility", Target{Address: "tcp://h:514", Facility: "local9"}, "facility"},
 		{"wazuh too big", Target{Address: "tcp://h:514", Format: FormatWazuh, MaxMessageBytes: 70000}, "max_message_bytes"},
+		// Wazuh cuts a line longer than 65,536 bytes with its own prefix.
+		{"wazuh at 65536", Target{Address: "tcp://h:514", Format: FormatWazuh, MaxMessageBytes: 65536}, "max_message_bytes"},
+		{"wazuh octet-counting", Target{Address: "tcp://h:514", Format: FormatWazuh, Framing: FramingOctetCounting}, "framing"},
 		{"too small", Target{Address: "tcp://h:514", MaxMessageBytes: 100}, "max_message_bytes"},
 		{"oversize", Target{Address: "tcp://h:514", Oversize: "truncate"}, "oversize"},
 	} {
@@ -595,6 +598,47 @@ func TestNewRefusesBadTargets(t *testing.T) {
 	}
 	if errs := (Target{Address: "tls://siem.example:6514", CAFile: ca, Format: FormatWazuh, Framing: FramingNewline}).Validate(); len(errs) != 0 {
 		t.Errorf("got %v for a good target", errs)
+	}
+}
+
+// A wazuh target that names no framing sends one message per line, which
+// is all Wazuh's syslog input reads: with octet-counting it would find no
+// message in the stream while the cursor moved past every event.
+func TestWazuhTargetSendsLines(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	lines := make(chan string, 100)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		sc := bufio.NewScanner(c)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	j := openJournal(t)
+	for i := range 5 {
+		if _, err := j.Append(context.Background(), testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startForwarder(t, j, nil, Target{Address: "tcp://" + l.Addr().String(), Format: FormatWazuh})
+	for i := range 5 {
+		select {
+		case line := <-lines:
+			if !strings.Contains(line, " applianced: {") {
+				t.Errorf("line %d: %q, want a wazuh message", i, line)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("got %d lines, want 5", i)
+		}
 	}
 }
 
