@@ -64,16 +64,26 @@ const (
 //	[[audit.syslog]]
 //	address = "tcp://wazuh.corp.example:514"
 //	format = "wazuh"
-//	framing = "newline"
+//
+//	[[audit.syslog]]
+//	address = "relp+tls://rsyslog.corp.example:2514"
+//	ca_file = "/etc/applianced/siem-ca.pem"
 //
 // Each target keeps its own durable cursor in the journal: what the
-// receiver's TCP stack has acknowledged is delivered; everything after it is
-// sent again after a reconnect (at-least-once; a duplicate carries the same
-// seq). UDP is lossy by nature and only suits a receiver on the same host.
+// receiver took is delivered; everything after it is sent again after a
+// reconnect (at-least-once; a duplicate carries the same seq). Over RELP the
+// receiving application acknowledges each message it processed. Over tcp://
+// and tls:// only the receiver's kernel acknowledges: a message counts as
+// taken once acknowledged while the receiver's window shows it reading,
+// which a receiver that stops reading with little unread data does not
+// reveal (see the package documentation). UDP is lossy by nature and only
+// suits a receiver on the same host.
 type Target struct {
 	// Address is where to send: "udp://host:port", "tcp://host:port",
-	// "tls://host:port" (6514 by convention) or "unix:///dev/log" (a
-	// datagram socket). Required. Each target's address is unique.
+	// "tls://host:port" (6514 by convention), "relp://host:port" or
+	// "relp+tls://host:port" (RELP, e.g. rsyslog's imrelp; 2514 by
+	// convention) or "unix:///dev/log" (a datagram socket). Required. Each
+	// target's address is unique.
 	Address string `toml:"address"`
 
 	// Format is "rfc5424" (the default), "rfc3164" or "wazuh". Every format
@@ -89,12 +99,12 @@ type Target struct {
 	Framing string `toml:"framing"`
 
 	// CAFile is the PEM bundle that verifies the receiver's certificate for
-	// tls://. Empty means the system's roots.
+	// tls:// and relp+tls://. Empty means the system's roots.
 	CAFile string `toml:"ca_file"`
 
 	// CertFile and KeyFile are an optional PEM client certificate and key
-	// for tls:// receivers that require mutual authentication. Both or
-	// neither.
+	// for tls:// and relp+tls:// receivers that require mutual
+	// authentication. Both or neither.
 	CertFile string `toml:"cert_file"`
 	KeyFile  string `toml:"key_file"`
 
@@ -108,7 +118,8 @@ type Target struct {
 	Facility string `toml:"facility"`
 
 	// MaxMessageBytes is the largest message sent, framing excluded. 0
-	// means 8192, or 65536 for wazuh (Wazuh's limit, also its maximum).
+	// means 8192, or 65024 for wazuh (what fits Wazuh's line, also its
+	// maximum).
 	MaxMessageBytes int `toml:"max_message_bytes"`
 
 	// Oversize says what happens to an event larger than MaxMessageBytes:
@@ -130,24 +141,37 @@ var facilities = map[string]int{
 
 // endpoint is a parsed Address.
 type endpoint struct {
-	scheme string // udp, tcp, tls, unix
+	scheme string // udp, tcp, tls, relp, relp+tls, unix
 	addr   string // host:port, or a socket path
-	host   string // host without port (tcp, tls, udp)
+	host   string // host without port (all but unix)
 }
 
-func (e endpoint) stream() bool { return e.scheme == "tcp" || e.scheme == "tls" }
+// stream is a byte stream over TCP: every scheme but udp and unix.
+func (e endpoint) stream() bool {
+	return e.scheme == "tcp" || e.scheme == "tls" || e.relp()
+}
+
+// framed is a stream that takes the framing option: tcp and tls (RELP
+// has its own framing).
+func (e endpoint) framed() bool { return e.scheme == "tcp" || e.scheme == "tls" }
+
+// relp is RELP, whose receiver acknowledges each message it processed.
+func (e endpoint) relp() bool { return e.scheme == "relp" || e.scheme == "relp+tls" }
+
+// tls runs over TLS.
+func (e endpoint) tls() bool { return e.scheme == "tls" || e.scheme == "relp+tls" }
 
 // parseAddress parses a target address into its scheme and dial address.
 func parseAddress(s string) (endpoint, error) {
 	if s == "" {
-		return endpoint{}, fmt.Errorf("is required (udp://, tcp://, tls://host:port or unix:///dev/log)")
+		return endpoint{}, fmt.Errorf("is required (udp://, tcp://, tls://, relp://, relp+tls://host:port or unix:///dev/log)")
 	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return endpoint{}, fmt.Errorf("does not parse: %v", err)
 	}
 	switch u.Scheme {
-	case "udp", "tcp", "tls":
+	case "udp", "tcp", "tls", "relp", "relp+tls":
 		if u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.Opaque != "" {
 			return endpoint{}, fmt.Errorf("%q: want %s://host:port and nothing more", s, u.Scheme)
 		}
@@ -169,9 +193,9 @@ func parseAddress(s string) (endpoint, error) {
 		}
 		return endpoint{scheme: "unix", addr: u.Path}, nil
 	case "":
-		return endpoint{}, fmt.Errorf("%q has no scheme: want udp://, tcp://, tls:// or unix://", s)
+		return endpoint{}, fmt.Errorf("%q has no scheme: want udp://, tcp://, tls://, relp://, relp+tls:// or unix://", s)
 	default:
-		return endpoint{}, fmt.Errorf("%q: unknown scheme %q: want udp, tcp, tls or unix", s, u.Scheme)
+		return endpoint{}, fmt.Errorf("%q: unknown scheme %q: want udp, tcp, tls, relp, relp+tls or unix", s, u.Scheme)
 	}
 }
 
@@ -189,8 +213,8 @@ func (t Target) Validate() []*conf.FieldError {
 	}
 	switch t.Framing {
 	case "", FramingOctetCounting, FramingNewline:
-		if t.Framing != "" && err == nil && !ep.stream() {
-			errs = append(errs, conf.Errf("framing", "applies to tcp:// and tls:// only, not %s://", ep.scheme))
+		if t.Framing != "" && err == nil && !ep.framed() {
+			errs = append(errs, conf.Errf("framing", "applies to tcp:// and tls:// only, not %s:// (RELP frames each message itself)", ep.scheme))
 		}
 	default:
 		errs = append(errs, conf.Errf("framing", "unknown framing %q: want octet-counting or newline", t.Framing))
@@ -201,8 +225,8 @@ func (t Target) Validate() []*conf.FieldError {
 		errs = append(errs, conf.Errf("framing", "octet-counting does not work with format = \"wazuh\": Wazuh reads one message per line; use framing = \"newline\" (the default for wazuh)"))
 	}
 	tlsKeys := t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""
-	if tlsKeys && err == nil && ep.scheme != "tls" {
-		errs = append(errs, conf.Errf("address", "ca_file, cert_file, key_file and server_name need a tls:// address, got %s://", ep.scheme))
+	if tlsKeys && err == nil && !ep.tls() {
+		errs = append(errs, conf.Errf("address", "ca_file, cert_file, key_file and server_name need a tls:// or relp+tls:// address, got %s://", ep.scheme))
 	}
 	for _, f := range []struct {
 		key, val string

@@ -37,8 +37,11 @@ type record struct {
 // formatter turns journal entries into framed syslog messages for one
 // target. It is not safe for concurrent use (it reuses scratch buffers).
 type formatter struct {
-	format   string
-	framing  string // octet-counting, newline, or "" for datagrams
+	format  string
+	framing string // octet-counting, newline, relp, or "" for datagrams
+	// tx counts the RELP commands of the session so far (the open is 1);
+	// the connection sets it, each message frame takes the next.
+	tx       uint64
 	max      int
 	split    bool
 	facility int
@@ -59,7 +62,10 @@ func newFormatter(t Target, ep endpoint) *formatter {
 		hostname: t.Hostname,
 		pid:      strconv.Itoa(os.Getpid()),
 	}
-	if ep.stream() {
+	switch {
+	case ep.relp():
+		f.framing = framingRELP
+	case ep.stream():
 		f.framing = t.Framing
 	}
 	if f.hostname == "" {
@@ -129,6 +135,9 @@ func (f *formatter) frame(dst, msg []byte) []byte {
 	case FramingNewline:
 		dst = append(dst, msg...)
 		return append(dst, '\n')
+	case framingRELP:
+		f.tx++
+		return appendRELPFrame(dst, relpTxnr(f.tx), "syslog", msg)
 	default:
 		return append(dst, msg...)
 	}

@@ -151,7 +151,7 @@ func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
 		ep, _ := parseAddress(tc.Address)
 		t := &target{f: f, cfg: tc, ep: ep, cur: newCursor(o.Dir, tc.Address),
 			log: o.Logger.With("target", tc.Address), fmtr: newFormatter(tc, ep)}
-		if ep.scheme == "tls" {
+		if ep.tls() {
 			c, err := tlsConfig(tc, ep)
 			if err != nil {
 				return nil, err
@@ -442,7 +442,7 @@ func (t *target) audit(ctx context.Context, typ, sev, outcome, reason string) {
 
 type flight struct {
 	seq  uint64    // last seq of the batch
-	end  uint64    // socket bytes written once the batch was out
+	end  uint64    // socket bytes written once the batch was out (RELP: its last command)
 	seen time.Time // when the receiver was first seen to have it
 }
 
@@ -467,6 +467,14 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 	defer stopUnblock()
 	entries, perr, stopPump := r.Pump(ctx, maxBatchEntries)
 	defer stopPump()
+	// Over RELP a flight ends at its last command, which the receiver's
+	// answer proves processed: no settling. Elsewhere it ends at a byte
+	// count of the socket.
+	settle := o.Settle
+	if c.relp != nil {
+		t.fmtr.tx = 1 // the open
+		settle = 0
+	}
 
 	var (
 		buf       []byte
@@ -496,7 +504,7 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 			// Confirm what was acknowledged at least Settle ago, while the
 			// receiver is taking data now.
 			n := 0
-			for taking && n < len(pending) && !pending[n].seen.IsZero() && now.Sub(pending[n].seen) >= o.Settle {
+			for taking && n < len(pending) && !pending[n].seen.IsZero() && now.Sub(pending[n].seen) >= settle {
 				t.delivered.Store(pending[n].seq)
 				n++
 			}
@@ -565,7 +573,11 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 			if err := c.write(ctx, buf, o.WriteTimeout); err != nil {
 				return err
 			}
-			pending = append(pending, flight{seq: last, end: c.written()})
+			end := c.written()
+			if c.relp != nil {
+				end = t.fmtr.tx
+			}
+			pending = append(pending, flight{seq: last, end: end})
 		} else {
 			start := 0
 			for _, end := range ends {

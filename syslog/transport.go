@@ -1,6 +1,7 @@
 package syslog
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -70,6 +71,16 @@ type conn struct {
 	err   atomic.Pointer[error]
 	maxWd uint32 // largest window the peer advertised
 	start time.Time
+	// relp is set on relp:// and relp+tls://: the receiver's answers.
+	relp *relpConn
+}
+
+// relpConn is the receiving side of a RELP session.
+type relpConn struct {
+	r *bufio.Reader
+	// acked counts the commands the receiver answered with 200, in order
+	// (the open is 1).
+	acked atomic.Uint64
 }
 
 // dial connects to the target within timeout.
@@ -77,10 +88,10 @@ func dial(ctx context.Context, ep endpoint, tc *tls.Config, timeout time.Duratio
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	network := ep.scheme
+	network := "tcp"
 	switch ep.scheme {
-	case "tls":
-		network = "tcp"
+	case "udp":
+		network = "udp"
 	case "unix":
 		network = "unixgram"
 	}
@@ -95,7 +106,7 @@ func dial(ctx context.Context, ep endpoint, tc *tls.Config, timeout time.Duratio
 		_ = tcp.SetKeepAlive(true)
 		_ = tcp.SetKeepAlivePeriod(15 * time.Second)
 	}
-	if ep.scheme == "tls" {
+	if ep.tls() {
 		tl := tls.Client(c.raw, tc)
 		if err := tl.HandshakeContext(ctx); err != nil {
 			nc.Close()
@@ -103,15 +114,48 @@ func dial(ctx context.Context, ep endpoint, tc *tls.Config, timeout time.Duratio
 		}
 		c.w = tl
 	}
+	if ep.relp() {
+		if err := c.openRELP(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+	}
 	if ep.stream() {
 		go c.watch()
 	}
 	return c, nil
 }
 
+// openRELP opens the RELP session: the open command, and its answer
+// before anything else is sent.
+func (c *conn) openRELP(ctx context.Context) error {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.w.SetDeadline(dl)
+		defer c.w.SetDeadline(time.Time{})
+	}
+	c.relp = &relpConn{r: bufio.NewReader(c.w)}
+	if _, err := c.w.Write(appendRELPFrame(nil, 1, "open", []byte(relpOffer))); err != nil {
+		return c.closedErr(fmt.Errorf("syslog: RELP open to %s: %w", c.ep.addr, err))
+	}
+	f, err := readRELPFrame(c.relp.r)
+	if err != nil {
+		return c.closedErr(fmt.Errorf("syslog: RELP open to %s: %w", c.ep.addr, err))
+	}
+	if err := checkRELPOpen(f); err != nil {
+		return fmt.Errorf("%w (%s)", err, c.ep.addr)
+	}
+	c.relp.acked.Store(1)
+	return nil
+}
+
 // watch reads from a stream connection; receivers send nothing, so any
-// return means the connection is gone.
+// return means the connection is gone. A RELP receiver's answers are read
+// by watchRELP.
 func (c *conn) watch() {
+	if c.relp != nil {
+		c.watchRELP()
+		return
+	}
 	var b [512]byte
 	for {
 		_, err := c.w.Read(b[:])
@@ -123,6 +167,46 @@ func (c *conn) watch() {
 			close(c.dead)
 			return
 		}
+	}
+}
+
+// watchRELP reads the receiver's answers, in the order of the commands:
+// each 200 counts its command as processed; any other status, an answer
+// out of order or a frame that does not parse ends the connection (what
+// was not answered is sent again on the next).
+func (c *conn) watchRELP() {
+	fail := func(err error) {
+		c.err.Store(&err)
+		close(c.dead)
+	}
+	for {
+		f, err := readRELPFrame(c.relp.r)
+		if err != nil {
+			if errors.Is(err, ErrReceiverClosed) || errors.Is(err, unix.ECONNRESET) {
+				err = c.closedErr(ErrReceiverClosed)
+			}
+			fail(err)
+			return
+		}
+		switch f.cmd {
+		case "rsp":
+		case "serverclose":
+			fail(fmt.Errorf("%w (RELP serverclose)", ErrReceiverClosed))
+			return
+		default:
+			fail(fmt.Errorf("syslog: RELP receiver %s sent the command %q; a client expects only answers", c.ep.addr, f.cmd))
+			return
+		}
+		next := c.relp.acked.Load() + 1
+		if f.txnr != relpTxnr(next) {
+			fail(fmt.Errorf("syslog: RELP receiver %s answered TXNR %d, want %d (answers come in order)", c.ep.addr, f.txnr, relpTxnr(next)))
+			return
+		}
+		if code, text := f.status(); code != 200 {
+			fail(fmt.Errorf("%w message TXNR %d: %d %s", ErrRELPRefused, f.txnr, code, text))
+			return
+		}
+		c.relp.acked.Store(next)
 	}
 }
 
@@ -163,7 +247,7 @@ func (c *conn) write(ctx context.Context, b []byte, timeout time.Duration) error
 // closedErr adds a hint to a close soon after a TLS handshake: that is how
 // a receiver refuses a client (missing or unknown client certificate).
 func (c *conn) closedErr(err error) error {
-	if c.ep.scheme == "tls" && time.Since(c.start) < 5*time.Second {
+	if c.ep.tls() && time.Since(c.start) < 5*time.Second {
 		return fmt.Errorf("%w (right after the TLS handshake: the receiver may require a client certificate, cert_file and key_file, or refuse this one)", err)
 	}
 	return err
@@ -177,7 +261,13 @@ func (c *conn) written() uint64 { return c.raw.n.Load() }
 // receiver that reads sends a window update once its window could double,
 // so a window below half the largest it advertised means data sits unread
 // in its buffer. Datagram sockets report everything written, taken.
+//
+// Over RELP, acked counts the commands the receiving application answered,
+// which is proof it processed them.
 func (c *conn) received() (acked uint64, taking bool, err error) {
+	if c.relp != nil {
+		return c.relp.acked.Load(), true, nil
+	}
 	if c.tcp == nil {
 		return c.written(), true, nil
 	}

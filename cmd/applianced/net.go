@@ -62,8 +62,8 @@ func netNeeds(f *config.File) []netseg.Need {
 		}
 	}
 	for i, s := range f.Audit.Syslog {
-		add(s.Address, fmt.Sprintf("audit.syslog[%d].address", i), map[string]string{"tls": "6514", "tcp": "514", "udp": "514"},
-			map[string]string{"tls": "tcp", "tcp": "tcp", "udp": "udp"})
+		add(s.Address, fmt.Sprintf("audit.syslog[%d].address", i), map[string]string{"tls": "6514", "tcp": "514", "udp": "514", "relp": "2514", "relp+tls": "2514"},
+			map[string]string{"tls": "tcp", "tcp": "tcp", "udp": "udp", "relp": "tcp", "relp+tls": "tcp"})
 	}
 	for i, t := range f.Tools {
 		add(t.BaseURL, fmt.Sprintf("tool[%d].base_url", i), map[string]string{"https": "443", "http": "80"}, map[string]string{"https": "tcp", "http": "tcp"})

@@ -1,7 +1,8 @@
 // Package rsyslog runs a real rsyslog receiver for tests: its own
 // configuration in a temporary directory, one input on loopback (imtcp,
-// imptcp, imudp, or imtcp with TLS through the gtls driver and a CA the
-// harness generates), and one output file the test reads. It can be stopped
+// imptcp, imudp, imtcp with TLS through the gtls driver and a CA the
+// harness generates, or imrelp with or without TLS), and one output file the
+// test reads. It can be stopped
 // and started again on the same port to simulate a SIEM outage.
 //
 //	srv := rsyslog.Start(t, rsyslog.Options{Input: rsyslog.InputTLS})
@@ -38,6 +39,10 @@ const (
 	InputPTCP = "imptcp" // rsyslog's performance TCP input
 	InputUDP  = "imudp"
 	InputTLS  = "tls" // imtcp with the gtls stream driver
+	// InputRELP is imrelp: RELP, whose answers say a message was processed.
+	InputRELP = "imrelp"
+	// InputRELPTLS is imrelp with TLS.
+	InputRELPTLS = "imrelp-tls"
 )
 
 // Templates of the output file.
@@ -60,7 +65,8 @@ type Options struct {
 	MaxMessageSize int
 	// RequireClientCert makes an InputTLS receiver accept only clients with
 	// a certificate from its CA (gtls authMode x509/certvalid); the harness
-	// writes one to ClientCertFile and ClientKeyFile.
+	// writes one to ClientCertFile and ClientKeyFile. An InputRELPTLS
+	// receiver always requires that certificate.
 	RequireClientCert bool
 }
 
@@ -121,6 +127,11 @@ func Start(t testing.TB, o Options) *Server {
 	if o.Input == InputTLS {
 		if _, err := os.Stat("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so"); err != nil {
 			t.Skip("rsyslog: the gtls driver is missing (Debian package rsyslog-gnutls)")
+		}
+	}
+	if o.Input == InputRELP || o.Input == InputRELPTLS {
+		if _, err := os.Stat("/usr/lib/x86_64-linux-gnu/rsyslog/imrelp.so"); err != nil {
+			t.Skip("rsyslog: imrelp is missing (Debian package rsyslog-relp)")
 		}
 	}
 	dir := t.TempDir()
@@ -184,6 +195,18 @@ func (s *Server) writeConf(port int) error {
 			auth = "x509/certvalid"
 		}
 		input = fmt.Sprintf("module(load=\"imtcp\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=%q)\ninput(type=\"imtcp\" port=\"%d\" address=\"127.0.0.1\")\n", auth, port)
+	case InputRELP:
+		input = fmt.Sprintf("module(load=\"imrelp\")\ninput(type=\"imrelp\" port=\"%d\" address=\"127.0.0.1\")\n", port)
+	case InputRELPTLS:
+		ca, cert, key, err := s.writeCerts()
+		if err != nil {
+			return err
+		}
+		s.CAFile = ca
+		// imrelp with certificates always asks the client for one (as
+		// RELP over TLS is deployed): the harness's client certificate,
+		// checked by name.
+		input = fmt.Sprintf("module(load=\"imrelp\")\ninput(type=\"imrelp\" port=\"%d\" address=\"127.0.0.1\" tls=\"on\" tls.caCert=%q tls.myCert=%q tls.myPrivKey=%q tls.authMode=\"name\" tls.permittedPeer=[%q])\n", port, ca, cert, key, clientCN)
 	default:
 		return fmt.Errorf("unknown input %q", s.o.Input)
 	}
@@ -260,6 +283,23 @@ func (s *Server) Stop() error { return s.stop(syscall.SIGTERM) }
 // Kill stops the receiver with SIGKILL.
 func (s *Server) Kill() error { return s.stop(syscall.SIGKILL) }
 
+// Pause stops the receiver's process without ending it (SIGSTOP): its
+// kernel still accepts and acknowledges data, which nobody reads. Resume,
+// Stop or Kill end the pause.
+func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused receiver (SIGCONT).
+func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return errors.New("rsyslog: not running")
+	}
+	return s.cmd.Process.Signal(sig)
+}
+
 func (s *Server) stop(sig syscall.Signal) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -317,10 +357,13 @@ func (s *Server) writeCerts() (caFile, certFile, keyFile string, err error) {
 	return caFile, certFile, keyFile, nil
 }
 
+// clientCN names the harness's client certificate.
+const clientCN = "applianced-client"
+
 // writeClientCert issues a client certificate from the harness's CA.
 func (s *Server) writeClientCert(ca *pki.CA) error {
 	leaf, err := ca.Issue(pki.Leaf{
-		CommonName:  "applianced client",
+		CommonName:  clientCN,
 		ExtKeyUsage: x509.ExtKeyUsageClientAuth,
 		NotAfter:    time.Now().Add(24 * time.Hour),
 	})
