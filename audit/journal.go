@@ -160,8 +160,8 @@ func segName(first uint64) string { return fmt.Sprintf("%s%020d%s", segPrefix, f
 
 // Open opens or creates the journal in dir (created 0700). It checks the last
 // segment's tail: a final line torn by a crash (never acknowledged) is cut
-// off; a journal that ends before its durable marker is refused with
-// ErrTruncated.
+// off; a journal that ends before its durable marker, or whose every
+// segment is gone, is refused with ErrTruncated.
 func Open(dir string, opts *Options) (*Journal, error) {
 	o := opts.withDefaults()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -181,6 +181,14 @@ func Open(dir string, opts *Options) (*Journal, error) {
 	j := &Journal{dir: dir, opts: o, mark: mark, reqs: make(chan *appendReq, 1024),
 		done: make(chan struct{}), notify: make(chan struct{}), nextSeq: 1}
 	if len(segs) == 0 {
+		// No segment, but a durable marker: every entry was deleted, which
+		// must not pass for a new journal (it would overwrite the marker,
+		// the only trace of what was there).
+		if m := mark.load(); m.seq > 0 {
+			mark.close()
+			return nil, fmt.Errorf("%w: %s holds no journal segment but seq %d was recorded as durable; entries 1..%d are missing (move %s aside to start a new chain)",
+				ErrTruncated, dir, m.seq, m.seq, dir)
+		}
 		if err := j.newSegment(1, [32]byte{}); err != nil {
 			mark.close()
 			return nil, err

@@ -248,6 +248,36 @@ func TestOpenRefusesACutTail(t *testing.T) {
 	}
 }
 
+// A journal whose every segment was deleted is not a new journal: its
+// marker says what was durable, and Open refuses rather than start a new
+// chain over it (which would rewrite the marker and leave no trace).
+func TestOpenRefusesAJournalWithEverySegmentDeleted(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, nil)
+	for i := range 10 {
+		if _, err := j.Append(context.Background(), testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	segs, _ := filepath.Glob(filepath.Join(dir, segPrefix+"*"))
+	if len(segs) == 0 {
+		t.Fatal("no segment written")
+	}
+	for _, s := range segs {
+		if err := os.Remove(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := Open(dir, nil)
+	if !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), "seq 10 was recorded as durable") {
+		t.Fatalf("Open of a journal with every segment deleted: got %v, want ErrTruncated naming seq 10", err)
+	}
+	if _, err := Open(dir, nil); !errors.Is(err, ErrTruncated) {
+		t.Fatalf("a second Open: got %v, want ErrTruncated still (nothing was overwritten)", err)
+	}
+}
+
 func TestTornFinalLineIsRepairedOnOpen(t *testing.T) {
 	dir := t.TempDir()
 	j := openTest(t, dir, nil)
