@@ -15,6 +15,11 @@ import (
 // already removed.
 var ErrPruned = errors.New("audit: entries were removed by retention")
 
+// ErrDamaged means an entry of the journal does not parse or is not the one
+// its place calls for: the file was altered or damaged. Reading cannot go
+// past it; `applianced audit verify` names what is wrong.
+var ErrDamaged = errors.New("audit: journal entry damaged")
+
 // Reader reads durable entries in seq order, waiting for new ones. Forwarders
 // (syslog, Wazuh) each keep their own Reader and cursor.
 type Reader struct {
@@ -66,25 +71,25 @@ func (r *Reader) Next(ctx context.Context) (Entry, error) {
 			continue
 		}
 		if err == io.EOF || errors.Is(err, errPadding) {
-			return Entry{}, fmt.Errorf("audit: reading journal at seq %d: entry cut short", r.next)
+			return Entry{}, fmt.Errorf("%w: reading journal at seq %d: entry cut short", ErrDamaged, r.next)
 		}
 		if err != nil {
 			return Entry{}, fmt.Errorf("audit: reading journal at seq %d: %w", r.next, err)
 		}
 		h, canon, seq, err := parseLine(line[:len(line)-1])
 		if err != nil {
-			return Entry{}, fmt.Errorf("audit: journal entry %d: %w", r.next, err)
+			return Entry{}, fmt.Errorf("%w: entry %d: %w", ErrDamaged, r.next, err)
 		}
 		if seq < r.next {
 			r.prev = h
 			continue
 		}
 		if seq != r.next {
-			return Entry{}, fmt.Errorf("audit: journal entry %d: found seq %d", r.next, seq)
+			return Entry{}, fmt.Errorf("%w: entry %d: found seq %d", ErrDamaged, r.next, seq)
 		}
 		e := Entry{Seq: seq, Prev: r.prev, Hash: h, Canonical: canon}
 		if err := json.Unmarshal(canon, &e.Event); err != nil {
-			return Entry{}, fmt.Errorf("audit: journal entry %d: %w", seq, err)
+			return Entry{}, fmt.Errorf("%w: entry %d: %w", ErrDamaged, seq, err)
 		}
 		r.prev = h
 		r.next++

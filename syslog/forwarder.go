@@ -127,6 +127,7 @@ type target struct {
 	mu        sync.Mutex
 	st        TargetStatus
 	down      bool
+	damagedAt uint64 // the entry last recorded as damaged (run's goroutine only)
 }
 
 // New validates the targets and prepares a Forwarder; Run starts it.
@@ -165,9 +166,13 @@ func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
 			t.log.Error("syslog: cursor unreadable; resending from the oldest entry kept", "err", err)
 		}
 		if last := j.LastSeq(); seq > last {
-			// The cursor is ahead of the journal: the journal was replaced.
-			// Sending it all again is the only safe choice.
+			// The cursor is ahead of the journal: the journal was replaced
+			// (moved aside to start a new chain, or restored from an older
+			// copy). Sending it all again is the only safe choice, and the
+			// SIEM hears of it.
 			t.log.Error("syslog: cursor is ahead of the journal; resending from the oldest entry kept", "cursor", seq, "journal_seq", last)
+			t.tamper(context.Background(), "the journal ends before what this target already received: it was replaced or cut",
+				map[string]string{"cursor": fmt.Sprint(seq), "journal_seq": fmt.Sprint(last)})
 			seq = 0
 		}
 		t.delivered.Store(seq)
@@ -357,7 +362,18 @@ func (t *target) run(ctx context.Context) {
 			break
 		}
 		if errors.Is(err, audit.ErrPruned) {
+			// Retention (drop_oldest) removed what the cursor pointed at;
+			// the journal recorded that (audit.dropped). Not the
+			// receiver's doing: go on from the oldest entry kept, with
+			// no target_down alert.
+			t.mu.Lock()
+			t.st.LastError, t.st.LastErrorAt = err.Error(), time.Now().UTC()
+			t.mu.Unlock()
 			t.skipPruned()
+			continue
+		}
+		if errors.Is(err, audit.ErrDamaged) {
+			t.damaged(ctx, err)
 		}
 		t.fail(ctx, err)
 		if t.delivered.Load() > before {
@@ -372,6 +388,29 @@ func (t *target) run(ctx context.Context) {
 	}
 	if err := t.cur.store(t.delivered.Load()); err != nil {
 		t.log.Error("syslog: saving cursor", "err", err)
+	}
+}
+
+// damaged records, once per entry, that the journal cannot be read past a
+// damaged entry (audit.tamper): the target is stuck there until the
+// journal is repaired, and the SIEM must hear why.
+func (t *target) damaged(ctx context.Context, err error) {
+	at := t.delivered.Load() + 1
+	if t.damagedAt == at {
+		return
+	}
+	t.damagedAt = at
+	t.tamper(ctx, err.Error(), map[string]string{"seq": fmt.Sprint(at)})
+}
+
+// tamper records an audit.tamper event about this target's view of the
+// journal.
+func (t *target) tamper(ctx context.Context, reason string, details map[string]string) {
+	details["delivered"] = fmt.Sprint(t.delivered.Load())
+	ev := &audit.Event{Type: "audit.tamper", Severity: audit.SeverityHigh, Action: "audit.forward", Target: t.cfg.Address,
+		Outcome: audit.OutcomeFailure, Reason: reason, Details: details}
+	if _, err := t.f.j.Append(ctx, ev); err != nil && ctx.Err() == nil {
+		t.log.Error("syslog: recording a damaged or replaced journal", "err", err)
 	}
 }
 
@@ -477,6 +516,7 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 	}
 
 	var (
+		readErr   error // the journal cannot be read past here
 		buf       []byte
 		ends      []int
 		pending   []flight
@@ -537,10 +577,20 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 		case <-c.dead:
 			return c.deadErr()
 		case err := <-perr:
-			return err
+			if !errors.Is(err, audit.ErrDamaged) {
+				return err
+			}
+			// The entries read before the damaged one still go out and
+			// are confirmed; then the error ends the connection, with
+			// the cursor just before the damaged entry.
+			readErr, perr = err, nil
+			continue
 		case <-tick.C:
 			if err := confirm(); err != nil {
 				return err
+			}
+			if readErr != nil && len(entries) == 0 && len(pending) == 0 {
+				return readErr
 			}
 			continue
 		case e = <-entries:

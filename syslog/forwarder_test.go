@@ -812,6 +812,129 @@ func TestDropOldestSkipsToTheOldestKept(t *testing.T) {
 	if cnt.seen[first] == 0 || cnt.seen[first-1] != 0 {
 		t.Errorf("got seq %d: %d copies, seq %d: %d; want delivery to start at the oldest kept, %d", first, cnt.seen[first], first-1, cnt.seen[first-1], first)
 	}
+	// The receiver did nothing wrong: no alert says it is down.
+	for _, ev := range eventsFrom(t, j, j.Segments()[0].First) {
+		if ev.Type == "audit.target_down" {
+			t.Errorf("got %s (%s) for entries retention removed", ev.Type, ev.Reason)
+		}
+	}
+}
+
+// eventsFrom reads the journal's events from seq first to its end.
+func eventsFrom(t *testing.T, j *audit.Journal, first uint64) []audit.Event {
+	t.Helper()
+	r, err := j.Reader(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []audit.Event
+	for seq := first; seq <= j.LastSeq(); seq++ {
+		e, err := r.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e.Event)
+	}
+	return out
+}
+
+// A cursor ahead of the journal (the journal was moved aside, or restored
+// from an older copy) sends everything again and raises audit.tamper.
+func TestCursorAheadOfTheJournalIsRecorded(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	dir := t.TempDir()
+	target := Target{Address: "tcp://" + srv.Addr}
+	j1 := openJournal(t)
+	if err := appendN(t, j1, 50, 4); err != nil {
+		t.Fatal(err)
+	}
+	f1, err := New(j1, []Target{target}, &Options{Dir: dir, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { f1.Run(rctx); close(done) }()
+	if err := f1.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stop() // the cursor is stored as Run ends
+	<-done
+	j2 := openJournal(t) // a new chain, behind the cursor
+	if err := appendN(t, j2, 5, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(j2, []Target{target}, &Options{Dir: dir, Logger: quietLogger()}); err != nil {
+		t.Fatal(err)
+	}
+	evs := eventsFrom(t, j2, 1)
+	ev := evs[len(evs)-1]
+	if ev.Type != "audit.tamper" || ev.Severity != audit.SeverityHigh || ev.Details["cursor"] != "50" || ev.Details["journal_seq"] != "5" {
+		t.Fatalf("got %+v, want audit.tamper naming cursor 50 and journal seq 5", ev)
+	}
+}
+
+// An entry that no longer parses stops delivery there, and audit.tamper
+// says so once, however often the target retries.
+func TestDamagedEntryIsRecordedOnce(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	dir := t.TempDir()
+	// Small segments: Open checks the last one whole, and refuses a
+	// damaged entry there; one in an earlier segment is met by readers.
+	opts := &audit.Options{SegmentBytes: 4 << 10, Logger: quietLogger()}
+	j, err := audit.Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := appendN(t, j, 100, 1); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	segs, _ := filepath.Glob(filepath.Join(dir, "journal-*.log"))
+	if len(segs) < 2 {
+		t.Fatalf("%d segments, want several", len(segs))
+	}
+	b, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte(`{"seq":5,`)) {
+		t.Fatal("seq 5 not found in the segment")
+	}
+	b = bytes.Replace(b, []byte(`{"seq":5,`), []byte(`{"seq":5;`), 1)
+	if err := os.WriteFile(segs[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j, err = audit.Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	f := startForwarder(t, j, &Options{BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond}, Target{Address: "tcp://" + srv.Addr})
+	waitFor(t, "several failed attempts", time.Minute, func() bool {
+		st := f.Status()[0]
+		return st.Reconnects >= 4 && strings.Contains(st.LastError, "damaged")
+	})
+	if d := f.Status()[0].Delivered; d != 4 {
+		t.Errorf("got delivered %d, want 4 (stuck before the damaged entry)", d)
+	}
+	n := 0
+	for _, ev := range eventsFrom(t, j, 101) {
+		if ev.Type == "audit.tamper" {
+			n++
+			if ev.Details["seq"] != "5" {
+				t.Errorf("audit.tamper names seq %q, want 5", ev.Details["seq"])
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("got %d audit.tamper events, want 1", n)
+	}
 }
 
 // readInto copies what c receives into buf, under mu, until c fails.
