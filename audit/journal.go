@@ -127,6 +127,11 @@ type Journal struct {
 
 	syncs atomic.Int64 // fsyncs of entries done, for the benchmark's report
 
+	// The limits SetLimits may change while the journal runs (a reload);
+	// opts keeps the values it was opened with.
+	maxBytes atomic.Int64
+	diskFull atomic.Pointer[string]
+
 	ahead ahead // zeros written ahead of the entries (prealloc.go)
 
 	// writer-owned
@@ -180,6 +185,8 @@ func Open(dir string, opts *Options) (*Journal, error) {
 	}
 	j := &Journal{dir: dir, opts: o, mark: mark, reqs: make(chan *appendReq, 1024),
 		done: make(chan struct{}), notify: make(chan struct{}), nextSeq: 1}
+	j.maxBytes.Store(o.MaxBytes)
+	j.diskFull.Store(&o.DiskFull)
 	if len(segs) == 0 {
 		// No segment, but a durable marker: every entry was deleted, which
 		// must not pass for a new journal (it would overwrite the marker,
@@ -239,6 +246,39 @@ func Open(dir string, opts *Options) (*Journal, error) {
 	j.startAhead()
 	go j.writer()
 	return j, nil
+}
+
+// dropsOldest reports whether the disk-full policy is DiskFullDropOldest.
+func (j *Journal) dropsOldest() bool { return *j.diskFull.Load() == DiskFullDropOldest }
+
+// SetLimits changes MaxBytes and DiskFull (see Options) of the running
+// journal, as a config reload does. A limit below what the journal holds
+// now under DiskFullBlock would refuse every append until an operator
+// removed segments: it is refused, and nothing changes.
+func (j *Journal) SetLimits(maxBytes int64, diskFull string) error {
+	if diskFull == "" {
+		diskFull = DiskFullBlock
+	}
+	if diskFull != DiskFullBlock && diskFull != DiskFullDropOldest {
+		return fmt.Errorf("audit: disk_full %q: want %q or %q", diskFull, DiskFullBlock, DiskFullDropOldest)
+	}
+	if maxBytes < 0 {
+		return fmt.Errorf("audit: max_bytes %d: want 0 (no limit) or more", maxBytes)
+	}
+	if maxBytes > 0 && diskFull == DiskFullBlock {
+		if held := j.totalSize() + maxHeaderBytes; held > maxBytes {
+			return fmt.Errorf("audit: max_bytes %d is below the %d bytes the journal holds now: under disk_full = %q every action would fail; raise it, or choose %q",
+				maxBytes, held, DiskFullBlock, DiskFullDropOldest)
+		}
+	}
+	j.maxBytes.Store(maxBytes)
+	j.diskFull.Store(&diskFull)
+	return nil
+}
+
+// Limits returns the size limit (0: none) and disk-full policy in force.
+func (j *Journal) Limits() (maxBytes int64, diskFull string) {
+	return j.maxBytes.Load(), *j.diskFull.Load()
 }
 
 // Dir returns the journal's directory.
@@ -433,7 +473,7 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 			j.broken = fmt.Errorf("%w: %w", ErrUnwritable, err)
 			j.mu.Unlock()
 		}
-		if errors.Is(werr, syscall.ENOSPC) && j.opts.DiskFull == DiskFullDropOldest && j.dropOldest() {
+		if errors.Is(werr, syscall.ENOSPC) && j.dropsOldest() && j.dropOldest() {
 			j.commit(batch, buf) // retry once there is room
 			return
 		}
@@ -469,11 +509,11 @@ const maxHeaderBytes = 128
 // segment being written goes on past SegmentBytes instead, and every batch
 // still has to fit (makeRoom).
 func (j *Journal) roomForHeader() bool {
-	if j.opts.MaxBytes <= 0 {
+	if j.maxBytes.Load() <= 0 {
 		return true
 	}
-	for j.totalSize()+maxHeaderBytes > j.opts.MaxBytes {
-		if j.opts.DiskFull != DiskFullDropOldest || !j.dropOldest() {
+	for j.totalSize()+maxHeaderBytes > j.maxBytes.Load() {
+		if !j.dropsOldest() || !j.dropOldest() {
 			return false
 		}
 	}
@@ -487,12 +527,12 @@ func (j *Journal) roomForHeader() bool {
 // larger than MaxBytes on its own is then written anyway (drop_oldest
 // never refuses an entry for the limit), and logged.
 func (j *Journal) makeRoom(n int64) error {
-	if j.opts.MaxBytes <= 0 {
+	if j.maxBytes.Load() <= 0 {
 		return nil
 	}
-	for j.totalSize()+n > j.opts.MaxBytes {
-		if j.opts.DiskFull != DiskFullDropOldest {
-			return fmt.Errorf("%w (%d bytes; policy %q)", ErrDiskLimit, j.opts.MaxBytes, j.opts.DiskFull)
+	for j.totalSize()+n > j.maxBytes.Load() {
+		if !j.dropsOldest() {
+			return fmt.Errorf("%w (%d bytes; policy %q)", ErrDiskLimit, j.maxBytes.Load(), *j.diskFull.Load())
 		}
 		if j.dropOldest() {
 			continue
@@ -502,7 +542,7 @@ func (j *Journal) makeRoom(n int64) error {
 		j.mu.Unlock()
 		if emptySeg {
 			j.opts.Logger.Warn("audit: a batch larger than max_bytes on its own; written anyway (policy drop_oldest)",
-				"batch_bytes", n, "max_bytes", j.opts.MaxBytes)
+				"batch_bytes", n, "max_bytes", j.maxBytes.Load())
 			return nil
 		}
 		if err := j.newSegment(j.nextSeq, j.prev); err != nil {

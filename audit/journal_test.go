@@ -487,6 +487,47 @@ func TestDropOldestPolicyMakesRoom(t *testing.T) {
 	}
 }
 
+// A reload changes the size limit and the policy of the running journal:
+// raising max_bytes lets a journal blocked at its limit take appends again;
+// a limit below what it holds under block is refused and changes nothing;
+// drop_oldest then makes room.
+func TestSetLimitsAppliesToTheRunningJournal(t *testing.T) {
+	j := openTest(t, t.TempDir(), &Options{SegmentBytes: 4096, MaxBytes: 16384})
+	var err error
+	for i := 0; i < 300 && err == nil; i++ {
+		_, err = j.Append(context.Background(), testEvent(i))
+	}
+	if !errors.Is(err, ErrDiskLimit) {
+		t.Fatalf("at the limit: got %v, want ErrDiskLimit", err)
+	}
+	if err := j.SetLimits(8192, DiskFullBlock); err == nil || !strings.Contains(err.Error(), "below") {
+		t.Fatalf("a limit below what the journal holds, under block: got %v, want a refusal", err)
+	}
+	if _, err := j.Append(context.Background(), testEvent(0)); !errors.Is(err, ErrDiskLimit) {
+		t.Fatalf("after the refused change: got %v, want the old limit still (ErrDiskLimit)", err)
+	}
+	if err := j.SetLimits(1<<20, DiskFullBlock); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(context.Background(), testEvent(0)); err != nil {
+		t.Fatalf("after raising max_bytes: %v", err)
+	}
+	if err := j.SetLimits(16384, DiskFullDropOldest); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		if _, err := j.Append(context.Background(), testEvent(i)); err != nil {
+			t.Fatalf("append %d under drop_oldest: %v", i, err)
+		}
+	}
+	if j.Segments()[0].First == 1 {
+		t.Error("drop_oldest set by SetLimits dropped nothing")
+	}
+	if err := j.SetLimits(0, "shred"); err == nil {
+		t.Error("an unknown policy was accepted")
+	}
+}
+
 // Under drop_oldest, a full file system makes the journal drop its oldest
 // segment and write the batch again: every append succeeds, and the entries
 // written on the retry are intact (their seq put in once, the chain whole).

@@ -247,12 +247,12 @@ func (j *Journal) maintain() {
 // aheadRoom is how long the segment being written may grow, zeros
 // included, for all segments to stay within Options.MaxBytes.
 func (j *Journal) aheadRoom() int64 {
-	if j.opts.MaxBytes <= 0 {
+	room := j.maxBytes.Load()
+	if room <= 0 {
 		return math.MaxInt64
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	room := j.opts.MaxBytes
 	for _, s := range j.segments[:max(len(j.segments)-1, 0)] {
 		room -= s.size
 	}

@@ -101,6 +101,18 @@ type Forwarder struct {
 
 	stopMu   sync.RWMutex // held for reading around a target-state append
 	stopping bool
+
+	retMu     sync.Mutex // guards the retention, which a reload may change
+	retain    time.Duration
+	keepBytes int64
+}
+
+// SetRetention changes Options.Retain and Options.KeepBytes of a running
+// forwarder, as a config reload does; the next Prune applies them.
+func (f *Forwarder) SetRetention(retain time.Duration, keepBytes int64) {
+	f.retMu.Lock()
+	f.retain, f.keepBytes = retain, keepBytes
+	f.retMu.Unlock()
 }
 
 // Stopping tells the forwarder the daemon is stopping: from now on a
@@ -146,7 +158,7 @@ func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("syslog: %w", err)
 	}
-	f := &Forwarder{j: j, opts: o}
+	f := &Forwarder{j: j, opts: o, retain: o.Retain, keepBytes: o.KeepBytes}
 	for _, tc := range targets {
 		tc = tc.withDefaults()
 		ep, _ := parseAddress(tc.Address)
@@ -334,9 +346,12 @@ func (f *Forwarder) Prune() (int, error) {
 		total += s.Bytes
 	}
 	now := time.Now()
+	f.retMu.Lock()
+	retain, keepBytes := f.retain, f.keepBytes
+	f.retMu.Unlock()
 	return f.j.Prune(f.Delivered(), func(s audit.SegmentInfo) bool {
-		old := f.opts.Retain > 0 && now.Sub(s.ModTime) > f.opts.Retain
-		big := f.opts.KeepBytes > 0 && total > f.opts.KeepBytes
+		old := retain > 0 && now.Sub(s.ModTime) > retain
+		big := keepBytes > 0 && total > keepBytes
 		if old || big {
 			total -= s.Bytes
 			return true

@@ -147,11 +147,41 @@ func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
 		return errors.Join(errs...)
 	})
 
+	// A reload applies the journal's size limit and disk-full policy and
+	// the retention at once (raising max_bytes is how an admin lets a
+	// journal blocked at its limit take actions again); the rest of
+	// [audit] is said to need a restart, so the reload is recorded as
+	// partly refused rather than silently ignored.
+	cur := a
 	d.reloaders = append(d.reloaders, func(ctx context.Context, next *config.File) error {
-		if !slices.Equal(next.Audit.Syslog, a.Syslog) {
-			return errors.New("audit: [[audit.syslog]] changes take effect at the next restart (the running forwarders keep their targets)")
+		n := next.Audit
+		var errs []error
+		if !slices.Equal(n.Syslog, cur.Syslog) {
+			errs = append(errs, errors.New("audit: [[audit.syslog]] changes take effect at the next restart (the running forwarders keep their targets)"))
 		}
-		return nil
+		var later []string
+		if n.SegmentBytes != cur.SegmentBytes {
+			later = append(later, "segment_bytes")
+		}
+		if n.CheckpointEvery != cur.CheckpointEvery {
+			later = append(later, "checkpoint_every")
+		}
+		if n.CheckpointInterval != cur.CheckpointInterval {
+			later = append(later, "checkpoint_interval")
+		}
+		if len(later) > 0 {
+			errs = append(errs, fmt.Errorf("audit: %s: changes take effect at the next restart", strings.Join(later, ", ")))
+		}
+		if n.MaxBytes != cur.MaxBytes || n.DiskFull != cur.DiskFull {
+			if err := d.journal.SetLimits(int64(n.MaxBytes), n.DiskFull); err != nil {
+				errs = append(errs, fmt.Errorf("%w (max_bytes and disk_full unchanged)", err))
+			} else {
+				cur.MaxBytes, cur.DiskFull = n.MaxBytes, n.DiskFull
+			}
+		}
+		cur.Retain = n.Retain
+		fw.SetRetention(cur.Retain.D(), int64(cur.MaxBytes)/4*3)
+		return errors.Join(errs...)
 	})
 
 	for i, t := range a.Syslog {

@@ -226,6 +226,42 @@ func TestReloadKeepsOldConfigWhenNewOneIsBroken(t *testing.T) {
 	}
 }
 
+// A reload applies [audit] max_bytes and disk_full to the running journal
+// (raising max_bytes is how a journal blocked at its limit takes actions
+// again; audit's TestSetLimitsAppliesToTheRunningJournal has a limit below
+// what the journal holds refused); a key that needs a restart makes the
+// reload partly refused, recorded as such.
+func TestReloadAppliesJournalLimits(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	path := x.d.config().Path
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload := func(auditKeys string) *audit.Event {
+		t.Helper()
+		body := bytes.Replace(good, []byte("[audit]\n"), []byte("[audit]\n"+auditKeys+"\n"), 1)
+		if err := os.WriteFile(path, body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		x.d.reloadFrom(x.ctx, path)
+		ev := x.lastEvent("config.reload")
+		return &ev
+	}
+	if max, policy := x.d.journal.Limits(); max != 0 || policy != audit.DiskFullBlock {
+		t.Fatalf("at start: got %d %s, want 0 block", max, policy)
+	}
+	if ev := reload("max_bytes = \"1GB\"\ndisk_full = \"drop_oldest\""); ev.Outcome != audit.OutcomeSuccess {
+		t.Errorf("a limit the journal is under: got %s %q, want success", ev.Outcome, ev.Reason)
+	}
+	if max, policy := x.d.journal.Limits(); max != 1e9 || policy != audit.DiskFullDropOldest {
+		t.Errorf("after the reload: got %d %s, want 1 GB drop_oldest", max, policy)
+	}
+	if ev := reload("max_bytes = \"1GB\"\ndisk_full = \"drop_oldest\"\ncheckpoint_every = 7"); ev.Outcome != audit.OutcomeFailure || !strings.Contains(ev.Reason, "checkpoint_every: changes take effect at the next restart") {
+		t.Errorf("checkpoint_every changed: got %s %q, want failure naming the key", ev.Outcome, ev.Reason)
+	}
+}
+
 func reloadOutcomes(t *testing.T, dir string) []string {
 	t.Helper()
 	j, err := audit.Open(dir, nil)
