@@ -570,7 +570,15 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 		}
 		if d := t.delivered.Load(); d != stored && now.Sub(lastStore) >= storeEvery {
 			if err := t.cur.store(d); err != nil {
-				return err
+				// A cursor that cannot be saved (a full disk) costs only
+				// duplicates after a restart: delivery goes on, and the
+				// save is tried again at the next interval.
+				t.log.Error("syslog: saving cursor; delivery goes on", "err", err)
+				t.mu.Lock()
+				t.st.LastError, t.st.LastErrorAt = "saving the cursor: "+err.Error(), now.UTC()
+				t.mu.Unlock()
+				lastStore = now
+				return nil
 			}
 			stored, lastStore = d, now
 		}

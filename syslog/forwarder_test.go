@@ -950,3 +950,28 @@ func readInto(c net.Conn, mu *sync.Mutex, buf *bytes.Buffer) {
 		}
 	}
 }
+
+// A cursor that cannot be saved (here its temporary file's name is taken
+// by a directory, as a full disk would fail it) does not stop delivery or
+// churn the connection: it costs duplicates after a restart, no more.
+func TestCursorThatCannotBeSavedDoesNotStopDelivery(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	dir := t.TempDir()
+	target := Target{Address: "tcp://" + srv.Addr}
+	if err := os.Mkdir(newCursor(dir, target.Address).path+".tmp", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j := openJournal(t)
+	f := startForwarder(t, j, &Options{Dir: dir}, target)
+	for range 5 {
+		if err := appendN(t, j, 50, 4); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(250 * time.Millisecond) // past storeEvery: each round tries a save
+	}
+	waitFor(t, "everything delivered", time.Minute, func() bool { return f.Status()[0].Delivered == j.LastSeq() })
+	st := f.Status()[0]
+	if !strings.Contains(st.LastError, "saving the cursor") || st.Reconnects != 1 {
+		t.Errorf("got status %+v, want the failed save named and the one connection kept", st)
+	}
+}
