@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/hardening"
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
@@ -80,6 +82,7 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 			{Path: cfg.Server.StateDir, Kind: hardening.StateDir},
 		}, serviceUID()),
 		hardening.MasterKeyCheck(keyFile, unitText),
+		hardening.JournalLimitCheck(cfg.Server.StateDir, int64(cfg.Audit.MaxBytes), cmp.Or(cfg.Audit.DiskFull, audit.DiskFullBlock)),
 	)
 	if cfg.LDAP != nil {
 		l := cfg.LDAP
