@@ -80,13 +80,24 @@ func (k *nft) remove() error {
 type kernelTable struct {
 	Exists bool
 	Chains map[string][]kernelRule
+	Heads  map[string]kernelChain
 	Sets   map[string]*kernelSet
 }
 
 type kernelRule struct {
 	Desc    string
+	Body    string // exprFingerprint of what the rule does
 	Packets uint64
 	Bytes   uint64
+}
+
+// kernelChain is a base chain's type, hook, priority and policy.
+type kernelChain struct {
+	Type     nftables.ChainType
+	Hook     nftables.ChainHook
+	Priority nftables.ChainPriority
+	Policy   nftables.ChainPolicy
+	Base     bool
 }
 
 type kernelSet struct {
@@ -100,7 +111,7 @@ func (k *nft) read() (*kernelTable, error) {
 	if err != nil {
 		return nil, err
 	}
-	kt := &kernelTable{Chains: map[string][]kernelRule{}, Sets: map[string]*kernelSet{}}
+	kt := &kernelTable{Chains: map[string][]kernelRule{}, Heads: map[string]kernelChain{}, Sets: map[string]*kernelSet{}}
 	t, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -121,9 +132,17 @@ func (k *nft) read() (*kernelTable, error) {
 		if err != nil {
 			return nil, fmt.Errorf("netseg: list rules of %s: %w", ch.Name, err)
 		}
+		head := kernelChain{Type: ch.Type}
+		if ch.Hooknum != nil && ch.Priority != nil {
+			head.Base, head.Hook, head.Priority = true, *ch.Hooknum, *ch.Priority
+		}
+		if ch.Policy != nil {
+			head.Policy = *ch.Policy
+		}
+		kt.Heads[ch.Name] = head
 		krs := []kernelRule{}
 		for _, r := range rules {
-			kr := kernelRule{}
+			kr := kernelRule{Body: exprFingerprint(r.Exprs)}
 			if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok {
 				kr.Desc = s
 			}
@@ -150,6 +169,79 @@ func (k *nft) read() (*kernelTable, error) {
 	return kt, nil
 }
 
+// reg names a register as the kernel lists it: a 32-bit register that
+// starts a 128-bit one (NFT_REG32_04 is where NFT_REG_2 starts) is listed
+// as the 128-bit one.
+func reg(r uint32) uint32 {
+	const reg32First = 8 // NFT_REG32_00
+	if r >= reg32First && (r-reg32First)%4 == 0 {
+		return (r-reg32First)/4 + 1
+	}
+	return r
+}
+
+// describeHead says what a chain is, in nft's words.
+func describeHead(h kernelChain) string {
+	if !h.Base {
+		return "a regular chain"
+	}
+	policy := "accept"
+	if h.Policy == nftables.ChainPolicyDrop {
+		policy = "drop"
+	}
+	return fmt.Sprintf("type %s hook %d priority %d policy %s", h.Type, h.Hook, h.Priority, policy)
+}
+
+// exprFingerprint is what a rule does, in a form that compares the rule
+// built here with the one the kernel lists: each expression marshalled as
+// netlink sends it, with what the kernel fills in or counts left out (a
+// counter's values, a set's transaction id; the set's name stays).
+func exprFingerprint(es []expr.Any) string {
+	var b []byte
+	for _, e := range es {
+		switch x := e.(type) {
+		case *expr.Counter:
+			e = &expr.Counter{}
+		case *expr.Lookup:
+			c := *x
+			c.SetID = 0
+			c.SourceRegister, c.DestRegister = reg(c.SourceRegister), reg(c.DestRegister)
+			e = &c
+		case *expr.Meta:
+			c := *x
+			c.Register = reg(c.Register)
+			e = &c
+		case *expr.Payload:
+			c := *x
+			c.DestRegister, c.SourceRegister = reg(c.DestRegister), reg(c.SourceRegister)
+			e = &c
+		case *expr.Cmp:
+			c := *x
+			c.Register = reg(c.Register)
+			e = &c
+		case *expr.Bitwise:
+			c := *x
+			c.SourceRegister, c.DestRegister = reg(c.SourceRegister), reg(c.DestRegister)
+			e = &c
+		case *expr.Ct:
+			c := *x
+			c.Register = reg(c.Register)
+			e = &c
+		case *expr.Range:
+			c := *x
+			c.Register = reg(c.Register)
+			e = &c
+		}
+		m, err := expr.Marshal(byte(nftables.TableFamilyINet), e)
+		if err != nil {
+			b = fmt.Appendf(b, "%T?", e)
+			continue
+		}
+		b = fmt.Appendf(b, "%T:%x;", e, m)
+	}
+	return string(b)
+}
+
 // tableDrift compares the kernel's table with the desired ruleset and says,
 // in words, what differs. Empty means no drift.
 func tableDrift(want *ruleset, got *kernelTable) []string {
@@ -166,6 +258,10 @@ func tableDrift(want *ruleset, got *kernelTable) []string {
 			out = append(out, fmt.Sprintf("chain %s is missing", c.Name))
 			continue
 		}
+		if h := got.Heads[c.Name]; c.Hook != nil && (!h.Base || h.Type != nftables.ChainTypeFilter || h.Hook != *c.Hook ||
+			h.Priority != *nftables.ChainPriorityFilter || h.Policy != nftables.ChainPolicyDrop) {
+			out = append(out, fmt.Sprintf("chain %s is not a filter chain at priority filter with policy drop (%s)", c.Name, describeHead(h)))
+		}
 		var gd, wd []string
 		for _, r := range rules {
 			gd = append(gd, r.Desc)
@@ -175,6 +271,13 @@ func tableDrift(want *ruleset, got *kernelTable) []string {
 		}
 		if !slices.Equal(gd, wd) {
 			out = append(out, fmt.Sprintf("chain %s has %d rules, want %d", c.Name, len(gd), len(wd)))
+			continue
+		}
+		// Same rules by name: each must also do what it says.
+		for i, r := range c.Rules {
+			if rules[i].Body != exprFingerprint(r.Exprs) {
+				out = append(out, fmt.Sprintf("chain %s rule %d (%s) was changed", c.Name, i+1, truncate(r.Desc, 80)))
+			}
 		}
 	}
 	for name := range got.Chains {

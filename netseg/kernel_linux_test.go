@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -333,6 +334,12 @@ func TestConfirmedApplyStays(t *testing.T) {
 // process would.
 func otherProcess(t *testing.T, ns *netns.NS, args ...string) {
 	t.Helper()
+	otherProcessOutput(t, ns, args...)
+}
+
+// otherProcessOutput is otherProcess, returning what nft printed.
+func otherProcessOutput(t *testing.T, ns *netns.NS, args ...string) string {
+	t.Helper()
 	fd, err := unix.Dup(ns.Fd()) // the File closes its fd; the lab keeps its own
 	if err != nil {
 		t.Fatal(err)
@@ -341,9 +348,29 @@ func otherProcess(t *testing.T, ns *netns.NS, args ...string) {
 	defer f.Close()
 	cmd := exec.Command("nsenter", append([]string{"--net=/proc/self/fd/3", "nft"}, args...)...)
 	cmd.ExtraFiles = []*os.File{f}
-	if out, err := cmd.CombinedOutput(); err != nil {
+	out, err := cmd.CombinedOutput()
+	if err != nil {
 		t.Fatalf("nsenter nft %v: %v\n%s", args, err, out)
 	}
+	return string(out)
+}
+
+// acceptLastRule replaces the last rule of our output chain (the count,
+// log and drop of what nothing allowed) with an accept under the same
+// comment, as someone hiding a change from a check of comments would.
+func acceptLastRule(t *testing.T, ns *netns.NS) {
+	t.Helper()
+	out := otherProcessOutput(t, ns, "-a", "list", "chain", "inet", "applianced", "output")
+	var handle, comment string
+	for _, line := range strings.Split(out, "\n") {
+		if m := regexp.MustCompile(`comment "(.*)" # handle (\d+)`).FindStringSubmatch(line); m != nil {
+			comment, handle = m[1], m[2]
+		}
+	}
+	if handle == "" {
+		t.Fatalf("no rule with a comment and a handle in:\n%s", out)
+	}
+	otherProcess(t, ns, "replace", "rule", "inet", "applianced", "output", "handle", handle, "accept", "comment", `"`+comment+`"`)
 }
 
 func TestDriftIsRepaired(t *testing.T) {
@@ -357,6 +384,9 @@ func TestDriftIsRepaired(t *testing.T) {
 		{"flush table", "flush table inet applianced"},
 		{"delete table", "delete table inet applianced"},
 		{"flush chain", "flush chain inet applianced output"},
+		// The same rules, comments and count: only what they do changed.
+		{"policy accept", "add chain inet applianced output { type filter hook output priority 0 ; policy accept ; }"},
+		{"rule replaced under its comment", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -368,7 +398,11 @@ func TestDriftIsRepaired(t *testing.T) {
 				t.Fatalf("Apply: %v", err)
 			}
 			time.Sleep(300 * time.Millisecond) // the watchers subscribe as Run starts
-			otherProcess(t, r.lab.AI, strings.Fields(tc.cmd)...)
+			if tc.cmd == "" {
+				acceptLastRule(t, r.lab.AI)
+			} else {
+				otherProcess(t, r.lab.AI, strings.Fields(tc.cmd)...)
+			}
 			evs := r.events(t, func(evs []audit.Event) bool { return len(ofType(evs, "net.drift")) > 0 })
 			drift := ofType(evs, "net.drift")
 			if len(drift) == 0 {
