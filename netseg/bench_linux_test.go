@@ -30,7 +30,7 @@ func BenchmarkApply(b *testing.B) {
 		b.Run(fmt.Sprintf("cidrs=%d", n), func(b *testing.B) {
 			cfg := &Config{Egress: []Rule{{To: manyCIDRs(n), Proto: "tcp", Ports: []int{443}}}}
 			for b.Loop() {
-				rs, err := buildRuleset(cfg, nil)
+				rs, err := buildRuleset(cfg, nil, nil)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -61,7 +61,7 @@ func BenchmarkNewConnections(b *testing.B) {
 	for _, n := range []int{10, 10000} {
 		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
 			cfg := &Config{Ingress: []Rule{{From: manyCIDRs(n, "10.30.0.0/24"), Proto: "tcp", Ports: []int{8443}}}}
-			rs, err := buildRuleset(cfg, nil)
+			rs, err := buildRuleset(cfg, nil, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -8,7 +8,9 @@
 // also cover traffic routed through the host: containers, VMs), and the egress
 // the appliance itself needs (its directory servers, audit targets, tool
 // upstreams), which the daemon derives from the rest of the config and
-// passes in as Needs. Allow lists live in named interval sets (networks are
+// passes in as Needs; that egress is accepted only from the sockets of the
+// daemon's user and root (Options.NeedsOwners), so an agent on the host
+// cannot reach the directory or the SIEM around the appliance. Allow lists live in named interval sets (networks are
 // merged first) and a concatenated address·protocol·port set; each rule has
 // a counter; drops are logged to an nflog group the Manager reads and turns
 // into net.egress_blocked and net.ingress_blocked audit events, aggregated
@@ -19,7 +21,9 @@
 // nothing), arms a rollback unless the apply is confirmed in time, refuses
 // an apply that would lock out the admin's SSH address unless forced, puts
 // the table and VLANs back when another process changes them (drift), and
-// removes everything it made on down. Every one of these is audited.
+// removes everything it made on down. Every one of these is audited. The
+// table comes back as soon as the daemon starts (RestoreTable), before
+// anything else it opens can fail.
 //
 // It refuses to touch any other table or any interface it did not create:
 // VLANs it creates carry the interface alias "applianced-managed". Stopping

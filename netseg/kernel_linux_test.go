@@ -3,6 +3,7 @@ package netseg
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -330,6 +331,72 @@ func TestConfirmedApplyStays(t *testing.T) {
 	}
 }
 
+// reachTCPAs connects from ns to addr in a process running as uid, as an
+// agent on the AI server would.
+func reachTCPAs(t *testing.T, ns *netns.NS, uid int, addr string) error {
+	t.Helper()
+	for _, tool := range []string{"nsenter", "setpriv", "bash", "timeout"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipped: %s not installed", tool)
+		}
+	}
+	fd, err := unix.Dup(ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "netns")
+	defer f.Close()
+	host, port, _ := net.SplitHostPort(addr)
+	u := strconv.Itoa(uid)
+	cmd := exec.Command("nsenter", "--net=/proc/self/fd/3", "setpriv", "--reuid="+u, "--regid="+u, "--clear-groups",
+		"timeout", "1", "bash", "-c", "exec 3<>/dev/tcp/"+host+"/"+port)
+	cmd.ExtraFiles = []*os.File{f}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+// The appliance's own egress (the needs derived from its config) is
+// accepted only from the owners' sockets: another user on the AI server,
+// an agent, cannot reach the SIEM (or the directory, or a tool's upstream)
+// through it. What the admin allowed in [[net.egress]] stays host-wide.
+func TestOwnEgressIsTheOwnersOnly(t *testing.T) {
+	lab := netns.New(t)
+	serveTCP(t, lab.Hosts["dc"].NS, "10.10.0.11:636")
+	serveTCP(t, lab.Hosts["siem"].NS, "10.40.0.10:6514")
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	m, err := New(Options{Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(),
+		NetNSFd: lab.AI.Fd(), NeedsOwners: []uint32{0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, needs := labConfig()
+	if _, err := m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reachTCPAs(t, lab.AI, 0, "10.40.0.10:6514"); err != nil {
+		t.Errorf("root (an owner) to the SIEM: %v", err)
+	}
+	if err := reachTCPAs(t, lab.AI, 65534, "10.40.0.10:6514"); err == nil {
+		t.Error("another user reaches the SIEM through the appliance's own egress")
+	}
+	if err := reachTCPAs(t, lab.AI, 65534, "10.10.0.11:636"); err != nil {
+		t.Errorf("another user to the DC, which [[net.egress]] allows: %v", err)
+	}
+	// The owners are part of the applied state: a restart restores them.
+	m.mu.Lock()
+	owners := m.cur.Owners
+	m.mu.Unlock()
+	if !slices.Equal(owners, []uint32{0}) {
+		t.Errorf("applied owners %v, want [0]", owners)
+	}
+}
+
 // otherProcess runs an nft command in the ai namespace, as a separate
 // process would.
 func otherProcess(t *testing.T, ns *netns.NS, args ...string) {
@@ -485,7 +552,7 @@ func TestRefusedTransactionKeepsPrevious(t *testing.T) {
 	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
-	rs, err := buildRuleset(&Config{Egress: []Rule{{To: []string{"0.0.0.0/0"}, Proto: "any"}}}, nil)
+	rs, err := buildRuleset(&Config{Egress: []Rule{{To: []string{"0.0.0.0/0"}, Proto: "any"}}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -595,7 +662,7 @@ func TestKernelAcceptsGoldenRulesets(t *testing.T) {
 	k := &nft{nsFd: lab.AI.Fd()}
 	for name, tc := range goldenCases() {
 		t.Run(name, func(t *testing.T) {
-			rs, err := buildRuleset(tc.cfg, tc.needs)
+			rs, err := buildRuleset(tc.cfg, tc.needs, tc.owners)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -621,7 +688,7 @@ func TestKernelAcceptsGoldenRulesets(t *testing.T) {
 func TestApplyTenThousandCIDRs(t *testing.T) {
 	lab := netns.New(t)
 	k := &nft{nsFd: lab.AI.Fd()}
-	rs, err := buildRuleset(&Config{Egress: []Rule{{To: manyCIDRs(10000), Proto: "tcp", Ports: []int{443}}}}, nil)
+	rs, err := buildRuleset(&Config{Egress: []Rule{{To: manyCIDRs(10000), Proto: "tcp", Ports: []int{443}}}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,11 @@ type Options struct {
 	// NetNSFd is the network namespace to work in, as an open file
 	// descriptor; 0 means the daemon's own.
 	NetNSFd int
+	// NeedsOwners are the user ids whose sockets the appliance's own
+	// egress (the Needs of Plan and Apply) is accepted from: the daemon's
+	// and root's. Empty accepts it from any process on the host, agents
+	// included.
+	NeedsOwners []uint32
 	// Resolver resolves host names in Needs. Default net.DefaultResolver.
 	Resolver *net.Resolver
 	// DriftInterval is how often the kernel is compared with the applied
@@ -64,7 +69,10 @@ type ApplyOptions struct {
 type applied struct {
 	Config Config         `json:"config"`
 	Needs  []resolvedNeed `json:"needs"`
-	At     time.Time      `json:"at"`
+	// Owners are the uids the needs are accepted from (Options.NeedsOwners
+	// at the apply); none: any process.
+	Owners []uint32  `json:"owners,omitempty"`
+	At     time.Time `json:"at"`
 	rs     *ruleset
 }
 
@@ -193,7 +201,7 @@ func (m *Manager) load() error {
 		if a == nil {
 			continue
 		}
-		if a.rs, err = buildRuleset(&a.Config, a.Needs); err != nil {
+		if a.rs, err = buildRuleset(&a.Config, a.Needs, a.Owners); err != nil {
 			return fmt.Errorf("netseg: state file %s: %w", p, err)
 		}
 	}
@@ -276,11 +284,11 @@ func (m *Manager) prepare(ctx context.Context, cfg *Config, needs []Need) (*appl
 	if len(fields) > 0 {
 		return nil, &ConfigError{Fields: fields}
 	}
-	rs, err := buildRuleset(cfg, rn)
+	rs, err := buildRuleset(cfg, rn, m.opts.NeedsOwners)
 	if err != nil {
 		return nil, &ConfigError{Fields: []string{err.Error()}}
 	}
-	return &applied{Config: *cfg, Needs: rn, rs: rs}, nil
+	return &applied{Config: *cfg, Needs: rn, Owners: m.opts.NeedsOwners, rs: rs}, nil
 }
 
 func containsStr(xs []string, x string) bool {

@@ -82,7 +82,13 @@ var (
 
 // buildRuleset turns a validated config and the appliance's own needs into
 // the table's content. It is pure: same input, same output, no I/O.
-func buildRuleset(cfg *Config, needs []resolvedNeed) (*ruleset, error) {
+//
+// owners are the user ids whose sockets the appliance's own egress (needs)
+// is for: the daemon's, and root's (doctor and the CLI's checks of the
+// same servers; root can change the table anyway). None means any process,
+// which lets every user on the AI server, agents included, reach the
+// directory, the SIEM and the tools' upstreams directly.
+func buildRuleset(cfg *Config, needs []resolvedNeed, owners []uint32) (*ruleset, error) {
 	rs := &ruleset{}
 	b := &builder{rs: rs, sets: map[string][]netip.Prefix{}}
 	for _, s := range cfg.Sets {
@@ -112,7 +118,7 @@ func buildRuleset(cfg *Config, needs []resolvedNeed) (*ruleset, error) {
 
 	// The appliance's own needs: one concatenated addr·proto·port set per
 	// family, one rule each.
-	if err := b.needs(out, needs); err != nil {
+	if err := b.needs(out, needs, owners); err != nil {
 		return nil, err
 	}
 	for i := range cfg.Egress {
@@ -276,7 +282,7 @@ func ruleDesc(kind string, idx int, r *Rule, fam, set string, ports *setSpec) st
 
 // needs adds the appliance's own egress: a concatenated set of
 // address·protocol·port per family, looked up by one rule each.
-func (b *builder) needs(out *chainSpec, needs []resolvedNeed) error {
+func (b *builder) needs(out *chainSpec, needs []resolvedNeed, owners []uint32) error {
 	type fam struct {
 		name  string
 		nfp   byte
@@ -328,19 +334,35 @@ func (b *builder) needs(out *chainSpec, needs []resolvedNeed) error {
 			continue
 		}
 		b.addSet(s)
-		out.Rules = append(out.Rules, &ruleSpec{
-			Desc: fmt.Sprintf("output: accept %s the appliance's own egress @%s", f.name, s.Set.Name),
-			Exprs: []expr.Any{
+		rule := func(desc string, owner []expr.Any) *ruleSpec {
+			es := []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfp}},
+			}
+			es = append(es, owner...)
+			es = append(es,
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.off, Len: f.alen},
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: f.proto},
 				&expr.Payload{DestRegister: f.port, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 				&expr.Lookup{SourceRegister: 1, SetName: s.Set.Name, SetID: s.Set.ID},
 				&expr.Counter{},
 				&expr.Verdict{Kind: expr.VerdictAccept},
-			},
-		})
+			)
+			return &ruleSpec{Desc: desc, Exprs: es}
+		}
+		desc := fmt.Sprintf("output: accept %s the appliance's own egress @%s", f.name, s.Set.Name)
+		if len(owners) == 0 {
+			out.Rules = append(out.Rules, rule(desc, nil))
+			continue
+		}
+		for _, uid := range owners {
+			// A packet without a socket (one the kernel makes itself)
+			// has no owner and does not match.
+			out.Rules = append(out.Rules, rule(fmt.Sprintf("%s, from uid %d", desc, uid), []expr.Any{
+				&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, uid)},
+			}))
+		}
 	}
 	return nil
 }

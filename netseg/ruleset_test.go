@@ -25,19 +25,28 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 // google/nftables' test dial hook, must match the golden files.
 
 func goldenCases() map[string]struct {
-	cfg   *Config
-	needs []resolvedNeed
+	cfg    *Config
+	needs  []resolvedNeed
+	owners []uint32
 } {
 	off := false
 	return map[string]struct {
-		cfg   *Config
-		needs []resolvedNeed
+		cfg    *Config
+		needs  []resolvedNeed
+		owners []uint32
 	}{
 		"empty": {cfg: &Config{}},
 		"lab": {
 			cfg: func() *Config { c, _ := labConfig(); return c }(),
 			needs: []resolvedNeed{{Need: Need{Address: "siem.corp.example:6514", Proto: "tcp", Origin: "audit.syslog[0].address"},
 				Addrs: []netip.Addr{netip.MustParseAddr("10.40.0.10"), netip.MustParseAddr("2001:db8::10")}, Port: 6514}},
+		},
+		// The appliance's own egress from the daemon (uid 998) and root.
+		"lab-owned": {
+			cfg: func() *Config { c, _ := labConfig(); return c }(),
+			needs: []resolvedNeed{{Need: Need{Address: "siem.corp.example:6514", Proto: "tcp", Origin: "audit.syslog[0].address"},
+				Addrs: []netip.Addr{netip.MustParseAddr("10.40.0.10"), netip.MustParseAddr("2001:db8::10")}, Port: 6514}},
+			owners: []uint32{998, 0},
 		},
 		"sets-interfaces-v6-nolog": {cfg: &Config{
 			LogDrops: &off,
@@ -55,7 +64,7 @@ func goldenCases() map[string]struct {
 func TestRulesetGolden(t *testing.T) {
 	for name, tc := range goldenCases() {
 		t.Run(name, func(t *testing.T) {
-			rs, err := buildRuleset(tc.cfg, tc.needs)
+			rs, err := buildRuleset(tc.cfg, tc.needs, tc.owners)
 			if err != nil {
 				t.Fatalf("buildRuleset: %v", err)
 			}
@@ -126,11 +135,11 @@ func TestRulesetGolden(t *testing.T) {
 
 func TestBuildIsPure(t *testing.T) {
 	cfg, _ := labConfig()
-	a, err := buildRuleset(cfg, nil)
+	a, err := buildRuleset(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := buildRuleset(cfg, nil)
+	b, err := buildRuleset(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +156,7 @@ func TestBuildIsPure(t *testing.T) {
 
 func TestEveryRuleHasACounter(t *testing.T) {
 	for name, tc := range goldenCases() {
-		rs, err := buildRuleset(tc.cfg, tc.needs)
+		rs, err := buildRuleset(tc.cfg, tc.needs, tc.owners)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +204,7 @@ func TestMergePrefixes(t *testing.T) {
 // The plan renders the kernel's elements and ours the same way.
 func TestRenderElemsRoundTrip(t *testing.T) {
 	cfg := &Config{Egress: []Rule{{To: []string{"10.0.0.0/24", "10.0.1.0/24", "192.168.1.7", "0.0.0.0/1"}, Ports: []int{443, 22}}}}
-	rs, err := buildRuleset(cfg, []resolvedNeed{{Need: Need{Proto: "udp", Origin: "x"}, Addrs: []netip.Addr{netip.MustParseAddr("10.1.1.1")}, Port: 514}})
+	rs, err := buildRuleset(cfg, []resolvedNeed{{Need: Need{Proto: "udp", Origin: "x"}, Addrs: []netip.Addr{netip.MustParseAddr("10.1.1.1")}, Port: 514}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +422,7 @@ func FuzzValidate(f *testing.F) {
 		if len(c.Validate()) > 0 {
 			return
 		}
-		if _, err := buildRuleset(c, nil); err != nil {
+		if _, err := buildRuleset(c, nil, nil); err != nil {
 			t.Fatalf("valid config does not build: %v", err)
 		}
 	})

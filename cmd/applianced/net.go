@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -75,7 +76,16 @@ func netNeeds(f *config.File) []netseg.Need {
 // VLANs in place (drift repair) and audits dropped traffic. It applies
 // nothing by itself; `net apply` does.
 func (d *daemon) openNet(ctx, bg context.Context) error {
-	m, err := netseg.New(netseg.Options{Audit: d.journal, Logger: d.log.With("component", "netseg"), StateDir: d.config().Server.StateDir})
+	// The appliance's own egress (directory, SIEM, tools' upstreams) is
+	// for this process and root (doctor, the CLI), not for every user on
+	// the AI server: an agent must not reach the directory or the SIEM
+	// around the appliance.
+	owners := []uint32{uint32(os.Geteuid())}
+	if owners[0] != 0 {
+		owners = append(owners, 0)
+	}
+	m, err := netseg.New(netseg.Options{Audit: d.journal, Logger: d.log.With("component", "netseg"), StateDir: d.config().Server.StateDir,
+		NeedsOwners: owners})
 	if err != nil {
 		return err
 	}
