@@ -331,6 +331,62 @@ func TestConfirmedApplyStays(t *testing.T) {
 	}
 }
 
+// An SSH session established now is protected whoever runs the apply and
+// whatever their environment says ($SSH_CONNECTION is dropped by sudo): an
+// apply that would stop its client from connecting again is refused, and
+// goes through once the session has ended.
+func TestApplyRefusesToCutAnEstablishedSSHSession(t *testing.T) {
+	lab := netns.New(t)
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	m, err := New(Options{Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(),
+		NetNSFd: lab.AI.Fd(), SSHPorts: []int{22}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := lab.AI.Listen(t, "tcp", "0.0.0.0:22")
+	held := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			held <- c
+		}
+	}()
+	client, err := lab.Hosts["admin"].NS.Dial(context.Background(), "tcp", "10.99.0.1:22", shortDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := <-held
+	cfg, needs := labConfig()
+	cfg.Ingress = cfg.Ingress[:1] // no admin SSH rule
+	plan, err := m.Plan(context.Background(), cfg, needs, "")
+	if err != nil || !strings.Contains(plan.Lockout, "10.99.0.2 to port 22") {
+		t.Fatalf("Plan: lockout %q, err %v; want the session from 10.99.0.2 named", plan.Lockout, err)
+	}
+	if _, err := m.Apply(context.Background(), cfg, needs, ApplyOptions{}); !errors.Is(err, ErrLockout) || !strings.Contains(err.Error(), "10.99.0.2") {
+		t.Fatalf("Apply with an SSH session from 10.99.0.2 open: got %v, want ErrLockout naming it", err)
+	}
+	if kt, _ := m.k.read(); kt.Exists {
+		t.Fatal("a refused apply created the table")
+	}
+	client.Close()
+	server.Close()
+	// The session is gone (past TIME_WAIT on the client's side only).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err = m.Apply(context.Background(), cfg, needs, ApplyOptions{})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("Apply once the session ended: %v", err)
+	}
+}
+
 // reachTCPAs connects from ns to addr in a process running as uid, as an
 // agent on the AI server would.
 func reachTCPAs(t *testing.T, ns *netns.NS, uid int, addr string) error {
@@ -1172,5 +1228,31 @@ func TestUnconfirmedApplyRollsBackEvenWithoutAudit(t *testing.T) {
 	}
 	if err := r.m.Confirm(context.Background(), audit.Actor{}, ""); !errors.Is(err, ErrNothingToConfirm) {
 		t.Errorf("Confirm after the rollback: got %v, want ErrNothingToConfirm", err)
+	}
+}
+
+func TestSSHDPorts(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := dir + "/sshd_config"
+		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		conf string
+		want []int
+	}{
+		{"# Port 22\nPermitRootLogin no\n", []int{22}},
+		{"Port 2222\nport 22\n", []int{2222, 22}},
+		{"Port nope\n", []int{22}},
+	} {
+		if got := sshdPorts(write(tc.conf)); !slices.Equal(got, tc.want) {
+			t.Errorf("%q: got %v, want %v", tc.conf, got, tc.want)
+		}
+	}
+	if got := sshdPorts(dir + "/nosuch"); !slices.Equal(got, []int{22}) {
+		t.Errorf("no config: got %v, want [22]", got)
 	}
 }

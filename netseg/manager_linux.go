@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/applianced/applianced/audit"
+	"golang.org/x/sys/unix"
 )
 
 // Options configures a Manager. Audit is required; zero values elsewhere
@@ -32,6 +33,9 @@ type Options struct {
 	// NetNSFd is the network namespace to work in, as an open file
 	// descriptor; 0 means the daemon's own.
 	NetNSFd int
+	// SSHPorts are the local ports whose established sessions the lockout
+	// check protects. Default: the Port lines of /etc/ssh/sshd_config, or 22.
+	SSHPorts []int
 	// NeedsOwners are the user ids whose sockets the appliance's own
 	// egress (the Needs of Plan and Apply) is accepted from: the daemon's
 	// and root's. Empty accepts it from any process on the host, agents
@@ -340,6 +344,71 @@ func (m *Manager) resolve(ctx context.Context, needs []Need) ([]resolvedNeed, er
 
 // lockout returns a reason when a applied would stop the admin's SSH
 // address from making a new connection, or "".
+// lockoutAll is the lockout check of an apply: the admin's own session
+// (sshConn, from $SSH_CONNECTION, empty when unknown: sudo drops it) and
+// every SSH session established now, whoever runs the apply. It returns
+// why the apply would cut someone off, or "".
+func (m *Manager) lockoutAll(a *applied, sshConn string) (string, error) {
+	var reasons []string
+	if sshConn != "" {
+		r, err := m.lockout(a, sshConn)
+		if err != nil {
+			return "", err
+		}
+		if r != "" {
+			reasons = append(reasons, r)
+		}
+	}
+	r, err := m.sessionsLockout(a)
+	if err != nil {
+		return "", err
+	}
+	if r != "" {
+		reasons = append(reasons, r)
+	}
+	return strings.Join(reasons, "; "), nil
+}
+
+// sessionsLockout checks the SSH sessions established now (the kernel's
+// list of sockets, so it does not depend on the caller's environment):
+// each one's client must still be able to connect again.
+func (m *Manager) sessionsLockout(a *applied) (string, error) {
+	ports := m.opts.SSHPorts
+	if len(ports) == 0 {
+		ports = sshdPorts(sshdConfig)
+	}
+	sessions, err := m.l.inboundSessions(ports)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPROTONOSUPPORT) {
+		// A kernel without inet_diag (tcp_diag) cannot list sockets:
+		// the check of $SSH_CONNECTION, when given, is all there is.
+		m.log.Warn("netseg: cannot list established SSH sessions (kernel without tcp_diag); only $SSH_CONNECTION is checked for a lockout", "err", err)
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	var cut []string
+	seen := map[string]bool{}
+	for _, s := range sessions {
+		iface, err := m.l.ifaceOf(s.local.Addr())
+		if err != nil {
+			return "", err
+		}
+		if ingressAllows(&a.Config, iface, s.client.Unmap(), "tcp", int(s.local.Port())) {
+			continue
+		}
+		k := fmt.Sprintf("%s to port %d on %s", s.client.Unmap(), s.local.Port(), orDefault(iface, "the interface holding "+s.local.Addr().String()))
+		if !seen[k] {
+			seen[k] = true
+			cut = append(cut, k)
+		}
+	}
+	if len(cut) == 0 {
+		return "", nil
+	}
+	return "no ingress rule accepts tcp from " + strings.Join(cut, ", ") + ": the SSH sessions from there now, and any new login from there, would be cut", nil
+}
+
 func (m *Manager) lockout(a *applied, sshConn string) (string, error) {
 	f := strings.Fields(sshConn)
 	if len(f) != 4 {
@@ -436,18 +505,20 @@ func (m *Manager) Apply(ctx context.Context, cfg *Config, needs []Need, ao Apply
 	if err != nil {
 		return nil, err
 	}
-	if ao.SSHConnection != "" {
-		reason, err := m.lockout(a, ao.SSHConnection)
-		if err != nil {
-			return nil, err
+	reason, err := m.lockoutAll(a, ao.SSHConnection)
+	if err != nil {
+		return nil, err
+	}
+	plan.Lockout = reason
+	if reason != "" && !ao.Force {
+		det := map[string]string{}
+		if f := strings.Fields(ao.SSHConnection); len(f) > 0 {
+			det["ssh_client"] = f[0]
 		}
-		plan.Lockout = reason
-		if reason != "" && !ao.Force {
-			if aerr := m.audit(ctx, "net.apply", audit.OutcomeDenied, reason, ao.Actor, ao.RequestID, map[string]string{"ssh_client": strings.Fields(ao.SSHConnection)[0]}); aerr != nil {
-				return nil, aerr
-			}
-			return plan, fmt.Errorf("%w: %s (use --force to apply anyway)", ErrLockout, reason)
+		if aerr := m.audit(ctx, "net.apply", audit.OutcomeDenied, reason, ao.Actor, ao.RequestID, det); aerr != nil {
+			return nil, aerr
 		}
+		return plan, fmt.Errorf("%w: %s (use --force to apply anyway)", ErrLockout, reason)
 	}
 	before := m.cur
 	if _, err := m.put(a, before); err != nil {
@@ -618,8 +689,8 @@ func (m *Manager) Down(ctx context.Context, actor audit.Actor, reqID string) err
 }
 
 // Plan reports what Apply would change, in words, without changing
-// anything. With the admin's $SSH_CONNECTION, it also says whether the
-// apply would cut that session (Plan.Lockout).
+// anything. It also says whether the apply would cut an SSH session
+// established now, or the admin's own ($SSH_CONNECTION) (Plan.Lockout).
 func (m *Manager) Plan(ctx context.Context, cfg *Config, needs []Need, sshConnection string) (*Plan, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -631,10 +702,8 @@ func (m *Manager) Plan(ctx context.Context, cfg *Config, needs []Need, sshConnec
 	if err != nil {
 		return nil, err
 	}
-	if sshConnection != "" {
-		if p.Lockout, err = m.lockout(a, sshConnection); err != nil {
-			return nil, err
-		}
+	if p.Lockout, err = m.lockoutAll(a, sshConnection); err != nil {
+		return nil, err
 	}
 	return p, nil
 }

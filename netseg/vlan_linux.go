@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -361,4 +363,74 @@ func (l *links) ifaceOf(a netip.Addr) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// session is an established inbound TCP connection.
+type session struct {
+	local  netip.AddrPort // this host's end
+	client netip.Addr
+}
+
+// inboundSessions lists the established TCP connections whose local port
+// is one of ports, from the kernel's socket list (sock_diag) of the
+// namespace the Manager works in.
+func (l *links) inboundSessions(ports []int) ([]session, error) {
+	var h *netlink.Handle
+	var err error
+	if l.nsFd > 0 {
+		h, err = netlink.NewHandleAt(vnetns.NsHandle(l.nsFd), unix.NETLINK_INET_DIAG)
+	} else {
+		h, err = netlink.NewHandle(unix.NETLINK_INET_DIAG)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("netseg: sock_diag: %w", err)
+	}
+	defer h.Close()
+	var out []session
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		socks, err := h.SocketDiagTCP(fam)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return nil, fmt.Errorf("netseg: list TCP sockets: %w", err)
+		}
+		for _, s := range socks {
+			if s.State != tcpEstablished || !slices.Contains(ports, int(s.ID.SourcePort)) {
+				continue
+			}
+			local, ok1 := netip.AddrFromSlice(s.ID.Source)
+			client, ok2 := netip.AddrFromSlice(s.ID.Destination)
+			if !ok1 || !ok2 || client.Unmap().IsLoopback() {
+				continue
+			}
+			out = append(out, session{local: netip.AddrPortFrom(local.Unmap(), s.ID.SourcePort), client: client.Unmap()})
+		}
+	}
+	return out, nil
+}
+
+// tcpEstablished is TCP_ESTABLISHED in the kernel's socket states.
+const tcpEstablished = 1
+
+// sshdConfig is where sshd's listening ports are read from.
+const sshdConfig = "/etc/ssh/sshd_config"
+
+// sshdPorts returns the ports of the Port lines of sshd's config at path
+// (its main file only), or 22.
+func sshdPorts(path string) []int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return []int{22}
+	}
+	var ports []int
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && strings.EqualFold(f[0], "Port") {
+			if p, err := strconv.Atoi(f[1]); err == nil && p > 0 && p < 65536 {
+				ports = append(ports, p)
+			}
+		}
+	}
+	if len(ports) == 0 {
+		return []int{22}
+	}
+	return ports
 }
