@@ -387,6 +387,89 @@ func TestApplyRefusesToCutAnEstablishedSSHSession(t *testing.T) {
 	}
 }
 
+// A VLAN that cannot be put back (its parent gone) never keeps the table
+// away: drift repair and the automatic rollback program the table first,
+// and say what is left undone.
+func TestTableComesBackEvenWhenAVLANCannot(t *testing.T) {
+	lab := netns.New(t)
+	serveTCP(t, lab.Hosts["internet"].NS, "203.0.113.10:443")
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	m, err := New(Options{Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(), NetNSFd: lab.AI.Fd()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := labConfig()
+	cfg.VLANs = []VLAN{{Name: "ai0", Parent: "gone0", ID: 20, Addresses: []string{"10.20.0.5/24"}}}
+	rs, err := buildRuleset(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The state a host had when its VLAN's parent was still there.
+	m.mu.Lock()
+	m.cur = &applied{Config: *cfg, rs: rs, At: time.Now()}
+	m.mu.Unlock()
+
+	t.Run("drift repair", func(t *testing.T) {
+		if err := m.repair(context.Background()); err == nil || !strings.Contains(err.Error(), "gone0") {
+			t.Fatalf("repair: got %v, want the VLAN's failure", err)
+		}
+		if kt, _ := m.k.read(); !kt.Exists {
+			t.Fatal("the table was not put back because a VLAN could not be")
+		}
+		if err := reachTCP(lab.AI, "203.0.113.10:443"); err == nil {
+			t.Error("ai reaches the internet host after the repair")
+		}
+	})
+
+	t.Run("automatic rollback", func(t *testing.T) {
+		// An unconfirmed apply of no ingress at all, rolling back to the
+		// state whose VLAN cannot be made.
+		open := &Config{Egress: []Rule{{To: []string{"0.0.0.0/0"}, Proto: "any"}}}
+		ors, err := buildRuleset(open, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.k.replace(ors); err != nil {
+			t.Fatal(err)
+		}
+		m.mu.Lock()
+		prev := m.cur
+		m.cur = &applied{Config: *open, rs: ors, At: time.Now()}
+		p := &pendingConfirm{prev: prev, deadline: time.Now()}
+		m.pending = p
+		m.mu.Unlock()
+		m.expire(p)
+		if err := reachTCP(lab.AI, "203.0.113.10:443"); err == nil {
+			t.Error("the rollback did not put the previous table back")
+		}
+		if st, _ := m.Status(context.Background()); !st.ConfirmBy.IsZero() || st.RollbackError != "" {
+			t.Errorf("after the rollback: confirm by %v, error %q; want nothing pending", st.ConfirmBy, st.RollbackError)
+		}
+		r, err := j.Reader(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		var last audit.Event
+		for range j.LastSeq() {
+			e, err := r.Next(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Event.Type == "net.rollback" {
+				last = e.Event
+			}
+		}
+		if last.Outcome != audit.OutcomeSuccess || !strings.Contains(last.Details["vlans_not_restored"], "gone0") {
+			t.Errorf("net.rollback: %s %v, want success naming the VLAN left undone", last.Outcome, last.Details)
+		}
+	})
+}
+
 // reachTCPAs connects from ns to addr in a process running as uid, as an
 // agent on the AI server would.
 func reachTCPAs(t *testing.T, ns *netns.NS, uid int, addr string) error {
@@ -1254,5 +1337,26 @@ func TestSSHDPorts(t *testing.T) {
 	}
 	if got := sshdPorts(dir + "/nosuch"); !slices.Equal(got, []int{22}) {
 		t.Errorf("no config: got %v, want [22]", got)
+	}
+}
+
+// A confirmation after the window closed is refused: the rollback is due.
+func TestConfirmAfterTheWindowIsRefused(t *testing.T) {
+	r := startLabDrift(t, time.Hour)
+	cfg, needs := labConfig()
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{ConfirmWithin: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	r.m.mu.Lock()
+	r.m.pending.stop()
+	r.m.pending.deadline = time.Now().Add(-time.Second)
+	r.m.pending.lastErr = "the kernel refused it"
+	r.m.mu.Unlock()
+	err := r.m.Confirm(context.Background(), audit.Actor{}, "")
+	if !errors.Is(err, ErrNothingToConfirm) || !strings.Contains(err.Error(), "window closed") || !strings.Contains(err.Error(), "the kernel refused it") {
+		t.Fatalf("Confirm after the deadline: got %v, want a refusal saying the window closed and why the rollback failed", err)
+	}
+	if st, _ := r.m.Status(context.Background()); st.RollbackError != "the kernel refused it" {
+		t.Errorf("status rollback error %q", st.RollbackError)
 	}
 }

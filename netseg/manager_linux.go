@@ -109,6 +109,7 @@ type pendingConfirm struct {
 	prev     *applied
 	deadline time.Time
 	timer    *time.Timer
+	lastErr  string // why the automatic rollback failed, if it did
 }
 
 // New returns a Manager. It reads the saved state but does not touch the
@@ -489,6 +490,31 @@ func (m *Manager) put(a, before *applied) ([]string, error) {
 	return done, err
 }
 
+// restore puts a back (nil: nothing of ours) after drift or for a
+// rollback: the table first, on its own, so that a VLAN that cannot be
+// made (its parent gone, a name taken) never leaves the host without its
+// filter; then the VLANs. tableErr means nothing changed; vlanErr means
+// the table is in place and the VLANs are not (all of them).
+func (m *Manager) restore(a *applied) (done []string, tableErr, vlanErr error) {
+	var vlans []VLAN
+	if a == nil {
+		tableErr = m.k.remove()
+	} else {
+		tableErr = m.k.replace(a.rs)
+		vlans = a.Config.VLANs
+	}
+	if tableErr != nil {
+		return nil, tableErr, nil
+	}
+	done, vlanErr = m.l.ensure(vlans)
+	if vlanErr == nil {
+		var ch []string
+		ch, vlanErr = m.l.removeManaged(vlans)
+		done = append(done, ch...)
+	}
+	return done, nil, vlanErr
+}
+
 // Apply makes the kernel match cfg and needs: VLANs ensured, the whole
 // table replaced atomically. On any error the previous state is kept.
 func (m *Manager) Apply(ctx context.Context, cfg *Config, needs []Need, ao ApplyOptions) (*Plan, error) {
@@ -583,9 +609,16 @@ func (m *Manager) expire(p *pendingConfirm) {
 		return // confirmed or superseded meanwhile
 	}
 	if err := m.rollbackLocked(ctx, audit.Actor{}, "", "not confirmed before "+p.deadline.UTC().Format(time.RFC3339), true); err != nil {
-		m.log.Error("netseg: automatic rollback failed", "err", err)
+		// The kernel refused the previous table: try again, for as long
+		// as it takes; Status shows the confirmation overdue meanwhile.
+		m.log.Error("netseg: automatic rollback failed; trying again", "err", err, "in", rollbackRetry)
+		p.lastErr = err.Error()
+		p.timer = time.AfterFunc(rollbackRetry, func() { m.expire(p) })
 	}
 }
+
+// rollbackRetry is how soon a failed automatic rollback is tried again.
+var rollbackRetry = 10 * time.Second
 
 // Confirm keeps an apply made with ConfirmWithin.
 func (m *Manager) Confirm(ctx context.Context, actor audit.Actor, reqID string) error {
@@ -593,6 +626,16 @@ func (m *Manager) Confirm(ctx context.Context, actor audit.Actor, reqID string) 
 	defer m.mu.Unlock()
 	if m.pending == nil {
 		return ErrNothingToConfirm
+	}
+	if time.Now().After(m.pending.deadline) {
+		// The window closed: the rollback is due (and failing, or it
+		// would have run). Keeping this state takes a new apply.
+		why := ""
+		if m.pending.lastErr != "" {
+			why = " (it failed: " + m.pending.lastErr + ")"
+		}
+		return fmt.Errorf("%w: the window closed at %s and the automatic rollback is due%s; run `applianced net rollback`, or apply again to keep this config",
+			ErrNothingToConfirm, m.pending.deadline.UTC().Format(time.RFC3339), why)
 	}
 	if err := m.audit(ctx, "net.confirm", audit.OutcomeSuccess, "", actor, reqID, nil); err != nil {
 		return err
@@ -625,7 +668,8 @@ func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, 
 	default:
 		return ErrNothingToRollback
 	}
-	if _, err := m.put(target, m.cur); err != nil {
+	_, err, verr := m.restore(target)
+	if err != nil {
 		if aerr := m.audit(ctx, "net.rollback", audit.OutcomeFailure, err.Error(), actor, reqID, map[string]string{"why": why}); aerr != nil {
 			return errors.Join(err, aerr)
 		}
@@ -634,6 +678,11 @@ func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, 
 	det := map[string]string{"why": why, "to": "no table"}
 	if target != nil {
 		det["to"] = "state applied at " + target.At.Format(time.RFC3339)
+	}
+	if verr != nil {
+		// The table is back: the rollback's point. The VLANs are said.
+		det["vlans_not_restored"] = truncate(verr.Error(), 500)
+		m.log.Error("netseg: rollback: the table is back, the VLANs are not", "err", verr)
 	}
 	// As for Apply: a rollback an admin asked for that cannot be recorded
 	// is undone, and the state (a pending confirmation and its timer

@@ -39,6 +39,9 @@ type Status struct {
 	AppliedAt time.Time `json:"applied_at,omitzero"`
 	// ConfirmBy is set while an apply waits for confirmation.
 	ConfirmBy time.Time `json:"confirm_by,omitzero"`
+	// RollbackError is why the automatic rollback of an apply not
+	// confirmed in time failed; it is tried again until it succeeds.
+	RollbackError string `json:"rollback_error,omitempty"`
 	// CanRollback is true when Rollback has a state to go back to.
 	CanRollback bool `json:"can_rollback"`
 	// Drift lists differences between the kernel and the applied state.
@@ -63,7 +66,7 @@ func (m *Manager) Status(ctx context.Context) (*Status, error) {
 	defer m.mu.Unlock()
 	st := &Status{Applied: m.cur != nil, CanRollback: m.pending != nil || m.hasPrev, Drift: []string{}, Rules: []RuleStatus{}, VLANs: []string{}}
 	if m.pending != nil {
-		st.ConfirmBy = m.pending.deadline
+		st.ConfirmBy, st.RollbackError = m.pending.deadline, m.pending.lastErr
 	}
 	kt, err := m.k.read()
 	if err != nil {
@@ -201,19 +204,27 @@ func (m *Manager) repair(ctx context.Context) error {
 	drift := tableDrift(m.cur.rs, kt)
 	vl, err := m.l.plan(m.cur.Config.VLANs)
 	if err != nil {
-		return err
+		// The table is checked and put back all the same.
+		vl = []string{"the VLANs cannot be read: " + err.Error()}
 	}
 	drift = append(drift, vl...)
 	if len(drift) == 0 {
 		return nil
 	}
-	_, perr := m.put(m.cur, m.cur)
-	det := map[string]string{"changed": truncate(strings.Join(drift, "; "), 2000), "repaired": fmt.Sprint(perr == nil)}
+	// The table first: a VLAN that cannot be put back must not keep the
+	// host without its filter.
+	_, perr, verr := m.restore(m.cur)
+	det := map[string]string{"changed": truncate(strings.Join(drift, "; "), 2000), "repaired": fmt.Sprint(perr == nil && verr == nil)}
 	outcome, reason := audit.OutcomeSuccess, ""
-	if perr != nil {
+	switch {
+	case perr != nil:
 		outcome, reason = audit.OutcomeFailure, perr.Error()
+	case verr != nil:
+		outcome, reason = audit.OutcomeFailure, "the table is back; the VLANs are not: "+verr.Error()
+		det["table_repaired"] = "true"
+		perr = verr
 	}
-	m.log.Warn("netseg: drift", "changed", det["changed"], "repaired", perr == nil)
+	m.log.Warn("netseg: drift", "changed", det["changed"], "repaired", det["repaired"], "err", reason)
 	return errors.Join(perr, m.audit(ctx, "net.drift", outcome, reason, audit.Actor{}, "", det))
 }
 

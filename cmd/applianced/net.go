@@ -287,7 +287,9 @@ func cmdNetStatus(ctx context.Context, e *env, args []string) int {
 		} else {
 			fmt.Fprintf(e.stdout, "firewall: applied at %s\n", st.AppliedAt.Local().Format(time.DateTime))
 		}
-		if !st.ConfirmBy.IsZero() {
+		if st.RollbackError != "" {
+			fmt.Fprintf(e.stdout, "ROLLBACK OVERDUE: not confirmed by %s, and the automatic rollback failed (%s); it is tried again every 10s\n", st.ConfirmBy.Local().Format(time.DateTime), st.RollbackError)
+		} else if !st.ConfirmBy.IsZero() {
 			fmt.Fprintf(e.stdout, "waiting for `applianced net confirm` until %s, then rolls back\n", st.ConfirmBy.Local().Format(time.DateTime))
 		}
 		for _, d := range st.Drift {
