@@ -1360,3 +1360,51 @@ func TestConfirmAfterTheWindowIsRefused(t *testing.T) {
 		t.Errorf("status rollback error %q", st.RollbackError)
 	}
 }
+
+// Neighbour discovery stays on the link: an ICMPv6 neighbour solicitation
+// leaves only with hop limit 255 (what RFC 4861 requires, and no router
+// forwards), so it cannot carry data anywhere else; and the appliance
+// sends no router advertisement.
+func TestNeighbourDiscoveryOnlyOnTheLink(t *testing.T) {
+	lab := netns.NewDualStack(t)
+	peer := lab.Hosts["dc"]
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	m, err := New(Options{Audit: j, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := labConfig()
+	if _, err := m.Apply(context.Background(), cfg, nil, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	send := func(typ byte, hops int) error {
+		return lab.AI.Do(func() error {
+			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_ICMPV6)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, hops); err != nil {
+				return err
+			}
+			msg := make([]byte, 24) // type, code, checksum (the kernel's), reserved, target
+			msg[0] = typ
+			copy(msg[8:], peer.Addr6.AsSlice())
+			to := &unix.SockaddrInet6{Addr: peer.Addr6.As16()}
+			return unix.Sendto(fd, msg, 0, to)
+		})
+	}
+	if err := send(135, 255); err != nil {
+		t.Errorf("a neighbour solicitation with hop limit 255: %v, want sent", err)
+	}
+	if err := send(135, 64); !errors.Is(err, unix.EPERM) {
+		t.Errorf("a neighbour solicitation with hop limit 64: got %v, want EPERM (dropped)", err)
+	}
+	if err := send(134, 255); !errors.Is(err, unix.EPERM) {
+		t.Errorf("a router advertisement: got %v, want EPERM (dropped)", err)
+	}
+}

@@ -112,9 +112,12 @@ func buildRuleset(cfg *Config, needs []resolvedNeed, owners []uint32) (*ruleset,
 		c.Rules = append(c.Rules, ctRule(c.Name+": drop ct state invalid", expr.CtStateBitINVALID, expr.VerdictDrop))
 		c.Rules = append(c.Rules, ctRule(c.Name+": accept ct state established,related", expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, expr.VerdictAccept))
 	}
-	in.Rules = append(in.Rules, ndRule("input: accept IPv6 router and neighbour discovery", 133, 136))
-	out.Rules = append(out.Rules, ndRule("output: accept IPv6 router and neighbour discovery", 133, 136))
-	out.Rules = append(out.Rules, ndRule("output: accept IPv6 MLDv2 reports", 143, 143))
+	// Neighbour discovery, on the link only (hop limit 255). The appliance
+	// is no router: it takes router advertisements and sends
+	// solicitations, never the other way round.
+	in.Rules = append(in.Rules, ndRule("input: accept IPv6 router advertisements and neighbour discovery, hop limit 255", 134, 136, 0, true))
+	out.Rules = append(out.Rules, ndRule("output: accept IPv6 router solicitations and neighbour discovery, hop limit 255", 133, 136, 134, true))
+	out.Rules = append(out.Rules, ndRule("output: accept IPv6 MLDv2 reports", 143, 143, 0, false))
 
 	// The appliance's own needs: one concatenated addr·proto·port set per
 	// family, one rule each.
@@ -395,17 +398,32 @@ func ctRule(desc string, bits uint32, v expr.VerdictKind) *ruleSpec {
 
 // ndRule accepts the ICMPv6 types lo–hi, so a default-deny table does not
 // break IPv6 on its links (neighbour and router discovery, MLD reports).
-func ndRule(desc string, lo, hi byte) *ruleSpec {
-	return &ruleSpec{Desc: desc, Exprs: []expr.Any{
+// ndRule accepts ICMPv6 of the types lo to hi (but not except, when
+// non-zero). With hop255 it takes only packets with hop limit 255, which
+// no router forwards: neighbour discovery (RFC 4861) stays on the link,
+// and cannot carry data to or from anywhere else.
+func ndRule(desc string, lo, hi, except byte, hop255 bool) *ruleSpec {
+	es := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV6}},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}},
+	}
+	if hop255 {
+		es = append(es,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 7, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{255}},
+		)
+	}
+	es = append(es,
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
 		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{lo}, ToData: []byte{hi}},
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}}
+	)
+	if except != 0 {
+		es = append(es, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{except}})
+	}
+	es = append(es, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})
+	return &ruleSpec{Desc: desc, Exprs: es}
 }
 
 // dropRule counts every packet that falls through to the chain's drop
