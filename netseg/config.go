@@ -177,8 +177,14 @@ func (c *Config) Validate() []*conf.FieldError {
 			errs = append(errs, conf.Errf(key+".mtu", "MTU must be between 68 and 65535, got %d", v.MTU))
 		}
 		for j, a := range v.Addresses {
-			if _, err := netip.ParsePrefix(a); err != nil {
-				errs = append(errs, conf.Errf(fmt.Sprintf("%s.addresses[%d]", key, j), "%q is not an address with a prefix length like \"10.20.0.5/24\"", a))
+			k := fmt.Sprintf("%s.addresses[%d]", key, j)
+			p, err := netip.ParsePrefix(a)
+			if err != nil {
+				errs = append(errs, conf.Errf(k, "%q is not an address with a prefix length like \"10.20.0.5/24\"", a))
+				continue
+			}
+			if msg := hostAddrProblem(p); msg != "" {
+				errs = append(errs, conf.Errf(k, "%q %s: give this host's own address on the VLAN, like \"10.20.0.5/24\"", a, msg))
 			}
 		}
 	}
@@ -294,3 +300,41 @@ func (r *Rule) proto() string {
 
 // protoNumbers maps config protocol names to IP protocol numbers; any is 0.
 var protoNumbers = map[string]uint8{"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "any": 0}
+
+// hostAddrProblem says why p cannot be an address of this host on a link,
+// or "".
+func hostAddrProblem(p netip.Prefix) string {
+	a := p.Addr()
+	switch {
+	case a.Is4In6():
+		return "is an IPv4-mapped IPv6 address"
+	case a.IsUnspecified():
+		return "is the unspecified address"
+	case a.IsLoopback():
+		return "is a loopback address"
+	case a.IsMulticast():
+		return "is a multicast address"
+	case a.IsLinkLocalUnicast():
+		return "is link-local (the kernel makes those itself)"
+	}
+	if a.Is4() {
+		if a.As4()[0] == 0 {
+			return "is in 0.0.0.0/8, which names no host"
+		}
+		if a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			return "is the broadcast address"
+		}
+		if bits := p.Bits(); bits <= 30 {
+			if a == p.Masked().Addr() {
+				return "is the network's own address"
+			}
+			last := a.As4()
+			mask := ^uint32(0) >> bits
+			v := uint32(last[0])<<24 | uint32(last[1])<<16 | uint32(last[2])<<8 | uint32(last[3])
+			if v&mask == mask {
+				return "is the network's broadcast address"
+			}
+		}
+	}
+	return ""
+}

@@ -1408,3 +1408,17 @@ func TestNeighbourDiscoveryOnlyOnTheLink(t *testing.T) {
 		t.Errorf("a router advertisement: got %v, want EPERM (dropped)", err)
 	}
 }
+
+// A VLAN whose MTU its parent cannot carry is a config error that says
+// so, not the kernel's bare "invalid argument" at apply.
+func TestVLANMTUAboveItsParentIsAConfigError(t *testing.T) {
+	r := startLab(t)
+	cfg, needs := labConfig()
+	parent := r.lab.Hosts["user"].AILink
+	cfg.VLANs = []VLAN{{Name: "ai0", Parent: parent, ID: 20, MTU: 9000, Addresses: []string{"10.20.0.5/24"}}}
+	_, err := r.m.Plan(context.Background(), cfg, needs, "")
+	var ce *ConfigError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "vlan[0].mtu: 9000 is more than the MTU of its parent "+parent+" (1500)") {
+		t.Fatalf("Plan: got %v, want a config error on vlan[0].mtu naming %s's 1500", err, parent)
+	}
+}

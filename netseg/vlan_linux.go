@@ -165,6 +165,10 @@ func (l *links) checkParents(vlans []VLAN) ([]string, error) {
 		if p.Attrs().Flags&net.FlagUp == 0 {
 			out = append(out, fmt.Sprintf("vlan[%d].parent: %s is down: bring it up first", i, v.Parent))
 		}
+		if pm := p.Attrs().MTU; v.MTU > pm {
+			// The kernel refuses it with a bare "invalid argument".
+			out = append(out, fmt.Sprintf("vlan[%d].mtu: %d is more than the MTU of its parent %s (%d): raise the parent's first, or lower this", i, v.MTU, v.Parent, pm))
+		}
 	}
 	return out, nil
 }
