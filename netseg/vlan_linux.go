@@ -91,7 +91,10 @@ func (l *links) inspect(h *netlink.Handle, name string) (vlanState, error) {
 		return st, fmt.Errorf("netseg: addresses of %s: %w", name, err)
 	}
 	for _, ad := range addrs {
-		if ad.IP.IsLinkLocalUnicast() {
+		// Link-local ones and those with a lifetime (SLAAC, DHCP, privacy
+		// addresses) are the kernel's or a daemon's, not the config's:
+		// removing them would only start a fight with what adds them back.
+		if ad.IP.IsLinkLocalUnicast() || ad.Flags&unix.IFA_F_PERMANENT == 0 {
 			continue
 		}
 		ones, _ := ad.Mask.Size()
@@ -107,10 +110,16 @@ func vlanDiff(v VLAN, st vlanState) (recreate bool, changes []string) {
 	if !st.Exists {
 		return true, []string{fmt.Sprintf("create VLAN %s: id %d on %s, addresses %s", v.Name, v.ID, v.Parent, strings.Join(v.Addresses, ", "))}
 	}
+	if st.ID < 0 {
+		return false, []string{fmt.Sprintf("interface %s exists and is not a VLAN: refusing to replace it", v.Name)}
+	}
+	if !st.Managed {
+		// Another tool (ifupdown, networkd, netplan) made it and keeps it:
+		// changing its addresses would start a fight, deleting it on down
+		// would take the admin's link away.
+		return false, []string{fmt.Sprintf("VLAN %s exists and was not made by applianced: refusing to change it (remove it, or hand it over with `ip link set %s alias %s`)", v.Name, v.Name, vlanAlias)}
+	}
 	if st.ID != v.ID || st.Parent != v.Parent {
-		if st.ID < 0 {
-			return false, []string{fmt.Sprintf("interface %s exists and is not a VLAN: refusing to replace it", v.Name)}
-		}
 		return true, []string{fmt.Sprintf("recreate VLAN %s: id %d on %s becomes id %d on %s", v.Name, st.ID, st.Parent, v.ID, v.Parent)}
 	}
 	if v.MTU != 0 && st.MTU != v.MTU {
@@ -190,7 +199,7 @@ func (l *links) ensure(vlans []VLAN) ([]string, error) {
 			return done, err
 		}
 		recreate, changes := vlanDiff(v, st)
-		if st.Exists && st.ID < 0 {
+		if st.Exists && (st.ID < 0 || !st.Managed) {
 			return done, fmt.Errorf("netseg: %s", changes[0])
 		}
 		if recreate {
@@ -198,21 +207,26 @@ func (l *links) ensure(vlans []VLAN) ([]string, error) {
 				if err := h.LinkDel(&netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: v.Name}}); err != nil {
 					return done, fmt.Errorf("netseg: delete VLAN %s: %w", v.Name, err)
 				}
+				// Said at once: if what follows fails, the caller puts
+				// the previous VLANs back.
+				done = append(done, fmt.Sprintf("deleted VLAN %s id %d on %s, to recreate it", v.Name, st.ID, st.Parent))
 			}
 			parent, err := h.LinkByName(v.Parent)
 			if err != nil {
 				return done, fmt.Errorf("netseg: vlan %s: parent %s: %w", v.Name, v.Parent, ErrUnknownInterface)
 			}
-			la := netlink.LinkAttrs{Name: v.Name, ParentIndex: parent.Attrs().Index, MTU: v.MTU}
+			// Marked as ours in the same message that makes it: a VLAN is
+			// never left behind unmarked, which nothing would remove.
+			la := netlink.LinkAttrs{Name: v.Name, ParentIndex: parent.Attrs().Index, MTU: v.MTU, Alias: vlanAlias}
 			if err := h.LinkAdd(&netlink.Vlan{LinkAttrs: la, VlanId: v.ID, VlanProtocol: netlink.VLAN_PROTOCOL_8021Q}); err != nil {
 				if errors.Is(err, unix.EOPNOTSUPP) {
 					return done, fmt.Errorf("%w (creating %s)", ErrNo8021Q, v.Name)
 				}
 				return done, fmt.Errorf("netseg: create VLAN %s: %w", v.Name, err)
 			}
-			st = vlanState{Exists: true, ID: v.ID, Parent: v.Parent}
+			done = append(done, fmt.Sprintf("created VLAN %s id %d on %s", v.Name, v.ID, v.Parent))
+			st = vlanState{Exists: true, Managed: true, ID: v.ID, Parent: v.Parent}
 			_, changes = vlanDiff(v, st)
-			changes = append([]string{fmt.Sprintf("created VLAN %s id %d on %s", v.Name, v.ID, v.Parent)}, changes...)
 		}
 		link, err := h.LinkByName(v.Name)
 		if err != nil {

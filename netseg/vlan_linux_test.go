@@ -184,6 +184,26 @@ func vlanChecks(t *testing.T) {
 		}
 	})
 
+	t.Run("addresses with a lifetime are left alone", func(t *testing.T) {
+		// What SLAAC or a DHCP client adds: not the config's to remove.
+		l, _ := h.LinkByName("ai0")
+		dyn := nlAddr("2001:db8:20::5/64")
+		dyn.ValidLft, dyn.PreferedLft = 3600, 1800
+		if err := h.AddrAdd(l, dyn); err != nil {
+			t.Fatal(err)
+		}
+		p, err := m.Plan(ctx, cfg, nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Changes) != 0 {
+			t.Errorf("plan with a SLAAC-like address on ai0: got %v, want no changes", p.Changes)
+		}
+		if err := h.AddrDel(l, dyn); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("deleted vlan is restored by the link watcher", func(t *testing.T) {
 		// The periodic check is an hour away: only the netlink link
 		// notification can bring ai0 back in time.
@@ -225,6 +245,32 @@ func vlanChecks(t *testing.T) {
 		}
 	})
 
+	t.Run("refuses to adopt a vlan it did not make", func(t *testing.T) {
+		// ai2, VLAN 40 on uplink0 with two addresses, made by another tool.
+		if err := h.LinkAdd(&netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: "ai2", ParentIndex: parent.Attrs().Index}, VlanId: 40}); err != nil {
+			t.Fatal(err)
+		}
+		ai2, _ := h.LinkByName("ai2")
+		for _, a := range []string{"10.40.0.5/24", "10.41.0.5/24"} {
+			if err := h.AddrAdd(ai2, nlAddr(a)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c := *cfg
+		c.VLANs = append(slices.Clone(cfg.VLANs), VLAN{Name: "ai2", Parent: "uplink0", ID: 40, Addresses: []string{"10.40.0.5/24"}})
+		p, err := m.Plan(ctx, &c, nil, "")
+		if err != nil || !slices.ContainsFunc(p.Changes, func(s string) bool { return strings.Contains(s, "not made by applianced") }) {
+			t.Errorf("plan: %v %v, want it to say ai2 is not ours", p, err)
+		}
+		if _, err := m.Apply(ctx, &c, nil, ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "not made by applianced") {
+			t.Fatalf("Apply over another tool's ai2: got %v, want a refusal", err)
+		}
+		addrs, _ := h.AddrList(ai2, netlink.FAMILY_V4)
+		if l, _ := h.LinkByName("ai2"); len(addrs) != 2 || l.Attrs().Alias == vlanAlias {
+			t.Errorf("ai2 after the refused apply: %d addresses, alias %q; want both kept, unmarked", len(addrs), l.Attrs().Alias)
+		}
+	})
+
 	t.Run("down removes our vlans only", func(t *testing.T) {
 		if err := m.Down(ctx, audit.Actor{}, ""); err != nil {
 			t.Fatal(err)
@@ -232,7 +278,7 @@ func vlanChecks(t *testing.T) {
 		if _, err := h.LinkByName("ai0"); err == nil {
 			t.Error("ai0 still there after down")
 		}
-		for _, n := range []string{"uplink0", "ai1"} {
+		for _, n := range []string{"uplink0", "ai1", "ai2"} {
 			if _, err := h.LinkByName(n); err != nil {
 				t.Errorf("%s removed by down: %v", n, err)
 			}
