@@ -331,7 +331,12 @@ func (m *Manager) resolve(ctx context.Context, needs []Need) ([]resolvedNeed, er
 			ips, err := m.opts.Resolver.LookupNetIP(rctx, "ip", host)
 			cancel()
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: resolve %s: %w", n.Origin, host, err))
+				hint := ""
+				if m.cur != nil {
+					// Our own table may be what stops the query.
+					hint = " (the applied table lets DNS reach only the name servers the last apply knew: if they changed since, give addresses instead of names, or run `applianced net down` and apply again)"
+				}
+				errs = append(errs, fmt.Errorf("%s: resolve %s: %w%s", n.Origin, host, err, hint))
 				continue
 			}
 			for _, ip := range ips {

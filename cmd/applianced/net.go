@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
+	"os/user"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -72,6 +76,64 @@ func netNeeds(f *config.File) []netseg.Need {
 	return out
 }
 
+// Where the host's name servers are listed: the resolver's file, and
+// systemd-resolved's list of its upstream servers when the first names
+// only its local stub.
+const (
+	resolvConf   = "/etc/resolv.conf"
+	resolvedConf = "/run/systemd/resolve/resolv.conf"
+)
+
+// resolverNeeds is DNS to the host's name servers (udp and tcp 53): the
+// appliance resolves its directory servers', SIEM's and tools' names, at
+// plan time and when it connects. Name servers on loopback (a local stub
+// or cache) need no egress of theirs here; systemd-resolved's upstream
+// servers are read from its own list. A cache like dnsmasq or unbound
+// that runs as its own user needs an [[net.egress]] rule of its own.
+func resolverNeeds(resolvConf, resolvedConf string) []netseg.Need {
+	servers := nameservers(resolvConf)
+	origin := resolvConf
+	if len(servers) == 0 && slices.ContainsFunc(nameserverLines(resolvConf), func(a netip.Addr) bool { return a.IsLoopback() }) {
+		servers, origin = nameservers(resolvedConf), resolvedConf
+	}
+	var out []netseg.Need
+	for _, a := range servers {
+		for _, proto := range []string{"udp", "tcp"} {
+			out = append(out, netseg.Need{Address: netip.AddrPortFrom(a, 53).String(), Proto: proto, Origin: origin + " nameserver"})
+		}
+	}
+	return out
+}
+
+// nameservers are the non-loopback nameserver lines of a resolv.conf.
+func nameservers(path string) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range nameserverLines(path) {
+		if !a.IsLoopback() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func nameserverLines(path string) []netip.Addr {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			// A link-local server carries its zone ("fe80::1%eth0").
+			if a, err := netip.ParseAddr(f[1]); err == nil && a.Zone() == "" {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out
+}
+
 // openNet opens the network manager: it keeps the applied firewall and
 // VLANs in place (drift repair) and audits dropped traffic. It applies
 // nothing by itself; `net apply` does.
@@ -83,6 +145,13 @@ func (d *daemon) openNet(ctx, bg context.Context) error {
 	owners := []uint32{uint32(os.Geteuid())}
 	if owners[0] != 0 {
 		owners = append(owners, 0)
+	}
+	// systemd-resolved asks the upstream name servers for the daemon
+	// (resolverNeeds), as its own user.
+	if u, err := user.Lookup("systemd-resolve"); err == nil {
+		if id, err := strconv.ParseUint(u.Uid, 10, 32); err == nil && !slices.Contains(owners, uint32(id)) {
+			owners = append(owners, uint32(id))
+		}
 	}
 	m, err := netseg.New(netseg.Options{Audit: d.journal, Logger: d.log.With("component", "netseg"), StateDir: d.config().Server.StateDir,
 		NeedsOwners: owners})
@@ -153,7 +222,7 @@ func (h *netHandlers) plan(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	p, err := h.m.Plan(r.Context(), &f.Net, netNeeds(f), req.SSHConnection)
+	p, err := h.m.Plan(r.Context(), &f.Net, append(netNeeds(f), resolverNeeds(resolvConf, resolvedConf)...), req.SSHConnection)
 	if err != nil {
 		netError(w, err)
 		return
@@ -180,7 +249,7 @@ func (h *netHandlers) apply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	caller, _ := admin.CallerFrom(r.Context())
-	p, err := h.m.Apply(r.Context(), &f.Net, netNeeds(f), netseg.ApplyOptions{
+	p, err := h.m.Apply(r.Context(), &f.Net, append(netNeeds(f), resolverNeeds(resolvConf, resolvedConf)...), netseg.ApplyOptions{
 		ConfirmWithin: within, Force: req.Force, SSHConnection: req.SSHConnection, Actor: caller.Actor(),
 	})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -35,6 +36,38 @@ func TestNetNeedsComeFromTheConfig(t *testing.T) {
 	}
 	if got := netNeeds(f); !reflect.DeepEqual(got, want) {
 		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+}
+
+// DNS to the host's name servers is a need: the appliance resolves its
+// servers' names. A local stub's (systemd-resolved's) upstream servers
+// come from its own list; loopback and zoned servers need no rule.
+func TestResolverNeeds(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	plain := write("plain", "search corp.example\nnameserver 10.10.0.53\nnameserver fe80::1%eth0\nnameserver 127.0.0.1\n")
+	stub := write("stub", "nameserver 127.0.0.53\noptions edns0\n")
+	upstream := write("upstream", "nameserver 10.10.0.54\nnameserver 2001:db8::53\n")
+	got := resolverNeeds(plain, upstream)
+	want := []netseg.Need{
+		{Address: "10.10.0.53:53", Proto: "udp", Origin: plain + " nameserver"},
+		{Address: "10.10.0.53:53", Proto: "tcp", Origin: plain + " nameserver"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("plain: got %+v, want %+v", got, want)
+	}
+	got = resolverNeeds(stub, upstream)
+	if len(got) != 4 || got[0].Address != "10.10.0.54:53" || got[2].Address != "[2001:db8::53]:53" || got[0].Origin != upstream+" nameserver" {
+		t.Errorf("stub: got %+v, want the upstream servers' udp and tcp 53", got)
+	}
+	if got := resolverNeeds(filepath.Join(dir, "nosuch"), upstream); len(got) != 0 {
+		t.Errorf("no resolv.conf: got %+v, want none", got)
 	}
 }
 
