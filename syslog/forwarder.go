@@ -366,7 +366,18 @@ func (t *target) run(ctx context.Context) {
 	backoff := o.BackoffMin
 	for ctx.Err() == nil {
 		before := t.delivered.Load()
-		c, err := dial(ctx, t.ep, t.tls, o.DialTimeout)
+		tc := t.tls
+		var err error
+		if t.ep.tls() {
+			// The CA and client certificate are read again for each
+			// connection: renewed in place, they take effect at the next
+			// one, without a restart (a reload changes no path).
+			tc, err = tlsConfig(t.cfg, t.ep)
+		}
+		var c *conn
+		if err == nil {
+			c, err = dial(ctx, t.ep, tc, o.DialTimeout)
+		}
 		if err == nil {
 			t.setConnected(true)
 			err = t.deliver(ctx, c)

@@ -6,6 +6,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/pki"
 	"github.com/applianced/applianced/internal/testenv/rsyslog"
 )
 
@@ -973,5 +976,87 @@ func TestCursorThatCannotBeSavedDoesNotStopDelivery(t *testing.T) {
 	st := f.Status()[0]
 	if !strings.Contains(st.LastError, "saving the cursor") || st.Reconnects != 1 {
 		t.Errorf("got status %+v, want the failed save named and the one connection kept", st)
+	}
+}
+
+// A client certificate renewed in place (same paths) is what the next
+// connection presents: no restart, and no reload needed.
+func TestRenewedClientCertificateIsUsedAtTheNextConnection(t *testing.T) {
+	ca, err := pki.NewCA("test CA", time.Now().Add(time.Hour), x509.KeyUsageCertSign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile, certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
+	if err := os.WriteFile(caFile, pki.CertPEM(ca.DER), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	issue := func(cn string, ku x509.ExtKeyUsage, ips ...net.IP) *pki.Cert {
+		t.Helper()
+		c, err := ca.Issue(pki.Leaf{CommonName: cn, IPAddresses: ips, ExtKeyUsage: ku, NotAfter: time.Now().Add(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	server := issue("127.0.0.1", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
+	if err := issue("client one", x509.ExtKeyUsageClientAuth).WriteFiles(certFile, 0o600, keyFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	skey, _ := server.KeyPEM()
+	scert, err := tls.X509KeyPair(server.CertPEM(), skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{scert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	names := make(chan string, 10)
+	conns := make(chan net.Conn, 10)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			tc := c.(*tls.Conn)
+			if err := tc.Handshake(); err != nil {
+				c.Close()
+				continue
+			}
+			names <- tc.ConnectionState().PeerCertificates[0].Subject.CommonName
+			conns <- c
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	j := openJournal(t)
+	if _, err := j.Append(context.Background(), testEvent(1)); err != nil {
+		t.Fatal(err)
+	}
+	startForwarder(t, j, &Options{BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
+		Target{Address: "tls://" + l.Addr().String(), CAFile: caFile, CertFile: certFile, KeyFile: keyFile})
+	next := func() string {
+		t.Helper()
+		select {
+		case n := <-names:
+			return n
+		case <-time.After(time.Minute):
+			t.Fatal("no connection")
+			return ""
+		}
+	}
+	if n := next(); n != "client one" {
+		t.Fatalf("first connection presented %q", n)
+	}
+	if err := issue("client two", x509.ExtKeyUsageClientAuth).WriteFiles(certFile, 0o600, keyFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	(<-conns).Close() // the receiver drops the connection; the forwarder reconnects
+	if n := next(); n != "client two" {
+		t.Errorf("after renewal the next connection presented %q, want the renewed certificate", n)
 	}
 }
