@@ -130,7 +130,20 @@ type Target struct {
 
 	// Hostname is the HOSTNAME field. Empty means the machine's host name.
 	Hostname string `toml:"hostname"`
+
+	// Start says where a target that has never received anything begins:
+	// "oldest" (the default) sends every entry the journal keeps; "now"
+	// starts with the next entry, for a target that replaces another one
+	// that had the history (a new address or transport for the same SIEM),
+	// so that its correlation rules do not fire again on months of it.
+	Start string `toml:"start"`
 }
+
+// Start positions.
+const (
+	StartOldest = "oldest"
+	StartNow    = "now"
+)
 
 var facilities = map[string]int{
 	"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
@@ -264,6 +277,11 @@ func (t Target) Validate() []*conf.FieldError {
 	case "", OversizeSplit, OversizeRefuse:
 	default:
 		errs = append(errs, conf.Errf("oversize", "unknown policy %q: want split or refuse", t.Oversize))
+	}
+	switch t.Start {
+	case "", StartOldest, StartNow:
+	default:
+		errs = append(errs, conf.Errf("start", "unknown start %q: want oldest or now", t.Start))
 	}
 	if strings.ContainsFunc(t.Hostname, func(r rune) bool { return r <= ' ' || r >= 0x7f }) || len(t.Hostname) > 255 {
 		errs = append(errs, conf.Errf("hostname", "must be printable ASCII without spaces, at most 255 bytes"))

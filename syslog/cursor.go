@@ -36,6 +36,12 @@ func newCursor(dir, address string) *cursor {
 	return &cursor{path: filepath.Join(dir, cursorName(address)), address: address}
 }
 
+// exists reports whether a position was ever stored.
+func (c *cursor) exists() bool {
+	_, err := os.Stat(c.path)
+	return err == nil
+}
+
 // load returns the stored position; 0 when there is none yet.
 func (c *cursor) load() (uint64, error) {
 	b, err := os.ReadFile(c.path)

@@ -171,6 +171,13 @@ func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
 			}
 			t.tls = c
 		}
+		if tc.Start == StartNow && !t.cur.exists() {
+			// A new target that replaces one which had the history.
+			if err := t.cur.store(j.LastSeq()); err != nil {
+				return nil, err
+			}
+			t.log.Info("syslog: new target starts with the next entry (start = \"now\")", "journal_seq", j.LastSeq())
+		}
 		seq, err := t.cur.load()
 		if err != nil {
 			// A damaged cursor means everything kept is sent again:

@@ -1060,3 +1060,36 @@ func TestRenewedClientCertificateIsUsedAtTheNextConnection(t *testing.T) {
 		t.Errorf("after renewal the next connection presented %q, want the renewed certificate", n)
 	}
 }
+
+// start = "now": a target that has never received anything begins with
+// the next entry, not with everything the journal keeps; once it has a
+// cursor, the cursor decides (a restart loses nothing).
+func TestStartNowSkipsTheHistoryOnce(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	j := openJournal(t)
+	if err := appendN(t, j, 100, 4); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	target := Target{Address: "tcp://" + srv.Addr, Start: StartNow}
+	f, err := New(j, []Target{target}, &Options{Dir: dir, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := f.Status()[0].Delivered; d != 100 {
+		t.Fatalf("a new start = now target begins after %d, want 100", d)
+	}
+	if _, err := j.Append(context.Background(), testEvent(101)); err != nil {
+		t.Fatal(err)
+	}
+	f2, err := New(j, []Target{target}, &Options{Dir: dir, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := f2.Status()[0].Delivered; d != 100 {
+		t.Errorf("restarted with a cursor at 100 and seq 101 undelivered: begins after %d, want 100 still", d)
+	}
+	if errs := (Target{Address: "tcp://h:514", Start: "yesterday"}).Validate(); len(errs) != 1 || errs[0].Key != "start" {
+		t.Errorf("an unknown start: got %v", errs)
+	}
+}
