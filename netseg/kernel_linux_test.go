@@ -65,12 +65,43 @@ func startLabDrift(t *testing.T, driftEvery time.Duration) *labRun {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	waitNflogBound(t, lab.AI, defaultLogGroup)
 	serveTCP(t, lab.Hosts["dc"].NS, "10.10.0.11:636")
 	serveTCP(t, lab.Hosts["siem"].NS, "10.40.0.10:6514")
 	serveTCP(t, lab.Hosts["internet"].NS, "203.0.113.10:443")
 	serveTCP(t, lab.AI, "0.0.0.0:8443")
 	serveTCP(t, lab.AI, "0.0.0.0:22")
 	return &labRun{lab: lab, m: m, j: j, ctx: ctx}
+}
+
+// waitNflogBound waits until Run's drop log listens on group in ns: a
+// packet dropped before that is counted but never logged, which a test
+// counting logged drops would take for a lost event.
+func waitNflogBound(t *testing.T, ns *netns.NS, group int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var bound bool
+		err := ns.Do(func() error {
+			b, err := os.ReadFile("/proc/thread-self/net/netfilter/nfnetlink_log")
+			for _, line := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(line); len(f) > 0 && f[0] == strconv.Itoa(group) {
+					bound = true
+				}
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("reading the nflog bindings: %v", err)
+		}
+		if bound {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the drop log never bound nflog group %d", group)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func serveTCP(t *testing.T, ns *netns.NS, addr string) {
