@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -12,9 +11,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -157,8 +156,8 @@ func (b *Broker) agentForPeer(cc *compiled, p Peer) (*agentEntry, error) {
 		return a, nil
 	}
 	if len(cc.byUnit) > 0 && p.PID > 0 {
-		if unit, err := unitOfPID(p.PID, p.UID); err == nil {
-			if a, ok := cc.byUnit[unit]; ok {
+		for unit, a := range cc.byUnit {
+			if inSystemUnit(cgroupRoot(), unit, p.PID) {
 				return a, nil
 			}
 		}
@@ -166,44 +165,68 @@ func (b *Broker) agentForPeer(cc *compiled, p Peer) (*agentEntry, error) {
 	return nil, clientErr("no agent is registered for uid %d on the agent socket", p.UID)
 }
 
-// unitOfPID reads the systemd unit (.service or .scope) a process runs in
-// from /proc/PID/cgroup, after checking /proc/PID still belongs to uid (so
-// a recycled pid does not lend its unit to another user).
-func unitOfPID(pid, uid int) (string, error) {
-	dir := "/proc/" + strconv.Itoa(pid)
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return "", err
+// inSystemUnit reports whether pid runs in the system unit named unit: in
+// its cgroup, or one it made below itself (Delegate=), as listed by the
+// cgroup file system, under the root's system.slice or another top-level
+// slice of the system's service manager. A unit a user's own service
+// manager runs lives under user.slice, and a container's under
+// machine.slice: any user can start a unit of any name there, so those
+// never count. Reading cgroup.procs needs no access to the peer's /proc
+// entry, which the daemon's sandbox (ProtectProc=invisible) hides.
+func inSystemUnit(root, unit string, pid int) bool {
+	if root == "" || strings.ContainsAny(unit, "/\x00") || unit == "" {
+		return false
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != uid {
-		return "", errors.New("broker: process owner changed")
-	}
-	f, err := os.Open(dir + "/cgroup")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	return unitFromCgroup(io.LimitReader(f, 64<<10))
-}
-
-// unitFromCgroup returns the innermost .service or .scope of a
-// /proc/PID/cgroup file (cgroup v2 "0::/system.slice/x.service", or the
-// name=systemd hierarchy on v1).
-func unitFromCgroup(r io.Reader) (string, error) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 || !(parts[0] == "0" && parts[1] == "" || parts[1] == "name=systemd") {
+	slices, _ := filepath.Glob(filepath.Join(root, "*.slice"))
+	want := strconv.Itoa(pid)
+	for _, sl := range slices {
+		if b := filepath.Base(sl); b == "user.slice" || b == "machine.slice" {
 			continue
 		}
-		elems := strings.Split(parts[2], "/")
-		for i := len(elems) - 1; i >= 0; i-- {
-			if strings.HasSuffix(elems[i], ".service") || strings.HasSuffix(elems[i], ".scope") {
-				return elems[i], nil
+		if procsHold(filepath.Join(sl, unit), want, 4) {
+			return true
+		}
+	}
+	return false
+}
+
+// procsHold reports whether dir's cgroup.procs, or a sub-cgroup's down to
+// depth levels, lists pid.
+func procsHold(dir, pid string, depth int) bool {
+	b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == pid {
+			return true
+		}
+	}
+	if depth == 0 {
+		return false
+	}
+	entries, _ := os.ReadDir(dir) // none when the unit is not there
+	for _, e := range entries {
+		if e.IsDir() && procsHold(filepath.Join(dir, e.Name()), pid, depth-1) {
+			return true
+		}
+	}
+	return false
+}
+
+// cgroupRoot is where the unified (v2) cgroup hierarchy is mounted, or ""
+// when none is.
+func cgroupRoot() string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if ok && strings.HasPrefix(post, "cgroup2 ") {
+			if f := strings.Fields(pre); len(f) >= 5 {
+				return f[4]
 			}
 		}
 	}
-	return "", errors.New("broker: no systemd unit in cgroup")
+	return ""
 }
 
 // assertionClaims is an RFC 7523 client assertion.

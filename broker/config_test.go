@@ -2,8 +2,9 @@ package broker
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -188,17 +189,46 @@ func TestClientSecretHash(t *testing.T) {
 	}
 }
 
-func TestUnitFromCgroup(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"0::/system.slice/ticket-bot.service\n", "ticket-bot.service"},
-		{"0::/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope\n", "run-r1.scope"},
-		{"12:pids:/x\n1:name=systemd:/system.slice/old.service\n", "old.service"},
-		{"0::/\n", ""},
-	}
-	for _, tc := range cases {
-		got, err := unitFromCgroup(strings.NewReader(tc.in))
-		if got != tc.want || (tc.want == "") != (err != nil) {
-			t.Errorf("unitFromCgroup(%q): got %q, %v; want %q", tc.in, got, err, tc.want)
+// The peer is the agent of a systemd_unit when the cgroup file system
+// lists its pid in that system unit (or below it); the same name under a
+// user's own service manager, or a container's, is not that unit.
+func TestInSystemUnit(t *testing.T) {
+	root := t.TempDir()
+	procs := func(dir, pids string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			t.Fatal(err)
 		}
+		if err := os.WriteFile(filepath.Join(root, dir, "cgroup.procs"), []byte(pids), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	procs("system.slice/bot.service", "100\n101\n")
+	procs("agents.slice/bot.service/worker", "200\n") // Delegate=yes
+	procs("user.slice/user-1000.slice/user@1000.service/app.slice/bot.service", "300\n")
+	procs("user.slice/bot.service", "301\n")
+	procs("machine.slice/bot.service", "302\n")
+	procs("system.slice/other.service", "400\n")
+	for _, tc := range []struct {
+		unit string
+		pid  int
+		want bool
+	}{
+		{"bot.service", 101, true},
+		{"bot.service", 200, true},
+		{"bot.service", 300, false},
+		{"bot.service", 301, false},
+		{"bot.service", 302, false},
+		{"bot.service", 400, false},
+		{"bot.service", 10, false}, // a prefix of 100 is not 100
+		{"../system.slice/bot.service", 101, false},
+		{"", 101, false},
+	} {
+		if got := inSystemUnit(root, tc.unit, tc.pid); got != tc.want {
+			t.Errorf("inSystemUnit(%q, %d): got %v, want %v", tc.unit, tc.pid, got, tc.want)
+		}
+	}
+	if inSystemUnit("", "bot.service", 101) {
+		t.Error("no cgroup v2 hierarchy, yet a unit was found")
 	}
 }

@@ -367,6 +367,8 @@ func TestInstallUpgradePurge(t *testing.T) {
 id bot >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin bot
 grep -q '^name = "e2e"$' /etc/applianced/applianced.toml || printf '\n[[role]]\nname = "e2e"\nscopes = ["e2e:read"]\n' >> /etc/applianced/applianced.toml
 printf '\n[[agent]]\nname = "e2e-bot"\nroles = ["e2e"]\nunix_user = "bot"\n' >> /etc/applianced/applianced.toml
+id bot2 >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin bot2
+printf '\n[[agent]]\nname = "unit-bot"\nroles = ["e2e"]\nsystemd_unit = "unitbot.service"\n' >> /etc/applianced/applianced.toml
 applianced config check`)
 		start := time.Now()
 		b.must(t, "systemctl restart applianced")
@@ -392,6 +394,13 @@ applianced config check`)
 		// Another unix user is not the agent.
 		if out, _ := b.sh("runuser -u nobody -- curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials http://agent/oauth2/token"); strings.Contains(out, "access_token") {
 			t.Errorf("user nobody got a token:\n%s", out)
+		}
+		// An agent known by its systemd unit is the process in that system
+		// unit, seen from inside the daemon's sandbox (ProtectProc hides
+		// the peer's /proc entry).
+		out, _ = b.sh("systemctl reset-failed unitbot.service 2>/dev/null; systemd-run --quiet --wait --pipe --unit=unitbot.service --uid=bot2 curl -s --unix-socket /run/applianced/agent.sock -d grant_type=client_credentials http://agent/oauth2/token; echo")
+		if !strings.Contains(out, "access_token") {
+			t.Errorf("the process in unitbot.service got no token:\n%s", out)
 		}
 		if login {
 			out := b.must(t, "curl -s --cacert /etc/applianced/tls/api.pem -d username=alice -d password='"+dcPassword+"' https://127.0.0.1:8443/v1/login")
