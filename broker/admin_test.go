@@ -71,11 +71,16 @@ func TestAdminVerbs(t *testing.T) {
 	if err := c.Call(ctx, "POST", AdminAgentEnable, AgentRef{Name: "bot"}, &info); err != nil || !info.Enabled {
 		t.Fatalf("enable: got %+v, %v", info, err)
 	}
-	if _, err := e.b.Verify(ctx, tok, e.b.ToolAudience()); err != nil {
-		t.Fatalf("after enable: %v", err)
+	// Disabling revoked it: enabling does not bring it back.
+	if _, err := e.b.Verify(ctx, tok, e.b.ToolAudience()); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("a token from before the disable, after enable: got %v, want ErrRevoked", err)
 	}
-
-	p, _ := e.b.Verify(ctx, tok, e.b.ToolAudience())
+	e.clock.Set(time.Now().Add(time.Second)) // iat has one-second resolution
+	tok = e.agentToken("").str("access_token")
+	p, err := e.b.Verify(ctx, tok, e.b.ToolAudience())
+	if err != nil {
+		t.Fatalf("a token issued after enable: %v", err)
+	}
 	if err := c.Call(ctx, "POST", AdminTokenRevoke, RevokeRequest{JTI: p.JTI}, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -403,11 +403,14 @@ func (b *Broker) flushSeen(ctx context.Context) {
 	b.seen.Range(func(k, v any) bool {
 		name, at := k.(string), v.(time.Time)
 		b.seen.Delete(name)
+		// Under the lock until stored: a copy written after it was let go
+		// could overwrite an agent disable made meanwhile, and the agent
+		// would be enabled again at the next start.
 		b.stateMu.Lock()
+		defer b.stateMu.Unlock()
 		st := b.states[name]
 		st.LastSeen = at
 		b.states[name] = st
-		b.stateMu.Unlock()
 		if err := b.store.PutAgentState(ctx, name, st); err != nil {
 			b.log.Warn("broker: saving last seen", "agent", name, "err", err)
 		}

@@ -13,8 +13,12 @@ import (
 
 // Defaults applied when a [tokens] key is absent.
 const (
-	DefaultTTL                   = 5 * time.Minute
-	DefaultMaxTTL                = time.Hour
+	DefaultTTL    = 5 * time.Minute
+	DefaultMaxTTL = time.Hour
+	// MaxAllowedTTL bounds max_ttl: an access token is short-lived, and a
+	// session longer than a day is refresh tokens' business. A revocation
+	// is kept this long.
+	MaxAllowedTTL                = 24 * time.Hour
 	DefaultRotateSigningKeyEvery = 720 * time.Hour
 	DefaultRefreshTTL            = 8 * time.Hour
 )
@@ -81,6 +85,9 @@ func (t TokenConfig) Validate() []*conf.FieldError {
 	}
 	if t.ttl() > t.maxTTL() {
 		errs = append(errs, conf.Errf("ttl", "%s is longer than max_ttl %s", t.ttl(), t.maxTTL()))
+	}
+	if t.maxTTL() > MaxAllowedTTL {
+		errs = append(errs, conf.Errf("max_ttl", "%s is longer than %s: access tokens are short-lived; use refresh_ttl for longer sessions", t.maxTTL(), MaxAllowedTTL))
 	}
 	if t.RotateSigningKeyEvery > 0 && t.RotateSigningKeyEvery.D() < 2*t.maxTTL() {
 		errs = append(errs, conf.Errf("rotate_signing_key_every",

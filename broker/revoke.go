@@ -16,6 +16,12 @@ import (
 // ErrNoSuchAgent is returned by the admin verbs for a name not in the config.
 var ErrNoSuchAgent = errors.New("broker: no such agent")
 
+// revocationSpan is how long a revocation made now is kept: as long as a
+// token issued before it can live, under any config this broker may have
+// had (max_ttl can be lowered by a reload or a restart while longer-lived
+// tokens are out), so the bound of every config, not the current one.
+func (b *Broker) revocationSpan() time.Duration { return MaxAllowedTTL + leeway }
+
 // revocations is the in-memory copy of the revocation list, consulted on
 // every verification; the Store holds the durable copy.
 type revocations struct {
@@ -46,7 +52,7 @@ func (r *revocations) add(x Revocation) {
 	defer r.mu.Unlock()
 	switch x.Kind {
 	case RevokeJTI:
-		r.jtis[x.Value] = x.Until
+		r.jtis[x.Value] = later(r.jtis[x.Value], x.Until)
 	case RevokeAgent:
 		if x.At.After(r.agents[x.Value]) {
 			r.agents[x.Value] = x.At
@@ -61,7 +67,15 @@ func (r *revocations) add(x Revocation) {
 		}
 		return
 	}
-	r.until[x.Kind+"\x00"+x.Value] = x.Until
+	// A later revocation of the same agent never shortens an earlier one.
+	r.until[x.Kind+"\x00"+x.Value] = later(r.until[x.Kind+"\x00"+x.Value], x.Until)
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // check returns why p is revoked, or nil.
@@ -118,7 +132,7 @@ func (b *Broker) revoke(ctx context.Context, x Revocation) error {
 // RevokeJTI revokes one access token by its id, at once, for every verifier.
 func (b *Broker) RevokeJTI(ctx context.Context, jti string, by audit.Actor) error {
 	now := b.now()
-	x := Revocation{Kind: RevokeJTI, Value: jti, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
+	x := Revocation{Kind: RevokeJTI, Value: jti, At: now, Until: now.Add(b.revocationSpan())}
 	return b.adminRevoke(ctx, x, by, map[string]string{"jti_hmac": b.hashID(jti)})
 }
 
@@ -133,7 +147,7 @@ func (b *Broker) revokeAgent(ctx context.Context, name string, by audit.Actor, r
 		return fmt.Errorf("%w: %q", ErrNoSuchAgent, name)
 	}
 	now := b.now()
-	x := Revocation{Kind: RevokeAgent, Value: name, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
+	x := Revocation{Kind: RevokeAgent, Value: name, At: now, Until: now.Add(b.revocationSpan())}
 	details := map[string]string{"agent": name}
 	if reason != "" {
 		details["reason"] = reason
@@ -162,7 +176,7 @@ func (b *Broker) RevokeUser(ctx context.Context, name string, by audit.Actor) (U
 		}
 		return true
 	})
-	x := Revocation{Kind: RevokeUser, Value: name, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
+	x := Revocation{Kind: RevokeUser, Value: name, At: now, Until: now.Add(b.revocationSpan())}
 	err := b.adminRevoke(ctx, x, by, map[string]string{"user": name}, func(ctx context.Context) error {
 		n, err := b.store.RevokeUserFamilies(ctx, name)
 		res.SessionsEnded = n
@@ -280,8 +294,12 @@ func (b *Broker) SetAgentEnabled(ctx context.Context, name string, enabled bool,
 	if err := b.store.PutAgentState(ctx, name, st); err != nil {
 		return err
 	}
+	var details map[string]string
+	if !enabled {
+		details = map[string]string{"tokens": "revoked"}
+	}
 	if err := b.record(ctx, &audit.Event{Type: "broker.agent", Severity: audit.SeverityWarn, Actor: by,
-		Action: action, Target: name, Outcome: audit.OutcomeSuccess}); err != nil {
+		Action: action, Target: name, Outcome: audit.OutcomeSuccess, Details: details}); err != nil {
 		// Not recorded: put the old state back, so no change stands without a record.
 		if uerr := b.store.PutAgentState(ctx, name, b.states[name]); uerr != nil {
 			b.log.Error("broker: restoring agent state after an audit failure", "agent", name, "err", uerr)
@@ -289,6 +307,17 @@ func (b *Broker) SetAgentEnabled(ctx context.Context, name string, enabled bool,
 		return err
 	}
 	b.states[name] = st
+	if !enabled {
+		// Disabled tokens are refused for as long as the agent stays
+		// disabled; revoked, they stay refused once it is enabled again
+		// (disable, rotate its key, enable must not bring a leaked token
+		// back).
+		now := b.now()
+		x := Revocation{Kind: RevokeAgent, Value: name, At: now, Until: now.Add(b.revocationSpan())}
+		if err := b.revoke(ctx, x); err != nil {
+			return fmt.Errorf("broker: agent %s is disabled, but its tokens could not be revoked (they are refused while it stays disabled): %w", name, err)
+		}
+	}
 	return nil
 }
 
@@ -298,7 +327,7 @@ func (b *Broker) SetAgentEnabled(ctx context.Context, name string, enabled bool,
 // (token.revoke) before the refusal is answered.
 func (b *Broker) revokeDirectoryDenied(ctx context.Context, q *request, user, reason string) error {
 	now := b.now()
-	x := Revocation{Kind: RevokeUser, Value: user, At: now, Until: now.Add(b.cfg.Load().tokens.maxTTL() + leeway)}
+	x := Revocation{Kind: RevokeUser, Value: user, At: now, Until: now.Add(b.revocationSpan())}
 	details := map[string]string{"user": user, "reason": "directory: " + reason, "trigger": q.grant}
 	n, err := b.store.RevokeUserFamilies(ctx, user)
 	if err == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/conf"
 )
 
 // goodClaims returns valid claims of an agent token for "bot".
@@ -192,6 +193,38 @@ func TestDisabledAgentRejectedAtOnce(t *testing.T) {
 	if got := e.agentToken(""); got.status != 200 {
 		t.Fatalf("after enable: got %d %v", got.status, got.body)
 	}
+	// Enabling it again does not bring back a token from before the
+	// disable (disable, rotate the agent's key, enable).
+	if _, err := e.b.Verify(ctx, raw, e.b.ToolAudience()); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("a token from before the disable, after enable: got %v, want ErrRevoked", err)
+	}
+}
+
+// A revocation outlives every token it revokes, even when max_ttl was
+// lowered after those tokens were issued: it is kept for the longest
+// lifetime any config allows, not the current one.
+func TestRevocationOutlivesTokensFromALongerMaxTTL(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Tokens.TTL, c.Tokens.MaxTTL = conf.Duration(time.Hour), conf.Duration(time.Hour) })
+	ctx := context.Background()
+	c := e.goodClaims()
+	c.Expiry = jwt.NewNumericDate(e.clock.Now().Add(time.Hour))
+	raw := e.signed(c)
+	cfg := e.opts.Config
+	cfg.Tokens.TTL, cfg.Tokens.MaxTTL = conf.Duration(10*time.Minute), conf.Duration(10*time.Minute)
+	if err := e.b.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.RevokeJTI(ctx, c.ID, audit.Actor{}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Set(time.Now().Add(15 * time.Minute)) // the new max_ttl has passed; the token has 45 min left
+	e.b.Tick(ctx)
+	if _, err := e.b.Verify(ctx, raw, e.b.ToolAudience()); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("a revoked token, 15 min on, 45 min before its exp: got %v, want ErrRevoked", err)
+	}
+	if errs := (TokenConfig{MaxTTL: conf.Duration(48 * time.Hour)}).Validate(); len(errs) != 1 || errs[0].Key != "max_ttl" {
+		t.Errorf("max_ttl = 48h: got %v, want an error on max_ttl", errs)
+	}
 }
 
 // https0 and httpsURL start the HTTPS listener on first use.
@@ -226,7 +259,7 @@ func TestRevocationPersistsAndIsPruned(t *testing.T) {
 	if _, err := b2.Verify(ctx, raw, b2.ToolAudience()); !errors.Is(err, ErrRevoked) {
 		t.Fatalf("after restart: got %v, want ErrRevoked", err)
 	}
-	e.clock.Set(time.Now().Add(2 * time.Hour))
+	e.clock.Set(time.Now().Add(MaxAllowedTTL + time.Hour))
 	b2.Tick(ctx)
 	revs, err := e.store.Revocations(ctx)
 	if err != nil {

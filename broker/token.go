@@ -269,9 +269,8 @@ func (b *Broker) checkState(c *claims) (*Principal, error) {
 		p.NotBefore = c.NotBefore.Time()
 	}
 	p.Agent, p.User = holderOf(c)
-	if err := b.revs.check(p); err != nil {
-		return nil, refused(c, invalid(err))
-	}
+	// The agent's state first: a disabled agent's tokens are also revoked,
+	// and "the agent is disabled" is what its operator needs to hear.
 	if p.Agent != "" {
 		cc := b.cfg.Load()
 		if _, ok := cc.agents[p.Agent]; !ok {
@@ -280,6 +279,9 @@ func (b *Broker) checkState(c *claims) (*Principal, error) {
 		if b.agentDisabled(p.Agent) {
 			return nil, refused(c, invalid(ErrAgentDisabled))
 		}
+	}
+	if err := b.revs.check(p); err != nil {
+		return nil, refused(c, invalid(err))
 	}
 	return p, nil
 }
