@@ -206,8 +206,17 @@ func (b *Broker) compile(cfg Config) (*compiled, error) {
 	for _, a := range cfg.Agents {
 		e := &agentEntry{Agent: a}
 		e.scopes, e.ttl = cc.scopesAndTTL(a.Roles)
+		own := func(uid int) error {
+			if o, taken := cc.byUID[uid]; taken && o.Name != a.Name {
+				return fmt.Errorf("broker: agents %q and %q are both uid %d on the agent socket: give each its own user", o.Name, a.Name, uid)
+			}
+			cc.byUID[uid] = e
+			return nil
+		}
 		if a.UnixUID != nil {
-			cc.byUID[*a.UnixUID] = e
+			if err := own(*a.UnixUID); err != nil {
+				return nil, err
+			}
 		}
 		if a.UnixUser != "" {
 			u, err := user.Lookup(a.UnixUser)
@@ -215,7 +224,9 @@ func (b *Broker) compile(cfg Config) (*compiled, error) {
 				b.log.Warn("broker: agent's unix_user not found; it cannot use the agent socket",
 					"agent", a.Name, "unix_user", a.UnixUser, "err", err)
 			} else if uid, err := strconv.Atoi(u.Uid); err == nil {
-				cc.byUID[uid] = e
+				if err := own(uid); err != nil {
+					return nil, err
+				}
 			}
 		}
 		if a.SystemdUnit != "" {

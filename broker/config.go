@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"os/user"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -350,6 +352,13 @@ func (c Config) Validate() []*conf.FieldError {
 		errs = append(errs, unknownRefs(k+".roles", a.Roles, roles, "role")...)
 		if a.UnixUser != "" {
 			errs = append(errs, claim(users, a.UnixUser, a.Name, k+".unix_user", fmt.Sprintf("%q", a.UnixUser))...)
+			// Two names of one uid, or a name and a unix_uid, are one
+			// identity on the agent socket.
+			if u, err := user.Lookup(a.UnixUser); err == nil {
+				if uid, err := strconv.Atoi(u.Uid); err == nil {
+					errs = append(errs, claim(uids, uid, a.Name, k+".unix_user", fmt.Sprintf("%q (uid %d)", a.UnixUser, uid))...)
+				}
+			}
 		}
 		if a.UnixUID != nil {
 			errs = append(errs, claim(uids, *a.UnixUID, a.Name, k+".unix_uid", fmt.Sprintf("uid %d", *a.UnixUID))...)

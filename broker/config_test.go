@@ -53,6 +53,13 @@ func TestConfigValidate(t *testing.T) {
 		{"same uid twice", func(c *Config) {
 			c.Agents = append(c.Agents, Agent{Name: "b2", Roles: []string{"support"}, UnixUID: &uid})
 		}, []string{"agent[1].unix_uid"}},
+		// root exists on every machine: unix_user "root" is uid 0.
+		{"a user name and a uid of one identity", func(c *Config) {
+			zero := 0
+			c.Agents = append(c.Agents, Agent{Name: "b2", Roles: []string{"support"}, UnixUID: &zero},
+				Agent{Name: "b3", Roles: []string{"support"}, UnixUser: "root"})
+		}, []string{"agent[2].unix_user"}},
+		{"max_ttl over a day", func(c *Config) { c.Tokens.MaxTTL = conf.Duration(25 * time.Hour) }, []string{"tokens.max_ttl"}},
 		{"bad unit", func(c *Config) { c.Agents[0].UnixUID = nil; c.Agents[0].SystemdUnit = "../x" }, []string{"agent[0].systemd_unit"}},
 		{"bad secret hash", func(c *Config) { c.Agents[0].ClientSecretHash = "plaintext" }, []string{"agent[0].client_secret_hash"}},
 		{"bad agent name", func(c *Config) { c.Agents[0].Name = "a b"; c.Policies = nil }, []string{"agent[0].name"}},

@@ -289,14 +289,23 @@ func (b *Broker) grantTokenExchange(ctx context.Context, q *request, f form) (*t
 		return nil, oe
 	}
 	ttl := a.ttl
-	if left := p.Expiry.Sub(b.now()); left < ttl {
-		ttl = left
+	left := p.Expiry.Sub(b.now())
+	if left < minExchangeTTL {
+		// Verify allows a little clock skew past exp; a token made from
+		// that would be born expired (a negative expires_in).
+		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant",
+			"subject_token expires in %s: too soon to act on it; have the user log in again or refresh", left.Round(time.Second)), audit.SeverityWarn)
 	}
+	ttl = min(ttl, left)
 	nc := b.newClaims(p.User, KindUser, []string{aud}, ttl)
 	nc.ClientID, nc.Scope, nc.Act = a.Name, strings.Join(scopes, " "), &actClaim{Sub: a.Name}
 	nc.Groups = groups
 	return b.issue(ctx, q, "token.exchange", nc, "")
 }
+
+// minExchangeTTL is the least time a subject_token must have left for a
+// token exchange: the token made from it lives no longer.
+const minExchangeTTL = 10 * time.Second
 
 // toolNameRE is the shape of a [[tool]] name, to tell a bare name from a
 // URL and to echo only a well-formed name in an error.

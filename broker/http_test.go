@@ -523,3 +523,26 @@ func TestRefreshThatCannotBeRecordedKeepsTheOldToken(t *testing.T) {
 		t.Fatalf("the session ended: next refresh got %d %v", b.status, b.body)
 	}
 }
+
+// A subject_token in its last seconds (or in the clock-skew leeway past
+// its exp) is not exchanged: the token made from it would be born expired.
+func TestExchangeNeedsASubjectTokenWithTimeLeft(t *testing.T) {
+	e := newEnv(t, nil)
+	e.serveHTTPS()
+	e.serveSocket()
+	lg := e.login("alice", "alice-pw")
+	if lg.status != 200 {
+		t.Fatalf("login: got %d %v", lg.status, lg.body)
+	}
+	exp := time.Now().Add(time.Duration(lg.body["expires_in"].(float64)) * time.Second)
+	e.clock.Set(exp.Add(-time.Minute))
+	if ex := e.exchange(lg.str("access_token")); ex.status != 200 || ex.body["expires_in"].(float64) > 60 || ex.body["expires_in"].(float64) <= 0 {
+		t.Fatalf("a minute before exp: got %d %v, want a token living at most that minute", ex.status, ex.body)
+	}
+	e.clock.Set(exp.Add(20 * time.Second)) // within the verification leeway
+	ex := e.exchange(lg.str("access_token"))
+	wantOAuthError(t, ex, 400, "invalid_grant")
+	if !strings.Contains(ex.str("error_description"), "too soon to act on it") {
+		t.Errorf("description %q does not say why", ex.str("error_description"))
+	}
+}
