@@ -52,7 +52,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		return e.fail("serve", err)
 	}
 	procs.Apply()
-	return serve(ctx, e, cfg, serveOptions{})
+	return serve(ctx, e, cfg, serveOptions{adminGID: -1}) // [server] admin_group
 }
 
 // schedSlice says which scheduler slice the daemon's threads run with.
@@ -262,13 +262,18 @@ func bindListeners(cfg *config.File, opts serveOptions) (*listeners, error) {
 		return nil, fmt.Errorf("listening on %s ([server] listen): %w", cfg.Server.Listen, err)
 	}
 	l.api = api
-	agent, err := listenUnix(cfg.Server.AgentSocket, 0o666, -1)
+	agent, err := listenUnix(cfg.Server.AgentSocket, 0o666)
 	if err != nil {
 		api.Close()
 		return nil, fmt.Errorf("agent socket ([server] agent_socket): %w", err)
 	}
 	l.agent = agent
-	adm, err := listenUnix(cfg.Server.AdminSocket, 0o660, l.adminGID)
+	// Any local user may connect, as to the agent socket: the admin
+	// server serves only uid 0 and members of [server] admin_group, by
+	// the kernel's peer credentials (SO_PEERCRED, SO_PEERGROUPS), and
+	// records every refusal. A 0660 socket of that group would need the
+	// daemon to join the group or hold CAP_CHOWN, which it does not.
+	adm, err := listenUnix(cfg.Server.AdminSocket, 0o666)
 	if err != nil {
 		api.Close()
 		agent.Close()
@@ -280,7 +285,7 @@ func bindListeners(cfg *config.File, opts serveOptions) (*listeners, error) {
 
 // listenUnix binds a Unix socket at path, replacing a stale socket file
 // left by a crash but refusing to take over one a live process serves.
-func listenUnix(path string, mode os.FileMode, gid int) (net.Listener, error) {
+func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
@@ -301,12 +306,6 @@ func listenUnix(path string, mode os.FileMode, gid int) (net.Listener, error) {
 	if err := os.Chmod(path, mode); err != nil {
 		l.Close()
 		return nil, err
-	}
-	if gid >= 0 {
-		if err := os.Chown(path, -1, gid); err != nil && os.Geteuid() == 0 {
-			l.Close()
-			return nil, err
-		}
 	}
 	return l, nil
 }

@@ -13,6 +13,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -492,8 +493,15 @@ func (a *Audit) validate() []*conf.FieldError {
 // (default when absent), leniently, so the admin CLI reaches a daemon still
 // running on its previous config while the file on disk has an error
 // elsewhere.
+//
+// A member of the admin group cannot read the file (it is the daemon's,
+// 0640 root:applianced): then the default socket is tried, where the admin
+// server checks the caller itself.
 func AdminSocket(path string) (string, error) {
 	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrPermission) {
+		return "/run/applianced/admin.sock", nil
+	}
 	if err != nil {
 		return "", fmt.Errorf("config: cannot read %s: %s", path, errText(err))
 	}

@@ -154,6 +154,16 @@ func TestInstallUpgradePurge(t *testing.T) {
 		b.must(t, "getent group applianced-admin")
 	})
 
+	t.Run("a member of applianced-admin uses the admin verbs without sudo", func(t *testing.T) {
+		b.must(t, "id opsadmin >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin opsadmin; adduser --quiet opsadmin applianced-admin")
+		if out, err := b.sh("runuser -u opsadmin -- applianced vault status; echo rc=$?"); err != nil || !strings.Contains(out, "rc=0") {
+			t.Errorf("vault status as a member of applianced-admin:\n%s", out)
+		}
+		if out, _ := b.sh("runuser -u nobody -- applianced vault status; echo rc=$?"); strings.Contains(out, "rc=0") {
+			t.Errorf("vault status as nobody succeeded:\n%s", out)
+		}
+	})
+
 	t.Run("the daemon runs unprivileged and hardened", func(t *testing.T) {
 		pid := pidOf(t)
 		status := b.must(t, "cat /proc/"+pid+"/status")
