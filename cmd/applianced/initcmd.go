@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/vault"
@@ -83,5 +86,50 @@ func initState(e *env, cfg *config.File) error {
 	} else {
 		fmt.Fprintf(e.stdout, "TLS           %s exists; left unchanged\n", cfg.Server.TLSCert)
 	}
+	return ownForService(e, dir, keyFile, cfg.Server.TLSKey, cfg.Server.TLSCert)
+}
+
+// ownForService gives the state dir and the key files to the service's
+// user when init runs as root on a host where that user exists (the
+// package's): the daemon runs as it and must read them. Made by root and
+// left root's, they kept the service from starting ("permission denied").
+func ownForService(e *env, stateDir string, files ...string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("applianced")
+	if err != nil {
+		return nil // no service user: a run outside the package
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	chown := func(p string) error {
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&os.ModeSymlink != 0 {
+			return nil // absent (a systemd credential), or a link someone manages
+		}
+		if err := os.Lchown(p, uid, gid); err != nil {
+			return fmt.Errorf("giving %s to user applianced: %w", p, err)
+		}
+		return nil
+	}
+	if err := chown(stateDir); err != nil {
+		return err
+	}
+	for _, f := range files {
+		if f == "" {
+			continue
+		}
+		if err := chown(f); err != nil {
+			return err
+		}
+		// The directory of a key: the service must reach it, nobody else.
+		if d := filepath.Dir(f); d != "/etc/applianced" && strings.HasPrefix(d, "/etc/applianced/") {
+			if err := os.Lchown(d, 0, gid); err == nil {
+				_ = os.Chmod(d, 0o750)
+			}
+		}
+	}
+	fmt.Fprintln(e.stdout, "owner         the state dir and key files belong to user applianced, which the service runs as")
 	return nil
 }

@@ -590,6 +590,23 @@ printf '[[role]]\nname = "e2e"\nscopes = ["e2e:read"]\n\n[[agent]]\nname = "e2e-
 		m["apt install (preseeded config) to first agent token"] = fmtDur(time.Since(start))
 	})
 
+	t.Run("a preseeded config with an error, fixed, then init by hand as postinst says", func(t *testing.T) {
+		b.must(t, "apt-get purge -y applianced >/dev/null")
+		b.must(t, `mkdir -p /etc/applianced && printf '[server]
+bogus = 1
+' > /etc/applianced/applianced.toml`)
+		out := b.must(t, "apt-get install -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /debs/"+debs[1]+" 2>&1")
+		if !strings.Contains(out, "did not complete; fix") {
+			t.Fatalf("postinst said nothing of the broken config:\n%s", out)
+		}
+		// The sysadmin fixes the config and runs init as root, as told.
+		b.must(t, `printf '[[role]]\nname = "e2e"\nscopes = ["e2e:read"]\n' > /etc/applianced/applianced.toml && applianced init && systemctl restart applianced`)
+		waitActive(t)
+		if got := b.must(t, "stat -c '%U %n' /etc/applianced/master.key /etc/applianced/tls/api.key"); strings.Count(got, "applianced ") != 2 {
+			t.Errorf("keys made by a root init are not the service's:\n%s", got)
+		}
+	})
+
 	for k, v := range m {
 		t.Logf("measure: %s: %s", k, v)
 	}
