@@ -224,3 +224,23 @@ func RouteScopeCheck(routes []RouteScope, granted []string) Check {
 		return out
 	}}
 }
+
+// ServiceCheck reports whether the service runs. state is systemd's view,
+// as `systemctl is-enabled` and `is-active` print it ("" when systemd
+// cannot be asked). Enabled but not active fails: nothing then answers
+// agents or users, and nothing repairs the firewall.
+func ServiceCheck(unit, enabled, active string) Check {
+	return Check{Name: "service", Run: func(ctx context.Context) []Result {
+		name := "service " + unit
+		switch {
+		case enabled == "" || active == "":
+			return []Result{{Name: name, Status: Skip, Detail: "systemd cannot be asked (not booted with systemd?)"}}
+		case active == "active" || active == "reloading":
+			return []Result{{Name: name, Status: Pass, Detail: active + ", " + enabled}}
+		case enabled == "enabled":
+			return []Result{{Name: name, Status: Fail, Detail: "enabled but " + active + ": agents and users get no answer, and no one repairs the firewall",
+				Fix: "systemctl start " + unit + "; if it fails: journalctl -u " + unit + " -n 50"}}
+		}
+		return []Result{{Name: name, Status: Warn, Detail: enabled + " and " + active, Fix: "systemctl enable --now " + unit}}
+	}}
+}

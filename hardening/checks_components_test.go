@@ -149,3 +149,21 @@ func TestRouteScopeCheck(t *testing.T) {
 		t.Errorf("got %+v, want one pass", rs)
 	}
 }
+
+func TestServiceCheck(t *testing.T) {
+	for _, tc := range []struct {
+		enabled, active string
+		want            Status
+	}{
+		{"enabled", "active", Pass},
+		{"enabled", "failed", Fail},
+		{"enabled", "inactive", Fail},
+		{"disabled", "inactive", Warn},
+		{"", "", Skip},
+	} {
+		r := ServiceCheck("applianced.service", tc.enabled, tc.active).Run(context.Background())
+		if len(r) != 1 || r[0].Status != tc.want {
+			t.Errorf("%s/%s: got %+v, want %s", tc.enabled, tc.active, r, tc.want)
+		}
+	}
+}

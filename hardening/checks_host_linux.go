@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -105,6 +106,14 @@ func FileModesCheck(files []FileSpec, serviceUID int) Check {
 		for _, f := range files {
 			name := "mode " + f.Path
 			err := checkPath(f.Path, f.Kind, owners)
+			if err == nil && serviceUID >= 0 && (f.Kind == KeyFile || f.Kind == StateDir) {
+				// Owner-only modes: the service reads it only as its owner.
+				if fi, serr := os.Lstat(f.Path); serr == nil {
+					if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != serviceUID {
+						err = fmt.Errorf("owned by uid %d, but the service runs as applianced (uid %d) and cannot read it", st.Uid, serviceUID)
+					}
+				}
+			}
 			switch {
 			case err == nil:
 				fi, _ := os.Lstat(f.Path)

@@ -176,6 +176,26 @@ func TestFileModesCheck(t *testing.T) {
 	}
 }
 
+// A key file the service's user does not own cannot be read by the service
+// (its mode is owner-only): doctor fails it, with the chown that fixes it,
+// rather than pass what root may read.
+func TestFileModesCheckWantsTheServiceToOwnItsKeys(t *testing.T) {
+	dir := t.TempDir()
+	key := writeFile(t, filepath.Join(dir, "master.key"), 0o400) // root's, as a hand-run init made it
+	service := 65534
+	rs := FileModesCheck([]FileSpec{{Path: key, Kind: KeyFile}}, service).Run(context.Background())
+	r, ok := statusOf(rs, "mode "+key)
+	if !ok || r.Status != Fail || !strings.Contains(r.Detail, "cannot read it") || !strings.Contains(r.Fix, "chown applianced:applianced "+key) {
+		t.Fatalf("a root-owned key with the service running as uid %d: got %+v, want a fail with the chown", service, r)
+	}
+	if err := os.Chown(key, service, service); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := statusOf(FileModesCheck([]FileSpec{{Path: key, Kind: KeyFile}}, service).Run(context.Background()), "mode "+key); r.Status != Pass {
+		t.Errorf("the service's own key: got %+v, want pass", r)
+	}
+}
+
 func TestMasterKeyCheck(t *testing.T) {
 	dir := t.TempDir()
 	key := writeFile(t, filepath.Join(dir, "master.key"), 0o600)

@@ -47,7 +47,8 @@ func egressProbe(ctx context.Context, target netip.AddrPort) Result {
 	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
 		return Result{Name: name, Status: Pass, Detail: "refused by the local firewall (" + errnoText(err) + ")"}
 	case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTUNREACH):
-		return Result{Name: name, Status: Pass, Detail: "no route to it from this host (" + errnoText(err) + "); the firewall did not need to decide"}
+		// The firewall was never asked: this proves nothing about it.
+		return Result{Name: name, Status: Skip, Detail: "no route to it from this host (" + errnoText(err) + "): the probe cannot tell whether the firewall would stop it; see the firewall check"}
 	}
 	return Result{Name: name, Status: Warn, Detail: "probe failed: " + err.Error(), Fix: "check `applianced net status`"}
 }

@@ -26,8 +26,8 @@ import (
 )
 
 type egressOut struct {
-	Open, Dropped, Rejected Result
-	Err                     string
+	NoRoute, Open, Dropped, Rejected Result
+	Err                              string
 }
 
 func init() {
@@ -36,13 +36,15 @@ func init() {
 	// rejects, traffic to it.
 	children["egress"] = func() any {
 		target := netip.MustParseAddrPort("192.0.2.1:443")
+		var o egressOut
+		// No route at all yet: the firewall is never asked.
+		o.NoRoute = egressProbe(context.Background(), target)
 		for _, args := range [][]string{{"link", "set", "lo", "up"}, {"addr", "add", "192.0.2.1/32", "dev", "lo"}} {
 			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 				return egressOut{Err: "ip " + strings.Join(args, " ") + ": " + string(out)}
 			}
 		}
 		ctx := context.Background()
-		var o egressOut
 		o.Open = egressProbe(ctx, target)
 		nft := func(rules string) error {
 			cmd := exec.Command("nft", "-f", "-")
@@ -82,6 +84,7 @@ func TestEgressProbe(t *testing.T) {
 		want       Status
 		wantDetail string
 	}{
+		{"no route", out.NoRoute, Skip, "cannot tell"},
 		{"no firewall", out.Open, Fail, "left this host"},
 		{"dropped", out.Dropped, Pass, "operation not permitted"},
 		{"rejected", out.Rejected, Pass, "operation not permitted"},

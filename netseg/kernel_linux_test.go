@@ -1453,3 +1453,39 @@ func TestVLANMTUAboveItsParentIsAConfigError(t *testing.T) {
 		t.Fatalf("Plan: got %v, want a config error on vlan[0].mtu naming %s's 1500", err, parent)
 	}
 }
+
+// CheckTable (doctor, with the daemon stopped) reads the kernel against
+// the saved state and changes nothing.
+func TestCheckTable(t *testing.T) {
+	lab := netns.New(t)
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	dir := t.TempDir()
+	if applied, drift, err := CheckTable(dir, lab.AI.Fd()); applied || len(drift) != 0 || err != nil {
+		t.Fatalf("nothing saved: got %v %v %v, want not applied", applied, drift, err)
+	}
+	m, err := New(Options{Audit: j, StateDir: dir, NetNSFd: lab.AI.Fd(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, needs := labConfig()
+	if _, err := m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if applied, drift, err := CheckTable(dir, lab.AI.Fd()); !applied || len(drift) != 0 || err != nil {
+		t.Fatalf("applied and in place: got %v %v %v", applied, drift, err)
+	}
+	if err := m.k.remove(); err != nil {
+		t.Fatal(err)
+	}
+	applied, drift, err := CheckTable(dir, lab.AI.Fd())
+	if !applied || err != nil || !slices.Contains(drift, "table inet applianced is missing") {
+		t.Fatalf("after a reboot: got %v %v %v, want the missing table", applied, drift, err)
+	}
+	if kt, _ := m.k.read(); kt.Exists {
+		t.Error("CheckTable changed the kernel")
+	}
+}

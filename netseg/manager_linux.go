@@ -179,6 +179,25 @@ func RestoreTable(stateDir string, nsFd int) (changed []string, err error) {
 	return changed, nil
 }
 
+// CheckTable compares the kernel's table (in namespace nsFd, 0 for the
+// caller's) with the state saved in stateDir, without a Manager and
+// without changing anything: for doctor, when the daemon cannot be asked.
+// applied is false when no state was saved.
+func CheckTable(stateDir string, nsFd int) (applied bool, drift []string, err error) {
+	m := &Manager{opts: Options{StateDir: stateDir}, k: &nft{nsFd: nsFd}}
+	if err := m.load(); err != nil {
+		return false, nil, err
+	}
+	if m.cur == nil {
+		return false, nil, nil
+	}
+	kt, err := m.k.read()
+	if err != nil {
+		return true, nil, err
+	}
+	return true, tableDrift(m.cur.rs, kt), nil
+}
+
 func (m *Manager) statePath() string {
 	if m.opts.StateDir == "" {
 		return ""

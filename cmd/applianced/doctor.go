@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -135,8 +136,9 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		}
 	}
 	return append(checks,
+		hardening.ServiceCheck(unitName, systemctlState("is-enabled"), systemctlState("is-active")),
 		hardening.SyslogCheck(adminSyslog{client}),
-		hardening.FirewallCheck(adminFirewall{client}),
+		hardening.FirewallCheck(adminFirewall{client, cfg.Server.StateDir}),
 		hardening.EgressProbeCheck(hardening.DefaultEgressProbe),
 		hardening.SysctlCheck("/proc"),
 		hardening.ListeningCheck("/proc", ingress),
@@ -191,6 +193,18 @@ func systemctlCat() string {
 	return string(b)
 }
 
+// systemctlState is what `systemctl VERB applianced.service` prints
+// (is-enabled, is-active), or "" when systemd cannot be asked.
+func systemctlState(verb string) string {
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, "systemctl", verb, unitName).Output() // non-zero for "inactive", "disabled"
+	return strings.TrimSpace(string(out))
+}
+
 // serviceUID is the applianced user's uid, or -1.
 func serviceUID() int {
 	u, err := user.Lookup("applianced")
@@ -223,14 +237,29 @@ func (a adminSyslog) SyslogTargets(ctx context.Context) ([]hardening.SyslogTarge
 
 // adminFirewall asks the running daemon for the firewall's state against
 // what it applied.
-type adminFirewall struct{ c *admin.Client }
+type adminFirewall struct {
+	c        *admin.Client
+	stateDir string
+}
 
+// FirewallDrift asks the daemon; when it cannot be reached, doctor reads
+// the kernel itself against the saved state (it runs as root): a stopped
+// daemon after a reboot means no table at all, and nothing to repair it.
 func (a adminFirewall) FirewallDrift(ctx context.Context) (bool, []string, error) {
 	var st netseg.Status
-	if err := a.c.Call(ctx, "GET", netPathStatus, nil, &st); err != nil {
-		return false, nil, err
+	err := a.c.Call(ctx, "GET", netPathStatus, nil, &st)
+	if err == nil {
+		return st.Applied, st.Drift, nil
 	}
-	return st.Applied, st.Drift, nil
+	applied, drift, kerr := netseg.CheckTable(a.stateDir, 0)
+	if kerr != nil || !applied {
+		return false, nil, err // never applied, or the kernel not readable either: the daemon's error says more
+	}
+	if len(drift) == 0 {
+		return true, nil, nil
+	}
+	return !slices.Contains(drift, "table inet "+netseg.TableName+" is missing"),
+		append(drift, "the daemon is not running to repair it ("+err.Error()+")"), nil
 }
 
 // hardenProcess protects the daemon before it reads a key: no core dumps,

@@ -370,6 +370,26 @@ func TestInstallUpgradePurge(t *testing.T) {
 		}
 		text, _ := b.sh("applianced doctor")
 		t.Logf("applianced doctor inside the container:\n%s", text)
+
+		// The daemon stopped and the table gone (as after a reboot with a
+		// daemon that did not start): doctor fails both, reading the
+		// kernel itself, and exits non-zero.
+		b.must(t, "systemctl stop applianced && nft delete table inet applianced")
+		out, err := b.sh("applianced doctor --json")
+		rep = doctorReport{}
+		if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
+			t.Fatalf("doctor --json: %v\n%s", jerr, out)
+		}
+		for _, name := range []string{"service applianced.service", "firewall table inet applianced"} {
+			if got, detail := rep.find(name); got != "fail" {
+				t.Errorf("daemon stopped, no table: doctor %q got %s (%s), want fail", name, got, detail)
+			}
+		}
+		if err == nil {
+			t.Error("doctor exited 0 with the daemon stopped and no firewall")
+		}
+		b.must(t, "systemctl start applianced")
+		waitActive(t)
 	})
 
 	t.Run("an AD user and an agent get tokens from the installed daemon", func(t *testing.T) {
