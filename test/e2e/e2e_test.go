@@ -559,6 +559,18 @@ systemctl daemon-reload && systemctl restart applianced`)
 		}
 	})
 
+	t.Run("remove, then install again: the service runs again", func(t *testing.T) {
+		b.must(t, "apt-get remove -y applianced >/dev/null 2>&1")
+		if out, _ := b.sh("systemctl is-active applianced"); strings.TrimSpace(out) == "active" {
+			t.Fatal("still active after remove")
+		}
+		b.must(t, "apt-get install -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /debs/"+debs[1]+" >/dev/null 2>&1")
+		waitActive(t)
+		if out, _ := b.sh("ls /var/lib/applianced/.stopped-by-remove 2>&1"); !strings.Contains(out, "No such file") {
+			t.Errorf("the remove's marker is still there: %s", out)
+		}
+	})
+
 	t.Run("purge leaves no file, user or rule", func(t *testing.T) {
 		b.must(t, "apt-get purge -y applianced")
 		for _, p := range []string{"/etc/applianced", "/var/lib/applianced", "/usr/bin/applianced", "/lib/systemd/system/applianced.service"} {
