@@ -176,3 +176,47 @@ func TestModulesLoad(t *testing.T) {
 		t.Errorf("modules got %q, want %q", mods, want)
 	}
 }
+
+// TestFirewallUnit: the boot-time restore of the firewall runs before any
+// interface comes up (network-pre.target, pulled in from sysinit), as the
+// service's user with only CAP_NET_ADMIN, and is as hardened as the service.
+func TestFirewallUnit(t *testing.T) {
+	const fw = "applianced-firewall.service"
+	f, err := os.Open(fw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	opts, err := unit.DeserializeOptions(f)
+	if err != nil {
+		t.Fatalf("parse %s: %v", fw, err)
+	}
+	got := map[string]string{}
+	for _, o := range opts {
+		got[o.Section+"."+o.Name] += o.Value + " "
+	}
+	for k, want := range map[string]string{
+		"Unit.DefaultDependencies":      "no",
+		"Unit.Before":                   "network-pre.target",
+		"Unit.Wants":                    "network-pre.target",
+		"Service.Type":                  "oneshot",
+		"Service.ExecStart":             "/usr/bin/applianced net restore",
+		"Service.User":                  "applianced",
+		"Service.CapabilityBoundingSet": "CAP_NET_ADMIN",
+		"Install.WantedBy":              "sysinit.target",
+	} {
+		if !strings.Contains(got[k], want) {
+			t.Errorf("%s: got %q, want it to hold %q", k, got[k], want)
+		}
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("skipped: systemd-analyze (Debian systemd) not installed")
+	}
+	exp, err := hardening.UnitExposure(context.Background(), fw, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp > hardening.MaxExposure {
+		t.Errorf("exposure got %.1f, want at most %.1f", exp, hardening.MaxExposure)
+	}
+}

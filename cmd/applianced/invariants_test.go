@@ -885,6 +885,14 @@ func TestFirewallChild(t *testing.T) {
 		t.Fatalf("nft delete table: %v\n%s", err, out)
 	}
 	fmt.Println("AFTER_REBOOT=" + table())
+	// What applianced-firewall.service does at boot, with no daemon.
+	if code := run(context.Background(), testEnv(), []string{"net", "restore", "--config", cfg.Path}); code != exitOK {
+		t.Fatalf("net restore: exit %d", code)
+	}
+	fmt.Println("AFTER_NET_RESTORE=" + table())
+	if out, err := exec.Command("nft", "delete", "table", "inet", "applianced").CombinedOutput(); err != nil {
+		t.Fatalf("nft delete table: %v\n%s", err, out)
+	}
 	r = startDaemon(t, cfg)
 	for i := 0; ; i++ {
 		if err := admin.NewClient(cfg.Server.AdminSocket).Call(context.Background(), "GET", netPathStatus, nil, nil); err == nil {
@@ -961,7 +969,7 @@ func TestDaemonStopLeavesTheFirewall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
-	for _, want := range []string{"AFTER_APPLY=present", "AFTER_STOP=present", "AFTER_REBOOT=absent", "AFTER_RESTART=present", "RESTORE_RECORDED=yes", "AFTER_DOWN=absent", "DEAD_JOURNAL_APPLY=503 table=absent"} {
+	for _, want := range []string{"AFTER_APPLY=present", "AFTER_STOP=present", "AFTER_REBOOT=absent", "AFTER_NET_RESTORE=present", "AFTER_RESTART=present", "RESTORE_RECORDED=yes", "AFTER_DOWN=absent", "DEAD_JOURNAL_APPLY=503 table=absent"} {
 		if !strings.Contains(string(out), want+"\n") {
 			t.Errorf("child output lacks %s:\n%s", want, out)
 		}

@@ -79,6 +79,7 @@ var verbs = []verb{
 	{"net rollback", "put back the firewall and VLANs as before the last apply", cmdNetRollback},
 	{"net status", "show the firewall's rules, counters and drift", cmdNetStatus},
 	{"net down", "remove the appliance's firewall table and the VLANs it created", cmdNetDown},
+	{"net restore", "put the applied firewall table back into the kernel, without the daemon (at boot)", cmdNetRestore},
 	{"secret put", "store a secret (value from stdin, never argv)", cmdSecretPut},
 	{"secret rotate", "store a new version of a secret (value from stdin)", cmdSecretRotate},
 	{"secret list", "list secrets: metadata only, no command prints a value", cmdSecretList},

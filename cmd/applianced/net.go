@@ -377,3 +377,33 @@ func cmdNetStatus(ctx context.Context, e *env, args []string) int {
 		}
 	})
 }
+
+func cmdNetRestore(ctx context.Context, e *env, args []string) int {
+	fs, cfgPath := e.flags("net restore", "", "Put the firewall table of the last apply back into the kernel, from the state the\n"+
+		"daemon saved, when the kernel's differs; VLANs are left to the daemon. It needs no\n"+
+		"daemon: applianced-firewall.service runs it at boot, before any interface comes up,\n"+
+		"so that egress is filtered from the start. Nothing applied yet: nothing to do.",
+		"applianced net restore")
+	if code, ok := e.parseArgs(fs, args, 0); !ok {
+		return code
+	}
+	// Only [server] state_dir is needed: a config with an error elsewhere
+	// must not leave the host without its filter at boot.
+	stateDir := config.DefaultStateDir
+	if f, err := config.Load(*cfgPath); err == nil {
+		stateDir = f.Server.StateDir
+	} else if d, lerr := config.StateDir(*cfgPath); lerr == nil {
+		fmt.Fprintf(e.stderr, "applianced net restore: the config has errors; using state_dir %s from it: %v\n", d, err)
+		stateDir = d
+	}
+	changed, err := netseg.RestoreTable(stateDir, 0)
+	if err != nil {
+		return e.fail("net restore", err)
+	}
+	if len(changed) == 0 {
+		fmt.Fprintln(e.stdout, "firewall: nothing to restore (the kernel has the applied table, or nothing was applied)")
+		return exitOK
+	}
+	fmt.Fprintf(e.stdout, "firewall: table inet %s restored from %s (%s)\n", netseg.TableName, stateDir, strings.Join(changed, "; "))
+	return exitOK
+}

@@ -322,7 +322,7 @@ func (f *File) applyDefaults() {
 		}
 	}
 	def(&s.Listen, "127.0.0.1:8443")
-	def(&s.StateDir, "/var/lib/applianced")
+	def(&s.StateDir, DefaultStateDir)
 	def(&s.AdminSocket, "/run/applianced/admin.sock")
 	def(&s.AdminGroup, "applianced-admin")
 	def(&s.AgentSocket, "/run/applianced/agent.sock")
@@ -487,6 +487,28 @@ func (a *Audit) validate() []*conf.FieldError {
 		errs = append(errs, conf.Errf("checkpoint_every", "must be positive"))
 	}
 	return errs
+}
+
+// DefaultStateDir is [server] state_dir when the file names none.
+const DefaultStateDir = "/var/lib/applianced"
+
+// StateDir reads only [server] state_dir from the file at path (default
+// when absent), leniently: `applianced net restore` at boot needs nothing
+// else of a file that may have an error elsewhere.
+func StateDir(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("config: cannot read %s: %s", path, errText(err))
+	}
+	var doc struct {
+		Server struct {
+			StateDir string `toml:"state_dir"`
+		} `toml:"server"`
+	}
+	if err := toml.Unmarshal(data, &doc); err != nil || doc.Server.StateDir == "" {
+		return DefaultStateDir, nil
+	}
+	return doc.Server.StateDir, nil
 }
 
 // AdminSocket reads only [server] admin_socket from the file at path

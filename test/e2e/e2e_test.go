@@ -388,6 +388,15 @@ func TestInstallUpgradePurge(t *testing.T) {
 		if err == nil {
 			t.Error("doctor exited 0 with the daemon stopped and no firewall")
 		}
+		// What boot does before the network (the daemon still stopped):
+		// applianced-firewall.service puts the applied table back.
+		if out := b.must(t, "systemctl is-enabled applianced-firewall.service; systemctl show -p Before --value applianced-firewall.service"); !strings.Contains(out, "enabled\n") || !strings.Contains(out, "network-pre.target") {
+			t.Errorf("applianced-firewall.service is not enabled before network-pre.target:\n%s", out)
+		}
+		b.must(t, "systemctl restart applianced-firewall.service")
+		if out := b.must(t, "nft list tables"); !strings.Contains(out, "table inet applianced") {
+			t.Errorf("applianced-firewall.service did not restore the table:\n%s\n%s", out, b.must(t, "journalctl -u applianced-firewall --no-pager -n 10"))
+		}
 		b.must(t, "systemctl start applianced")
 		waitActive(t)
 	})
