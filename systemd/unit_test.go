@@ -45,7 +45,6 @@ func TestUnitDirectives(t *testing.T) {
 		{"Service", "Type", "notify"},
 		{"Service", "NotifyAccess", "main"},
 		{"Service", "ExecStart", "/usr/bin/applianced serve --config /etc/applianced/applianced.toml"},
-		{"Service", "ExecReload", "/bin/kill -HUP $MAINPID"},
 		{"Service", "WatchdogSec", "30s"},
 		{"Service", "Restart", "on-failure"},
 		{"Service", "User", "applianced"},
@@ -87,6 +86,11 @@ func TestUnitDirectives(t *testing.T) {
 				t.Errorf("%s= got %q, want exactly [%q]", tc.name, got, tc.want)
 			}
 		})
+	}
+	// A reload checks the file first (a broken one fails the reload job),
+	// then signals the daemon.
+	if got := d["Service"]["ExecReload"]; !slices.Equal(got, []string{"/usr/bin/applianced config check --config /etc/applianced/applianced.toml", "/bin/kill -HUP $MAINPID"}) {
+		t.Errorf("ExecReload= got %q, want the config check, then SIGHUP", got)
 	}
 	// The system call filter is the system-service set, narrowed further.
 	if got := d["Service"]["SystemCallFilter"]; len(got) == 0 || got[0] != "@system-service" || slices.ContainsFunc(got[1:], func(s string) bool { return !strings.HasPrefix(s, "~") }) {

@@ -218,14 +218,18 @@ func TestInstallUpgradePurge(t *testing.T) {
 		pid := pidOf(t)
 		cursor := strings.TrimSpace(b.must(t, "journalctl -u applianced -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'"))
 		b.must(t, "cp -p /etc/applianced/applianced.toml /root/good.toml && echo 'bogus_key = 1' >> /etc/applianced/applianced.toml")
-		b.must(t, "systemctl reload applianced")
+		// The reload job fails, naming the key, and the daemon is not
+		// signalled.
+		if out, err := b.sh("systemctl reload applianced"); err == nil {
+			t.Errorf("systemctl reload of a broken config succeeded:\n%s", out)
+		}
 		var logs string
 		for i := 0; i < 50 && !strings.Contains(logs, "bogus_key"); i++ {
 			time.Sleep(100 * time.Millisecond)
 			logs = b.must(t, "journalctl -u applianced --no-pager --after-cursor='"+cursor+"'")
 		}
-		if !strings.Contains(logs, "reload refused") || !strings.Contains(logs, "bogus_key") {
-			t.Errorf("journal after a broken reload lacks the refusal naming the key:\n%s", logs)
+		if !strings.Contains(logs, "bogus_key") {
+			t.Errorf("journal after a broken reload lacks the error naming the key:\n%s", logs)
 		}
 		if got := strings.TrimSpace(b.must(t, "systemctl is-active applianced")); got != "active" {
 			t.Errorf("after a broken reload: %s, want active", got)
