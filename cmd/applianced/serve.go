@@ -112,7 +112,7 @@ func serve(ctx context.Context, e *env, cfg *config.File, opts serveOptions) int
 	d, err := openDaemon(ctx, cfg, log, level, restored)
 	if err != nil {
 		log.Error("cannot start", "err", err)
-		d0 := "applianced serve: " + err.Error()
+		d0 := "applianced serve: " + err.Error() + sandboxHint(err)
 		fmt.Fprintln(e.stderr, d0)
 		return exitFailure
 	}
@@ -127,7 +127,7 @@ func serve(ctx context.Context, e *env, cfg *config.File, opts serveOptions) int
 	l, err := bindListeners(cfg, opts)
 	if err != nil {
 		log.Error("cannot start", "err", err)
-		fmt.Fprintln(e.stderr, "applianced serve: "+err.Error())
+		fmt.Fprintln(e.stderr, "applianced serve: "+err.Error()+sandboxHint(err))
 		return exitFailure
 	}
 	servers := d.servers(l)
@@ -338,4 +338,15 @@ func (d *daemon) servers(l *listeners) []server {
 		{"agent socket", func() error { return ignoreClosed(agent.Serve(l.agent)) }, agent.Shutdown},
 		{"admin socket", func() error { return adm.Serve(l.admin) }, adm.Shutdown},
 	}
+}
+
+// sandboxHint explains a read-only file system: under the shipped unit
+// (ProtectSystem=strict) the service may write only /var/lib/applianced
+// and /run/applianced, so a state_dir or socket elsewhere fails so.
+func sandboxHint(err error) string {
+	if !errors.Is(err, syscall.EROFS) {
+		return ""
+	}
+	return " (the service's sandbox lets it write only /var/lib/applianced and /run/applianced: keep [server] state_dir and the sockets there, " +
+		"or allow the path with `systemctl edit applianced` and the lines [Service] ReadWritePaths=DIR)"
 }

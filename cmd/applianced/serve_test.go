@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -354,5 +355,15 @@ func TestStopDrainsInFlightRequests(t *testing.T) {
 	}
 	if code := <-done; code != exitOK {
 		t.Fatalf("serve exited %d, want 0", code)
+	}
+}
+
+func TestSandboxHint(t *testing.T) {
+	err := fmt.Errorf("opening audit journal: %w", &os.PathError{Op: "mkdir", Path: "/srv/applianced/audit", Err: syscall.EROFS})
+	if h := sandboxHint(err); !strings.Contains(h, "ReadWritePaths") {
+		t.Errorf("EROFS: got %q, want the drop-in that fixes it", h)
+	}
+	if h := sandboxHint(errors.New("something else")); h != "" {
+		t.Errorf("another error: got %q, want no hint", h)
 	}
 }
