@@ -127,6 +127,10 @@ type Journal struct {
 
 	syncs atomic.Int64 // fsyncs of entries done, for the benchmark's report
 
+	// commitStart is when the batch being written began (unix ns), 0 when
+	// the writer waits: for Stalled.
+	commitStart atomic.Int64
+
 	// The limits SetLimits may change while the journal runs (a reload);
 	// opts keeps the values it was opened with.
 	maxBytes atomic.Int64
@@ -396,8 +400,18 @@ func (j *Journal) writer() {
 				break drain
 			}
 		}
+		j.commitStart.Store(time.Now().UnixNano())
 		j.commit(batch, &buf)
+		j.commitStart.Store(0)
 	}
+}
+
+// Stalled reports whether a batch has been in writing (write and fsync)
+// for longer than d: a disk that stopped answering. Every action then
+// waits on the journal.
+func (j *Journal) Stalled(d time.Duration) bool {
+	s := j.commitStart.Load()
+	return s != 0 && time.Since(time.Unix(0, s)) > d
 }
 
 func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {

@@ -565,3 +565,23 @@ func smallFS(t *testing.T, size string) string {
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 	return dir
 }
+
+// Stalled says a batch has been in writing too long (a disk that stopped
+// answering), and only then: the watchdog stops pinging on it.
+func TestStalled(t *testing.T) {
+	j := openTest(t, t.TempDir(), nil)
+	if _, err := j.Append(context.Background(), testEvent(1)); err != nil {
+		t.Fatal(err)
+	}
+	if j.Stalled(time.Second) {
+		t.Error("an idle journal is stalled")
+	}
+	j.commitStart.Store(time.Now().Add(-time.Minute).UnixNano()) // a write begun a minute ago
+	if !j.Stalled(10 * time.Second) {
+		t.Error("a batch in writing for a minute is not stalled")
+	}
+	if j.Stalled(2 * time.Minute) {
+		t.Error("stalled before its limit")
+	}
+	j.commitStart.Store(0)
+}

@@ -54,20 +54,40 @@ func (n *Notifier) Reloading() {
 // Stopping says the service is shutting down.
 func (n *Notifier) Stopping() { n.send(daemon.SdNotifyStopping) }
 
-// Watchdog pings the watchdog at half of WATCHDOG_USEC until ctx ends. It
-// returns at once when the watchdog is not enabled for this process.
-func (n *Notifier) Watchdog(ctx context.Context) {
+// Watchdog pings the watchdog at half of WATCHDOG_USEC until ctx ends, each
+// time alive says the daemon does its work: a ping from a timer alone would
+// keep a daemon whose journal or main loop hangs from ever being restarted.
+// When alive fails, the ping is skipped (and said once), so systemd
+// restarts the service after WatchdogSec. It returns at once when the
+// watchdog is not enabled for this process.
+func (n *Notifier) Watchdog(ctx context.Context, alive func(context.Context) error) {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil || interval <= 0 {
 		return
 	}
 	t := time.NewTicker(interval / 2)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			actx, cancel := context.WithTimeout(ctx, interval/4)
+			err := alive(actx)
+			cancel()
+			if err != nil {
+				if !failing && ctx.Err() == nil {
+					l := n.Logger
+					if l == nil {
+						l = slog.Default()
+					}
+					l.Error("systemd: not alive; the watchdog is not pinged, and systemd restarts the service unless it recovers", "err", err)
+				}
+				failing = true
+				continue
+			}
+			failing = false
 			n.send(daemon.SdNotifyWatchdog)
 		}
 	}

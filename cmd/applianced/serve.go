@@ -154,7 +154,7 @@ func serve(ctx context.Context, e *env, cfg *config.File, opts serveOptions) int
 	}
 	wdCtx, wdCancel := context.WithCancel(context.Background())
 	defer wdCancel()
-	go d.notify.Watchdog(wdCtx)
+	go d.notify.Watchdog(wdCtx, d.alive)
 
 	code := exitOK
 loop:
@@ -349,4 +349,19 @@ func sandboxHint(err error) string {
 	}
 	return " (the service's sandbox lets it write only /var/lib/applianced and /run/applianced: keep [server] state_dir and the sockets there, " +
 		"or allow the path with `systemctl edit applianced` and the lines [Service] ReadWritePaths=DIR)"
+}
+
+// alive is the watchdog's check that the daemon does its work: the audit
+// journal, which every action waits on, is not stuck in a write, and the
+// admin socket answers.
+func (d *daemon) alive(ctx context.Context) error {
+	if d.journal.Stalled(10 * time.Second) {
+		return errors.New("the audit journal has been writing one batch for over 10s (the disk does not answer)")
+	}
+	var dl net.Dialer
+	c, err := dl.DialContext(ctx, "unix", d.config().Server.AdminSocket)
+	if err != nil {
+		return fmt.Errorf("the admin socket does not accept: %w", err)
+	}
+	return c.Close()
 }
