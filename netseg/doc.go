@@ -5,7 +5,8 @@
 // The firewall drops everything in its input, output and forward base
 // chains except loopback, established and related connections, IPv6
 // neighbour discovery, the allow rules of the [net] section (egress rules
-// also cover traffic routed through the host: containers, VMs), and the egress
+// also cover traffic routed through the host from its containers and VMs,
+// never from the VLANs it sits on), and the egress
 // the appliance itself needs (its directory servers, audit targets, tool
 // upstreams), which the daemon derives from the rest of the config and
 // passes in as Needs; that egress is accepted only from the sockets of the

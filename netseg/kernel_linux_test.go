@@ -1489,3 +1489,34 @@ func TestCheckTable(t *testing.T) {
 		t.Error("CheckTable changed the kernel")
 	}
 }
+
+// A host on one of the appliance's VLANs cannot use it as a router to what
+// the egress rules allow (with ip_forward on): the forward copies of the
+// egress rules are for the host's containers and VMs only.
+func TestSegmentHostsAreNotRouted(t *testing.T) {
+	r := startLab(t)
+	ctr := r.lab.AddRouted(t, "ctr", netip.MustParsePrefix("172.17.0.0/24"))
+	seg := r.lab.AddRouted(t, "seg", netip.MustParsePrefix("172.18.0.0/24"))
+	for _, h := range []*netns.Host{ctr, seg} {
+		if err := reachTCP(h.NS, "10.10.0.11:636"); err != nil {
+			t.Fatalf("before apply: %s cannot reach the dc: %v (lab broken)", h.Name, err)
+		}
+	}
+	cfg, _ := labConfig()
+	// The segment's link stands in for a configured VLAN (the kernel here
+	// has no 802.1Q; only its name matters to the rules).
+	cfg.VLANs = []VLAN{{Name: seg.AILink, Parent: "eth0", ID: 30, Addresses: []string{"172.18.0.1/24"}}}
+	rs, err := buildRuleset(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.m.k.replace(rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := reachTCP(ctr.NS, "10.10.0.11:636"); err != nil {
+		t.Errorf("container → dc:636 (allowed egress): %v", err)
+	}
+	if err := reachTCP(seg.NS, "10.10.0.11:636"); err == nil {
+		t.Error("a host on a VLAN of the appliance was routed to the dc")
+	}
+}

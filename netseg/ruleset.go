@@ -91,6 +91,9 @@ var (
 func buildRuleset(cfg *Config, needs []resolvedNeed, owners []uint32) (*ruleset, error) {
 	rs := &ruleset{}
 	b := &builder{rs: rs, sets: map[string][]netip.Prefix{}}
+	for _, v := range cfg.VLANs {
+		b.vlans = append(b.vlans, v.Name)
+	}
 	for _, s := range cfg.Sets {
 		for _, a := range s.Addresses {
 			p, err := parsePrefix(a)
@@ -144,6 +147,9 @@ type builder struct {
 	rs    *ruleset
 	sets  map[string][]netip.Prefix
 	setID uint32
+	// vlans are the configured VLAN interfaces: the segments the host sits
+	// on, whose hosts it must not route anywhere.
+	vlans []string
 }
 
 func (b *builder) addSet(s *setSpec) {
@@ -254,7 +260,19 @@ func (b *builder) allow(c *chainSpec, kind string, idx int, r *Rule, addrs []str
 		desc := ruleDesc(kind, idx, r, fam.name, as.Set.Name, portSet)
 		c.Rules = append(c.Rules, &ruleSpec{Desc: desc, Exprs: append(slices.Clone(ex), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})})
 		if also != nil {
-			also.Rules = append(also.Rules, &ruleSpec{Desc: also.Name + ": " + desc, Exprs: append(slices.Clone(ex), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})})
+			// Routed traffic from the host's containers and VMs, not from
+			// the segments it sits on: a host on a VLAN must not use the
+			// AI server as a router to what the server may reach.
+			var fx []expr.Any
+			for _, v := range b.vlans {
+				fx = append(fx, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(v)})
+			}
+			fdesc := also.Name + ": " + desc
+			if len(b.vlans) > 0 {
+				fdesc += ", not from " + strings.Join(b.vlans, ", ")
+			}
+			fx = append(fx, ex...)
+			also.Rules = append(also.Rules, &ruleSpec{Desc: fdesc, Exprs: append(fx, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})})
 		}
 	}
 	return nil
