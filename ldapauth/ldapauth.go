@@ -242,6 +242,12 @@ func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome
 		}
 		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonRateLimited, RetryAfter: wait}, nil, "")
 	}
+	// One attempt per user at the directory at a time: a burst of
+	// parallel wrong passwords must not reach the DC together.
+	if !a.users.begin(name.key) {
+		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonRateLimited, RetryAfter: time.Second}, nil, "")
+	}
+	defer a.users.end(name.key)
 	a.stats.logins.Add(1)
 	id, out, err := a.login(ctx, name, r.Password)
 	if err != nil {

@@ -17,6 +17,7 @@ type limiter struct {
 
 	mu   sync.Mutex
 	keys map[string]*failures
+	busy map[string]bool // keys with an attempt at the directory now
 }
 
 type failures struct {
@@ -31,7 +32,7 @@ const (
 )
 
 func newLimiter(max int, window time.Duration, backoff bool) *limiter {
-	return &limiter{max: max, window: window, backoff: backoff, keys: map[string]*failures{}}
+	return &limiter{max: max, window: window, backoff: backoff, keys: map[string]*failures{}, busy: map[string]bool{}}
 }
 
 // allow says whether an attempt for key may go to the directory now.
@@ -65,6 +66,34 @@ func (l *limiter) check(key string, now time.Time) (ok bool, retryAfter time.Dur
 		return since >= wait, wait - since
 	}
 	return true, 0
+}
+
+// begin marks an attempt for key as at the directory, and refuses when
+// one already is: counting a failure only after its bind came back, two
+// attempts sent at once would both pass check, and a burst of them would
+// reach the directory together, past the limit and into AD's lockout.
+// Every begin that returns true is followed by end.
+func (l *limiter) begin(key string) bool {
+	if key == "" {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.busy[key] {
+		return false
+	}
+	l.busy[key] = true
+	return true
+}
+
+// end clears what begin marked.
+func (l *limiter) end(key string) {
+	if key == "" {
+		return
+	}
+	l.mu.Lock()
+	delete(l.busy, key)
+	l.mu.Unlock()
 }
 
 // fail records a failure; it returns true when this failure trips the
