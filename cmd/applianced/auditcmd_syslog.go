@@ -7,6 +7,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -290,8 +293,9 @@ func cmdAuditHash(ctx context.Context, e *env, args []string) int {
 
 // captureFlags are the flags of `audit verify` for syslog captures.
 type captureFlags struct {
-	pubkey   *string
-	openTail *bool
+	pubkey       *string
+	openTail     *bool
+	noSignatures *bool
 }
 
 func addCaptureFlags(fs interface {
@@ -302,6 +306,8 @@ func addCaptureFlags(fs interface {
 		pubkey: fs.String("pubkey", "", "with FILE: the checkpoint public `KEY` (applianced audit pubkey); default: ask the running daemon"),
 		openTail: fs.Bool("open-tail", false, "with FILE: entries after the last checkpoint are a note, not a problem\n"+
 			"(a capture of a stream still running)"),
+		noSignatures: fs.Bool("no-signatures", false, "with FILE: check the chain only, without the checkpoint key; the\n"+
+			"result is then never \"ok\" (whoever rewrites a capture can recompute a chain)"),
 	}
 }
 
@@ -321,10 +327,18 @@ func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []s
 	} else {
 		var out pubkeyReply
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		if err := e.call(cctx, cfgPath, http.MethodGet, adminAuditPubkey, nil, &out); err == nil {
-			opts.PublicKey, _ = audit.ParsePublicKey(out.PublicKey)
-		}
+		err := e.call(cctx, cfgPath, http.MethodGet, adminAuditPubkey, nil, &out)
 		cancel()
+		if err == nil {
+			opts.PublicKey, err = audit.ParsePublicKey(out.PublicKey)
+		}
+		if err != nil && !*cf.noSignatures {
+			// Without the key, anyone who rewrites a capture can recompute
+			// its chain and sign checkpoints of their own: no "ok" then.
+			fmt.Fprintf(e.stderr, "applianced audit verify: no checkpoint key (%v): give the appliance's key with --pubkey KEY "+
+				"(from `applianced audit pubkey`, kept by the auditor), or --no-signatures to check the chain alone\n", err)
+			return exitUsage
+		}
 	}
 	rep, err := audit.VerifyCaptureFiles(files, opts)
 	if err != nil {
@@ -341,12 +355,22 @@ func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []s
 		}
 		fmt.Fprintf(e.stdout, "%d messages, %d entries (seq %d..%d), %d duplicates, %d checkpoints, sealed up to seq %d\n",
 			rep.Messages, rep.Entries, rep.FirstSeq, rep.LastSeq, rep.Duplicates, rep.Checkpoints, rep.SealedUpTo)
-		if rep.OK() {
-			fmt.Fprintln(e.stdout, "ok: no gap, no altered entry, chain intact")
+		switch {
+		case rep.OK() && opts.PublicKey == nil:
+			fmt.Fprintln(e.stdout, "chain intact, but NOT VERIFIED: no checkpoint key, so a rewritten capture would pass too")
+		case rep.OK():
+			fmt.Fprintf(e.stdout, "ok: no gap, no altered entry, chain intact, sealed up to seq %d by key %s\n", rep.SealedUpTo, keyID(opts.PublicKey))
 		}
 	}
-	if !rep.OK() {
+	if !rep.OK() || opts.PublicKey == nil {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// keyID is a short name of an Ed25519 public key: the first 8 bytes of its
+// SHA-256, in hex.
+func keyID(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return hex.EncodeToString(sum[:8])
 }

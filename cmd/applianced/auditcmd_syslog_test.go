@@ -87,6 +87,16 @@ format = "rfc5424"
 	if out := fmt.Sprint(e.stdout); !strings.Contains(out, "ok: ") {
 		t.Errorf("got %q, want ok", out)
 	}
+	// Without the key (the daemon is stopped) nothing is "ok": whoever
+	// rewrites a capture can recompute its chain.
+	e = testEnv()
+	if code := run(ctx, e, []string{"audit", "verify", "--config", cfg.Path, srv.File}); code != exitUsage || !strings.Contains(fmt.Sprint(e.stderr), "--pubkey") {
+		t.Errorf("audit verify FILE without a key: exit %d, stderr %q; want a usage error asking for --pubkey", code, e.stderr)
+	}
+	e = testEnv()
+	if code := run(ctx, e, []string{"audit", "verify", "--config", cfg.Path, "--no-signatures", srv.File}); code != exitFailure || !strings.Contains(fmt.Sprint(e.stdout), "NOT VERIFIED") {
+		t.Errorf("audit verify --no-signatures: exit %d, stdout %q; want a failure saying it is not verified", code, e.stdout)
+	}
 
 	var kept []string
 	removed := ""
