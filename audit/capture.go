@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,14 +106,18 @@ type capEntry struct {
 	size       int
 	eventType  string
 	loc        string
+	// raws are the wire bodies that arrived, one of each kind (the whole
+	// event, each part): a message cut short must be a prefix of one.
+	raws [][]byte
 }
 
 // CaptureVerifier accumulates capture files; Report checks them.
 type CaptureVerifier struct {
-	opts    CaptureOptions
-	entries map[uint64]*capEntry
-	partial []CaptureProblem // messages with a seq that do not parse
-	rep     CaptureReport
+	opts       CaptureOptions
+	entries    map[uint64]*capEntry
+	partial    []CaptureProblem // messages with a seq that do not parse
+	partialRaw [][]byte         // their bytes, by the same index
+	rep        CaptureReport
 }
 
 // NewCaptureVerifier returns a verifier; opts may be nil.
@@ -206,10 +211,17 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 			// A message cut by a dropped connection is sent again whole;
 			// Report decides once it knows whether that copy arrived.
 			v.partial = append(v.partial, p)
+			v.partialRaw = append(v.partialRaw, append([]byte(nil), raw...))
 			return
 		}
 		p.Message = fmt.Sprintf("audit message does not parse: %v", err)
 		v.rep.Problems = append(v.rep.Problems, p)
+		return
+	}
+	if err := noDuplicateKeys(raw[:dec.InputOffset()]); err != nil {
+		// Which of two "event" keys a reader takes is up to the reader:
+		// the one that hashes may not be the one a SIEM shows.
+		v.problem(ProblemAltered, *b.Seq, 0, loc, "seq %d: %v: the message was edited", *b.Seq, err)
 		return
 	}
 	seq := *b.Seq
@@ -230,6 +242,12 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 		}
 	case b.Chunk != nil:
 		if e.canonical != nil {
+			// A part of an event already whole: only a piece of it is a
+			// repeated copy.
+			if !bytes.Contains(e.canonical, []byte(*b.Chunk)) {
+				v.problem(ProblemConflict, seq, 0, loc, "seq %d: part %d differs from the copy that arrived whole (first at %s)", seq, b.Part, e.loc)
+				return
+			}
 			v.rep.Duplicates++
 			return
 		}
@@ -240,11 +258,16 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 		if e.parts == nil {
 			e.parts = make([][]byte, b.Parts)
 		}
-		if e.parts[b.Part-1] != nil {
+		if old := e.parts[b.Part-1]; old != nil {
+			if !bytes.Equal(old, []byte(*b.Chunk)) {
+				v.problem(ProblemConflict, seq, 0, loc, "seq %d: two different copies of part %d (first at %s)", seq, b.Part, e.loc)
+				return
+			}
 			v.rep.Duplicates++
 			return
 		}
 		e.parts[b.Part-1] = []byte(*b.Chunk)
+		e.raws = append(e.raws, append([]byte(nil), raw[:dec.InputOffset()]...))
 		e.partsSeen++
 		if e.partsSeen == b.Parts {
 			e.canonical = bytes.Join(e.parts, nil)
@@ -252,10 +275,17 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 		}
 	case b.Event != nil:
 		if e.canonical != nil {
+			// Only the same event is a repeated copy: the same hashes
+			// with other content would otherwise pass unseen.
+			if !sameJSON(e.canonical, b.Event) {
+				v.problem(ProblemConflict, seq, 0, loc, "seq %d: two different copies of the event (first at %s)", seq, e.loc)
+				return
+			}
 			v.rep.Duplicates++
 			return
 		}
 		e.canonical = append([]byte(nil), b.Event...)
+		e.raws = append(e.raws, append([]byte(nil), raw[:dec.InputOffset()]...))
 		e.parts, e.withheld = nil, false
 	default:
 		v.problem(ProblemMalformed, seq, 0, loc, "seq %d: message has neither event, part nor stub", seq)
@@ -302,8 +332,10 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	}
 	rep.FirstSeq, rep.LastSeq = seqs[0], seqs[len(seqs)-1]
 	recovered := 0
-	for _, p := range v.partial {
-		if e, ok := v.entries[p.Seq]; ok && e.canonical != nil {
+	for i, p := range v.partial {
+		// Cut short, then sent again whole: the fragment is the start of
+		// a copy that arrived. Anything else is not a cut copy.
+		if e, ok := v.entries[p.Seq]; ok && e.canonical != nil && slices.ContainsFunc(e.raws, func(r []byte) bool { return bytes.HasPrefix(r, bytes.TrimRight(v.partialRaw[i], "\r\n")) }) {
 			recovered++
 			continue
 		}
@@ -421,10 +453,107 @@ func (v *CaptureVerifier) check(rep *CaptureReport, s uint64, e *capEntry, add f
 		return ev
 	}
 	if ev != nil {
-		if c, err := ev.Canonical(); err == nil && ChainHash(e.prev, c) == e.hash && ev.Seq == s {
+		// A receiver may re-encode escapes, nothing more: the same keys,
+		// spelt the same, in the same order, with the same values. Extra,
+		// repeated or re-cased keys, which decoding would drop or fold,
+		// are an edit.
+		if c, err := ev.Canonical(); err == nil && ChainHash(e.prev, c) == e.hash && ev.Seq == s && sameJSON(c, e.canonical) {
 			return ev
 		}
 	}
 	add(ProblemAltered, s, 0, e.loc, "seq %d: the event does not match its hash: altered after it was recorded", s)
 	return nil
+}
+
+// sameJSON reports whether a and b are the same JSON text up to how
+// strings and numbers are escaped or spelt: the same tokens in the same
+// order, keys included as they are spelt. Neither may repeat a key.
+func sameJSON(a, b []byte) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	ta, err := jsonTokens(a)
+	if err != nil {
+		return false
+	}
+	tb, err := jsonTokens(b)
+	if err != nil {
+		return false
+	}
+	return slices.Equal(ta, tb)
+}
+
+// jsonTokens lists a JSON text's tokens, as strings: delimiters, keys and
+// values (numbers as written, strings unescaped, with a type prefix). It
+// refuses a repeated key in an object, and trailing data.
+func jsonTokens(b []byte) ([]string, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var out []string
+	type obj struct {
+		keys    map[string]bool
+		wantKey bool
+	}
+	var stack []*obj
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		var top *obj
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			out = append(out, "d"+t.String())
+			switch t {
+			case '{':
+				if top != nil && top.keys != nil {
+					top.wantKey = true
+				}
+				stack = append(stack, &obj{keys: map[string]bool{}, wantKey: true})
+				continue
+			case '[':
+				if top != nil && top.keys != nil {
+					top.wantKey = true
+				}
+				stack = append(stack, &obj{})
+				continue
+			default:
+				stack = stack[:len(stack)-1]
+				continue
+			}
+		case string:
+			if top != nil && top.keys != nil && top.wantKey {
+				if top.keys[t] {
+					return nil, fmt.Errorf("key %q repeated", t)
+				}
+				top.keys[t] = true
+				top.wantKey = false
+				out = append(out, "k"+t)
+				continue
+			}
+			out = append(out, "s"+t)
+		case json.Number:
+			out = append(out, "n"+t.String())
+		case bool:
+			out = append(out, fmt.Sprintf("b%v", t))
+		case nil:
+			out = append(out, "null")
+		}
+		if top != nil && top.keys != nil {
+			top.wantKey = true
+		}
+	}
+	return out, nil
+}
+
+// noDuplicateKeys refuses a JSON text with a key repeated in an object.
+func noDuplicateKeys(b []byte) error {
+	_, err := jsonTokens(b)
+	return err
 }
