@@ -17,6 +17,17 @@
 // file's new size; every reader takes a zero byte as the end of a segment's
 // entries, and finished segments are trimmed back to their entries.
 //
+// What this proves, and to whom: the chain and the marker catch accidents
+// and edits by someone who cannot write the journal's files. Root on the
+// appliance can: it can rewrite entries, recompute the chain and the
+// marker, and read the checkpoint key (the vault's master key is on the
+// same host). So the evidence an auditor relies on is what a receiver
+// stored, checked with `applianced audit verify FILE --pubkey KEY` (the
+// key kept off the appliance): entries a receiver got before a compromise
+// cannot be changed unseen; entries not yet delivered (a SIEM down, a
+// stopped forwarder) are only as safe as the host. Keep delivery lag small
+// (doctor and the audit.target_down alert watch it).
+//
 // The package refuses: rewriting or deleting entries (retention removes whole
 // segments only, after every forwarder has delivered them), and any field
 // that holds a secret value.
