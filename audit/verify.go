@@ -48,9 +48,8 @@ func VerifyDir(dir string) (*Report, error) {
 		return nil, err
 	}
 	rep := &Report{Problems: []Problem{}}
-	if m, ok := readMarkerFile(filepath.Join(dir, "head")); ok {
-		rep.Marker = m.seq
-	}
+	mark, haveMark := readMarkerFile(filepath.Join(dir, "head"))
+	rep.Marker = mark.seq
 	if len(segs) == 0 {
 		if rep.Marker > 0 {
 			rep.Problems = append(rep.Problems, Problem{Seq: 1, Reason: fmt.Sprintf("journal is empty but seq %d was recorded as durable", rep.Marker)})
@@ -58,9 +57,10 @@ func VerifyDir(dir string) (*Report, error) {
 		return rep, nil
 	}
 	var (
-		expect uint64
-		prev   [32]byte
-		have   bool
+		expect   uint64
+		prev     [32]byte
+		have     bool
+		markHash *[32]byte // the chain hash at the marker's seq, once met
 	)
 	for i, s := range segs {
 		name := filepath.Base(s.path)
@@ -96,26 +96,45 @@ func VerifyDir(dir string) (*Report, error) {
 				return rep, nil
 			}
 		}
-		p := verifySegment(br, name, &expect, &prev, rep, i == len(segs)-1)
+		p := verifySegment(br, name, &expect, &prev, rep, i == len(segs)-1, mark, &markHash, s.path, int64(len(hdr)))
 		f.Close()
 		if p != nil {
 			rep.Problems = append(rep.Problems, *p)
 			return rep, nil
 		}
 	}
-	if rep.Marker > rep.Last {
+	switch {
+	case rep.Marker > rep.Last:
 		rep.Problems = append(rep.Problems, Problem{Seq: rep.Last + 1,
 			Reason: fmt.Sprintf("journal ends at seq %d but seq %d was recorded as durable: the tail was cut (entries %d..%d missing)", rep.Last, rep.Marker, rep.Last+1, rep.Marker)})
+	case rep.Entries > 0 && !haveMark:
+		// The journal makes the marker file when it opens: gone, a cut
+		// tail cannot be told from a journal that ended. (A file with no
+		// valid record is what a full disk leaves, and is let pass.)
+		rep.Problems = append(rep.Problems, Problem{Seq: rep.Last,
+			Reason: "the durable marker file (head) is missing: whether the tail was cut cannot be told"})
+	case markHash != nil && *markHash != mark.hash:
+		rep.Problems = append(rep.Problems, Problem{Seq: rep.Marker,
+			Reason: fmt.Sprintf("seq %d does not have the hash recorded as durable for it: entries up to it were rewritten", rep.Marker)})
 	}
 	return rep, nil
 }
 
-func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte, rep *Report, last bool) *Problem {
+func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte, rep *Report, last bool, mark markerRec, markHash **[32]byte, path string, off int64) *Problem {
 	for {
 		line, err := readLine(br)
 		if err == io.EOF || errors.Is(err, errPadding) {
 			// The entries end at the end of the file or at zeros written
-			// ahead of them (see prealloc.go).
+			// ahead of them (see prealloc.go): nothing but zeros may
+			// follow, or a zero byte hides entries after it.
+			if errors.Is(err, errPadding) {
+				at := off + int64(len(line))
+				if zeros, zerr := onlyZeros(path, at); zerr == nil && !zeros && zeroAt(path, at) {
+					// Still a zero where the entries stopped, and data after
+					// it (a live journal's new entry would have filled it).
+					return &Problem{Seq: *expect, File: name, Reason: "data after the zero byte that ends the entries: entries hidden behind it?"}
+				}
+			}
 			if len(line) > 0 {
 				if last {
 					return nil // an unfinished final line was never acknowledged
@@ -124,6 +143,7 @@ func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte
 			}
 			return nil
 		}
+		off += int64(len(line))
 		if err != nil {
 			return &Problem{Seq: *expect, File: name, Reason: err.Error()}
 		}
@@ -143,7 +163,23 @@ func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte
 			return &Problem{Seq: seq, File: name, Reason: "entry is not a valid event"}
 		}
 		*prev = h
+		if seq == mark.seq {
+			hh := h
+			*markHash = &hh
+		}
 		rep.Last, rep.Entries = seq, rep.Entries+1
 		*expect = seq + 1
 	}
+}
+
+// zeroAt reports whether the byte at off in path is zero.
+func zeroAt(path string, off int64) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var b [1]byte
+	n, _ := f.ReadAt(b[:], off)
+	return n == 1 && b[0] == 0
 }
