@@ -2,10 +2,13 @@ package ldapauth
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"strconv"
 	"sync"
 	"testing"
+
+	"github.com/go-ldap/ldap/v3"
 )
 
 // A burst of wrong passwords for one user, sent at once, reaches the DC no
@@ -55,4 +58,48 @@ func TestConcurrentLoginsStayWithinTheUserLimit(t *testing.T) {
 	if c, _ := strconv.Atoi(bad[0]); c > 3 {
 		t.Errorf("DC badPwdCount %d, want at most max_failures_per_user (3)", c)
 	}
+}
+
+// A computer account is a user in AD, with a password any local admin of
+// a domain-joined host can read from its LSA secrets: the default
+// user_filter keeps it out.
+func TestComputerAccountCannotLogIn(t *testing.T) {
+	needDC(t)
+	ctx := context.Background()
+	adm, err := ldap.DialURL(dc.LDAPSURL(), ldap.DialWithTLSConfig(dc.TLSConfig()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	if err := adm.Bind(dc.AdminDN, dc.AdminPass); err != nil {
+		t.Fatal(err)
+	}
+	name := "ws" + freshUser(t, "c")[1:]
+	add := ldap.NewAddRequest("CN="+name+",CN=Computers,"+dc.BaseDN, nil)
+	add.Attribute("objectClass", []string{"top", "person", "organizationalPerson", "user", "computer"})
+	add.Attribute("sAMAccountName", []string{name + "$"})
+	add.Attribute("userAccountControl", []string{"4096"}) // a workstation trust account
+	add.Attribute("unicodePwd", []string{unicodePwd("Machine-Pw-1x!Q")})
+	if err := adm.Add(add); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := newAuth(t, adConfig(nil), nil)
+	_, out, err := a.Login(ctx, Request{Username: name + "$", Password: "Machine-Pw-1x!Q"})
+	if err != nil || out.OK || out.Reason != ReasonUserNotFound {
+		t.Fatalf("computer account %s$: got %+v, %v; want user_not_found", name, out, err)
+	}
+	// A person still logs in.
+	if _, out, err := a.Login(ctx, Request{Username: "alice", Password: pw("alice")}); err != nil || !out.OK {
+		t.Fatalf("alice: got %+v, %v", out, err)
+	}
+}
+
+// unicodePwd is a password as AD's unicodePwd attribute takes it.
+func unicodePwd(p string) string {
+	r := []rune(`"` + p + `"`)
+	b := make([]byte, 2*len(r))
+	for i, c := range r {
+		binary.LittleEndian.PutUint16(b[2*i:], uint16(c))
+	}
+	return string(b)
 }

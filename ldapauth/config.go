@@ -79,7 +79,8 @@ type Config struct {
 	LoginAttributes []string `toml:"login_attributes"`
 	// UserFilter is an extra clause every user must match, for example
 	// "(!(userAccountControl:1.2.840.113556.1.4.803:=2))". Default
-	// "(objectClass=user)" in the AD modes, "(objectClass=person)" otherwise.
+	// "(&(objectCategory=person)(objectClass=user))" in the AD modes (no
+	// computer accounts), "(objectClass=person)" otherwise.
 	UserFilter string `toml:"user_filter"`
 	// NetBIOSDomain, when set, is the only domain accepted in "DOMAIN\user"
 	// names (case-insensitive). Empty accepts any prefix.
@@ -150,7 +151,10 @@ func (c Config) withDefaults() Config {
 	}
 	if c.UserFilter == "" {
 		if ad {
-			c.UserFilter = "(objectClass=user)"
+			// People only: in AD a computer (and a managed service
+			// account) is a user too, whose password any local admin of a
+			// domain-joined host can read.
+			c.UserFilter = "(&(objectCategory=person)(objectClass=user))"
 		} else {
 			c.UserFilter = "(objectClass=person)"
 		}

@@ -242,10 +242,11 @@ func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome
 		}
 		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonRateLimited, RetryAfter: wait}, nil, "")
 	}
-	// One attempt per user at the directory at a time: a burst of
-	// parallel wrong passwords must not reach the DC together.
-	if !a.users.begin(name.key) {
-		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonRateLimited, RetryAfter: time.Second}, nil, "")
+	// No more attempts at the directory at once than the user's failure
+	// budget: a burst of parallel wrong passwords must not reach the DC
+	// together (see limiter.begin).
+	if ok, wait := a.users.begin(ctx, name.key, a.now); !ok {
+		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonRateLimited, RetryAfter: wait}, nil, "")
 	}
 	defer a.users.end(name.key)
 	a.stats.logins.Add(1)

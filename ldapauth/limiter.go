@@ -1,6 +1,7 @@
 package ldapauth
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -17,7 +18,7 @@ type limiter struct {
 
 	mu   sync.Mutex
 	keys map[string]*failures
-	busy map[string]bool // keys with an attempt at the directory now
+	busy map[string]int // attempts at the directory now, per key
 }
 
 type failures struct {
@@ -32,7 +33,7 @@ const (
 )
 
 func newLimiter(max int, window time.Duration, backoff bool) *limiter {
-	return &limiter{max: max, window: window, backoff: backoff, keys: map[string]*failures{}, busy: map[string]bool{}}
+	return &limiter{max: max, window: window, backoff: backoff, keys: map[string]*failures{}, busy: map[string]int{}}
 }
 
 // allow says whether an attempt for key may go to the directory now.
@@ -68,31 +69,55 @@ func (l *limiter) check(key string, now time.Time) (ok bool, retryAfter time.Dur
 	return true, 0
 }
 
-// begin marks an attempt for key as at the directory, and refuses when
-// one already is: counting a failure only after its bind came back, two
-// attempts sent at once would both pass check, and a burst of them would
-// reach the directory together, past the limit and into AD's lockout.
-// Every begin that returns true is followed by end.
-func (l *limiter) begin(key string) bool {
+// begin takes one of key's attempts at the directory, waiting (until ctx
+// ends, at most beginWait) while the attempts out plus the failures
+// counted reach max: a failure is counted only when its bind comes back,
+// so without this a burst of parallel wrong passwords would all pass
+// check and reach the directory together, past the limit and into AD's
+// lockout. It refuses, like check, once the key is limited. Every begin
+// that returns true is followed by end.
+func (l *limiter) begin(ctx context.Context, key string, now func() time.Time) (ok bool, retryAfter time.Duration) {
 	if key == "" {
-		return true
+		return true, 0
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.busy[key] {
-		return false
+	ctx, cancel := context.WithTimeout(ctx, beginWait)
+	defer cancel()
+	for {
+		if ok, wait := l.check(key, now()); !ok {
+			return false, wait
+		}
+		l.mu.Lock()
+		n := 0
+		if f := l.keys[key]; f != nil {
+			n = f.n
+		}
+		if l.busy[key]+n < l.max {
+			l.busy[key]++
+			l.mu.Unlock()
+			return true, 0
+		}
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return false, time.Second
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	l.busy[key] = true
-	return true
 }
 
-// end clears what begin marked.
+// beginWait bounds how long an attempt waits for one of its user's to come
+// back from the directory.
+const beginWait = 5 * time.Second
+
+// end gives back what begin took.
 func (l *limiter) end(key string) {
 	if key == "" {
 		return
 	}
 	l.mu.Lock()
-	delete(l.busy, key)
+	if l.busy[key]--; l.busy[key] <= 0 {
+		delete(l.busy, key)
+	}
 	l.mu.Unlock()
 }
 
