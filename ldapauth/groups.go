@@ -211,6 +211,10 @@ func (a *Authenticator) inChain(ctx context.Context, c *ldap.Conn, userDN string
 func (a *Authenticator) memberOf(ctx context.Context, c *ldap.Conn, user *ldap.Entry) ([]Group, error) {
 	seen := map[string]bool{}
 	var out []Group
+	// Only groups under group_base count, as in the other modes: a group
+	// of the same name elsewhere (a delegated OU, a self-service branch)
+	// must not grant access or roles.
+	base, berr := ldap.ParseDN(a.cfg.GroupBase)
 	queue := user.GetAttributeValues("memberOf")
 	for depth := 0; len(queue) > 0 && depth < maxNesting; depth++ {
 		var next []string
@@ -220,6 +224,9 @@ func (a *Authenticator) memberOf(ctx context.Context, c *ldap.Conn, user *ldap.E
 				continue
 			}
 			seen[k] = true
+			if gdn, err := ldap.ParseDN(dn); berr != nil || err != nil || !base.AncestorOfFold(gdn) {
+				continue
+			}
 			res, err := a.search(ctx, c, ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
 				1, 0, false, "(objectClass=*)", []string{"cn", "memberOf"}, nil), false)
 			if err != nil {

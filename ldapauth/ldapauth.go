@@ -510,7 +510,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 
 	req := ldap.NewSearchRequest(a.cfg.UserBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name),
-		userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), nil)
+		append(userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), stateAttrs(a.cfg.GroupMode)...), nil)
 	var res *ldap.SearchResult
 	if sc, res, err = a.searchUser(ctx, d, sc, pooled, req); sc == nil {
 		return id, out, err, isConnErr(err)
@@ -581,6 +581,19 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 		return id, out, fmt.Errorf("%w: %w", ErrUnavailable, err), false
 	}
 	d.put(true, bc, a.cfg.MaxConnections, a.now())
+	if a.cfg.GroupMode != GroupModeAD && a.cfg.GroupMode != GroupModeADInChain {
+		// OpenLDAP does not refuse the bind of an account expired
+		// (shadowExpire), disabled (nsAccountLock) or locked without
+		// ppolicy: the states the recheck enforces are enforced here too,
+		// or a refused account would log in again every 30 s. (AD refuses
+		// them at the bind.)
+		if reason := accountState(user, a.cfg.GroupMode, a.now()); reason != "" {
+			keep = true
+			out.Reason = reason
+			id.DN = user.DN
+			return id, out, nil, false
+		}
+	}
 
 	groups, hit := a.cache.get(user.DN, a.now())
 	if hit {

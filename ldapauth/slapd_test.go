@@ -236,3 +236,65 @@ func TestBindThatTimesOutIsNotRetriedOnAnotherDC(t *testing.T) {
 		t.Errorf("the second DC saw %d binds of the user, want 1", second.binds.Load())
 	}
 }
+
+// In memberof mode only groups under group_base count: a group of the same
+// name elsewhere in the tree (a delegated OU) grants no access and no role.
+// And an account OpenLDAP does not refuse at the bind (shadowExpire passed)
+// is refused at login as at the recheck.
+func TestOpenLDAPGroupBaseAndAccountState(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := startSlapd(t, ctx)
+	for _, f := range []func() error{
+		func() error { return s.AddUser(ctx, "alice", pw("alice"), 10001) },
+		func() error { return s.AddUser(ctx, "mallory", pw("mallory"), 10002) },
+		func() error { return s.AddUser(ctx, "olga", pw("olga"), 10003) },
+		func() error { return s.AddGroup(ctx, "staff", s.UserDN("alice"), s.UserDN("olga")) },
+		func() error {
+			return s.Add(ctx, "ou=projects,"+slapd.BaseDN, map[string][]string{"objectClass": {"organizationalUnit"}, "ou": {"projects"}})
+		},
+		func() error {
+			return s.Add(ctx, "cn=staff,ou=projects,"+slapd.BaseDN, map[string][]string{
+				"objectClass": {"groupOfNames"}, "cn": {"staff"}, "member": {s.UserDN("mallory")}})
+		},
+	} {
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	adm, err := ldap.DialURL(s.URL, ldap.DialWithTLSConfig(s.TLSConfig()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	if err := adm.Bind(slapd.AdminDN, s.AdminPassword); err != nil {
+		t.Fatal(err)
+	}
+	m := ldap.NewModifyRequest(s.UserDN("olga"), nil)
+	m.Add("objectClass", []string{"shadowAccount"})
+	m.Add("shadowExpire", []string{"1"}) // expired in 1970
+	if err := adm.Modify(m); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{
+		URLs: []string{s.URL}, CAFile: s.CAFile,
+		BindDN: slapd.ServiceDN, BindPasswordSecret: "slapd-svc",
+		UserBase: slapd.PeopleDN, GroupBase: slapd.GroupsDN, GroupMode: GroupModeMemberOf,
+		AllowedGroups: []string{"staff"}, GroupRoles: map[string][]string{"staff": {"chat-user"}},
+	}, Options{Audit: newJournal(t), BindPassword: func(context.Context, string) ([]byte, error) {
+		return []byte(s.ServicePassword), nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, out, err := a.Login(ctx, Request{Username: "alice", Password: pw("alice")}); err != nil || !out.OK {
+		t.Fatalf("alice, in staff under group_base: got %+v, %v", out, err)
+	}
+	if id, out, err := a.Login(ctx, Request{Username: "mallory", Password: pw("mallory")}); err != nil || out.OK || out.Reason != ReasonNotInAllowedGroups {
+		t.Errorf("mallory, in a staff outside group_base: got %+v (groups %v), %v; want not_in_allowed_groups", out, id.Groups, err)
+	}
+	if _, out, err := a.Login(ctx, Request{Username: "olga", Password: pw("olga")}); err != nil || out.OK || out.Reason != ReasonAccountExpired {
+		t.Errorf("olga, shadowExpire in 1970: got %+v, %v; want account_expired", out, err)
+	}
+}
