@@ -355,9 +355,22 @@ func (a *Authenticator) searchConn(ctx context.Context, d *server) (*ldap.Conn, 
 
 // bindConn returns a connection to d used only for users' binds, and whether
 // it came from the pool.
+//
+// A connection idle longer than healthIdle is not reused: a firewall or NAT
+// between here and the DC may have dropped it without a word, and a bind
+// sent on it would wait out the request timeout and then count as the DC
+// failing (a bind that went out is never retried). A fresh one costs a TLS
+// handshake; it does not carry a password into the unknown.
 func (a *Authenticator) bindConn(ctx context.Context, d *server) (*ldap.Conn, bool, error) {
-	if p := d.take(true); p != nil {
-		return p.c, true, nil
+	for {
+		p := d.take(true)
+		if p == nil {
+			break
+		}
+		if a.now().Sub(p.used) < healthIdle {
+			return p.c, true, nil
+		}
+		p.c.Close()
 	}
 	c, err := a.dial(ctx, d, false)
 	return c, false, err
