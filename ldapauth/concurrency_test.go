@@ -5,10 +5,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/applianced/applianced/audit"
 )
 
 // A burst of wrong passwords for one user, sent at once, reaches the DC no
@@ -102,4 +105,47 @@ func unicodePwd(p string) string {
 		binary.LittleEndian.PutUint16(b[2*i:], uint16(c))
 	}
 	return string(b)
+}
+
+// A login name that matches no account may be a password typed into the
+// wrong field: the journal holds its keyed hash, never the text. A name
+// that is an account's is recorded as it is.
+func TestUnknownLoginNameIsHashedInTheAudit(t *testing.T) {
+	needDC(t)
+	ctx := context.Background()
+	j := newJournal(t)
+	a, err := New(adConfig(nil), Options{Audit: j, BindPassword: secrets, NameHash: func(s string) string { return "hmac(" + strconv.Itoa(len(s)) + ")" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	const typed = "Correct-Horse-9x!"
+	if _, out, err := a.Login(ctx, Request{Username: typed, Password: "whatever-1x!"}); err != nil || out.Reason != ReasonUserNotFound {
+		t.Fatalf("got %+v, %v; want user_not_found", out, err)
+	}
+	if _, out, err := a.Login(ctx, Request{Username: "alice", Password: "wrong-1x!"}); err != nil || out.Reason != ReasonInvalidCredentials {
+		t.Fatalf("got %+v, %v; want invalid_credentials", out, err)
+	}
+	var unknown, alice *audit.Event
+	for _, e := range events(t, j) {
+		if e.Event.Type != "auth.login" {
+			continue
+		}
+		ev := e.Event
+		switch ev.Reason {
+		case string(ReasonUserNotFound):
+			unknown = &ev
+		case string(ReasonInvalidCredentials):
+			alice = &ev
+		}
+		if b, _ := ev.Canonical(); strings.Contains(string(b), typed) {
+			t.Errorf("the journal holds the name typed: %s", b)
+		}
+	}
+	if unknown == nil || unknown.Actor.User != "" || unknown.Details["username_hmac"] != "hmac(17)" {
+		t.Errorf("unknown name's event: %+v, want its hash and no user", unknown)
+	}
+	if alice == nil || alice.Actor.User != "alice" {
+		t.Errorf("alice's event: %+v, want her name", alice)
+	}
 }

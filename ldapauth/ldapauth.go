@@ -62,6 +62,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// NameHash, when set, is what the audit records of a login name that
+	// matches no account (audit.Hasher.Sum): users type their password
+	// into the name field, and the journal must not hold it. Nil records
+	// such a name as typed.
+	NameHash func(string) string
 }
 
 // Request is one login attempt.
@@ -288,6 +293,13 @@ func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out 
 	ev := authEvent("auth.login", "ldap.login", r.Username, r.RequestID, r.Source, id, out, lerr)
 	if lerr == nil && out.OK {
 		ev.Actor.User = id.Username
+	}
+	if (out.Reason == ReasonUserNotFound || out.Reason == ReasonInvalidName) && a.opts.NameHash != nil {
+		// No account by that name: it may be a password typed in the
+		// wrong field. Its keyed hash still lets an auditor match repeats
+		// (`applianced audit hash`).
+		ev.Actor.User = ""
+		ev.Details["username_hmac"] = a.opts.NameHash(r.Username)
 	}
 	if out.ADCode != "" {
 		ev.Details["ad_code"] = out.ADCode

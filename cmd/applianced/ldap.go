@@ -214,11 +214,17 @@ func (c dcCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (dir *directory) open(cfg ldapauth.Config) (*ldapauth.Authenticator, error) {
-	return ldapauth.New(cfg, ldapauth.Options{
+	opts := ldapauth.Options{
 		Audit:        dir.d.journal,
 		BindPassword: dir.secrets,
 		Logger:       dir.d.log.With("component", "ldapauth"),
-	})
+	}
+	// A login name that matches no account goes into the journal as its
+	// keyed hash: it may be a password typed into the name field.
+	if h, err := dir.d.auditHasher(context.Background()); err == nil {
+		opts.NameHash = h.Sum
+	}
+	return ldapauth.New(cfg, opts)
 }
 
 func (dir *directory) handleTest(w http.ResponseWriter, r *http.Request) {
