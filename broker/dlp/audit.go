@@ -2,6 +2,7 @@ package dlp
 
 import (
 	"context"
+	"strings"
 
 	"github.com/applianced/applianced/audit"
 )
@@ -9,8 +10,9 @@ import (
 // Appender redacts an audit event's free-text fields (Action, Target,
 // Reason and every Details value) with a Scanner before handing it to the
 // next Appender, so a secret that slipped into a reason or a detail never
-// reaches the journal. A redacted event gets the detail "dlp" naming the
-// detectors that matched.
+// reaches the journal; the actor, source and request id are scanned too. A
+// redacted event gets the detail "dlp_audit" naming the detectors that
+// matched (a tool.dlp event's "dlp", what was found in the answer, is kept).
 type Appender struct {
 	Next    audit.Appender
 	Scanner *Scanner
@@ -29,19 +31,23 @@ func (a *Appender) Append(ctx context.Context, e *audit.Event) (uint64, error) {
 	e.Action = red(e.Action)
 	e.Target = red(e.Target)
 	e.Reason = red(e.Reason)
+	e.RequestID = red(e.RequestID)
+	e.Source = red(e.Source)
+	e.Actor.User = red(e.Actor.User)
+	e.Actor.Agent = red(e.Actor.Agent)
 	for k, v := range e.Details {
+		if k == "dlp" {
+			continue // what DLP found in the answer: a list of detector names
+		}
 		e.Details[k] = red(v)
 	}
 	if all.Found() {
 		if e.Details == nil {
 			e.Details = map[string]string{}
 		}
-		names := all.Names()
-		s := names[0]
-		for _, n := range names[1:] {
-			s += "," + n
-		}
-		e.Details["dlp"] = s
+		// Its own detail, so that what DLP found in the answer (a tool.dlp
+		// event's "dlp") is not replaced by what it found in the record.
+		e.Details["dlp_audit"] = strings.Join(all.Names(), ",")
 	}
 	return a.Next.Append(ctx, e)
 }
