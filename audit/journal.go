@@ -187,6 +187,7 @@ func Open(dir string, opts *Options) (*Journal, error) {
 	if err != nil {
 		return nil, err
 	}
+	var cutEvent *Event // entries cut at open, recorded once the writer runs
 	j := &Journal{dir: dir, opts: o, mark: mark, reqs: make(chan *appendReq, 1024),
 		done: make(chan struct{}), notify: make(chan struct{}), nextSeq: 1}
 	j.maxBytes.Store(o.MaxBytes)
@@ -222,6 +223,16 @@ func Open(dir string, opts *Options) (*Journal, error) {
 			return nil, fmt.Errorf("audit: opening journal segment: %w", err)
 		}
 		if !clean {
+			// Whole entries after what is cut were not a crash's torn
+			// line: a zero byte written into an entry hides the ones after
+			// it. (A crash can leave them too, never acknowledged, when
+			// the disk kept later pages of a batch and not earlier ones.)
+			// They are cut either way, and said.
+			if n, first := entriesAfter(last.path, goodSize, lastSeq); n > 0 {
+				cutEvent = &Event{Type: "audit.tamper", Severity: SeverityHigh, Action: "audit.open", Target: last.path,
+					Outcome: OutcomeFailure, Reason: "whole entries after a damaged one were cut when the journal opened: a zero byte written into an entry, or a crash that kept a batch's later pages only",
+					Details: map[string]string{"entries_cut": strconv.Itoa(n), "first_seq_cut": strconv.FormatUint(first, 10), "after_seq": strconv.FormatUint(lastSeq, 10)}}
+			}
 			o.Logger.Warn("audit: cutting a torn final line left by a crash", "segment", last.path, "bytes", last.size-goodSize)
 			if err := f.Truncate(goodSize); err != nil {
 				f.Close()
@@ -249,7 +260,32 @@ func Open(dir string, opts *Options) (*Journal, error) {
 	}
 	j.startAhead()
 	go j.writer()
+	if cutEvent != nil {
+		o.Logger.Error("audit: entries after a damaged one were cut", "details", cutEvent.Details)
+		if _, err := j.Append(context.Background(), cutEvent); err != nil {
+			o.Logger.Error("audit: recording the cut entries", "err", err)
+		}
+	}
 	return j, nil
+}
+
+// entriesAfter counts the lines after off in path that parse as entries of
+// a seq beyond last, and the first such seq.
+func entriesAfter(path string, off int64, last uint64) (n int, first uint64) {
+	b, err := os.ReadFile(path)
+	if err != nil || off >= int64(len(b)) {
+		return 0, 0
+	}
+	for _, line := range bytes.Split(b[off:], []byte("\n")) {
+		line = bytes.TrimLeft(line, "\x00")
+		if _, _, seq, err := parseLine(line); err == nil && seq > last {
+			if n == 0 {
+				first = seq
+			}
+			n++
+		}
+	}
+	return n, first
 }
 
 // dropsOldest reports whether the disk-full policy is DiskFullDropOldest.

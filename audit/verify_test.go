@@ -78,3 +78,52 @@ func TestVerifyCatchesAHiddenTail(t *testing.T) {
 		}
 	})
 }
+
+// A zero byte written into an entry, and the marker removed, make Open cut
+// that entry and every one after it, as it cuts a crash's torn line; whole
+// entries cut that way are recorded (audit.tamper), not dropped in silence.
+func TestOpenRecordsWholeEntriesItCuts(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, nil)
+	for i := range 20 {
+		if _, err := j.Append(context.Background(), testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	seg := filepath.Join(dir, segName(1))
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.SplitAfter(b, []byte("\n"))
+	b[len(bytes.Join(lines[:1+10], nil))+5] = 0 // inside seq 11
+	if err := os.WriteFile(seg, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// With the marker in place Open refuses (ErrTruncated); without it,
+	// it cannot tell a crash from this.
+	if err := os.Remove(filepath.Join(dir, "head")); err != nil {
+		t.Fatal(err)
+	}
+	j2, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j2.Close()
+	if j2.LastSeq() != 11 {
+		t.Fatalf("last seq %d, want 10 kept and the record of the cut as 11", j2.LastSeq())
+	}
+	r, err := j2.Reader(11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	e, err := r.Next(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Event.Type != "audit.tamper" || e.Event.Details["entries_cut"] != "9" || e.Event.Details["first_seq_cut"] != "12" {
+		t.Errorf("got %+v, want audit.tamper naming the 9 entries from seq 12 that were cut", e.Event)
+	}
+}
