@@ -116,6 +116,11 @@ type Config struct {
 	MaxFailuresPerUser int `toml:"max_failures_per_user"`
 	// MaxFailuresPerSource is the same limit per client address. Default 20.
 	MaxFailuresPerSource int `toml:"max_failures_per_source"`
+	// SharedSources are client addresses (CIDRs) that log many users in,
+	// the chatbot's backend above all: failures from there count per user
+	// only, or twenty typos by twenty users would refuse everyone behind
+	// it for the whole failure window.
+	SharedSources []string `toml:"shared_sources"`
 	// FailureWindow is how long failures are remembered. Default 15m.
 	FailureWindow conf.Duration `toml:"failure_window"`
 }
@@ -302,6 +307,11 @@ func (c Config) Validate() []*conf.FieldError {
 	}
 	if c.MaxFailuresPerUser < 0 {
 		add("max_failures_per_user", "must be positive")
+	}
+	for i, src := range c.SharedSources {
+		if _, err := netip.ParsePrefix(src); err != nil {
+			add(fmt.Sprintf("shared_sources[%d]", i), "%q is not a network like \"10.30.0.5/32\"", src)
+		}
 	}
 	if c.MaxFailuresPerSource < 0 {
 		add("max_failures_per_source", "must be positive")

@@ -35,6 +35,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"io"
 	"log/slog"
 	"sort"
@@ -235,8 +237,12 @@ func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome
 		return a.finish(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidPassword}, nil, name.key)
 	}
 	now := a.now()
+	srcKey := r.Source
+	if a.shared(r.Source) {
+		srcKey = "" // counted per user only
+	}
 	uok, uwait := a.users.check(name.key, now)
-	sok, swait := a.sources.check(r.Source, now)
+	sok, swait := a.sources.check(srcKey, now)
 	if !uok || !sok {
 		wait := time.Duration(0)
 		if !uok {
@@ -270,13 +276,33 @@ func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome
 				return Identity{}, out, err
 			}
 		}
-		if a.sources.fail(r.Source, now) {
+		if a.sources.fail(srcKey, now) {
 			if err := a.auditLimit(ctx, r, "source:"+r.Source, a.cfg.MaxFailuresPerSource); err != nil {
 				return Identity{}, out, err
 			}
 		}
 	}
 	return a.finish(ctx, r, id, out, nil, "")
+}
+
+// shared reports whether source is one of [ldap] shared_sources.
+func (a *Authenticator) shared(source string) bool {
+	if len(a.cfg.SharedSources) == 0 || source == "" {
+		return false
+	}
+	if h, _, err := net.SplitHostPort(source); err == nil {
+		source = h
+	}
+	addr, err := netip.ParseAddr(source)
+	if err != nil {
+		return false
+	}
+	for _, s := range a.cfg.SharedSources {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(addr.Unmap()) {
+			return true
+		}
+	}
+	return false
 }
 
 func countsAsFailure(r Reason) bool {

@@ -581,6 +581,29 @@ func TestSourceRateLimit(t *testing.T) {
 	}
 }
 
+// A shared source (the chatbot's backend, in [ldap] shared_sources) is not
+// limited as a whole: many users' typos from it refuse none of the others.
+func TestSharedSourceCountsPerUserOnly(t *testing.T) {
+	needDC(t)
+	clk := &fakeClock{t: time.Now()}
+	a, _ := newAuth(t, adConfig(func(c *Config) {
+		c.MaxFailuresPerSource = 3
+		c.SharedSources = []string{"10.30.0.5/32"}
+	}), clk.Now)
+	for i := range 6 {
+		clk.Add(time.Hour / 100)
+		if _, out, err := a.Login(context.Background(), Request{Username: "typo" + string(rune('a'+i)), Password: "x", Source: "10.30.0.5:40000"}); err != nil || out.Reason != ReasonUserNotFound {
+			t.Fatalf("attempt %d from the backend: got %q %v, want user_not_found", i, out.Reason, err)
+		}
+	}
+	if _, out, err := a.Login(context.Background(), Request{Username: "alice", Password: pw("alice"), Source: "10.30.0.5:40001"}); err != nil || !out.OK {
+		t.Errorf("alice through the backend after others' typos: got %+v %v", out, err)
+	}
+	if errs := (Config{URLs: []string{"ldaps://dc"}, UserBase: "dc=x", SharedSources: []string{"backend"}}).Validate(); !slices.ContainsFunc(errs, func(e *conf.FieldError) bool { return e.Key == "shared_sources[0]" }) {
+		t.Errorf("a shared source that is no network: got %v", errs)
+	}
+}
+
 // TestGroupCache: a warm cache saves the group lookup; a failed bind drops
 // the user's entry.
 func TestGroupCache(t *testing.T) {
