@@ -3,6 +3,7 @@ package audit
 import (
 	"bufio"
 	"bytes"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,7 +33,24 @@ type Report struct {
 	Entries  uint64    `json:"entries"`  // entries checked
 	Marker   uint64    `json:"marker"`   // last seq recorded as durable
 	Problems []Problem `json:"problems"` // empty when the journal is intact
+	// With a public key (VerifyDirWith): the checkpoints met, and the
+	// highest seq one of them, signed by that key, seals.
+	Checkpoints int    `json:"checkpoints"`
+	SealedUpTo  uint64 `json:"sealed_up_to"`
 }
+
+// VerifyOptions are the options of VerifyDirWith.
+type VerifyOptions struct {
+	// PublicKey checks every checkpoint's signature and that the hash it
+	// signs is the chain's at its seq. Without it the journal's chain
+	// proves nothing against whoever can rewrite the files: they can
+	// recompute it.
+	PublicKey ed25519.PublicKey
+}
+
+// hashWindow is how many recent chain hashes VerifyDirWith keeps to check
+// the checkpoints against (a checkpoint seals what came shortly before).
+const hashWindow = 1 << 16
 
 // OK reports whether the journal verified with no problem.
 func (r *Report) OK() bool { return len(r.Problems) == 0 }
@@ -42,7 +60,14 @@ func (r *Report) OK() bool { return len(r.Problems) == 0 }
 // durable marker against the last entry (a cut tail). It stops at the first
 // break in a segment and names its seq; an error means dir could not be read
 // at all.
-func VerifyDir(dir string) (*Report, error) {
+func VerifyDir(dir string) (*Report, error) { return VerifyDirWith(dir, nil) }
+
+// VerifyDirWith is VerifyDir, checking the checkpoints with opts.PublicKey.
+func VerifyDirWith(dir string, opts *VerifyOptions) (*Report, error) {
+	var o VerifyOptions
+	if opts != nil {
+		o = *opts
+	}
 	segs, err := listSegments(dir)
 	if err != nil {
 		return nil, err
@@ -61,7 +86,11 @@ func VerifyDir(dir string) (*Report, error) {
 		prev     [32]byte
 		have     bool
 		markHash *[32]byte // the chain hash at the marker's seq, once met
+		cps      *cpCheck
 	)
+	if o.PublicKey != nil {
+		cps = &cpCheck{pub: o.PublicKey, hashes: map[uint64][32]byte{}}
+	}
 	for i, s := range segs {
 		name := filepath.Base(s.path)
 		f, err := os.Open(s.path)
@@ -96,7 +125,7 @@ func VerifyDir(dir string) (*Report, error) {
 				return rep, nil
 			}
 		}
-		p := verifySegment(br, name, &expect, &prev, rep, i == len(segs)-1, mark, &markHash, s.path, int64(len(hdr)))
+		p := verifySegment(br, name, &expect, &prev, rep, i == len(segs)-1, mark, &markHash, s.path, int64(len(hdr)), cps)
 		f.Close()
 		if p != nil {
 			rep.Problems = append(rep.Problems, *p)
@@ -120,7 +149,40 @@ func VerifyDir(dir string) (*Report, error) {
 	return rep, nil
 }
 
-func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte, rep *Report, last bool, mark markerRec, markHash **[32]byte, path string, off int64) *Problem {
+// cpCheck checks the checkpoints met during a verify.
+type cpCheck struct {
+	pub    ed25519.PublicKey
+	hashes map[uint64][32]byte // the last hashWindow chain hashes
+}
+
+func (c *cpCheck) entry(seq uint64, h [32]byte, ev *Event, rep *Report, name string) *Problem {
+	c.hashes[seq] = h
+	delete(c.hashes, seq-hashWindow)
+	if ev.Type != TypeCheckpoint {
+		return nil
+	}
+	rep.Checkpoints++
+	cp, err := ParseCheckpoint(ev)
+	if err != nil {
+		return &Problem{Seq: seq, File: name, Reason: err.Error()}
+	}
+	if err := cp.Verify(c.pub); err != nil {
+		return &Problem{Seq: seq, File: name, Reason: fmt.Sprintf("checkpoint signature does not verify with key %s (made by key %s): a forged checkpoint", KeyID(c.pub), cp.KeyID)}
+	}
+	want, ok := c.hashes[cp.Seq]
+	if !ok {
+		return nil // sealed before this journal's oldest kept entry, or long before
+	}
+	if want != cp.Hash {
+		return &Problem{Seq: cp.Seq, File: name, Reason: fmt.Sprintf("the checkpoint at seq %d signed another hash for seq %d: entries up to it were rewritten", seq, cp.Seq)}
+	}
+	if cp.Seq > rep.SealedUpTo {
+		rep.SealedUpTo = cp.Seq
+	}
+	return nil
+}
+
+func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte, rep *Report, last bool, mark markerRec, markHash **[32]byte, path string, off int64, cps *cpCheck) *Problem {
 	for {
 		line, err := readLine(br)
 		if err == io.EOF || errors.Is(err, errPadding) {
@@ -161,6 +223,11 @@ func verifySegment(br *bufio.Reader, name string, expect *uint64, prev *[32]byte
 		var ev Event
 		if err := json.Unmarshal(canon, &ev); err != nil || ev.Seq != seq {
 			return &Problem{Seq: seq, File: name, Reason: "entry is not a valid event"}
+		}
+		if cps != nil {
+			if p := cps.entry(seq, h, &ev, rep, name); p != nil {
+				return p
+			}
 		}
 		*prev = h
 		if seq == mark.seq {

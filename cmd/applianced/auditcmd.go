@@ -16,7 +16,8 @@ import (
 func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := e.flags("audit verify", "[FILE...]", "Verify the audit trail: every entry's chain hash, contiguous sequence numbers,\n"+
 		"and the durable marker (a cut tail). Without FILE it reads the journal in the\n"+
-		"state dir. Names the first bad seq; exit 1 on any problem.",
+		"state dir; with --pubkey it also checks every checkpoint's signature and the hash\n"+
+		"it seals. Names the first bad seq; exit 1 on any problem.",
 		"applianced audit verify", "applianced audit verify --json")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	dir := fs.String("dir", "", "journal `DIR` (default: <state_dir>/audit)")
@@ -35,7 +36,16 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 		}
 		*dir = filepath.Join(cfg.Server.StateDir, "audit")
 	}
-	rep, err := audit.VerifyDir(*dir)
+	opts := &audit.VerifyOptions{}
+	if *cf.pubkey != "" {
+		pub, err := audit.ParsePublicKey(*cf.pubkey)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "applianced audit verify: %v\n", err)
+			return exitUsage
+		}
+		opts.PublicKey = pub
+	}
+	rep, err := audit.VerifyDirWith(*dir, opts)
 	if err != nil {
 		return e.fail("audit verify", err)
 	}
@@ -45,8 +55,18 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 		for _, p := range rep.Problems {
 			fmt.Fprintf(e.stdout, "FAIL %s\n", p)
 		}
-		if rep.OK() {
-			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact\n", rep.Entries, rep.First, rep.Last)
+		switch {
+		case !rep.OK():
+		case opts.PublicKey == nil:
+			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact; checkpoints not checked (give --pubkey KEY): "+
+				"without them this catches accidents, not someone who can rewrite the journal\n", rep.Entries, rep.First, rep.Last)
+		default:
+			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact, %d checkpoints, sealed up to seq %d by key %s",
+				rep.Entries, rep.First, rep.Last, rep.Checkpoints, rep.SealedUpTo, keyID(opts.PublicKey))
+			if rep.Last > rep.SealedUpTo {
+				fmt.Fprintf(e.stdout, "; seqs %d..%d not sealed yet", rep.SealedUpTo+1, rep.Last)
+			}
+			fmt.Fprintln(e.stdout)
 		}
 	}
 	if !rep.OK() {
