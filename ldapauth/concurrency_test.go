@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/go-ldap/ldap/v3"
 
@@ -147,5 +148,50 @@ func TestUnknownLoginNameIsHashedInTheAudit(t *testing.T) {
 	}
 	if alice == nil || alice.Actor.User != "alice" {
 		t.Errorf("alice's event: %+v, want her name", alice)
+	}
+}
+
+// Every name form of one account shares its failure count: a UPN whose
+// local part is not the sAMAccountName, and DOMAIN\name, do not each get
+// max_failures_per_user more tries at AD's lockout counter. Unlocking the
+// name clears the account's count too.
+func TestNameFormsShareTheAccountsLimit(t *testing.T) {
+	needDC(t)
+	ctx := context.Background()
+	u := freshUser(t, "nf")
+	adm, err := ldap.DialURL(dc.LDAPSURL(), ldap.DialWithTLSConfig(dc.TLSConfig()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	if err := adm.Bind(dc.AdminDN, dc.AdminPass); err != nil {
+		t.Fatal(err)
+	}
+	upn := "first.last." + u + "@corp.example"
+	m := ldap.NewModifyRequest(dc.UserDN(u), nil)
+	m.Replace("userPrincipalName", []string{upn})
+	if err := adm.Modify(m); err != nil {
+		t.Fatal(err)
+	}
+	clk := &fakeClock{t: time.Now()}
+	a, _ := newAuth(t, adConfig(func(c *Config) { c.MaxFailuresPerUser = 3 }), clk.Now)
+	for _, name := range []string{u, u, upn, upn, upn, u} {
+		clk.Add(10 * time.Second) // past every backoff, inside the window
+		if _, _, err := a.Login(ctx, Request{Username: name, Password: "Wrong-Pass-1x!"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad, err := dc.Attr(ctx, u, "badPwdCount")
+	if err != nil || len(bad) != 1 {
+		t.Fatalf("badPwdCount: %v %v", bad, err)
+	}
+	if c, _ := strconv.Atoi(bad[0]); c > 3 {
+		t.Errorf("badPwdCount %d across name forms, want at most max_failures_per_user (3)", c)
+	}
+	key, _ := a.UserKey(u)
+	a.Unlock(key, "")
+	clk.Add(10 * time.Second)
+	if _, out, err := a.Login(ctx, Request{Username: u, Password: pw(u)}); err != nil || !out.OK {
+		t.Errorf("after ldap unlock --user %s: got %+v, %v; want the login through", u, out, err)
 	}
 }

@@ -41,6 +41,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,8 +113,14 @@ type Authenticator struct {
 	sids    sidCache
 	users   *limiter
 	sources *limiter
-	stats   stats
-	svcHold atomic.Pointer[time.Time] // service binds refused until then
+	// accounts counts failures per directory account (its DN), whatever
+	// name form they came under (alice, alice@corp, first.last@corp): the
+	// per-name count alone gives each form its own allowance.
+	accounts *limiter
+	acctMu   sync.Mutex
+	acctOf   map[string]string // name key -> account key, for Unlock
+	stats    stats
+	svcHold  atomic.Pointer[time.Time] // service binds refused until then
 }
 
 // ErrAudit means the audit event could not be recorded, so the login failed.
@@ -150,13 +157,15 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 		}
 	}
 	a := &Authenticator{
-		cfg:     c,
-		opts:    opts,
-		log:     opts.Logger,
-		cache:   groupCache{ttl: c.GroupCacheTTL.D(), m: map[string]cachedGroups{}},
-		sids:    sidCache{m: map[string]sidEntry{}},
-		users:   newLimiter(c.MaxFailuresPerUser, c.FailureWindow.D(), true),
-		sources: newLimiter(c.MaxFailuresPerSource, c.FailureWindow.D(), false),
+		cfg:      c,
+		opts:     opts,
+		log:      opts.Logger,
+		cache:    groupCache{ttl: c.GroupCacheTTL.D(), m: map[string]cachedGroups{}},
+		sids:     sidCache{m: map[string]sidEntry{}},
+		users:    newLimiter(c.MaxFailuresPerUser, c.FailureWindow.D(), true),
+		sources:  newLimiter(c.MaxFailuresPerSource, c.FailureWindow.D(), false),
+		accounts: newLimiter(c.MaxFailuresPerUser, c.FailureWindow.D(), true),
+		acctOf:   map[string]string{},
 	}
 	for _, u := range c.URLs {
 		d, err := newDC(u, c.StartTLS, roots, c.ServerName)
@@ -214,6 +223,12 @@ func (a *Authenticator) UserKey(user string) (string, error) {
 func (a *Authenticator) Unlock(userKey, source string) (userHad, sourceHad bool) {
 	if userKey != "" {
 		userHad = a.users.reset(userKey)
+		a.acctMu.Lock()
+		ak := a.acctOf[userKey]
+		a.acctMu.Unlock()
+		if ak != "" && a.accounts.reset(ak) {
+			userHad = true
+		}
 	}
 	if source != "" {
 		sourceHad = a.sources.reset(source)
@@ -265,12 +280,23 @@ func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome
 	if err != nil {
 		return a.finish(ctx, r, Identity{}, out, err, "")
 	}
+	ak := accountKey(id.DN)
+	if ak != "" {
+		a.acctMu.Lock()
+		if len(a.acctOf) >= limiterMaxKeys {
+			clear(a.acctOf)
+		}
+		a.acctOf[name.key] = ak
+		a.acctMu.Unlock()
+	}
 	if out.OK {
 		a.users.reset(name.key)
+		a.accounts.reset(ak)
 		return a.finish(ctx, r, id, out, nil, "")
 	}
 	if countsAsFailure(out.Reason) {
 		now := a.now()
+		a.accounts.fail(ak, now)
 		if a.users.fail(name.key, now) {
 			if err := a.auditLimit(ctx, r, "user:"+name.key, a.cfg.MaxFailuresPerUser); err != nil {
 				return Identity{}, out, err
@@ -305,9 +331,17 @@ func (a *Authenticator) shared(source string) bool {
 	return false
 }
 
+// accountKey is the per-account limiter key of a DN ("" for none).
+func accountKey(dn string) string {
+	if dn == "" {
+		return ""
+	}
+	return "dn:" + strings.ToLower(normDN(dn))
+}
+
 func countsAsFailure(r Reason) bool {
 	switch r {
-	case ReasonNotInAllowedGroups, ReasonDirectoryUnavailable, "":
+	case ReasonNotInAllowedGroups, ReasonDirectoryUnavailable, ReasonRateLimited, "":
 		return false
 	}
 	return true
@@ -570,6 +604,14 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 	user := res.Entries[0]
 	if user.DN == "" {
 		out.Reason = ReasonUserNotFound
+		return id, out, nil, false
+	}
+	// The account's own count, whatever name form it came under: the
+	// search does not touch AD's bad password count, the bind does.
+	if ok, wait := a.accounts.check(accountKey(user.DN), a.now()); !ok {
+		keep = true
+		out.Reason, out.RetryAfter = ReasonRateLimited, wait
+		id.DN = user.DN
 		return id, out, nil, false
 	}
 
