@@ -89,8 +89,8 @@ func TestUnitDirectives(t *testing.T) {
 	}
 	// A reload checks the file first (a broken one fails the reload job),
 	// then signals the daemon.
-	if got := d["Service"]["ExecReload"]; !slices.Equal(got, []string{"/usr/bin/applianced config check --config /etc/applianced/applianced.toml", "/bin/kill -HUP $MAINPID"}) {
-		t.Errorf("ExecReload= got %q, want the config check, then SIGHUP", got)
+	if got := d["Service"]["ExecReload"]; !slices.Equal(got, []string{"/usr/bin/applianced config reload --config /etc/applianced/applianced.toml"}) {
+		t.Errorf("ExecReload= got %q, want the synchronous config reload", got)
 	}
 	// The system call filter is the system-service set, narrowed further.
 	if got := d["Service"]["SystemCallFilter"]; len(got) == 0 || got[0] != "@system-service" || slices.ContainsFunc(got[1:], func(s string) bool { return !strings.HasPrefix(s, "~") }) {

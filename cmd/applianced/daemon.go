@@ -57,6 +57,7 @@ type daemon struct {
 
 	closers   []func() error                              // run in reverse order on stop
 	reloaders []func(context.Context, *config.File) error // get a validated new config on SIGHUP
+	reloadMu  sync.Mutex                                  // one reload at a time (SIGHUP, config reload)
 	ready     atomic.Bool
 }
 
@@ -155,6 +156,7 @@ func (d *daemon) mountCore(ctx, bg context.Context) error {
 			"config": d.config().Path, "audit_last_seq": d.journal.LastSeq(), "ready": d.ready.Load(),
 		})
 	})
+	d.mountReload()
 	d.admin.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		admin.WriteError(w, http.StatusNotFound, "not_found", "no such admin verb: "+r.Method+" "+r.URL.Path+" (is the daemon older than this CLI?)")
 	})

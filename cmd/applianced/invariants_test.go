@@ -455,7 +455,7 @@ func TestDeadJournalFailsEveryAction(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.WriteFile(path, good, 0o600)
-		x.d.reloadFrom(x.ctx, path)
+		x.d.reloadFrom(x.ctx, path, audit.Actor{})
 		if x.d.config() != before {
 			t.Error("a reload that could not be recorded was applied")
 		}

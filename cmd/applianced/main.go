@@ -56,6 +56,7 @@ var verbs = []verb{
 	{"dev", "all-in-one demo on loopback: no root, no AD, no firewall changes", cmdDev},
 	{"init", "create the state dir, master key and API TLS certificate (never overwrites)", cmdInit},
 	{"config check", "validate the config file; print every error with its line", cmdConfigCheck},
+	{"config reload", "make the daemon read its config again; wait until it is in effect or refused", cmdConfigReload},
 	{"version", "print the version, commit and Go version", cmdVersion},
 	{"audit verify", "verify the audit journal (or syslog captures)", cmdAuditVerify},
 	{"audit tail", "print the newest audit events; -f follows", cmdAuditTail},

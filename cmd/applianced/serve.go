@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -167,7 +165,7 @@ loop:
 			code = exitFailure
 			break loop
 		case <-hup:
-			d.reloadFrom(ctx, cfg.Path)
+			_, _ = d.reloadFrom(ctx, cfg.Path, audit.Actor{})
 		}
 	}
 
@@ -187,50 +185,6 @@ loop:
 	_ = os.Remove(cfg.Server.AdminSocket)
 	_ = os.Remove(cfg.Server.AgentSocket)
 	return code
-}
-
-// reloadFrom handles SIGHUP: validate the file; swap it in if valid, else
-// keep running on the old one and log every error.
-func (d *daemon) reloadFrom(ctx context.Context, path string) {
-	d.notify.Reloading()
-	defer d.notify.Ready()
-	// Read once: the hash recorded below is of the bytes applied.
-	data, err := os.ReadFile(path)
-	var cfg *config.File
-	if err == nil {
-		cfg, err = config.Parse(path, data)
-	}
-	if err != nil {
-		var ce *config.Error
-		if errors.As(err, &ce) {
-			for _, p := range ce.Problems {
-				d.log.Error("reload refused: config error; still running on the previous config", "problem", p.String())
-			}
-		} else {
-			d.log.Error("reload refused; still running on the previous config", "err", err)
-		}
-		_ = d.record(ctx, &audit.Event{Type: "config.reload", Action: "reload", Outcome: audit.OutcomeDenied,
-			Reason: "config has errors", Details: map[string]string{"config": path}})
-		d.notify.Status("reload refused: %s has errors; running on the previous config", path)
-		return
-	}
-	// Recorded before it takes effect: a config the journal cannot record
-	// is not applied (the action fails, as every action does then).
-	sum := sha256.Sum256(data)
-	details := map[string]string{"config": path, "config_sha256": hex.EncodeToString(sum[:])}
-	if err := d.record(ctx, &audit.Event{Type: "config.reload", Action: "reload", Outcome: audit.OutcomeSuccess, Details: details}); err != nil {
-		d.log.Error("reload refused: it cannot be recorded in the audit journal; still running on the previous config", "err", err)
-		d.notify.Status("reload refused: the audit journal cannot be written; running on the previous config")
-		return
-	}
-	if err := d.reload(ctx, cfg); err != nil {
-		d.log.Error("reload partly refused", "err", err)
-		_ = d.record(ctx, &audit.Event{Type: "config.reload", Action: "reload", Outcome: audit.OutcomeFailure,
-			Reason: "recorded above but partly refused: " + err.Error(), Details: details})
-		return
-	}
-	d.log.Info("config reloaded", "config", path)
-	d.notify.Status("serving (config reloaded %s)", time.Now().Format(time.RFC3339))
 }
 
 type listeners struct {
@@ -326,7 +280,7 @@ func (d *daemon) servers(l *listeners) []server {
 	api.TLSConfig = l.tlsConfig
 	agent := httpSrv(d.apiRoot())
 	agent.ConnContext = d.agentConnContext
-	adm := admin.NewServer(admin.ServerConfig{AdminGID: l.adminGID, Handler: d.admin, Audit: d.journal, Logger: d.log})
+	adm := admin.NewServer(admin.ServerConfig{AdminGID: l.adminGID, ServiceUID: os.Getuid(), Handler: d.admin, Audit: d.journal, Logger: d.log})
 	ignoreClosed := func(err error) error {
 		if errors.Is(err, http.ErrServerClosed) {
 			return nil

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -245,7 +248,7 @@ func TestReloadAppliesJournalLimits(t *testing.T) {
 		if err := os.WriteFile(path, body, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		x.d.reloadFrom(x.ctx, path)
+		x.d.reloadFrom(x.ctx, path, audit.Actor{})
 		ev := x.lastEvent("config.reload")
 		return &ev
 	}
@@ -365,5 +368,56 @@ func TestSandboxHint(t *testing.T) {
 	}
 	if h := sandboxHint(errors.New("something else")); h != "" {
 		t.Errorf("another error: got %q, want no hint", h)
+	}
+}
+
+// `applianced config reload` (the unit's ExecReload) returns once the new
+// config is in effect, and a broken file fails it with the problem named
+// while the daemon keeps the config it had. Both are recorded with the
+// admin's uid.
+func TestConfigReloadWaitsForTheDaemon(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	path := x.d.config().Path
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	debug := bytes.Replace(good, []byte(`log_level = "info"`), []byte(`log_level = "debug"`), 1)
+	if bytes.Equal(debug, good) {
+		t.Fatal("the dev config has no log_level to change")
+	}
+	if err := os.WriteFile(path, debug, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCLI(t, "config", "reload", "--config", path)
+	if code != exitOK {
+		t.Fatalf("config reload: exit %d\n%s", code, stderr)
+	}
+	// In effect when the verb returns: no waiting, no polling.
+	if got := x.d.level.Level(); got != slog.LevelDebug {
+		t.Errorf("log level right after config reload: %v, want debug", got)
+	}
+	sum := sha256.Sum256(debug)
+	if !strings.Contains(stdout, hex.EncodeToString(sum[:])) {
+		t.Errorf("config reload printed %q, want the SHA-256 of the file applied", stdout)
+	}
+	ev := x.lastEvent("config.reload")
+	if ev.Outcome != audit.OutcomeSuccess || ev.Actor.UID == nil || *ev.Actor.UID != os.Getuid() {
+		t.Errorf("config.reload event: outcome %s actor %+v, want success by uid %d", ev.Outcome, ev.Actor, os.Getuid())
+	}
+
+	broken := append(bytes.Replace(debug, []byte(`log_level = "debug"`), []byte(`log_level = "info"`), 1), []byte("\nbogus_key = 1\n")...)
+	if err := os.WriteFile(path, broken, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = runCLI(t, "config", "reload", "--config", path)
+	if code != exitFailure || !strings.Contains(stderr, "bogus_key") || !strings.Contains(stderr, "previous config") {
+		t.Errorf("config reload of a broken file: exit %d, stderr %q; want 1 naming bogus_key and saying the previous config stays", code, stderr)
+	}
+	if got := x.d.level.Level(); got != slog.LevelDebug {
+		t.Errorf("log level after a refused reload: %v, want debug (unchanged)", got)
+	}
+	if ev := x.lastEvent("config.reload"); ev.Outcome != audit.OutcomeDenied {
+		t.Errorf("config.reload event of the broken file: %s, want denied", ev.Outcome)
 	}
 }

@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 
 // startAdmin serves a ping verb on a world-connectable socket, so that the
 // daemon's own peer-credential check (not the file mode) is what is tested.
-func startAdmin(t *testing.T, adminGID int) (sock string, j *audit.Journal) {
+func startAdmin(t *testing.T, adminGID int, serviceUID ...int) (sock string, j *audit.Journal) {
 	t.Helper()
 	dir := t.TempDir()
 	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
@@ -63,7 +63,11 @@ func startAdmin(t *testing.T, adminGID int) (sock string, j *audit.Journal) {
 		t.Fatal(err)
 	}
 	os.Chmod(sock, 0o666)
-	srv := NewServer(ServerConfig{AdminGID: adminGID, Handler: mux, Audit: j})
+	cfg := ServerConfig{AdminGID: adminGID, Handler: mux, Audit: j}
+	if len(serviceUID) > 0 {
+		cfg.ServiceUID = serviceUID[0]
+	}
+	srv := NewServer(cfg)
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
 	return sock, j
@@ -104,12 +108,13 @@ func TestAdminSocketPeerCredentials(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to start clients as other uids (capability CAP_SETUID absent)")
 	}
-	const adminGID, otherUID = 4242, 65534
+	const adminGID, otherUID, serviceUID = 4242, 65534, 4343
 	cases := []struct {
 		name string
 		cred *syscall.Credential
 		want string
 	}{
+		{"the service's own user is accepted", &syscall.Credential{Uid: serviceUID, Gid: serviceUID, Groups: []uint32{}}, "200"},
 		{"root is accepted", nil, "200"},
 		{"another uid is refused", &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{}}, "403"},
 		{"a member of the admin group is accepted", &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{adminGID}}, "200"},
@@ -118,7 +123,7 @@ func TestAdminSocketPeerCredentials(t *testing.T) {
 	exe := worldExecutable(t)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			sock, j := startAdmin(t, adminGID)
+			sock, j := startAdmin(t, adminGID, serviceUID)
 			if got := runClient(t, exe, sock, tc.cred); got != tc.want {
 				t.Fatalf("got %s, want %s", got, tc.want)
 			}
