@@ -44,18 +44,7 @@ func startLab(t *testing.T) *labRun { return startLabDrift(t, time.Second) }
 func startLabDrift(t *testing.T, driftEvery time.Duration) *labRun {
 	t.Helper()
 	lab := netns.New(t)
-	j, err := audit.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatalf("audit.Open: %v", err)
-	}
-	t.Cleanup(func() { j.Close() })
-	m, err := New(Options{
-		Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(),
-		NetNSFd: lab.AI.Fd(), DriftInterval: driftEvery, LogInterval: 200 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	m, j := newLabManager(t, lab, Options{DriftInterval: driftEvery, LogInterval: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
@@ -368,16 +357,7 @@ func TestConfirmedApplyStays(t *testing.T) {
 // goes through once the session has ended.
 func TestApplyRefusesToCutAnEstablishedSSHSession(t *testing.T) {
 	lab := netns.New(t)
-	j, err := audit.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { j.Close() })
-	m, err := New(Options{Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(),
-		NetNSFd: lab.AI.Fd(), SSHPorts: []int{22}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, _ := newLabManager(t, lab, Options{SSHPorts: []int{22}})
 	l := lab.AI.Listen(t, "tcp", "0.0.0.0:22")
 	held := make(chan net.Conn, 1)
 	go func() {
@@ -424,15 +404,7 @@ func TestApplyRefusesToCutAnEstablishedSSHSession(t *testing.T) {
 func TestTableComesBackEvenWhenAVLANCannot(t *testing.T) {
 	lab := netns.New(t)
 	serveTCP(t, lab.Hosts["internet"].NS, "203.0.113.10:443")
-	j, err := audit.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { j.Close() })
-	m, err := New(Options{Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(), NetNSFd: lab.AI.Fd()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, j := newLabManager(t, lab, Options{})
 	cfg, _ := labConfig()
 	cfg.VLANs = []VLAN{{Name: "ai0", Parent: "gone0", ID: 20, Addresses: []string{"10.20.0.5/24"}}}
 	rs, err := buildRuleset(cfg, nil, nil)
@@ -535,16 +507,7 @@ func TestOwnEgressIsTheOwnersOnly(t *testing.T) {
 	lab := netns.New(t)
 	serveTCP(t, lab.Hosts["dc"].NS, "10.10.0.11:636")
 	serveTCP(t, lab.Hosts["siem"].NS, "10.40.0.10:6514")
-	j, err := audit.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { j.Close() })
-	m, err := New(Options{Audit: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StateDir: t.TempDir(),
-		NetNSFd: lab.AI.Fd(), NeedsOwners: []uint32{0}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, _ := newLabManager(t, lab, Options{NeedsOwners: []uint32{0}})
 	cfg, needs := labConfig()
 	if _, err := m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
 		t.Fatal(err)
@@ -1519,4 +1482,27 @@ func TestSegmentHostsAreNotRouted(t *testing.T) {
 	if err := reachTCP(seg.NS, "10.10.0.11:636"); err == nil {
 		t.Error("a host on a VLAN of the appliance was routed to the dc")
 	}
+}
+
+// newLabManager is a Manager of lab's AI namespace with a journal of its
+// own, a private state dir and a quiet logger, over what opts sets besides.
+func newLabManager(t *testing.T, lab *netns.Lab, opts Options) (*Manager, *audit.Journal) {
+	t.Helper()
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatalf("audit.Open: %v", err)
+	}
+	t.Cleanup(func() { j.Close() })
+	opts.Audit, opts.NetNSFd = j, lab.AI.Fd()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = t.TempDir()
+	}
+	m, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return m, j
 }
