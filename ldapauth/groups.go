@@ -24,7 +24,9 @@ const sidTTL = time.Hour
 // maxNesting bounds the memberOf walk.
 const maxNesting = 16
 
-// groupCache holds each user's groups for group_cache_ttl.
+// groupCache holds each user's groups for group_cache_ttl, keyed by the
+// account's immutable id: a DN is given again to the next account of the
+// same name, which must not inherit the cached groups of the last one.
 type groupCache struct {
 	ttl time.Duration
 	mu  sync.Mutex
@@ -38,17 +40,17 @@ type cachedGroups struct {
 
 const groupCacheMax = 50000
 
-func (c *groupCache) get(dn string, now time.Time) ([]Group, bool) {
+func (c *groupCache) get(id string, now time.Time) ([]Group, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.m[strings.ToLower(dn)]
+	e, ok := c.m[strings.ToLower(id)]
 	if !ok || !now.Before(e.expires) {
 		return nil, false
 	}
 	return e.groups, true
 }
 
-func (c *groupCache) put(dn string, g []Group, now time.Time) {
+func (c *groupCache) put(id string, g []Group, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.m) >= groupCacheMax {
@@ -58,12 +60,12 @@ func (c *groupCache) put(dn string, g []Group, now time.Time) {
 			}
 		}
 	}
-	c.m[strings.ToLower(dn)] = cachedGroups{groups: g, expires: now.Add(c.ttl)}
+	c.m[strings.ToLower(id)] = cachedGroups{groups: g, expires: now.Add(c.ttl)}
 }
 
-func (c *groupCache) drop(dn string) {
+func (c *groupCache) drop(id string) {
 	c.mu.Lock()
-	delete(c.m, strings.ToLower(dn))
+	delete(c.m, strings.ToLower(id))
 	c.mu.Unlock()
 }
 
@@ -81,7 +83,7 @@ type sidEntry struct {
 
 // userAttrs are the attributes read in the user search for a mode.
 func userAttrs(mode string, loginAttrs []string) []string {
-	a := []string{"displayName", "cn", "mail", "uid", "sAMAccountName", "userPrincipalName"}
+	a := []string{"displayName", "cn", "mail", "uid", "sAMAccountName", "userPrincipalName", idAttr(mode)}
 	if mode == GroupModeMemberOf {
 		a = append(a, "memberOf")
 	}

@@ -16,6 +16,14 @@
 // resolves the groups, from the group cache unless asked for fresh ones; a
 // denial drops the cache entry.
 //
+// An account is known by its immutable id (Identity.ID: objectGUID in AD,
+// entryUUID elsewhere), not by its name or DN, which offboarding renames
+// and gives to the next person: a recheck with the id finds the account
+// that logged in, and answers user_not_found when it is gone or no longer
+// carries the name its sessions were issued under, even if another account
+// has that name now. The group cache is keyed by the id too. A user entry
+// without an id is not logged in (ErrNoAccountID).
+//
 // It refuses: an empty password (never sent, since LDAP treats it as an
 // anonymous bind); plain LDAP unless insecure_plaintext is set; a name that
 // matches zero or several entries; retrying a wrong password on another DC
@@ -82,8 +90,13 @@ type Request struct {
 
 // Identity is a logged-in user.
 type Identity struct {
-	DN          string   `json:"dn"`
-	Username    string   `json:"username"` // sAMAccountName, or uid outside AD
+	DN       string `json:"dn"`
+	Username string `json:"username"` // sAMAccountName, or uid outside AD
+	// ID is the account's immutable id: its objectGUID in AD, its
+	// entryUUID elsewhere, as a lowercase UUID string. It survives
+	// renames and moves and is never given to another account, so it is
+	// what a later recheck asks about (LookupRequest.ID), not the name.
+	ID          string   `json:"id"`
 	UPN         string   `json:"upn,omitempty"`
 	DisplayName string   `json:"display_name,omitempty"`
 	Email       string   `json:"email,omitempty"`
@@ -606,6 +619,14 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 		out.Reason = ReasonUserNotFound
 		return id, out, nil, false
 	}
+	// An account that cannot be told apart from a later one of the same
+	// name is not logged in, and its password is not sent.
+	acctID, err := accountID(user, a.cfg.GroupMode)
+	if err != nil {
+		keep = true
+		out.Reason = ReasonDirectoryUnavailable
+		return id, out, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
+	}
 	// The account's own count, whatever name form it came under: the
 	// search does not touch AD's bad password count, the bind does.
 	if ok, wait := a.accounts.check(accountKey(user.DN), a.now()); !ok {
@@ -642,7 +663,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 			// The DC answered: a denial. Never retried on another DC.
 			d.put(true, bc, a.cfg.MaxConnections, a.now())
 			keep = true
-			a.cache.drop(user.DN)
+			a.cache.drop(acctID)
 			out.Reason, out.ADCode = bindReason(err)
 			id.DN = user.DN
 			return id, out, nil, false
@@ -675,7 +696,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 		}
 	}
 
-	groups, hit := a.cache.get(user.DN, a.now())
+	groups, hit := a.cache.get(acctID, a.now())
 	if hit {
 		a.stats.cacheHit.Add(1)
 	} else {
@@ -683,12 +704,12 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 		if err != nil {
 			return id, out, fmt.Errorf("ldapauth: groups on %s: %w", d.url, err), connFailed(sc, err)
 		}
-		a.cache.put(user.DN, groups, a.now())
+		a.cache.put(acctID, groups, a.now())
 	}
 	keep = true
 	d.markUp(a.now())
 
-	id = a.identity(user, groups, d.url)
+	id = a.identity(user, acctID, groups, d.url)
 	if len(a.cfg.AllowedGroups) > 0 && !a.allowed(groups) {
 		out.Reason = ReasonNotInAllowedGroups
 		return id, out, nil, false
@@ -697,21 +718,28 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 	return id, out, nil, false
 }
 
-func (a *Authenticator) identity(e *ldap.Entry, groups []Group, dcURL string) Identity {
+// username is the name an Identity carries for the account e:
+// sAMAccountName, else uid, else the first login attribute.
+func (a *Authenticator) username(e *ldap.Entry) string {
+	for _, attr := range []string{"sAMAccountName", "uid", a.cfg.LoginAttributes[0]} {
+		if v := e.GetAttributeValue(attr); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// identity is the Identity of the account e, whose canonical id is acctID.
+func (a *Authenticator) identity(e *ldap.Entry, acctID string, groups []Group, dcURL string) Identity {
 	id := Identity{
 		DN:          e.DN,
-		Username:    e.GetAttributeValue("sAMAccountName"),
+		Username:    a.username(e),
+		ID:          acctID,
 		UPN:         e.GetAttributeValue("userPrincipalName"),
 		DisplayName: e.GetAttributeValue("displayName"),
 		Email:       e.GetAttributeValue("mail"),
 		Groups:      groups,
 		DC:          dcURL,
-	}
-	if id.Username == "" {
-		id.Username = e.GetAttributeValue("uid")
-	}
-	if id.Username == "" {
-		id.Username = e.GetAttributeValue(a.cfg.LoginAttributes[0])
 	}
 	if id.DisplayName == "" {
 		id.DisplayName = e.GetAttributeValue("cn")

@@ -3,6 +3,7 @@ package ldapauth
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,7 +15,18 @@ import (
 
 // LookupRequest is a password-less re-check of a user who logged in before.
 type LookupRequest struct {
-	Username  string // as stored at login: sAMAccountName, uid or UPN
+	// Username is the name the user logged in as, as Identity.Username
+	// gave it (sAMAccountName, uid). Without ID, the account is found by
+	// this name as Login finds it (any of login_attributes, or the
+	// attribute Username comes from).
+	Username string
+	// ID is the account's immutable id, as Identity.ID gave it at login.
+	// With it, the account is found by its id, whatever its name is now,
+	// and must still carry Username (when set): an account renamed since,
+	// or deleted, is ReasonUserNotFound, even when another account has
+	// taken the name. Rechecks of a session use it; a name alone is for
+	// administrators' tools.
+	ID        string
 	Source    string // client address, for the audit
 	RequestID string
 	// FreshGroups resolves the groups from the directory even when the
@@ -47,25 +59,53 @@ func stateAttrs(mode string) []string {
 }
 
 // Lookup re-checks a known user with the service connection, never binding
-// as the user: it finds the user exactly as Login does, reads the account
-// state (AD: disabled, locked out, account expired, password expired or to
-// be changed; elsewhere: ppolicy lock, nsAccountLock, shadowExpire, and that
-// the user still exists), and resolves the groups and roles again. A denied
-// lookup returns ok == false with the same Reasons as Login and drops the
-// user's group cache entry; an error means the directory could not answer.
-// Every lookup is audited (auth.recheck) before Lookup returns.
+// as the user: it finds the account by its id (or, without one, by name as
+// Login does), reads the account state (AD: disabled, locked out, account
+// expired, password expired or to be changed; elsewhere: ppolicy lock,
+// nsAccountLock, shadowExpire, and that the user still exists), and
+// resolves the groups and roles again. A denied lookup returns ok == false
+// with the same Reasons as Login and drops the user's group cache entry; an
+// error means the directory could not answer. Every lookup is audited
+// (auth.recheck) before Lookup returns.
 func (a *Authenticator) Lookup(ctx context.Context, r LookupRequest) (Identity, Outcome, error) {
-	name, err := parseLoginName(r.Username, a.cfg.NetBIOSDomain)
-	if err != nil {
-		return a.finishLookup(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidName}, nil)
+	var filter string
+	if r.ID != "" {
+		f, err := idFilter(a.cfg.GroupMode, r.ID)
+		if err != nil {
+			return a.finishLookup(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidAccountID}, nil)
+		}
+		filter = "(&" + a.cfg.UserFilter + f + ")"
+	} else {
+		name, err := parseLoginName(r.Username, a.cfg.NetBIOSDomain)
+		if err != nil {
+			return a.finishLookup(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidName}, nil)
+		}
+		filter = userFilter(a.cfg.UserFilter, a.lookupAttrs(), name)
 	}
 	id, out, err := a.tryDCs(ctx, func(d *server) (Identity, Outcome, error, bool) {
-		return a.lookupOn(ctx, d, name, r.FreshGroups)
+		return a.lookupOn(ctx, d, filter, r)
 	})
 	return a.finishLookup(ctx, r, id, out, err)
 }
 
-func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName, fresh bool) (id Identity, out Outcome, err error, failover bool) {
+// lookupAttrs are the attributes a name is looked up in: the login
+// attributes and the one Identity.Username comes from, so that the name a
+// login gave is found again whichever form the user typed
+// (login_attributes = ["userPrincipalName"] gives "alice", not
+// "alice@corp.example").
+func (a *Authenticator) lookupAttrs() []string {
+	attrs := slices.Clone(a.cfg.LoginAttributes)
+	own := "uid"
+	if a.cfg.GroupMode == GroupModeAD || a.cfg.GroupMode == GroupModeADInChain {
+		own = "sAMAccountName"
+	}
+	if !slices.ContainsFunc(attrs, func(s string) bool { return strings.EqualFold(s, own) }) {
+		attrs = append(attrs, own)
+	}
+	return attrs
+}
+
+func (a *Authenticator) lookupOn(ctx context.Context, d *server, filter string, r LookupRequest) (id Identity, out Outcome, err error, failover bool) {
 	out.DC = d.url
 	sc, pooled, err := a.searchConn(ctx, d)
 	if err != nil {
@@ -76,7 +116,7 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName,
 	defer func() { a.releaseSearch(d, sc, keep) }()
 	attrs := append(userAttrs(a.cfg.GroupMode, a.cfg.LoginAttributes), stateAttrs(a.cfg.GroupMode)...)
 	req := ldap.NewSearchRequest(a.cfg.UserBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
-		2, 0, false, userFilter(a.cfg.UserFilter, a.cfg.LoginAttributes, name), attrs, nil)
+		2, 0, false, filter, attrs, nil)
 	var res *ldap.SearchResult
 	if sc, res, err = a.searchUser(ctx, d, sc, pooled, req); sc == nil {
 		return id, out, err, isConnErr(err)
@@ -95,14 +135,25 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName,
 		return id, out, nil, false
 	}
 	user := res.Entries[0]
+	acctID, err := accountID(user, a.cfg.GroupMode)
+	if err != nil {
+		return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
+	}
+	if r.ID != "" && (acctID != strings.ToLower(r.ID) || (r.Username != "" && !strings.EqualFold(a.username(user), r.Username))) {
+		// The account was renamed: the name its sessions carry may be
+		// another account's now, and is not this one's.
+		a.cache.drop(acctID)
+		out.Reason = ReasonUserNotFound
+		return id, out, nil, false
+	}
 	if reason := accountState(user, a.cfg.GroupMode, a.now()); reason != "" {
-		a.cache.drop(user.DN)
+		a.cache.drop(acctID)
 		out.Reason = reason
 		id.DN = user.DN
 		return id, out, nil, false
 	}
-	groups, hit := a.cache.get(user.DN, a.now())
-	if hit && !fresh {
+	groups, hit := a.cache.get(acctID, a.now())
+	if hit && !r.FreshGroups {
 		a.stats.cacheHit.Add(1)
 	} else {
 		groups, err = a.groups(ctx, sc, user)
@@ -110,12 +161,12 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, name loginName,
 			keep = !connFailed(sc, err)
 			return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: groups on %s: %w", d.url, err), false
 		}
-		a.cache.put(user.DN, groups, a.now())
+		a.cache.put(acctID, groups, a.now())
 	}
 	d.markUp(a.now())
-	id = a.identity(user, groups, d.url)
+	id = a.identity(user, acctID, groups, d.url)
 	if len(a.cfg.AllowedGroups) > 0 && !a.allowed(groups) {
-		a.cache.drop(user.DN)
+		a.cache.drop(acctID)
 		out.Reason = ReasonNotInAllowedGroups
 		return id, out, nil, false
 	}

@@ -93,8 +93,12 @@ func TestLookupSeesChanges(t *testing.T) {
 			if err := dc.AddMembers(ctx, "helpdesk", u); err != nil {
 				t.Fatal(err)
 			}
-			if _, out, err := a.Login(ctx, Request{Username: u, Password: pw(u)}); err != nil || !out.OK {
+			id, out, err := a.Login(ctx, Request{Username: u, Password: pw(u)})
+			if err != nil || !out.OK {
 				t.Fatalf("login: got %+v %v", out, err)
+			}
+			if _, hit := a.cache.get(id.ID, a.now()); !hit {
+				t.Fatalf("the login's groups are not cached under the account's id")
 			}
 			if _, out, err := a.Lookup(ctx, LookupRequest{Username: u}); err != nil || !out.OK {
 				t.Fatalf("lookup before the change: got %+v %v", out, err)
@@ -102,11 +106,11 @@ func TestLookupSeesChanges(t *testing.T) {
 			if err := tt.change(u); err != nil {
 				t.Fatal(err)
 			}
-			_, out, err := a.Lookup(ctx, LookupRequest{Username: u})
+			_, out, err = a.Lookup(ctx, LookupRequest{Username: u, ID: id.ID})
 			if err != nil || out.OK || out.Reason != tt.reason {
 				t.Fatalf("lookup after the change: got ok=%v reason=%q err=%v, want %q", out.OK, out.Reason, err, tt.reason)
 			}
-			if _, hit := a.cache.get(dc.UserDN(u), a.now()); hit {
+			if _, hit := a.cache.get(id.ID, a.now()); hit {
 				t.Errorf("the denied user's groups are still cached")
 			}
 		})

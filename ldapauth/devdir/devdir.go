@@ -301,6 +301,8 @@ func (s *Server) seed(fixed string) {
 	s.svcPass = randPassword()
 	add := func(dn string, pw string, disabled bool, attrs ...string) {
 		e := &entry{dn: dn, password: pw, disabled: disabled}
+		// Every entry has its immutable id (RFC 4530), as OpenLDAP gives it.
+		e.attrs = append(e.attrs, [2]string{"entryUUID", newUUID()})
 		for i := 0; i+1 < len(attrs); i += 2 {
 			e.attrs = append(e.attrs, [2]string{attrs[i], attrs[i+1]})
 		}
@@ -354,6 +356,17 @@ func (s *Server) seed(fixed string) {
 		}
 		add(group(g.cn), "", false, attrs...)
 	}
+}
+
+// newUUID is a random (version 4) UUID in its string form.
+func newUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("devdir: crypto/rand failed: " + err.Error())
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 func normDN(s string) string {
@@ -498,7 +511,8 @@ func selectAttrs(e *entry, want []string) map[string][]string {
 		}
 	}
 	for _, a := range e.attrs {
-		ok := all
+		// An operational attribute is returned only when asked for by name.
+		ok := all && !strings.EqualFold(a[0], "entryUUID")
 		for _, w := range want {
 			if strings.EqualFold(w, a[0]) {
 				ok = true

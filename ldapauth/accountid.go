@@ -1,0 +1,106 @@
+package ldapauth
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// ErrNoAccountID means the directory returned no immutable id for a user
+// entry (objectGUID in AD, entryUUID elsewhere): the account could not be
+// told apart from a later one given the same name, so it is not logged in.
+var ErrNoAccountID = errors.New("ldapauth: the directory returned no immutable id for the account")
+
+// idAttr is the attribute that holds an account's immutable id in a mode:
+// objectGUID in AD (16 bytes), entryUUID in OpenLDAP and 389-DS (RFC 4530,
+// an operational attribute returned only when asked for by name).
+func idAttr(mode string) string {
+	if mode == GroupModeAD || mode == GroupModeADInChain {
+		return "objectGUID"
+	}
+	return "entryUUID"
+}
+
+// accountID reads e's immutable id in its canonical form: the lowercase
+// 8-4-4-4-12 string of a UUID. AD's objectGUID is read in the byte order
+// Windows shows it in (the first three fields little-endian), so the id
+// matches what AD's own tools print.
+func accountID(e *ldap.Entry, mode string) (string, error) {
+	attr := idAttr(mode)
+	if attr == "objectGUID" {
+		raw := e.GetRawAttributeValue(attr)
+		if len(raw) == 0 {
+			return "", fmt.Errorf("%w (%s of %s)", ErrNoAccountID, attr, e.DN)
+		}
+		if len(raw) != 16 {
+			return "", fmt.Errorf("ldapauth: %s of %s is %d bytes, want 16", attr, e.DN, len(raw))
+		}
+		return guidString(raw), nil
+	}
+	v := e.GetAttributeValue(attr)
+	if v == "" {
+		return "", fmt.Errorf("%w (%s of %s)", ErrNoAccountID, attr, e.DN)
+	}
+	b, err := parseUUID(v)
+	if err != nil {
+		return "", fmt.Errorf("ldapauth: %s of %s: %w", attr, e.DN, err)
+	}
+	return uuidString(b), nil
+}
+
+// guidString formats an objectGUID as Windows does.
+func guidString(raw []byte) string {
+	var b [16]byte
+	binary.BigEndian.PutUint32(b[0:], binary.LittleEndian.Uint32(raw[0:]))
+	binary.BigEndian.PutUint16(b[4:], binary.LittleEndian.Uint16(raw[4:]))
+	binary.BigEndian.PutUint16(b[6:], binary.LittleEndian.Uint16(raw[6:]))
+	copy(b[8:], raw[8:16])
+	return uuidString(b)
+}
+
+// guidBytes is guidString's inverse: the objectGUID bytes of a canonical id.
+func guidBytes(b [16]byte) []byte {
+	raw := make([]byte, 16)
+	binary.LittleEndian.PutUint32(raw[0:], binary.BigEndian.Uint32(b[0:]))
+	binary.LittleEndian.PutUint16(raw[4:], binary.BigEndian.Uint16(b[4:]))
+	binary.LittleEndian.PutUint16(raw[6:], binary.BigEndian.Uint16(b[6:]))
+	copy(raw[8:], b[8:])
+	return raw
+}
+
+func uuidString(b [16]byte) string {
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// parseUUID reads the 8-4-4-4-12 hex form of a UUID, in either case.
+func parseUUID(s string) ([16]byte, error) {
+	var b [16]byte
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return b, fmt.Errorf("account id %q: want the form 01234567-89ab-cdef-0123-456789abcdef", s)
+	}
+	h := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
+	if _, err := hex.Decode(b[:], []byte(h)); err != nil {
+		return b, fmt.Errorf("account id %q: want hexadecimal digits in the form 01234567-89ab-cdef-0123-456789abcdef", s)
+	}
+	return b, nil
+}
+
+// idFilter is the filter clause that matches the account whose canonical
+// id is id: every byte of an objectGUID hex-escaped, an entryUUID as its
+// string. A malformed id is an error, never a filter.
+func idFilter(mode, id string) (string, error) {
+	b, err := parseUUID(id)
+	if err != nil {
+		return "", fmt.Errorf("ldapauth: %w", err)
+	}
+	attr := idAttr(mode)
+	if attr == "objectGUID" {
+		return "(" + attr + "=" + escapeBytes(guidBytes(b)) + ")", nil
+	}
+	return "(" + attr + "=" + ldap.EscapeFilter(strings.ToLower(uuidString(b))) + ")", nil
+}
