@@ -23,25 +23,58 @@ import (
 
 // Identity is a directory user after a successful login.
 type Identity struct {
-	Username string   // login name (sAMAccountName or uid)
-	DN       string   // distinguished name
-	Groups   []string // group names, nested groups resolved
-	Roles    []string // [[role]] names from [ldap.group_roles]
+	Username string // login name (sAMAccountName or uid)
+	// ID is the account's immutable id in the directory (objectGUID,
+	// entryUUID). Required: sessions and rechecks follow the account by
+	// it, not by a name the directory may give to someone else.
+	ID     string
+	DN     string   // distinguished name
+	Groups []string // group names, nested groups resolved
+	Roles  []string // [[role]] names from [ldap.group_roles]
 }
+
+// Account is a directory account as the broker knows a token's user: the
+// name the tokens carry (sub) and the account's immutable id. ID is empty
+// only for sessions stored before account ids were kept.
+type Account struct {
+	Name string
+	ID   string
+}
+
+// holding is an entry of Broker.holders.
+type holding struct {
+	acct  Account
+	until time.Time // when the last token of or for the account expires
+}
+
+// holderKey is the key of acct in Broker.holders: its id, or for a
+// session without one, its name.
+func holderKey(acct Account) string {
+	if acct.ID != "" {
+		return "id:" + strings.ToLower(acct.ID)
+	}
+	return "name:" + strings.ToLower(acct.Name)
+}
+
+// deniedNoAccountID is the refusal of a session stored before account ids
+// were kept: which account it belongs to cannot be told any more (the name
+// may be someone else's now), so it ends and the user logs in again.
+const deniedNoAccountID = "session_without_account_id"
 
 // Authenticator checks a user's password against the directory. A wrong
 // password, an unknown or disabled user is ok == false with a nil error;
 // err is for a directory that cannot answer, or a *ThrottledError when the
 // attempt was refused before the directory was asked (too many failures).
 //
-// Recheck looks a user who logged in before up again, without a password,
-// at refresh and at token exchange: denied is why the directory refuses the
-// account now ("" when it may still sign in), err is for a directory that
+// Recheck looks an account that logged in before up again, by its id and
+// without a password, at refresh and at token exchange: denied is why the
+// directory refuses the account now ("" when it may still sign in; a
+// renamed or deleted account is refused), err is for a directory that
 // cannot answer. freshGroups asks for the groups from the directory rather
 // than from a cache; the account state is always read afresh.
 type Authenticator interface {
 	Login(ctx context.Context, username, password, source string) (id Identity, ok bool, err error)
-	Recheck(ctx context.Context, username, source string, freshGroups bool) (id Identity, denied string, err error)
+	Recheck(ctx context.Context, acct Account, source string, freshGroups bool) (id Identity, denied string, err error)
 }
 
 // ThrottledError is a login refused, without asking the directory,
@@ -102,7 +135,10 @@ type Broker struct {
 	stateMu sync.RWMutex
 	states  map[string]AgentState
 	seen    sync.Map // agent name -> time.Time, flushed to the store by Run
-	holders sync.Map // user name -> time.Time: when the last token of or for the user expires
+	holders sync.Map // holderKey(account) -> holding
+	// started is when this broker started: every user token issued
+	// before it may lack the account id.
+	started time.Time
 }
 
 // compiled is a validated config with its lookup tables.
@@ -143,6 +179,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	if b.now == nil {
 		b.now = time.Now
 	}
+	b.started = b.now()
 	cc, err := b.compile(opts.Config)
 	if err != nil {
 		return nil, err
@@ -172,8 +209,10 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	until := b.now().Add(cc.tokens.maxTTL())
-	for _, u := range users {
-		b.noteHolder(u, until)
+	for _, acct := range users {
+		// A session without an account id is refused at the first
+		// check (deniedNoAccountID).
+		b.noteHolder(acct, until)
 	}
 	return b, nil
 }
@@ -330,7 +369,7 @@ const DirectoryRecheckEvery = 30 * time.Second
 // PeriodicRechecker is an Authenticator that can check a user without
 // recording an answer that the user may still sign in (FromLDAP's is one).
 type PeriodicRechecker interface {
-	RecheckPeriodic(ctx context.Context, username string) (denied string, err error)
+	RecheckPeriodic(ctx context.Context, acct Account) (denied string, err error)
 }
 
 // RecheckHolders asks the directory about every user holding a token that
@@ -347,17 +386,21 @@ func (b *Broker) RecheckHolders(ctx context.Context) {
 	now := b.now()
 	failures := 0
 	b.holders.Range(func(k, v any) bool {
-		user, until := k.(string), v.(time.Time)
-		if now.After(until.Add(leeway)) {
-			b.holders.CompareAndDelete(user, until)
+		h := v.(holding)
+		user := h.acct.Name
+		if now.After(h.until.Add(leeway)) {
+			b.holders.CompareAndDelete(k, h)
 			return true
 		}
 		var denied string
 		var err error
-		if pr, ok := b.auth.(PeriodicRechecker); ok {
-			denied, err = pr.RecheckPeriodic(ctx, user)
-		} else {
-			_, denied, err = b.auth.Recheck(ctx, user, "", false)
+		switch pr, ok := b.auth.(PeriodicRechecker); {
+		case h.acct.ID == "":
+			denied = deniedNoAccountID
+		case ok:
+			denied, err = pr.RecheckPeriodic(ctx, h.acct)
+		default:
+			_, denied, err = b.auth.Recheck(ctx, h.acct, "", false)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -373,11 +416,11 @@ func (b *Broker) RecheckHolders(ctx context.Context) {
 		}
 		failures = 0
 		if denied != "" {
-			if err := b.revokeDirectoryDenied(ctx, &request{grant: "directory_recheck"}, user, denied); err != nil {
+			if err := b.revokeDirectoryDenied(ctx, &request{grant: "directory_recheck"}, h.acct, denied); err != nil {
 				b.log.Error("broker: revoking the tokens of a user the directory refuses", "user", user, "err", err)
 				return true
 			}
-			b.holders.CompareAndDelete(user, until)
+			b.holders.CompareAndDelete(k, h)
 		}
 		return true
 	})

@@ -71,6 +71,16 @@
 //   - is cut off at once by RevokeUser (`applianced token revoke --user`),
 //     the kill switch that needs no request from the user.
 //
+// A user's sessions and tokens belong to the directory account, known by
+// its immutable id (objectGUID, entryUUID; the "oid" claim of user tokens),
+// not to its name: every recheck asks about that account, and one renamed
+// or deleted is refused (user_not_found) even when another account has the
+// name now, whose own sessions and tokens are untouched. Sessions stored
+// by versions that kept no account id cannot be tied to an account any
+// more: each ends at the first check after the start (token.revoke, reason
+// session_without_account_id, the directory not asked), with the tokens
+// issued for its name before the start, and the user logs in again.
+//
 // A refresh takes the user's groups, roles and scopes from the directory
 // (group changes take effect at refresh); a token exchange may take the
 // groups from the directory's group cache (group_cache_ttl, 5 minutes by

@@ -163,8 +163,8 @@ func newEnv(t testing.TB, mutate func(*Config)) *env {
 		Config: cfg, Issuer: testIssuer, Keys: v, Store: st, Audit: j, Hasher: e.hasher, Now: e.clock.Now,
 		Location: time.UTC,
 		Auth: staticAuth{
-			"alice": {"alice-pw", Identity{Username: "alice", Groups: []string{"ai-users", "helpdesk"}, Roles: []string{"chat-user"}}},
-			"bob":   {"bob-pw", Identity{Username: "bob", Groups: []string{"ai-users", "finance"}, Roles: []string{"chat-user"}}},
+			"alice": {"alice-pw", Identity{Username: "alice", ID: "0a11ce00-0000-4000-8000-000000000001", Groups: []string{"ai-users", "helpdesk"}, Roles: []string{"chat-user"}}},
+			"bob":   {"bob-pw", Identity{Username: "bob", ID: "0b0b0000-0000-4000-8000-000000000002", Groups: []string{"ai-users", "finance"}, Roles: []string{"chat-user"}}},
 		},
 	}
 	if e.b, err = New(ctx, e.opts); err != nil {
@@ -344,9 +344,9 @@ func ed25519GenerateKey() (ed25519.PublicKey, ed25519.PrivateKey, error) {
 	return ed25519.GenerateKey(rand.Reader)
 }
 
-func (a staticAuth) Recheck(ctx context.Context, username, source string, freshGroups bool) (Identity, string, error) {
-	u, ok := a[username]
-	if !ok {
+func (a staticAuth) Recheck(ctx context.Context, acct Account, source string, freshGroups bool) (Identity, string, error) {
+	u, ok := a[acct.Name]
+	if !ok || u.id.ID != acct.ID {
 		return Identity{}, "user_not_found", nil
 	}
 	return u.id, "", nil

@@ -191,7 +191,7 @@ func (b *Broker) issue(ctx context.Context, q *request, typ string, c *claims, r
 		b.seen.Store(q.client.agent.Name, b.now().UTC().Truncate(time.Second))
 	}
 	if _, user := holderOf(c); user != "" {
-		b.noteHolder(user, c.Expiry.Time())
+		b.noteHolder(Account{Name: user, ID: c.UserID}, c.Expiry.Time())
 	}
 	resp := &tokenResponse{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(*c.Expiry) - int64(*c.IssuedAt),
 		Scope: c.Scope, RefreshToken: refresh}
@@ -265,7 +265,7 @@ func (b *Broker) grantTokenExchange(ctx context.Context, q *request, f form) (*t
 	groups, userScopes := p.Groups, p.Scopes
 	// The account state is read from the directory at every exchange; the
 	// groups may come from its cache (group_cache_ttl).
-	fresh, oe := b.recheckUser(ctx, q, p.User, false)
+	fresh, oe := b.recheckUser(ctx, q, Account{Name: p.User, ID: p.UserID}, false)
 	if oe != nil {
 		return nil, oe
 	}
@@ -299,7 +299,7 @@ func (b *Broker) grantTokenExchange(ctx context.Context, q *request, f form) (*t
 	ttl = min(ttl, left)
 	nc := b.newClaims(p.User, KindUser, []string{aud}, ttl)
 	nc.ClientID, nc.Scope, nc.Act = a.Name, strings.Join(scopes, " "), &actClaim{Sub: a.Name}
-	nc.Groups = groups
+	nc.Groups, nc.UserID = groups, p.UserID
 	return b.issue(ctx, q, "token.exchange", nc, "")
 }
 
@@ -389,8 +389,8 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 	// expired is refused by RotateRefresh below without asking.
 	if cur, err := b.store.GetRefresh(ctx, hashRefresh(tok), b.now()); err == nil && !cur.Used {
 		q.user = cur.User
-		rec.User, rec.Groups, rec.Scopes = cur.User, cur.Groups, cur.Scopes
-		id, oe := b.recheckUser(ctx, q, cur.User, true)
+		rec.User, rec.UserID, rec.Groups, rec.Scopes = cur.User, cur.UserID, cur.Groups, cur.Scopes
+		id, oe := b.recheckUser(ctx, q, Account{Name: cur.User, ID: cur.UserID}, true)
 		if oe != nil {
 			return nil, oe
 		}
@@ -420,11 +420,11 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "the user's tokens are revoked"), audit.SeverityWarn)
 	}
 	groups, scopes := old.Groups, old.Scopes
-	if old.User == rec.User {
+	if old.User == rec.User && old.UserID == rec.UserID {
 		// Group and role changes in the directory take effect here.
 		groups, scopes = rec.Groups, rec.Scopes
 	}
-	resp, oe := b.userToken(ctx, q, "token.refresh", old.User, groups, scopes, next)
+	resp, oe := b.userToken(ctx, q, "token.refresh", Account{Name: old.User, ID: old.UserID}, groups, scopes, next)
 	if oe != nil {
 		// The new refresh token never reached the client (the issuance
 		// could not be recorded or signed): the old one stays good, so
@@ -437,24 +437,33 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 	return resp, oe
 }
 
-// recheckUser asks the directory whether user may still sign in, at
-// refresh (freshGroups) and token exchange. A user it refuses loses every
-// session and token at once (revokeDirectoryDenied) and the grant is
-// invalid_grant; a directory that cannot answer refuses the grant with
-// temporarily_unavailable and revokes nothing. Without a directory
-// (no Authenticator) there is nothing to ask and it returns nil, nil.
-func (b *Broker) recheckUser(ctx context.Context, q *request, user string, freshGroups bool) (*Identity, *oauthError) {
+// recheckUser asks the directory whether the account may still sign in,
+// at refresh (freshGroups) and token exchange. An account it refuses, and
+// a session without an account id, lose every session and token at once
+// (revokeDirectoryDenied) and the grant is invalid_grant; a directory that
+// cannot answer refuses the grant with temporarily_unavailable and revokes
+// nothing. Without a directory (no Authenticator) there is nothing to ask
+// and it returns nil, nil.
+func (b *Broker) recheckUser(ctx context.Context, q *request, acct Account, freshGroups bool) (*Identity, *oauthError) {
 	if b.auth == nil {
 		return nil, nil
 	}
-	id, denied, err := b.auth.Recheck(ctx, user, q.srcString, freshGroups)
+	user := acct.Name
+	var (
+		id     Identity
+		denied = deniedNoAccountID
+		err    error
+	)
+	if acct.ID != "" {
+		id, denied, err = b.auth.Recheck(ctx, acct, q.srcString, freshGroups)
+	}
 	if err != nil {
 		b.log.Warn("broker: directory recheck failed", "user", user, "err", err)
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusServiceUnavailable, "temporarily_unavailable",
 			"the directory cannot be reached to check the user; try again"), audit.SeverityWarn)
 	}
 	if denied != "" {
-		if err := b.revokeDirectoryDenied(ctx, q, user, denied); err != nil {
+		if err := b.revokeDirectoryDenied(ctx, q, acct, denied); err != nil {
 			b.log.Error("broker: revoking a user the directory refuses", "user", user, "err", err)
 			return nil, errUnavailable
 		}
@@ -469,10 +478,10 @@ func (b *Broker) recheckUser(ctx context.Context, q *request, user string, fresh
 }
 
 // userToken issues a user's own access token, with refresh as its refresh token.
-func (b *Broker) userToken(ctx context.Context, q *request, typ, user string, groups, scopes []string, refresh string) (*tokenResponse, *oauthError) {
+func (b *Broker) userToken(ctx context.Context, q *request, typ string, acct Account, groups, scopes []string, refresh string) (*tokenResponse, *oauthError) {
 	cc := b.cfg.Load()
-	c := b.newClaims(user, KindUser, []string{b.userAudience()}, min(cc.tokens.ttl(), cc.tokens.maxTTL()))
-	c.ClientID, c.Scope, c.Groups = "login", strings.Join(scopes, " "), groups
+	c := b.newClaims(acct.Name, KindUser, []string{b.userAudience()}, min(cc.tokens.ttl(), cc.tokens.maxTTL()))
+	c.ClientID, c.Scope, c.Groups, c.UserID = "login", strings.Join(scopes, " "), groups, acct.ID
 	return b.issue(ctx, q, typ, c, refresh)
 }
 
@@ -552,19 +561,26 @@ func (b *Broker) handleLogin(w http.ResponseWriter, r *http.Request) {
 		writeOAuthError(w, oerr(http.StatusBadRequest, "invalid_grant", "invalid username or password"))
 		return
 	}
+	if id.ID == "" {
+		// Without the account's id, its sessions could not be told from
+		// those of a later account given the same name.
+		b.log.Error("broker: the directory gave no account id for a user; login refused", "user", id.Username)
+		writeOAuthError(w, oerr(http.StatusInternalServerError, "server_error", "the directory gave no id for the account"))
+		return
+	}
 	q.user = id.Username
 	cc := b.cfg.Load()
 	scopes, _ := cc.scopesAndTTL(id.Roles)
 	refresh := newID() + newID()
 	now := b.now()
-	rt := RefreshToken{Hash: hashRefresh(refresh), Family: newID(), User: id.Username, Groups: id.Groups, Scopes: scopes,
+	rt := RefreshToken{Hash: hashRefresh(refresh), Family: newID(), User: id.Username, UserID: id.ID, Groups: id.Groups, Scopes: scopes,
 		Issued: now.UTC(), Expires: now.Add(cc.tokens.refreshTTL()).UTC()}
 	if err := b.store.PutRefresh(ctx, rt); err != nil {
 		b.log.Error("broker: storing refresh token", "err", err)
 		writeOAuthError(w, errUnavailable)
 		return
 	}
-	resp, oe := b.userToken(ctx, q, "token.issue", id.Username, id.Groups, scopes, refresh)
+	resp, oe := b.userToken(ctx, q, "token.issue", Account{Name: id.Username, ID: id.ID}, id.Groups, scopes, refresh)
 	if oe != nil {
 		_, _ = b.store.RevokeRefresh(ctx, rt.Hash)
 		writeOAuthError(w, oe)
@@ -736,12 +752,13 @@ func (b *Broker) recordRevokeFailed(ctx context.Context, ev *audit.Event, err er
 	_ = b.record(ctx, &failed)
 }
 
-// noteHolder remembers that user holds a token until exp, for
+// noteHolder remembers that acct holds a token until exp, for
 // RecheckHolders.
-func (b *Broker) noteHolder(user string, exp time.Time) {
+func (b *Broker) noteHolder(acct Account, exp time.Time) {
+	k, h := holderKey(acct), holding{acct: acct, until: exp}
 	for {
-		v, loaded := b.holders.LoadOrStore(user, exp)
-		if !loaded || !exp.After(v.(time.Time)) || b.holders.CompareAndSwap(user, v, exp) {
+		v, loaded := b.holders.LoadOrStore(k, h)
+		if !loaded || !exp.After(v.(holding).until) || b.holders.CompareAndSwap(k, v, h) {
 			return
 		}
 	}

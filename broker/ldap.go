@@ -34,8 +34,8 @@ func (l ldapLogin) Login(ctx context.Context, username, password, source string)
 	return brokerIdentity(id), true, nil
 }
 
-func (l ldapLogin) Recheck(ctx context.Context, username, source string, freshGroups bool) (Identity, string, error) {
-	id, out, err := l.a.Lookup(ctx, ldapauth.LookupRequest{Username: username, Source: source, FreshGroups: freshGroups})
+func (l ldapLogin) Recheck(ctx context.Context, acct Account, source string, freshGroups bool) (Identity, string, error) {
+	id, out, err := l.a.Lookup(ctx, ldapauth.LookupRequest{Username: acct.Name, ID: acct.ID, Source: source, FreshGroups: freshGroups})
 	if err != nil {
 		return Identity{}, "", err
 	}
@@ -53,13 +53,13 @@ func brokerIdentity(id ldapauth.Identity) Identity {
 	for _, g := range id.Groups {
 		groups = append(groups, g.Name)
 	}
-	return Identity{Username: id.Username, DN: id.DN, Groups: groups, Roles: id.Roles}
+	return Identity{Username: id.Username, ID: id.ID, DN: id.DN, Groups: groups, Roles: id.Roles}
 }
 
 // RecheckPeriodic is Recheck for the regular check of users holding live
 // tokens: an answer that the user may still sign in is not recorded.
-func (l ldapLogin) RecheckPeriodic(ctx context.Context, username string) (string, error) {
-	_, out, err := l.a.Lookup(ctx, ldapauth.LookupRequest{Username: username, Periodic: true})
+func (l ldapLogin) RecheckPeriodic(ctx context.Context, acct Account) (string, error) {
+	_, out, err := l.a.Lookup(ctx, ldapauth.LookupRequest{Username: acct.Name, ID: acct.ID, Periodic: true})
 	if err != nil {
 		return "", err
 	}

@@ -23,14 +23,14 @@ func (a *recheckAuth) set(denied string, err error) {
 	a.mu.Unlock()
 }
 
-func (a *recheckAuth) Recheck(ctx context.Context, username, source string, fresh bool) (Identity, string, error) {
+func (a *recheckAuth) Recheck(ctx context.Context, acct Account, source string, fresh bool) (Identity, string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.calls++
 	if a.err != nil || a.denied != "" {
 		return Identity{}, a.denied, a.err
 	}
-	return a.staticAuth.Recheck(ctx, username, source, fresh)
+	return a.staticAuth.Recheck(ctx, acct, source, fresh)
 }
 
 // TestRecheckSemantics: the broker's side of the directory re-check,
@@ -105,9 +105,10 @@ type perUserAuth struct {
 	asked  []string
 }
 
-func (a *perUserAuth) Recheck(ctx context.Context, username, source string, fresh bool) (Identity, string, error) {
+func (a *perUserAuth) Recheck(ctx context.Context, acct Account, source string, fresh bool) (Identity, string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	username := acct.Name
 	a.asked = append(a.asked, username)
 	if err := a.errs[username]; err != nil {
 		return Identity{}, "", err
@@ -115,7 +116,7 @@ func (a *perUserAuth) Recheck(ctx context.Context, username, source string, fres
 	if d := a.denied[username]; d != "" {
 		return Identity{}, d, nil
 	}
-	return a.staticAuth.Recheck(ctx, username, source, fresh)
+	return a.staticAuth.Recheck(ctx, acct, source, fresh)
 }
 
 // TestPeriodicRecheckGoesOnPastOneUsersFailure: the directory failing to
@@ -159,8 +160,8 @@ func TestPeriodicRecheckGoesOnPastOneUsersFailure(t *testing.T) {
 	auth.errs["alice"], auth.errs["carol"] = errors.New("down"), errors.New("down")
 	auth.asked = nil
 	auth.mu.Unlock()
-	e.b.holders.Store("alice", e.clock.Now().Add(time.Hour))
-	e.b.holders.Store("carol", e.clock.Now().Add(time.Hour))
+	e.b.noteHolder(Account{Name: "alice", ID: "0a11ce00-0000-4000-8000-000000000001"}, e.clock.Now().Add(time.Hour))
+	e.b.noteHolder(Account{Name: "carol", ID: "0ca10000-0000-4000-8000-000000000003"}, e.clock.Now().Add(time.Hour))
 	e.b.RecheckHolders(context.Background())
 	if len(auth.asked) != 2 {
 		t.Errorf("a round with the directory down asked %v, want two users", auth.asked)

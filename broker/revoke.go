@@ -29,6 +29,7 @@ type revocations struct {
 	jtis   map[string]time.Time // jti -> until
 	agents map[string]time.Time // agent -> tokens issued at or before this are revoked
 	users  map[string]time.Time // userKey(user) -> as agents
+	accts  map[string]time.Time // account id -> as agents
 	until  map[string]time.Time // kind\x00value -> until, for pruning agents/users
 }
 
@@ -40,7 +41,7 @@ func userKey(name string) string { return strings.ToLower(name) }
 
 func newRevocations(list []Revocation) *revocations {
 	r := &revocations{jtis: map[string]time.Time{}, agents: map[string]time.Time{},
-		users: map[string]time.Time{}, until: map[string]time.Time{}}
+		users: map[string]time.Time{}, accts: map[string]time.Time{}, until: map[string]time.Time{}}
 	for _, x := range list {
 		r.add(x)
 	}
@@ -66,6 +67,10 @@ func (r *revocations) add(x Revocation) {
 			r.until[x.Kind+"\x00"+k] = x.Until
 		}
 		return
+	case RevokeAccount:
+		if x.At.After(r.accts[x.Value]) {
+			r.accts[x.Value] = x.At
+		}
 	}
 	// A later revocation of the same agent never shortens an earlier one.
 	r.until[x.Kind+"\x00"+x.Value] = later(r.until[x.Kind+"\x00"+x.Value], x.Until)
@@ -97,6 +102,11 @@ func (r *revocations) check(p *Principal) error {
 			return ErrUserRevoked
 		}
 	}
+	if p.UserID != "" {
+		if at, ok := r.accts[p.UserID]; ok && !p.IssuedAt.After(at) {
+			return ErrUserRevoked
+		}
+	}
 	return nil
 }
 
@@ -116,6 +126,8 @@ func (r *revocations) prune(now time.Time) {
 			delete(r.agents, value)
 		case RevokeUser:
 			delete(r.users, value)
+		case RevokeAccount:
+			delete(r.accts, value)
 		}
 	}
 }
@@ -170,7 +182,7 @@ func (b *Broker) RevokeUser(ctx context.Context, name string, by audit.Actor) (U
 	now := b.now()
 	var res UserRevocation
 	b.holders.Range(func(k, v any) bool {
-		if strings.EqualFold(k.(string), name) && !now.After(v.(time.Time).Add(leeway)) {
+		if h := v.(holding); strings.EqualFold(h.acct.Name, name) && !now.After(h.until.Add(leeway)) {
 			res.HeldLiveToken = true
 			return false
 		}
@@ -321,21 +333,33 @@ func (b *Broker) SetAgentEnabled(ctx context.Context, name string, enabled bool,
 	return nil
 }
 
-// revokeDirectoryDenied ends every session and token of a user the
-// directory now refuses (disabled, locked, expired, gone or out of
-// allowed_groups), seen at refresh or token exchange. It is audited
-// (token.revoke) before the refusal is answered.
-func (b *Broker) revokeDirectoryDenied(ctx context.Context, q *request, user, reason string) error {
+// revokeDirectoryDenied ends every session and token of an account the
+// directory now refuses (disabled, locked, expired, gone, renamed or out
+// of allowed_groups), seen at refresh, token exchange or the periodic
+// check, and of a session without an account id (deniedNoAccountID). It is
+// audited (token.revoke) before the refusal is answered. Another account
+// that has the name now keeps its sessions and tokens.
+func (b *Broker) revokeDirectoryDenied(ctx context.Context, q *request, acct Account, reason string) error {
 	now := b.now()
-	x := Revocation{Kind: RevokeUser, Value: user, At: now, Until: now.Add(b.revocationSpan())}
-	details := map[string]string{"user": user, "reason": "directory: " + reason, "trigger": q.grant}
-	n, err := b.store.RevokeUserFamilies(ctx, user)
+	x := Revocation{Kind: RevokeAccount, Value: acct.ID, At: now, Until: now.Add(b.revocationSpan())}
+	details := map[string]string{"user": acct.Name, "reason": "directory: " + reason, "trigger": q.grant}
+	evReason := "directory_denied"
+	if acct.ID == "" {
+		// Tokens without an account id were all issued before this
+		// broker started: revoked by name up to then, they spare the
+		// tokens a new login gives the same name now.
+		x = Revocation{Kind: RevokeUser, Value: acct.Name, At: b.started, Until: now.Add(b.revocationSpan())}
+		details["reason"], evReason = reason, deniedNoAccountID
+	} else {
+		details["account_id"] = acct.ID
+	}
+	n, err := b.store.RevokeAccountFamilies(ctx, acct)
 	if err == nil {
 		details["sessions"] = strconv.Itoa(n)
 		err = b.revoke(ctx, x)
 	}
 	ev := &audit.Event{Type: "token.revoke", Severity: audit.SeverityHigh, Actor: q.actor(), Action: "token.revoke",
-		Target: RevokeUser, Outcome: audit.OutcomeSuccess, Reason: "directory_denied", Source: q.srcString, Details: details}
+		Target: RevokeUser, Outcome: audit.OutcomeSuccess, Reason: evReason, Source: q.srcString, Details: details}
 	if err != nil {
 		ev.Outcome, ev.Reason = audit.OutcomeFailure, err.Error()
 		_ = b.record(ctx, ev)

@@ -44,6 +44,9 @@ const (
 	RevokeJTI   = "jti"   // one token
 	RevokeAgent = "agent" // every token of an agent issued until At
 	RevokeUser  = "user"  // every token of (or for) a user issued until At
+	// RevokeAccount is every token of (or for) the directory account with
+	// the id Value issued until At, whatever name it carries.
+	RevokeAccount = "account"
 )
 
 // Revocation is one entry of the revocation list. It is pruned after
@@ -58,9 +61,13 @@ type Revocation struct {
 // RefreshToken is the stored record of one refresh token, keyed by the
 // SHA-256 of the token (the token itself is never stored).
 type RefreshToken struct {
-	Hash    string    `json:"-"`
-	Family  string    `json:"family"`
-	User    string    `json:"user"`
+	Hash   string `json:"-"`
+	Family string `json:"family"`
+	User   string `json:"user"`
+	// UserID is the user's account id in the directory (Identity.ID):
+	// the session belongs to that account, whatever its name is later.
+	// Empty in sessions stored before account ids were kept.
+	UserID  string    `json:"user_id,omitempty"`
 	Groups  []string  `json:"groups,omitempty"`
 	Scopes  []string  `json:"scopes,omitempty"`
 	Issued  time.Time `json:"issued"`
@@ -70,6 +77,7 @@ type RefreshToken struct {
 
 type family struct {
 	User    string    `json:"user"`
+	UserID  string    `json:"user_id,omitempty"`
 	Expires time.Time `json:"expires"`
 	Revoked bool      `json:"revoked,omitempty"`
 }
@@ -105,9 +113,14 @@ type Store interface {
 	// RevokeUserFamilies revokes every session of user, whose name it
 	// matches without regard to case.
 	RevokeUserFamilies(ctx context.Context, user string) (int, error)
-	// SessionUsers lists the users with a session (refresh family) neither
-	// revoked nor expired at now.
-	SessionUsers(ctx context.Context, now time.Time) ([]string, error)
+	// RevokeAccountFamilies revokes every session of the account with
+	// acct.ID; with no ID, every session of acct.Name (without regard to
+	// case) that has no account id either (stored before account ids were
+	// kept), and none of another account that has the name now.
+	RevokeAccountFamilies(ctx context.Context, acct Account) (int, error)
+	// SessionUsers lists the accounts with a session (refresh family)
+	// neither revoked nor expired at now.
+	SessionUsers(ctx context.Context, now time.Time) ([]Account, error)
 	// Prune drops what expired before now.
 	Prune(ctx context.Context, now time.Time) error
 	Close() error
@@ -232,7 +245,7 @@ func (s *boltStore) UseAssertion(ctx context.Context, id string, exp time.Time) 
 
 func (s *boltStore) PutRefresh(ctx context.Context, rt RefreshToken) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		if err := putJSON(tx.Bucket(bucketFamilies), rt.Family, family{User: rt.User, Expires: rt.Expires}); err != nil {
+		if err := putJSON(tx.Bucket(bucketFamilies), rt.Family, family{User: rt.User, UserID: rt.UserID, Expires: rt.Expires}); err != nil {
 			return err
 		}
 		return putJSON(tx.Bucket(bucketRefresh), rt.Hash, rt)
@@ -386,6 +399,19 @@ func (s *boltStore) RevokeRefresh(ctx context.Context, hash string) (RefreshToke
 }
 
 func (s *boltStore) RevokeUserFamilies(ctx context.Context, user string) (int, error) {
+	return s.revokeFamilies(user, func(f family) bool { return strings.EqualFold(f.User, user) })
+}
+
+func (s *boltStore) RevokeAccountFamilies(ctx context.Context, acct Account) (int, error) {
+	if acct.ID != "" {
+		return s.revokeFamilies(acct.Name, func(f family) bool { return f.UserID == acct.ID })
+	}
+	return s.revokeFamilies(acct.Name, func(f family) bool { return f.UserID == "" && strings.EqualFold(f.User, acct.Name) })
+}
+
+// revokeFamilies revokes every live family that match selects; user names
+// them in an error.
+func (s *boltStore) revokeFamilies(user string, match func(family) bool) (int, error) {
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		n = 0
@@ -396,7 +422,7 @@ func (s *boltStore) RevokeUserFamilies(ctx context.Context, user string) (int, e
 			if err := json.Unmarshal(v, &fam); err != nil {
 				return err
 			}
-			if strings.EqualFold(fam.User, user) && !fam.Revoked {
+			if match(fam) && !fam.Revoked {
 				fam.Revoked = true
 				updates[string(k)] = fam
 			}
@@ -419,8 +445,8 @@ func (s *boltStore) RevokeUserFamilies(ctx context.Context, user string) (int, e
 	return n, nil
 }
 
-func (s *boltStore) SessionUsers(ctx context.Context, now time.Time) ([]string, error) {
-	seen := map[string]bool{}
+func (s *boltStore) SessionUsers(ctx context.Context, now time.Time) ([]Account, error) {
+	seen := map[Account]bool{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketFamilies).ForEach(func(k, v []byte) error {
 			var fam family
@@ -428,7 +454,7 @@ func (s *boltStore) SessionUsers(ctx context.Context, now time.Time) ([]string, 
 				return err
 			}
 			if !fam.Revoked && now.Before(fam.Expires) && fam.User != "" {
-				seen[fam.User] = true
+				seen[Account{Name: fam.User, ID: fam.UserID}] = true
 			}
 			return nil
 		})
@@ -436,7 +462,9 @@ func (s *boltStore) SessionUsers(ctx context.Context, now time.Time) ([]string, 
 	if err != nil {
 		return nil, fmt.Errorf("broker: listing sessions: %w", err)
 	}
-	return slices.Sorted(maps.Keys(seen)), nil
+	return slices.SortedFunc(maps.Keys(seen), func(a, b Account) int {
+		return strings.Compare(a.Name+"\x00"+a.ID, b.Name+"\x00"+b.ID)
+	}), nil
 }
 
 func (s *boltStore) Prune(ctx context.Context, now time.Time) error {

@@ -54,7 +54,8 @@ type actClaim struct {
 }
 
 // claims is the JWT access token body (RFC 9068) plus the broker's own
-// "kind" and, on user tokens, "groups".
+// "kind" and, on user tokens, "groups" and "oid" (the user's account id in
+// the directory, which a rename does not change).
 type claims struct {
 	Issuer    string           `json:"iss"`
 	Subject   string           `json:"sub"`
@@ -68,6 +69,7 @@ type claims struct {
 	Act       *actClaim        `json:"act,omitempty"`
 	Kind      string           `json:"kind"`
 	Groups    []string         `json:"groups,omitempty"`
+	UserID    string           `json:"oid,omitempty"`
 }
 
 // Principal is a verified token: who holds it and what it allows.
@@ -76,6 +78,7 @@ type Principal struct {
 	Subject   string    // sub: the agent, or the user
 	Agent     string    // the agent: sub of an agent token, act.sub of an exchanged one
 	User      string    // the user, for user and exchanged tokens
+	UserID    string    // the user's account id in the directory (oid); empty in tokens from before account ids were kept
 	Groups    []string  // the user's groups (user tokens)
 	Scopes    []string  // granted scopes
 	ClientID  string    // client_id
@@ -269,6 +272,9 @@ func (b *Broker) checkState(c *claims) (*Principal, error) {
 		p.NotBefore = c.NotBefore.Time()
 	}
 	p.Agent, p.User = holderOf(c)
+	if p.User != "" {
+		p.UserID = c.UserID
+	}
 	// The agent's state first: a disabled agent's tokens are also revoked,
 	// and "the agent is disabled" is what its operator needs to hear.
 	if p.Agent != "" {

@@ -400,6 +400,7 @@ func printLDAPTest(w io.Writer, res ldapTestResult) {
 	id := res.Identity
 	fmt.Fprintf(w, "ok: %s\n", id.Username)
 	fmt.Fprintf(w, "DN: %s\n", id.DN)
+	fmt.Fprintf(w, "id: %s\n", id.ID)
 	if id.DisplayName != "" {
 		fmt.Fprintf(w, "name: %s\n", id.DisplayName)
 	}

@@ -60,7 +60,7 @@ func TestLDAPTestVerb(t *testing.T) {
 		want     []string
 	}{
 		{"alice, nested groups", "alice", pass["alice"] + "\n", exitOK,
-			[]string{"ok: alice", "DN: uid=alice,ou=people,dc=applianced,dc=dev", "team-ai", "ai-users", "DC: ldaps://127.0.0.1:"}},
+			[]string{"ok: alice", "DN: uid=alice,ou=people,dc=applianced,dc=dev", "\nid: ", "team-ai", "ai-users", "DC: ldaps://127.0.0.1:"}},
 		{"wrong password", "alice", "wrong\n", exitFailure, []string{"denied: invalid_credentials", "AD code: 52e"}},
 		{"disabled", "bob", pass["bob"], exitFailure, []string{"denied: account_disabled", "AD code: 533"}},
 		{"not in allowed_groups", "carol", pass["carol"], exitFailure, []string{"denied: not_in_allowed_groups"}},
