@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Capture verification: what a syslog receiver stored (an rsyslog file in
@@ -36,7 +37,14 @@ const (
 	ProblemTail       = "tail"       // entries after the last checkpoint: the tail may be cut
 	ProblemMalformed  = "malformed"  // a message that looks like an audit body but does not parse
 	ProblemCheckpoint = "checkpoint" // no checkpoint at all
+	ProblemHead       = "head"       // the capture starts after the seq it should start at
+	ProblemStale      = "stale"      // the newest seal is older than the capture should reach
 )
+
+// SealMargin is the slack allowed, beyond the interval a checkpoint
+// promises, before the newest seal of a capture counts as too old: the
+// time to deliver it, and clocks apart.
+const SealMargin = time.Minute
 
 // CaptureProblem is one finding, naming the seq numbers it is about.
 type CaptureProblem struct {
@@ -60,24 +68,42 @@ type CaptureOptions struct {
 	// PublicKey verifies checkpoint signatures (`applianced audit pubkey`).
 	// Nil leaves signatures unchecked and says so in the report's notes.
 	PublicKey ed25519.PublicKey
-	// AllowOpenTail reports entries after the last checkpoint as a note
-	// instead of a problem, for a capture of a stream that is still running.
+	// AllowOpenTail reports entries after the last checkpoint, and a
+	// newest seal older than Until, as notes instead of problems, for a
+	// capture of a stream that is still running.
 	AllowOpenTail bool
+	// From is the seq the capture should start at; 0 means 1. A capture
+	// that starts later is missing its head: a problem.
+	From uint64
+	// Until is the time the capture should reach (when it was taken). The
+	// newest seal must then be no older than Until less the interval it
+	// promised and SealMargin, or the tail after it was cut. Zero means
+	// the time of the capture's newest entry.
+	Until time.Time
+	// Margin is the slack beyond the interval a seal promises; 0 means
+	// SealMargin.
+	Margin time.Duration
 }
 
 // CaptureReport is the outcome of VerifyCapture. OK is true when Problems
 // is empty.
 type CaptureReport struct {
-	Lines       int              `json:"lines"`      // lines read
-	Messages    int              `json:"messages"`   // audit messages found (parts and duplicates included)
-	Entries     int              `json:"entries"`    // distinct seqs
-	Duplicates  int              `json:"duplicates"` // identical repeated copies
-	FirstSeq    uint64           `json:"first_seq"`
-	LastSeq     uint64           `json:"last_seq"`
-	Checkpoints int              `json:"checkpoints"`
-	SealedUpTo  uint64           `json:"sealed_up_to"` // the last seq a verified checkpoint covers
-	Problems    []CaptureProblem `json:"problems"`
-	Notes       []string         `json:"notes"`
+	Lines       int    `json:"lines"`      // lines read
+	Messages    int    `json:"messages"`   // audit messages found (parts and duplicates included)
+	Entries     int    `json:"entries"`    // distinct seqs
+	Duplicates  int    `json:"duplicates"` // identical repeated copies
+	FirstSeq    uint64 `json:"first_seq"`
+	LastSeq     uint64 `json:"last_seq"`
+	Checkpoints int    `json:"checkpoints"`
+	SealedUpTo  uint64 `json:"sealed_up_to"` // the last seq a verified checkpoint covers
+	// LastSealAt is when the newest checkpoint was made (zero when it
+	// carries no time: made by an older version), LastSealFinal whether
+	// the journal closed after it. Without a key they are what the
+	// checkpoints say, unverified.
+	LastSealAt    time.Time        `json:"last_seal_at,omitzero"`
+	LastSealFinal bool             `json:"last_seal_final,omitempty"`
+	Problems      []CaptureProblem `json:"problems"`
+	Notes         []string         `json:"notes"`
 }
 
 // OK reports whether the capture verified without problems.
@@ -344,18 +370,28 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	if recovered > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d message(s) cut short (a dropped connection) arrived again whole", recovered))
 	}
-	if rep.FirstSeq > 1 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("the capture starts at seq %d; earlier entries are not in it", rep.FirstSeq))
+	from := max(v.opts.From, 1)
+	switch {
+	case rep.FirstSeq > from:
+		// Whoever edits the receiver's file can delete its beginning:
+		// only the auditor knows where the record should start.
+		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemHead, Seq: from, LastSeq: rep.FirstSeq - 1,
+			Message: fmt.Sprintf("the capture starts at seq %d: seqs %d to %d are not in it (give --from %d if the receiver's record starts there)", rep.FirstSeq, from, rep.FirstSeq-1, rep.FirstSeq)})
+	case rep.FirstSeq > 1:
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the capture starts at seq %d, as expected; earlier entries are not in it", rep.FirstSeq))
 	}
 	add := func(kind string, seq, last uint64, loc, format string, args ...any) {
 		rep.Problems = append(rep.Problems, CaptureProblem{Kind: kind, Seq: seq, LastSeq: last, Location: loc, Message: fmt.Sprintf(format, args...)})
 	}
 	var (
-		lastCP      uint64 // seq of the last checkpoint event
-		lastCPFinal bool
-		covered     uint64 // the seq the last checkpoint covers
-		unchecked   int
-		isCP        = map[uint64]bool{}
+		lastCP    uint64 // seq of the last checkpoint event
+		covered   uint64 // the seq the last checkpoint covers
+		unchecked int
+		untimed   int
+		isCP      = map[uint64]bool{}
+		seal      *Checkpoint // the newest checkpoint that counts
+		sealAt    uint64      // its seq
+		newest    time.Time   // the newest entry's time
 	)
 	for i, s := range seqs {
 		e := v.entries[s]
@@ -384,6 +420,9 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 			continue
 		}
 		ev := v.check(&rep, s, e, add)
+		if ev != nil && ev.Time.After(newest) {
+			newest = ev.Time
+		}
 		if ev == nil || ev.Type != TypeCheckpoint {
 			continue
 		}
@@ -393,7 +432,7 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 			add(ProblemSignature, s, 0, e.loc, "seq %d: %v", s, err)
 			continue
 		}
-		lastCP, lastCPFinal, covered = s, cp.Final, cp.Seq
+		lastCP, covered = s, cp.Seq
 		isCP[s] = true
 		if v.opts.PublicKey == nil {
 			unchecked++
@@ -408,6 +447,16 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		if v.opts.PublicKey != nil && cp.Seq > rep.SealedUpTo {
 			rep.SealedUpTo = cp.Seq
 		}
+		if !cp.Timed() {
+			untimed++
+		}
+		seal, sealAt = cp, s
+	}
+	if seal != nil {
+		rep.LastSealAt, rep.LastSealFinal = seal.Time, seal.Final
+	}
+	if untimed > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d checkpoint(s) carry no time (made by a version before sealed times): they seal their seqs, not when", untimed))
 	}
 	if unchecked > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d checkpoint signature(s) not checked: give the appliance's public key (applianced audit pubkey)", unchecked))
@@ -440,10 +489,50 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		} else {
 			add(ProblemTail, tailFirst, tailLast, "", "%s", msg)
 		}
-	case !lastCPFinal:
-		rep.Notes = append(rep.Notes, fmt.Sprintf("the capture ends at checkpoint seq %d of a journal still open; later entries belong to a later capture", lastCP))
+	}
+	if seal != nil && (tailFirst == 0 || v.opts.AllowOpenTail) {
+		v.checkSealAge(&rep, seal, sealAt, newest, add)
 	}
 	return &rep
+}
+
+// checkSealAge says whether the newest seal is as recent as the capture
+// should reach: the appliance writes a checkpoint every interval, idle or
+// not, so an older newest seal means the capture was cut after it (or the
+// appliance stopped writing).
+func (v *CaptureVerifier) checkSealAge(rep *CaptureReport, seal *Checkpoint, at uint64, newest time.Time, add func(string, uint64, uint64, string, string, ...any)) {
+	if !seal.Timed() {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the newest checkpoint (seq %d) carries no time: whether the capture was cut after it cannot be told", at))
+		return
+	}
+	until := newest
+	if v.opts.Until.After(until) {
+		until = v.opts.Until
+	}
+	margin := v.opts.Margin
+	if margin <= 0 {
+		margin = SealMargin
+	}
+	due := seal.Time.Add(seal.Interval + margin)
+	if !until.After(due) {
+		if !seal.Final {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("the capture ends at checkpoint seq %d of a journal still open, made at %s; later entries belong to a later capture", at, seal.Time.Format(time.RFC3339)))
+		}
+		return
+	}
+	var msg string
+	if seal.Final {
+		msg = fmt.Sprintf("the newest seal (seq %d) is final: the appliance stopped at %s, and the capture should reach %s: whatever it wrote after a later start is missing, unless it stayed stopped (then give --until %s)",
+			at, seal.Time.Format(time.RFC3339), until.UTC().Format(time.RFC3339), seal.Time.Format(time.RFC3339))
+	} else {
+		msg = fmt.Sprintf("the newest seal (seq %d) was made at %s and promised the next within %s, but the capture should reach %s: what came after seq %d was cut, or the appliance stopped writing without a final seal",
+			at, seal.Time.Format(time.RFC3339), seal.Interval, until.UTC().Format(time.RFC3339), at)
+	}
+	if v.opts.AllowOpenTail {
+		rep.Notes = append(rep.Notes, msg)
+		return
+	}
+	add(ProblemStale, at+1, 0, "", "%s", msg)
 }
 
 // check verifies one complete entry's hash and returns its event.

@@ -28,7 +28,7 @@ func forgeryChain(t *testing.T, key ed25519.PrivateKey, n int, finalAtEnd bool) 
 	var prev [32]byte
 	add := func(e *Event) {
 		e.Seq = uint64(len(out) + 1)
-		e.Time = time.Date(2026, 11, 25, 23, 0, 0, 0, time.UTC)
+		e.Time = testTime
 		c, _ := e.Canonical()
 		h := ChainHash(prev, c)
 		out = append(out, forgedEntry{e.Seq, h, prev, c})
@@ -41,11 +41,11 @@ func forgeryChain(t *testing.T, key ed25519.PrivateKey, n int, finalAtEnd bool) 
 		}
 		add(ev)
 		if (i+1)%4 == 0 {
-			add(NewCheckpointEvent(key, uint64(len(out)), prev, false))
+			add(NewCheckpointEvent(key, Checkpoint{Seq: uint64(len(out)), Hash: prev, Time: testTime, Interval: time.Minute}))
 		}
 	}
 	if finalAtEnd {
-		add(NewCheckpointEvent(key, uint64(len(out)), prev, true))
+		add(NewCheckpointEvent(key, Checkpoint{Seq: uint64(len(out)), Hash: prev, Final: true, Time: testTime, Interval: time.Minute}))
 	}
 	return out
 }

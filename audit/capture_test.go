@@ -100,7 +100,7 @@ func testBodies(t *testing.T, key ed25519.PrivateKey, n int) []string {
 	var out []string
 	add := func(e *Event) {
 		e.Seq = uint64(len(out) + 1)
-		e.Time = time.Date(2026, 11, 25, 23, 0, 0, 0, time.UTC)
+		e.Time = testTime
 		c, err := e.Canonical()
 		if err != nil {
 			t.Fatal(err)
@@ -112,9 +112,12 @@ func testBodies(t *testing.T, key ed25519.PrivateKey, n int) []string {
 	for i := 0; i < n; i++ {
 		add(&Event{Type: "tool.call", Outcome: OutcomeSuccess, Target: fmt.Sprint(i)})
 	}
-	add(NewCheckpointEvent(key, uint64(n), prev, true))
+	add(NewCheckpointEvent(key, Checkpoint{Seq: uint64(n), Hash: prev, Final: true, Time: testTime, Interval: time.Minute}))
 	return out
 }
+
+// testTime is the time of the test entries.
+var testTime = time.Date(2026, 11, 25, 23, 0, 0, 0, time.UTC)
 
 func FuzzCaptureVerifier(f *testing.F) {
 	_, key, _ := ed25519.GenerateKey(rand.Reader)

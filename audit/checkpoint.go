@@ -12,6 +12,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Checkpoint event: its type and the keys of its Details.
@@ -25,6 +26,14 @@ const (
 	DetailCheckpointFinal = "final"      // "true" when the journal closed after it
 	DetailCheckpointKeyID = "key_id"     // KeyID of the signing key
 	DetailCheckpointSig   = "sig"        // Ed25519 signature, base64 (standard, padded)
+
+	// DetailCheckpointTime is when the checkpoint was made (RFC 3339, UTC,
+	// nanoseconds), and DetailCheckpointInterval the longest time the
+	// appliance lets pass before the next one (a Go duration, "1m0s"):
+	// together they say how recent the newest seal of a capture must be.
+	// Checkpoints of versions before them have neither.
+	DetailCheckpointTime     = "sealed_at"
+	DetailCheckpointInterval = "interval"
 )
 
 // Sentinel errors of checkpoint verification.
@@ -34,20 +43,35 @@ var (
 )
 
 // Checkpoint is what a checkpoint event asserts: the entry with Seq had the
-// chain hash Hash, signed by the appliance's audit key. Since every hash
-// covers all earlier entries, a good checkpoint seals the journal up to Seq.
+// chain hash Hash, signed by the appliance's audit key at Time, and the next
+// checkpoint follows within Interval. Since every hash covers all earlier
+// entries, a good checkpoint seals the journal up to Seq.
+//
+// A zero Time is a checkpoint of the versions before sealed times: its
+// signature covers seq, hash and final only (message v1), and it says
+// nothing of when it was made.
 type Checkpoint struct {
-	Seq   uint64
-	Hash  [32]byte
-	Final bool // the journal was closed cleanly right after this checkpoint
-	KeyID string
-	Sig   []byte
+	Seq      uint64
+	Hash     [32]byte
+	Final    bool // the journal was closed cleanly right after this checkpoint
+	Time     time.Time
+	Interval time.Duration
+	KeyID    string
+	Sig      []byte
 }
 
 // signedBytes is the exact message the signature covers.
 func (c *Checkpoint) signedBytes() []byte {
-	return fmt.Appendf(nil, "applianced audit checkpoint v1\nseq=%d\nhash=%x\nfinal=%t\n", c.Seq, c.Hash, c.Final)
+	if c.Time.IsZero() {
+		return fmt.Appendf(nil, "applianced audit checkpoint v1\nseq=%d\nhash=%x\nfinal=%t\n", c.Seq, c.Hash, c.Final)
+	}
+	return fmt.Appendf(nil, "applianced audit checkpoint v2\nseq=%d\nhash=%x\nfinal=%t\ntime=%s\ninterval=%d\n",
+		c.Seq, c.Hash, c.Final, c.Time.UTC().Format(time.RFC3339Nano), int64(c.Interval))
 }
+
+// Timed reports whether the checkpoint carries the time it was made
+// (checkpoints of older versions do not).
+func (c *Checkpoint) Timed() bool { return !c.Time.IsZero() }
 
 // KeyID names a public key: the first 16 hex digits of its SHA-256.
 func KeyID(pub ed25519.PublicKey) string {
@@ -90,21 +114,27 @@ func ParsePublicKey(s string) (ed25519.PublicKey, error) {
 	return ed25519.PublicKey(b), nil
 }
 
-// NewCheckpointEvent signs seq and hash with key and returns the event to
-// append.
-func NewCheckpointEvent(key ed25519.PrivateKey, seq uint64, hash [32]byte, final bool) *Event {
-	c := Checkpoint{Seq: seq, Hash: hash, Final: final, KeyID: KeyID(key.Public().(ed25519.PublicKey))}
+// NewCheckpointEvent signs c (Seq, Hash, Final, Time, Interval) with key
+// and returns the event to append; the event's time is c.Time.
+func NewCheckpointEvent(key ed25519.PrivateKey, c Checkpoint) *Event {
+	c.KeyID = KeyID(key.Public().(ed25519.PublicKey))
 	c.Sig = ed25519.Sign(key, c.signedBytes())
 	d := map[string]string{
-		DetailCheckpointSeq:   strconv.FormatUint(seq, 10),
-		DetailCheckpointHash:  hex.EncodeToString(hash[:]),
+		DetailCheckpointSeq:   strconv.FormatUint(c.Seq, 10),
+		DetailCheckpointHash:  hex.EncodeToString(c.Hash[:]),
 		DetailCheckpointKeyID: c.KeyID,
 		DetailCheckpointSig:   base64.StdEncoding.EncodeToString(c.Sig),
 	}
-	if final {
+	if c.Final {
 		d[DetailCheckpointFinal] = "true"
 	}
-	return &Event{Type: TypeCheckpoint, Outcome: OutcomeSuccess, Target: "journal", Details: d}
+	ev := &Event{Type: TypeCheckpoint, Outcome: OutcomeSuccess, Target: "journal", Details: d}
+	if c.Timed() {
+		d[DetailCheckpointTime] = c.Time.UTC().Format(time.RFC3339Nano)
+		d[DetailCheckpointInterval] = c.Interval.String()
+		ev.Time = c.Time.UTC()
+	}
+	return ev
 }
 
 // ParseCheckpoint reads a checkpoint event's details without checking the
@@ -128,6 +158,15 @@ func ParseCheckpoint(e *Event) (*Checkpoint, error) {
 	}
 	c := &Checkpoint{Seq: seq, Final: d[DetailCheckpointFinal] == "true", KeyID: d[DetailCheckpointKeyID], Sig: sig}
 	copy(c.Hash[:], h)
+	ts, ti := d[DetailCheckpointTime], d[DetailCheckpointInterval]
+	if ts != "" || ti != "" {
+		if c.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil || c.Time.IsZero() {
+			return nil, fmt.Errorf("%w: sealed_at %q", ErrBadCheckpoint, ts)
+		}
+		if c.Interval, err = time.ParseDuration(ti); err != nil || c.Interval <= 0 {
+			return nil, fmt.Errorf("%w: interval %q", ErrBadCheckpoint, ti)
+		}
+	}
 	return c, nil
 }
 

@@ -15,16 +15,20 @@ type CheckpointOptions struct {
 	// Every is the number of entries after which a checkpoint is written.
 	// Default 10000.
 	Every int
-	// Interval is the longest time entries stay without a checkpoint.
+	// Interval is the time between checkpoints when fewer than Every
+	// entries come: one is written each Interval, idle or not (a
+	// heartbeat), and each says so, so that a capture whose newest
+	// checkpoint is older than Interval was cut or its appliance stopped.
 	// Default 1m.
 	Interval time.Duration
 	// Logger receives operational messages.
 	Logger *slog.Logger
 }
 
-// Checkpointer appends signed checkpoints to a journal: every Every entries
-// or Interval, whichever comes first, and a final one at Close. Checkpoints
-// go through the journal, so every forwarder delivers them with the stream.
+// Checkpointer appends signed checkpoints to a journal: every Every entries,
+// every Interval even when nothing else happened (a heartbeat), and a final
+// one at Close. Each carries the time it was made. Checkpoints go through
+// the journal, so every forwarder delivers them with the stream.
 type Checkpointer struct {
 	j     *Journal
 	key   ed25519.PrivateKey
@@ -82,7 +86,8 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 		if lastSeq == 0 {
 			return nil
 		}
-		if _, err := c.j.Append(ctx, NewCheckpointEvent(c.key, lastSeq, lastHash, final)); err != nil {
+		cp := Checkpoint{Seq: lastSeq, Hash: lastHash, Final: final, Time: c.j.opts.Now().UTC(), Interval: c.opts.Interval}
+		if _, err := c.j.Append(ctx, NewCheckpointEvent(c.key, cp)); err != nil {
 			return fmt.Errorf("audit: checkpoint at seq %d: %w", lastSeq, err)
 		}
 		since = 0
@@ -107,10 +112,10 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 				}
 			}
 		case <-tick.C:
-			if since > 0 {
-				if err := write(false); err != nil {
-					c.opts.Logger.Error("audit: checkpoint", "err", err)
-				}
+			// Idle or not: a capture that ends at a checkpoint older
+			// than Interval was cut there, or its appliance stopped.
+			if err := write(false); err != nil {
+				c.opts.Logger.Error("audit: checkpoint", "err", err)
 			}
 		case reply := <-c.final:
 			// Catch up with everything durable, then seal it.

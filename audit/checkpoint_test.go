@@ -77,7 +77,7 @@ func TestCheckpointKeyIsStableAndSignaturesVerify(t *testing.T) {
 		{"no seq", func(e *Event) { delete(e.Details, DetailCheckpointSeq) }, pub, ErrBadCheckpoint},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ev := NewCheckpointEvent(k1, 7, hash, false)
+			ev := NewCheckpointEvent(k1, Checkpoint{Seq: 7, Hash: hash, Time: time.Now(), Interval: time.Minute})
 			tc.mutate(ev)
 			cp, err := ParseCheckpoint(ev)
 			if err == nil {

@@ -17,6 +17,15 @@
 // file's new size; every reader takes a zero byte as the end of a segment's
 // entries, and finished segments are trimmed back to their entries.
 //
+// Signed checkpoints (Checkpointer) seal the chain: one every so many
+// entries, one every interval even when nothing else happens (a
+// heartbeat), and a final one when the journal closes. Each signs the seq
+// and chain hash it covers, the time it was made and the interval within
+// which the next follows, so a capture whose newest seal is older than
+// when it was taken, less that interval, was cut after it. Checkpoints of
+// versions before this carry no time: they still verify, and verification
+// says their age cannot be told.
+//
 // What this proves, and to whom: the chain and the marker catch accidents
 // and edits by someone who cannot write the journal's files. Root on the
 // appliance can: it can rewrite entries, recompute the chain and the

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Problem is one thing Verify found wrong, at the first seq it concerns.
@@ -37,6 +38,10 @@ type Report struct {
 	// highest seq one of them, signed by that key, seals.
 	Checkpoints int    `json:"checkpoints"`
 	SealedUpTo  uint64 `json:"sealed_up_to"`
+	// LastSealAt is when the newest checkpoint signed by that key was
+	// made (zero when it carries no time: made by an older version).
+	LastSealAt    time.Time `json:"last_seal_at,omitzero"`
+	LastSealFinal bool      `json:"last_seal_final,omitempty"`
 }
 
 // VerifyOptions are the options of VerifyDirWith.
@@ -169,6 +174,7 @@ func (c *cpCheck) entry(seq uint64, h [32]byte, ev *Event, rep *Report, name str
 	if err := cp.Verify(c.pub); err != nil {
 		return &Problem{Seq: seq, File: name, Reason: fmt.Sprintf("checkpoint signature does not verify with key %s (made by key %s): a forged checkpoint", KeyID(c.pub), cp.KeyID)}
 	}
+	rep.LastSealAt, rep.LastSealFinal = cp.Time, cp.Final
 	want, ok := c.hashes[cp.Seq]
 	if !ok {
 		return nil // sealed before this journal's oldest kept entry, or long before

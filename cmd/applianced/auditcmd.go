@@ -17,8 +17,18 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := e.flags("audit verify", "[FILE...]", "Verify the audit trail: every entry's chain hash, contiguous sequence numbers,\n"+
 		"and the durable marker (a cut tail). Without FILE it reads the journal in the\n"+
 		"state dir; with --pubkey it also checks every checkpoint's signature and the hash\n"+
-		"it seals. Names the first bad seq; exit 1 on any problem.",
-		"applianced audit verify", "applianced audit verify --json")
+		"it seals. Names the first bad seq; exit 1 on any problem.\n\n"+
+		"With FILE it checks what a syslog or Wazuh receiver stored, and says first which\n"+
+		"seqs are sealed and when the last seal was made. The appliance writes a signed\n"+
+		"checkpoint every checkpoint_interval even when idle, so a capture whose newest\n"+
+		"seal is older than --until less that interval and a minute was cut (or the\n"+
+		"appliance stopped writing): a problem unless --open-tail. A capture that starts\n"+
+		"after seq 1 is a problem unless --from says where the receiver's record starts.\n"+
+		"Checkpoints of older versions carry no time: they still verify, and the output\n"+
+		"says that their age cannot be checked.",
+		"applianced audit verify", "applianced audit verify --json",
+		"applianced audit verify --pubkey ed25519:... /var/log/applianced-audit.log",
+		"applianced audit verify --pubkey ed25519:... --until 2026-11-26T08:00:00Z --from 5000 archive.log")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	dir := fs.String("dir", "", "journal `DIR` (default: <state_dir>/audit)")
 	cf := addCaptureFlags(fs)
@@ -61,8 +71,8 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact; checkpoints not checked (give --pubkey KEY): "+
 				"without them this catches accidents, not someone who can rewrite the journal\n", rep.Entries, rep.First, rep.Last)
 		default:
-			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact, %d checkpoints, sealed up to seq %d by key %s",
-				rep.Entries, rep.First, rep.Last, rep.Checkpoints, rep.SealedUpTo, keyID(opts.PublicKey))
+			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact, %d checkpoints, sealed up to seq %d by key %s%s",
+				rep.Entries, rep.First, rep.Last, rep.Checkpoints, rep.SealedUpTo, keyID(opts.PublicKey), lastSeal(rep.Checkpoints > 0, rep.LastSealAt, rep.LastSealFinal))
 			if rep.Last > rep.SealedUpTo {
 				fmt.Fprintf(e.stdout, "; seqs %d..%d not sealed yet", rep.SealedUpTo+1, rep.Last)
 			}

@@ -296,13 +296,21 @@ type captureFlags struct {
 	pubkey       *string
 	openTail     *bool
 	noSignatures *bool
+	from         *uint64
+	until        *string
 }
 
 func addCaptureFlags(fs interface {
 	String(name, value, usage string) *string
 	Bool(name string, value bool, usage string) *bool
+	Uint64(name string, value uint64, usage string) *uint64
 }) captureFlags {
 	return captureFlags{
+		from: fs.Uint64("from", 1, "with FILE: the `SEQ` the capture should start at (where the receiver's record\n"+
+			"begins); a capture that starts later is missing its head"),
+		until: fs.String("until", "now", "with FILE: the `TIME` the capture should reach (RFC 3339, or \"now\"): when\n"+
+			"it was taken; the newest seal must be no older than that less its interval\n"+
+			"and a minute, or the tail after it was cut"),
 		pubkey: fs.String("pubkey", "", "with FILE: the checkpoint public `KEY` (applianced audit pubkey); default: ask the running daemon"),
 		openTail: fs.Bool("open-tail", false, "with FILE: entries after the last checkpoint are a note, not a problem\n"+
 			"(a capture of a stream still running)"),
@@ -316,7 +324,17 @@ func init() { verifyCaptures = verifySyslogCaptures }
 // verifySyslogCaptures checks rsyslog files (RFC 5424 or wazuh format) and
 // Wazuh archives.log / archives.json.
 func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []string, asJSON bool, cf captureFlags) int {
-	opts := &audit.CaptureOptions{AllowOpenTail: *cf.openTail}
+	opts := &audit.CaptureOptions{AllowOpenTail: *cf.openTail, From: *cf.from}
+	if *cf.until == "now" {
+		opts.Until = time.Now()
+	} else {
+		t, err := time.Parse(time.RFC3339Nano, *cf.until)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "applianced audit verify: --until %q: want RFC 3339 (2026-11-26T08:00:00Z) or \"now\"\n", *cf.until)
+			return exitUsage
+		}
+		opts.Until = t
+	}
 	if *cf.pubkey != "" {
 		pub, err := audit.ParsePublicKey(*cf.pubkey)
 		if err != nil {
@@ -347,6 +365,7 @@ func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []s
 	if asJSON {
 		e.printJSON(rep)
 	} else {
+		fmt.Fprintln(e.stdout, sealHeadline(rep.FirstSeq, rep.SealedUpTo, rep.Checkpoints > 0, rep.LastSealAt, rep.LastSealFinal, opts.PublicKey))
 		for _, p := range rep.Problems {
 			fmt.Fprintf(e.stdout, "FAIL %s\n", p)
 		}
@@ -366,6 +385,31 @@ func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []s
 		return exitFailure
 	}
 	return exitOK
+}
+
+// sealHeadline says which seqs of a chain are sealed, by which key, and
+// when the last seal was made.
+func sealHeadline(first, sealed uint64, have bool, at time.Time, final bool, pub ed25519.PublicKey) string {
+	switch {
+	case pub == nil:
+		return "nothing sealed: no checkpoint key" + lastSeal(have, at, final) + " (unverified)"
+	case sealed == 0:
+		return "nothing sealed" + lastSeal(have, at, final)
+	}
+	return fmt.Sprintf("sealed seq %d..%d by key %s%s", first, sealed, keyID(pub), lastSeal(have, at, final))
+}
+
+// lastSeal describes the newest checkpoint's time, if there is one.
+func lastSeal(have bool, at time.Time, final bool) string {
+	switch {
+	case !have:
+		return ""
+	case at.IsZero():
+		return "; the last seal carries no time (made by an older version)"
+	case final:
+		return "; last seal at " + at.UTC().Format(time.RFC3339) + " (final: the journal closed)"
+	}
+	return "; last seal at " + at.UTC().Format(time.RFC3339)
 }
 
 // keyID is a short name of an Ed25519 public key: the first 8 bytes of its

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -194,5 +196,78 @@ format = "rfc5424"
 	if rep.FirstSeq != 1 || rep.SealedUpTo+1 != rep.LastSeq || len(rep.Problems) > 0 {
 		t.Errorf("got seq %d..%d sealed up to %d, problems %v; want from 1, sealed up to the final checkpoint, none",
 			rep.FirstSeq, rep.LastSeq, rep.SealedUpTo, rep.Problems)
+	}
+}
+
+// sealedCapture writes a capture of three entries and two heartbeat
+// checkpoints a minute apart (the last at t0+2m), signed by key, and
+// returns its path; skip leaves out that many lines from the start.
+func sealedCapture(t *testing.T, key ed25519.PrivateKey, t0 time.Time, skip int) string {
+	t.Helper()
+	var lines []string
+	var prev [32]byte
+	add := func(e *audit.Event) {
+		e.Seq = uint64(len(lines) + 1)
+		c, err := e.Canonical()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := audit.ChainHash(prev, c)
+		lines = append(lines, fmt.Sprintf(`<86>1 - host applianced 1 x - {"audit_seq":%d,"audit_hash":"%x","audit_prev":"%x","event":%s}`, e.Seq, h, prev, c))
+		prev = h
+	}
+	for i := 0; i < 3; i++ {
+		add(&audit.Event{Time: t0, Type: "tool.call", Outcome: audit.OutcomeSuccess})
+	}
+	for i := 1; i <= 2; i++ {
+		add(audit.NewCheckpointEvent(key, audit.Checkpoint{Seq: uint64(len(lines)), Hash: prev, Time: t0.Add(time.Duration(i) * time.Minute), Interval: time.Minute}))
+	}
+	path := filepath.Join(t.TempDir(), "capture.log")
+	if err := os.WriteFile(path, []byte(strings.Join(lines[skip:], "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestAuditVerifyCaptureUntilAndFrom runs `audit verify FILE` with --until
+// and --from: the headline names the sealed range and the last seal's
+// time; a newest seal older than --until, or a capture starting after
+// --from, fails.
+func TestAuditVerifyCaptureUntilAndFrom(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	pub := audit.FormatPublicKey(key.Public().(ed25519.PublicKey))
+	t0 := time.Date(2026, 11, 25, 23, 0, 0, 0, time.UTC)
+	whole := sealedCapture(t, key, t0, 0)
+	headless := sealedCapture(t, key, t0, 1)
+	soon := t0.Add(2*time.Minute + 30*time.Second).Format(time.RFC3339)
+	later := t0.Add(time.Hour).Format(time.RFC3339)
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantOut  string
+	}{
+		{"taken right after the last seal", []string{"--until", soon, whole}, exitOK, "sealed seq 1..4 by key " + audit.KeyID(key.Public().(ed25519.PublicKey)) + "; last seal at 2026-11-25T23:02:00Z\n"},
+		{"taken an hour later", []string{"--until", later, whole}, exitFailure, "FAIL the newest seal (seq 5) was made at 2026-11-25T23:02:00Z"},
+		{"taken an hour later, stream open", []string{"--until", later, "--open-tail", whole}, exitOK, "ok: "},
+		{"until now by default", []string{whole}, exitFailure, "FAIL the newest seal"},
+		{"head cut", []string{"--until", soon, headless}, exitFailure, "FAIL the capture starts at seq 2"},
+		{"head where the auditor says it starts", []string{"--until", soon, "--from", "2", headless}, exitOK, "ok: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := testEnv()
+			code := run(context.Background(), e, append([]string{"audit", "verify", "--pubkey", pub}, tc.args...))
+			out := fmt.Sprint(e.stdout)
+			if code != tc.wantCode || !strings.Contains(out, tc.wantOut) {
+				t.Errorf("got exit %d, output:\n%s%s\nwant exit %d and %q", code, out, e.stderr, tc.wantCode, tc.wantOut)
+			}
+			if first, _, _ := strings.Cut(out, "\n"); !strings.HasPrefix(first, "sealed seq 1..4 by key ") && !strings.HasPrefix(first, "sealed seq 2..4 by key ") {
+				t.Errorf("got first line %q, want the sealed range", first)
+			}
+		})
+	}
+	e := testEnv()
+	if code := run(context.Background(), e, []string{"audit", "verify", "--pubkey", pub, "--until", "yesterday", whole}); code != exitUsage {
+		t.Errorf("--until yesterday: got exit %d, want %d", code, exitUsage)
 	}
 }
