@@ -73,6 +73,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Replaces, on a reload, is the Authenticator the new one takes over
+	// from: the failures it counted (per user name, account and source)
+	// and its attempts still at the directory carry over, under the new
+	// limits, so a reload (SIGHUP) does not hand out a fresh allowance of
+	// wrong passwords. Nil starts with none counted.
+	Replaces *Authenticator
 	// NameHash, when set, is what the audit records of a login name that
 	// matches no account (audit.Hasher.Sum): users type their password
 	// into the name field, and the journal must not hold it. Nil records
@@ -130,10 +136,16 @@ type Authenticator struct {
 	// name form they came under (alice, alice@corp, first.last@corp): the
 	// per-name count alone gives each form its own allowance.
 	accounts *limiter
-	acctMu   sync.Mutex
-	acctOf   map[string]string // name key -> account key, for Unlock
+	acctOf   *accountKeys // for Unlock
 	stats    stats
 	svcHold  atomic.Pointer[time.Time] // service binds refused until then
+}
+
+// accountKeys maps a user's name key to the account key its failures were
+// last counted under.
+type accountKeys struct {
+	mu sync.Mutex
+	m  map[string]string
 }
 
 // ErrAudit means the audit event could not be recorded, so the login failed.
@@ -160,6 +172,9 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	// Not kept: every Authenticator would hold on to all it ever replaced.
+	prev := opts.Replaces
+	opts.Replaces = nil
 	c := cfg.withDefaults()
 	c.URLs = append([]string(nil), cfg.URLs...)
 	var roots *x509.CertPool
@@ -178,7 +193,7 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 		users:    newLimiter(c.MaxFailuresPerUser, c.FailureWindow.D(), true),
 		sources:  newLimiter(c.MaxFailuresPerSource, c.FailureWindow.D(), false),
 		accounts: newLimiter(c.MaxFailuresPerUser, c.FailureWindow.D(), true),
-		acctOf:   map[string]string{},
+		acctOf:   &accountKeys{m: map[string]string{}},
 	}
 	for _, u := range c.URLs {
 		d, err := newDC(u, c.StartTLS, roots, c.ServerName)
@@ -186,6 +201,15 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 			return nil, err
 		}
 		a.dcs = append(a.dcs, d)
+	}
+	if p := prev; p != nil {
+		// The very counters, not a copy: a login still running on the
+		// old Authenticator counts its failure where the new one sees
+		// it. Taken last, so a config New refuses leaves the old limits.
+		a.users, a.sources, a.accounts, a.acctOf = p.users, p.sources, p.accounts, p.acctOf
+		a.users.configure(c.MaxFailuresPerUser, c.FailureWindow.D())
+		a.sources.configure(c.MaxFailuresPerSource, c.FailureWindow.D())
+		a.accounts.configure(c.MaxFailuresPerUser, c.FailureWindow.D())
 	}
 	return a, nil
 }
@@ -236,9 +260,9 @@ func (a *Authenticator) UserKey(user string) (string, error) {
 func (a *Authenticator) Unlock(userKey, source string) (userHad, sourceHad bool) {
 	if userKey != "" {
 		userHad = a.users.reset(userKey)
-		a.acctMu.Lock()
-		ak := a.acctOf[userKey]
-		a.acctMu.Unlock()
+		a.acctOf.mu.Lock()
+		ak := a.acctOf.m[userKey]
+		a.acctOf.mu.Unlock()
 		if ak != "" && a.accounts.reset(ak) {
 			userHad = true
 		}
@@ -295,12 +319,12 @@ func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome
 	}
 	ak := accountKey(id.DN)
 	if ak != "" {
-		a.acctMu.Lock()
-		if len(a.acctOf) >= limiterMaxKeys {
-			clear(a.acctOf)
+		a.acctOf.mu.Lock()
+		if len(a.acctOf.m) >= limiterMaxKeys {
+			clear(a.acctOf.m)
 		}
-		a.acctOf[name.key] = ak
-		a.acctMu.Unlock()
+		a.acctOf.m[name.key] = ak
+		a.acctOf.mu.Unlock()
 	}
 	if out.OK {
 		a.users.reset(name.key)

@@ -36,6 +36,14 @@ func newLimiter(max int, window time.Duration, backoff bool) *limiter {
 	return &limiter{max: max, window: window, backoff: backoff, keys: map[string]*failures{}, busy: map[string]int{}}
 }
 
+// configure sets new limits (a reload); the failures counted stay and are
+// judged by them from now on.
+func (l *limiter) configure(max int, window time.Duration) {
+	l.mu.Lock()
+	l.max, l.window = max, window
+	l.mu.Unlock()
+}
+
 // allow says whether an attempt for key may go to the directory now.
 func (l *limiter) allow(key string, now time.Time) bool {
 	ok, _ := l.check(key, now)

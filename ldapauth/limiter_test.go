@@ -1,6 +1,7 @@
 package ldapauth
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -72,4 +73,55 @@ func TestLimiterBounded(t *testing.T) {
 	if n := len(l.keys); n > limiterMaxKeys {
 		t.Errorf("keys: got %d, want at most %d", n, limiterMaxKeys)
 	}
+}
+
+// An Authenticator that replaces another (a reload) takes over the
+// failures it counted, per user, account and source, and judges them by
+// its own limits: lowered, the user is refused at once; raised, one more
+// attempt reaches the DC and is counted on top.
+func TestFailuresCarryOverToTheReplacement(t *testing.T) {
+	needDC(t)
+	ctx := context.Background()
+	u := freshUser(t, "ro")
+	clk := &fakeClock{t: time.Now()}
+	limit := func(n int) Config {
+		return adConfig(func(c *Config) { c.MaxFailuresPerUser, c.MaxFailuresPerSource = n, 2*n })
+	}
+	j := newJournal(t)
+	open := func(cfg Config, prev *Authenticator) *Authenticator {
+		t.Helper()
+		a, err := New(cfg, Options{Audit: j, BindPassword: secrets, Now: clk.Now, Replaces: prev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		return a
+	}
+	try := func(a *Authenticator, pass string, want Reason, badPwd string) {
+		t.Helper()
+		clk.Add(10 * time.Second) // past any backoff
+		_, out, err := a.Login(ctx, Request{Username: u, Password: pass, Source: "198.51.100.9"})
+		if err != nil || out.Reason != want {
+			t.Fatalf("got %+v %v, want %q", out, err, want)
+		}
+		if got, err := dc.Attr(ctx, u, "badPwdCount"); err != nil || len(got) != 1 || got[0] != badPwd {
+			t.Fatalf("badPwdCount: got %v %v, want [%s]", got, err, badPwd)
+		}
+	}
+	first := open(limit(3), nil)
+	try(first, "Wrong-1x!", ReasonInvalidCredentials, "1")
+	try(first, "Wrong-2x!", ReasonInvalidCredentials, "2")
+
+	lowered := open(limit(2), first)
+	try(lowered, "Wrong-3x!", ReasonRateLimited, "2")
+	try(lowered, pw(u), ReasonRateLimited, "2")
+
+	raised := open(limit(4), lowered)
+	try(raised, "Wrong-3x!", ReasonInvalidCredentials, "3")
+	try(raised, "Wrong-4x!", ReasonInvalidCredentials, "4")
+	try(raised, pw(u), ReasonRateLimited, "4")
+	if had, _ := raised.Unlock(u, ""); !had {
+		t.Errorf("Unlock on the replacement: no failures were counted")
+	}
+	try(raised, pw(u), "", "0")
 }

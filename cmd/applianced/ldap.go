@@ -126,7 +126,7 @@ func vaultSecrets(v *vault.Vault) ldapauth.SecretFunc {
 func (d *daemon) openLDAP(v *vault.Vault) (*directory, error) {
 	dir := &directory{secrets: vaultSecrets(v), d: d}
 	if cfg := d.config().LDAP; cfg != nil {
-		a, err := dir.open(*cfg)
+		a, err := dir.open(*cfg, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -145,7 +145,9 @@ func (d *daemon) openLDAP(v *vault.Vault) (*directory, error) {
 	d.reloaders = append(d.reloaders, func(ctx context.Context, f *config.File) error {
 		var next *ldapauth.Authenticator
 		if f.LDAP != nil {
-			a, err := dir.open(*f.LDAP)
+			// The failures counted so far carry over: a reload must not
+			// give every user a fresh allowance of wrong passwords.
+			a, err := dir.open(*f.LDAP, dir.cur.Load())
 			if err != nil {
 				return err
 			}
@@ -213,11 +215,14 @@ func (c dcCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(ldapCacheDesc, prometheus.CounterValue, float64(st.GroupCacheHits))
 }
 
-func (dir *directory) open(cfg ldapauth.Config) (*ldapauth.Authenticator, error) {
+// open makes the Authenticator for cfg; prev, on a reload, is the one it
+// replaces, whose counted failures it takes over.
+func (dir *directory) open(cfg ldapauth.Config, prev *ldapauth.Authenticator) (*ldapauth.Authenticator, error) {
 	opts := ldapauth.Options{
 		Audit:        dir.d.journal,
 		BindPassword: dir.secrets,
 		Logger:       dir.d.log.With("component", "ldapauth"),
+		Replaces:     prev,
 	}
 	// A login name that matches no account goes into the journal as its
 	// keyed hash: it may be a password typed into the name field.

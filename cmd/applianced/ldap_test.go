@@ -1,16 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/ldapauth/devdir"
 )
 
@@ -109,5 +113,47 @@ func TestLDAPTestVerb(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// A reload (SIGHUP) builds a new directory login from the new [ldap]
+// section; the failures counted before it carry over, so a user refused
+// for too many wrong passwords stays refused, and the limit of the new
+// config is what judges them.
+func TestLoginFailuresSurviveAReload(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	path := x.d.config().Path
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload := func(maxFailures int) {
+		t.Helper()
+		body := bytes.Replace(good, []byte("[ldap]\n"), []byte(fmt.Sprintf("[ldap]\nmax_failures_per_user = %d\n", maxFailures)), 1)
+		if err := os.WriteFile(path, body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := x.d.reloadFrom(x.ctx, path, audit.Actor{}); err != nil {
+			t.Fatalf("reload: %v", err)
+		}
+		if ev := x.lastEvent("config.reload"); ev.Outcome != audit.OutcomeSuccess {
+			t.Fatalf("reload: got %s %q", ev.Outcome, ev.Reason)
+		}
+	}
+	reload(2)
+	for i := range 2 {
+		if code, body := x.login("wrong-" + strconv.Itoa(i)); code != http.StatusBadRequest {
+			t.Fatalf("wrong password %d: got %d %s, want 400 invalid_grant", i+1, code, body)
+		}
+	}
+	reload(2)
+	if code, body := x.login("wrong-2"); code != http.StatusTooManyRequests {
+		t.Fatalf("a wrong password after the reload: got %d %s, want 429 (the two failures before it still count)", code, body)
+	}
+	if code, body := x.login(x.alicePW); code != http.StatusTooManyRequests {
+		t.Fatalf("the right password after the reload: got %d %s, want 429 until the window passes", code, body)
+	}
+	if ev := x.lastEvent("auth.login"); ev.Reason != "rate_limited" {
+		t.Errorf("auth.login: got %+v, want rate_limited", ev)
 	}
 }
