@@ -2,8 +2,11 @@ package ldapauth
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -84,8 +87,12 @@ type sidEntry struct {
 // userAttrs are the attributes read in the user search for a mode.
 func userAttrs(mode string, loginAttrs []string) []string {
 	a := []string{"displayName", "cn", "mail", "uid", "sAMAccountName", "userPrincipalName", idAttr(mode)}
-	if mode == GroupModeMemberOf {
+	switch mode {
+	case GroupModeMemberOf:
 		a = append(a, "memberOf")
+	case GroupModeAD, GroupModeADInChain:
+		// For the primary group, which no member link names.
+		a = append(a, "objectSid", "primaryGroupID")
 	}
 	return append(a, loginAttrs...)
 }
@@ -100,10 +107,10 @@ func (a *Authenticator) groups(ctx context.Context, c *ldap.Conn, user *ldap.Ent
 	case GroupModeAD:
 		gs, err = a.tokenGroups(ctx, c, user.DN)
 		if err == errNoTokenGroups {
-			gs, err = a.inChain(ctx, c, user.DN)
+			gs, err = a.inChain(ctx, c, user)
 		}
 	case GroupModeADInChain:
-		gs, err = a.inChain(ctx, c, user.DN)
+		gs, err = a.inChain(ctx, c, user)
 	case GroupModeMemberOf:
 		gs, err = a.memberOf(ctx, c, user)
 	case GroupModePosix:
@@ -196,8 +203,40 @@ func (a *Authenticator) tokenGroups(ctx context.Context, c *ldap.Conn, userDN st
 	return out, nil
 }
 
-func (a *Authenticator) inChain(ctx context.Context, c *ldap.Conn, userDN string) ([]Group, error) {
-	filter := "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:=" + ldap.EscapeFilter(userDN) + "))"
+// inChain finds the groups user is in, directly or nested, with the
+// in-chain rule on member, and its primary group (primaryGroupID, which no
+// member link names: Domain Users for most accounts) with the groups that
+// contain that group, as tokenGroups has them.
+func (a *Authenticator) inChain(ctx context.Context, c *ldap.Conn, user *ldap.Entry) ([]Group, error) {
+	out, err := a.groupsInChain(ctx, c, user.DN)
+	if err != nil {
+		return nil, err
+	}
+	pg, err := a.primaryGroup(ctx, c, user)
+	if err != nil || pg.DN == "" {
+		return out, err
+	}
+	outer, err := a.groupsInChain(ctx, c, pg.DN)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, g := range out {
+		seen[strings.ToLower(g.DN)] = true
+	}
+	for _, g := range append([]Group{pg}, outer...) {
+		if k := strings.ToLower(g.DN); !seen[k] {
+			seen[k] = true
+			out = append(out, g)
+		}
+	}
+	return out, nil
+}
+
+// groupsInChain lists the groups under group_base that have dn as a
+// member, directly or nested.
+func (a *Authenticator) groupsInChain(ctx context.Context, c *ldap.Conn, dn string) ([]Group, error) {
+	filter := "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:=" + ldap.EscapeFilter(dn) + "))"
 	res, err := a.search(ctx, c, ldap.NewSearchRequest(a.cfg.GroupBase, ldap.ScopeWholeSubtree,
 		ldap.NeverDerefAliases, 0, 0, false, filter, []string{"sAMAccountName", "cn"}, nil), true)
 	if err != nil {
@@ -208,6 +247,57 @@ func (a *Authenticator) inChain(ctx context.Context, c *ldap.Conn, userDN string
 		out = append(out, groupOf(e))
 	}
 	return out, nil
+}
+
+// primaryGroup resolves the user's primary group under group_base: its
+// SID is the user's with the last sub-authority replaced by
+// primaryGroupID. A zero Group when the user has none or it lies outside
+// group_base.
+func (a *Authenticator) primaryGroup(ctx context.Context, c *ldap.Conn, user *ldap.Entry) (Group, error) {
+	rid, err := strconv.ParseUint(user.GetAttributeValue("primaryGroupID"), 10, 32)
+	if err != nil || rid == 0 {
+		return Group{}, nil
+	}
+	sid, ok := withRID(user.GetRawAttributeValue("objectSid"), uint32(rid))
+	if !ok {
+		return Group{}, nil
+	}
+	now := a.now()
+	a.sids.mu.Lock()
+	e, hit := a.sids.m[string(sid)]
+	a.sids.mu.Unlock()
+	if hit && now.Before(e.expires) {
+		return e.g, nil
+	}
+	res, err := a.search(ctx, c, ldap.NewSearchRequest(a.cfg.GroupBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+		2, 0, false, "(&(objectClass=group)(objectSid="+escapeBytes(sid)+"))", []string{"objectSid", "sAMAccountName", "cn"}, nil), false)
+	if err != nil {
+		return Group{}, fmt.Errorf("ldapauth: resolve the primary group: %w", err)
+	}
+	var g Group
+	if len(res.Entries) == 1 {
+		g = groupOf(res.Entries[0])
+	}
+	a.sids.mu.Lock()
+	a.sids.m[string(sid)] = sidEntry{g: g, expires: now.Add(sidTTL)}
+	a.sids.mu.Unlock()
+	return g, nil
+}
+
+// withRID returns a copy of the binary SID sid with its last sub-authority
+// (the RID) set to rid; ok is false for a value that is not a SID with at
+// least one sub-authority.
+func withRID(sid []byte, rid uint32) ([]byte, bool) {
+	if len(sid) < 12 || sid[0] != 1 {
+		return nil, false
+	}
+	n := int(sid[1])
+	if n < 1 || len(sid) != 8+4*n {
+		return nil, false
+	}
+	out := slices.Clone(sid)
+	binary.LittleEndian.PutUint32(out[len(out)-4:], rid)
+	return out, true
 }
 
 func (a *Authenticator) memberOf(ctx context.Context, c *ldap.Conn, user *ldap.Entry) ([]Group, error) {

@@ -6,9 +6,10 @@
 // It owns the LDAP side of user login: TLS to the DCs (LDAPS or StartTLS,
 // verified against ca_file), failover across DCs with hold-down, pooled and
 // health-checked service connections, group resolution (tokenGroups with a
-// SID cache, the in-chain rule, memberOf or posix groups), a per-user group
-// cache, failure limits per user name and per source address, and one audit
-// event per attempt. Lookup re-checks a user who logged in before without a
+// SID cache, the in-chain rule with the primary group, memberOf or posix
+// groups), a per-user group cache, failure limits per user name, account
+// and source address (kept across reloads, see Options.Replaces), and one
+// audit event per attempt. Lookup re-checks a user who logged in before without a
 // password, with the service account only (auth.recheck): it reads the
 // account state afresh every time (AD: userAccountControl, the DC-computed
 // lockout and password expiry, accountExpires, pwdLastSet; elsewhere:
