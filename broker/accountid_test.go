@@ -158,47 +158,72 @@ func TestUPNOnlyLoginKeepsSessions(t *testing.T) {
 
 // A session stored before account ids were kept cannot be tied to an
 // account any more (the name may be someone else's now): at the first
-// check it ends, audited, without asking the directory; the same user's
-// new login after the start is not touched.
+// periodic check, refresh or exchange it ends, audited, without asking the
+// directory by name, and so do its tokens, which carry no account id; the
+// same user's new login after the start is not touched.
 func TestSessionWithoutAccountIDEnds(t *testing.T) {
-	ctx := context.Background()
-	e := newEnv(t, nil)
-	start := time.Now().Truncate(time.Second)
-	// What an earlier version stored: a session with no user_id.
-	legacy := "legacy-refresh-token-0123456789abcdef"
-	if err := e.store.PutRefresh(ctx, RefreshToken{Hash: hashRefresh(legacy), Family: newID(), User: "alice",
-		Groups: []string{"ai-users"}, Scopes: []string{"tickets:read"}, Issued: start.Add(-time.Hour), Expires: start.Add(7 * time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	e.clock.Set(start)
-	auth := &perUserAuth{staticAuth: e.opts.Auth.(staticAuth)}
-	e.opts.Auth = auth
-	var err error
-	if e.b, err = New(ctx, e.opts); err != nil {
-		t.Fatal(err)
-	}
-	e.serveHTTPS()
-	e.serveSocket()
-	e.clock.Set(start.Add(2 * time.Second))
-	lg := e.login("alice", "alice-pw")
-	if lg.status != 200 {
-		t.Fatalf("login: got %d %v", lg.status, lg.body)
-	}
+	for _, trigger := range []string{"directory_recheck", GrantRefreshToken, GrantTokenExchange} {
+		t.Run(trigger, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t, nil)
+			start := time.Now().Truncate(time.Second)
+			// What an earlier version stored: a session with no user_id.
+			legacy := "legacy-refresh-token-0123456789abcdef"
+			if err := e.store.PutRefresh(ctx, RefreshToken{Hash: hashRefresh(legacy), Family: newID(), User: "alice",
+				Groups: []string{"ai-users"}, Scopes: []string{"tickets:read"}, Issued: start.Add(-time.Hour), Expires: start.Add(7 * time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+			e.clock.Set(start)
+			auth := &perUserAuth{staticAuth: e.opts.Auth.(staticAuth)}
+			e.opts.Auth = auth
+			var err error
+			if e.b, err = New(ctx, e.opts); err != nil {
+				t.Fatal(err)
+			}
+			e.serveHTTPS()
+			e.serveSocket()
+			// An access token of that session, as the earlier version
+			// signed it: no oid.
+			old, oe := e.b.userToken(ctx, &request{grant: GrantRefreshToken}, "token.refresh", Account{Name: "alice"},
+				[]string{"ai-users", "helpdesk"}, []string{"tickets:read"}, "")
+			if oe != nil {
+				t.Fatal(oe)
+			}
+			e.clock.Set(start.Add(2 * time.Second))
+			lg := e.login("alice", "alice-pw")
+			if lg.status != 200 {
+				t.Fatalf("login: got %d %v", lg.status, lg.body)
+			}
 
-	e.b.RecheckHolders(ctx)
-	wantOAuthError(t, e.refresh(legacy), 400, "invalid_grant")
-	rev, ok := e.lastEvent("token.revoke")
-	if !ok || rev.Reason != deniedNoAccountID || rev.Details["user"] != "alice" || rev.Details["sessions"] != "1" {
-		t.Errorf("token.revoke: got %+v, want the session without an account id ended", rev)
-	}
-	if len(auth.asked) != 1 {
-		t.Errorf("the directory was asked about %v, want only the session with an account id", auth.asked)
-	}
-	if in := e.introspect(lg.str("access_token")); in.body["active"] != true {
-		t.Errorf("alice's login after the start: got %v, want active", in.body)
-	}
-	if r := e.refresh(lg.str("refresh_token")); r.status != 200 {
-		t.Errorf("alice's refresh after the start: got %d %v", r.status, r.body)
+			asked := 0
+			switch trigger {
+			case "directory_recheck":
+				e.b.RecheckHolders(ctx)
+				asked = 1 // the new session, by its id
+			case GrantRefreshToken:
+				wantOAuthError(t, e.refresh(legacy), 400, "invalid_grant")
+			case GrantTokenExchange:
+				wantOAuthError(t, e.exchange(old.AccessToken), 400, "invalid_grant")
+			}
+			rev, ok := e.lastEvent("token.revoke")
+			if !ok || rev.Reason != deniedNoAccountID || rev.Details["user"] != "alice" || rev.Details["sessions"] != "1" ||
+				rev.Details["trigger"] != trigger {
+				t.Errorf("token.revoke: got %+v, want the session without an account id ended", rev)
+			}
+			wantOAuthError(t, e.refresh(legacy), 400, "invalid_grant")
+			if in := e.introspect(old.AccessToken); in.body["active"] != false {
+				t.Errorf("the old session's access token: got %v, want inactive", in.body)
+			}
+			if len(auth.asked) != asked {
+				t.Errorf("the directory was asked about %v, want %d (never by the old session's name)", auth.asked, asked)
+			}
+			if in := e.introspect(lg.str("access_token")); in.body["active"] != true {
+				t.Errorf("alice's login after the start: got %v, want active", in.body)
+			}
+			if r := e.refresh(lg.str("refresh_token")); r.status != 200 {
+				t.Errorf("alice's refresh after the start: got %d %v", r.status, r.body)
+			}
+		})
 	}
 }
 

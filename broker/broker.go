@@ -136,9 +136,6 @@ type Broker struct {
 	states  map[string]AgentState
 	seen    sync.Map // agent name -> time.Time, flushed to the store by Run
 	holders sync.Map // holderKey(account) -> holding
-	// started is when this broker started: every user token issued
-	// before it may lack the account id.
-	started time.Time
 }
 
 // compiled is a validated config with its lookup tables.
@@ -179,7 +176,6 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	if b.now == nil {
 		b.now = time.Now
 	}
-	b.started = b.now()
 	cc, err := b.compile(opts.Config)
 	if err != nil {
 		return nil, err

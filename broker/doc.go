@@ -78,8 +78,8 @@
 // name now, whose own sessions and tokens are untouched. Sessions stored
 // by versions that kept no account id cannot be tied to an account any
 // more: each ends at the first check after the start (token.revoke, reason
-// session_without_account_id, the directory not asked), with the tokens
-// issued for its name before the start, and the user logs in again.
+// session_without_account_id, the directory not asked), with the tokens of
+// its name that carry no account id, and the user logs in again.
 //
 // A refresh takes the user's groups, roles and scopes from the directory
 // (group changes take effect at refresh); a token exchange may take the

@@ -416,7 +416,7 @@ func (b *Broker) grantRefresh(ctx context.Context, q *request, f form) (*tokenRe
 		b.log.Error("broker: refresh", "err", err)
 		return nil, errUnavailable
 	}
-	if err := b.revs.check(&Principal{User: old.User, IssuedAt: old.Issued}); err != nil {
+	if err := b.revs.check(&Principal{User: old.User, UserID: old.UserID, IssuedAt: old.Issued}); err != nil {
 		return nil, b.deny(ctx, q, "token.deny", oerr(http.StatusBadRequest, "invalid_grant", "the user's tokens are revoked"), audit.SeverityWarn)
 	}
 	groups, scopes := old.Groups, old.Scopes
@@ -468,9 +468,13 @@ func (b *Broker) recheckUser(ctx context.Context, q *request, acct Account, fres
 			return nil, errUnavailable
 		}
 		// The reason is in the audit trail; the caller gets the generic answer.
+		why := "directory: " + denied
+		if denied == deniedNoAccountID {
+			why = denied
+		}
 		ev := oerr(http.StatusBadRequest, "invalid_grant", "the user may no longer sign in")
 		_ = b.record(ctx, &audit.Event{Type: "token.deny", Severity: audit.SeverityHigh, Actor: q.actor(), Action: "token.issue",
-			Target: q.grant, Outcome: audit.OutcomeDenied, Reason: "directory: " + denied, Source: q.srcString,
+			Target: q.grant, Outcome: audit.OutcomeDenied, Reason: why, Source: q.srcString,
 			Details: map[string]string{"grant": q.grant, "error": ev.code}})
 		return nil, ev
 	}

@@ -30,6 +30,7 @@ type revocations struct {
 	agents map[string]time.Time // agent -> tokens issued at or before this are revoked
 	users  map[string]time.Time // userKey(user) -> as agents
 	accts  map[string]time.Time // account id -> as agents
+	noIDs  map[string]time.Time // userKey(user) -> as agents, for tokens without an account id
 	until  map[string]time.Time // kind\x00value -> until, for pruning agents/users
 }
 
@@ -41,7 +42,8 @@ func userKey(name string) string { return strings.ToLower(name) }
 
 func newRevocations(list []Revocation) *revocations {
 	r := &revocations{jtis: map[string]time.Time{}, agents: map[string]time.Time{},
-		users: map[string]time.Time{}, accts: map[string]time.Time{}, until: map[string]time.Time{}}
+		users: map[string]time.Time{}, accts: map[string]time.Time{}, noIDs: map[string]time.Time{},
+		until: map[string]time.Time{}}
 	for _, x := range list {
 		r.add(x)
 	}
@@ -58,10 +60,13 @@ func (r *revocations) add(x Revocation) {
 		if x.At.After(r.agents[x.Value]) {
 			r.agents[x.Value] = x.At
 		}
-	case RevokeUser:
-		k := userKey(x.Value)
-		if x.At.After(r.users[k]) {
-			r.users[k] = x.At
+	case RevokeUser, RevokeUserWithoutID:
+		k, m := userKey(x.Value), r.users
+		if x.Kind == RevokeUserWithoutID {
+			m = r.noIDs
+		}
+		if x.At.After(m[k]) {
+			m[k] = x.At
 		}
 		if x.Until.After(r.until[x.Kind+"\x00"+k]) {
 			r.until[x.Kind+"\x00"+k] = x.Until
@@ -106,6 +111,10 @@ func (r *revocations) check(p *Principal) error {
 		if at, ok := r.accts[p.UserID]; ok && !p.IssuedAt.After(at) {
 			return ErrUserRevoked
 		}
+	} else if p.User != "" {
+		if at, ok := r.noIDs[userKey(p.User)]; ok && !p.IssuedAt.After(at) {
+			return ErrUserRevoked
+		}
 	}
 	return nil
 }
@@ -128,6 +137,8 @@ func (r *revocations) prune(now time.Time) {
 			delete(r.users, value)
 		case RevokeAccount:
 			delete(r.accts, value)
+		case RevokeUserWithoutID:
+			delete(r.noIDs, value)
 		}
 	}
 }
@@ -345,10 +356,9 @@ func (b *Broker) revokeDirectoryDenied(ctx context.Context, q *request, acct Acc
 	details := map[string]string{"user": acct.Name, "reason": "directory: " + reason, "trigger": q.grant}
 	evReason := "directory_denied"
 	if acct.ID == "" {
-		// Tokens without an account id were all issued before this
-		// broker started: revoked by name up to then, they spare the
-		// tokens a new login gives the same name now.
-		x = Revocation{Kind: RevokeUser, Value: acct.Name, At: b.started, Until: now.Add(b.revocationSpan())}
+		// Only tokens without an account id: those that carry one are
+		// of an account the directory still answers for, whoever it is.
+		x = Revocation{Kind: RevokeUserWithoutID, Value: acct.Name, At: now, Until: now.Add(b.revocationSpan())}
 		details["reason"], evReason = reason, deniedNoAccountID
 	} else {
 		details["account_id"] = acct.ID

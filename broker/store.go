@@ -47,6 +47,10 @@ const (
 	// RevokeAccount is every token of (or for) the directory account with
 	// the id Value issued until At, whatever name it carries.
 	RevokeAccount = "account"
+	// RevokeUserWithoutID is every token of (or for) the user named Value
+	// issued until At that carries no account id (issued by a version that
+	// kept none); tokens that carry one, whoever has the name, are spared.
+	RevokeUserWithoutID = "user_without_id"
 )
 
 // Revocation is one entry of the revocation list. It is pruned after
