@@ -51,13 +51,16 @@ func (v *Vault) Status(ctx context.Context, who audit.Actor) (Status, error) {
 	}
 	err := v.db.View(func(tx *bolt.Tx) error {
 		st.SizeBytes = tx.Size()
-		for _, b := range [][]byte{bucketSecrets, bucketSystem} {
-			err := tx.Bucket(b).ForEach(func(k, raw []byte) error {
-				r, err := decodeRecord(raw)
+		for _, b := range []struct {
+			ns     byte
+			bucket []byte
+		}{{nsSecret, bucketSecrets}, {nsSystem, bucketSystem}} {
+			err := tx.Bucket(b.bucket).ForEach(func(k, raw []byte) error {
+				r, err := checkedRecord(v.kr, b.ns, string(k), raw)
 				if err != nil {
-					return fmt.Errorf("vault: %w: %q: %w", ErrCorrupt, k, err)
+					return err
 				}
-				if bytes.Equal(b, bucketSecrets) {
+				if b.ns == nsSecret {
 					st.Secrets++
 					st.Versions += len(r.versions)
 				} else {
@@ -205,9 +208,9 @@ func (v *Vault) reencryptOne(ns byte, bucket []byte, name string) (int, error) {
 	if err != nil || old == nil { // deleted meanwhile
 		return 0, err
 	}
-	rec, err := decodeRecord(old)
+	rec, err := checkedRecord(v.kr, ns, name, old)
 	if err != nil {
-		return 0, fmt.Errorf("vault: %w: %q: %w", ErrCorrupt, name, err)
+		return 0, err
 	}
 	active := v.kr.activeTerm()
 	n := 0
@@ -231,6 +234,7 @@ func (v *Vault) reencryptOne(ns byte, bucket []byte, name string) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
+	v.kr.sealRecord(ns, name, rec)
 	enc := rec.encode()
 	err = v.write(v.db, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
@@ -280,6 +284,10 @@ type RestoreResult struct {
 	SystemKeys int    `json:"system_keys"`
 	Term       uint32 `json:"term"`
 	Previous   string `json:"previous"` // where the replaced database was kept
+	// Upgraded says the backup was written before records carried a MAC:
+	// its records were taken as found and now carry one, re-encrypted
+	// under a new term (Term).
+	Upgraded bool `json:"upgraded,omitempty"`
 }
 
 // Restore replaces the database with a backup read from r. The backup must
@@ -301,13 +309,18 @@ func (v *Vault) Restore(ctx context.Context, who audit.Actor, r io.Reader) (Rest
 	ev.Outcome = audit.OutcomeSuccess
 	ev.Details = map[string]string{"bytes": strconv.FormatInt(res.Bytes, 10), "secrets": strconv.Itoa(res.Secrets),
 		"system_keys": strconv.Itoa(res.SystemKeys), "term": strconv.FormatUint(uint64(res.Term), 10)}
+	if res.Upgraded {
+		ev.Details["upgraded"] = "true"
+	}
 	if err := v.appendEvent(ctx, ev); err != nil {
 		return RestoreResult{}, err
 	}
-	if err := v.swap(tmp, res.Previous); err != nil {
+	term, err := v.swap(ctx, who, tmp, res.Previous)
+	if err != nil {
 		v.recordFailure(ctx, ev, err)
 		return RestoreResult{}, err
 	}
+	res.Term = term
 	v.log.Warn("vault: restored from a backup", "path", v.path, "secrets", res.Secrets, "previous", res.Previous)
 	return res, nil
 }
@@ -354,6 +367,7 @@ func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
 	defer kr.wipe()
 	defer db.Close()
 	res.Term = kr.active
+	res.Upgraded = kr.format == keyringFormatV1
 	err = db.View(func(tx *bolt.Tx) error {
 		for _, b := range []struct {
 			ns     byte
@@ -361,9 +375,22 @@ func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
 			count  *int
 		}{{nsSecret, bucketSecrets, &res.Secrets}, {nsSystem, bucketSystem, &res.SystemKeys}} {
 			err := tx.Bucket(b.bucket).ForEach(func(k, raw []byte) error {
-				rec, err := decodeRecord(raw)
+				var rec *record
+				var err error
+				if kr.format == keyringFormatV1 {
+					// A backup from before records carried a MAC: swap
+					// upgrades it, trusting its records as found.
+					if rec, err = decodeRecord(raw); err == nil && rec.format != recordFormatV1 {
+						err = fmt.Errorf("%w: a format 1 backup holds a format %d record", errRecord, rec.format)
+					}
+					if err != nil {
+						err = fmt.Errorf("vault: %w: %s %q: %w", ErrCorrupt, kind(b.ns), k, err)
+					}
+				} else {
+					rec, err = checkedRecord(kr, b.ns, string(k), raw)
+				}
 				if err != nil {
-					return fmt.Errorf("%w: %q: %w", ErrCorrupt, k, err)
+					return err
 				}
 				for i := range rec.versions {
 					plain, err := openVersion(kr, b.ns, string(k), rec.typ, &rec.versions[i])
@@ -387,13 +414,14 @@ func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
 	return tmp, res, nil
 }
 
-// swap puts the staged file in place of the database and reopens it. On
-// failure it puts the previous database back.
-func (v *Vault) swap(tmp, prev string) error {
+// swap puts the staged file in place of the database and reopens it,
+// upgrading it when it is a backup from before records carried a MAC. On
+// failure it puts the previous database back. It returns the active term.
+func (v *Vault) swap(ctx context.Context, who audit.Actor, tmp, prev string) (uint32, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.closed {
-		return fmt.Errorf("vault: %w", ErrClosed)
+		return 0, fmt.Errorf("vault: %w", ErrClosed)
 	}
 	if err := v.db.Close(); err != nil {
 		v.log.Warn("vault: closing the database before a restore", "err", err)
@@ -403,8 +431,14 @@ func (v *Vault) swap(tmp, prev string) error {
 		if err != nil {
 			return err
 		}
+		next, err := v.upgradeIfOld(ctx, who, db, kr)
+		if err != nil {
+			kr.wipe()
+			_ = db.Close()
+			return err
+		}
 		v.kr.wipe()
-		v.db, v.kr = db, kr
+		v.db, v.kr = db, next
 		return nil
 	}
 	err := os.Rename(v.path, prev)
@@ -426,9 +460,9 @@ func (v *Vault) swap(tmp, prev string) error {
 			v.closed = true
 			v.kr.wipe()
 			clear(v.master)
-			return fmt.Errorf("vault: restore failed (%w) and the previous database did not reopen: %w", err, rerr)
+			return 0, fmt.Errorf("vault: restore failed (%w) and the previous database did not reopen: %w", err, rerr)
 		}
-		return fmt.Errorf("vault: restore failed, previous database kept: %w", err)
+		return 0, fmt.Errorf("vault: restore failed, previous database kept: %w", err)
 	}
-	return nil
+	return v.kr.active, nil
 }

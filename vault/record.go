@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,16 +11,22 @@ import (
 // The name is the bbolt key, not part of the record; it is bound into each
 // version's additional data instead.
 //
-//	magic(1)=0xA5 format(1)=1 type(1) created(8) rotated(8)
+//	magic(1)=0xA5 format(1)=2 type(1) created(8) rotated(8)
 //	tools: count(uvarint) { len(uvarint) bytes }*
 //	versions: count(uvarint) { version(uvarint) term(4) created(8) nonce(12) len(uvarint) ciphertext }*
+//	mac(32)
 //
 // Versions are in ascending order; the last is the current one. Integers
 // are big-endian. The decoder rejects anything else, trailing bytes included.
+// mac is the record MAC (keyring.recordMAC) under the keyring's record key;
+// a record is used only after it is checked (checkedRecord). Format 1 is the
+// same without the mac: the decoder reads it so that a database written
+// before can be upgraded, and the check refuses it.
 
 const (
-	recordMagic  = 0xA5
-	recordFormat = 1
+	recordMagic    = 0xA5
+	recordFormat   = 2
+	recordFormatV1 = 1
 
 	// maxTools bounds allowed_tools of one secret.
 	maxTools = 64
@@ -39,11 +46,13 @@ type version struct {
 
 // record is a decoded stored record.
 type record struct {
+	format   byte // recordFormat, or recordFormatV1 (no mac) as read from an old database
 	typ      Type
 	created  int64 // unix nanoseconds
 	rotated  int64 // unix nanoseconds: when the current version was written
 	tools    []string
 	versions []version
+	mac      [sha256.Size]byte
 }
 
 // current returns the newest version.
@@ -62,8 +71,10 @@ func (r *record) allows(tool string) bool {
 // errRecord is the class of every decoding error.
 var errRecord = errors.New("malformed stored record")
 
+// encode returns the stored form, always format 2 with r.mac (which
+// keyring.sealRecord sets).
 func (r *record) encode() []byte {
-	n := 3 + 16 + binary.MaxVarintLen64
+	n := 3 + 16 + binary.MaxVarintLen64 + len(r.mac)
 	for _, t := range r.tools {
 		n += binary.MaxVarintLen64 + len(t)
 	}
@@ -71,7 +82,16 @@ func (r *record) encode() []byte {
 		n += 2*binary.MaxVarintLen64 + 4 + 8 + nonceSize + len(r.versions[i].ct)
 	}
 	b := make([]byte, 0, n)
-	b = append(b, recordMagic, recordFormat, byte(r.typ))
+	b = append(b, recordMagic, recordFormat)
+	b = r.appendBody(b, true)
+	return append(b, r.mac[:]...)
+}
+
+// appendBody appends everything between the format byte and the mac; with
+// ciphertexts false, each version's ciphertext is left out (its length
+// stays). That form is what the record MAC covers.
+func (r *record) appendBody(b []byte, ciphertexts bool) []byte {
+	b = append(b, byte(r.typ))
 	b = binary.BigEndian.AppendUint64(b, uint64(r.created))
 	b = binary.BigEndian.AppendUint64(b, uint64(r.rotated))
 	b = binary.AppendUvarint(b, uint64(len(r.tools)))
@@ -87,10 +107,16 @@ func (r *record) encode() []byte {
 		b = binary.BigEndian.AppendUint64(b, uint64(v.created))
 		b = append(b, v.nonce[:]...)
 		b = binary.AppendUvarint(b, uint64(len(v.ct)))
-		b = append(b, v.ct...)
+		if ciphertexts {
+			b = append(b, v.ct...)
+		}
 	}
 	return b
 }
+
+// appendMetadata appends what the record MAC covers: the body without the
+// ciphertexts.
+func (r *record) appendMetadata(b []byte) []byte { return r.appendBody(b, false) }
 
 // decoder reads a record without ever reading past its input.
 type decoder struct {
@@ -150,19 +176,21 @@ func (d *decoder) i64() int64 {
 	return int64(binary.BigEndian.Uint64(b))
 }
 
-// decodeRecord parses a stored record. Ciphertexts alias b: with bbolt, b is
-// only valid inside its transaction, so a caller that keeps the record past
-// the transaction must copy (see record.clone).
+// decodeRecord parses a stored record, format 2 or 1. It does not check the
+// MAC: use checkedRecord (or keyring.checkRecord) before trusting anything in
+// it. Ciphertexts alias b: with bbolt, b is only valid inside its
+// transaction, so a caller that keeps the record past the transaction must
+// copy (see record.clone).
 func decodeRecord(b []byte) (*record, error) {
 	d := &decoder{b: b}
 	head := d.bytes(3)
 	if d.err != nil {
 		return nil, d.err
 	}
-	if head[0] != recordMagic || head[1] != recordFormat {
+	if head[0] != recordMagic || (head[1] != recordFormat && head[1] != recordFormatV1) {
 		return nil, fmt.Errorf("%w: unknown format %#x/%d", errRecord, head[0], head[1])
 	}
-	r := &record{typ: Type(head[2])}
+	r := &record{format: head[1], typ: Type(head[2])}
 	if !r.typ.valid() && r.typ != typeSystem {
 		return nil, fmt.Errorf("%w: unknown type %d", errRecord, head[2])
 	}
@@ -204,6 +232,12 @@ func decodeRecord(b []byte) (*record, error) {
 			d.fail("ciphertext shorter than its tag")
 		}
 		v.ct = d.bytes(int(l))
+		if d.err != nil {
+			return nil, d.err
+		}
+	}
+	if r.format == recordFormat {
+		copy(r.mac[:], d.bytes(len(r.mac)))
 		if d.err != nil {
 			return nil, d.err
 		}

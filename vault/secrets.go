@@ -177,9 +177,9 @@ func (v *Vault) addVersion(ctx context.Context, ev *audit.Event, ns byte, bucket
 			return nil
 		}
 		old = bytes.Clone(raw)
-		r, err := decodeRecord(old)
+		r, err := checkedRecord(v.kr, ns, name, old)
 		if err != nil {
-			return fmt.Errorf("vault: %w: %q: %w", ErrCorrupt, name, err)
+			return err
 		}
 		rec = r
 		return nil
@@ -218,6 +218,7 @@ func (v *Vault) addVersion(ctx context.Context, ev *audit.Event, ns byte, bucket
 		rec.versions = slices.Delete(rec.versions, 0, n-keep)
 	}
 	rec.rotated = now.UnixNano()
+	v.kr.sealRecord(ns, name, rec)
 	enc := rec.encode()
 
 	ev.Outcome = audit.OutcomeSuccess
@@ -290,9 +291,9 @@ func (v *Vault) Describe(ctx context.Context, name string) (Meta, error) {
 		if raw == nil {
 			return fmt.Errorf("vault: %w: %q", ErrNotFound, name)
 		}
-		r, err := decodeRecord(raw)
+		r, err := checkedRecord(v.kr, nsSecret, name, raw)
 		if err != nil {
-			return fmt.Errorf("vault: %w: %q: %w", ErrCorrupt, name, err)
+			return err
 		}
 		m = r.meta(name)
 		return nil
@@ -310,9 +311,9 @@ func (v *Vault) List(ctx context.Context, who audit.Actor) ([]Meta, error) {
 	out := []Meta{}
 	err := v.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketSecrets).ForEach(func(k, raw []byte) error {
-			r, err := decodeRecord(raw)
+			r, err := checkedRecord(v.kr, nsSecret, string(k), raw)
 			if err != nil {
-				return fmt.Errorf("vault: %w: %q: %w", ErrCorrupt, k, err)
+				return err
 			}
 			out = append(out, r.meta(string(k)))
 			return nil
@@ -350,7 +351,9 @@ func (v *Vault) Delete(ctx context.Context, who audit.Actor, name string) error 
 		if raw == nil {
 			return fmt.Errorf("vault: %w: %q", ErrNotFound, name)
 		}
-		if r, err := decodeRecord(raw); err == nil {
+		// A record that fails its check can still be deleted (that is
+		// the way out); its version is then not trusted for the event.
+		if r, err := checkedRecord(v.kr, nsSecret, name, raw); err == nil {
 			cur = r.current().n
 		}
 		return nil
@@ -439,8 +442,9 @@ func (v *Vault) ForInternal(ctx context.Context, user, name string) ([]byte, err
 	return val.b, nil
 }
 
-// current decrypts the newest version of name. When tool is not nil the
-// record must allow it.
+// current decrypts the newest version of name. The record's MAC is checked
+// before anything in it is used; when tool is not nil the record must then
+// allow it.
 func (v *Vault) current(ctx context.Context, ns byte, bucket []byte, name string, tool *string) (value, error) {
 	if err := checkName(name); err != nil {
 		return value{}, fmt.Errorf("vault: %w: %w", ErrInvalid, err)
@@ -460,9 +464,9 @@ func (v *Vault) current(ctx context.Context, ns byte, bucket []byte, name string
 		if raw == nil {
 			return fmt.Errorf("vault: %w: %q", ErrNotFound, name)
 		}
-		r, err := decodeRecord(raw)
+		r, err := checkedRecord(v.kr, ns, name, raw)
 		if err != nil {
-			return fmt.Errorf("vault: %w: %q: %w", ErrCorrupt, name, err)
+			return err
 		}
 		if tool != nil && !r.allows(*tool) {
 			return fmt.Errorf("vault: %w: tool %q may not use %q", ErrDenied, *tool, name)

@@ -101,9 +101,9 @@ func (v *Vault) SystemKeyVersions(ctx context.Context, name string) ([]SystemKey
 		if raw == nil {
 			return fmt.Errorf("vault: %w: system key %q", ErrNotFound, name)
 		}
-		r, err := decodeRecord(raw)
+		r, err := checkedRecord(v.kr, nsSystem, name, raw)
 		if err != nil {
-			return fmt.Errorf("vault: %w: system key %q: %w", ErrCorrupt, name, err)
+			return err
 		}
 		for i := len(r.versions) - 1; i >= 0; i-- {
 			ver := &r.versions[i]

@@ -63,7 +63,12 @@ var (
 	keyFormat   = []byte("format")
 	keyKeyring  = []byte("keyring")
 	keyKeyCheck = []byte("key_check")
-	formatV1    = []byte("applianced-vault-1")
+	// formatV2 is a database whose records carry a MAC; the authoritative
+	// marker is the sealed keyring's format (2), which this one must match.
+	formatV2 = []byte("applianced-vault-2")
+	// formatV1 is a database written before records were authenticated;
+	// Open upgrades it.
+	formatV1 = []byte("applianced-vault-1")
 )
 
 // Namespaces bound into the additional data.
@@ -129,6 +134,16 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 		}
 		return nil, err
 	}
+	// A database written before records carried a MAC is upgraded now,
+	// while nothing else uses it.
+	next, err := v.upgradeIfOld(ctx, audit.Actor{}, db, kr)
+	if err != nil {
+		kr.wipe()
+		_ = db.Close()
+		clear(v.master)
+		return nil, err
+	}
+	kr = next
 	v.db, v.kr = db, kr
 	go v.committer()
 	if err := v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Target: path, Outcome: audit.OutcomeSuccess,
@@ -203,7 +218,7 @@ func openDB(path string, master []byte, create bool) (db *bolt.DB, kr *keyring, 
 	if err := checkDB(db); err != nil {
 		return fail(fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err))
 	}
-	var sealed, check []byte
+	var sealed, check, format []byte
 	var fresh bool
 	err = db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
@@ -216,8 +231,9 @@ func openDB(path string, master []byte, create bool) (db *bolt.DB, kr *keyring, 
 			fresh = true
 			return nil
 		}
-		if f := meta.Get(keyFormat); !bytes.Equal(f, formatV1) {
-			return fmt.Errorf("unknown format %q", f)
+		format = bytes.Clone(meta.Get(keyFormat))
+		if !bytes.Equal(format, formatV2) && !bytes.Equal(format, formatV1) {
+			return fmt.Errorf("unknown format %q", format)
 		}
 		if tx.Bucket(bucketSecrets) == nil || tx.Bucket(bucketSystem) == nil {
 			return errors.New("a bucket is missing")
@@ -245,6 +261,14 @@ func openDB(path string, master []byte, create bool) (db *bolt.DB, kr *keyring, 
 			return fail(fmt.Errorf("vault: %s: %w", path, ErrSealed))
 		}
 		return fail(fmt.Errorf("vault: database %s: %w: the master key is right but the keyring does not open: %v", path, ErrCorrupt, err))
+	}
+	// The keyring's format is authenticated; the marker beside it is not,
+	// but must agree: once a database is upgraded, it cannot be made to look
+	// like one that still needs upgrading (which would trust its records).
+	if old := bytes.Equal(format, formatV1); old != (kr.format == keyringFormatV1) {
+		kr.wipe()
+		return fail(fmt.Errorf("vault: database %s: %w: its format marker %q does not match its keyring (format %d): refused",
+			path, ErrCorrupt, format, kr.format))
 	}
 	return db, kr, nil
 }
@@ -287,7 +311,7 @@ func initDB(db *bolt.DB, master []byte) (*keyring, error) {
 				return err
 			}
 		}
-		if err := meta.Put(keyFormat, formatV1); err != nil {
+		if err := meta.Put(keyFormat, formatV2); err != nil {
 			return err
 		}
 		if err := meta.Put(keyKeyCheck, keyCheck(master)); err != nil {
