@@ -18,6 +18,43 @@
 // tells a wrong key (ErrSealed: "vault is sealed: master key does not open
 // the keyring") from a damaged keyring (ErrCorrupt).
 //
+// The keyring also holds a record key, used for nothing but this: every
+// stored record (a secret or a system key with all its kept versions)
+// carries an HMAC-SHA256 under it over its namespace, name, type, times,
+// allowed_tools, and each version's number, term, time, nonce and length.
+// The record is checked before anything in it is used: by ForTool and
+// ForInternal, Verify, Describe, List, Status, system keys, by Put, Rotate
+// and re-encryption before they write over it, and by Restore for every
+// record of the backup. So someone who can write vault.db but does not have
+// the master key (a file system, a doctored backup) cannot add a tool to a
+// secret's allowed_tools, nor drop its newest versions to make a rotated
+// value current again. A record that fails the check is refused, naming
+// it, with an error wrapping ErrCorrupt, and no value is handed out; Delete
+// still removes it.
+//
+// # Upgrading a database written before records carried a MAC
+//
+// A database from an earlier version of the appliance (format marker
+// applianced-vault-1, keyring format 1, records without a MAC) is upgraded
+// the first time it is opened with the master key, by Open or by Restore
+// of such a backup, in one bbolt transaction audited before it commits (a
+// vault.unseal event with action vault.upgrade): a record key and a new
+// term join the keyring, every version is re-encrypted under that term,
+// every record gets its MAC, and the keyring is sealed again in format 2
+// with the marker set to applianced-vault-2. A record that does not decode
+// or decrypt is left as it was and is refused until deleted; the event
+// names it.
+//
+// The upgrade trusts the records as it finds them, once: whoever could
+// write the file before the upgrade could have changed them, and nothing
+// can tell. After it, the database cannot be made to look un-upgraded:
+// the keyring's format, which only the master key can write, says that
+// records carry a MAC, a marker that disagrees with it is refused at Open,
+// and a keyring from before the upgrade put back (with the marker and the
+// MACs stripped) lacks the new term, so nothing written since decrypts and
+// no record it would upgrade again is handed out. An earlier version of
+// the appliance refuses an upgraded database ("unknown format").
+//
 // Rekey adds a term and makes it active; older terms keep opening what they
 // sealed, and Rekey with reencrypt moves every version to the new term
 // online. Backup writes a consistent snapshot (bbolt's tx.WriteTo) that is as
@@ -82,4 +119,9 @@
 //     running daemon is outside what it can defend.
 //   - Random 96-bit nonces: a term should seal well under 2^32 values; rekey
 //     long before (each version written is one seal).
+//   - The record MAC proves that the vault wrote a record as it is, not that
+//     it is the newest: a whole record copied back from an older copy of the
+//     same database (a backup taken before a rotation), or the whole file
+//     rolled back, is accepted, and a deleted record is just missing. Keep
+//     backups as safe as the database.
 package vault
