@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/go-ldap/ldap/v3"
@@ -102,10 +104,47 @@ func testLogin(t *testing.T, s *Server) {
 			if !slices.Equal(got, tt.wantGroups) || !slices.Equal(id.Roles, tt.wantRoles) {
 				t.Errorf("got groups %v roles %v, want %v %v", got, id.Roles, tt.wantGroups, tt.wantRoles)
 			}
-			if id.DisplayName != "Alice Example" || id.Username != "alice" {
+			if id.DisplayName != "Alice Example" || id.Username != "alice" || len(id.ID) != 36 {
 				t.Errorf("identity: got %+v", id)
 			}
+			// The recheck finds the account again by its entryUUID.
+			if _, out, err := a.Lookup(context.Background(), ldapauth.LookupRequest{Username: id.Username, ID: id.ID}); err != nil || !out.OK {
+				t.Errorf("lookup by id: got %+v %v", out, err)
+			}
 		})
+	}
+}
+
+// An entry without the immutable id of its mode (here objectGUID, which
+// this directory does not keep) is not logged in, its password not sent:
+// its sessions could not be told from those of a later account of the
+// same name.
+func TestLoginWithoutAccountIDIsRefused(t *testing.T) {
+	s := start(t)
+	j, err := audit.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	cfg := s.Config()
+	cfg.GroupMode, cfg.UserFilter = ldapauth.GroupModeADInChain, "(objectClass=person)"
+	a, err := ldapauth.New(cfg, ldapauth.Options{Audit: j, BindPassword: s.Secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	_, out, err := a.Login(context.Background(), ldapauth.Request{Username: "alice", Password: password(t, s, "alice")})
+	if !errors.Is(err, ldapauth.ErrNoAccountID) || out.OK {
+		t.Fatalf("got %+v %v, want an error wrapping ErrNoAccountID", out, err)
+	}
+	if !strings.Contains(err.Error(), "objectGUID") {
+		t.Errorf("the error does not name the attribute: %v", err)
+	}
+	s.mu.Lock()
+	bound := len(s.bound)
+	s.mu.Unlock()
+	if bound != 1 {
+		t.Errorf("connections bound: %d, want only the service account's", bound)
 	}
 }
 
