@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -53,6 +54,7 @@ type CaptureProblem struct {
 	LastSeq  uint64 `json:"last_seq,omitempty"` // last seq concerned, for a range
 	Message  string `json:"message"`
 	Location string `json:"location,omitempty"` // file:line of the message, when one exists
+	Chain    string `json:"chain,omitempty"`    // the chain concerned, when the capture holds several
 }
 
 func (p CaptureProblem) String() string {
@@ -87,23 +89,48 @@ type CaptureOptions struct {
 
 // CaptureReport is the outcome of VerifyCapture. OK is true when Problems
 // is empty.
+//
+// A capture may hold several chains: a journal set aside (after damage)
+// is followed by a new one starting at seq 1, with its own chain id. Each
+// chain is checked on its own and listed in Chains, oldest first; FirstSeq,
+// LastSeq, SealedUpTo and LastSeal* are those of the newest chain, the one
+// whose newest seal must be recent.
 type CaptureReport struct {
-	Lines       int    `json:"lines"`      // lines read
-	Messages    int    `json:"messages"`   // audit messages found (parts and duplicates included)
-	Entries     int    `json:"entries"`    // distinct seqs
-	Duplicates  int    `json:"duplicates"` // identical repeated copies
-	FirstSeq    uint64 `json:"first_seq"`
-	LastSeq     uint64 `json:"last_seq"`
-	Checkpoints int    `json:"checkpoints"`
-	SealedUpTo  uint64 `json:"sealed_up_to"` // the last seq a verified checkpoint covers
-	// LastSealAt is when the newest checkpoint was made (zero when it
-	// carries no time: made by an older version), LastSealFinal whether
-	// the journal closed after it. Without a key they are what the
-	// checkpoints say, unverified.
+	Lines       int    `json:"lines"`       // lines read
+	Messages    int    `json:"messages"`    // audit messages found (parts and duplicates included)
+	Entries     int    `json:"entries"`     // distinct seqs, over every chain
+	Duplicates  int    `json:"duplicates"`  // identical repeated copies
+	FirstSeq    uint64 `json:"first_seq"`   // of the newest chain
+	LastSeq     uint64 `json:"last_seq"`    // of the newest chain
+	Checkpoints int    `json:"checkpoints"` // over every chain
+	// SealedUpTo is the last seq of the newest chain a verified checkpoint
+	// covers.
+	SealedUpTo uint64 `json:"sealed_up_to"`
+	// LastSealAt is when the newest chain's newest checkpoint was made
+	// (zero when it carries no time: made by an older version),
+	// LastSealFinal whether the journal closed after it. Without a key
+	// they are what the checkpoints say, unverified.
 	LastSealAt    time.Time        `json:"last_seal_at,omitzero"`
 	LastSealFinal bool             `json:"last_seal_final,omitempty"`
+	Chains        []ChainReport    `json:"chains"`
 	Problems      []CaptureProblem `json:"problems"`
 	Notes         []string         `json:"notes"`
+}
+
+// ChainReport is what a capture holds of one chain.
+type ChainReport struct {
+	// ID is the chain id (audit_chain) its entries carry: random, made
+	// when the journal's seq 1 was. Empty for the legacy chain: a journal
+	// made by a version before chain ids keeps none.
+	ID            string    `json:"id"`
+	Entries       int       `json:"entries"`
+	FirstSeq      uint64    `json:"first_seq"`
+	LastSeq       uint64    `json:"last_seq"`
+	Checkpoints   int       `json:"checkpoints"`
+	SealedUpTo    uint64    `json:"sealed_up_to"`
+	LastSealAt    time.Time `json:"last_seal_at,omitzero"`
+	LastSealFinal bool      `json:"last_seal_final,omitempty"`
+	LastEntryAt   time.Time `json:"last_entry_at,omitzero"` // the newest event's time
 }
 
 // OK reports whether the capture verified without problems.
@@ -112,6 +139,7 @@ func (r *CaptureReport) OK() bool { return len(r.Problems) == 0 }
 // wireBody is the JSON body of one message.
 type wireBody struct {
 	Seq       *uint64         `json:"audit_seq"`
+	Chain     string          `json:"audit_chain"`
 	Hash      string          `json:"audit_hash"`
 	Prev      string          `json:"audit_prev"`
 	Event     json.RawMessage `json:"event"`
@@ -140,15 +168,15 @@ type capEntry struct {
 // CaptureVerifier accumulates capture files; Report checks them.
 type CaptureVerifier struct {
 	opts       CaptureOptions
-	entries    map[uint64]*capEntry
-	partial    []CaptureProblem // messages with a seq that do not parse
-	partialRaw [][]byte         // their bytes, by the same index
+	chains     map[string]map[uint64]*capEntry // by chain id, then seq
+	partial    []CaptureProblem                // messages with a seq that do not parse
+	partialRaw [][]byte                        // their bytes, by the same index
 	rep        CaptureReport
 }
 
 // NewCaptureVerifier returns a verifier; opts may be nil.
 func NewCaptureVerifier(opts *CaptureOptions) *CaptureVerifier {
-	v := &CaptureVerifier{entries: map[uint64]*capEntry{}}
+	v := &CaptureVerifier{chains: map[string]map[uint64]*capEntry{}}
 	if opts != nil {
 		v.opts = *opts
 	}
@@ -251,10 +279,15 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 		return
 	}
 	seq := *b.Seq
-	e := v.entries[seq]
+	entries := v.chains[b.Chain]
+	if entries == nil {
+		entries = map[uint64]*capEntry{}
+		v.chains[b.Chain] = entries
+	}
+	e := entries[seq]
 	if e == nil {
 		e = &capEntry{hash: hash, prev: prev, loc: loc}
-		v.entries[seq] = e
+		entries[seq] = e
 	} else if e.hash != hash || e.prev != prev {
 		v.problem(ProblemConflict, seq, 0, loc, "seq %d: two different copies (first at %s)", seq, e.loc)
 		return
@@ -342,26 +375,35 @@ func entryHash(prev [32]byte, canonical []byte) ([32]byte, *Event) {
 	return h, &ev
 }
 
+// chainCheck is the check of one chain's entries in a capture.
+type chainCheck struct {
+	rep      ChainReport
+	entries  map[uint64]*capEntry
+	problems []CaptureProblem
+	notes    []string
+	seal     *Checkpoint // the newest checkpoint that counts
+	sealAt   uint64      // its seq
+	tail     bool        // entries after what the last checkpoint covers
+}
+
 // Report checks everything read so far.
 func (v *CaptureVerifier) Report() *CaptureReport {
 	rep := v.rep
 	rep.Problems = append([]CaptureProblem(nil), v.rep.Problems...)
-	seqs := make([]uint64, 0, len(v.entries))
-	for s := range v.entries {
-		seqs = append(seqs, s)
-	}
-	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
-	rep.Entries = len(seqs)
-	if len(seqs) == 0 {
+	rep.Notes = append([]string(nil), v.rep.Notes...)
+	if len(v.chains) == 0 {
 		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemGap, Message: "no audit message in the capture"})
 		return &rep
 	}
-	rep.FirstSeq, rep.LastSeq = seqs[0], seqs[len(seqs)-1]
 	recovered := 0
 	for i, p := range v.partial {
 		// Cut short, then sent again whole: the fragment is the start of
 		// a copy that arrived. Anything else is not a cut copy.
-		if e, ok := v.entries[p.Seq]; ok && e.canonical != nil && slices.ContainsFunc(e.raws, func(r []byte) bool { return bytes.HasPrefix(r, bytes.TrimRight(v.partialRaw[i], "\r\n")) }) {
+		raw := bytes.TrimRight(v.partialRaw[i], "\r\n")
+		if slices.ContainsFunc(slices.Collect(maps.Values(v.chains)), func(es map[uint64]*capEntry) bool {
+			e, ok := es[p.Seq]
+			return ok && e.canonical != nil && slices.ContainsFunc(e.raws, func(r []byte) bool { return bytes.HasPrefix(r, raw) })
+		}) {
 			recovered++
 			continue
 		}
@@ -370,18 +412,72 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	if recovered > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d message(s) cut short (a dropped connection) arrived again whole", recovered))
 	}
+	var checks []*chainCheck
+	for id, es := range v.chains {
+		checks = append(checks, v.checkChain(id, es))
+	}
+	// Oldest first: a journal set aside is followed by the new chain.
+	sort.Slice(checks, func(i, j int) bool {
+		a, b := checks[i].rep, checks[j].rep
+		if !a.LastEntryAt.Equal(b.LastEntryAt) {
+			return a.LastEntryAt.Before(b.LastEntryAt)
+		}
+		return a.ID < b.ID
+	})
+	newest := checks[len(checks)-1]
+	if newest.seal != nil && (!newest.tail || v.opts.AllowOpenTail) {
+		v.checkSealAge(newest)
+	}
+	if len(checks) > 1 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d chains in the capture (a journal set aside starts a new one); the newest is %s", len(checks), chainName(newest.rep.ID)))
+	}
+	for _, c := range checks {
+		if len(checks) > 1 {
+			for i := range c.problems {
+				c.problems[i].Chain = c.rep.ID
+				c.problems[i].Message = chainName(c.rep.ID) + ": " + c.problems[i].Message
+			}
+			for i := range c.notes {
+				c.notes[i] = chainName(c.rep.ID) + ": " + c.notes[i]
+			}
+		}
+		rep.Problems = append(rep.Problems, c.problems...)
+		rep.Notes = append(rep.Notes, c.notes...)
+		rep.Chains = append(rep.Chains, c.rep)
+		rep.Entries += c.rep.Entries
+		rep.Checkpoints += c.rep.Checkpoints
+	}
+	n := newest.rep
+	rep.FirstSeq, rep.LastSeq, rep.SealedUpTo, rep.LastSealAt, rep.LastSealFinal = n.FirstSeq, n.LastSeq, n.SealedUpTo, n.LastSealAt, n.LastSealFinal
+	return &rep
+}
+
+// chainName names a chain in messages.
+func chainName(id string) string {
+	if id == "" {
+		return "the legacy chain (no chain id)"
+	}
+	return "chain " + id
+}
+
+// checkChain checks one chain's entries: contiguous seqs, hashes, the
+// chain, checkpoints, the head and the tail.
+func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *chainCheck {
+	c := &chainCheck{entries: entries, rep: ChainReport{ID: id}}
+	seqs := slices.Sorted(maps.Keys(entries))
+	c.rep.Entries = len(seqs)
+	c.rep.FirstSeq, c.rep.LastSeq = seqs[0], seqs[len(seqs)-1]
+	add := func(kind string, seq, last uint64, loc, format string, args ...any) {
+		c.problems = append(c.problems, CaptureProblem{Kind: kind, Seq: seq, LastSeq: last, Location: loc, Message: fmt.Sprintf(format, args...)})
+	}
 	from := max(v.opts.From, 1)
 	switch {
-	case rep.FirstSeq > from:
+	case c.rep.FirstSeq > from:
 		// Whoever edits the receiver's file can delete its beginning:
 		// only the auditor knows where the record should start.
-		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemHead, Seq: from, LastSeq: rep.FirstSeq - 1,
-			Message: fmt.Sprintf("the capture starts at seq %d: seqs %d to %d are not in it (give --from %d if the receiver's record starts there)", rep.FirstSeq, from, rep.FirstSeq-1, rep.FirstSeq)})
-	case rep.FirstSeq > 1:
-		rep.Notes = append(rep.Notes, fmt.Sprintf("the capture starts at seq %d, as expected; earlier entries are not in it", rep.FirstSeq))
-	}
-	add := func(kind string, seq, last uint64, loc, format string, args ...any) {
-		rep.Problems = append(rep.Problems, CaptureProblem{Kind: kind, Seq: seq, LastSeq: last, Location: loc, Message: fmt.Sprintf(format, args...)})
+		add(ProblemHead, from, c.rep.FirstSeq-1, "", "the capture starts at seq %d: seqs %d to %d are not in it (give --from %d if the receiver's record starts there)", c.rep.FirstSeq, from, c.rep.FirstSeq-1, c.rep.FirstSeq)
+	case c.rep.FirstSeq > 1:
+		c.notes = append(c.notes, fmt.Sprintf("the capture starts at seq %d, as expected; earlier entries are not in it", c.rep.FirstSeq))
 	}
 	var (
 		lastCP    uint64 // seq of the last checkpoint event
@@ -389,12 +485,9 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		unchecked int
 		untimed   int
 		isCP      = map[uint64]bool{}
-		seal      *Checkpoint // the newest checkpoint that counts
-		sealAt    uint64      // its seq
-		newest    time.Time   // the newest entry's time
 	)
 	for i, s := range seqs {
-		e := v.entries[s]
+		e := entries[s]
 		if i > 0 && s != seqs[i-1]+1 {
 			a, b := seqs[i-1]+1, s-1
 			if a == b {
@@ -402,7 +495,7 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 			} else {
 				add(ProblemGap, a, b, "", "seqs %d to %d are missing (%d entries)", a, b, b-a+1)
 			}
-		} else if i > 0 && v.entries[seqs[i-1]].hash != e.prev {
+		} else if i > 0 && entries[seqs[i-1]].hash != e.prev {
 			add(ProblemChain, s, 0, e.loc, "seq %d: chain break: its previous hash is not the hash of seq %d", s, s-1)
 		}
 		switch {
@@ -419,14 +512,14 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 			add(ProblemParts, s, 0, e.loc, "seq %d: part(s) %s of %d missing", s, strings.Join(missing, ", "), len(e.parts))
 			continue
 		}
-		ev := v.check(&rep, s, e, add)
-		if ev != nil && ev.Time.After(newest) {
-			newest = ev.Time
+		ev := v.check(s, e, add)
+		if ev != nil && ev.Time.After(c.rep.LastEntryAt) {
+			c.rep.LastEntryAt = ev.Time
 		}
 		if ev == nil || ev.Type != TypeCheckpoint {
 			continue
 		}
-		rep.Checkpoints++
+		c.rep.Checkpoints++
 		cp, err := ParseCheckpoint(ev)
 		if err != nil {
 			add(ProblemSignature, s, 0, e.loc, "seq %d: %v", s, err)
@@ -440,26 +533,34 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 			add(ProblemSignature, s, 0, e.loc, "seq %d: checkpoint signature does not verify with key %s (made by key %s)", s, KeyID(v.opts.PublicKey), cp.KeyID)
 			continue
 		}
-		if c, ok := v.entries[cp.Seq]; ok && c.hash != cp.Hash {
-			add(ProblemSignature, s, 0, e.loc, "seq %d: checkpoint says seq %d has hash %x…, the capture has %x…", s, cp.Seq, cp.Hash[:6], c.hash[:6])
+		if cp.Chain != id {
+			// The chain id of the wire body is not in any hash: the
+			// signed one says which chain these entries are. (A
+			// checkpoint without time has none: only the legacy chain
+			// holds those.)
+			add(ProblemSignature, s, 0, e.loc, "seq %d: a checkpoint of %s in %s: entries were moved between chains", s, chainName(cp.Chain), chainName(id))
 			continue
 		}
-		if v.opts.PublicKey != nil && cp.Seq > rep.SealedUpTo {
-			rep.SealedUpTo = cp.Seq
+		if ce, ok := entries[cp.Seq]; ok && ce.hash != cp.Hash {
+			add(ProblemSignature, s, 0, e.loc, "seq %d: checkpoint says seq %d has hash %x…, the capture has %x…", s, cp.Seq, cp.Hash[:6], ce.hash[:6])
+			continue
+		}
+		if v.opts.PublicKey != nil && cp.Seq > c.rep.SealedUpTo {
+			c.rep.SealedUpTo = cp.Seq
 		}
 		if !cp.Timed() {
 			untimed++
 		}
-		seal, sealAt = cp, s
+		c.seal, c.sealAt = cp, s
 	}
-	if seal != nil {
-		rep.LastSealAt, rep.LastSealFinal = seal.Time, seal.Final
+	if c.seal != nil {
+		c.rep.LastSealAt, c.rep.LastSealFinal = c.seal.Time, c.seal.Final
 	}
 	if untimed > 0 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("%d checkpoint(s) carry no time (made by a version before sealed times): they seal their seqs, not when", untimed))
+		c.notes = append(c.notes, fmt.Sprintf("%d checkpoint(s) carry no time (made by a version before sealed times): they seal their seqs, not when", untimed))
 	}
 	if unchecked > 0 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("%d checkpoint signature(s) not checked: give the appliance's public key (applianced audit pubkey)", unchecked))
+		c.notes = append(c.notes, fmt.Sprintf("%d checkpoint signature(s) not checked: give the appliance's public key (applianced audit pubkey)", unchecked))
 	}
 	// Entries after what the last checkpoint covers, checkpoints aside,
 	// are not sealed: the tail may have been cut there.
@@ -474,38 +575,37 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 			}
 		}
 	}
+	c.tail = tailFirst != 0
 	switch {
 	case lastCP == 0:
-		msg := fmt.Sprintf("no checkpoint in the capture: seqs %d to %d are not sealed", rep.FirstSeq, rep.LastSeq)
+		msg := fmt.Sprintf("no checkpoint in the capture: seqs %d to %d are not sealed", c.rep.FirstSeq, c.rep.LastSeq)
 		if v.opts.AllowOpenTail {
-			rep.Notes = append(rep.Notes, msg)
+			c.notes = append(c.notes, msg)
 		} else {
-			add(ProblemCheckpoint, rep.FirstSeq, rep.LastSeq, "", "%s", msg)
+			add(ProblemCheckpoint, c.rep.FirstSeq, c.rep.LastSeq, "", "%s", msg)
 		}
 	case tailFirst != 0:
 		msg := fmt.Sprintf("seqs %d to %d are not covered by the last checkpoint (seq %d, covering up to seq %d): the tail after seq %d is missing or the stream is still open", tailFirst, tailLast, lastCP, covered, covered)
 		if v.opts.AllowOpenTail {
-			rep.Notes = append(rep.Notes, msg)
+			c.notes = append(c.notes, msg)
 		} else {
 			add(ProblemTail, tailFirst, tailLast, "", "%s", msg)
 		}
 	}
-	if seal != nil && (tailFirst == 0 || v.opts.AllowOpenTail) {
-		v.checkSealAge(&rep, seal, sealAt, newest, add)
-	}
-	return &rep
+	return c
 }
 
-// checkSealAge says whether the newest seal is as recent as the capture
-// should reach: the appliance writes a checkpoint every interval, idle or
-// not, so an older newest seal means the capture was cut after it (or the
-// appliance stopped writing).
-func (v *CaptureVerifier) checkSealAge(rep *CaptureReport, seal *Checkpoint, at uint64, newest time.Time, add func(string, uint64, uint64, string, string, ...any)) {
+// checkSealAge says whether the newest seal of the newest chain is as
+// recent as the capture should reach: the appliance writes a checkpoint
+// every interval, idle or not, so an older newest seal means the capture
+// was cut after it (or the appliance stopped writing).
+func (v *CaptureVerifier) checkSealAge(c *chainCheck) {
+	seal, at := c.seal, c.sealAt
 	if !seal.Timed() {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("the newest checkpoint (seq %d) carries no time: whether the capture was cut after it cannot be told", at))
+		c.notes = append(c.notes, fmt.Sprintf("the newest checkpoint (seq %d) carries no time: whether the capture was cut after it cannot be told", at))
 		return
 	}
-	until := newest
+	until := c.rep.LastEntryAt
 	if v.opts.Until.After(until) {
 		until = v.opts.Until
 	}
@@ -516,7 +616,7 @@ func (v *CaptureVerifier) checkSealAge(rep *CaptureReport, seal *Checkpoint, at 
 	due := seal.Time.Add(seal.Interval + margin)
 	if !until.After(due) {
 		if !seal.Final {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("the capture ends at checkpoint seq %d of a journal still open, made at %s; later entries belong to a later capture", at, seal.Time.Format(time.RFC3339)))
+			c.notes = append(c.notes, fmt.Sprintf("the capture ends at checkpoint seq %d of a journal still open, made at %s; later entries belong to a later capture", at, seal.Time.Format(time.RFC3339)))
 		}
 		return
 	}
@@ -529,14 +629,14 @@ func (v *CaptureVerifier) checkSealAge(rep *CaptureReport, seal *Checkpoint, at 
 			at, seal.Time.Format(time.RFC3339), seal.Interval, until.UTC().Format(time.RFC3339), at)
 	}
 	if v.opts.AllowOpenTail {
-		rep.Notes = append(rep.Notes, msg)
+		c.notes = append(c.notes, msg)
 		return
 	}
-	add(ProblemStale, at+1, 0, "", "%s", msg)
+	c.problems = append(c.problems, CaptureProblem{Kind: ProblemStale, Seq: at + 1, Message: msg})
 }
 
 // check verifies one complete entry's hash and returns its event.
-func (v *CaptureVerifier) check(rep *CaptureReport, s uint64, e *capEntry, add func(string, uint64, uint64, string, string, ...any)) *Event {
+func (v *CaptureVerifier) check(s uint64, e *capEntry, add func(string, uint64, uint64, string, string, ...any)) *Event {
 	h, ev := entryHash(e.prev, e.canonical)
 	if h == e.hash && ev != nil && ev.Seq == s {
 		return ev

@@ -131,6 +131,9 @@ func FuzzCaptureVerifier(f *testing.F) {
 		prev = h
 	}
 	f.Add(strings.Join(seed, "\n"))
+	// Two chains, each from seq 1, as after a journal is set aside.
+	f.Add(strings.Join(seed, "\n") + "\n" + strings.ReplaceAll(strings.Join(seed, "\n"), `x {"audit_seq":`, `y {"audit_chain":"0123456789abcdef0123456789abcdef","audit_seq":`))
+	f.Add(strings.ReplaceAll(strings.Join(seed, "\n"), `,"audit_hash"`, `,"audit_chain":"0123456789abcdef0123456789abcdef","audit_hash"`))
 	f.Add(`{"full_log":"{\"audit_seq\":1,\"audit_part\":1,\"audit_parts\":2,\"event_chunk\":\"{\"}"}`)
 	f.Add(`{"audit_seq":1,"audit_hash":"` + strings.Repeat("a", 64) + `","audit_prev":"` + strings.Repeat("0", 64) + `","audit_part":2,"audit_parts":2,"event_chunk":"x"}`)
 	f.Add(`{"audit_seq":18446744073709551615,"audit_withheld":"oversize"}`)

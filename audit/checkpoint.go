@@ -34,6 +34,9 @@ const (
 	// Checkpoints of versions before them have neither.
 	DetailCheckpointTime     = "sealed_at"
 	DetailCheckpointInterval = "interval"
+	// DetailCheckpointChain is the journal's chain id (Journal.ChainID),
+	// absent for a journal made by a version before chain ids.
+	DetailCheckpointChain = "chain"
 )
 
 // Sentinel errors of checkpoint verification.
@@ -42,15 +45,16 @@ var (
 	ErrBadSignature  = errors.New("audit: checkpoint signature does not verify")
 )
 
-// Checkpoint is what a checkpoint event asserts: the entry with Seq had the
-// chain hash Hash, signed by the appliance's audit key at Time, and the next
-// checkpoint follows within Interval. Since every hash covers all earlier
+// Checkpoint is what a checkpoint event asserts: the entry with Seq of the
+// chain Chain had the chain hash Hash, signed by the appliance's audit key
+// at Time, and the next checkpoint follows within Interval. Since every hash covers all earlier
 // entries, a good checkpoint seals the journal up to Seq.
 //
 // A zero Time is a checkpoint of the versions before sealed times: its
 // signature covers seq, hash and final only (message v1), and it says
-// nothing of when it was made.
+// nothing of when it was made nor of which chain it seals.
 type Checkpoint struct {
+	Chain    string // the journal's chain id; "" for the legacy chain
 	Seq      uint64
 	Hash     [32]byte
 	Final    bool // the journal was closed cleanly right after this checkpoint
@@ -65,8 +69,8 @@ func (c *Checkpoint) signedBytes() []byte {
 	if c.Time.IsZero() {
 		return fmt.Appendf(nil, "applianced audit checkpoint v1\nseq=%d\nhash=%x\nfinal=%t\n", c.Seq, c.Hash, c.Final)
 	}
-	return fmt.Appendf(nil, "applianced audit checkpoint v2\nseq=%d\nhash=%x\nfinal=%t\ntime=%s\ninterval=%d\n",
-		c.Seq, c.Hash, c.Final, c.Time.UTC().Format(time.RFC3339Nano), int64(c.Interval))
+	return fmt.Appendf(nil, "applianced audit checkpoint v2\nchain=%s\nseq=%d\nhash=%x\nfinal=%t\ntime=%s\ninterval=%d\n",
+		c.Chain, c.Seq, c.Hash, c.Final, c.Time.UTC().Format(time.RFC3339Nano), int64(c.Interval))
 }
 
 // Timed reports whether the checkpoint carries the time it was made
@@ -114,8 +118,8 @@ func ParsePublicKey(s string) (ed25519.PublicKey, error) {
 	return ed25519.PublicKey(b), nil
 }
 
-// NewCheckpointEvent signs c (Seq, Hash, Final, Time, Interval) with key
-// and returns the event to append; the event's time is c.Time.
+// NewCheckpointEvent signs c (Chain, Seq, Hash, Final, Time, Interval) with
+// key and returns the event to append; the event's time is c.Time.
 func NewCheckpointEvent(key ed25519.PrivateKey, c Checkpoint) *Event {
 	c.KeyID = KeyID(key.Public().(ed25519.PublicKey))
 	c.Sig = ed25519.Sign(key, c.signedBytes())
@@ -132,6 +136,9 @@ func NewCheckpointEvent(key ed25519.PrivateKey, c Checkpoint) *Event {
 	if c.Timed() {
 		d[DetailCheckpointTime] = c.Time.UTC().Format(time.RFC3339Nano)
 		d[DetailCheckpointInterval] = c.Interval.String()
+		if c.Chain != "" {
+			d[DetailCheckpointChain] = c.Chain
+		}
 		ev.Time = c.Time.UTC()
 	}
 	return ev
@@ -166,6 +173,9 @@ func ParseCheckpoint(e *Event) (*Checkpoint, error) {
 		if c.Interval, err = time.ParseDuration(ti); err != nil || c.Interval <= 0 {
 			return nil, fmt.Errorf("%w: interval %q", ErrBadCheckpoint, ti)
 		}
+		c.Chain = d[DetailCheckpointChain]
+	} else if _, ok := d[DetailCheckpointChain]; ok {
+		return nil, fmt.Errorf("%w: a chain without a time", ErrBadCheckpoint)
 	}
 	return c, nil
 }

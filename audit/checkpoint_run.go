@@ -86,7 +86,7 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 		if lastSeq == 0 {
 			return nil
 		}
-		cp := Checkpoint{Seq: lastSeq, Hash: lastHash, Final: final, Time: c.j.opts.Now().UTC(), Interval: c.opts.Interval}
+		cp := Checkpoint{Chain: c.j.ChainID(), Seq: lastSeq, Hash: lastHash, Final: final, Time: c.j.opts.Now().UTC(), Interval: c.opts.Interval}
 		if _, err := c.j.Append(ctx, NewCheckpointEvent(c.key, cp)); err != nil {
 			return fmt.Errorf("audit: checkpoint at seq %d: %w", lastSeq, err)
 		}

@@ -26,6 +26,15 @@
 // versions before this carry no time: they still verify, and verification
 // says their age cannot be told.
 //
+// Each journal is one chain with a random chain id, made with its seq 1 and
+// kept in every segment header, carried by every entry a forwarder sends
+// (audit_chain) and signed in every checkpoint. After a damaged journal is
+// moved aside, its successor starts again at seq 1 with a new id, and a
+// receiver holding both is verified chain by chain. A journal made by a
+// version before chain ids keeps none for as long as it lasts: its entries
+// are sent without audit_chain and verified as the legacy chain, whose
+// checkpoints name no chain.
+//
 // What this proves, and to whom: the chain and the marker catch accidents
 // and edits by someone who cannot write the journal's files. Root on the
 // appliance can: it can rewrite entries, recompute the chain and the

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -88,6 +90,7 @@ func (o *Options) withDefaults() Options {
 // Entry is one journal record: the event's canonical bytes and its place in
 // the chain. Hash = SHA-256(Prev || Canonical).
 type Entry struct {
+	Chain     string // the journal's chain id (Journal.ChainID)
 	Seq       uint64
 	Prev      [32]byte
 	Hash      [32]byte
@@ -109,9 +112,10 @@ func ChainHash(prev [32]byte, canonical []byte) [32]byte {
 // Journal is the append-only, hash-chained audit journal in one directory.
 // It is safe for concurrent use; concurrent Appends share fsyncs.
 type Journal struct {
-	dir  string
-	opts Options
-	mark *marker
+	dir   string
+	opts  Options
+	mark  *marker
+	chain string // the chain id, in every segment header; "" for a legacy journal
 
 	reqs   chan *appendReq
 	sendMu sync.RWMutex // held shared to send on reqs, exclusively to close it
@@ -201,6 +205,12 @@ func Open(dir string, opts *Options) (*Journal, error) {
 			return nil, fmt.Errorf("%w: %s holds no journal segment but seq %d was recorded as durable; entries 1..%d are missing (move %s aside to start a new chain)",
 				ErrTruncated, dir, m.seq, m.seq, dir)
 		}
+		// A new chain: entries of a journal set aside, which a receiver
+		// holds too, are told from this one's by the chain id.
+		if j.chain, err = newChainID(); err != nil {
+			mark.close()
+			return nil, err
+		}
 		if err := j.newSegment(1, [32]byte{}); err != nil {
 			mark.close()
 			return nil, err
@@ -209,6 +219,10 @@ func Open(dir string, opts *Options) (*Journal, error) {
 		last := segs[len(segs)-1]
 		lastSeq, lastHash, goodSize, clean, err := scanTail(last)
 		if err != nil {
+			mark.close()
+			return nil, err
+		}
+		if j.chain, err = segmentChain(last.path); err != nil {
 			mark.close()
 			return nil, err
 		}
@@ -320,6 +334,13 @@ func (j *Journal) SetLimits(maxBytes int64, diskFull string) error {
 func (j *Journal) Limits() (maxBytes int64, diskFull string) {
 	return j.maxBytes.Load(), *j.diskFull.Load()
 }
+
+// ChainID returns the journal's chain id: random, made with its seq 1 and
+// kept in every segment header, so that the entries of a journal set aside
+// (whose successor starts again at seq 1) are not taken for this one's. A
+// journal made by a version before chain ids has none: "" (the legacy
+// chain) for as long as it lasts.
+func (j *Journal) ChainID() string { return j.chain }
 
 // Dir returns the journal's directory.
 func (j *Journal) Dir() string { return j.dir }
@@ -670,7 +691,11 @@ func (j *Journal) newSegment(first uint64, prev [32]byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("audit: %s: %w", what, err)
 	}
-	hdr := fmt.Sprintf("%s first=%d prev=%s\n", headerMagic, first, hex.EncodeToString(prev[:]))
+	hdr := fmt.Sprintf("%s first=%d prev=%s", headerMagic, first, hex.EncodeToString(prev[:]))
+	if j.chain != "" {
+		hdr += " chain=" + j.chain
+	}
+	hdr += "\n"
 	if _, err := f.WriteString(hdr); err != nil {
 		return fail("writing segment header", err)
 	}
@@ -765,6 +790,61 @@ func parseHeader(line []byte) (first uint64, prev [32]byte, err error) {
 	}
 	copy(prev[:], b)
 	return first, prev, nil
+}
+
+// headerChain reads the chain id of a segment header line: "" for a
+// header written before chain ids (the legacy chain).
+func headerChain(line []byte) (string, error) {
+	f := strings.Fields(string(line))
+	switch {
+	case len(f) == 4:
+		return "", nil
+	case len(f) == 5 && strings.HasPrefix(f[4], "chain="):
+		id := strings.TrimPrefix(f[4], "chain=")
+		if !validChainID(id) {
+			return "", fmt.Errorf("bad segment header: chain id %q", id)
+		}
+		return id, nil
+	}
+	return "", errors.New("bad segment header: unknown fields")
+}
+
+// chainIDBytes is the size of a chain id before hex encoding.
+const chainIDBytes = 16
+
+func validChainID(id string) bool {
+	if len(id) != 2*chainIDBytes || strings.ToLower(id) != id {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
+}
+
+// newChainID returns a random chain id.
+func newChainID() (string, error) {
+	b := make([]byte, chainIDBytes)
+	if _, err := io.ReadFull(rand.Reader, b); err != nil {
+		return "", fmt.Errorf("audit: chain id: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// segmentChain reads the chain id from a segment file's header.
+func segmentChain(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("audit: %w", err)
+	}
+	defer f.Close()
+	hdr, err := readLine(bufio.NewReaderSize(f, 512))
+	if err != nil {
+		return "", fmt.Errorf("audit: %s: segment header: %w", path, err)
+	}
+	id, err := headerChain(bytes.TrimSuffix(hdr, []byte("\n")))
+	if err != nil {
+		return "", fmt.Errorf("audit: %s: %w", path, err)
+	}
+	return id, nil
 }
 
 // parseLine splits an entry line (without its newline) into hash and

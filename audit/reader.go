@@ -23,11 +23,12 @@ var ErrDamaged = errors.New("audit: journal entry damaged")
 // Reader reads durable entries in seq order, waiting for new ones. Forwarders
 // (syslog, Wazuh) each keep their own Reader and cursor.
 type Reader struct {
-	j    *Journal
-	next uint64
-	f    *os.File
-	br   *bufio.Reader
-	prev [32]byte
+	j     *Journal
+	next  uint64
+	f     *os.File
+	br    *bufio.Reader
+	prev  [32]byte
+	chain string // of the segment read
 }
 
 // Reader returns a reader positioned at the first entry with seq >= from
@@ -87,7 +88,7 @@ func (r *Reader) Next(ctx context.Context) (Entry, error) {
 		if seq != r.next {
 			return Entry{}, fmt.Errorf("%w: entry %d: found seq %d", ErrDamaged, r.next, seq)
 		}
-		e := Entry{Seq: seq, Prev: r.prev, Hash: h, Canonical: canon}
+		e := Entry{Chain: r.chain, Seq: seq, Prev: r.prev, Hash: h, Canonical: canon}
 		if err := json.Unmarshal(canon, &e.Event); err != nil {
 			return Entry{}, fmt.Errorf("%w: entry %d: %w", ErrDamaged, seq, err)
 		}
@@ -130,11 +131,15 @@ func (r *Reader) open() error {
 		return fmt.Errorf("audit: %s: reading header: %w", segs[idx].path, err)
 	}
 	_, prev, err := parseHeader(hdr[:len(hdr)-1])
+	var chain string
+	if err == nil {
+		chain, err = headerChain(hdr[:len(hdr)-1])
+	}
 	if err != nil {
 		f.Close()
 		return fmt.Errorf("audit: %s: %w", segs[idx].path, err)
 	}
-	r.f, r.br, r.prev = f, br, prev
+	r.f, r.br, r.prev, r.chain = f, br, prev, chain
 	return nil
 }
 

@@ -17,7 +17,7 @@ import (
 // Checkpoints carry the time they were made and the interval to the next,
 // signed: a capture can then tell a cut tail from an appliance gone quiet.
 
-func TestCheckpointSignatureCoversTimeAndInterval(t *testing.T) {
+func TestCheckpointSignatureCoversChainTimeAndInterval(t *testing.T) {
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	pub := key.Public().(ed25519.PublicKey)
 	at := time.Date(2026, 11, 26, 8, 0, 0, 123, time.UTC)
@@ -32,12 +32,19 @@ func TestCheckpointSignatureCoversTimeAndInterval(t *testing.T) {
 		{"time taken away", func(e *Event) {
 			delete(e.Details, DetailCheckpointTime)
 			delete(e.Details, DetailCheckpointInterval)
+			delete(e.Details, DetailCheckpointChain)
 		}, ErrBadSignature},
+		{"chain without time", func(e *Event) {
+			delete(e.Details, DetailCheckpointTime)
+			delete(e.Details, DetailCheckpointInterval)
+		}, ErrBadCheckpoint},
+		{"chain changed", func(e *Event) { e.Details[DetailCheckpointChain] = "ffffffffffffffffffffffffffffffff" }, ErrBadSignature},
+		{"chain taken away", func(e *Event) { delete(e.Details, DetailCheckpointChain) }, ErrBadSignature},
 		{"time unreadable", func(e *Event) { e.Details[DetailCheckpointTime] = "yesterday" }, ErrBadCheckpoint},
 		{"interval without time", func(e *Event) { delete(e.Details, DetailCheckpointTime) }, ErrBadCheckpoint},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ev := NewCheckpointEvent(key, Checkpoint{Seq: 7, Hash: [32]byte{7}, Time: at, Interval: time.Minute})
+			ev := NewCheckpointEvent(key, Checkpoint{Chain: "0123456789abcdef0123456789abcdef", Seq: 7, Hash: [32]byte{7}, Time: at, Interval: time.Minute})
 			tc.mutate(ev)
 			cp, err := ParseCheckpoint(ev)
 			if err == nil {

@@ -29,6 +29,9 @@ func (p Problem) String() string {
 
 // Report is the result of verifying a journal.
 type Report struct {
+	// Chain is the journal's chain id (Journal.ChainID): "" for a journal
+	// made by a version before chain ids.
+	Chain    string    `json:"chain"`
 	First    uint64    `json:"first"`    // first seq present
 	Last     uint64    `json:"last"`     // last seq present and valid
 	Entries  uint64    `json:"entries"`  // entries checked
@@ -110,6 +113,10 @@ func VerifyDirWith(dir string, opts *VerifyOptions) (*Report, error) {
 			return rep, nil
 		}
 		first, hprev, err := parseHeader(bytes.TrimSuffix(hdr, []byte("\n")))
+		var chain string
+		if err == nil {
+			chain, err = headerChain(bytes.TrimSuffix(hdr, []byte("\n")))
+		}
 		if err != nil || first != s.first {
 			f.Close()
 			rep.Problems = append(rep.Problems, Problem{Seq: s.first, File: name, Reason: "segment header does not match its file name"})
@@ -117,7 +124,17 @@ func VerifyDirWith(dir string, opts *VerifyOptions) (*Report, error) {
 		}
 		if !have {
 			rep.First, expect, prev, have = first, first, hprev, true
+			rep.Chain = chain
+			if cps != nil {
+				cps.chain = chain
+			}
 		} else {
+			if chain != rep.Chain {
+				f.Close()
+				rep.Problems = append(rep.Problems, Problem{Seq: first, File: name,
+					Reason: fmt.Sprintf("segment of %s in a journal of %s: a segment of another journal was put in", chainName(chain), chainName(rep.Chain))})
+				return rep, nil
+			}
 			if first != expect {
 				f.Close()
 				rep.Problems = append(rep.Problems, Problem{Seq: expect, File: name,
@@ -157,6 +174,7 @@ func VerifyDirWith(dir string, opts *VerifyOptions) (*Report, error) {
 // cpCheck checks the checkpoints met during a verify.
 type cpCheck struct {
 	pub    ed25519.PublicKey
+	chain  string              // the journal's chain id
 	hashes map[uint64][32]byte // the last hashWindow chain hashes
 }
 
@@ -173,6 +191,9 @@ func (c *cpCheck) entry(seq uint64, h [32]byte, ev *Event, rep *Report, name str
 	}
 	if err := cp.Verify(c.pub); err != nil {
 		return &Problem{Seq: seq, File: name, Reason: fmt.Sprintf("checkpoint signature does not verify with key %s (made by key %s): a forged checkpoint", KeyID(c.pub), cp.KeyID)}
+	}
+	if cp.Chain != c.chain {
+		return &Problem{Seq: seq, File: name, Reason: fmt.Sprintf("a checkpoint of %s in a journal of %s: it seals another journal", chainName(cp.Chain), chainName(c.chain))}
 	}
 	rep.LastSealAt, rep.LastSealFinal = cp.Time, cp.Final
 	want, ok := c.hashes[cp.Seq]
