@@ -17,10 +17,12 @@ import (
 type cursor struct {
 	path    string
 	address string
+	chain   string // the journal's chain id, stored with every position
 }
 
 type cursorFile struct {
 	Address   string    `json:"address"`
+	Chain     string    `json:"chain,omitempty"` // absent: a legacy journal, or a cursor of a version before chain ids
 	Delivered uint64    `json:"delivered"`
 	Updated   time.Time `json:"updated"`
 }
@@ -32,8 +34,8 @@ func cursorName(address string) string {
 	return "syslog-" + hex.EncodeToString(h[:8]) + ".cursor"
 }
 
-func newCursor(dir, address string) *cursor {
-	return &cursor{path: filepath.Join(dir, cursorName(address)), address: address}
+func newCursor(dir, address, chain string) *cursor {
+	return &cursor{path: filepath.Join(dir, cursorName(address)), address: address, chain: chain}
 }
 
 // exists reports whether a position was ever stored.
@@ -42,28 +44,29 @@ func (c *cursor) exists() bool {
 	return err == nil
 }
 
-// load returns the stored position; 0 when there is none yet.
-func (c *cursor) load() (uint64, error) {
+// load returns the stored position and the chain it is a position in; 0
+// and the journal's chain when there is none yet.
+func (c *cursor) load() (uint64, string, error) {
 	b, err := os.ReadFile(c.path)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, c.chain, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("syslog: cursor: %w", err)
+		return 0, c.chain, fmt.Errorf("syslog: cursor: %w", err)
 	}
 	var cf cursorFile
 	if err := json.Unmarshal(b, &cf); err != nil {
-		return 0, fmt.Errorf("syslog: cursor %s is damaged: %w", c.path, err)
+		return 0, c.chain, fmt.Errorf("syslog: cursor %s is damaged: %w", c.path, err)
 	}
 	if cf.Address != c.address {
-		return 0, fmt.Errorf("syslog: cursor %s belongs to %q, not %q", c.path, cf.Address, c.address)
+		return 0, c.chain, fmt.Errorf("syslog: cursor %s belongs to %q, not %q", c.path, cf.Address, c.address)
 	}
-	return cf.Delivered, nil
+	return cf.Delivered, cf.Chain, nil
 }
 
 // store makes seq the durable position.
 func (c *cursor) store(seq uint64) error {
-	b, err := json.Marshal(cursorFile{Address: c.address, Delivered: seq, Updated: time.Now().UTC()})
+	b, err := json.Marshal(cursorFile{Address: c.address, Chain: c.chain, Delivered: seq, Updated: time.Now().UTC()})
 	if err != nil {
 		return err
 	}

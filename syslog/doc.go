@@ -26,10 +26,11 @@
 // that is not is given up on at once. What a target did not get stays in
 // the journal and goes from its cursor after the next start.
 //
-// Every message carries the entry's seq, chain hash and previous hash and the
-// event's canonical JSON, in a body that starts with `{"audit_seq":`, so
-// `applianced audit verify` can check what a receiver stored
-// (audit.CaptureVerifier). An event larger than max_message_bytes is sent in
+// Every message carries the entry's seq, the journal's chain id
+// (audit_chain, absent for a journal made before chain ids), chain hash and
+// previous hash and the event's canonical JSON, in a body that starts with
+// `{"audit_seq":`, so `applianced audit verify` can check what a receiver
+// stored (audit.CaptureVerifier). An event larger than max_message_bytes is sent in
 // numbered parts or replaced by a stub naming it (oversize = "refuse"); it is
 // never truncated.
 //

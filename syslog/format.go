@@ -27,6 +27,7 @@ var ErrTooLarge = errors.New("syslog: message does not fit max_message_bytes")
 
 // record is one journal entry as the formatter sees it.
 type record struct {
+	Chain     string // the journal's chain id; "" for a legacy journal
 	Seq       uint64
 	Prev      [32]byte
 	Hash      [32]byte
@@ -266,9 +267,18 @@ func sanitizeHeader(s string, max int) string {
 // capture by its leading `{"audit_seq":`.
 const bodyPrefix = `{"audit_seq":`
 
+// appendEnvelope writes the keys every body starts with: the seq, the
+// chain id (left out for a journal made before chain ids, whose bodies
+// stay as they were), the chain hash and the previous hash.
 func appendEnvelope(b []byte, r *record) []byte {
 	b = append(b, bodyPrefix...)
 	b = strconv.AppendUint(b, r.Seq, 10)
+	if r.Chain != "" {
+		// A chain id is lowercase hex (the journal checks its headers).
+		b = append(b, `,"audit_chain":"`...)
+		b = append(b, r.Chain...)
+		b = append(b, '"')
+	}
 	b = append(b, `,"audit_hash":"`...)
 	b = hex.AppendEncode(b, r.Hash[:])
 	b = append(b, `","audit_prev":"`...)

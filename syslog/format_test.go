@@ -12,6 +12,9 @@ import (
 	"github.com/leodido/go-syslog/v4/rfc5424"
 )
 
+// testChain is the chain id of the records chain makes.
+const testChain = "0123456789abcdef0123456789abcdef"
+
 // chain builds records for events, hashed as the journal does.
 func chain(t testing.TB, evs ...*audit.Event) []record {
 	t.Helper()
@@ -27,7 +30,7 @@ func chain(t testing.TB, evs ...*audit.Event) []record {
 			t.Fatal(err)
 		}
 		h := audit.ChainHash(prev, c)
-		out[i] = record{Seq: e.Seq, Prev: prev, Hash: h, Canonical: c, Event: e}
+		out[i] = record{Chain: testChain, Seq: e.Seq, Prev: prev, Hash: h, Canonical: c, Event: e}
 		prev = h
 	}
 	return out

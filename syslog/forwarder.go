@@ -74,6 +74,7 @@ type Journal interface {
 	audit.Appender
 	Reader(from uint64) (*audit.Reader, error)
 	LastSeq() uint64
+	ChainID() string
 	Segments() []audit.SegmentInfo
 	Prune(deliveredUpTo uint64, remove func(audit.SegmentInfo) bool) (int, error)
 }
@@ -162,7 +163,7 @@ func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
 	for _, tc := range targets {
 		tc = tc.withDefaults()
 		ep, _ := parseAddress(tc.Address)
-		t := &target{f: f, cfg: tc, ep: ep, cur: newCursor(o.Dir, tc.Address),
+		t := &target{f: f, cfg: tc, ep: ep, cur: newCursor(o.Dir, tc.Address, j.ChainID()),
 			log: o.Logger.With("target", tc.Address), fmtr: newFormatter(tc, ep)}
 		if ep.tls() {
 			c, err := tlsConfig(tc, ep)
@@ -178,13 +179,23 @@ func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
 			}
 			t.log.Info("syslog: new target starts with the next entry (start = \"now\")", "journal_seq", j.LastSeq())
 		}
-		seq, err := t.cur.load()
+		seq, chain, err := t.cur.load()
 		if err != nil {
 			// A damaged cursor means everything kept is sent again:
 			// duplicates, never a loss.
 			t.log.Error("syslog: cursor unreadable; resending from the oldest entry kept", "err", err)
 		}
-		if last := j.LastSeq(); seq > last {
+		if last := j.LastSeq(); chain != j.ChainID() {
+			// A position in another chain: the journal was set aside and
+			// a new one started at seq 1, perhaps already past the old
+			// position. All of the new chain goes, and the SIEM hears of
+			// it; the receiver tells the chains apart by audit_chain.
+			t.log.Error("syslog: the journal is another chain than the one this target received; sending it from the oldest entry kept",
+				"cursor", seq, "cursor_chain", chain, "journal_chain", j.ChainID(), "journal_seq", last)
+			t.tamper(context.Background(), "the journal is another chain than the one this target received: it was set aside or replaced",
+				map[string]string{"cursor": fmt.Sprint(seq), "cursor_chain": chain, "journal_chain": j.ChainID(), "journal_seq": fmt.Sprint(last)})
+			seq = 0
+		} else if seq > last {
 			// The cursor is ahead of the journal: the journal was replaced
 			// (moved aside to start a new chain, or restored from an older
 			// copy). Sending it all again is the only safe choice, and the
@@ -639,7 +650,7 @@ func (t *target) deliver(ctx context.Context, c *conn) error {
 		buf, ends = buf[:0], ends[:0]
 		var last uint64
 		for {
-			rec := record{Seq: e.Seq, Prev: e.Prev, Hash: e.Hash, Canonical: e.Canonical, Event: &e.Event}
+			rec := record{Chain: e.Chain, Seq: e.Seq, Prev: e.Prev, Hash: e.Hash, Canonical: e.Canonical, Event: &e.Event}
 			buf, ends, err = t.fmtr.appendMessages(buf, ends, &rec)
 			if err != nil {
 				return err

@@ -961,7 +961,7 @@ func TestCursorThatCannotBeSavedDoesNotStopDelivery(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	dir := t.TempDir()
 	target := Target{Address: "tcp://" + srv.Addr}
-	if err := os.Mkdir(newCursor(dir, target.Address).path+".tmp", 0o700); err != nil {
+	if err := os.Mkdir(newCursor(dir, target.Address, "").path+".tmp", 0o700); err != nil {
 		t.Fatal(err)
 	}
 	j := openJournal(t)

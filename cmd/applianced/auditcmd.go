@@ -25,7 +25,10 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 		"appliance stopped writing): a problem unless --open-tail. A capture that starts\n"+
 		"after seq 1 is a problem unless --from says where the receiver's record starts.\n"+
 		"Checkpoints of older versions carry no time: they still verify, and the output\n"+
-		"says that their age cannot be checked.",
+		"says that their age cannot be checked. A capture may hold several chains (a\n"+
+		"journal moved aside is followed by a new one from seq 1, with a new chain id,\n"+
+		"audit_chain): each is checked on its own, and --until applies to the newest.\n"+
+		"Entries of a journal made before chain ids carry none: the legacy chain.",
 		"applianced audit verify", "applianced audit verify --json",
 		"applianced audit verify --pubkey ed25519:... /var/log/applianced-audit.log",
 		"applianced audit verify --pubkey ed25519:... --until 2026-11-26T08:00:00Z --from 5000 archive.log")
@@ -71,8 +74,8 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact; checkpoints not checked (give --pubkey KEY): "+
 				"without them this catches accidents, not someone who can rewrite the journal\n", rep.Entries, rep.First, rep.Last)
 		default:
-			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact, %d checkpoints, sealed up to seq %d by key %s%s",
-				rep.Entries, rep.First, rep.Last, rep.Checkpoints, rep.SealedUpTo, keyID(opts.PublicKey), lastSeal(rep.Checkpoints > 0, rep.LastSealAt, rep.LastSealFinal))
+			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d of %s, chain intact, %d checkpoints, sealed up to seq %d by key %s%s",
+				rep.Entries, rep.First, rep.Last, chainLabel(rep.Chain), rep.Checkpoints, rep.SealedUpTo, keyID(opts.PublicKey), lastSeal(rep.Checkpoints > 0, rep.LastSealAt, rep.LastSealFinal))
 			if rep.Last > rep.SealedUpTo {
 				fmt.Fprintf(e.stdout, "; seqs %d..%d not sealed yet", rep.SealedUpTo+1, rep.Last)
 			}

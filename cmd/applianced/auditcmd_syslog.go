@@ -365,20 +365,37 @@ func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []s
 	if asJSON {
 		e.printJSON(rep)
 	} else {
-		fmt.Fprintln(e.stdout, sealHeadline(rep.FirstSeq, rep.SealedUpTo, rep.Checkpoints > 0, rep.LastSealAt, rep.LastSealFinal, opts.PublicKey))
+		for _, c := range rep.Chains {
+			h := sealHeadline(c.FirstSeq, c.SealedUpTo, c.Checkpoints > 0, c.LastSealAt, c.LastSealFinal, opts.PublicKey)
+			switch {
+			case len(rep.Chains) > 1:
+				h = chainLabel(c.ID) + ": " + h
+			case c.ID != "":
+				h += " (chain " + c.ID + ")"
+			}
+			fmt.Fprintln(e.stdout, h)
+		}
 		for _, p := range rep.Problems {
 			fmt.Fprintf(e.stdout, "FAIL %s\n", p)
 		}
 		for _, n := range rep.Notes {
 			fmt.Fprintf(e.stdout, "note: %s\n", n)
 		}
-		fmt.Fprintf(e.stdout, "%d messages, %d entries (seq %d..%d), %d duplicates, %d checkpoints, sealed up to seq %d\n",
-			rep.Messages, rep.Entries, rep.FirstSeq, rep.LastSeq, rep.Duplicates, rep.Checkpoints, rep.SealedUpTo)
+		span := fmt.Sprintf("(seq %d..%d)", rep.FirstSeq, rep.LastSeq)
+		if len(rep.Chains) > 1 {
+			span = fmt.Sprintf("in %d chains (the newest: seq %d..%d)", len(rep.Chains), rep.FirstSeq, rep.LastSeq)
+		}
+		fmt.Fprintf(e.stdout, "%d messages, %d entries %s, %d duplicates, %d checkpoints, sealed up to seq %d\n",
+			rep.Messages, rep.Entries, span, rep.Duplicates, rep.Checkpoints, rep.SealedUpTo)
 		switch {
 		case rep.OK() && opts.PublicKey == nil:
 			fmt.Fprintln(e.stdout, "chain intact, but NOT VERIFIED: no checkpoint key, so a rewritten capture would pass too")
 		case rep.OK():
-			fmt.Fprintf(e.stdout, "ok: no gap, no altered entry, chain intact, sealed up to seq %d by key %s\n", rep.SealedUpTo, keyID(opts.PublicKey))
+			of := ""
+			if len(rep.Chains) > 1 {
+				of = " of the newest chain"
+			}
+			fmt.Fprintf(e.stdout, "ok: no gap, no altered entry, chain intact, sealed up to seq %d%s by key %s\n", rep.SealedUpTo, of, keyID(opts.PublicKey))
 		}
 	}
 	if !rep.OK() || opts.PublicKey == nil {
@@ -397,6 +414,14 @@ func sealHeadline(first, sealed uint64, have bool, at time.Time, final bool, pub
 		return "nothing sealed" + lastSeal(have, at, final)
 	}
 	return fmt.Sprintf("sealed seq %d..%d by key %s%s", first, sealed, keyID(pub), lastSeal(have, at, final))
+}
+
+// chainLabel names a chain of a capture.
+func chainLabel(id string) string {
+	if id == "" {
+		return "legacy chain"
+	}
+	return "chain " + id
 }
 
 // lastSeal describes the newest checkpoint's time, if there is one.

@@ -271,3 +271,55 @@ func TestAuditVerifyCaptureUntilAndFrom(t *testing.T) {
 		t.Errorf("--until yesterday: got exit %d, want %d", code, exitUsage)
 	}
 }
+
+// TestAuditVerifyAfterTheJournalIsSetAside follows the documented
+// recovery: the daemon's journal is moved aside and the next run starts a
+// new one from seq 1, to the same rsyslog file. `audit verify FILE`
+// passes, naming both chains, instead of calling every seq a conflict.
+func TestAuditVerifyAfterTheJournalIsSetAside(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, fmt.Sprintf(`
+[[audit.syslog]]
+address = "tcp://%s"
+format = "rfc5424"
+`, srv.Addr))
+	var pub string
+	for n := 1; n <= 2; n++ {
+		msgs := notifySocket(t)
+		d := startDaemon(t, cfg)
+		waitFor(t, msgs, "READY=1")
+		e := testEnv()
+		if code := run(context.Background(), e, []string{"audit", "pubkey", "--config", cfg.Path}); code != exitOK {
+			t.Fatalf("run %d: audit pubkey: exit %d: %s", n, code, e.stderr)
+		}
+		pub = strings.TrimSpace(fmt.Sprint(e.stdout))
+		if code := d.stop(t); code != exitOK {
+			t.Fatalf("run %d: daemon exit %d: %s", n, code, d.env.stderr)
+		}
+		if n == 1 {
+			journal := filepath.Join(cfg.Server.StateDir, "audit")
+			if err := os.Rename(journal, journal+".old"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var e *env
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		e = testEnv()
+		code := run(context.Background(), e, []string{"audit", "verify", "--pubkey", pub, srv.File})
+		if code == exitOK || time.Now().After(deadline) {
+			if code != exitOK {
+				t.Fatalf("audit verify: exit %d\n%s%s", code, e.stdout, e.stderr)
+			}
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out := fmt.Sprint(e.stdout)
+	t.Logf("audit verify:\n%s", out)
+	if !strings.Contains(out, "note: 2 chains in the capture") || !strings.HasPrefix(out, "chain ") || strings.Count(out, "\nchain ") != 1 {
+		t.Errorf("got output:\n%s\nwant both chains named, each sealed", out)
+	}
+}

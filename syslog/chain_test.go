@@ -1,0 +1,142 @@
+package syslog
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/testenv/rsyslog"
+)
+
+// run is one daemon run as far as the audit trail goes: a journal in dir,
+// its checkpointer and a forwarder whose cursors live in cursors.
+type run struct {
+	j      *audit.Journal
+	cp     *audit.Checkpointer
+	f      *Forwarder
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startRun(t *testing.T, dir, cursors string, key ed25519.PrivateKey, target Target, before int) *run {
+	t.Helper()
+	j, err := audit.Open(dir, &audit.Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Entries appended before the forwarder starts: a new chain may
+	// already be past the old chain's cursor.
+	if err := appendN(t, j, before, 1); err != nil {
+		t.Fatal(err)
+	}
+	r := &run{j: j, done: make(chan struct{})}
+	r.cp = audit.NewCheckpointer(j, key, &audit.CheckpointOptions{Every: 5, Interval: time.Hour, Logger: quietLogger()})
+	if r.f, err = New(j, []Target{target}, &Options{Dir: cursors, Logger: quietLogger(), BackoffMax: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	cpDone := make(chan struct{})
+	go func() { r.f.Run(ctx); close(r.done) }()
+	go func() { r.cp.Run(ctx); close(cpDone) }()
+	t.Cleanup(func() { cancel(); <-r.done; <-cpDone; j.Close() })
+	return r
+}
+
+// stop seals the journal, delivers the seal and closes the journal.
+func (r *run) stop(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := r.cp.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.f.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.cancel()
+	<-r.done
+	if err := r.j.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setAside runs a journal, moves it aside as the recovery from a damaged
+// journal says, and runs its successor in the same place, with the same
+// syslog cursors and receiver. before entries go into the successor before
+// its forwarder starts.
+func setAside(t *testing.T, srv *rsyslog.Server, key ed25519.PrivateKey, before int) (oldID, newID string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "audit")
+	cursors := t.TempDir()
+	target := Target{Address: "tcp://" + srv.Addr, Format: FormatRFC5424}
+	r := startRun(t, dir, cursors, key, target, 0)
+	if err := appendN(t, r.j, 12, 1); err != nil {
+		t.Fatal(err)
+	}
+	oldID = r.j.ChainID()
+	r.stop(t)
+	if err := os.Rename(dir, dir+".old"); err != nil {
+		t.Fatal(err)
+	}
+	r = startRun(t, dir, cursors, key, target, before)
+	if err := appendN(t, r.j, 8, 1); err != nil {
+		t.Fatal(err)
+	}
+	newID = r.j.ChainID()
+	last := r.j.LastSeq()
+	r.stop(t)
+	cnt := newSeqCounter(srv.File)
+	waitFor(t, "the new chain's final checkpoint at the receiver", time.Minute, func() bool {
+		cnt.poll()
+		b, _ := os.ReadFile(srv.File)
+		return cnt.seen[last+1] > 0 && strings.Count(string(b), `"final":"true"`) >= 2
+	})
+	return oldID, newID
+}
+
+// TestSetAsideJournalAndSuccessorVerifyAtTheReceiver: a receiver's file
+// holding a journal set aside and its successor, both from seq 1, verifies
+// chain by chain, through the real forwarder and rsyslog.
+func TestSetAsideJournalAndSuccessorVerifyAtTheReceiver(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	oldID, newID := setAside(t, srv, key, 0)
+	rep := verifyFile(t, srv.File, &audit.CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), Until: time.Now()})
+	if !rep.OK() {
+		t.Fatalf("got problems %v, want none", rep.Problems)
+	}
+	if len(rep.Chains) != 2 || rep.Chains[0].ID != oldID || rep.Chains[1].ID != newID {
+		t.Fatalf("got chains %+v, want %s then %s", rep.Chains, oldID, newID)
+	}
+	for _, c := range rep.Chains {
+		if c.FirstSeq != 1 || c.SealedUpTo+1 != c.LastSeq {
+			t.Errorf("got chain %+v, want it from seq 1, sealed up to its final checkpoint", c)
+		}
+	}
+}
+
+// TestCursorOfASetAsideJournalDoesNotSkipTheNewChain: the new chain is
+// already past the old chain's cursor when its forwarder starts; a cursor
+// is a position in one chain, so the new chain still goes from seq 1.
+func TestCursorOfASetAsideJournalDoesNotSkipTheNewChain(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	_, newID := setAside(t, srv, key, 30)
+	rep := verifyFile(t, srv.File, &audit.CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), Until: time.Now()})
+	var got *audit.ChainReport
+	for i := range rep.Chains {
+		if rep.Chains[i].ID == newID {
+			got = &rep.Chains[i]
+		}
+	}
+	if got == nil || got.FirstSeq != 1 || !rep.OK() {
+		t.Fatalf("got chains %+v, problems %v; want the new chain from seq 1 and no problem", rep.Chains, rep.Problems)
+	}
+}
