@@ -40,7 +40,11 @@ func checkedRecord(kr *keyring, ns byte, name string, raw []byte) (*record, erro
 		return nil, fmt.Errorf("vault: %w: %s %q: %w", ErrCorrupt, kind(ns), name, err)
 	}
 	if err := kr.checkRecord(ns, name, r); err != nil {
-		return nil, fmt.Errorf("vault: %w: %s %q is refused: %w", ErrCorrupt, kind(ns), name, err)
+		way := "restore a backup, or delete the secret and put it again"
+		if ns == nsSystem {
+			way = "restore a backup"
+		}
+		return nil, fmt.Errorf("vault: %w: %s %q is refused: %w; %s", ErrCorrupt, kind(ns), name, err, way)
 	}
 	return r, nil
 }
