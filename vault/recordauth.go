@@ -79,7 +79,7 @@ func (v *Vault) upgradeIfOld(ctx context.Context, who audit.Actor, db *bolt.DB, 
 	if kr.format == keyringFormat {
 		return kr, nil
 	}
-	ev := &audit.Event{Type: "vault.unseal", Actor: who, Action: "vault.upgrade", Target: v.path, Source: "unix",
+	ev := &audit.Event{Type: "vault.unseal", Actor: who, Action: "vault.upgrade", Target: v.path,
 		Severity: audit.SeverityHigh, Outcome: audit.OutcomeSuccess}
 	appended := false
 	next, rep, err := upgradeDB(db, kr, v.master, time.Now(), func(rep upgradeReport) error {

@@ -599,3 +599,26 @@ func TestRestoreFormat1BackupWhileReading(t *testing.T) {
 	}
 	checkGolden(t, e.v, 3)
 }
+
+// TestFormat1UpgradeNotAuditedNotDone: the upgrade is audited before it
+// commits; when the journal refuses the event, Open fails and the file is
+// left as it was.
+func TestFormat1UpgradeNotAuditedNotDone(t *testing.T) {
+	e := goldenEnv(t)
+	before := fileSum(t, e.path)
+	opts := e.options()
+	opts.Audit = closedJournal(t)
+	v, err := Open(context.Background(), e.path, e.key, Config{}, opts)
+	if err == nil {
+		v.Close()
+		t.Fatal("Open upgraded the database without an audit journal")
+	}
+	if !errors.Is(err, ErrAudit) {
+		t.Errorf("Open error = %v, want ErrAudit", err)
+	}
+	if fileSum(t, e.path) != before {
+		t.Error("the database changed although its upgrade was not audited")
+	}
+	e.reopen(t, Config{})
+	checkGolden(t, e.v, 3)
+}
