@@ -121,7 +121,9 @@
 //     long before (each version written is one seal).
 //   - The record MAC proves that the vault wrote a record as it is, not that
 //     it is the newest: a whole record copied back from an older copy of the
-//     same database (a backup taken before a rotation), or the whole file
-//     rolled back, is accepted, and a deleted record is just missing. Keep
+//     same database (a backup taken before a rotation, or a stale page bbolt
+//     freed but did not clear), or the whole file rolled back, is accepted,
+//     and a deleted record is just missing. Telling the newest state from an
+//     older one needs state outside the file (a monotonic counter); keep
 //     backups as safe as the database.
 package vault
