@@ -18,6 +18,7 @@ import (
 //	[net]
 //	log_drops = true
 //	log_rate = 10
+//	forward_from = ["docker0", "br-*", "virbr*", "vnet*"]
 //
 //	[[net.set]]
 //	name = "dcs"
@@ -57,6 +58,24 @@ type Config struct {
 	LogRate int `toml:"log_rate"`
 	// LogGroup is the nflog group the drop log rules send to. 0 means 100.
 	LogGroup int `toml:"log_group"`
+	// ForwardFrom names the interfaces of the host's containers and VMs:
+	// traffic the host routes (the forward chain) is accepted under the
+	// egress rules only when it comes in on one of them, and never from a
+	// [[net.vlan]]. A name ending in "*" matches every interface that
+	// starts with the rest ("veth*"). Nil (the key absent) means
+	// DefaultForwardFrom; an empty list means the host routes nothing.
+	ForwardFrom []string `toml:"forward_from"`
+}
+
+// DefaultForwardFrom returns the forward_from of a config that does not set
+// it: the bridges and host-side links that Docker (docker0, br-<network
+// id>, veth…), Podman (podman0…, cni-podman0), Kubernetes CNI (cni0),
+// libvirt (virbr0…, vnet0…), LXC (lxcbr0), LXD (lxdbr0) and Incus
+// (incusbr0) create. The uplink, a bond or a VLAN of the host is not
+// among them; a host whose own LAN bridge is named like one of these
+// (an admin's "br-lan") must set forward_from itself.
+func DefaultForwardFrom() []string {
+	return []string{"docker*", "br-*", "veth*", "podman*", "cni*", "virbr*", "vnet*", "lxcbr*", "lxdbr*", "incusbr*"}
 }
 
 // VLAN is one [[net.vlan]]: an 802.1Q interface on a parent link.
@@ -106,6 +125,50 @@ var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 var setNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]{0,31}$`)
 
 func (c *Config) logDrops() bool { return c.LogDrops == nil || *c.LogDrops }
+
+// forwardFrom is ForwardFrom with its default.
+func (c *Config) forwardFrom() []string {
+	if c.ForwardFrom == nil {
+		return DefaultForwardFrom()
+	}
+	return c.ForwardFrom
+}
+
+// ifPattern is one forward_from entry: an interface name, or a prefix of
+// one when the entry ends in "*".
+type ifPattern struct {
+	name   string
+	prefix bool
+}
+
+func parseIfPattern(s string) ifPattern {
+	if p, ok := strings.CutSuffix(s, "*"); ok {
+		return ifPattern{p, true}
+	}
+	return ifPattern{s, false}
+}
+
+func (p ifPattern) matches(name string) bool {
+	if p.prefix {
+		return strings.HasPrefix(name, p.name)
+	}
+	return name == p.name
+}
+
+// overlaps reports whether some interface name matches both p and q.
+func (p ifPattern) overlaps(q ifPattern) bool {
+	return (p.prefix && strings.HasPrefix(q.name, p.name)) || (q.prefix && strings.HasPrefix(p.name, q.name)) || p == q
+}
+
+// forwardMatch returns the forward_from entry that name matches, or "".
+func forwardMatch(patterns []string, name string) string {
+	for _, s := range patterns {
+		if parseIfPattern(s).matches(name) {
+			return s
+		}
+	}
+	return ""
+}
 
 func (c *Config) logRate() int {
 	if c.LogRate == 0 {
@@ -189,11 +252,62 @@ func (c *Config) Validate() []*conf.FieldError {
 		}
 	}
 
+	errs = append(errs, c.validateForwardFrom()...)
+
 	for i, r := range c.Egress {
 		errs = append(errs, r.validate(fmt.Sprintf("egress[%d]", i), "to", r.To, r.From, "from", sets)...)
 	}
 	for i, r := range c.Ingress {
 		errs = append(errs, r.validate(fmt.Sprintf("ingress[%d]", i), "from", r.From, r.To, "to", sets)...)
+	}
+	return errs
+}
+
+// validateForwardFrom checks forward_from, and that no VLAN's parent link
+// matches it: the VLANs themselves are never a source of routed traffic,
+// but their parent's untagged hosts would be.
+func (c *Config) validateForwardFrom() []*conf.FieldError {
+	var errs []*conf.FieldError
+	var seen []ifPattern
+	var seenIdx []int
+	for j, s := range c.ForwardFrom {
+		k := fmt.Sprintf("forward_from[%d]", j)
+		p := parseIfPattern(s)
+		switch {
+		case s == "":
+			errs = append(errs, conf.Errf(k, "an empty name matches no interface: give a name like \"virbr0\" or a prefix like \"veth*\""))
+			continue
+		case s == "*":
+			errs = append(errs, conf.Errf(k, "\"*\" alone would route traffic from every interface, the LAN's and the uplink's included: list the container and VM interfaces (\"docker*\", \"virbr*\")"))
+			continue
+		case strings.Contains(p.name, "*"):
+			errs = append(errs, conf.Errf(k, "%q: \"*\" may only end a name, as a prefix match (\"veth*\")", s))
+			continue
+		case !ifNameRE.MatchString(p.name):
+			errs = append(errs, conf.Errf(k, "%q is not a valid interface name or prefix (1–15 of A-Z a-z 0-9 _ . -, then an optional \"*\")", s))
+			continue
+		}
+		for n, q := range seen {
+			if p.overlaps(q) {
+				errs = append(errs, conf.Errf(k, "%q overlaps %q (forward_from[%d])", s, c.ForwardFrom[seenIdx[n]], seenIdx[n]))
+				break
+			}
+		}
+		seen = append(seen, p)
+		seenIdx = append(seenIdx, j)
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	ff, where := c.forwardFrom(), "forward_from"
+	if c.ForwardFrom == nil {
+		where = "the default forward_from"
+	}
+	for i, v := range c.VLANs {
+		if m := forwardMatch(ff, v.Parent); m != "" && v.Parent != "" {
+			errs = append(errs, conf.Errf(fmt.Sprintf("vlan[%d].parent", i),
+				"%q matches %q of %s: the hosts on its untagged network would be routed through the appliance; set forward_from to the container and VM interfaces only", v.Parent, m, where))
+		}
 	}
 	return errs
 }

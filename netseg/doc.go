@@ -4,16 +4,25 @@
 //
 // The firewall drops everything in its input, output and forward base
 // chains except loopback, established and related connections, IPv6
-// neighbour discovery, the allow rules of the [net] section (egress rules
-// also cover traffic routed through the host from its containers and VMs,
-// never from the VLANs it sits on), and the egress
+// neighbour discovery, the allow rules of the [net] section, and the egress
 // the appliance itself needs (its directory servers, audit targets, tool
 // upstreams), which the daemon derives from the rest of the config and
 // passes in as Needs; that egress is accepted only from the sockets of the
 // daemon's user and root (Options.NeedsOwners), so an agent on the host
-// cannot reach the directory or the SIEM around the appliance. Allow lists live in named interval sets (networks are
-// merged first) and a concatenated address·protocol·port set; each rule has
-// a counter; drops are logged to an nflog group the Manager reads and turns
+// cannot reach the directory or the SIEM around the appliance.
+//
+// Egress rules also cover traffic the host routes for its containers and
+// VMs (the forward chain), but only traffic that comes in on an interface
+// that forward_from names (Config.ForwardFrom; by default the bridges and
+// links of Docker, Podman, CNI, libvirt, LXC, LXD and Incus, see
+// DefaultForwardFrom), and never on a VLAN of the [net] section. A host of
+// the LAN that sets the AI server as its router, through the uplink, a
+// bond, a VLAN or any other link, is dropped, whatever ip_forward says;
+// forward_from = [] routes nothing at all.
+//
+// Allow lists live in named interval sets (networks are merged first, and
+// forward_from is a set of interface names and prefixes) and a
+// concatenated address·protocol·port set; each rule has a counter; drops are logged to an nflog group the Manager reads and turns
 // into net.egress_blocked and net.ingress_blocked audit events, aggregated
 // per destination and rate-limited.
 //
@@ -31,7 +40,11 @@
 // the daemon leaves the rules in place (fail closed).
 //
 // Caveats: host names in Needs are resolved when a plan is made; a DNS
-// change afterwards needs a new apply. The kernel must have nf_tables (and
+// change afterwards needs a new apply. forward_from matches interface
+// names: a link of the LAN named like a container bridge (an admin's
+// "br-lan" under the default "br-*") would be routed, so set forward_from
+// on such a host (a VLAN's parent that matches it is refused, and the plan
+// lists the interfaces that match now). The kernel must have nf_tables (and
 // 8021q for VLANs; without it, ErrNo8021Q).
 package netseg
 

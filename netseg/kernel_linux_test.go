@@ -655,6 +655,13 @@ func TestBadConfigChangesNothing(t *testing.T) {
 		{"vlan id 4095", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "to-user", ID: 4095}} }, "vlan[0].id"},
 		{"parent missing", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "nosuch0", ID: 20}} }, "vlan[0].parent"},
 		{"parent down", func(c *Config) { c.VLANs = []VLAN{{Name: "ai0", Parent: "down0", ID: 20}} }, "vlan[0].parent: down0 is down"},
+		{"forward_from star alone", func(c *Config) { c.ForwardFrom = []string{"docker0", "*"} }, "forward_from[1]"},
+		{"forward_from star inside", func(c *Config) { c.ForwardFrom = []string{"ve*th"} }, "forward_from[0]"},
+		{"forward_from too long", func(c *Config) { c.ForwardFrom = []string{"averyveryverylongname"} }, "forward_from[0]"},
+		{"vlan parent in forward_from", func(c *Config) {
+			c.VLANs = []VLAN{{Name: "ai0", Parent: "to-user", ID: 20}}
+			c.ForwardFrom = []string{"to-*"}
+		}, "vlan[0].parent"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1201,10 +1208,8 @@ func TestIPv6Rules(t *testing.T) {
 // (forward chain), and its blocked attempts are audited as egress.
 func TestRoutedTrafficFollowsEgressRules(t *testing.T) {
 	r := startLab(t)
-	ctr := r.lab.AddRouted(t, "ctr", netip.MustParsePrefix("172.17.0.0/24"))
-	if err := reachTCP(ctr.NS, "203.0.113.10:443"); err != nil {
-		t.Fatalf("before apply: container cannot reach the internet host: %v (lab broken)", err)
-	}
+	ctr := addContainer(t, r.lab, "ctr", "docker0", netip.MustParsePrefix("172.17.0.0/24"))
+	waitReach(t, ctr.NS, "203.0.113.10:443")
 	cfg, needs := labConfig()
 	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
 		t.Fatal(err)
@@ -1454,21 +1459,22 @@ func TestCheckTable(t *testing.T) {
 }
 
 // A host on one of the appliance's VLANs cannot use it as a router to what
-// the egress rules allow (with ip_forward on): the forward copies of the
-// egress rules are for the host's containers and VMs only.
+// the egress rules allow (with ip_forward on), even when forward_from names
+// the VLAN: the forward copies of the egress rules are for the host's
+// containers and VMs only.
 func TestSegmentHostsAreNotRouted(t *testing.T) {
 	r := startLab(t)
-	ctr := r.lab.AddRouted(t, "ctr", netip.MustParsePrefix("172.17.0.0/24"))
+	ctr := addContainer(t, r.lab, "ctr", "veth3f2a1b0", netip.MustParsePrefix("172.17.0.0/24"))
 	seg := r.lab.AddRouted(t, "seg", netip.MustParsePrefix("172.18.0.0/24"))
 	for _, h := range []*netns.Host{ctr, seg} {
-		if err := reachTCP(h.NS, "10.10.0.11:636"); err != nil {
-			t.Fatalf("before apply: %s cannot reach the dc: %v (lab broken)", h.Name, err)
-		}
+		waitReach(t, h.NS, "10.10.0.11:636")
 	}
 	cfg, _ := labConfig()
 	// The segment's link stands in for a configured VLAN (the kernel here
-	// has no 802.1Q; only its name matters to the rules).
+	// has no 802.1Q; only its name matters to the rules), and a prefix of
+	// forward_from takes it too.
 	cfg.VLANs = []VLAN{{Name: seg.AILink, Parent: "eth0", ID: 30, Addresses: []string{"172.18.0.1/24"}}}
+	cfg.ForwardFrom = []string{"veth*", "to-*"}
 	rs, err := buildRuleset(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)

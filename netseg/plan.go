@@ -22,6 +22,13 @@ type Plan struct {
 	Needs []PlannedNeed `json:"needs"`
 	// Rules is the full ruleset after the apply, one line per rule.
 	Rules []string `json:"rules"`
+	// ForwardFrom is the forward_from in force: the interfaces routed
+	// traffic may come in on to leave under the egress rules. Empty means
+	// the host routes nothing (forward_from = [], or no egress rule).
+	ForwardFrom []string `json:"forward_from"`
+	// ForwardLinks are the host's interfaces that match ForwardFrom now
+	// (the VLANs, never routed, left out).
+	ForwardLinks []string `json:"forward_links"`
 	// Lockout says why the apply would cut the admin's SSH session.
 	Lockout string `json:"lockout,omitempty"`
 	// ConfirmBy is when an unconfirmed apply rolls back.
@@ -53,6 +60,16 @@ func (p *Plan) String() string {
 			fmt.Fprintf(&b, "  %s %s -> %s   (%s)\n", n.Proto, n.Address, strings.Join(n.Resolved, ", "), n.Origin)
 		}
 	}
+	if len(p.ForwardFrom) == 0 {
+		b.WriteString("\nRouted traffic: none; the host routes nothing for its containers or VMs (forward_from = [], or no [[net.egress]] rule).\n")
+	} else {
+		fmt.Fprintf(&b, "\nRouted traffic leaves under the egress rules only when it comes in on: %s (forward_from)\n", strings.Join(p.ForwardFrom, ", "))
+		if len(p.ForwardLinks) == 0 {
+			b.WriteString("  no interface of the host matches now\n")
+		} else {
+			fmt.Fprintf(&b, "  interfaces that match now: %s\n", strings.Join(p.ForwardLinks, ", "))
+		}
+	}
 	b.WriteString("\nRuleset after apply (everything else is dropped and logged):\n")
 	for _, r := range p.Rules {
 		fmt.Fprintf(&b, "  %s\n", r)
@@ -68,7 +85,10 @@ func (p *Plan) String() string {
 
 // basePlan is the part of a plan that needs no kernel: needs and rules.
 func basePlan(a *applied) *Plan {
-	p := &Plan{Changes: []string{}}
+	p := &Plan{Changes: []string{}, ForwardFrom: slices.Clone(a.Config.forwardFrom()), ForwardLinks: []string{}}
+	if len(a.Config.Egress) == 0 {
+		p.ForwardFrom = []string{} // no egress rule has a forward copy
+	}
 	for _, n := range a.Needs {
 		pn := PlannedNeed{Address: n.Address, Proto: strings.ToLower(n.Proto), Origin: n.Origin}
 		for _, ad := range n.Addrs {
@@ -83,6 +103,22 @@ func basePlan(a *applied) *Plan {
 		p.Rules = append(p.Rules, c.Name+": policy drop")
 	}
 	return p
+}
+
+// forwardLinks lists the names among links that forward_from matches,
+// the VLANs left out.
+func forwardLinks(cfg *Config, links []string) []string {
+	out := []string{}
+	if len(cfg.Egress) == 0 {
+		return out
+	}
+	for _, l := range links {
+		if forwardMatch(cfg.forwardFrom(), l) != "" && !slices.ContainsFunc(cfg.VLANs, func(v VLAN) bool { return v.Name == l }) {
+			out = append(out, l)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // tableChanges diffs the desired ruleset against the kernel's table.
@@ -179,6 +215,8 @@ func summarize(items []string) string {
 func renderElems(s *nftables.Set, elems []nftables.SetElement) []string {
 	var out []string
 	switch {
+	case s.Interval && s.KeyType.Name == nftables.TypeIFName.Name:
+		out = renderIfnames(elems)
 	case s.Interval:
 		es := slices.Clone(elems)
 		slices.SortStableFunc(es, func(a, b nftables.SetElement) int { return bytes.Compare(a.Key, b.Key) })
@@ -214,6 +252,39 @@ func renderElems(s *nftables.Set, elems []nftables.SetElement) []string {
 			if len(e.Key) == 2 {
 				out = append(out, fmt.Sprint(binary.BigEndian.Uint16(e.Key)))
 			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// renderIfnames turns the elements of an interval set of interface names
+// back into forward_from entries ("virbr0", "veth*"); a range that is
+// neither is shown as its two ends.
+func renderIfnames(elems []nftables.SetElement) []string {
+	es := slices.Clone(elems)
+	slices.SortStableFunc(es, func(a, b nftables.SetElement) int { return bytes.Compare(a.Key, b.Key) })
+	var out []string
+	for i := 0; i < len(es); i++ {
+		if es[i].IntervalEnd {
+			continue
+		}
+		start := es[i].Key
+		base := string(bytes.TrimRight(start, "\x00"))
+		var end []byte
+		if i+1 < len(es) && es[i+1].IntervalEnd {
+			end = es[i+1].Key
+			i++
+		}
+		exact, _ := incBytes(ifname(base))
+		prefixEnd, _ := incBytes([]byte(base))
+		switch {
+		case bytes.Equal(start, ifname(base)) && bytes.Equal(end, exact):
+			out = append(out, base)
+		case bytes.Equal(start, ifname(base)) && base != "" && bytes.Equal(end, ifname(string(prefixEnd))):
+			out = append(out, base+"*")
+		default:
+			out = append(out, fmt.Sprintf("%q-%q", start, end))
 		}
 	}
 	slices.Sort(out)

@@ -127,8 +127,21 @@ func buildRuleset(cfg *Config, needs []resolvedNeed, owners []uint32) (*ruleset,
 	if err := b.needs(out, needs, owners); err != nil {
 		return nil, err
 	}
+	// Routed traffic is taken under the egress rules only from the
+	// container and VM interfaces of forward_from; with none, the egress
+	// rules get no forward copies and the host routes nothing.
+	var also *chainSpec
+	if ff := cfg.forwardFrom(); len(ff) > 0 && len(cfg.Egress) > 0 {
+		b.fwdSet = &setSpec{
+			Set:  nftables.Set{Name: "forward_from", KeyType: nftables.TypeIFName, Interval: true},
+			Desc: "interfaces of the host's containers and VMs, whose traffic it routes under the egress rules",
+		}
+		b.fwdSet.Elems, b.fwdSet.Items = ifnameElems(ff)
+		b.addSet(b.fwdSet)
+		also = fwd
+	}
 	for i := range cfg.Egress {
-		if err := b.allow(out, "egress", i, &cfg.Egress[i], cfg.Egress[i].To, fwd); err != nil {
+		if err := b.allow(out, "egress", i, &cfg.Egress[i], cfg.Egress[i].To, also); err != nil {
 			return nil, err
 		}
 	}
@@ -150,6 +163,9 @@ type builder struct {
 	// vlans are the configured VLAN interfaces: the segments the host sits
 	// on, whose hosts it must not route anywhere.
 	vlans []string
+	// fwdSet holds the forward_from interfaces, the only ones routed
+	// traffic may come in on.
+	fwdSet *setSpec
 }
 
 func (b *builder) addSet(s *setSpec) {
@@ -163,7 +179,8 @@ func (b *builder) addSet(s *setSpec) {
 // interval set of merged networks per address family, a port set when ports
 // are given, and one counted accept rule per family. Egress rules also go
 // into also (the forward chain), so containers and VMs on the host leave
-// it under the same allow list as the host itself.
+// it under the same allow list as the host itself: only traffic that comes
+// in on an interface of forward_from, and never on a VLAN.
 func (b *builder) allow(c *chainSpec, kind string, idx int, r *Rule, addrs []string, also *chainSpec) error {
 	var prefixes []netip.Prefix
 	for _, a := range addrs {
@@ -260,14 +277,18 @@ func (b *builder) allow(c *chainSpec, kind string, idx int, r *Rule, addrs []str
 		desc := ruleDesc(kind, idx, r, fam.name, as.Set.Name, portSet)
 		c.Rules = append(c.Rules, &ruleSpec{Desc: desc, Exprs: append(slices.Clone(ex), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})})
 		if also != nil {
-			// Routed traffic from the host's containers and VMs, not from
-			// the segments it sits on: a host on a VLAN must not use the
+			// Routed traffic from the host's containers and VMs only: a
+			// host on the LAN, on the uplink or on a VLAN must not use the
 			// AI server as a router to what the server may reach.
 			var fx []expr.Any
 			for _, v := range b.vlans {
 				fx = append(fx, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(v)})
 			}
-			fdesc := also.Name + ": " + desc
+			fx = append(fx,
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Lookup{SourceRegister: 1, SetName: b.fwdSet.Set.Name, SetID: b.fwdSet.Set.ID},
+			)
+			fdesc := also.Name + ": " + desc + ", in via @" + b.fwdSet.Set.Name
 			if len(b.vlans) > 0 {
 				fdesc += ", not from " + strings.Join(b.vlans, ", ")
 			}
@@ -386,6 +407,42 @@ func (b *builder) needs(out *chainSpec, needs []resolvedNeed, owners []uint32) e
 		}
 	}
 	return nil
+}
+
+// ifnameElems encodes forward_from as an interval set of interface names,
+// the way nft encodes iifname { "veth*" }: a name is the range of itself,
+// a prefix the range of every name that starts with it (the prefix padded
+// with zeros up to the prefix padded with 0xff), each closed by an
+// interval-end element one past it.
+func ifnameElems(patterns []string) ([]nftables.SetElement, []string) {
+	var elems []nftables.SetElement
+	for _, s := range patterns {
+		p := parseIfPattern(s)
+		var end []byte
+		if p.prefix {
+			end = []byte(p.name)
+		} else {
+			end = ifname(p.name)
+		}
+		elems = append(elems, nftables.SetElement{Key: ifname(p.name)})
+		if next, ok := incBytes(end); ok {
+			elems = append(elems, nftables.SetElement{Key: ifname(string(next)), IntervalEnd: true})
+		}
+	}
+	return elems, slices.Clone(patterns)
+}
+
+// incBytes returns b plus one as a big-endian number, or false when b is
+// all 0xff (the range reaches the top of the key space).
+func incBytes(b []byte) ([]byte, bool) {
+	out := slices.Clone(b)
+	for i := len(out) - 1; i >= 0; i-- {
+		out[i]++
+		if out[i] != 0 {
+			return out, true
+		}
+	}
+	return nil, false
 }
 
 func ifname(n string) []byte {

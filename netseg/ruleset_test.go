@@ -48,6 +48,18 @@ func goldenCases() map[string]struct {
 				Addrs: []netip.Addr{netip.MustParseAddr("10.40.0.10"), netip.MustParseAddr("2001:db8::10")}, Port: 6514}},
 			owners: []uint32{998, 0},
 		},
+		// Routed traffic only from two container interfaces, never from
+		// the VLAN even where a prefix would take it.
+		"forward-from-vlan": {cfg: &Config{
+			VLANs:       []VLAN{{Name: "ai0", Parent: "eth0", ID: 20, Addresses: []string{"10.20.0.5/24"}}},
+			ForwardFrom: []string{"docker0", "a*"},
+			Egress:      []Rule{{To: []string{"10.10.0.11", "2001:db8::11"}, Proto: "tcp", Ports: []int{636}}},
+		}},
+		// forward_from = []: the forward chain accepts nothing new.
+		"forward-nothing": {cfg: &Config{
+			ForwardFrom: []string{},
+			Egress:      []Rule{{To: []string{"10.10.0.11"}, Proto: "tcp", Ports: []int{636}}},
+		}},
 		"sets-interfaces-v6-nolog": {cfg: &Config{
 			LogDrops: &off,
 			Sets:     []AddrSet{{Name: "dcs", Addresses: []string{"10.10.0.11", "10.10.0.12", "2001:db8:1::/48"}}},
@@ -212,6 +224,7 @@ func TestRenderElemsRoundTrip(t *testing.T) {
 		"egress_0_v4":    {"0.0.0.0/1", "192.168.1.7/32"},
 		"egress_0_ports": {"22", "443"},
 		"appliance_v4":   {"udp 10.1.1.1:514"},
+		"forward_from":   {"br-*", "cni*", "docker*", "incusbr*", "lxcbr*", "lxdbr*", "podman*", "veth*", "virbr*", "vnet*"},
 	}
 	for _, s := range rs.Sets {
 		// The kernel returns elements in its own order.
@@ -219,6 +232,78 @@ func TestRenderElemsRoundTrip(t *testing.T) {
 		slices.Reverse(elems)
 		if got := renderElems(&s.Set, elems); !slices.Equal(got, want[s.Set.Name]) {
 			t.Errorf("set %s: got %v, want %v", s.Set.Name, got, want[s.Set.Name])
+		}
+	}
+}
+
+// A forward_from entry is encoded as nft encodes iifname { "veth*" }, and
+// reads back as itself.
+func TestForwardFromElems(t *testing.T) {
+	pad := func(s string) string { return string(ifname(s)) }
+	tests := []struct {
+		in        string
+		start     string
+		end       string // the interval-end element's key
+		matches   []string
+		unmatches []string
+	}{
+		{"veth*", pad("veth"), pad("veti"), []string{"veth", "veth1a2b3c4", "vethzzzzzzzzzzz"}, []string{"vet", "vetf", "vetj0", "xveth"}},
+		{"virbr0", pad("virbr0"), pad("virbr0")[:15] + "\x01", []string{"virbr0"}, []string{"virbr", "virbr00", "virbr1"}},
+		{"abcdefghijklmno", pad("abcdefghijklmno"), "abcdefghijklmno\x01", []string{"abcdefghijklmno"}, []string{"abcdefghijklmnp"}},
+		{"br-*", pad("br-"), pad("br."), []string{"br-0123456789ab", "br-"}, []string{"br0", "br", "bridge0"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			elems, items := ifnameElems([]string{tc.in})
+			if len(elems) != 2 || elems[0].IntervalEnd || !elems[1].IntervalEnd {
+				t.Fatalf("got %d elements %+v, want a start and an interval end", len(elems), elems)
+			}
+			if got := string(elems[0].Key); got != tc.start {
+				t.Errorf("start: got %q, want %q", got, tc.start)
+			}
+			if got := string(elems[1].Key); got != tc.end {
+				t.Errorf("end: got %q, want %q", got, tc.end)
+			}
+			// The kernel's iifname is the name padded with zeros to 16
+			// bytes; a set element matches keys in [start, end).
+			in := func(name string) bool {
+				k := pad(name)
+				return k >= string(elems[0].Key) && k < string(elems[1].Key)
+			}
+			for _, n := range tc.matches {
+				if !in(n) || forwardMatch([]string{tc.in}, n) != tc.in {
+					t.Errorf("%q does not match %q", n, tc.in)
+				}
+			}
+			for _, n := range tc.unmatches {
+				if in(n) || forwardMatch([]string{tc.in}, n) != "" {
+					t.Errorf("%q matches %q", n, tc.in)
+				}
+			}
+			slices.Reverse(elems)
+			set := nftables.Set{KeyType: nftables.TypeIFName, Interval: true}
+			if got := renderElems(&set, elems); !slices.Equal(got, items) {
+				t.Errorf("rendered: got %v, want %v", got, items)
+			}
+		})
+	}
+}
+
+// The default forward_from is valid and takes the container and VM
+// interfaces of the usual engines, not the host's own links.
+func TestDefaultForwardFrom(t *testing.T) {
+	c := &Config{ForwardFrom: DefaultForwardFrom()}
+	if errs := c.Validate(); len(errs) != 0 {
+		t.Fatalf("default forward_from: got %v, want no errors", errs)
+	}
+	for _, n := range []string{"docker0", "docker_gwbridge", "br-3f2a1b0c9d8e", "veth1a2b3c4", "podman0", "cni-podman0", "cni0", "virbr0", "vnet12", "lxcbr0", "lxdbr0", "incusbr0"} {
+		if forwardMatch(DefaultForwardFrom(), n) == "" {
+			t.Errorf("%s is not in the default forward_from", n)
+		}
+	}
+	for _, n := range []string{"eth0", "eno1", "enp3s0f1", "bond0", "ai0", "eth0.20", "br0", "wlan0", "tun0", "wg0", "lo"} {
+		if m := forwardMatch(DefaultForwardFrom(), n); m != "" {
+			t.Errorf("%s matches %q of the default forward_from", n, m)
 		}
 	}
 }
@@ -267,6 +352,17 @@ func TestValidate(t *testing.T) {
 		{"bad interface", func(c *Config) { c.Ingress[0].Interface = "a b" }, "ingress[0].interface"},
 		{"log rate", func(c *Config) { c.LogRate = -1 }, "log_rate"},
 		{"log group", func(c *Config) { c.LogGroup = 70000 }, "log_group"},
+		{"empty forward_from name", func(c *Config) { c.ForwardFrom = []string{"docker0", ""} }, "forward_from[1]"},
+		{"forward_from star alone", func(c *Config) { c.ForwardFrom = []string{"*"} }, "forward_from[0]"},
+		{"forward_from star inside", func(c *Config) { c.ForwardFrom = []string{"ve*th"} }, "forward_from[0]"},
+		{"forward_from two stars", func(c *Config) { c.ForwardFrom = []string{"veth**"} }, "forward_from[0]"},
+		{"forward_from over IFNAMSIZ", func(c *Config) { c.ForwardFrom = []string{"averyveryverylongname"} }, "forward_from[0]"},
+		{"forward_from prefix over IFNAMSIZ", func(c *Config) { c.ForwardFrom = []string{"averyveryverylong*"} }, "forward_from[0]"},
+		{"forward_from bad character", func(c *Config) { c.ForwardFrom = []string{"eth 0"} }, "forward_from[0]"},
+		{"forward_from duplicate", func(c *Config) { c.ForwardFrom = []string{"virbr0", "virbr0"} }, "forward_from[1]"},
+		{"forward_from overlap", func(c *Config) { c.ForwardFrom = []string{"vnet3", "vnet*"} }, "forward_from[1]"},
+		{"vlan parent forwarded", func(c *Config) { c.ForwardFrom = []string{"eth*"} }, "vlan[0].parent"},
+		{"vlan parent forwarded by default", func(c *Config) { c.VLANs[0].Parent = "br-lan" }, "vlan[0].parent"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -420,10 +516,11 @@ func FuzzValidate(f *testing.F) {
 	f.Add("1.2.3.4", "2001:db8::1", 65536, "a b", 1, "any")
 	f.Fuzz(func(t *testing.T, a, b string, port int, name string, id int, proto string) {
 		c := &Config{
-			Sets:    []AddrSet{{Name: "dcs", Addresses: []string{a}}},
-			VLANs:   []VLAN{{Name: name, Parent: "eth0", ID: id}},
-			Egress:  []Rule{{To: []string{a, b}, Proto: proto, Ports: []int{port}, Interface: name}},
-			Ingress: []Rule{{From: []string{b}, Proto: proto}},
+			Sets:        []AddrSet{{Name: "dcs", Addresses: []string{a}}},
+			VLANs:       []VLAN{{Name: name, Parent: "eth0", ID: id}},
+			Egress:      []Rule{{To: []string{a, b}, Proto: proto, Ports: []int{port}, Interface: name}},
+			Ingress:     []Rule{{From: []string{b}, Proto: proto}},
+			ForwardFrom: []string{proto},
 		}
 		if len(c.Validate()) > 0 {
 			return

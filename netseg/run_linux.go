@@ -23,6 +23,11 @@ func (m *Manager) plan(a *applied) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	links, err := m.l.linkNames()
+	if err != nil {
+		return nil, err
+	}
+	p.ForwardLinks = forwardLinks(&a.Config, links)
 	kt, err := m.k.read()
 	if err != nil {
 		return nil, err
