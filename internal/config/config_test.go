@@ -69,6 +69,8 @@ func TestBrokenConfigsNameLineAndKey(t *testing.T) {
 		{"unknown role on agent", "[[role]]\nname = \"a\"\n[[agent]]\nname = \"bot\"\nroles = [\"a\", \"b\"]\n", 5, "agent[0].roles[1]", "unknown role"},
 		{"syntax error", "[server\nlisten = 1\n", 1, "", "TOML syntax error"},
 		{"bad log level", "[server]\nlog_level = \"loud\"\n", 2, "server.log_level", "unknown level"},
+		{"star inside a forward_from name", "[net]\nlog_rate = 10\nforward_from = [\"docker0\", \"ve*th\"]\n", 3, "net.forward_from[1]", "may only end a name"},
+		{"empty forward_from name", "[net]\nforward_from = [\"\"]\n", 2, "net.forward_from[0]", "empty name"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -143,4 +145,23 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("config with error")
 		}
 	})
+}
+
+// [net] forward_from = [] (route nothing) stays apart from an absent key
+// (the default list) through the loader.
+func TestNetForwardFromEmptyIsKept(t *testing.T) {
+	f, err := Parse("test.toml", []byte(validConfig+"\n[net]\nforward_from = []\n"))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if f.Net.ForwardFrom == nil || len(f.Net.ForwardFrom) != 0 {
+		t.Errorf("forward_from = []: got %#v, want an empty, non-nil list", f.Net.ForwardFrom)
+	}
+	f, err = Parse("test.toml", []byte(validConfig))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if f.Net.ForwardFrom != nil {
+		t.Errorf("no forward_from: got %#v, want nil (the default)", f.Net.ForwardFrom)
+	}
 }
