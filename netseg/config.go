@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/applianced/applianced/internal/conf"
+	"golang.org/x/sys/unix"
 )
 
 // Config is the [net] section of applianced.toml: the VLANs the appliance
@@ -282,6 +283,9 @@ func (c *Config) validateForwardFrom() []*conf.FieldError {
 			continue
 		case strings.Contains(p.name, "*"):
 			errs = append(errs, conf.Errf(k, "%q: \"*\" may only end a name, as a prefix match (\"veth*\")", s))
+			continue
+		case len(p.name) > unix.IFNAMSIZ-1:
+			errs = append(errs, conf.Errf(k, "%q is longer than an interface name can be (%d bytes)", s, unix.IFNAMSIZ-1))
 			continue
 		case !ifNameRE.MatchString(p.name):
 			errs = append(errs, conf.Errf(k, "%q is not a valid interface name or prefix (1–15 of A-Z a-z 0-9 _ . -, then an optional \"*\")", s))
