@@ -283,7 +283,8 @@ func (h *netHandlers) status(w http.ResponseWriter, r *http.Request) {
 
 func cmdNetPlan(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := e.flags("net plan", "", "Show what `net apply` would change: the difference between the [net] section (plus\n"+
-		"the egress the appliance derives from the rest of the config) and the kernel.",
+		"the egress the appliance derives from the rest of the config) and the kernel, and which of\n"+
+		"the host's interfaces the traffic it routes for containers and VMs may come in on (forward_from).",
 		"applianced net plan", "applianced net plan --json")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if code, ok := e.parseArgs(fs, args, 0); !ok {

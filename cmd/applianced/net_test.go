@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,10 +112,17 @@ comment = "domain controllers"
 	if code != exitOK || !strings.Contains(out, "egress[0]: accept v4 tcp to @egress_0_v4 port 636 (domain controllers)") {
 		t.Errorf("net plan: exit %d, stdout:\n%s\nstderr: %s", code, out, errOut)
 	}
+	if !strings.Contains(out, "forward: egress[0]: accept v4 tcp to @egress_0_v4 port 636 (domain controllers), in via @forward_from") ||
+		!strings.Contains(out, "only when it comes in on: "+strings.Join(netseg.DefaultForwardFrom(), ", ")+" (forward_from)") {
+		t.Errorf("net plan does not say where routed traffic may come from:\n%s", out)
+	}
 	code, out, _ = verb("net", "plan", "--json")
 	var p netseg.Plan
 	if err := json.Unmarshal([]byte(out), &p); code != exitOK || err != nil || len(p.Rules) == 0 {
 		t.Errorf("net plan --json: exit %d, err %v, rules %d", code, err, len(p.Rules))
+	}
+	if !slices.Equal(p.ForwardFrom, netseg.DefaultForwardFrom()) || p.ForwardLinks == nil {
+		t.Errorf("net plan --json: forward_from %v, forward_links %v; want the default and a list", p.ForwardFrom, p.ForwardLinks)
 	}
 	if code, out, _ := verb("net", "status"); code != exitOK || !strings.Contains(out, "not applied") {
 		t.Errorf("net status: exit %d, stdout:\n%s", code, out)
