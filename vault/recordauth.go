@@ -54,7 +54,7 @@ type upgradeReport struct {
 	term     uint32   // the new active term
 	records  int      // records upgraded
 	versions int      // versions re-encrypted
-	skipped  []string // "ns:name" of records left as they were (they do not decode or decrypt)
+	skipped  []string // "secret:NAME" or "system key:NAME" of records left as they were (they do not decode or decrypt)
 }
 
 // maxSkippedNamed bounds the names of skipped records in the audit event.
