@@ -587,6 +587,8 @@ func TestDriftIsRepaired(t *testing.T) {
 		// The same rules, comments and count: only what they do changed.
 		{"policy accept", "add chain inet applianced output { type filter hook output priority 0 ; policy accept ; }"},
 		{"rule replaced under its comment", ""},
+		// The routed traffic's sources swapped for the uplink.
+		{"forward_from replaced", `flush set inet applianced forward_from ; add element inet applianced forward_from { "eth*" }`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
