@@ -1,14 +1,17 @@
 package audit
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -81,6 +84,49 @@ func TestJournalChainIDIsInEverySegmentAndOutlivesReopen(t *testing.T) {
 	defer other.Close()
 	if other.ChainID() == id {
 		t.Error("got the same chain id for another journal")
+	}
+}
+
+// TestChainIDSurvivesSIGKILL kills a process appending to a journal (and
+// rotating its segments) several times, the first time as soon as it
+// started: the journal keeps one chain id, in every segment, and verifies.
+func TestChainIDSurvivesSIGKILL(t *testing.T) {
+	dir := t.TempDir()
+	for round := 0; round < 6; round++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stdout)
+		if round > 0 {
+			// Past seq 1, and some way into the journal.
+			for i := 0; i < 2000 && sc.Scan(); i++ {
+			}
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		for sc.Scan() {
+		}
+		cmd.Wait()
+	}
+	hdrs := segmentHeaders(t, dir)
+	if len(hdrs) < 2 {
+		t.Fatalf("got %d segments, want the child to have rotated", len(hdrs))
+	}
+	j := openTest(t, dir, nil)
+	id := j.ChainID()
+	for _, h := range hdrs {
+		if !validChainID(id) || !strings.HasSuffix(h, " chain="+id) {
+			t.Errorf("got segment header %q, journal chain id %q; want every segment in that chain", h, id)
+		}
+	}
+	rep := mustVerify(t, dir)
+	if !rep.OK() || rep.Chain != id {
+		t.Errorf("got chain %q, problems %v; want %q and none", rep.Chain, rep.Problems, id)
 	}
 }
 

@@ -312,8 +312,8 @@ func addCaptureFlags(fs interface {
 			"it was taken; the newest seal must be no older than that less its interval\n"+
 			"and a minute, or the tail after it was cut"),
 		pubkey: fs.String("pubkey", "", "with FILE: the checkpoint public `KEY` (applianced audit pubkey); default: ask the running daemon"),
-		openTail: fs.Bool("open-tail", false, "with FILE: entries after the last checkpoint are a note, not a problem\n"+
-			"(a capture of a stream still running)"),
+		openTail: fs.Bool("open-tail", false, "with FILE: entries after the last checkpoint, and a newest seal older\n"+
+			"than --until allows, are notes, not problems (a capture of a stream still running)"),
 		noSignatures: fs.Bool("no-signatures", false, "with FILE: check the chain only, without the checkpoint key; the\n"+
 			"result is then never \"ok\" (whoever rewrites a capture can recompute a chain)"),
 	}
