@@ -430,6 +430,17 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	}
 	if len(checks) > 1 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d chains in the capture (a journal set aside starts a new one); the newest is %s", len(checks), chainName(newest.rep.ID)))
+		for _, c := range checks {
+			// No hash covers a chain id: only a checkpoint says which
+			// chain entries belong to. Without one, a chain of invented
+			// entries would pass, whatever AllowOpenTail says.
+			if c.seal == nil && !slices.ContainsFunc(c.problems, func(p CaptureProblem) bool {
+				return p.Kind == ProblemCheckpoint || p.Kind == ProblemSignature
+			}) {
+				c.problems = append(c.problems, CaptureProblem{Kind: ProblemCheckpoint, Seq: c.rep.FirstSeq, LastSeq: c.rep.LastSeq,
+					Message: fmt.Sprintf("no checkpoint of this chain in the capture: with several chains, entries no checkpoint names cannot be told from an invented chain (seqs %d to %d)", c.rep.FirstSeq, c.rep.LastSeq)})
+			}
+		}
 	}
 	for _, c := range checks {
 		if len(checks) > 1 {

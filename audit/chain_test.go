@@ -304,3 +304,25 @@ func TestCaptureRefusesEntriesMovedToAnotherChain(t *testing.T) {
 		t.Errorf("got sealed up to %d, problems %v; want signature problems and nothing sealed", rep.SealedUpTo, rep.Problems)
 	}
 }
+
+// A chain no checkpoint names, beside a sealed one, is refused even for a
+// stream declared open: its chain id is in no hash, so it could be
+// invented entries given an id of their own.
+func TestCaptureRefusesAnUnsealedChainBesideASealedOne(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	sealed, _ := sealedJournal(t, t.TempDir(), key, 6)
+	var invented []forgedEntry
+	var prev [32]byte
+	for i := 1; i <= 3; i++ {
+		e := &Event{Seq: uint64(i), Time: time.Now().UTC(), Type: "secret.delete", Outcome: OutcomeSuccess, Target: "prod-db"}
+		c, _ := e.Canonical()
+		h := ChainHash(prev, c)
+		invented = append(invented, forgedEntry{uint64(i), h, prev, c})
+		prev = h
+	}
+	lines := append(sealed, chainBodies("ffffffffffffffffffffffffffffffff", invented)...)
+	rep := verifyLinesWith(t, &CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), AllowOpenTail: true}, lines)
+	if !hasProblem(rep, ProblemCheckpoint) {
+		t.Errorf("got problems %v, notes %v; want the unsealed chain refused", rep.Problems, rep.Notes)
+	}
+}
