@@ -60,11 +60,13 @@ type Config struct {
 	// LogGroup is the nflog group the drop log rules send to. 0 means 100.
 	LogGroup int `toml:"log_group"`
 	// ForwardFrom names the interfaces of the host's containers and VMs:
-	// traffic the host routes (the forward chain) is accepted under the
-	// egress rules only when it comes in on one of them, and never from a
-	// [[net.vlan]]. A name ending in "*" matches every interface that
-	// starts with the rest ("veth*"). Nil (the key absent) means
-	// DefaultForwardFrom; an empty list means the host routes nothing.
+	// traffic the host routes (the forward chain) is accepted only when it
+	// comes in on one of them, and never from a [[net.vlan]]: as it is
+	// when it goes out on another of them (containers talking to each
+	// other, on one bridge or across two), else under the egress rules. A
+	// name ending in "*" matches every interface that starts with the rest
+	// ("veth*"). Nil (the key absent) means DefaultForwardFrom; an empty
+	// list means the host routes nothing, not even between its containers.
 	ForwardFrom []string `toml:"forward_from"`
 }
 

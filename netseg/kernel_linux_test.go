@@ -1463,14 +1463,19 @@ func TestCheckTable(t *testing.T) {
 // A host on one of the appliance's VLANs cannot use it as a router to what
 // the egress rules allow (with ip_forward on), even when forward_from names
 // the VLAN: the forward copies of the egress rules are for the host's
-// containers and VMs only.
+// containers and VMs only. Nor is the VLAN local to the host: its hosts and
+// the containers do not reach each other through the forward chain.
 func TestSegmentHostsAreNotRouted(t *testing.T) {
 	r := startLab(t)
 	ctr := addContainer(t, r.lab, "ctr", "veth3f2a1b0", netip.MustParsePrefix("172.17.0.0/24"))
 	seg := r.lab.AddRouted(t, "seg", netip.MustParsePrefix("172.18.0.0/24"))
+	serveTCP(t, ctr.NS, "172.17.0.2:8000")
+	serveTCP(t, seg.NS, "172.18.0.2:8000")
 	for _, h := range []*netns.Host{ctr, seg} {
 		waitReach(t, h.NS, "10.10.0.11:636")
 	}
+	waitReach(t, ctr.NS, "172.18.0.2:8000")
+	waitReach(t, seg.NS, "172.17.0.2:8000")
 	cfg, _ := labConfig()
 	// The segment's link stands in for a configured VLAN (the kernel here
 	// has no 802.1Q; only its name matters to the rules), and a prefix of
@@ -1489,6 +1494,12 @@ func TestSegmentHostsAreNotRouted(t *testing.T) {
 	}
 	if err := reachTCP(seg.NS, "10.10.0.11:636"); err == nil {
 		t.Error("a host on a VLAN of the appliance was routed to the dc")
+	}
+	if err := reachTCP(seg.NS, "172.17.0.2:8000"); err == nil {
+		t.Error("a host on a VLAN of the appliance was routed to a container")
+	}
+	if err := reachTCP(ctr.NS, "172.18.0.2:8000"); err == nil {
+		t.Error("a container was routed to a host on a VLAN of the appliance, which the egress rules do not allow")
 	}
 }
 

@@ -23,8 +23,9 @@ type Plan struct {
 	// Rules is the full ruleset after the apply, one line per rule.
 	Rules []string `json:"rules"`
 	// ForwardFrom is the forward_from in force: the interfaces routed
-	// traffic may come in on to leave under the egress rules. Empty means
-	// the host routes nothing (forward_from = [], or no egress rule).
+	// traffic may come in on, to go out on another of them or to leave
+	// under the egress rules. Empty means the host routes nothing
+	// (forward_from = []).
 	ForwardFrom []string `json:"forward_from"`
 	// ForwardLinks are the host's interfaces that match ForwardFrom now
 	// (the VLANs, never routed, left out).
@@ -61,9 +62,10 @@ func (p *Plan) String() string {
 		}
 	}
 	if len(p.ForwardFrom) == 0 {
-		b.WriteString("\nRouted traffic: none; the host routes nothing for its containers or VMs (forward_from = [], or no [[net.egress]] rule).\n")
+		b.WriteString("\nRouted traffic: none; the host routes nothing for its containers or VMs, not even between them (forward_from = []).\n")
 	} else {
 		fmt.Fprintf(&b, "\nRouted traffic leaves under the egress rules only when it comes in on: %s (forward_from)\n", strings.Join(p.ForwardFrom, ", "))
+		b.WriteString("  between two of these interfaces (containers and VMs of the host, bridged or routed) it is accepted\n")
 		if len(p.ForwardLinks) == 0 {
 			b.WriteString("  no interface of the host matches now\n")
 		} else {
@@ -86,9 +88,6 @@ func (p *Plan) String() string {
 // basePlan is the part of a plan that needs no kernel: needs and rules.
 func basePlan(a *applied) *Plan {
 	p := &Plan{Changes: []string{}, ForwardFrom: slices.Clone(a.Config.forwardFrom()), ForwardLinks: []string{}}
-	if len(a.Config.Egress) == 0 {
-		p.ForwardFrom = []string{} // no egress rule has a forward copy
-	}
 	for _, n := range a.Needs {
 		pn := PlannedNeed{Address: n.Address, Proto: strings.ToLower(n.Proto), Origin: n.Origin}
 		for _, ad := range n.Addrs {
@@ -109,9 +108,6 @@ func basePlan(a *applied) *Plan {
 // the VLANs left out.
 func forwardLinks(cfg *Config, links []string) []string {
 	out := []string{}
-	if len(cfg.Egress) == 0 {
-		return out
-	}
 	for _, l := range links {
 		if forwardMatch(cfg.forwardFrom(), l) != "" && !slices.ContainsFunc(cfg.VLANs, func(v VLAN) bool { return v.Name == l }) {
 			out = append(out, l)

@@ -127,17 +127,19 @@ func buildRuleset(cfg *Config, needs []resolvedNeed, owners []uint32) (*ruleset,
 	if err := b.needs(out, needs, owners); err != nil {
 		return nil, err
 	}
-	// Routed traffic is taken under the egress rules only from the
-	// container and VM interfaces of forward_from; with none, the egress
-	// rules get no forward copies and the host routes nothing.
+	// Routed traffic is taken only from the container and VM interfaces
+	// of forward_from: to another of them as it is (it stays on the host),
+	// anywhere else under the egress rules. With none, the egress rules
+	// get no forward copies and the host routes nothing.
 	var also *chainSpec
-	if ff := cfg.forwardFrom(); len(ff) > 0 && len(cfg.Egress) > 0 {
+	if ff := cfg.forwardFrom(); len(ff) > 0 {
 		b.fwdSet = &setSpec{
 			Set:  nftables.Set{Name: "forward_from", KeyType: nftables.TypeIFName, Interval: true},
-			Desc: "interfaces of the host's containers and VMs, whose traffic it routes under the egress rules",
+			Desc: "interfaces of the host's containers and VMs: traffic between two of them is accepted, out of them only under the egress rules",
 		}
 		b.fwdSet.Elems, b.fwdSet.Items = ifnameElems(ff)
 		b.addSet(b.fwdSet)
+		fwd.Rules = append(fwd.Rules, b.localRule())
 		also = fwd
 	}
 	for i := range cfg.Egress {
@@ -173,6 +175,37 @@ func (b *builder) addSet(s *setSpec) {
 	s.Set.ID = b.setID
 	s.Set.Table = tableRef
 	b.rs.Sets = append(b.rs.Sets, s)
+}
+
+// localRule accepts, in the forward chain, traffic that both comes in and
+// goes out on an interface of forward_from: containers and VMs of the host
+// talking to each other, which never leaves it. With br_netfilter on (Docker
+// turns it on), packets bridged between two containers on one bridge cross
+// the forward hook too, and the hook sees the bridge (docker0, br-<id>) as
+// both their input and output interface, not its ports; packets routed
+// between two local bridges are seen with one bridge in, the other out. A
+// VLAN of the [net] section is neither: its hosts are the LAN's.
+func (b *builder) localRule() *ruleSpec {
+	var ex []expr.Any
+	for _, v := range b.vlans {
+		ex = append(ex,
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(v)},
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(v)},
+		)
+	}
+	ex = append(ex,
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: b.fwdSet.Set.Name, SetID: b.fwdSet.Set.ID},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: b.fwdSet.Set.Name, SetID: b.fwdSet.Set.ID},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	)
+	desc := ChainForward + ": accept between the host's containers and VMs, in and out via @" + b.fwdSet.Set.Name
+	if len(b.vlans) > 0 {
+		desc += ", not from or to " + strings.Join(b.vlans, ", ")
+	}
+	return &ruleSpec{Desc: desc, Exprs: ex}
 }
 
 // allow builds the rules of one [[net.egress]] or [[net.ingress]] entry: one

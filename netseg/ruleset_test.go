@@ -55,6 +55,9 @@ func goldenCases() map[string]struct {
 			ForwardFrom: []string{"docker0", "a*"},
 			Egress:      []Rule{{To: []string{"10.10.0.11", "2001:db8::11"}, Proto: "tcp", Ports: []int{636}}},
 		}},
+		// No egress rule: the host's containers still talk among
+		// themselves, and nothing they send leaves it.
+		"forward-local-only": {cfg: &Config{ForwardFrom: []string{"docker0", "br-*"}}},
 		// forward_from = []: the forward chain accepts nothing new.
 		"forward-nothing": {cfg: &Config{
 			ForwardFrom: []string{},

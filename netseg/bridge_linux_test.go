@@ -1,0 +1,255 @@
+package netseg
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/applianced/applianced/internal/testenv/netns"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Tier 2 for traffic that stays on the host: containers on one bridge (a
+// docker compose stack: web UI, model server, vector DB) and two local
+// bridges routed to each other. With br_netfilter on, as Docker turns it
+// on, bridged packets cross the forward hook too.
+
+// bridgeNF turns on br_netfilter's calls to the IPv4 and IPv6 hooks in ns
+// (net.bridge.bridge-nf-call-iptables and -ip6tables, one per network
+// namespace), as Docker does on its host.
+func bridgeNF(t *testing.T, ns *netns.NS) {
+	t.Helper()
+	err := ns.Do(func() error {
+		for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables"} {
+			if err := os.WriteFile("/proc/sys/net/bridge/"+k, []byte("1"), 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Skip("skipped: the kernel has no br_netfilter (no /proc/sys/net/bridge; modprobe br_netfilter)")
+	}
+	if err != nil {
+		t.Fatalf("br_netfilter on in %s: %v", ns.Name, err)
+	}
+}
+
+func nsHandle(t *testing.T, ns *netns.NS) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(ns.Fd()))
+	if err != nil {
+		t.Fatalf("netlink handle in %s: %v", ns.Name, err)
+	}
+	return h
+}
+
+func ipNet(a netip.Addr, bits int) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}
+}
+
+// scratchNet numbers the throw-away /24s addBridge builds its containers
+// on before it moves them onto their bridge.
+var scratchNet byte
+
+// addBridge makes a Linux bridge in ai holding .1 of prefix (a /24), as
+// Docker makes docker0 or a compose network's br-<id>, and plugs one
+// container namespace per name into it by a veth, at .2, .3 and on, with
+// its default route through the bridge. Every peer of the lab routes
+// prefix through ai. The ports keep their lab names ("to-<name>"), which
+// forward_from does not match: the rules must hold for what the forward
+// hook sees of bridged packets, the bridge.
+func addBridge(t *testing.T, lab *netns.Lab, bridge string, prefix netip.Prefix, names ...string) []*netns.Host {
+	t.Helper()
+	aiH := nsHandle(t, lab.AI)
+	defer aiH.Close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridge}}
+	if err := aiH.LinkAdd(br); err != nil {
+		t.Fatalf("bridge %s: %v", bridge, err)
+	}
+	base := prefix.Masked().Addr().As4()
+	at := func(n byte) netip.Addr { return netip.AddrFrom4([4]byte{base[0], base[1], base[2], n}) }
+	gw := at(1)
+	if err := aiH.AddrAdd(br, &netlink.Addr{IPNet: ipNet(gw, 24)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := aiH.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	var hosts []*netns.Host
+	for i, name := range names {
+		scratchNet++
+		h := lab.AddRouted(t, name, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, scratchNet, 0}), 24))
+		port, err := aiH.LinkByName(h.AILink)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The bridge holds ai's address on the network, not the port.
+		if err := aiH.AddrDel(port, &netlink.Addr{IPNet: ipNet(h.AIAddr, 24)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := aiH.LinkSetMaster(port, br); err != nil {
+			t.Fatalf("%s into %s: %v", h.AILink, bridge, err)
+		}
+		hh := nsHandle(t, h.NS)
+		eth0, err := hh.LinkByName("eth0")
+		if err == nil {
+			err = hh.AddrDel(eth0, &netlink.Addr{IPNet: ipNet(h.Addr, 24)})
+		}
+		if err == nil {
+			err = hh.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(at(byte(2+i)), 24)})
+		}
+		if err == nil {
+			err = hh.RouteReplace(&netlink.Route{Gw: gw.AsSlice()})
+		}
+		hh.Close()
+		if err != nil {
+			t.Fatalf("%s onto %s: %v", name, prefix, err)
+		}
+		h.Addr, h.AIAddr = at(byte(2+i)), gw
+		hosts = append(hosts, h)
+	}
+	for _, p := range lab.Hosts {
+		ph := nsHandle(t, p.NS)
+		err := ph.RouteAdd(&netlink.Route{Dst: ipNet(prefix.Masked().Addr(), 24), Gw: p.AIAddr.AsSlice()})
+		ph.Close()
+		if err != nil {
+			t.Fatalf("route to %s in %s: %v", prefix, p.Name, err)
+		}
+	}
+	return hosts
+}
+
+// addV6 gives each host IPv6 (off in the lab's namespaces) and the
+// address fd00:<net>::<2+i>/64 on eth0, with no duplicate address
+// detection: containers of one bridge that speak IPv6 to each other, as a
+// Docker network with enable_ipv6 does.
+func addV6(t *testing.T, net6 netip.Prefix, hosts ...*netns.Host) {
+	t.Helper()
+	for i, h := range hosts {
+		err := h.Do(func() error {
+			for _, k := range []string{"all/accept_dad", "default/accept_dad", "eth0/accept_dad", "all/disable_ipv6", "default/disable_ipv6", "eth0/disable_ipv6"} {
+				if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+k, []byte("0"), 0); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("IPv6 on in %s: %v", h.Name, err)
+		}
+		a := net6.Masked().Addr().As16()
+		a[15] = byte(2 + i)
+		h.Addr6 = netip.AddrFrom16(a)
+		hh := nsHandle(t, h.NS)
+		eth0, err := hh.LinkByName("eth0")
+		if err == nil {
+			err = hh.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(h.Addr6, 64), Flags: unix.IFA_F_NODAD})
+		}
+		hh.Close()
+		if err != nil {
+			t.Fatalf("%s in %s: %v", h.Addr6, h.Name, err)
+		}
+	}
+}
+
+// A docker compose stack on the AI server keeps working under the table:
+// the web UI reaches the model server on the same bridge (br_netfilter
+// on), and the vector DB on a second local bridge (routed), both ways.
+// What leaves the host is still the egress rules' business only, and a
+// host of the LAN that routes through the AI server reaches neither a
+// container nor the outside.
+func TestContainersTalkAmongThemselves(t *testing.T) {
+	r := startLab(t)
+	bridgeNF(t, r.lab.AI)
+	app := addBridge(t, r.lab, "docker0", netip.MustParsePrefix("172.17.0.0/24"), "webui", "model")
+	db := addBridge(t, r.lab, "br-0a1b2c3d4e5f", netip.MustParsePrefix("172.18.0.0/24"), "vectordb")
+	webui, model, vectordb := app[0], app[1], db[0]
+	user := r.lab.Hosts["user"]
+	routeVia(t, user, r.lab.Hosts["dc"])
+	addV6(t, netip.MustParsePrefix("fd00:17::/64"), webui, model)
+	serveTCP(t, model.NS, "[fd00:17::3]:11434")
+	serveTCP(t, model.NS, "172.17.0.3:11434")
+	serveTCP(t, webui.NS, "172.17.0.2:8080")
+	serveTCP(t, vectordb.NS, "172.18.0.2:6333")
+	for _, c := range []struct {
+		from *netns.NS
+		addr string
+	}{
+		{webui.NS, "172.17.0.3:11434"}, {webui.NS, "[fd00:17::3]:11434"}, {webui.NS, "172.18.0.2:6333"}, {vectordb.NS, "172.17.0.3:11434"},
+		{webui.NS, "10.10.0.11:636"}, {webui.NS, "203.0.113.10:443"},
+		{user.NS, "172.17.0.3:11434"}, {user.NS, "10.10.0.11:636"},
+	} {
+		waitReach(t, c.from, c.addr)
+	}
+
+	cfg, needs := labConfig() // forward_from not set: the default
+	p, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{})
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	cases := []struct {
+		name string
+		from *netns.NS
+		addr string
+		want bool
+	}{
+		{"web UI reaches the model server on its bridge", webui.NS, "172.17.0.3:11434", true},
+		{"model server reaches the web UI on its bridge", model.NS, "172.17.0.2:8080", true},
+		{"web UI reaches the model server on its bridge over IPv6", webui.NS, "[fd00:17::3]:11434", true},
+		{"web UI reaches the vector DB on another local bridge", webui.NS, "172.18.0.2:6333", true},
+		{"vector DB reaches the model server on another local bridge", vectordb.NS, "172.17.0.3:11434", true},
+		{"web UI reaches the dc (allowed egress)", webui.NS, "10.10.0.11:636", true},
+		{"web UI cannot reach the internet host", webui.NS, "203.0.113.10:443", false},
+		{"web UI cannot use the appliance's own egress", webui.NS, "10.40.0.10:6514", false},
+		{"LAN host routed via the AI server cannot reach a container", user.NS, "172.17.0.3:11434", false},
+		{"LAN host routed via the AI server cannot reach the dc", user.NS, "10.10.0.11:636", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := reachTCP(tc.from, tc.addr)
+			if got := err == nil; got != tc.want {
+				t.Errorf("reach %s from %s: got %v (err %v), want %v", tc.addr, tc.from.Name, got, err, tc.want)
+			}
+		})
+	}
+	st, err := r.m.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Drift) != 0 {
+		t.Errorf("drift right after apply: %v", st.Drift)
+	}
+	if got := counter(st, ChainForward, "forward: accept between"); got == 0 {
+		t.Error("the forward rule for traffic between containers counted no packet")
+	}
+	if want := []string{"br-0a1b2c3d4e5f", "docker0"}; !slices.Equal(p.ForwardLinks, want) {
+		t.Errorf("plan: interfaces that match forward_from: got %v, want %v (the bridges, not their ports)", p.ForwardLinks, want)
+	}
+	if s := p.String(); !strings.Contains(s, "between two of these interfaces") {
+		t.Errorf("plan text does not say traffic between containers is accepted:\n%s", s)
+	}
+
+	// Without any egress rule the stack still works, and nothing leaves.
+	cfg.Egress = nil
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatalf("Apply without egress rules: %v", err)
+	}
+	if err := reachTCP(webui.NS, "172.17.0.3:11434"); err != nil {
+		t.Errorf("without egress rules, web UI → model server on its bridge: %v", err)
+	}
+	if err := reachTCP(webui.NS, "172.18.0.2:6333"); err != nil {
+		t.Errorf("without egress rules, web UI → vector DB on another local bridge: %v", err)
+	}
+	if err := reachTCP(webui.NS, "10.10.0.11:636"); err == nil {
+		t.Error("without egress rules, web UI reached the dc")
+	}
+}
