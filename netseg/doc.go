@@ -20,6 +20,21 @@
 // bond, a VLAN or any other link, is dropped, whatever ip_forward says;
 // forward_from = [] routes nothing at all.
 //
+// Traffic that comes in on an interface of forward_from and goes out on
+// another (or the same) one never leaves the host, and the forward chain
+// accepts it as it is, whatever the egress rules say ("forward: accept
+// between the host's containers and VMs"): the web UI, model server and
+// vector DB of a docker compose stack talk to each other. Docker turns on
+// br_netfilter (net.bridge.bridge-nf-call-iptables and -ip6tables, set per
+// network namespace), which sends packets bridged between two ports of one
+// bridge through the IPv4 and IPv6 forward hook as well, IPv6 neighbour
+// discovery included; the hook sees them come in and go out on the bridge
+// itself (docker0, br-<network id>, virbr0), not on its ports (the veths
+// or vnets), so it is the bridge that forward_from must name (meta ibrname
+// and obrname, the bridge of a port, do not exist in the inet family).
+// Packets routed between two local bridges come in on one and go out on
+// the other. A VLAN of the [net] section is never local, in or out.
+//
 // Allow lists live in named interval sets (networks are merged first, and
 // forward_from is a set of interface names and prefixes) and a
 // concatenated address·protocol·port set; each rule has a counter; drops are logged to an nflog group the Manager reads and turns
@@ -42,10 +57,15 @@
 // Caveats: host names in Needs are resolved when a plan is made; a DNS
 // change afterwards needs a new apply. forward_from matches interface
 // names: a link of the LAN named like a container bridge (an admin's
-// "br-lan" under the default "br-*") would be routed, so set forward_from
-// on such a host (a VLAN's parent that matches it is refused, and the plan
-// lists the interfaces that match now). The kernel must have nf_tables (and
-// 8021q for VLANs; without it, ErrNo8021Q).
+// "br-lan" under the default "br-*", or a bridge the uplink is a port of)
+// would be routed, and would count as local, its hosts and the containers
+// reaching each other beyond the egress rules, so set forward_from on such
+// a host (a VLAN's parent that matches it is refused, and the plan lists
+// the interfaces that match now). An accept in this table ends only this
+// table's say on a packet: a drop in another table at the same hook still
+// drops it, so the networks Docker isolates from each other
+// (DOCKER-ISOLATION chains), or firewalld's zones, stay apart. The kernel
+// must have nf_tables (and 8021q for VLANs; without it, ErrNo8021Q).
 package netseg
 
 import "errors"
