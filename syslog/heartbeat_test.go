@@ -40,13 +40,16 @@ func TestCaptureCutAtAHeartbeatFails(t *testing.T) {
 	cnt := newSeqCounter(srv.File)
 	waitFor(t, "20 heartbeats at the receiver", time.Minute, func() bool { cnt.poll(); return len(cnt.seen) >= 25 })
 
-	opts := &audit.CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), Until: time.Now(), Margin: 2 * time.Second}
-	rep := verifyFile(t, srv.File, opts)
-	if !rep.OK() || rep.SealedUpTo < 24 {
-		t.Fatalf("the whole capture: got sealed up to %d, problems %v; want ok, sealed up to 24 or more", rep.SealedUpTo, rep.Problems)
+	// The capture is taken as its newest heartbeat arrives; however late
+	// a loaded machine delivers it, what counts is the appliance's clock.
+	pub := key.Public().(ed25519.PublicKey)
+	rep := verifyFile(t, srv.File, &audit.CaptureOptions{PublicKey: pub})
+	if !rep.OK() || rep.SealedUpTo < 24 || rep.LastSealAt.IsZero() {
+		t.Fatalf("the whole capture: got sealed up to %d at %v, problems %v; want ok, sealed up to 24 or more", rep.SealedUpTo, rep.LastSealAt, rep.Problems)
 	}
-	if age := opts.Until.Sub(rep.LastSealAt); age < 0 || age > 2*time.Second {
-		t.Errorf("got the last seal %v before the capture was read, want within the margin", age)
+	opts := &audit.CaptureOptions{PublicKey: pub, Until: rep.LastSealAt.Add(interval), Margin: 2 * time.Second}
+	if rep := verifyFile(t, srv.File, opts); !rep.OK() {
+		t.Fatalf("the whole capture, taken then: got problems %v, want none", rep.Problems)
 	}
 
 	lines := readLines(t, srv.File)
