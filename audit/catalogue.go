@@ -75,7 +75,7 @@ var Catalogue = []EventType{
 	{"daemon.stop", "the daemon stopped", 5},
 
 	// The audit trail itself.
-	{"audit.checkpoint", "a signed checkpoint of the hash chain (seq and chain hash)", 0},
+	{"audit.checkpoint", "a signed checkpoint of the hash chain (chain id, seq, hash and time; written every interval, idle or not)", 0},
 	{"audit.tamper", "verification found a gap, an altered entry or a cut tail", 12},
 	{"audit.dropped", "old journal entries were dropped because the disk limit was reached", 12},
 	{"audit.target_down", "an audit syslog target cannot be reached; entries wait in the journal", 10},
