@@ -168,6 +168,9 @@ func (d *daemon) mountCore(ctx, bg context.Context) error {
 // component and the error is returned.
 func (d *daemon) reload(ctx context.Context, cfg *config.File) error {
 	var errs []error
+	if err := keepServerKeys(&cfg.Server, d.config().Server); err != nil {
+		errs = append(errs, err)
+	}
 	for _, r := range d.reloaders {
 		if err := r(ctx, cfg); err != nil {
 			errs = append(errs, err)
@@ -176,6 +179,36 @@ func (d *daemon) reload(ctx context.Context, cfg *config.File) error {
 	d.cfg.Store(cfg)
 	d.level.Set(parseLevel(cfg.Server.LogLevel))
 	return errors.Join(errs...)
+}
+
+// keepServerKeys puts the running values of the [server] keys bound at start
+// (listeners, sockets, state dir, TLS pair) back into next, and names those
+// that changed: they take effect at the next restart. The stored config
+// then says what is in effect, and the watchdog keeps dialling the socket
+// the daemon really serves.
+func keepServerKeys(next *config.Server, cur config.Server) error {
+	var later []string
+	for _, k := range []struct {
+		name      string
+		next, cur *string
+	}{
+		{"listen", &next.Listen, &cur.Listen},
+		{"state_dir", &next.StateDir, &cur.StateDir},
+		{"admin_socket", &next.AdminSocket, &cur.AdminSocket},
+		{"admin_group", &next.AdminGroup, &cur.AdminGroup},
+		{"agent_socket", &next.AgentSocket, &cur.AgentSocket},
+		{"tls_cert", &next.TLSCert, &cur.TLSCert},
+		{"tls_key", &next.TLSKey, &cur.TLSKey},
+	} {
+		if *k.next != *k.cur {
+			later = append(later, k.name)
+			*k.next = *k.cur
+		}
+	}
+	if len(later) == 0 {
+		return nil
+	}
+	return fmt.Errorf("server: %s: changes take effect at the next restart (systemctl restart applianced)", strings.Join(later, ", "))
 }
 
 // close stops background loops and closes components in reverse order.

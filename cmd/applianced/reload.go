@@ -21,6 +21,9 @@ import (
 // config is in effect (or has been refused), never before.
 const adminConfigReload = "/admin/v1/config/reload"
 
+// reloadWait bounds how long `config reload` waits for the daemon's answer.
+var reloadWait = 80 * time.Second
+
 // reloadAnswer is what a reload applied: the file and the SHA-256 of the
 // exact bytes read (the same as the config.reload audit event records).
 type reloadAnswer struct {
@@ -122,8 +125,20 @@ func cmdConfigReload(ctx context.Context, e *env, args []string) int {
 	if _, code, ok := e.parsePositional(fs, args, 0); !ok {
 		return code
 	}
+	// Within systemd's own limit for a reload job (90 s): an answer that
+	// does not come is reported as such, not as a daemon that is gone.
+	ctx, cancel := context.WithTimeout(ctx, reloadWait)
+	defer cancel()
 	var ans reloadAnswer
 	if err := e.call(ctx, *cfgPath, http.MethodPost, adminConfigReload, nil, &ans); err != nil {
+		var ae *admin.Error
+		switch {
+		case errors.As(err, &ae):
+		case ctx.Err() != nil:
+			err = fmt.Errorf("the daemon did not answer within %s; it may still be reloading (journalctl -u applianced says)", reloadWait)
+		default:
+			err = fmt.Errorf("%w (a changed [server] admin_socket takes effect only at the next restart: systemctl restart applianced)", err)
+		}
 		return e.fail("config reload", err)
 	}
 	fmt.Fprintf(e.stdout, "%s: reloaded (sha256 %s)\n", ans.Config, ans.SHA256)

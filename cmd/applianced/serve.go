@@ -280,7 +280,7 @@ func (d *daemon) servers(l *listeners) []server {
 	api.TLSConfig = l.tlsConfig
 	agent := httpSrv(d.apiRoot())
 	agent.ConnContext = d.agentConnContext
-	adm := admin.NewServer(admin.ServerConfig{AdminGID: l.adminGID, ServiceUID: os.Getuid(), Handler: d.admin, Audit: d.journal, Logger: d.log})
+	adm := admin.NewServer(admin.ServerConfig{AdminGID: l.adminGID, ServiceUID: os.Getuid(), ServiceVerbs: []string{"POST " + adminConfigReload}, Handler: d.admin, Audit: d.journal, Logger: d.log})
 	ignoreClosed := func(err error) error {
 		if errors.Is(err, http.ErrServerClosed) {
 			return nil

@@ -421,3 +421,54 @@ func TestConfigReloadWaitsForTheDaemon(t *testing.T) {
 		t.Errorf("config.reload event of the broken file: %s, want denied", ev.Outcome)
 	}
 }
+
+// [server] keys bound at start (listeners, sockets, state dir, TLS pair)
+// cannot change on a reload: it says so, exit 1, and the running values stay
+// what the daemon reports and what its watchdog checks.
+func TestReloadKeepsServerKeysBoundAtStart(t *testing.T) {
+	x := startDevDaemon(t, "info")
+	path := x.d.config().Path
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := x.d.config().Server
+	set := func(key, from, to string) []byte {
+		t.Helper()
+		old := []byte(key + ` = "` + from + `"`)
+		if !bytes.Contains(good, old) {
+			t.Fatalf("the dev config has no %s", old)
+		}
+		return bytes.Replace(good, old, []byte(key+` = "`+to+`"`), 1)
+	}
+
+	if err := os.WriteFile(path, set("listen", cur.Listen, "127.0.0.1:1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLI(t, "config", "reload", "--config", path)
+	if code != exitFailure || !strings.Contains(stderr, "listen") || !strings.Contains(stderr, "next restart") {
+		t.Errorf("listen changed: exit %d, stderr %q; want 1 saying listen takes effect at the next restart", code, stderr)
+	}
+	if got := x.d.config().Server.Listen; got != cur.Listen {
+		t.Errorf("listen after the reload: %s, want the one in effect, %s", got, cur.Listen)
+	}
+
+	// A changed admin socket, reloaded by SIGHUP (the CLI would dial the
+	// new path): the watchdog must keep finding the socket the daemon serves.
+	if err := os.WriteFile(path, set("admin_socket", cur.AdminSocket, cur.AdminSocket+".new"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = x.d.reloadFrom(x.ctx, path, audit.Actor{})
+	if err == nil || !strings.Contains(err.Error(), "admin_socket") {
+		t.Errorf("admin_socket changed: reload error %v, want one naming admin_socket", err)
+	}
+	if got := x.d.config().Server.AdminSocket; got != cur.AdminSocket {
+		t.Errorf("admin_socket after the reload: %s, want %s", got, cur.AdminSocket)
+	}
+	if err := x.d.alive(x.ctx); err != nil {
+		t.Errorf("watchdog check after the reload: %v", err)
+	}
+	if ev := x.lastEvent("config.reload"); ev.Outcome != audit.OutcomeFailure || !strings.Contains(ev.Reason, "admin_socket") {
+		t.Errorf("config.reload event: %s %q, want failure naming admin_socket", ev.Outcome, ev.Reason)
+	}
+}

@@ -2,9 +2,9 @@
 // socket, where the caller's identity is the kernel's peer credentials
 // (SO_PEERCRED and SO_PEERGROUPS), never a password or a token.
 //
-// Only uid 0, the daemon's own user (the unit's ExecReload runs as it) and
-// members of the configured admin group are served; every refusal is
-// audited. Handlers read the caller with CallerFrom.
+// Only uid 0 and members of the configured admin group are served, and the
+// daemon's own user for the few verbs its unit runs (ExecReload); every
+// refusal is audited. Handlers read the caller with CallerFrom.
 //
 // Conventions for handlers, so every verb behaves alike:
 //   - paths are "/admin/v1/<area>/<verb>", e.g. POST /admin/v1/secret/put;
@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -60,10 +61,11 @@ type ServerConfig struct {
 	Handler  http.Handler   // the verbs; see the package conventions
 	Audit    audit.Appender // refusals are recorded here
 	Logger   *slog.Logger
-	// ServiceUID is the daemon's own uid, allowed too: `systemctl reload`
-	// runs `applianced config reload` as the service's user. A process of
-	// that user already holds everything the daemon holds. 0 adds no one.
-	ServiceUID int
+	// ServiceUID is the daemon's own uid, allowed ServiceVerbs only
+	// ("METHOD /path"): `systemctl reload` runs `applianced config reload`
+	// as the service's user. 0 adds no one.
+	ServiceUID   int
+	ServiceVerbs []string
 }
 
 // Server serves admin verbs on a Unix listener.
@@ -124,7 +126,7 @@ func NewServer(cfg ServerConfig) *Server {
 
 // Allowed reports whether c may use the admin socket.
 func (s *Server) Allowed(c Caller) bool {
-	if c.UID == 0 || c.UID == s.cfg.ServiceUID {
+	if c.UID == 0 {
 		return true
 	}
 	if s.cfg.AdminGID < 0 {
@@ -141,13 +143,19 @@ func (s *Server) Allowed(c Caller) bool {
 	return false
 }
 
+// serviceMay reports whether r is one of the verbs the service's own user
+// may call.
+func (s *Server) serviceMay(c Caller, r *http.Request) bool {
+	return s.cfg.ServiceUID != 0 && c.UID == s.cfg.ServiceUID && slices.Contains(s.cfg.ServiceVerbs, r.Method+" "+r.URL.Path)
+}
+
 func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, ok := CallerFrom(r.Context())
-		if !ok || !s.Allowed(c) {
+		if !ok || !(s.Allowed(c) || s.serviceMay(c, r)) {
 			ev := &audit.Event{
 				Type: "admin.refused", Severity: audit.SeverityWarn, Action: r.Method + " " + r.URL.Path,
-				Outcome: audit.OutcomeDenied, Reason: "peer is neither root, the service's user, nor in the admin group", Source: "unix",
+				Outcome: audit.OutcomeDenied, Reason: "peer is neither root nor in the admin group", Source: "unix",
 			}
 			if ok {
 				ev.Actor = c.Actor()

@@ -18,13 +18,20 @@ import (
 	"github.com/applianced/applianced/audit"
 )
 
-const clientEnv = "APPLIANCED_ADMIN_TEST_CLIENT"
+const (
+	clientEnv     = "APPLIANCED_ADMIN_TEST_CLIENT"
+	clientPathEnv = "APPLIANCED_ADMIN_TEST_PATH"
+)
 
 func TestMain(m *testing.M) {
 	if sock := os.Getenv(clientEnv); sock != "" {
 		// Child: call one verb and print the HTTP status (or the dial error).
 		var out map[string]any
-		err := NewClient(sock).Call(context.Background(), http.MethodGet, "/admin/v1/ping", nil, &out)
+		path := "/admin/v1/ping"
+		if p := os.Getenv(clientPathEnv); p != "" {
+			path = p
+		}
+		err := NewClient(sock).Call(context.Background(), http.MethodGet, path, nil, &out)
 		if ae, ok := err.(*Error); ok {
 			fmt.Print(ae.Status)
 			os.Exit(0)
@@ -53,10 +60,12 @@ func startAdmin(t *testing.T, adminGID int, serviceUID ...int) (sock string, j *
 	}
 	t.Cleanup(func() { j.Close() })
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /admin/v1/ping", func(w http.ResponseWriter, r *http.Request) {
+	ping := func(w http.ResponseWriter, r *http.Request) {
 		c, _ := CallerFrom(r.Context())
 		WriteJSON(w, http.StatusOK, map[string]int{"uid": c.UID})
-	})
+	}
+	mux.HandleFunc("GET /admin/v1/ping", ping)
+	mux.HandleFunc("GET /admin/v1/service/ping", ping)
 	sock = filepath.Join(dir, "admin.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -65,7 +74,7 @@ func startAdmin(t *testing.T, adminGID int, serviceUID ...int) (sock string, j *
 	os.Chmod(sock, 0o666)
 	cfg := ServerConfig{AdminGID: adminGID, Handler: mux, Audit: j}
 	if len(serviceUID) > 0 {
-		cfg.ServiceUID = serviceUID[0]
+		cfg.ServiceUID, cfg.ServiceVerbs = serviceUID[0], []string{"GET /admin/v1/service/ping"}
 	}
 	srv := NewServer(cfg)
 	go srv.Serve(l)
@@ -92,10 +101,13 @@ func worldExecutable(t *testing.T) string {
 	return exe
 }
 
-func runClient(t *testing.T, exe, sock string, cred *syscall.Credential) string {
+func runClient(t *testing.T, exe, sock string, cred *syscall.Credential, path ...string) string {
 	t.Helper()
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), clientEnv+"="+sock)
+	if len(path) > 0 && path[0] != "" {
+		cmd.Env = append(cmd.Env, clientPathEnv+"="+path[0])
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -112,19 +124,21 @@ func TestAdminSocketPeerCredentials(t *testing.T) {
 	cases := []struct {
 		name string
 		cred *syscall.Credential
+		path string
 		want string
 	}{
-		{"the service's own user is accepted", &syscall.Credential{Uid: serviceUID, Gid: serviceUID, Groups: []uint32{}}, "200"},
-		{"root is accepted", nil, "200"},
-		{"another uid is refused", &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{}}, "403"},
-		{"a member of the admin group is accepted", &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{adminGID}}, "200"},
-		{"the admin group as primary group is accepted", &syscall.Credential{Uid: otherUID, Gid: adminGID, Groups: []uint32{}}, "200"},
+		{"the service's own user is accepted for its verbs", &syscall.Credential{Uid: serviceUID, Gid: serviceUID, Groups: []uint32{}}, "/admin/v1/service/ping", "200"},
+		{"the service's own user is refused the other verbs", &syscall.Credential{Uid: serviceUID, Gid: serviceUID, Groups: []uint32{}}, "/admin/v1/ping", "403"},
+		{"root is accepted", nil, "", "200"},
+		{"another uid is refused", &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{}}, "", "403"},
+		{"a member of the admin group is accepted", &syscall.Credential{Uid: otherUID, Gid: otherUID, Groups: []uint32{adminGID}}, "", "200"},
+		{"the admin group as primary group is accepted", &syscall.Credential{Uid: otherUID, Gid: adminGID, Groups: []uint32{}}, "", "200"},
 	}
 	exe := worldExecutable(t)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			sock, j := startAdmin(t, adminGID, serviceUID)
-			if got := runClient(t, exe, sock, tc.cred); got != tc.want {
+			if got := runClient(t, exe, sock, tc.cred, tc.path); got != tc.want {
 				t.Fatalf("got %s, want %s", got, tc.want)
 			}
 			refusals := countEvents(t, j, "admin.refused")

@@ -218,8 +218,9 @@ func TestInstallUpgradePurge(t *testing.T) {
 		pid := pidOf(t)
 		cursor := strings.TrimSpace(b.must(t, "journalctl -u applianced -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'"))
 		b.must(t, "cp -p /etc/applianced/applianced.toml /root/good.toml && echo 'bogus_key = 1' >> /etc/applianced/applianced.toml")
-		// The reload job fails, naming the key, and the daemon is not
-		// signalled.
+		// The reload job fails (the daemon answers `config reload` with
+		// the problem), the journal names the key, and the daemon keeps
+		// running on the config it had.
 		if out, err := b.sh("systemctl reload applianced"); err == nil {
 			t.Errorf("systemctl reload of a broken config succeeded:\n%s", out)
 		}
