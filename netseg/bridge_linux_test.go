@@ -163,35 +163,44 @@ func addV6(t *testing.T, net6 netip.Prefix, hosts ...*netns.Host) {
 
 // A docker compose stack on the AI server keeps working under the table:
 // the web UI reaches the model server on the same bridge (br_netfilter
-// on), and the vector DB on a second local bridge (routed), both ways.
-// What leaves the host is still the egress rules' business only, and a
-// host of the LAN that routes through the AI server reaches neither a
-// container nor the outside.
+// on), and the vector DB on a second network of the same engine (another
+// br-<id>, routed), both ways. Across engines it is not local: a
+// container on docker0 reaches a VM on libvirt's virbr0 only on what the
+// egress rules allow. What leaves the host is still the egress rules'
+// business only, and a host of the LAN that routes through the AI server
+// reaches neither a container nor the outside.
 func TestContainersTalkAmongThemselves(t *testing.T) {
 	r := startLab(t)
 	bridgeNF(t, r.lab.AI)
-	app := addBridge(t, r.lab, "docker0", netip.MustParsePrefix("172.17.0.0/24"), "webui", "model")
-	db := addBridge(t, r.lab, "br-0a1b2c3d4e5f", netip.MustParsePrefix("172.18.0.0/24"), "vectordb")
+	app := addBridge(t, r.lab, "br-0a1b2c3d4e5f", netip.MustParsePrefix("172.18.0.0/24"), "webui", "model")
+	db := addBridge(t, r.lab, "br-5e6f7a8b9c0d", netip.MustParsePrefix("172.19.0.0/24"), "vectordb")
+	sandbox := addBridge(t, r.lab, "docker0", netip.MustParsePrefix("172.17.0.0/24"), "sandbox")[0]
+	vm := addBridge(t, r.lab, "virbr0", netip.MustParsePrefix("192.168.122.0/24"), "vm")[0]
 	webui, model, vectordb := app[0], app[1], db[0]
 	user := r.lab.Hosts["user"]
 	routeVia(t, user, r.lab.Hosts["dc"])
-	addV6(t, netip.MustParsePrefix("fd00:17::/64"), webui, model)
-	serveTCP(t, model.NS, "[fd00:17::3]:11434")
-	serveTCP(t, model.NS, "172.17.0.3:11434")
-	serveTCP(t, webui.NS, "172.17.0.2:8080")
-	serveTCP(t, vectordb.NS, "172.18.0.2:6333")
+	addV6(t, netip.MustParsePrefix("fd00:18::/64"), webui, model)
+	serveTCP(t, model.NS, "[fd00:18::3]:11434")
+	serveTCP(t, model.NS, "172.18.0.3:11434")
+	serveTCP(t, webui.NS, "172.18.0.2:8080")
+	serveTCP(t, vectordb.NS, "172.19.0.2:6333")
+	serveTCP(t, vm.NS, "192.168.122.2:5432")
+	serveTCP(t, vm.NS, "192.168.122.2:443")
 	for _, c := range []struct {
 		from *netns.NS
 		addr string
 	}{
-		{webui.NS, "172.17.0.3:11434"}, {webui.NS, "[fd00:17::3]:11434"}, {webui.NS, "172.18.0.2:6333"}, {vectordb.NS, "172.17.0.3:11434"},
+		{webui.NS, "172.18.0.3:11434"}, {webui.NS, "[fd00:18::3]:11434"}, {webui.NS, "172.19.0.2:6333"}, {vectordb.NS, "172.18.0.3:11434"},
 		{webui.NS, "10.10.0.11:636"}, {webui.NS, "203.0.113.10:443"},
-		{user.NS, "172.17.0.3:11434"}, {user.NS, "10.10.0.11:636"},
+		{sandbox.NS, "192.168.122.2:5432"}, {sandbox.NS, "192.168.122.2:443"}, {vm.NS, "172.18.0.3:11434"},
+		{user.NS, "172.18.0.3:11434"}, {user.NS, "10.10.0.11:636"},
 	} {
 		waitReach(t, c.from, c.addr)
 	}
 
 	cfg, needs := labConfig() // forward_from not set: the default
+	// The VM's web server is allowed egress, its database is not.
+	cfg.Egress = append(cfg.Egress, Rule{To: []string{"192.168.122.2"}, Proto: "tcp", Ports: []int{443}, Comment: "VM web"})
 	p, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{})
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
@@ -202,15 +211,18 @@ func TestContainersTalkAmongThemselves(t *testing.T) {
 		addr string
 		want bool
 	}{
-		{"web UI reaches the model server on its bridge", webui.NS, "172.17.0.3:11434", true},
-		{"model server reaches the web UI on its bridge", model.NS, "172.17.0.2:8080", true},
-		{"web UI reaches the model server on its bridge over IPv6", webui.NS, "[fd00:17::3]:11434", true},
-		{"web UI reaches the vector DB on another local bridge", webui.NS, "172.18.0.2:6333", true},
-		{"vector DB reaches the model server on another local bridge", vectordb.NS, "172.17.0.3:11434", true},
+		{"web UI reaches the model server on its bridge", webui.NS, "172.18.0.3:11434", true},
+		{"model server reaches the web UI on its bridge", model.NS, "172.18.0.2:8080", true},
+		{"web UI reaches the model server on its bridge over IPv6", webui.NS, "[fd00:18::3]:11434", true},
+		{"web UI reaches the vector DB on another bridge of br-*", webui.NS, "172.19.0.2:6333", true},
+		{"vector DB reaches the model server on another bridge of br-*", vectordb.NS, "172.18.0.3:11434", true},
+		{"container on docker0 cannot reach a VM on virbr0 on a port egress does not allow", sandbox.NS, "192.168.122.2:5432", false},
+		{"container on docker0 reaches a VM on virbr0 on a port egress allows", sandbox.NS, "192.168.122.2:443", true},
+		{"VM on virbr0 cannot reach the model server on br-*", vm.NS, "172.18.0.3:11434", false},
 		{"web UI reaches the dc (allowed egress)", webui.NS, "10.10.0.11:636", true},
 		{"web UI cannot reach the internet host", webui.NS, "203.0.113.10:443", false},
 		{"web UI cannot use the appliance's own egress", webui.NS, "10.40.0.10:6514", false},
-		{"LAN host routed via the AI server cannot reach a container", user.NS, "172.17.0.3:11434", false},
+		{"LAN host routed via the AI server cannot reach a container", user.NS, "172.18.0.3:11434", false},
 		{"LAN host routed via the AI server cannot reach the dc", user.NS, "10.10.0.11:636", false},
 	}
 	for _, tc := range cases {
@@ -228,14 +240,17 @@ func TestContainersTalkAmongThemselves(t *testing.T) {
 	if len(st.Drift) != 0 {
 		t.Errorf("drift right after apply: %v", st.Drift)
 	}
-	if got := counter(st, ChainForward, "forward: accept between"); got == 0 {
-		t.Error("the forward rule for traffic between containers counted no packet")
+	if got := counter(st, ChainForward, "forward: accept between the host's containers and VMs within br-*"); got == 0 {
+		t.Error("the forward rule for traffic within br-* counted no packet")
 	}
-	if want := []string{"br-0a1b2c3d4e5f", "docker0"}; !slices.Equal(p.ForwardLinks, want) {
+	if got := counter(st, ChainForward, "forward: accept between the host's containers and VMs within virbr*"); got != 0 {
+		t.Errorf("the forward rule for traffic within virbr* counted %d packets, want 0 (no VM talked to a VM)", got)
+	}
+	if want := []string{"br-0a1b2c3d4e5f", "br-5e6f7a8b9c0d", "docker0", "virbr0"}; !slices.Equal(p.ForwardLinks, want) {
 		t.Errorf("plan: interfaces that match forward_from: got %v, want %v (the bridges, not their ports)", p.ForwardLinks, want)
 	}
-	if s := p.String(); !strings.Contains(s, "between two of these interfaces") {
-		t.Errorf("plan text does not say traffic between containers is accepted:\n%s", s)
+	if s := p.String(); !strings.Contains(s, "between two interfaces one entry matches") || !strings.Contains(s, "between interfaces of two entries (docker0 and virbr0) only under the egress rules") {
+		t.Errorf("plan text does not say which traffic between containers is accepted:\n%s", s)
 	}
 
 	// Without any egress rule the stack still works, and nothing leaves.
@@ -243,11 +258,14 @@ func TestContainersTalkAmongThemselves(t *testing.T) {
 	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
 		t.Fatalf("Apply without egress rules: %v", err)
 	}
-	if err := reachTCP(webui.NS, "172.17.0.3:11434"); err != nil {
+	if err := reachTCP(webui.NS, "172.18.0.3:11434"); err != nil {
 		t.Errorf("without egress rules, web UI → model server on its bridge: %v", err)
 	}
-	if err := reachTCP(webui.NS, "172.18.0.2:6333"); err != nil {
-		t.Errorf("without egress rules, web UI → vector DB on another local bridge: %v", err)
+	if err := reachTCP(webui.NS, "172.19.0.2:6333"); err != nil {
+		t.Errorf("without egress rules, web UI → vector DB on another bridge of br-*: %v", err)
+	}
+	if err := reachTCP(sandbox.NS, "192.168.122.2:443"); err == nil {
+		t.Error("without egress rules, a container on docker0 reached a VM on virbr0")
 	}
 	if err := reachTCP(webui.NS, "10.10.0.11:636"); err == nil {
 		t.Error("without egress rules, web UI reached the dc")

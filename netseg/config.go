@@ -62,8 +62,9 @@ type Config struct {
 	// ForwardFrom names the interfaces of the host's containers and VMs:
 	// traffic the host routes (the forward chain) is accepted only when it
 	// comes in on one of them, and never from a [[net.vlan]]: as it is
-	// when it goes out on another of them (containers talking to each
-	// other, on one bridge or across two), else under the egress rules. A
+	// when it goes out on an interface the same entry matches (containers
+	// of one engine talking to each other, on one bridge or across two of
+	// "br-*"), else under the egress rules (Docker to libvirt, say). A
 	// name ending in "*" matches every interface that starts with the rest
 	// ("veth*"). Nil (the key absent) means DefaultForwardFrom; an empty
 	// list means the host routes nothing, not even between its containers.

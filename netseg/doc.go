@@ -20,20 +20,30 @@
 // bond, a VLAN or any other link, is dropped, whatever ip_forward says;
 // forward_from = [] routes nothing at all.
 //
-// Traffic that comes in on an interface of forward_from and goes out on
-// another (or the same) one never leaves the host, and the forward chain
-// accepts it as it is, whatever the egress rules say ("forward: accept
-// between the host's containers and VMs"): the web UI, model server and
-// vector DB of a docker compose stack talk to each other. Docker turns on
-// br_netfilter (net.bridge.bridge-nf-call-iptables and -ip6tables, set per
-// network namespace), which sends packets bridged between two ports of one
-// bridge through the IPv4 and IPv6 forward hook as well, IPv6 neighbour
-// discovery included; the hook sees them come in and go out on the bridge
-// itself (docker0, br-<network id>, virbr0), not on its ports (the veths
-// or vnets), so it is the bridge that forward_from must name (meta ibrname
+// Traffic that comes in on an interface of forward_from and goes out on an
+// interface that the same entry matches never leaves the host, and the
+// forward chain accepts it as it is, whatever the egress rules say
+// ("forward: accept between the host's containers and VMs within
+// docker*"): the web UI, model server and vector DB of a docker compose
+// stack talk to each other, on one bridge (docker0 to docker0) or across
+// two bridges of one entry (br-<id1> to br-<id2>, which Docker's own
+// DOCKER-ISOLATION chains keep apart when it means them apart). Traffic
+// between the interfaces of two entries is not accepted as local: a
+// container on docker0 reaches a VM on virbr0, or an LXD container on
+// lxdbr0, only on what the egress rules allow, as it would a host of the
+// LAN, so one engine's sandbox is not open to every service of another.
+// nftables cannot compare the input interface with the output one, so
+// each entry has its own rule. Docker turns on br_netfilter
+// (net.bridge.bridge-nf-call-iptables and -ip6tables, set per network
+// namespace), which sends packets bridged between two ports of one bridge
+// through the IPv4 and IPv6 forward hook as well, IPv6 neighbour discovery
+// included; the hook sees them come in and go out on the bridge itself
+// (docker0, br-<network id>, virbr0), not on its ports (the veths or
+// vnets), so it is the bridge that forward_from must name (meta ibrname
 // and obrname, the bridge of a port, do not exist in the inet family).
 // Packets routed between two local bridges come in on one and go out on
-// the other. A VLAN of the [net] section is never local, in or out.
+// the other. A VLAN of the [net] section is never local, in or out, even
+// where an entry's prefix matches its name.
 //
 // Allow lists live in named interval sets (networks are merged first, and
 // forward_from is a set of interface names and prefixes) and a

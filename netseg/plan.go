@@ -23,8 +23,8 @@ type Plan struct {
 	// Rules is the full ruleset after the apply, one line per rule.
 	Rules []string `json:"rules"`
 	// ForwardFrom is the forward_from in force: the interfaces routed
-	// traffic may come in on, to go out on another of them or to leave
-	// under the egress rules. Empty means the host routes nothing
+	// traffic may come in on, to go out on an interface of the same entry
+	// or to leave under the egress rules. Empty means the host routes nothing
 	// (forward_from = []).
 	ForwardFrom []string `json:"forward_from"`
 	// ForwardLinks are the host's interfaces that match ForwardFrom now
@@ -65,7 +65,8 @@ func (p *Plan) String() string {
 		b.WriteString("\nRouted traffic: none; the host routes nothing for its containers or VMs, not even between them (forward_from = []).\n")
 	} else {
 		fmt.Fprintf(&b, "\nRouted traffic leaves under the egress rules only when it comes in on: %s (forward_from)\n", strings.Join(p.ForwardFrom, ", "))
-		b.WriteString("  between two of these interfaces (containers and VMs of the host, bridged or routed) it is accepted\n")
+		b.WriteString("  between two interfaces one entry matches (docker0 and docker0, br-a and br-b: containers or VMs of one engine, bridged or routed) it is accepted\n")
+		b.WriteString("  between interfaces of two entries (docker0 and virbr0) only under the egress rules\n")
 		if len(p.ForwardLinks) == 0 {
 			b.WriteString("  no interface of the host matches now\n")
 		} else {

@@ -128,18 +128,18 @@ func buildRuleset(cfg *Config, needs []resolvedNeed, owners []uint32) (*ruleset,
 		return nil, err
 	}
 	// Routed traffic is taken only from the container and VM interfaces
-	// of forward_from: to another of them as it is (it stays on the host),
-	// anywhere else under the egress rules. With none, the egress rules
+	// of forward_from: to an interface of the same entry as it is (it stays
+	// within one engine on the host), anywhere else under the egress rules. With none, the egress rules
 	// get no forward copies and the host routes nothing.
 	var also *chainSpec
 	if ff := cfg.forwardFrom(); len(ff) > 0 {
 		b.fwdSet = &setSpec{
 			Set:  nftables.Set{Name: "forward_from", KeyType: nftables.TypeIFName, Interval: true},
-			Desc: "interfaces of the host's containers and VMs: traffic between two of them is accepted, out of them only under the egress rules",
+			Desc: "interfaces of the host's containers and VMs: routed traffic comes in only on them, and leaves under the egress rules unless it stays within one entry",
 		}
 		b.fwdSet.Elems, b.fwdSet.Items = ifnameElems(ff)
 		b.addSet(b.fwdSet)
-		fwd.Rules = append(fwd.Rules, b.localRule())
+		fwd.Rules = append(fwd.Rules, b.localRules(ff)...)
 		also = fwd
 	}
 	for i := range cfg.Egress {
@@ -177,35 +177,57 @@ func (b *builder) addSet(s *setSpec) {
 	b.rs.Sets = append(b.rs.Sets, s)
 }
 
-// localRule accepts, in the forward chain, traffic that both comes in and
-// goes out on an interface of forward_from: containers and VMs of the host
-// talking to each other, which never leaves it. With br_netfilter on (Docker
-// turns it on), packets bridged between two containers on one bridge cross
-// the forward hook too, and the hook sees the bridge (docker0, br-<id>) as
-// both their input and output interface, not its ports; packets routed
-// between two local bridges are seen with one bridge in, the other out. A
-// VLAN of the [net] section is neither: its hosts are the LAN's.
-func (b *builder) localRule() *ruleSpec {
-	var ex []expr.Any
-	for _, v := range b.vlans {
+// localRules accept, in the forward chain, traffic that comes in and goes
+// out on interfaces one and the same forward_from entry matches: the
+// containers and VMs of one engine talking to each other, which never
+// leaves the host. With br_netfilter on (Docker turns it on), packets
+// bridged between two containers on one bridge cross the forward hook
+// too, and the hook sees the bridge (docker0, br-<id>) as both their input
+// and output interface, not its ports; packets routed between two bridges
+// of one entry (br-<id1> and br-<id2>) are seen with one in, the other
+// out, and the engine isolates those itself when it means to (Docker's
+// DOCKER-ISOLATION chains). Traffic between the interfaces of two entries
+// (docker0 to virbr0: Docker to libvirt) is not local here: it passes only
+// under the egress rules. nftables cannot compare the input interface with
+// the output one, so each entry has its own rule. A VLAN of the [net]
+// section that an entry matches is neither in nor out: its hosts are the
+// LAN's.
+func (b *builder) localRules(patterns []string) []*ruleSpec {
+	var out []*ruleSpec
+	for _, s := range patterns {
+		p := parseIfPattern(s)
+		data := ifname(p.name)
+		if p.prefix {
+			// As nft encodes iifname "veth*": the prefix's bytes only.
+			data = []byte(p.name)
+		}
+		var ex []expr.Any
+		var skip []string
+		for _, v := range b.vlans {
+			if !p.matches(v) {
+				continue
+			}
+			skip = append(skip, v)
+			ex = append(ex,
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(v)},
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(v)},
+			)
+		}
 		ex = append(ex,
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(v)},
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(v)},
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: data},
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: slices.Clone(data)},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictAccept},
 		)
+		desc := ChainForward + ": accept between the host's containers and VMs within " + s + ", in and out"
+		if len(skip) > 0 {
+			desc += ", not from or to " + strings.Join(skip, ", ")
+		}
+		out = append(out, &ruleSpec{Desc: desc, Exprs: ex})
 	}
-	ex = append(ex,
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Lookup{SourceRegister: 1, SetName: b.fwdSet.Set.Name, SetID: b.fwdSet.Set.ID},
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Lookup{SourceRegister: 1, SetName: b.fwdSet.Set.Name, SetID: b.fwdSet.Set.ID},
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	)
-	desc := ChainForward + ": accept between the host's containers and VMs, in and out via @" + b.fwdSet.Set.Name
-	if len(b.vlans) > 0 {
-		desc += ", not from or to " + strings.Join(b.vlans, ", ")
-	}
-	return &ruleSpec{Desc: desc, Exprs: ex}
+	return out
 }
 
 // allow builds the rules of one [[net.egress]] or [[net.ingress]] entry: one
