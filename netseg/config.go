@@ -74,12 +74,16 @@ type Config struct {
 // DefaultForwardFrom returns the forward_from of a config that does not set
 // it: the bridges and host-side links that Docker (docker0, br-<network
 // id>, veth…), Podman (podman0…, cni-podman0), Kubernetes CNI (cni0),
-// libvirt (virbr0…, vnet0…), LXC (lxcbr0), LXD (lxdbr0) and Incus
-// (incusbr0) create. The uplink, a bond or a VLAN of the host is not
-// among them; a host whose own LAN bridge is named like one of these
-// (an admin's "br-lan") must set forward_from itself.
+// libvirt (virbr0…, vnet0…), LXC (lxcbr0), LXD (lxdbr0), Incus (incusbr0)
+// and systemd-nspawn (ve-<machine> for --network-veth, vz-<zone> for
+// --network-zone) create. nspawn is among them because it ships with
+// systemd on every host this runs on, and its names are its own: no
+// distribution names a LAN link "ve-" or "vz-". The uplink, a bond or a
+// VLAN of the host is not among them; a host whose own LAN bridge is
+// named like one of these (an admin's "br-lan") must set forward_from
+// itself.
 func DefaultForwardFrom() []string {
-	return []string{"docker*", "br-*", "veth*", "podman*", "cni*", "virbr*", "vnet*", "lxcbr*", "lxdbr*", "incusbr*"}
+	return []string{"docker*", "br-*", "veth*", "podman*", "cni*", "virbr*", "vnet*", "lxcbr*", "lxdbr*", "incusbr*", "ve-*", "vz-*"}
 }
 
 // VLAN is one [[net.vlan]]: an 802.1Q interface on a parent link.
@@ -295,10 +299,15 @@ func (c *Config) validateForwardFrom() []*conf.FieldError {
 			continue
 		}
 		for n, q := range seen {
-			if p.overlaps(q) {
-				errs = append(errs, conf.Errf(k, "%q overlaps %q (forward_from[%d])", s, c.ForwardFrom[seenIdx[n]], seenIdx[n]))
-				break
+			switch {
+			case p == q:
+				errs = append(errs, conf.Errf(k, "duplicate entry %q (forward_from[%d])", s, seenIdx[n]))
+			case p.overlaps(q):
+				errs = append(errs, conf.Errf(k, "%q overlaps %q (forward_from[%d]): some interface names match both; keep one", s, c.ForwardFrom[seenIdx[n]], seenIdx[n]))
+			default:
+				continue
 			}
+			break
 		}
 		seen = append(seen, p)
 		seenIdx = append(seenIdx, j)

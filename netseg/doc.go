@@ -14,8 +14,8 @@
 // Egress rules also cover traffic the host routes for its containers and
 // VMs (the forward chain), but only traffic that comes in on an interface
 // that forward_from names (Config.ForwardFrom; by default the bridges and
-// links of Docker, Podman, CNI, libvirt, LXC, LXD and Incus, see
-// DefaultForwardFrom), and never on a VLAN of the [net] section. A host of
+// links of Docker, Podman, CNI, libvirt, LXC, LXD, Incus and
+// systemd-nspawn, see DefaultForwardFrom), and never on a VLAN of the [net] section. A host of
 // the LAN that sets the AI server as its router, through the uplink, a
 // bond, a VLAN or any other link, is dropped, whatever ip_forward says;
 // forward_from = [] routes nothing at all.

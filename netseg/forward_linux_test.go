@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -186,5 +187,39 @@ func TestEmptyForwardFromRoutesNothing(t *testing.T) {
 	applied, drift, err := CheckTable(r.m.opts.StateDir, r.lab.AI.Fd())
 	if err != nil || !applied || len(drift) != 0 {
 		t.Errorf("CheckTable from the saved state: applied %v, drift %v, err %v; want applied, no drift", applied, drift, err)
+	}
+}
+
+// A forward_from set another process changed is drift that names the
+// entries: the same number of elements says nothing of what was swapped
+// (here the uplink's "eth*" for Docker's "docker*").
+func TestForwardFromDriftNamesTheEntries(t *testing.T) {
+	if _, err := exec.LookPath("nsenter"); err != nil {
+		t.Skip("skipped: nsenter (util-linux) not installed")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: nft (nftables) not installed")
+	}
+	lab := netns.New(t)
+	m, _ := newLabManager(t, lab, Options{})
+	cfg, needs := labConfig()
+	if _, err := m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	var elems []string
+	for _, e := range DefaultForwardFrom() {
+		if e == "docker*" {
+			e = "eth*"
+		}
+		elems = append(elems, `"`+e+`"`)
+	}
+	otherProcess(t, lab.AI, strings.Fields(`flush set inet applianced forward_from ; add element inet applianced forward_from { `+strings.Join(elems, ", ")+` }`)...)
+	applied, drift, err := CheckTable(m.opts.StateDir, lab.AI.Fd())
+	if err != nil || !applied {
+		t.Fatalf("CheckTable: applied %v, err %v", applied, err)
+	}
+	want := "set forward_from has eth* it should not and lacks docker*"
+	if !slices.Contains(drift, want) {
+		t.Errorf("drift: got %q, want %q among it", drift, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -292,7 +293,7 @@ func tableDrift(want *ruleset, got *kernelTable) []string {
 			continue
 		}
 		if !sameElems(ks.Elems, s.Elems) {
-			out = append(out, fmt.Sprintf("set %s has %d elements, want %d", s.Set.Name, len(ks.Elems), len(s.Elems)))
+			out = append(out, setDrift(&s.Set, ks.Elems, s.Elems))
 		}
 	}
 	for name := range got.Sets {
@@ -302,6 +303,35 @@ func tableDrift(want *ruleset, got *kernelTable) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// setDrift says how a set in the kernel differs from ours, naming the
+// entries (forward_from's interface names, networks, ports) each side
+// lacks; the count of elements when they read the same either way.
+func setDrift(s *nftables.Set, got, want []nftables.SetElement) string {
+	g, w := renderElems(s, got), renderElems(s, want)
+	var extra, missing []string
+	for _, x := range g {
+		if !slices.Contains(w, x) {
+			extra = append(extra, x)
+		}
+	}
+	for _, x := range w {
+		if !slices.Contains(g, x) {
+			missing = append(missing, x)
+		}
+	}
+	var parts []string
+	if len(extra) > 0 {
+		parts = append(parts, "has "+summarize(extra)+" it should not")
+	}
+	if len(missing) > 0 {
+		parts = append(parts, "lacks "+summarize(missing))
+	}
+	if len(parts) == 0 {
+		return fmt.Sprintf("set %s has %d elements, want %d", s.Name, len(got), len(want))
+	}
+	return fmt.Sprintf("set %s %s", s.Name, strings.Join(parts, " and "))
 }
 
 func elemKey(e nftables.SetElement) string {

@@ -227,7 +227,7 @@ func TestRenderElemsRoundTrip(t *testing.T) {
 		"egress_0_v4":    {"0.0.0.0/1", "192.168.1.7/32"},
 		"egress_0_ports": {"22", "443"},
 		"appliance_v4":   {"udp 10.1.1.1:514"},
-		"forward_from":   {"br-*", "cni*", "docker*", "incusbr*", "lxcbr*", "lxdbr*", "podman*", "veth*", "virbr*", "vnet*"},
+		"forward_from":   {"br-*", "cni*", "docker*", "incusbr*", "lxcbr*", "lxdbr*", "podman*", "ve-*", "veth*", "virbr*", "vnet*", "vz-*"},
 	}
 	for _, s := range rs.Sets {
 		// The kernel returns elements in its own order.
@@ -299,7 +299,7 @@ func TestDefaultForwardFrom(t *testing.T) {
 	if errs := c.Validate(); len(errs) != 0 {
 		t.Fatalf("default forward_from: got %v, want no errors", errs)
 	}
-	for _, n := range []string{"docker0", "docker_gwbridge", "br-3f2a1b0c9d8e", "veth1a2b3c4", "podman0", "cni-podman0", "cni0", "virbr0", "vnet12", "lxcbr0", "lxdbr0", "incusbr0"} {
+	for _, n := range []string{"docker0", "docker_gwbridge", "br-3f2a1b0c9d8e", "veth1a2b3c4", "podman0", "cni-podman0", "cni0", "virbr0", "vnet12", "lxcbr0", "lxdbr0", "incusbr0", "ve-mymachine", "vz-zone"} {
 		if forwardMatch(DefaultForwardFrom(), n) == "" {
 			t.Errorf("%s is not in the default forward_from", n)
 		}
@@ -374,6 +374,27 @@ func TestValidate(t *testing.T) {
 			errs := c.Validate()
 			if !slices.ContainsFunc(errs, func(e *conf.FieldError) bool { return e.Key == tc.wantKey }) {
 				t.Errorf("got %v, want an error at %s", errs, tc.wantKey)
+			}
+		})
+	}
+}
+
+// A forward_from entry given twice is called a duplicate, and one that
+// shares names with another an overlap, each naming the earlier entry.
+func TestForwardFromDuplicateAndOverlap(t *testing.T) {
+	tests := []struct {
+		ff   []string
+		want string
+	}{
+		{[]string{"docker0", "virbr*", "docker0"}, `forward_from[2]: duplicate entry "docker0" (forward_from[0])`},
+		{[]string{"veth*", "veth*"}, `forward_from[1]: duplicate entry "veth*" (forward_from[0])`},
+		{[]string{"vnet*", "vnet3"}, `forward_from[1]: "vnet3" overlaps "vnet*" (forward_from[0])`},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.ff, ","), func(t *testing.T) {
+			errs := (&Config{ForwardFrom: tc.ff}).Validate()
+			if len(errs) != 1 || !strings.HasPrefix(errs[0].Error(), tc.want) {
+				t.Errorf("got %v, want one error starting %q", errs, tc.want)
 			}
 		})
 	}
