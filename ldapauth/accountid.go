@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/go-ldap/ldap/v3"
 )
@@ -15,39 +14,33 @@ import (
 // told apart from a later one given the same name, so it is not logged in.
 var ErrNoAccountID = errors.New("ldapauth: the directory returned no immutable id for the account")
 
-// idAttr is the attribute that holds an account's immutable id in a mode:
-// objectGUID in AD (16 bytes), entryUUID in OpenLDAP and 389-DS (RFC 4530,
-// an operational attribute returned only when asked for by name).
-func idAttr(mode string) string {
-	if mode == GroupModeAD || mode == GroupModeADInChain {
-		return "objectGUID"
-	}
-	return "entryUUID"
-}
+// idAttrs are the attributes that may hold an account's immutable id,
+// requested in every user search whatever the group mode: objectGUID in AD
+// (16 bytes), entryUUID in OpenLDAP and 389-DS (RFC 4530, an operational
+// attribute returned only when asked for by name). The directory decides
+// which one an entry has, not the group mode: AD with group_mode memberof
+// or posix still has only objectGUID. A directory ignores the one it does
+// not know.
+var idAttrs = []string{"objectGUID", "entryUUID"}
 
 // accountID reads e's immutable id in its canonical form: the lowercase
-// 8-4-4-4-12 string of a UUID. AD's objectGUID is read in the byte order
-// Windows shows it in (the first three fields little-endian), so the id
-// matches what AD's own tools print.
-func accountID(e *ldap.Entry, mode string) (string, error) {
-	attr := idAttr(mode)
-	if attr == "objectGUID" {
-		raw := e.GetRawAttributeValue(attr)
-		if len(raw) == 0 {
-			return "", fmt.Errorf("%w (%s of %s)", ErrNoAccountID, attr, e.DN)
-		}
+// 8-4-4-4-12 string of a UUID. An objectGUID is preferred when the entry
+// has one; it is read in the byte order Windows shows it in (the first
+// three fields little-endian), so the id matches what AD's own tools print.
+func accountID(e *ldap.Entry) (string, error) {
+	if raw := e.GetRawAttributeValue("objectGUID"); len(raw) != 0 {
 		if len(raw) != 16 {
-			return "", fmt.Errorf("ldapauth: %s of %s is %d bytes, want 16", attr, e.DN, len(raw))
+			return "", fmt.Errorf("ldapauth: objectGUID of %s is %d bytes, want 16", e.DN, len(raw))
 		}
 		return guidString(raw), nil
 	}
-	v := e.GetAttributeValue(attr)
+	v := e.GetAttributeValue("entryUUID")
 	if v == "" {
-		return "", fmt.Errorf("%w (%s of %s)", ErrNoAccountID, attr, e.DN)
+		return "", fmt.Errorf("%w (neither objectGUID nor entryUUID of %s)", ErrNoAccountID, e.DN)
 	}
 	b, err := parseUUID(v)
 	if err != nil {
-		return "", fmt.Errorf("ldapauth: %s of %s: %w", attr, e.DN, err)
+		return "", fmt.Errorf("ldapauth: entryUUID of %s: %w", e.DN, err)
 	}
 	return uuidString(b), nil
 }
@@ -91,16 +84,14 @@ func parseUUID(s string) ([16]byte, error) {
 }
 
 // idFilter is the filter clause that matches the account whose canonical
-// id is id: every byte of an objectGUID hex-escaped, an entryUUID as its
-// string. A malformed id is an error, never a filter.
-func idFilter(mode, id string) (string, error) {
+// id is id, in either attribute: every byte of the objectGUID hex-escaped,
+// or the entryUUID as its string. A directory evaluates the attribute it
+// does not know as undefined, so the clause matches by the one it has. A
+// malformed id is an error, never a filter.
+func idFilter(id string) (string, error) {
 	b, err := parseUUID(id)
 	if err != nil {
 		return "", fmt.Errorf("ldapauth: %w", err)
 	}
-	attr := idAttr(mode)
-	if attr == "objectGUID" {
-		return "(" + attr + "=" + escapeBytes(guidBytes(b)) + ")", nil
-	}
-	return "(" + attr + "=" + ldap.EscapeFilter(strings.ToLower(uuidString(b))) + ")", nil
+	return "(|(objectGUID=" + escapeBytes(guidBytes(b)) + ")(entryUUID=" + ldap.EscapeFilter(uuidString(b)) + "))", nil
 }

@@ -174,25 +174,56 @@ func TestAccountIDForms(t *testing.T) {
 	if got := guidString(raw); got != guid {
 		t.Errorf("guidString: got %q, want %q", got, guid)
 	}
-	tests := []struct {
-		mode, id, want string
-	}{
-		{GroupModeAD, guid, `(objectGUID=\33\22\11\00\55\44\77\66\88\99\aa\bb\cc\dd\ee\ff)`},
-		{GroupModeADInChain, "00112233-4455-6677-8899-AABBCCDDEEFF", `(objectGUID=\33\22\11\00\55\44\77\66\88\99\aa\bb\cc\dd\ee\ff)`},
-		{GroupModeMemberOf, "00112233-4455-6677-8899-AABBCCDDEEFF", `(entryUUID=00112233-4455-6677-8899-aabbccddeeff)`},
-	}
-	for _, tt := range tests {
-		got, err := idFilter(tt.mode, tt.id)
-		if err != nil || got != tt.want {
-			t.Errorf("idFilter(%s, %s): got %q %v, want %q", tt.mode, tt.id, got, err, tt.want)
+	const both = `(|(objectGUID=\33\22\11\00\55\44\77\66\88\99\aa\bb\cc\dd\ee\ff)(entryUUID=00112233-4455-6677-8899-aabbccddeeff))`
+	for _, id := range []string{guid, "00112233-4455-6677-8899-AABBCCDDEEFF"} {
+		got, err := idFilter(id)
+		if err != nil || got != both {
+			t.Errorf("idFilter(%s): got %q %v, want %q", id, got, err, both)
 		}
 	}
-	e := ldap.NewEntry("uid=x", map[string][]string{"entryUUID": {"00112233-4455-6677-8899-AABBCCDDEEFF"}})
-	if got, err := accountID(e, GroupModePosix); err != nil || got != guid {
-		t.Errorf("accountID(entryUUID): got %q %v", got, err)
+	tests := []struct {
+		name  string
+		attrs map[string][]string
+		want  string // "" for an error
+	}{
+		{"entryUUID", map[string][]string{"entryUUID": {"00112233-4455-6677-8899-AABBCCDDEEFF"}}, guid},
+		{"objectGUID", map[string][]string{"objectGUID": {string(raw)}}, guid},
+		{"objectGUID first", map[string][]string{"objectGUID": {string(raw)}, "entryUUID": {"ffffffff-4455-6677-8899-aabbccddeeff"}}, guid},
+		{"short objectGUID", map[string][]string{"objectGUID": {string(raw[:15])}, "entryUUID": {guid}}, ""},
+		{"neither", nil, ""},
 	}
-	if _, err := accountID(ldap.NewEntry("uid=x", nil), GroupModePosix); err == nil {
-		t.Errorf("accountID of an entry without entryUUID: no error")
+	for _, tt := range tests {
+		got, err := accountID(ldap.NewEntry("uid=x", tt.attrs))
+		if tt.want == "" && err == nil || tt.want != "" && (err != nil || got != tt.want) {
+			t.Errorf("accountID(%s): got %q %v, want %q", tt.name, got, err, tt.want)
+		}
+	}
+}
+
+// AD keeps memberOf natively, so group_mode memberof is a valid choice
+// against it: the account id is still its objectGUID, which the directory
+// has whatever the mode, and the recheck finds the account by it.
+func TestMemberOfModeAgainstAD(t *testing.T) {
+	needDC(t)
+	ctx := context.Background()
+	a, _ := newAuth(t, adConfig(func(c *Config) {
+		c.GroupMode = GroupModeMemberOf
+		c.LoginAttributes = []string{"sAMAccountName"}
+		c.UserFilter = "(objectClass=user)"
+	}), nil)
+	id, out, err := a.Login(ctx, Request{Username: "alice", Password: pw("alice")})
+	if err != nil || !out.OK {
+		t.Fatalf("login in memberof mode on AD: got %+v %v", out, err)
+	}
+	guid, err := dc.Attr(ctx, "alice", "objectGUID")
+	if err != nil || len(guid) != 1 || guidString([]byte(guid[0])) != id.ID {
+		t.Errorf("Identity.ID %q is not alice's objectGUID (%x, %v)", id.ID, guid, err)
+	}
+	if got := groupNames(id.Groups); !slices.Contains(got, "ai-users") {
+		t.Errorf("groups: got %v, want ai-users among them", got)
+	}
+	if _, out, err := a.Lookup(ctx, LookupRequest{Username: id.Username, ID: id.ID}); err != nil || !out.OK {
+		t.Errorf("lookup by id in memberof mode: got %+v %v", out, err)
 	}
 }
 

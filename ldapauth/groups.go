@@ -86,7 +86,8 @@ type sidEntry struct {
 
 // userAttrs are the attributes read in the user search for a mode.
 func userAttrs(mode string, loginAttrs []string) []string {
-	a := []string{"displayName", "cn", "mail", "uid", "sAMAccountName", "userPrincipalName", idAttr(mode)}
+	a := []string{"displayName", "cn", "mail", "uid", "sAMAccountName", "userPrincipalName"}
+	a = append(a, idAttrs...)
 	switch mode {
 	case GroupModeMemberOf:
 		a = append(a, "memberOf")

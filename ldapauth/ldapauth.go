@@ -18,7 +18,8 @@
 // denial drops the cache entry.
 //
 // An account is known by its immutable id (Identity.ID: objectGUID in AD,
-// entryUUID elsewhere), not by its name or DN, which offboarding renames
+// entryUUID elsewhere, whichever the entry has, in any group mode), not by
+// its name or DN, which offboarding renames
 // and gives to the next person: a recheck with the id finds the account
 // that logged in, and answers user_not_found when it is gone or no longer
 // carries the name its sessions were issued under, even if another account
@@ -646,7 +647,7 @@ func (a *Authenticator) loginOn(ctx context.Context, d *server, name loginName, 
 	}
 	// An account that cannot be told apart from a later one of the same
 	// name is not logged in, and its password is not sent.
-	acctID, err := accountID(user, a.cfg.GroupMode)
+	acctID, err := accountID(user)
 	if err != nil {
 		keep = true
 		out.Reason = ReasonDirectoryUnavailable

@@ -70,7 +70,7 @@ func stateAttrs(mode string) []string {
 func (a *Authenticator) Lookup(ctx context.Context, r LookupRequest) (Identity, Outcome, error) {
 	var filter string
 	if r.ID != "" {
-		f, err := idFilter(a.cfg.GroupMode, r.ID)
+		f, err := idFilter(r.ID)
 		if err != nil {
 			return a.finishLookup(ctx, r, Identity{}, Outcome{Reason: ReasonInvalidAccountID}, nil)
 		}
@@ -135,7 +135,7 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, filter string, 
 		return id, out, nil, false
 	}
 	user := res.Entries[0]
-	acctID, err := accountID(user, a.cfg.GroupMode)
+	acctID, err := accountID(user)
 	if err != nil {
 		return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
 	}

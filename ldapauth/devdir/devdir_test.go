@@ -115,10 +115,10 @@ func testLogin(t *testing.T, s *Server) {
 	}
 }
 
-// An entry without the immutable id of its mode (here objectGUID, which
-// this directory does not keep) is not logged in, its password not sent:
-// its sessions could not be told from those of a later account of the
-// same name.
+// An entry without an immutable id (neither objectGUID nor entryUUID) is
+// not logged in, its password not sent: its sessions could not be told from
+// those of a later account of the same name. The group mode does not
+// matter: the id attribute is the directory's, not the mode's.
 func TestLoginWithoutAccountIDIsRefused(t *testing.T) {
 	s := start(t)
 	j, err := audit.Open(t.TempDir(), nil)
@@ -126,6 +126,10 @@ func TestLoginWithoutAccountIDIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { j.Close() })
+	s.mu.Lock()
+	alice := s.find("uid=alice," + PeopleDN)
+	alice.attrs = slices.DeleteFunc(alice.attrs, func(a [2]string) bool { return strings.EqualFold(a[0], "entryUUID") })
+	s.mu.Unlock()
 	cfg := s.Config()
 	cfg.GroupMode, cfg.UserFilter = ldapauth.GroupModeADInChain, "(objectClass=person)"
 	a, err := ldapauth.New(cfg, ldapauth.Options{Audit: j, BindPassword: s.Secret})
@@ -137,8 +141,8 @@ func TestLoginWithoutAccountIDIsRefused(t *testing.T) {
 	if !errors.Is(err, ldapauth.ErrNoAccountID) || out.OK {
 		t.Fatalf("got %+v %v, want an error wrapping ErrNoAccountID", out, err)
 	}
-	if !strings.Contains(err.Error(), "objectGUID") {
-		t.Errorf("the error does not name the attribute: %v", err)
+	if !strings.Contains(err.Error(), "objectGUID") || !strings.Contains(err.Error(), "entryUUID") {
+		t.Errorf("the error does not name the attributes: %v", err)
 	}
 	s.mu.Lock()
 	bound := len(s.bound)
