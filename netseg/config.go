@@ -81,7 +81,8 @@ type Config struct {
 // distribution names a LAN link "ve-" or "vz-". The uplink, a bond or a
 // VLAN of the host is not among them; a host whose own LAN bridge is
 // named like one of these (an admin's "br-lan") must set forward_from
-// itself.
+// itself, and a plan that finds a physical device, a bond or a VLAN
+// behind a matching name, or in a matching bridge, is refused.
 func DefaultForwardFrom() []string {
 	return []string{"docker*", "br-*", "veth*", "podman*", "cni*", "virbr*", "vnet*", "lxcbr*", "lxdbr*", "incusbr*", "ve-*", "vz-*"}
 }

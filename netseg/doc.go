@@ -67,11 +67,19 @@
 // Caveats: host names in Needs are resolved when a plan is made; a DNS
 // change afterwards needs a new apply. forward_from matches interface
 // names: a link of the LAN named like a container bridge (an admin's
-// "br-lan" under the default "br-*", or a bridge the uplink is a port of)
-// would be routed, and would count as local, its hosts and the containers
-// reaching each other beyond the egress rules, so set forward_from on such
-// a host (a VLAN's parent that matches it is refused, and the plan lists
-// the interfaces that match now). An accept in this table ends only this
+// "br-lan" under the default "br-*", or an Incus bridge given the uplink)
+// would be routed, and would count as local to its entry, its hosts and
+// the containers reaching each other beyond the egress rules. Plan and
+// Apply therefore look at each link that forward_from matches (netlink)
+// and refuse the config when one is a physical device, a bond or a VLAN,
+// or a bridge with one of those as a port, naming the link, the port and
+// the fix: name the container bridges precisely. A VLAN's parent that
+// matches is refused too, and `applianced doctor` warns about such links
+// on the running host. Drift repair and the restore at boot do not look:
+// they put back what was applied, and must neither fail nor open more.
+// A LAN reached through a link of another kind (a veth or a tap of a VPN
+// or a router namespace, named like a container's) is not recognised:
+// set forward_from on such a host. An accept in this table ends only this
 // table's say on a packet: a drop in another table at the same hook still
 // drops it, so the networks Docker isolates from each other
 // (DOCKER-ISOLATION chains), or firewalld's zones, stay apart. The kernel

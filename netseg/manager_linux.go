@@ -301,6 +301,13 @@ func (m *Manager) prepare(ctx context.Context, cfg *Config, needs []Need) (*appl
 		return nil, err
 	}
 	fields = append(fields, pf...)
+	// Only here, at a plan or apply: drift repair and the restore at boot
+	// put back what was applied, and must neither fail nor open anything.
+	lp, err := m.l.forwardProblems(cfg)
+	if err != nil {
+		return nil, err
+	}
+	fields = append(fields, lp...)
 	rn, err := m.resolve(ctx, needs)
 	if err != nil {
 		fields = append(fields, err.Error())

@@ -27,10 +27,12 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// guestModules are what the VLAN tests need from Debian's kernel.
+// guestModules are what the VLAN tests (and those of the LAN links
+// forward_from must not match: VLANs, bonds, bridges) need from Debian's
+// kernel.
 // crc32c_generic first: libcrc32c (for nf_tables) asks for it by name and
 // there is no modprobe in the guest.
-var guestModules = []string{"crc32c_generic", "8021q", "dummy", "nf_tables", "nft_ct", "nft_log", "nft_limit", "nfnetlink_log"}
+var guestModules = []string{"crc32c_generic", "8021q", "dummy", "bridge", "bonding", "nf_tables", "nft_ct", "nft_log", "nft_limit", "nfnetlink_log"}
 
 // Tier 3: VLANs on Debian's kernel under qemu, since this host's kernel
 // may lack 802.1Q. On the host this test boots the guest; in the guest it
@@ -38,6 +40,7 @@ var guestModules = []string{"crc32c_generic", "8021q", "dummy", "nf_tables", "nf
 func TestVLANsUnderQEMU(t *testing.T) {
 	if qemuvm.IsGuest() {
 		vlanChecks(t)
+		t.Run("forward_from links", forwardLinkChecks)
 		return
 	}
 	if err := qemuvm.Available(); err != nil {

@@ -139,6 +139,7 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		hardening.ServiceCheck(unitName, systemctlState("is-enabled"), systemctlState("is-active")),
 		hardening.SyslogCheck(adminSyslog{client}),
 		hardening.FirewallCheck(adminFirewall{client, cfg.Server.StateDir}),
+		forwardLinksCheck(&cfg.Net, 0),
 		hardening.EgressProbeCheck(hardening.DefaultEgressProbe),
 		hardening.SysctlCheck("/proc"),
 		hardening.ListeningCheck("/proc", ingress),
@@ -147,6 +148,30 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		hardening.ToolCredentialCheck(tools, adminSecrets{client}),
 		hardening.RouteScopeCheck(routes, granted),
 	)
+}
+
+// forwardLinksCheck warns about each link of the host (of namespace nsFd,
+// 0 for doctor's own) that [net] forward_from matches although it is a
+// link of the LAN (a NIC, a bond, a VLAN, or a bridge holding one): the
+// table applied before such a link appeared routes its hosts, and the next
+// `net plan` is refused.
+func forwardLinksCheck(cfg *netseg.Config, nsFd int) hardening.Check {
+	const name = "forward_from links"
+	return hardening.Check{Name: name, Run: func(ctx context.Context) []hardening.Result {
+		probs, err := netseg.ForwardLinkProblems(cfg, nsFd)
+		if err != nil {
+			return []hardening.Result{{Name: name, Status: hardening.Skip, Detail: err.Error()}}
+		}
+		if len(probs) == 0 {
+			return []hardening.Result{{Name: name, Status: hardening.Pass, Detail: "no link of the LAN matches [net] forward_from"}}
+		}
+		var out []hardening.Result
+		for _, p := range probs {
+			out = append(out, hardening.Result{Name: name, Status: hardening.Warn, Detail: p,
+				Fix: "set [net] forward_from to the container and VM bridges by name, then `applianced net plan` and `applianced net apply`"})
+		}
+		return out
+	}}
 }
 
 // adminSecrets asks the running daemon which secrets the vault holds
