@@ -299,7 +299,7 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	res, err := e.v.Restore(ctx, operator, bytes.NewReader(backup.Bytes()))
+	res, err := e.v.Restore(ctx, operator, bytes.NewReader(backup.Bytes()), nil)
 	if err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
@@ -352,7 +352,7 @@ func TestRestoreRefusesAnotherMasterKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := e.v.Restore(context.Background(), operator, bytes.NewReader(tt.data))
+			_, err := e.v.Restore(context.Background(), operator, bytes.NewReader(tt.data), nil)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Restore error = %v, want %v", err, tt.want)
 			}

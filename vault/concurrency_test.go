@@ -69,7 +69,7 @@ func TestOnlineRekeyAndRestore(t *testing.T) {
 		if _, err := e.v.Rekey(ctx, operator, true); err != nil {
 			t.Errorf("Rekey: %v", err)
 		}
-		if _, err := e.v.Restore(ctx, operator, bytes.NewReader(backup.Bytes())); err != nil {
+		if _, err := e.v.Restore(ctx, operator, bytes.NewReader(backup.Bytes()), nil); err != nil {
 			t.Errorf("Restore: %v", err)
 		}
 	}

@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(crashEnvDir); dir != "" {
 		os.Exit(crashChild(dir, os.Getenv(crashEnvRun)))
 	}
+	if dir := os.Getenv(upgradeCrashEnv); dir != "" {
+		os.Exit(upgradeCrashChild(dir))
+	}
 	os.Exit(m.Run())
 }
 

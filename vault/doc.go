@@ -35,25 +35,61 @@
 // # Upgrading a database written before records carried a MAC
 //
 // A database from an earlier version of the appliance (format marker
-// applianced-vault-1, keyring format 1, records without a MAC) is upgraded
-// the first time it is opened with the master key, by Open or by Restore
-// of such a backup, in one bbolt transaction audited before it commits (a
-// vault.unseal event with action vault.upgrade): a record key and a new
-// term join the keyring, every version is re-encrypted under that term,
-// every record gets its MAC, and the keyring is sealed again in format 2
-// with the marker set to applianced-vault-2. A record that does not decode
-// or decrypt is left as it was and is refused until deleted; the event
-// names it.
+// applianced-vault-1, keyring format 1, records without a MAC) is never
+// upgraded on its own: Open refuses it with an error wrapping ErrOldFormat
+// (audited as a failed vault.unseal) that says what to do, and leaves it
+// as it is. Upgrade, which the admin runs on purpose once after installing
+// the release (`applianced vault upgrade`, with the daemon stopped), does
+// it in one bbolt transaction audited before it commits (a vault.unseal
+// event with action vault.upgrade): a record key and a new term join the
+// keyring, every version is re-encrypted under that term, every record
+// gets its MAC, and the keyring is sealed again in format 2 with the
+// marker set to applianced-vault-2. A record that does not decode or
+// decrypt is left as it was and is refused until deleted; the event names
+// it. Upgrade then compacts the file (bbolt's Compact into
+// vault.db.compact-tmp, fsync, rename, fsync of the directory), so the
+// pages bbolt freed keep neither the format 1 keyring nor the format 1
+// records. Killed at any moment, it leaves the file either as it was or
+// upgraded; run again on an upgraded file, it only compacts.
 //
 // The upgrade trusts the records as it finds them, once: whoever could
 // write the file before the upgrade could have changed them, and nothing
-// can tell. After it, the database cannot be made to look un-upgraded:
-// the keyring's format, which only the master key can write, says that
-// records carry a MAC, a marker that disagrees with it is refused at Open,
-// and a keyring from before the upgrade put back (with the marker and the
-// MACs stripped) lacks the new term, so nothing written since decrypts and
-// no record it would upgrade again is handed out. An earlier version of
-// the appliance refuses an upgraded database ("unknown format").
+// can tell. That is why it is not automatic. Someone who can write vault.db
+// can put back a copy from before the upgrade (a backup the admin made
+// before installing the release, or one rebuilt from freed pages) with a
+// tool added to a secret's allowed_tools: its keyring, marker and records
+// all agree, and only the master key could tell an upgraded database from
+// it, so nothing in the file can. Open refuses such a copy, and the admin,
+// who has already upgraded, knows it is not the vault to upgrade: it is
+// restored from a backup taken since. A database upgraded cannot be made to
+// look un-upgraded by a change of its own: the keyring's format, which only
+// the master key can write, says that records carry a MAC, and a marker
+// that disagrees with it is refused. An earlier version of the appliance
+// refuses an upgraded database ("unknown format").
+//
+// Where Upgrade gets the master key: `applianced vault upgrade` reads it
+// as the daemon does, from $CREDENTIALS_DIRECTORY/master.key, then from
+// [vault] master_key_file. With the plain key file, root runs it as is.
+// With the key as a systemd credential (LoadCredentialEncrypted=, maybe
+// sealed to the TPM2), root cannot read it outside a unit: the verb runs
+// in a transient unit that loads the credential as the service does,
+//
+//	systemd-run --wait --pipe --collect \
+//	    -p LoadCredentialEncrypted=master.key:/etc/credstore.encrypted/applianced.master.key \
+//	    /usr/bin/applianced vault upgrade --config /etc/applianced/applianced.toml
+//
+// The verb refuses to run while a daemon answers on the admin socket (and
+// Upgrade while another process holds the database's lock), records the
+// event in the audit journal of the state directory itself, and, started as
+// root, works as the owner of vault.db once the key is read, so the files
+// it writes stay the service's.
+//
+// Restore likewise refuses a backup written before records carried a MAC
+// (ErrOldFormat) unless RestoreOptions.UpgradeOldFormat asks for it (`vault
+// restore --upgrade-old-format FILE`); the backup is then upgraded (the
+// vault.upgrade event says of=backup) and compacted before it replaces the
+// database, and RestoreResult.Upgraded tells the operator that its
+// metadata was trusted as found.
 //
 // Rekey adds a term and makes it active; older terms keep opening what they
 // sealed, and Rekey with reencrypt moves every version to the new term

@@ -284,22 +284,43 @@ type RestoreResult struct {
 	SystemKeys int    `json:"system_keys"`
 	Term       uint32 `json:"term"`
 	Previous   string `json:"previous"` // where the replaced database was kept
-	// Upgraded says the backup was written before records carried a MAC:
-	// its records were taken as found and now carry one, re-encrypted
-	// under a new term (Term).
+	// Upgraded says the backup was written before records carried a MAC
+	// (restored only with RestoreOptions.UpgradeOldFormat): its records
+	// were trusted as found, once, and now carry one, re-encrypted under a
+	// new term (Term).
 	Upgraded bool `json:"upgraded,omitempty"`
+	// NotUpgraded names the records of such a backup that did not decode
+	// or decrypt: they were left as they were and are refused until
+	// deleted ("secret:NAME", "system key:NAME").
+	NotUpgraded []string `json:"not_upgraded,omitempty"`
+}
+
+// RestoreOptions are the choices of Restore. Nil means the defaults.
+type RestoreOptions struct {
+	// UpgradeOldFormat accepts a backup written before records carried a
+	// MAC (format 1). Its allowed_tools and versions cannot be checked:
+	// whoever could write the backup could have edited them, and they are
+	// trusted as found. Without it such a backup is refused with
+	// ErrOldFormat.
+	UpgradeOldFormat bool
 }
 
 // Restore replaces the database with a backup read from r. The backup must
 // pass bbolt's consistency check and open with the current master key, and
 // every version in it must decrypt; otherwise nothing changes (ErrSealed for
-// another master key, ErrCorrupt for a damaged file). The replaced database
-// is kept beside it as vault.db.before-restore. System keys come back as
-// they were in the backup too; components that loaded theirs at start keep
-// using them until the daemon restarts.
-func (v *Vault) Restore(ctx context.Context, who audit.Actor, r io.Reader) (RestoreResult, error) {
+// another master key, ErrCorrupt for a damaged file). A backup written
+// before records carried a MAC is refused (ErrOldFormat) unless
+// opts.UpgradeOldFormat is set; it is then upgraded (audited as
+// vault.upgrade) and compacted before it replaces the database. The
+// replaced database is kept beside it as vault.db.before-restore. System
+// keys come back as they were in the backup too; components that loaded
+// theirs at start keep using them until the daemon restarts.
+func (v *Vault) Restore(ctx context.Context, who audit.Actor, r io.Reader, opts *RestoreOptions) (RestoreResult, error) {
 	ev := &audit.Event{Type: "vault.restore", Actor: who, Action: "vault.restore", Source: "unix", Severity: audit.SeverityHigh}
-	tmp, res, err := v.stageRestore(r)
+	if opts == nil {
+		opts = &RestoreOptions{}
+	}
+	tmp, res, err := v.stageRestore(ctx, who, r, opts)
 	if tmp != "" {
 		defer os.Remove(tmp)
 	}
@@ -315,7 +336,7 @@ func (v *Vault) Restore(ctx context.Context, who audit.Actor, r io.Reader) (Rest
 	if err := v.appendEvent(ctx, ev); err != nil {
 		return RestoreResult{}, err
 	}
-	term, err := v.swap(ctx, who, tmp, res.Previous)
+	term, err := v.swap(tmp, res.Previous)
 	if err != nil {
 		v.recordFailure(ctx, ev, err)
 		return RestoreResult{}, err
@@ -325,8 +346,10 @@ func (v *Vault) Restore(ctx context.Context, who audit.Actor, r io.Reader) (Rest
 	return res, nil
 }
 
-// stageRestore copies the backup next to the database and checks it fully.
-func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
+// stageRestore copies the backup next to the database and checks it fully;
+// a format 1 backup, when opts allow it, is then upgraded and compacted
+// where it stands.
+func (v *Vault) stageRestore(ctx context.Context, who audit.Actor, r io.Reader, opts *RestoreOptions) (string, RestoreResult, error) {
 	res := RestoreResult{Previous: v.path + ".before-restore"}
 	if err := v.rlock(); err != nil {
 		return "", res, fmt.Errorf("vault: %w", err)
@@ -357,17 +380,50 @@ func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
 		return tmp, res, fmt.Errorf("vault: restore: %w", err)
 	}
 	res.Bytes = n
-	db, kr, err := openDB(tmp, master, false)
+	if err := v.checkBackup(tmp, master, &res, opts); err != nil {
+		return tmp, res, err
+	}
+	if !res.Upgraded {
+		return tmp, res, nil
+	}
+	db, kr, err := openDB(tmp, master, openWrite)
+	if err != nil {
+		return tmp, res, fmt.Errorf("vault: restore: %w", err)
+	}
+	defer db.Close()
+	next, rep, err := v.upgradeIfOld(ctx, who, "unix", "backup", db, kr)
+	if err != nil {
+		kr.wipe()
+		return tmp, res, err
+	}
+	next.wipe()
+	res.Term, res.NotUpgraded = next.active, rep.skipped
+	if err := compactInto(db, tmp); err != nil {
+		return tmp, res, err
+	}
+	return tmp, res, nil
+}
+
+// checkBackup opens the staged backup tmp read-only and checks every record
+// and every version in it, counting them into res.
+func (v *Vault) checkBackup(tmp string, master []byte, res *RestoreResult, opts *RestoreOptions) error {
+	db, kr, err := openDB(tmp, master, openRead)
 	if err != nil {
 		if errors.Is(err, ErrSealed) {
-			return tmp, res, fmt.Errorf("vault: restore refused: the backup %w", ErrSealed)
+			return fmt.Errorf("vault: restore refused: the backup %w", ErrSealed)
 		}
-		return tmp, res, fmt.Errorf("vault: %w: restore refused: the backup is not a usable vault: %w", ErrInvalid, err)
+		return fmt.Errorf("vault: %w: restore refused: the backup is not a usable vault: %w", ErrInvalid, err)
 	}
 	defer kr.wipe()
 	defer db.Close()
 	res.Term = kr.active
 	res.Upgraded = kr.format == keyringFormatV1
+	if res.Upgraded && !opts.UpgradeOldFormat {
+		return fmt.Errorf("vault: %w: restore refused: the backup was %w (format %q): its allowed_tools and versions "+
+			"carry no MAC, so whoever could write the backup could have changed them. Restore it only if you know where "+
+			"it has been since it was taken, with --upgrade-old-format: it is then upgraded, trusting it as found, once",
+			ErrInvalid, ErrOldFormat, formatV1)
+	}
 	err = db.View(func(tx *bolt.Tx) error {
 		for _, b := range []struct {
 			ns     byte
@@ -378,8 +434,8 @@ func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
 				var rec *record
 				var err error
 				if kr.format == keyringFormatV1 {
-					// A backup from before records carried a MAC: swap
-					// upgrades it, trusting its records as found.
+					// A backup from before records carried a MAC: it is
+					// upgraded, trusting its records as found.
 					if rec, err = decodeRecord(raw); err == nil && rec.format != recordFormatV1 {
 						err = fmt.Errorf("%w: a format 1 backup holds a format %d record", errRecord, rec.format)
 					}
@@ -409,15 +465,15 @@ func (v *Vault) stageRestore(r io.Reader) (string, RestoreResult, error) {
 		return nil
 	})
 	if err != nil {
-		return tmp, res, fmt.Errorf("vault: %w: restore refused: %w", ErrInvalid, err)
+		return fmt.Errorf("vault: %w: restore refused: %w", ErrInvalid, err)
 	}
-	return tmp, res, nil
+	return nil
 }
 
-// swap puts the staged file in place of the database and reopens it,
-// upgrading it when it is a backup from before records carried a MAC. On
-// failure it puts the previous database back. It returns the active term.
-func (v *Vault) swap(ctx context.Context, who audit.Actor, tmp, prev string) (uint32, error) {
+// swap puts the staged file (in format 2: stageRestore upgraded it if it
+// had to) in place of the database and reopens it. On failure it puts the
+// previous database back. It returns the active term.
+func (v *Vault) swap(tmp, prev string) (uint32, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.closed {
@@ -427,18 +483,17 @@ func (v *Vault) swap(ctx context.Context, who audit.Actor, tmp, prev string) (ui
 		v.log.Warn("vault: closing the database before a restore", "err", err)
 	}
 	reopen := func() error {
-		db, kr, err := openDB(v.path, v.master, true)
+		db, kr, err := openDB(v.path, v.master, openCreate)
 		if err != nil {
 			return err
 		}
-		next, err := v.upgradeIfOld(ctx, who, db, kr)
-		if err != nil {
+		if kr.format == keyringFormatV1 {
 			kr.wipe()
 			_ = db.Close()
-			return err
+			return oldFormatError(v.path)
 		}
 		v.kr.wipe()
-		v.db, v.kr = db, next
+		v.db, v.kr = db, kr
 		return nil
 	}
 	err := os.Rename(v.path, prev)

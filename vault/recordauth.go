@@ -19,7 +19,7 @@ import (
 // write vault.db but does not have the master key could add a tool to a
 // secret's allowed_tools, or drop its newest versions so that a rotated
 // value became current again. A database written before records carried a
-// MAC is upgraded when it is opened with the master key.
+// MAC is refused by Open and upgraded only by Upgrade (upgrade.go).
 
 // kind names what namespace ns holds, for messages.
 func kind(ns byte) string {
@@ -75,18 +75,21 @@ const maxSkippedNamed = 20
 // from before the upgrade, put back later, does not open what was written
 // after it. A record that does not decode or whose versions do not decrypt
 // is left as it was, and is refused when used (it has no MAC).
-func (v *Vault) upgradeIfOld(ctx context.Context, who audit.Actor, db *bolt.DB, kr *keyring) (*keyring, error) {
+//
+// source is the event's (cli or unix) and of says what is upgraded: the
+// database itself, or a backup on its way in.
+func (v *Vault) upgradeIfOld(ctx context.Context, who audit.Actor, source, of string, db *bolt.DB, kr *keyring) (*keyring, upgradeReport, error) {
 	if kr.format == keyringFormat {
-		return kr, nil
+		return kr, upgradeReport{}, nil
 	}
-	ev := &audit.Event{Type: "vault.unseal", Actor: who, Action: "vault.upgrade", Target: v.path,
+	ev := &audit.Event{Type: "vault.unseal", Actor: who, Action: "vault.upgrade", Target: v.path, Source: source,
 		Severity: audit.SeverityHigh, Outcome: audit.OutcomeSuccess}
 	appended := false
 	next, rep, err := upgradeDB(db, kr, v.master, time.Now(), func(rep upgradeReport) error {
 		ev.Details = map[string]string{
 			"from_format": string(formatV1), "to_format": string(formatV2),
 			"term": strconv.FormatUint(uint64(rep.term), 10), "records": strconv.Itoa(rep.records),
-			"versions": strconv.Itoa(rep.versions), "not_upgraded": strconv.Itoa(len(rep.skipped)),
+			"versions": strconv.Itoa(rep.versions), "not_upgraded": strconv.Itoa(len(rep.skipped)), "of": of,
 		}
 		if len(rep.skipped) > 0 {
 			named := rep.skipped[:min(len(rep.skipped), maxSkippedNamed)]
@@ -103,14 +106,14 @@ func (v *Vault) upgradeIfOld(ctx context.Context, who audit.Actor, db *bolt.DB, 
 		if appended {
 			v.recordFailure(ctx, ev, err)
 		}
-		return nil, err
+		return nil, upgradeReport{}, err
 	}
-	v.log.Warn("vault: upgraded the database: every record now carries a MAC; its metadata was trusted as found",
-		"path", v.path, "records", rep.records, "versions", rep.versions, "term", rep.term)
+	v.log.Warn("vault: upgraded: every record now carries a MAC; its metadata was trusted as found",
+		"path", v.path, "of", of, "records", rep.records, "versions", rep.versions, "term", rep.term)
 	for _, s := range rep.skipped {
 		v.log.Warn("vault: record not upgraded (it does not decode or decrypt); it is refused until deleted", "record", s)
 	}
-	return next, nil
+	return next, rep, nil
 }
 
 // upgradeDB does the upgrade's work in one transaction and returns the new

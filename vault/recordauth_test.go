@@ -276,6 +276,17 @@ func goldenKey(t *testing.T) []byte {
 	return key
 }
 
+// upgrade runs Upgrade on the closed database of e, as `applianced vault
+// upgrade` does, and fails the test on error.
+func (e *env) upgrade(t *testing.T) UpgradeResult {
+	t.Helper()
+	res, err := Upgrade(context.Background(), e.path, e.key, operator, e.options())
+	if err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	return res
+}
+
 // goldenValues are the current values in testdata/vault-format1.db.
 var goldenValues = []struct{ tool, name, value string }{
 	{"tickets", "db-pass", "db-pass-v3"},
@@ -340,11 +351,15 @@ func checkGolden(t *testing.T, v *Vault, term uint32) {
 	}
 }
 
-// TestFormat1DatabaseUpgraded opens a database written before records
-// carried a MAC: Open upgrades it once, audited, and it then works as
-// before, with a MAC on every record and every version under a new term.
+// TestFormat1DatabaseUpgraded upgrades a database written before records
+// carried a MAC: Upgrade does it once, audited, and it then opens and works
+// as before, with a MAC on every record and every version under a new term.
 func TestFormat1DatabaseUpgraded(t *testing.T) {
 	e := goldenEnv(t)
+	res := e.upgrade(t)
+	if !res.Upgraded || res.Term != 3 || res.Records != 4 || res.Versions != 6 || len(res.NotUpgraded) != 0 {
+		t.Errorf("Upgrade = %+v; want upgraded to term 3, 4 records, 6 versions", res)
+	}
 	e.reopen(t, Config{})
 	checkGolden(t, e.v, 3)
 	st, err := e.v.Status(context.Background(), operator)
@@ -365,14 +380,23 @@ func TestFormat1DatabaseUpgraded(t *testing.T) {
 	}
 	ups := upgrades()
 	if len(ups) != 1 || ups[0].Outcome != audit.OutcomeSuccess || ups[0].Details["records"] != "4" ||
-		ups[0].Details["versions"] != "6" || ups[0].Details["not_upgraded"] != "0" {
+		ups[0].Details["versions"] != "6" || ups[0].Details["not_upgraded"] != "0" ||
+		ups[0].Source != "cli" || ups[0].Actor.UID == nil || *ups[0].Actor.UID != *operator.UID {
 		t.Fatalf("upgrade events = %+v; want one success for 4 records and 6 versions", ups)
 	}
 	if _, ok := audit.LookupEventType(ups[0].Type); !ok {
 		t.Errorf("event type %q is not in the audit catalogue", ups[0].Type)
 	}
 
-	// Later opens do not upgrade again, and writes keep working.
+	// Later opens do not upgrade again, nor does Upgrade (it only
+	// compacts), and writes keep working.
+	e.reopen(t, Config{})
+	if err := e.v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if res := e.upgrade(t); res.Upgraded {
+		t.Errorf("a second Upgrade = %+v; want nothing upgraded", res)
+	}
 	e.reopen(t, Config{})
 	if n := len(upgrades()); n != 1 {
 		t.Errorf("%d upgrade events after a reopen, want 1", n)
@@ -409,6 +433,9 @@ func TestFormat1RecordNotDecryptingStaysRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if res := e.upgrade(t); len(res.NotUpgraded) != 1 || res.NotUpgraded[0] != "secret:api" {
+		t.Errorf("Upgrade = %+v; want secret:api not upgraded", res)
+	}
 	e.reopen(t, Config{})
 	val, err := e.v.ForTool(context.Background(), "tickets", "api")
 	wantRefused(t, "the damaged record", val, err, errNoMAC, "api")
@@ -428,9 +455,9 @@ func TestFormat1RecordNotDecryptingStaysRefused(t *testing.T) {
 
 // TestOldKeyringPutBackDoesNotDowngrade: after the upgrade, putting back
 // the keyring from before it (as found in an older copy of the file),
-// with the marker set back and the MACs stripped, does not get a tampered
-// record upgraded: what was written after the upgrade is under a term
-// that keyring does not have.
+// with the marker set back and the MACs stripped, makes a database Open
+// refuses as written before records carried a MAC: it is neither upgraded
+// again nor changed.
 func TestOldKeyringPutBackDoesNotDowngrade(t *testing.T) {
 	e := goldenEnv(t)
 	var oldKeyring []byte
@@ -443,6 +470,7 @@ func TestOldKeyringPutBackDoesNotDowngrade(t *testing.T) {
 		return nil
 	})
 	db.Close()
+	e.upgrade(t)
 	e.reopen(t, Config{})
 	if _, err := e.v.ForTool(context.Background(), "tickets", "db-pass"); err != nil {
 		t.Fatal(err)
@@ -457,10 +485,30 @@ func TestOldKeyringPutBackDoesNotDowngrade(t *testing.T) {
 		}
 		return meta.Put(keyKeyring, oldKeyring)
 	})
-	e.reopen(t, Config{})
-	for _, tool := range []string{"evil", "tickets"} {
-		val, err := e.v.ForTool(context.Background(), tool, "db-pass")
-		wantRefused(t, "ForTool("+tool+")", val, err, errNoMAC, "db-pass")
+	wantOldFormatRefused(t, e)
+}
+
+// wantOldFormatRefused checks that Open refuses the database of e as
+// written before records carried a MAC, naming the upgrade verb, records
+// the refusal, and leaves the file as it was.
+func wantOldFormatRefused(t *testing.T, e *env) {
+	t.Helper()
+	before := fileSum(t, e.path)
+	v, err := Open(context.Background(), e.path, e.key, Config{}, e.options())
+	if err == nil {
+		val, ferr := v.ForTool(context.Background(), "evil", "db-pass")
+		v.Close()
+		t.Fatalf("Open accepted a database written before records carried a MAC; ForTool(evil, db-pass) = %q, %v", val, ferr)
+	}
+	if !errors.Is(err, ErrOldFormat) || !strings.Contains(err.Error(), e.path) ||
+		!strings.Contains(err.Error(), "`applianced vault upgrade`") || !strings.Contains(err.Error(), "older copy put back") {
+		t.Errorf("Open error = %v; want ErrOldFormat naming the file, the upgrade verb and what to do with an older copy", err)
+	}
+	if fileSum(t, e.path) != before {
+		t.Error("the refused Open changed the file")
+	}
+	if ev := e.lastEvent(t); ev.Type != "vault.unseal" || ev.Outcome != audit.OutcomeFailure || ev.Target != e.path {
+		t.Errorf("last event = %s/%s/%s; want the refused unseal", ev.Type, ev.Outcome, ev.Target)
 	}
 }
 
@@ -500,7 +548,7 @@ func TestTamperedBackupRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := fileSum(t, e.path)
-	_, err = e.v.Restore(ctx, operator, bytes.NewReader(doctored))
+	_, err = e.v.Restore(ctx, operator, bytes.NewReader(doctored), nil)
 	if !errors.Is(err, ErrInvalid) || !errors.Is(err, errBadMAC) || !strings.Contains(err.Error(), `"db-pass"`) {
 		t.Fatalf("Restore of a doctored backup: error = %v; want a refusal naming db-pass", err)
 	}
@@ -513,7 +561,8 @@ func TestTamperedBackupRefused(t *testing.T) {
 }
 
 // TestFormat1BackupRestoredIsUpgraded: a backup written before records
-// carried a MAC still restores; it is upgraded as it goes in.
+// carried a MAC is refused unless the operator asks for it; then it
+// restores, upgraded and compacted as it goes in, and the result says so.
 func TestFormat1BackupRestoredIsUpgraded(t *testing.T) {
 	e := newEnv(t, Config{})
 	if err := e.v.Close(); err != nil {
@@ -530,9 +579,36 @@ func TestFormat1BackupRestoredIsUpgraded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := e.v.Restore(context.Background(), operator, bytes.NewReader(backup))
+	before := fileSum(t, e.path)
+	if res, err := e.v.Restore(context.Background(), operator, bytes.NewReader(backup), nil); !errors.Is(err, ErrOldFormat) ||
+		!errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "--upgrade-old-format") {
+		t.Fatalf("Restore of a format 1 backup without asking = %+v, %v; want ErrOldFormat naming --upgrade-old-format", res, err)
+	}
+	if fileSum(t, e.path) != before {
+		t.Error("a refused restore changed the database")
+	}
+	if ev := e.lastEvent(t); ev.Action != "vault.restore" || ev.Outcome != audit.OutcomeDenied {
+		t.Errorf("event of the refused restore = %s/%s, want vault.restore/denied", ev.Action, ev.Outcome)
+	}
+	if val, err := e.v.ForInternal(context.Background(), "test", "replaced"); err != nil || string(val) != "gone-after-restore" {
+		t.Errorf("after the refused restore: %q, %v", val, err)
+	}
+
+	res, err := e.v.Restore(context.Background(), operator, bytes.NewReader(backup), &RestoreOptions{UpgradeOldFormat: true})
 	if err != nil {
 		t.Fatalf("Restore: %v", err)
+	}
+	var kinds []string
+	for _, ev := range e.events(t) {
+		if ev.Action == "vault.upgrade" || (ev.Action == "vault.restore" && ev.Outcome == audit.OutcomeSuccess) {
+			kinds = append(kinds, ev.Action+"/"+ev.Details["of"]+"/"+ev.Details["upgraded"])
+		}
+	}
+	if strings.Join(kinds, " ") != "vault.upgrade/backup/ vault.restore//true" {
+		t.Errorf("events = %v; want the upgrade of the backup, then its restore marked upgraded", kinds)
+	}
+	if matches, _ := filepath.Glob(e.path + ".*tmp*"); len(matches) != 0 {
+		t.Errorf("files left behind: %v", matches)
 	}
 	if !res.Upgraded || res.Term != 3 || res.Secrets != 3 || res.SystemKeys != 1 {
 		t.Errorf("restore result = %+v; want upgraded, term 3, 3 secrets and 1 system key", res)
@@ -590,7 +666,7 @@ func TestRestoreFormat1BackupWhileReading(t *testing.T) {
 		}
 	}
 	waitReads(100)
-	_, err = e.v.Restore(ctx, operator, bytes.NewReader(backup))
+	_, err = e.v.Restore(ctx, operator, bytes.NewReader(backup), &RestoreOptions{UpgradeOldFormat: true})
 	waitReads(100)
 	close(stop)
 	wg.Wait()
@@ -601,24 +677,20 @@ func TestRestoreFormat1BackupWhileReading(t *testing.T) {
 }
 
 // TestFormat1UpgradeNotAuditedNotDone: the upgrade is audited before it
-// commits; when the journal refuses the event, Open fails and the file is
-// left as it was.
+// commits; when the journal refuses the event, Upgrade fails and the file
+// is left as it was.
 func TestFormat1UpgradeNotAuditedNotDone(t *testing.T) {
 	e := goldenEnv(t)
 	before := fileSum(t, e.path)
 	opts := e.options()
 	opts.Audit = closedJournal(t)
-	v, err := Open(context.Background(), e.path, e.key, Config{}, opts)
-	if err == nil {
-		v.Close()
-		t.Fatal("Open upgraded the database without an audit journal")
-	}
-	if !errors.Is(err, ErrAudit) {
-		t.Errorf("Open error = %v, want ErrAudit", err)
+	if res, err := Upgrade(context.Background(), e.path, e.key, operator, opts); !errors.Is(err, ErrAudit) {
+		t.Errorf("Upgrade without an audit journal = %+v, %v; want ErrAudit", res, err)
 	}
 	if fileSum(t, e.path) != before {
 		t.Error("the database changed although its upgrade was not audited")
 	}
+	e.upgrade(t)
 	e.reopen(t, Config{})
 	checkGolden(t, e.v, 3)
 }

@@ -39,6 +39,10 @@ var (
 	// ErrAudit means the audit journal refused the event, so the operation
 	// was not done.
 	ErrAudit = errors.New("audit journal unavailable")
+	// ErrOldFormat means the database (or backup) was written before
+	// records carried a MAC: Open refuses it, and only Upgrade, run on
+	// purpose, turns it into a database Open accepts.
+	ErrOldFormat = errors.New("written before records carried a MAC")
 )
 
 // Options are the dependencies of Open. Audit is required.
@@ -67,7 +71,7 @@ var (
 	// marker is the sealed keyring's format (2), which this one must match.
 	formatV2 = []byte("applianced-vault-2")
 	// formatV1 is a database written before records were authenticated;
-	// Open upgrades it.
+	// Open refuses it and Upgrade upgrades it.
 	formatV1 = []byte("applianced-vault-1")
 )
 
@@ -100,7 +104,9 @@ type Vault struct {
 // A new database gets a keyring with one term, sealed by masterKey. An
 // existing one is unsealed: a key that does not open it gives ErrSealed and
 // nothing is written. A damaged file gives an error wrapping ErrCorrupt that
-// names it. Open copies masterKey; the caller may clear its own copy.
+// names it. A database written before records carried a MAC gives an error
+// wrapping ErrOldFormat, audited, and is left as it is: Open never upgrades
+// (see Upgrade). Open copies masterKey; the caller may clear its own copy.
 func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *Options) (*Vault, error) {
 	if opts == nil || opts.Audit == nil {
 		return nil, errors.New("vault: Options.Audit is required: every operation is audited")
@@ -124,26 +130,24 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 	if v.log == nil {
 		v.log = slog.Default()
 	}
-	db, kr, err := openDB(path, v.master, true)
+	db, kr, err := openDB(path, v.master, openCreate)
+	if err == nil && kr.format == keyringFormatV1 {
+		// Never upgraded here: a format 1 file that shows up after the
+		// upgrade is an older copy put back, whose records anyone who
+		// could write the file may have edited. Upgrade is run on purpose.
+		kr.wipe()
+		_ = db.Close()
+		err = oldFormatError(path)
+	}
 	if err != nil {
 		clear(v.master)
-		if errors.Is(err, ErrSealed) {
+		if errors.Is(err, ErrSealed) || errors.Is(err, ErrOldFormat) {
 			v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Severity: audit.SeverityHigh,
-				Target: path, Outcome: audit.OutcomeFailure, Reason: ErrSealed.Error(),
+				Target: path, Outcome: audit.OutcomeFailure, Reason: err.Error(),
 				Details: map[string]string{"key_source": v.keySource}})
 		}
 		return nil, err
 	}
-	// A database written before records carried a MAC is upgraded now,
-	// while nothing else uses it.
-	next, err := v.upgradeIfOld(ctx, audit.Actor{}, db, kr)
-	if err != nil {
-		kr.wipe()
-		_ = db.Close()
-		clear(v.master)
-		return nil, err
-	}
-	kr = next
 	v.db, v.kr = db, kr
 	go v.committer()
 	if err := v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Target: path, Outcome: audit.OutcomeSuccess,
@@ -155,9 +159,28 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 	return v, nil
 }
 
-// openDB opens the bbolt file, checks it, and unseals (or, when create is
-// set and the file is new, initializes) the keyring.
-func openDB(path string, master []byte, create bool) (db *bolt.DB, kr *keyring, err error) {
+// oldFormatError is Open's refusal of a format 1 database at path.
+func oldFormatError(path string) error {
+	return fmt.Errorf("vault: database %s was %w (format %q), so it is not opened; it is not upgraded on its own either. "+
+		"If this release was just installed over an earlier one, stop the daemon and run `applianced vault upgrade` once: "+
+		"it trusts the file as it is now. If that was done already, this file is an older copy put back by someone who "+
+		"can write it: do not upgrade it; put a backup taken since the upgrade in its place (mode 0600, owned by the "+
+		"service user) and start again", path, ErrOldFormat, formatV1)
+}
+
+// openMode says how openDB opens a file.
+type openMode int
+
+const (
+	openCreate openMode = iota // read-write; a missing or empty file becomes a new vault
+	openWrite                  // read-write; the file must be a vault
+	openRead                   // read-only; the file must be a vault
+)
+
+// openDB opens the bbolt file, checks it, and unseals (or, with openCreate
+// and a new file, initializes) the keyring.
+func openDB(path string, master []byte, mode openMode) (db *bolt.DB, kr *keyring, err error) {
+	create := mode == openCreate
 	if create {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, nil, fmt.Errorf("vault: creating the state directory: %w", err)
@@ -195,7 +218,7 @@ func openDB(path string, master []byte, create bool) (db *bolt.DB, kr *keyring, 
 			db, kr, err = nil, nil, fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, p)
 		}
 	}()
-	bopts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: !create,
+	bopts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: mode == openRead,
 		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
 			f, err := os.OpenFile(name, flag, mode)
 			file = f

@@ -90,6 +90,7 @@ var verbs = []verb{
 	{"vault rekey", "start a new keyring term; --reencrypt moves everything to it", cmdVaultRekey},
 	{"vault backup", "write an encrypted, consistent snapshot of the vault to FILE", cmdVaultBackup},
 	{"vault restore", "replace the vault with a backup the master key opens", cmdVaultRestore},
+	{"vault upgrade", "once, daemon stopped: upgrade a vault from before record MACs, then compact it", cmdVaultUpgrade},
 }
 
 func main() {

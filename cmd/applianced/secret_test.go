@@ -21,7 +21,20 @@ import (
 // (master key made by init, openVault) and serves the admin socket.
 func vaultDaemon(t testing.TB) (cfgPath string, d *daemon) {
 	t.Helper()
-	dir := t.TempDir()
+	cfgPath = vaultConfig(t, t.TempDir(), nil)
+	return cfgPath, startVaultDaemon(t, cfgPath)
+}
+
+// vaultConfig writes in dir a config whose vault's master key file is
+// dir/master.key (key, when not nil; else init makes one), creates the
+// state the way init does, and returns the config's path.
+func vaultConfig(t testing.TB, dir string, key []byte) string {
+	t.Helper()
+	if key != nil {
+		if err := os.WriteFile(filepath.Join(dir, "master.key"), key, 0o400); err != nil {
+			t.Fatal(err)
+		}
+	}
 	body := fmt.Sprintf("[server]\nstate_dir = %q\nadmin_socket = %q\ntls_cert = %q\ntls_key = %q\n\n[vault]\nmaster_key_file = %q\nkeep_versions = 3\n",
 		dir+"/state", dir+"/admin.sock", dir+"/tls/api.pem", dir+"/tls/api.key", dir+"/master.key")
 	// The tools that --allow-tool may name.
@@ -39,13 +52,25 @@ func vaultDaemon(t testing.TB) (cfgPath string, d *daemon) {
 	if err := initState(&env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard, getenv: os.Getenv}, cfg); err != nil {
 		t.Fatal(err)
 	}
+	return filepath.Join(dir, "applianced.toml")
+}
+
+// startVaultDaemon opens the journal and the vault of the config at
+// cfgPath the way the daemon does and serves the admin socket; it is
+// closed when the test ends.
+func startVaultDaemon(t testing.TB, cfgPath string) *daemon {
+	t.Helper()
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	d, bg := newTestDaemon(t, ctx, cfg)
 	if err := d.openVault(ctx, bg); err != nil {
 		t.Fatalf("openVault: %v", err)
 	}
 	serveAdmin(t, d, cfg.Server.AdminSocket)
-	return filepath.Join(dir, "applianced.toml"), d
+	return d
 }
 
 func TestSecretAndVaultVerbs(t *testing.T) {

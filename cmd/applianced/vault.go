@@ -27,6 +27,10 @@ const (
 	adminVaultRestore = "/admin/v1/vault/restore"
 )
 
+// restoreUpgradeParam, set to "true" on a restore, accepts a backup written
+// before records carried a MAC (vault.RestoreOptions.UpgradeOldFormat).
+const restoreUpgradeParam = "upgrade_old_format"
+
 type vaultRekeyRequest struct {
 	Reencrypt bool `json:"reencrypt"`
 }
@@ -44,6 +48,10 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 	defer clear(key)
 	v, err := vault.Open(ctx, filepath.Join(cfg.Server.StateDir, vault.DefaultFile), key, cfg.Vault,
 		&vault.Options{Audit: d.journal, Logger: d.log, KeySource: source})
+	if errors.Is(err, vault.ErrOldFormat) {
+		return fmt.Errorf("%w\nTo upgrade, once, as root: `systemctl stop applianced`, then %s, then `systemctl start applianced`",
+			err, upgradeCommand(cfg.Path, source))
+	}
 	if err != nil {
 		return err
 	}
@@ -86,7 +94,8 @@ func mountVault(mux *http.ServeMux, v *vault.Vault) {
 	})
 	mux.HandleFunc("POST "+adminVaultRestore, func(w http.ResponseWriter, r *http.Request) {
 		body := http.MaxBytesReader(w, r.Body, vault.MaxRestoreBytes)
-		res, err := v.Restore(r.Context(), actorOf(r), body)
+		opts := &vault.RestoreOptions{UpgradeOldFormat: r.URL.Query().Get(restoreUpgradeParam) == "true"}
+		res, err := v.Restore(r.Context(), actorOf(r), body, opts)
 		answerVault(w, res, err)
 	})
 }
@@ -168,18 +177,31 @@ func cmdVaultBackup(ctx context.Context, e *env, args []string) int {
 }
 
 func cmdVaultRestore(ctx context.Context, e *env, args []string) int {
-	fs, cfgPath := e.flags("vault restore", "FILE",
+	fs, cfgPath := e.flags("vault restore", "[--upgrade-old-format] FILE",
 		"Replace the vault with a backup made by `vault backup`. The daemon refuses a\n"+
 			"backup the current master key cannot open, or one that is damaged; the\n"+
-			"replaced database is kept beside it as vault.db.before-restore.",
-		"applianced vault restore /root/vault-2026-11-25.db")
+			"replaced database is kept beside it as vault.db.before-restore.\n"+
+			"A backup made by a release from before records carried a MAC is refused: its\n"+
+			"allowed_tools and versions cannot be checked, and whoever could write it could\n"+
+			"have changed them. --upgrade-old-format restores it anyway, upgraded, trusting\n"+
+			"it as found, once: use it only for a backup you have kept safe.",
+		"applianced vault restore /root/vault-2026-11-25.db",
+		"applianced vault restore --upgrade-old-format /root/vault-before-upgrade.db")
+	upgrade := fs.Bool("upgrade-old-format", false, "accept a backup from before records carried a MAC, trusting its metadata as found")
 	return e.streamFile(fs, cfgPath, args, func(socket, path string) error {
-		res, err := restoreFrom(ctx, socket, path)
-		if err == nil {
-			fmt.Fprintf(e.stdout, "restored %d secrets and %d system keys (keyring term %d); the previous database is %s\n",
-				res.Secrets, res.SystemKeys, res.Term, res.Previous)
+		res, err := restoreFrom(ctx, socket, path, *upgrade)
+		if err != nil {
+			return err
 		}
-		return err
+		fmt.Fprintf(e.stdout, "restored %d secrets and %d system keys (keyring term %d); the previous database is %s\n",
+			res.Secrets, res.SystemKeys, res.Term, res.Previous)
+		if res.Upgraded {
+			fmt.Fprintf(e.stdout, "this backup predates record MACs: it was upgraded, and its allowed_tools and versions were trusted as found, once; check them with `applianced secret list`\n")
+			for _, n := range res.NotUpgraded {
+				fmt.Fprintf(e.stdout, "not upgraded (it does not decrypt; refused until deleted): %s\n", n)
+			}
+		}
+		return nil
 	})
 }
 
@@ -252,15 +274,20 @@ func backupTo(ctx context.Context, socket, path string) (int64, error) {
 	return n, nil
 }
 
-// restoreFrom sends the file at path to the daemon.
-func restoreFrom(ctx context.Context, socket, path string) (vault.RestoreResult, error) {
+// restoreFrom sends the file at path to the daemon; upgrade accepts a
+// backup from before records carried a MAC.
+func restoreFrom(ctx context.Context, socket, path string, upgrade bool) (vault.RestoreResult, error) {
 	var res vault.RestoreResult
 	f, err := os.Open(path)
 	if err != nil {
 		return res, err
 	}
 	defer f.Close()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://admin"+adminVaultRestore, f)
+	target := "http://admin" + adminVaultRestore
+	if upgrade {
+		target += "?" + restoreUpgradeParam + "=true"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, f)
 	if err != nil {
 		return res, err
 	}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/vault"
+)
+
+// goldenVault is a vault written by the release before records carried a
+// MAC, and its master key (the vault package's test data): secrets
+// db-pass, api and basic, system key jwt-signing.
+var goldenVault = struct{ db, key string }{
+	filepath.Join("..", "..", "vault", "testdata", "vault-format1.db"),
+	filepath.Join("..", "..", "vault", "testdata", "vault-format1.key"),
+}
+
+func readGolden(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// runVerb runs one verb in-process with the config at cfgPath and returns
+// its exit code and everything it printed.
+func runVerb(t testing.TB, cfgPath string, args ...string) (int, string) {
+	t.Helper()
+	var out, errOut strings.Builder
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(string) string { return "" }}
+	code := run(context.Background(), e, append(args, "--config", cfgPath))
+	return code, out.String() + errOut.String()
+}
+
+// journalEvents reads every event of the journal in the state dir of cfg.
+func journalEvents(t testing.TB, cfg *config.File) []audit.Event {
+	t.Helper()
+	j, err := audit.Open(filepath.Join(cfg.Server.StateDir, "audit"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	r, err := j.Reader(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var out []audit.Event
+	for uint64(len(out)) < j.LastSeq() {
+		ent, err := r.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ent.Event)
+	}
+	return out
+}
+
+// TestVaultUpgradeVerb: the daemon refuses a vault from before records
+// carried a MAC, naming the command; `vault upgrade` upgrades it once,
+// recorded in the journal by the admin's uid, and the daemon then opens it.
+func TestVaultUpgradeVerb(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := vaultConfig(t, dir, readGolden(t, goldenVault.key))
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(cfg.Server.StateDir, vault.DefaultFile)
+	if err := os.WriteFile(dbPath, readGolden(t, goldenVault.db), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := context.Background()
+	d, bg := newTestDaemon(t, ctx, cfg)
+	err = d.openVault(ctx, bg)
+	if !errors.Is(err, vault.ErrOldFormat) || !strings.Contains(err.Error(), "applianced vault upgrade --config "+cfgPath) {
+		t.Fatalf("openVault of a vault from before record MACs: %v; want ErrOldFormat naming `applianced vault upgrade --config %s`", err, cfgPath)
+	}
+	d.close()
+
+	code, out := runVerb(t, cfgPath, "vault", "upgrade")
+	if code != exitOK || !strings.Contains(out, "upgraded: 4 records and 6 versions") || !strings.Contains(out, "trusted as found") ||
+		!strings.Contains(out, "compacted") {
+		t.Fatalf("vault upgrade: exit %d\n%s", code, out)
+	}
+	var ups []audit.Event
+	for _, ev := range journalEvents(t, cfg) {
+		if ev.Action == "vault.upgrade" {
+			ups = append(ups, ev)
+		}
+	}
+	if len(ups) != 1 || ups[0].Outcome != audit.OutcomeSuccess || ups[0].Source != "cli" || ups[0].Actor.UID == nil ||
+		*ups[0].Actor.UID != os.Getuid() || ups[0].Target != dbPath {
+		t.Errorf("upgrade events = %+v; want one success by this uid from the cli, naming %s", ups, dbPath)
+	}
+
+	// Again: nothing is trusted again, the file is only compacted.
+	if code, out := runVerb(t, cfgPath, "vault", "upgrade"); code != exitOK || !strings.Contains(out, "already upgraded; nothing was trusted") {
+		t.Errorf("vault upgrade of an upgraded vault: exit %d\n%s", code, out)
+	}
+
+	startVaultDaemon(t, cfgPath)
+	code, out = runVerb(t, cfgPath, "secret", "list")
+	if code != exitOK || !strings.Contains(out, "db-pass") || !strings.Contains(out, "tickets,wiki") {
+		t.Errorf("secret list after the upgrade: exit %d\n%s", code, out)
+	}
+	// While the daemon runs, the verb refuses to touch its files.
+	if code, out := runVerb(t, cfgPath, "vault", "upgrade"); code != exitFailure || !strings.Contains(out, "the daemon is running") {
+		t.Errorf("vault upgrade with the daemon running: exit %d\n%s", code, out)
+	}
+}
+
+// TestVaultRestoreOldFormatBackup: `vault restore` refuses a backup from
+// before records carried a MAC unless --upgrade-old-format asks for it,
+// and then says that its metadata was trusted as found.
+func TestVaultRestoreOldFormatBackup(t *testing.T) {
+	cfgPath := vaultConfig(t, t.TempDir(), readGolden(t, goldenVault.key))
+	startVaultDaemon(t, cfgPath)
+	backup := filepath.Join(t.TempDir(), "old-backup.db")
+	if err := os.WriteFile(backup, readGolden(t, goldenVault.db), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runVerb(t, cfgPath, "vault", "restore", backup)
+	if code != exitFailure || !strings.Contains(out, "--upgrade-old-format") || !strings.Contains(out, "written before records carried a MAC") {
+		t.Errorf("vault restore of an old backup: exit %d\n%s", code, out)
+	}
+	if code, out := runVerb(t, cfgPath, "secret", "list"); code != exitOK || !strings.Contains(out, "no secrets") {
+		t.Errorf("secret list after the refused restore: exit %d\n%s", code, out)
+	}
+	code, out = runVerb(t, cfgPath, "vault", "restore", "--upgrade-old-format", backup)
+	if code != exitOK || !strings.Contains(out, "restored 3 secrets and 1 system keys") ||
+		!strings.Contains(out, "this backup predates record MACs: it was upgraded, and its allowed_tools and versions were trusted as found, once") {
+		t.Errorf("vault restore --upgrade-old-format: exit %d\n%s", code, out)
+	}
+	if code, out := runVerb(t, cfgPath, "secret", "list"); code != exitOK || !strings.Contains(out, "db-pass") {
+		t.Errorf("secret list after the restore: exit %d\n%s", code, out)
+	}
+}
