@@ -383,7 +383,11 @@ type chainCheck struct {
 	notes    []string
 	seal     *Checkpoint // the newest checkpoint that counts
 	sealAt   uint64      // its seq
-	tail     bool        // entries after what the last checkpoint covers
+	// sealCovers is the time of the newest entry the seal covers: the
+	// chain hash it signs authenticates that time, whatever the seal's
+	// own message says.
+	sealCovers time.Time
+	tail       bool // entries after what the last checkpoint covers
 }
 
 // Report checks everything read so far.
@@ -426,7 +430,7 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	})
 	newest := checks[len(checks)-1]
 	if newest.seal != nil && (!newest.tail || v.opts.AllowOpenTail) {
-		v.checkSealAge(newest)
+		v.checkSealAge(newest, v.opts.Until)
 	}
 	if len(checks) > 1 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d chains in the capture (a journal set aside starts a new one); the newest is %s", len(checks), chainName(newest.rep.ID)))
@@ -496,9 +500,14 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 		unchecked int
 		untimed   int
 		isCP      = map[uint64]bool{}
+		// newestAt[i] is the newest event time of seqs[:i+1].
+		newestAt = make([]time.Time, len(seqs))
 	)
 	for i, s := range seqs {
 		e := entries[s]
+		if i > 0 {
+			newestAt[i] = newestAt[i-1]
+		}
 		if i > 0 && s != seqs[i-1]+1 {
 			a, b := seqs[i-1]+1, s-1
 			if a == b {
@@ -526,6 +535,9 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 		ev := v.check(s, e, add)
 		if ev != nil && ev.Time.After(c.rep.LastEntryAt) {
 			c.rep.LastEntryAt = ev.Time
+		}
+		if ev != nil && ev.Time.After(newestAt[i]) {
+			newestAt[i] = ev.Time
 		}
 		if ev == nil || ev.Type != TypeCheckpoint {
 			continue
@@ -563,12 +575,18 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 			untimed++
 		}
 		c.seal, c.sealAt = cp, s
+		// The entries up to cp.Seq that the capture holds (before this
+		// checkpoint's own entry).
+		c.sealCovers = time.Time{}
+		if k, _ := slices.BinarySearch(seqs[:i], cp.Seq+1); k > 0 {
+			c.sealCovers = newestAt[k-1]
+		}
 	}
 	if c.seal != nil {
 		c.rep.LastSealAt, c.rep.LastSealFinal = c.seal.Time, c.seal.Final
 	}
 	if untimed > 0 {
-		c.notes = append(c.notes, fmt.Sprintf("%d checkpoint(s) carry no time (made by a version before sealed times): they seal their seqs, not when", untimed))
+		c.notes = append(c.notes, fmt.Sprintf("%d checkpoint(s) carry no time (made by a version before sealed times): each is dated by the newest entry it covers", untimed))
 	}
 	if unchecked > 0 {
 		c.notes = append(c.notes, fmt.Sprintf("%d checkpoint signature(s) not checked: give the appliance's public key (applianced audit pubkey)", unchecked))
@@ -606,39 +624,58 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 	return c
 }
 
-// checkSealAge says whether the newest seal of the newest chain is as
-// recent as the capture should reach: the appliance writes a checkpoint
-// every interval, idle or not, so an older newest seal means the capture
-// was cut after it (or the appliance stopped writing).
-func (v *CaptureVerifier) checkSealAge(c *chainCheck) {
+// checkSealAge says whether the newest seal of a chain is as recent as
+// the capture should reach: the appliance writes a checkpoint every
+// interval, idle or not, so an older newest seal means the capture was cut
+// after it (or the appliance stopped writing).
+//
+// A seal's time is the later of the time it signs and the time of the
+// newest entry it covers: the chain hash it signs authenticates that
+// entry's time too. A seal made by a version before sealed times (no time
+// of its own) is then dated by its entries, so a capture cut back to one
+// is stale like any other; it promised no interval, so the default one
+// stands in.
+func (v *CaptureVerifier) checkSealAge(c *chainCheck, until time.Time) {
 	seal, at := c.seal, c.sealAt
+	sealedAt, interval := seal.Time, seal.Interval
+	if c.sealCovers.After(sealedAt) {
+		sealedAt = c.sealCovers
+	}
 	if !seal.Timed() {
-		c.notes = append(c.notes, fmt.Sprintf("the newest checkpoint (seq %d) carries no time: whether the capture was cut after it cannot be told", at))
+		interval = DefaultCheckpointInterval
+	}
+	if sealedAt.IsZero() {
+		c.notes = append(c.notes, fmt.Sprintf("the newest checkpoint (seq %d) carries no time and covers no entry with one: whether the capture was cut after it cannot be told", at))
 		return
 	}
-	until := c.rep.LastEntryAt
-	if v.opts.Until.After(until) {
-		until = v.opts.Until
+	if until.IsZero() || c.rep.LastEntryAt.After(until) {
+		until = c.rep.LastEntryAt
 	}
 	margin := v.opts.Margin
 	if margin <= 0 {
 		margin = SealMargin
 	}
-	due := seal.Time.Add(seal.Interval + margin)
+	due := sealedAt.Add(interval + margin)
 	if !until.After(due) {
 		if !seal.Final {
-			c.notes = append(c.notes, fmt.Sprintf("the capture ends at checkpoint seq %d of a journal still open, made at %s; later entries belong to a later capture", at, seal.Time.Format(time.RFC3339)))
+			c.notes = append(c.notes, fmt.Sprintf("the capture ends at checkpoint seq %d of a journal still open, made at %s; later entries belong to a later capture", at, sealedAt.UTC().Format(time.RFC3339)))
 		}
 		return
 	}
 	var msg string
-	if seal.Final {
-		msg = fmt.Sprintf("the newest seal (seq %d) is final: the appliance stopped at %s, and the capture should reach %s: whatever it wrote after a later start is missing, unless it stayed stopped (then give --until %s)",
-			at, seal.Time.Format(time.RFC3339), until.UTC().Format(time.RFC3339), seal.Time.Format(time.RFC3339))
-	} else {
+	switch {
+	case !seal.Timed():
+		msg = fmt.Sprintf("the newest seal (seq %d) carries no time (made by a version before sealed times); the newest entry it covers was made at %s, and the capture should reach %s: what came after seq %d was cut, or the appliance wrote nothing since",
+			at, sealedAt.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339), at)
+	case seal.Final:
+		msg = fmt.Sprintf("the newest seal (seq %d) is final: the appliance's journal closed at %s, and the capture should reach %s: the journal continues after a restart, so what it wrote after a later start is missing, unless the appliance stayed stopped",
+			at, sealedAt.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339))
+	default:
 		msg = fmt.Sprintf("the newest seal (seq %d) was made at %s and promised the next within %s, but the capture should reach %s: what came after seq %d was cut, or the appliance stopped writing without a final seal",
-			at, seal.Time.Format(time.RFC3339), seal.Interval, until.UTC().Format(time.RFC3339), at)
+			at, sealedAt.UTC().Format(time.RFC3339), interval, until.UTC().Format(time.RFC3339), at)
 	}
+	msg += "; if this file was taken or rotated before " + until.UTC().Format(time.RFC3339) +
+		", give --until with when it was (the receiver's rotation time, say), or --open-tail for a stream still being written: --until now is right only for a live file"
 	if v.opts.AllowOpenTail {
 		c.notes = append(c.notes, msg)
 		return

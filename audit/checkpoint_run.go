@@ -19,11 +19,17 @@ type CheckpointOptions struct {
 	// entries come: one is written each Interval, idle or not (a
 	// heartbeat), and each says so, so that a capture whose newest
 	// checkpoint is older than Interval was cut or its appliance stopped.
-	// Default 1m.
+	// Default DefaultCheckpointInterval.
 	Interval time.Duration
 	// Logger receives operational messages.
 	Logger *slog.Logger
 }
+
+// DefaultCheckpointInterval is the time between checkpoints when
+// CheckpointOptions.Interval is not set. Verification also takes it as
+// the interval of a checkpoint made by a version before sealed times,
+// which promised none.
+const DefaultCheckpointInterval = time.Minute
 
 // Checkpointer appends signed checkpoints to a journal: every Every entries,
 // every Interval even when nothing else happened (a heartbeat), and a final
@@ -50,7 +56,7 @@ func NewCheckpointer(j *Journal, key ed25519.PrivateKey, opts *CheckpointOptions
 		o.Every = 10000
 	}
 	if o.Interval <= 0 {
-		o.Interval = time.Minute
+		o.Interval = DefaultCheckpointInterval
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

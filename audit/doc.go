@@ -23,8 +23,9 @@
 // and chain hash it covers, the time it was made and the interval within
 // which the next follows, so a capture whose newest seal is older than
 // when it was taken, less that interval, was cut after it. Checkpoints of
-// versions before this carry no time: they still verify, and verification
-// says their age cannot be told.
+// versions before this carry no time: they still verify, and each is dated
+// by the newest entry it covers, whose time the chain hash it signs
+// authenticates, so a capture cut back to one is as stale as any other.
 //
 // Each journal is one chain with a random chain id, made with its seq 1 and
 // kept in every segment header, carried by every entry a forwarder sends

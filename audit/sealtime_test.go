@@ -61,8 +61,11 @@ func TestCheckpointSignatureCoversChainTimeAndInterval(t *testing.T) {
 }
 
 // A checkpoint made before checkpoints carried time (message v1) still
-// verifies, and a capture sealed by them is ok, saying their age is unknown.
-func TestCheckpointsWithoutTimeStillVerify(t *testing.T) {
+// verifies, dated by the newest entry it covers (the chain hash it signs
+// authenticates that entry's time): a capture taken then is ok, one that
+// should reach later than its interval and margin is stale, as a capture
+// cut back to it from later, timed seals is.
+func TestCheckpointsWithoutTimeAreDatedByTheirEntries(t *testing.T) {
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	pub := key.Public().(ed25519.PublicKey)
 	var lines []string
@@ -83,16 +86,32 @@ func TestCheckpointsWithoutTimeStillVerify(t *testing.T) {
 	if strings.Contains(lines[3], DetailCheckpointTime) {
 		t.Fatalf("the old-format checkpoint has a time: %s", lines[3])
 	}
-	v := NewCaptureVerifier(&CaptureOptions{PublicKey: pub, Until: testTime.Add(time.Hour)})
-	if err := v.Read("cap.log", strings.NewReader(strings.Join(lines, "\n"))); err != nil {
-		t.Fatal(err)
-	}
-	rep := v.Report()
-	if !rep.OK() || rep.SealedUpTo != 3 || !rep.LastSealAt.IsZero() {
-		t.Fatalf("got ok=%v sealed up to %d, last seal at %v, problems %v; want ok, sealed up to 3, no time", rep.OK(), rep.SealedUpTo, rep.LastSealAt, rep.Problems)
-	}
-	if n := strings.Join(rep.Notes, "\n"); !strings.Contains(n, "carry no time") || !strings.Contains(n, "cannot be told") {
-		t.Errorf("got notes %q, want them to say the checkpoints carry no time", rep.Notes)
+	for _, tc := range []struct {
+		name      string
+		until     time.Time
+		wantStale bool
+	}{
+		{"taken when sealed", testTime, false},
+		{"taken within the interval and margin", testTime.Add(DefaultCheckpointInterval + SealMargin), false},
+		{"taken an hour later", testTime.Add(time.Hour), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := NewCaptureVerifier(&CaptureOptions{PublicKey: pub, Until: tc.until})
+			if err := v.Read("cap.log", strings.NewReader(strings.Join(lines, "\n"))); err != nil {
+				t.Fatal(err)
+			}
+			rep := v.Report()
+			if rep.SealedUpTo != 3 || !rep.LastSealAt.IsZero() {
+				t.Errorf("got sealed up to %d, last seal at %v; want sealed up to 3, no signed time", rep.SealedUpTo, rep.LastSealAt)
+			}
+			if n := strings.Join(rep.Notes, "\n"); !strings.Contains(n, "carry no time") {
+				t.Errorf("got notes %q, want them to say the checkpoints carry no time", rep.Notes)
+			}
+			stale := len(rep.Problems) == 1 && rep.Problems[0].Kind == ProblemStale
+			if stale != tc.wantStale || (!tc.wantStale && !rep.OK()) {
+				t.Errorf("got problems %v, want stale=%v and nothing else", rep.Problems, tc.wantStale)
+			}
+		})
 	}
 }
 
