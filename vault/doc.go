@@ -30,7 +30,10 @@
 // secret's allowed_tools, nor drop its newest versions to make a rotated
 // value current again. A record that fails the check is refused, naming
 // it, with an error wrapping ErrCorrupt, and no value is handed out; Delete
-// still removes it.
+// still removes it. List and Status do not fail for it: List gives its name
+// and why it is refused (Meta.Refused), nothing else of it, and Status
+// counts it apart (Refused, RefusedRecords), so the admin sees every
+// record that needs a restore or a delete.
 //
 // # Upgrading a database written before records carried a MAC
 //

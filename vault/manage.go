@@ -33,9 +33,19 @@ type Status struct {
 	SystemKeys      int       `json:"system_keys"`
 	KeepVersions    int       `json:"keep_versions"`
 	SizeBytes       int64     `json:"size_bytes"`
+	// Refused counts the records (secrets and system keys) that are
+	// refused; they are not in the counts above. RefusedRecords names the
+	// first maxRefusedNamed of them ("secret:NAME: why", "system key:NAME:
+	// why").
+	Refused        int      `json:"refused"`
+	RefusedRecords []string `json:"refused_records,omitempty"`
 }
 
-// Status reports the keyring and the counts.
+// maxRefusedNamed bounds the refused records Status names.
+const maxRefusedNamed = 100
+
+// Status reports the keyring and the counts. A refused record is counted
+// in Refused, and named, rather than failing the status.
 func (v *Vault) Status(ctx context.Context, who audit.Actor) (Status, error) {
 	ev := &audit.Event{Type: "admin.call", Actor: who, Action: "vault.status", Source: "unix"}
 	if err := v.rlock(); err != nil {
@@ -58,7 +68,11 @@ func (v *Vault) Status(ctx context.Context, who audit.Actor) (Status, error) {
 			err := tx.Bucket(b.bucket).ForEach(func(k, raw []byte) error {
 				r, err := checkedRecord(v.kr, b.ns, string(k), raw)
 				if err != nil {
-					return err
+					st.Refused++
+					if len(st.RefusedRecords) < maxRefusedNamed {
+						st.RefusedRecords = append(st.RefusedRecords, kind(b.ns)+":"+string(k)+": "+refusal(err))
+					}
+					return nil
 				}
 				if b.ns == nsSecret {
 					st.Secrets++
@@ -85,6 +99,9 @@ func (v *Vault) Status(ctx context.Context, who audit.Actor) (Status, error) {
 	}
 	ev.Outcome = audit.OutcomeSuccess
 	ev.Details = map[string]string{"term": strconv.FormatUint(uint64(st.Term), 10), "secrets": strconv.Itoa(st.Secrets)}
+	if st.Refused > 0 {
+		ev.Details["refused"] = strconv.Itoa(st.Refused)
+	}
 	if err := v.appendEvent(ctx, ev); err != nil {
 		return Status{}, err
 	}

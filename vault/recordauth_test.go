@@ -69,8 +69,83 @@ func TestEditedAllowedToolsRefused(t *testing.T) {
 	wantRefused(t, "ForInternal", val, err, errBadMAC, "db-pass")
 	_, err = e.v.Describe(ctx, "db-pass")
 	wantRefused(t, "Describe", nil, err, errBadMAC, "db-pass")
-	_, err = e.v.List(ctx, operator)
-	wantRefused(t, "List", nil, err, errBadMAC, "db-pass")
+	list, err := e.v.List(ctx, operator)
+	if err != nil || len(list) != 1 || list[0].Name != "db-pass" || list[0].Refused != RefusedBadMAC || list[0].AllowedTools != nil {
+		t.Errorf("List = %+v, %v; want db-pass refused, without its tools", list, err)
+	}
+}
+
+// TestRefusedRecordsListedAndCounted: a refused record does not hide the
+// others. List names it with why, and nothing of its metadata; Status
+// counts and names it apart from the good ones.
+func TestRefusedRecordsListedAndCounted(t *testing.T) {
+	e := newEnv(t, Config{})
+	ctx := context.Background()
+	e.put(t, "api", TypeAPIKey, "api-key", "tickets")
+	e.put(t, "db-pass", TypePassword, "s3cr3t-db", "tickets")
+	e.put(t, "wiki", TypePassword, "wiki-pw", "wiki")
+	if _, err := e.v.SystemKey(ctx, "jwt-signing", func() ([]byte, error) { return []byte("signing-key"), nil }); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := decodeRecord(e.rawRecord(t, bucketSecrets, "db-pass"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.tools = append(rec.tools, "evil")
+	e.setRawRecord(t, bucketSecrets, "db-pass", rec.encode())
+	sys, err := decodeRecord(e.rawRecord(t, bucketSystem, "jwt-signing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.setRawRecord(t, bucketSystem, "jwt-signing", encodeV1(sys))
+	e.setRawRecord(t, bucketSecrets, "junk", []byte{recordMagic, 9})
+
+	list, err := e.v.List(ctx, operator)
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	got := map[string]Meta{}
+	for _, m := range list {
+		got[m.Name] = m
+	}
+	for _, want := range []struct{ name, refused, tools string }{
+		{"api", "", "tickets"}, {"db-pass", RefusedBadMAC, ""}, {"junk", RefusedUndecoded, ""}, {"wiki", "", "wiki"},
+	} {
+		m, ok := got[want.name]
+		if !ok || m.Refused != want.refused || strings.Join(m.AllowedTools, ",") != want.tools {
+			t.Errorf("List entry %s = %+v; want refused %q, tools %q", want.name, m, want.refused, want.tools)
+		}
+		if want.refused != "" && (m.Type != 0 || m.Version != 0 || m.Versions != nil) {
+			t.Errorf("List entry %s gives metadata of a refused record: %+v", want.name, m)
+		}
+	}
+	if len(list) != 4 {
+		t.Errorf("List has %d entries, want 4", len(list))
+	}
+	if ev := e.lastEvent(t); ev.Action != "secret.list" || ev.Outcome != audit.OutcomeSuccess || ev.Details["refused"] != "2" {
+		t.Errorf("list event = %s/%s %v; want success with 2 refused", ev.Action, ev.Outcome, ev.Details)
+	}
+
+	st, err := e.v.Status(ctx, operator)
+	if err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+	wantNamed := []string{"secret:db-pass: " + RefusedBadMAC, "secret:junk: " + RefusedUndecoded, "system key:jwt-signing: " + RefusedNoMAC}
+	if st.Secrets != 2 || st.SystemKeys != 0 || st.Refused != 3 || strings.Join(st.RefusedRecords, "|") != strings.Join(wantNamed, "|") {
+		t.Errorf("Status = %d secrets, %d system keys, %d refused %q; want 2, 0, 3 %q", st.Secrets, st.SystemKeys, st.Refused, st.RefusedRecords, wantNamed)
+	}
+	if ev := e.lastEvent(t); ev.Action != "vault.status" || ev.Details["refused"] != "3" {
+		t.Errorf("status event = %s %v; want 3 refused", ev.Action, ev.Details)
+	}
+	// The way out still works.
+	for _, name := range []string{"db-pass", "junk"} {
+		if err := e.v.Delete(ctx, operator, name); err != nil {
+			t.Errorf("Delete(%s): %v", name, err)
+		}
+	}
+	if list, err := e.v.List(ctx, operator); err != nil || len(list) != 2 {
+		t.Errorf("List after deleting the refused = %+v, %v", list, err)
+	}
 }
 
 func TestDroppedNewestVersionRefused(t *testing.T) {

@@ -31,12 +31,34 @@ type PutRequest struct {
 // Meta describes a secret without its value.
 type Meta struct {
 	Name         string        `json:"name"`
-	Type         Type          `json:"type"`
-	Version      uint64        `json:"version"` // the current version
+	Type         Type          `json:"type,omitempty"` // absent for a refused record
+	Version      uint64        `json:"version"`        // the current version
 	Versions     []VersionMeta `json:"versions"`
 	Created      time.Time     `json:"created"`
 	Rotated      time.Time     `json:"rotated"` // when the current version was written
 	AllowedTools []string      `json:"allowed_tools"`
+	// Refused, when not empty, says why the stored record is refused (see
+	// Refusal); nothing else of it is given, since none of it can be
+	// trusted. Only List returns such entries.
+	Refused string `json:"refused,omitempty"`
+}
+
+// Refusal reasons of a stored record, as Meta.Refused and Status give them.
+const (
+	RefusedBadMAC    = "metadata does not authenticate"
+	RefusedNoMAC     = "record has no MAC"
+	RefusedUndecoded = "record does not decode"
+)
+
+// refusal names why checkedRecord refused a record.
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, errBadMAC):
+		return RefusedBadMAC
+	case errors.Is(err, errNoMAC):
+		return RefusedNoMAC
+	}
+	return RefusedUndecoded
 }
 
 // VersionMeta describes one kept version.
@@ -302,18 +324,24 @@ func (v *Vault) Describe(ctx context.Context, name string) (Meta, error) {
 }
 
 // List returns every secret's metadata, sorted by name. It never returns a
-// value or a system key.
+// value or a system key. A secret whose record is refused (its MAC does not
+// check, or it does not decode) is listed by name with Meta.Refused saying
+// why, and nothing else of it: the others are listed all the same, so the
+// admin sees which to delete or restore.
 func (v *Vault) List(ctx context.Context, who audit.Actor) ([]Meta, error) {
 	ev := &audit.Event{Type: "admin.call", Actor: who, Action: "secret.list", Source: "unix"}
 	if err := v.rlock(); err != nil {
 		return nil, v.refuse(ctx, ev, fmt.Errorf("vault: %w", err))
 	}
 	out := []Meta{}
+	refused := 0
 	err := v.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketSecrets).ForEach(func(k, raw []byte) error {
 			r, err := checkedRecord(v.kr, nsSecret, string(k), raw)
 			if err != nil {
-				return err
+				out = append(out, Meta{Name: string(k), Refused: refusal(err)})
+				refused++
+				return nil
 			}
 			out = append(out, r.meta(string(k)))
 			return nil
@@ -325,6 +353,9 @@ func (v *Vault) List(ctx context.Context, who audit.Actor) ([]Meta, error) {
 	}
 	ev.Outcome = audit.OutcomeSuccess
 	ev.Details = map[string]string{"count": strconv.Itoa(len(out))}
+	if refused > 0 {
+		ev.Details["refused"] = strconv.Itoa(refused)
+	}
 	if err := v.appendEvent(ctx, ev); err != nil {
 		return nil, err
 	}

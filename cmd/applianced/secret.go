@@ -306,19 +306,35 @@ func cmdSecretList(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var out secretListReply
-	return e.show(ctx, *cfgPath, "secret list", http.MethodGet, adminSecretList, nil, &out, *asJSON, func() {
+	code := e.show(ctx, *cfgPath, "secret list", http.MethodGet, adminSecretList, nil, &out, *asJSON, func() {
 		if len(out.Secrets) == 0 {
 			fmt.Fprintln(e.stdout, "no secrets")
 			return
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tTYPE\tVERSION\tKEPT\tROTATED\tTOOLS")
+		fmt.Fprintln(tw, "NAME\tTYPE\tVERSION\tKEPT\tROTATED\tTOOLS\tSTATE")
 		for _, m := range out.Secrets {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", m.Name, m.Type, m.Version, len(m.Versions),
+			if m.Refused != "" {
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\trefused: %s\n", m.Name, m.Refused)
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\tok\n", m.Name, m.Type, m.Version, len(m.Versions),
 				m.Rotated.Local().Format(time.DateTime), orNone(m.AllowedTools))
 		}
 		tw.Flush()
 	})
+	var refused []string
+	for _, m := range out.Secrets {
+		if m.Refused != "" {
+			refused = append(refused, m.Name)
+		}
+	}
+	if code != exitOK || len(refused) == 0 {
+		return code
+	}
+	fmt.Fprintf(e.stderr, "applianced secret list: %d secret(s) refused, nothing of them is used: %s; restore a backup, "+
+		"or delete each (`applianced secret delete NAME`) and put it again\n", len(refused), strings.Join(refused, ", "))
+	return exitFailure
 }
 
 func cmdSecretDelete(ctx context.Context, e *env, args []string) int {

@@ -125,7 +125,7 @@ func cmdVaultStatus(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	var st vault.Status
-	return e.show(ctx, *cfgPath, "vault status", http.MethodGet, adminVaultStatus, nil, &st, *asJSON, func() {
+	code := e.show(ctx, *cfgPath, "vault status", http.MethodGet, adminVaultStatus, nil, &st, *asJSON, func() {
 		sealed := "no (unsealed)"
 		if st.Sealed {
 			sealed = "yes"
@@ -137,7 +137,17 @@ func cmdVaultStatus(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stdout, "secrets         %d (%d versions kept, keep_versions = %d)\n", st.Secrets, st.Versions, st.KeepVersions)
 		fmt.Fprintf(e.stdout, "older terms     %d versions (vault rekey --reencrypt moves them)\n", st.OldTermVersions)
 		fmt.Fprintf(e.stdout, "system keys     %d\n", st.SystemKeys)
+		fmt.Fprintf(e.stdout, "refused         %d records\n", st.Refused)
+		for _, r := range st.RefusedRecords {
+			fmt.Fprintf(e.stdout, "  refused: %s\n", r)
+		}
 	})
+	if code != exitOK || st.Refused == 0 {
+		return code
+	}
+	fmt.Fprintf(e.stderr, "applianced vault status: %d record(s) refused, nothing of them is used: restore a backup, "+
+		"or delete each secret (`applianced secret delete NAME`) and put it again\n", st.Refused)
+	return exitFailure
 }
 
 func cmdVaultRekey(ctx context.Context, e *env, args []string) int {

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/config"
@@ -143,5 +148,79 @@ func TestVaultRestoreOldFormatBackup(t *testing.T) {
 	}
 	if code, out := runVerb(t, cfgPath, "secret", "list"); code != exitOK || !strings.Contains(out, "db-pass") {
 		t.Errorf("secret list after the restore: exit %d\n%s", code, out)
+	}
+}
+
+// TestRefusedSecretListedAndCounted: a record whose MAC does not check
+// (a byte of it changed outside the vault) is listed with its state and
+// counted by vault status, and the other secrets are listed as before;
+// both verbs exit 1 and name the way out.
+func TestRefusedSecretListedAndCounted(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := vaultConfig(t, dir, nil)
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The vault written as the daemon would, then a record changed in the
+	// file before the daemon starts.
+	ctx := context.Background()
+	key, _, err := vault.LoadMasterKey(cfg.Vault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := audit.Open(filepath.Join(cfg.Server.StateDir, "audit"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(cfg.Server.StateDir, vault.DefaultFile)
+	v, err := vault.Open(ctx, dbPath, key, cfg.Vault, &vault.Options{Audit: j, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"db-pass", "tickets-key"} {
+		if _, err := v.Put(ctx, audit.Actor{}, vault.PutRequest{Name: name, Type: vault.TypePassword, Value: []byte("v-" + name),
+			AllowedTools: []string{"tickets"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.Close()
+	j.Close()
+	db, err := bolt.Open(dbPath, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("secrets"))
+		raw := bytes.Clone(b.Get([]byte("db-pass")))
+		raw[len(raw)-1] ^= 1 // the last byte of the record's MAC
+		return b.Put([]byte("db-pass"), raw)
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	startVaultDaemon(t, cfgPath)
+	code, out := runVerb(t, cfgPath, "secret", "list")
+	if code != exitFailure || !regexp.MustCompile(`db-pass +- +- +- +- +- +refused: metadata does not authenticate`).MatchString(out) ||
+		!regexp.MustCompile(`tickets-key +password +1 +1 .* tickets +ok`).MatchString(out) ||
+		!strings.Contains(out, "1 secret(s) refused, nothing of them is used: db-pass; restore a backup, or delete each") {
+		t.Errorf("secret list with a refused record: exit %d\n%s", code, out)
+	}
+	code, out = runVerb(t, cfgPath, "secret", "list", "--json")
+	if code != exitFailure || !strings.Contains(out, `"refused": "metadata does not authenticate"`) {
+		t.Errorf("secret list --json with a refused record: exit %d\n%s", code, out)
+	}
+	code, out = runVerb(t, cfgPath, "vault", "status")
+	if code != exitFailure || !regexp.MustCompile(`secrets +1 `).MatchString(out) || !strings.Contains(out, "refused         1 records") ||
+		!strings.Contains(out, "refused: secret:db-pass: metadata does not authenticate") {
+		t.Errorf("vault status with a refused record: exit %d\n%s", code, out)
+	}
+	if code, out := runVerb(t, cfgPath, "secret", "delete", "db-pass"); code != exitOK {
+		t.Fatalf("secret delete of the refused record: exit %d\n%s", code, out)
+	}
+	if code, out := runVerb(t, cfgPath, "vault", "status"); code != exitOK || !strings.Contains(out, "refused         0 records") {
+		t.Errorf("vault status after the delete: exit %d\n%s", code, out)
 	}
 }
