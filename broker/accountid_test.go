@@ -88,7 +88,7 @@ func TestRenamedAccountsSessionsEndWhenItsNameIsReused(t *testing.T) {
 			wantOAuthError(t, e.refresh(s.refresh), 400, "invalid_grant")
 			rev, ok := e.lastEvent("token.revoke")
 			if !ok || rev.Reason != "directory_denied" || rev.Details["user"] != u || rev.Details["trigger"] != trigger ||
-				rev.Details["reason"] != "directory: user_not_found" || rev.Details["sessions"] != "1" || rev.Details["account_id"] == "" {
+				rev.Details["reason"] != "directory: account_disabled" || rev.Details["sessions"] != "1" || rev.Details["account_id"] == "" {
 				t.Errorf("token.revoke: got %+v", rev)
 			}
 

@@ -47,14 +47,23 @@ type holding struct {
 	until time.Time // when the last token of or for the account expires
 }
 
-// holderKey is the key of acct in Broker.holders: its id, or for a
-// session without one, its name.
+// holderKey is the key of acct in Broker.holders: its id and the name its
+// tokens carry, or for a session without an id, its name. An account
+// renamed while it holds tokens is held under each name, and each is
+// checked: the tokens under its old name end, those under its new one
+// stay.
 func holderKey(acct Account) string {
 	if acct.ID != "" {
-		return "id:" + strings.ToLower(acct.ID)
+		return "id:" + strings.ToLower(acct.ID) + "\x00" + userKey(acct.Name)
 	}
-	return "name:" + strings.ToLower(acct.Name)
+	return "name:" + userKey(acct.Name)
 }
+
+// deniedRenamed is the directory's answer for an account that goes by
+// another name now than the one its tokens carry (ldapauth's
+// ReasonAccountRenamed): only the tokens and sessions under the old name
+// end.
+const deniedRenamed = "account_renamed"
 
 // deniedNoAccountID is the refusal of a session stored before account ids
 // were kept: which account it belongs to cannot be told any more (the name
@@ -69,7 +78,8 @@ const deniedNoAccountID = "session_without_account_id"
 // Recheck looks an account that logged in before up again, by its id and
 // without a password, at refresh and at token exchange: denied is why the
 // directory refuses the account now ("" when it may still sign in; a
-// renamed or deleted account is refused), err is for a directory that
+// deleted account is refused; a renamed one is refused under its old name
+// with deniedRenamed), err is for a directory that
 // cannot answer. freshGroups asks for the groups from the directory rather
 // than from a cache; the account state is always read afresh.
 type Authenticator interface {

@@ -73,9 +73,14 @@
 //
 // A user's sessions and tokens belong to the directory account, known by
 // its immutable id (objectGUID, entryUUID; the "oid" claim of user tokens),
-// not to its name: every recheck asks about that account, and one renamed
-// or deleted is refused (user_not_found) even when another account has the
-// name now, whose own sessions and tokens are untouched. Sessions stored
+// not to its name: every recheck asks about that account under the name
+// the tokens carry, and one deleted is refused (user_not_found) even when
+// another account has the name now, whose own sessions and tokens are
+// untouched. The broker checks each (account, name) pair it issued tokens
+// to: an account renamed while still allowed (account_renamed) loses only
+// its sessions and tokens under the old name (token.revoke, target
+// account_name), which may be someone else's now, and keeps those under
+// its name now. Sessions stored
 // by versions that kept no account id cannot be tied to an account any
 // more: each ends at the first check after the start (token.revoke, reason
 // session_without_account_id, the directory not asked), with the tokens of

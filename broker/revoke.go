@@ -31,6 +31,7 @@ type revocations struct {
 	users  map[string]time.Time // userKey(user) -> as agents
 	accts  map[string]time.Time // account id -> as agents
 	noIDs  map[string]time.Time // userKey(user) -> as agents, for tokens without an account id
+	names  map[string]time.Time // accountNameValue -> as agents, for an account's tokens under one name
 	until  map[string]time.Time // kind\x00value -> until, for pruning agents/users
 }
 
@@ -43,7 +44,7 @@ func userKey(name string) string { return strings.ToLower(name) }
 func newRevocations(list []Revocation) *revocations {
 	r := &revocations{jtis: map[string]time.Time{}, agents: map[string]time.Time{},
 		users: map[string]time.Time{}, accts: map[string]time.Time{}, noIDs: map[string]time.Time{},
-		until: map[string]time.Time{}}
+		names: map[string]time.Time{}, until: map[string]time.Time{}}
 	for _, x := range list {
 		r.add(x)
 	}
@@ -75,6 +76,10 @@ func (r *revocations) add(x Revocation) {
 	case RevokeAccount:
 		if x.At.After(r.accts[x.Value]) {
 			r.accts[x.Value] = x.At
+		}
+	case RevokeAccountName:
+		if x.At.After(r.names[x.Value]) {
+			r.names[x.Value] = x.At
 		}
 	}
 	// A later revocation of the same agent never shortens an earlier one.
@@ -111,6 +116,11 @@ func (r *revocations) check(p *Principal) error {
 		if at, ok := r.accts[p.UserID]; ok && !p.IssuedAt.After(at) {
 			return ErrUserRevoked
 		}
+		if p.User != "" {
+			if at, ok := r.names[accountNameValue(Account{ID: p.UserID, Name: p.User})]; ok && !p.IssuedAt.After(at) {
+				return ErrUserRevoked
+			}
+		}
 	} else if p.User != "" {
 		if at, ok := r.noIDs[userKey(p.User)]; ok && !p.IssuedAt.After(at) {
 			return ErrUserRevoked
@@ -139,6 +149,8 @@ func (r *revocations) prune(now time.Time) {
 			delete(r.accts, value)
 		case RevokeUserWithoutID:
 			delete(r.noIDs, value)
+		case RevokeAccountName:
+			delete(r.names, value)
 		}
 	}
 }
@@ -345,31 +357,40 @@ func (b *Broker) SetAgentEnabled(ctx context.Context, name string, enabled bool,
 }
 
 // revokeDirectoryDenied ends every session and token of an account the
-// directory now refuses (disabled, locked, expired, gone, renamed or out
-// of allowed_groups), seen at refresh, token exchange or the periodic
-// check, and of a session without an account id (deniedNoAccountID). It is
-// audited (token.revoke) before the refusal is answered. Another account
-// that has the name now keeps its sessions and tokens.
+// directory now refuses (disabled, locked, expired, gone or out of
+// allowed_groups), seen at refresh, token exchange or the periodic check,
+// and of a session without an account id (deniedNoAccountID). An account
+// renamed since (deniedRenamed) loses only its sessions and tokens under
+// the old name, which may be someone else's now; those under its name now
+// stay. It is audited (token.revoke, its target the kind of revocation)
+// before the refusal is answered. Another account that has the name now
+// keeps its sessions and tokens.
 func (b *Broker) revokeDirectoryDenied(ctx context.Context, q *request, acct Account, reason string) error {
 	now := b.now()
 	x := Revocation{Kind: RevokeAccount, Value: acct.ID, At: now, Until: now.Add(b.revocationSpan())}
 	details := map[string]string{"user": acct.Name, "reason": "directory: " + reason, "trigger": q.grant}
 	evReason := "directory_denied"
-	if acct.ID == "" {
+	families := b.store.RevokeAccountFamilies
+	switch {
+	case acct.ID == "":
 		// Only tokens without an account id: those that carry one are
 		// of an account the directory still answers for, whoever it is.
 		x = Revocation{Kind: RevokeUserWithoutID, Value: acct.Name, At: now, Until: now.Add(b.revocationSpan())}
 		details["reason"], evReason = reason, deniedNoAccountID
-	} else {
+	case reason == deniedRenamed:
+		x = Revocation{Kind: RevokeAccountName, Value: accountNameValue(acct), At: now, Until: now.Add(b.revocationSpan())}
+		details["account_id"] = acct.ID
+		families = b.store.RevokeAccountNameFamilies
+	default:
 		details["account_id"] = acct.ID
 	}
-	n, err := b.store.RevokeAccountFamilies(ctx, acct)
+	n, err := families(ctx, acct)
 	if err == nil {
 		details["sessions"] = strconv.Itoa(n)
 		err = b.revoke(ctx, x)
 	}
 	ev := &audit.Event{Type: "token.revoke", Severity: audit.SeverityHigh, Actor: q.actor(), Action: "token.revoke",
-		Target: RevokeUser, Outcome: audit.OutcomeSuccess, Reason: evReason, Source: q.srcString, Details: details}
+		Target: x.Kind, Outcome: audit.OutcomeSuccess, Reason: evReason, Source: q.srcString, Details: details}
 	if err != nil {
 		ev.Outcome, ev.Reason = audit.OutcomeFailure, err.Error()
 		_ = b.record(ctx, ev)

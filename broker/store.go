@@ -51,7 +51,17 @@ const (
 	// issued until At that carries no account id (issued by a version that
 	// kept none); tokens that carry one, whoever has the name, are spared.
 	RevokeUserWithoutID = "user_without_id"
+	// RevokeAccountName is every token of (or for) the directory account
+	// with the id before the first NUL of Value that carries the name
+	// after it (lowercase), issued until At: the tokens of a renamed
+	// account under its old name, not those under its name now.
+	RevokeAccountName = "account_name"
 )
+
+// accountNameValue is the Value of a RevokeAccountName revocation.
+func accountNameValue(acct Account) string {
+	return strings.ToLower(acct.ID) + "\x00" + userKey(acct.Name)
+}
 
 // Revocation is one entry of the revocation list. It is pruned after
 // Until, when every token it could match has expired.
@@ -122,6 +132,10 @@ type Store interface {
 	// case) that has no account id either (stored before account ids were
 	// kept), and none of another account that has the name now.
 	RevokeAccountFamilies(ctx context.Context, acct Account) (int, error)
+	// RevokeAccountNameFamilies revokes every session of the account with
+	// acct.ID that carries the name acct.Name (without regard to case),
+	// and none of its sessions under another name.
+	RevokeAccountNameFamilies(ctx context.Context, acct Account) (int, error)
 	// SessionUsers lists the accounts with a session (refresh family)
 	// neither revoked nor expired at now.
 	SessionUsers(ctx context.Context, now time.Time) ([]Account, error)
@@ -411,6 +425,15 @@ func (s *boltStore) RevokeAccountFamilies(ctx context.Context, acct Account) (in
 		return s.revokeFamilies(acct.Name, func(f family) bool { return f.UserID == acct.ID })
 	}
 	return s.revokeFamilies(acct.Name, func(f family) bool { return f.UserID == "" && strings.EqualFold(f.User, acct.Name) })
+}
+
+func (s *boltStore) RevokeAccountNameFamilies(ctx context.Context, acct Account) (int, error) {
+	if acct.ID == "" {
+		return 0, errors.New("broker: revoking the sessions of an account under one name: no account id")
+	}
+	return s.revokeFamilies(acct.Name, func(f family) bool {
+		return f.UserID == acct.ID && strings.EqualFold(f.User, acct.Name)
+	})
 }
 
 // revokeFamilies revokes every live family that match selects; user names

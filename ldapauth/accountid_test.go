@@ -60,11 +60,12 @@ func TestLookupByAccountIDAfterTheNameIsReused(t *testing.T) {
 	tests := []struct {
 		name    string
 		disable bool
-		remove  bool // delete the old account instead of renaming it
+		remove  bool   // delete the old account instead of renaming it
+		want    Reason // of the recheck of the old account's session
 	}{
-		{name: "renamed and disabled", disable: true},
-		{name: "renamed only"},
-		{name: "deleted", remove: true},
+		{name: "renamed and disabled", disable: true, want: ReasonAccountDisabled},
+		{name: "renamed only", want: ReasonAccountRenamed},
+		{name: "deleted", remove: true, want: ReasonUserNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -105,9 +106,12 @@ func TestLookupByAccountIDAfterTheNameIsReused(t *testing.T) {
 			}
 
 			id, out, err := a.Lookup(ctx, LookupRequest{Username: u, ID: old.ID})
-			if err != nil || out.OK || out.Reason != ReasonUserNotFound {
-				t.Fatalf("recheck of the old account's session: got ok=%v reason=%q err=%v (groups %v), want user_not_found",
-					out.OK, out.Reason, err, groupNames(id.Groups))
+			if err != nil || out.OK || out.Reason != tt.want {
+				t.Fatalf("recheck of the old account's session: got ok=%v reason=%q err=%v (groups %v), want %s",
+					out.OK, out.Reason, err, groupNames(id.Groups), tt.want)
+			}
+			if _, out, err := a.Lookup(ctx, LookupRequest{Username: u + "-left", ID: old.ID}); !tt.remove && !tt.disable && (err != nil || !out.OK) {
+				t.Errorf("recheck of the renamed account under its name now: got %+v %v, want it allowed", out, err)
 			}
 			if _, out, err := a.Lookup(ctx, LookupRequest{Username: u, ID: old.ID, Periodic: true}); err != nil || out.OK {
 				t.Fatalf("periodic recheck of the old account: got %+v %v, want a refusal", out, err)
@@ -265,8 +269,8 @@ func TestOpenLDAPLookupByAccountID(t *testing.T) {
 	if err := s.AddUser(ctx, "alice", pw("alice")+"2", 10002); err != nil {
 		t.Fatal(err)
 	}
-	if _, out, err := a.Lookup(ctx, LookupRequest{Username: "alice", ID: old.ID}); err != nil || out.OK || out.Reason != ReasonUserNotFound {
-		t.Errorf("recheck of the renamed account's session: got %+v %v, want user_not_found", out, err)
+	if _, out, err := a.Lookup(ctx, LookupRequest{Username: "alice", ID: old.ID}); err != nil || out.OK || out.Reason != ReasonAccountRenamed {
+		t.Errorf("recheck of the renamed account's session: got %+v %v, want account_renamed", out, err)
 	}
 	nu, out, err := a.Login(ctx, Request{Username: "alice", Password: pw("alice") + "2"})
 	if err != nil || !out.OK || nu.ID == old.ID {

@@ -19,11 +19,11 @@
 //
 // An account is known by its immutable id (Identity.ID: objectGUID in AD,
 // entryUUID elsewhere, whichever the entry has, in any group mode), not by
-// its name or DN, which offboarding renames
-// and gives to the next person: a recheck with the id finds the account
-// that logged in, and answers user_not_found when it is gone or no longer
-// carries the name its sessions were issued under, even if another account
-// has that name now. The group cache is keyed by the id too. A user entry
+// its name or DN, which offboarding renames and gives to the next person:
+// a recheck with the id finds the account that logged in, and answers
+// user_not_found when it is gone, and account_renamed (target: its DN now)
+// when it no longer carries the name its sessions were issued under, even
+// if another account has that name now. The group cache is keyed by the id too. A user entry
 // without an id is not logged in (ErrNoAccountID).
 //
 // It refuses: an empty password (never sent, since LDAP treats it as an

@@ -22,9 +22,9 @@ type LookupRequest struct {
 	Username string
 	// ID is the account's immutable id, as Identity.ID gave it at login.
 	// With it, the account is found by its id, whatever its name is now,
-	// and must still carry Username (when set): an account renamed since,
-	// or deleted, is ReasonUserNotFound, even when another account has
-	// taken the name. Rechecks of a session use it; a name alone is for
+	// and must still carry Username (when set): an account deleted since
+	// is ReasonUserNotFound, one renamed since (and not disabled, locked or expired) is
+	// ReasonAccountRenamed, even when another account has taken the name. Rechecks of a session use it; a name alone is for
 	// administrators' tools.
 	ID        string
 	Source    string // client address, for the audit
@@ -139,9 +139,7 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, filter string, 
 	if err != nil {
 		return id, Outcome{Reason: ReasonDirectoryUnavailable, DC: d.url}, fmt.Errorf("ldapauth: user search on %s: %w", d.url, err), false
 	}
-	if r.ID != "" && (acctID != strings.ToLower(r.ID) || (r.Username != "" && !strings.EqualFold(a.username(user), r.Username))) {
-		// The account was renamed: the name its sessions carry may be
-		// another account's now, and is not this one's.
+	if r.ID != "" && acctID != strings.ToLower(r.ID) {
 		a.cache.drop(acctID)
 		out.Reason = ReasonUserNotFound
 		return id, out, nil, false
@@ -150,6 +148,15 @@ func (a *Authenticator) lookupOn(ctx context.Context, d *server, filter string, 
 		a.cache.drop(acctID)
 		out.Reason = reason
 		id.DN = user.DN
+		return id, out, nil, false
+	}
+	if now := a.username(user); r.ID != "" && r.Username != "" && !strings.EqualFold(now, r.Username) {
+		// The account was renamed: the name its sessions carry may be
+		// another account's now, and is not this one's. The account
+		// itself may still sign in under its current name.
+		a.cache.drop(acctID)
+		out.Reason = ReasonAccountRenamed
+		id.DN, id.Username, id.ID = user.DN, now, acctID
 		return id, out, nil, false
 	}
 	groups, hit := a.cache.get(acctID, a.now())
@@ -240,6 +247,13 @@ func (a *Authenticator) finishLookup(ctx context.Context, r LookupRequest, id Id
 	ev := authEvent("auth.recheck", "ldap.recheck", r.Username, r.RequestID, r.Source, id, out, lerr)
 	if lerr == nil && !out.OK {
 		ev.Severity = audit.SeverityWarn
+	}
+	if r.ID != "" {
+		ev.Details["account_id"] = strings.ToLower(r.ID)
+	}
+	if out.Reason == ReasonAccountRenamed {
+		// Target is the account's DN now; the name it goes by now.
+		ev.Details["name_now"] = id.Username
 	}
 	return a.record(ctx, ev, "recheck", id, out, lerr)
 }

@@ -21,7 +21,8 @@ const (
 	ReasonPasswordExpired      Reason = "password_expired"      // maxPwdAge passed (AD 532)
 	ReasonPasswordMustChange   Reason = "password_must_change"  // pwdLastSet = 0 (AD 773)
 	ReasonLogonNotAllowed      Reason = "logon_not_allowed"     // logon hours or workstation (AD 530, 531)
-	ReasonUserNotFound         Reason = "user_not_found"        // no entry matched the name, or the account was renamed or deleted
+	ReasonUserNotFound         Reason = "user_not_found"        // no entry matched the name, or the account was deleted
+	ReasonAccountRenamed       Reason = "account_renamed"       // a recheck by id: the account goes by another name now
 	ReasonAmbiguousUser        Reason = "ambiguous_user"        // several entries matched the name
 	ReasonInvalidAccountID     Reason = "invalid_account_id"    // a recheck's account id is not a UUID
 	ReasonNotInAllowedGroups   Reason = "not_in_allowed_groups" // member of none of allowed_groups

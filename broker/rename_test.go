@@ -1,0 +1,146 @@
+package broker
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/applianced/applianced/internal/testenv/samba"
+)
+
+// renameAccount renames an AD account (sAMAccountName, UPN and CN) without
+// disabling it: a name change, the same person, the same objectGUID.
+func renameAccount(t *testing.T, dc *samba.DC, from, to string) {
+	t.Helper()
+	adm, err := ldap.DialURL(dc.LDAPSURL(), ldap.DialWithTLSConfig(dc.TLSConfig()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	if err := adm.Bind(dc.AdminDN, dc.AdminPass); err != nil {
+		t.Fatal(err)
+	}
+	m := ldap.NewModifyRequest(dc.UserDN(from), nil)
+	m.Replace("sAMAccountName", []string{to})
+	m.Replace("userPrincipalName", []string{dc.UPN(to)})
+	if err := adm.Modify(m); err != nil {
+		t.Fatalf("renaming %s: %v", from, err)
+	}
+	if err := adm.ModifyDN(ldap.NewModifyDNRequest(dc.UserDN(from), "CN="+to, true, "")); err != nil {
+		t.Fatalf("moving %s: %v", from, err)
+	}
+}
+
+// renamedWithFreshLogin makes an account, a session under its name, then
+// renames the account (still active), logs it in under the new name a few
+// seconds later (exp has one-second resolution), and gives the old name to
+// a new person. It returns the old name and both sessions.
+func renamedWithFreshLogin(t *testing.T, e *env, dc *samba.DC, prefix string) (string, session, session) {
+	t.Helper()
+	u := adUser(t, dc, prefix)
+	start := time.Now()
+	e.clock.Set(start)
+	old := e.session(t, u)
+	renameAccount(t, dc, u, u+"x")
+	e.clock.Set(start.Add(3 * time.Second))
+	lg := e.login(u+"x", pw(u))
+	if lg.status != 200 {
+		t.Fatalf("login under the new name: got %d %v", lg.status, lg.body)
+	}
+	ctx := context.Background()
+	if _, err := dc.AddUser(ctx, samba.User{Name: u, Password: pw(u + "2")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.AddMembers(ctx, "team-support", u); err != nil {
+		t.Fatal(err)
+	}
+	return u, old, session{u + "x", lg.str("access_token"), lg.str("refresh_token")}
+}
+
+// An account renamed and still active, that logged in again under its new
+// name: the periodic check ends the tokens and the session it holds under
+// the old name (now someone else's), and only those; its session under
+// the new name lives on, also after the old-name session is refreshed.
+func TestRenamedAccountLosesOnlyItsOldNameTokens(t *testing.T) {
+	dc := sharedDC(t)
+	ctx := context.Background()
+	e := newSambaEnv(t, dc)
+	u, old, fresh := renamedWithFreshLogin(t, e, dc, "rn")
+	ex := e.exchange(old.access)
+	// Refused: the exchange asks the directory about the old name.
+	wantOAuthError(t, ex, 400, "invalid_grant")
+	rev, ok := e.lastEvent("token.revoke")
+	if !ok || rev.Target != RevokeAccountName || rev.Details["reason"] != "directory: account_renamed" ||
+		rev.Details["user"] != u || rev.Details["account_id"] == "" || rev.Details["sessions"] != "1" {
+		t.Errorf("token.revoke: got %+v", rev)
+	}
+
+	for range 2 {
+		e.b.RecheckHolders(ctx)
+	}
+	if in := e.introspect(old.access); in.body["active"] != false {
+		t.Errorf("the token issued under the old name %q: got %v, want inactive", u, in.body)
+	}
+	wantOAuthError(t, e.refresh(old.refresh), 400, "invalid_grant")
+	if in := e.introspect(fresh.access); in.body["active"] != true {
+		t.Errorf("the account's token under its new name %q: got %v, want active", fresh.user, in.body)
+	}
+	r := e.refresh(fresh.refresh)
+	if r.status != 200 {
+		t.Fatalf("refresh of the session under the new name: got %d %v", r.status, r.body)
+	}
+	if ex := e.exchange(r.str("access_token")); ex.status != 200 {
+		t.Errorf("exchange under the new name: got %d %v", ex.status, ex.body)
+	}
+	// The new person who has the old name logs in and keeps the session.
+	lg := e.login(u, pw(u+"2"))
+	if lg.status != 200 {
+		t.Fatalf("the new %s's login: got %d %v", u, lg.status, lg.body)
+	}
+	e.b.RecheckHolders(ctx)
+	if in := e.introspect(lg.str("access_token")); in.body["active"] != true {
+		t.Errorf("the new %s's token: got %v, want active", u, in.body)
+	}
+}
+
+// The same with the periodic check as the only trigger: no exchange and
+// no refresh; the tokens under the old name end at the first round.
+func TestPeriodicCheckEndsTheOldNameTokensOfARenamedAccount(t *testing.T) {
+	dc := sharedDC(t)
+	ctx := context.Background()
+	e := newSambaEnv(t, dc)
+	u, old, fresh := renamedWithFreshLogin(t, e, dc, "rp")
+	e.b.RecheckHolders(ctx)
+	if in := e.introspect(old.access); in.body["active"] != false {
+		t.Errorf("the token issued under the old name %q: got %v, want inactive", u, in.body)
+	}
+	if in := e.introspect(fresh.access); in.body["active"] != true {
+		t.Errorf("the account's token under its new name: got %v, want active", in.body)
+	}
+	rev, ok := e.lastEvent("token.revoke")
+	if !ok || rev.Target != RevokeAccountName || rev.Details["trigger"] != "directory_recheck" {
+		t.Errorf("token.revoke: got %+v", rev)
+	}
+}
+
+// After a restart the broker holds both names of a renamed account from
+// its stored sessions, and a periodic round ends only the old one.
+func TestRenamedAccountAfterRestart(t *testing.T) {
+	dc := sharedDC(t)
+	ctx := context.Background()
+	e := newSambaEnv(t, dc)
+	u, old, fresh := renamedWithFreshLogin(t, e, dc, "rr")
+	b2, err := New(ctx, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2.RecheckHolders(ctx)
+	if _, err := b2.Verify(ctx, fresh.access, b2.userAudience()); err != nil {
+		t.Errorf("after a restart and a periodic round, the login under the new name %q: %v", fresh.user, err)
+	}
+	if _, err := b2.Verify(ctx, old.access, b2.userAudience()); err == nil {
+		t.Errorf("after a restart and a periodic round, the token under the old name %q is still accepted", u)
+	}
+}
