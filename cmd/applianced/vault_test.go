@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -222,5 +225,89 @@ func TestRefusedSecretListedAndCounted(t *testing.T) {
 	}
 	if code, out := runVerb(t, cfgPath, "vault", "status"); code != exitOK || !strings.Contains(out, "refused         0 records") {
 		t.Errorf("vault status after the delete: exit %d\n%s", code, out)
+	}
+}
+
+const upgradeChildEnv = "APPLIANCED_VAULT_UPGRADE_CHILD"
+
+// TestVaultUpgradeChild is the process TestVaultUpgradeKeepsTheServiceOwner
+// runs `vault upgrade` in (the verb changes the process's user); on its
+// own it does nothing.
+func TestVaultUpgradeChild(t *testing.T) {
+	cfgPath := os.Getenv(upgradeChildEnv)
+	if cfgPath == "" {
+		return // only a helper process; not a skipped test
+	}
+	code, out := runVerb(t, cfgPath, "vault", "upgrade")
+	fmt.Print(out)
+	if code != exitOK {
+		t.Fatalf("vault upgrade: exit %d", code)
+	}
+}
+
+// TestVaultUpgradeKeepsTheServiceOwner: root runs `vault upgrade` on the
+// service's vault; the verb reads the master key as root, then works as
+// the vault's owner, so every file it writes (the compacted vault, the
+// journal) stays the service's and the daemon can still write them.
+func TestVaultUpgradeKeepsTheServiceOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the test gives the state to another user")
+	}
+	const service = 65534 // nobody
+	dir := t.TempDir()
+	cfgPath := vaultConfig(t, dir, readGolden(t, goldenVault.key))
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(cfg.Server.StateDir, vault.DefaultFile)
+	if err := os.WriteFile(dbPath, readGolden(t, goldenVault.db), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// No journal yet: the upgrade makes it, files and directory, which
+	// must be the service's too.
+	// The state is the service's; the test's directories above it (never
+	// the system's temporary directory itself) can be passed.
+	for p := dir; strings.HasPrefix(p, filepath.Clean(os.TempDir())+"/"); p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = filepath.Walk(cfg.Server.StateDir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, service, service)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestVaultUpgradeChild$", "-test.v")
+	cmd.Env = append(os.Environ(), upgradeChildEnv+"="+cfgPath)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "upgraded: 4 records") {
+		t.Fatalf("vault upgrade as root: %v\n%s", err, out)
+	}
+	err = filepath.Walk(cfg.Server.StateDir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != service || st.Gid != service {
+			t.Errorf("%s is owned by %d:%d after the upgrade; want the service's %d:%d", p, st.Uid, st.Gid, service, service)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups := 0
+	for _, ev := range journalEvents(t, cfg) {
+		if ev.Action == "vault.upgrade" && ev.Outcome == audit.OutcomeSuccess && ev.Actor.UID != nil && *ev.Actor.UID == 0 {
+			ups++
+		}
+	}
+	if ups != 1 {
+		t.Errorf("%d upgrade events by root, want 1", ups)
 	}
 }
