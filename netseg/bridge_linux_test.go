@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/applianced/applianced/internal/testenv/netns"
 	"github.com/vishvananda/netlink"
@@ -269,5 +270,117 @@ func TestContainersTalkAmongThemselves(t *testing.T) {
 	}
 	if err := reachTCP(webui.NS, "10.10.0.11:636"); err == nil {
 		t.Error("without egress rules, web UI reached the dc")
+	}
+}
+
+// heldConn is a TCP connection from one namespace to a listener in
+// another, kept open across an apply, with what the listener receives.
+type heldConn struct {
+	c   net.Conn
+	got chan string
+}
+
+func holdConn(t *testing.T, from, to *netns.NS, addr string) *heldConn {
+	t.Helper()
+	l := to.Listen(t, "tcp", addr)
+	hc := &heldConn{got: make(chan string, 16)}
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			hc.got <- string(buf[:n])
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := from.Dial(context.Background(), "tcp", addr, shortDial)
+		if err == nil {
+			hc.c = c
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s to %s: %v", from.Name, addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() { hc.c.Close() })
+	if !hc.passes("hello") {
+		t.Fatalf("%s to %s: the first write did not arrive", from.Name, addr)
+	}
+	return hc
+}
+
+// passes writes msg and reports whether the listener got it in time.
+func (hc *heldConn) passes(msg string) bool {
+	if _, err := hc.c.Write([]byte(msg)); err != nil {
+		return false
+	}
+	select {
+	case s := <-hc.got:
+		return s == msg
+	case <-time.After(2 * time.Second):
+		return false
+	}
+}
+
+// An apply that narrows forward_from ends the forwarded flows the new
+// rules no longer accept, which "ct state established" would keep running
+// otherwise: a LAN host behind a bridge named like a container's loses its
+// open connection to a container once forward_from stops naming the
+// bridge. Flows still accepted (containers on one bridge) and the host's
+// own connections (the admin's SSH session) go on.
+func TestNarrowingForwardFromEndsItsFlows(t *testing.T) {
+	r := startLab(t)
+	bridgeNF(t, r.lab.AI)
+	app := addBridge(t, r.lab, "br-0a1b2c3d4e5f", netip.MustParsePrefix("172.18.0.0/24"), "webui", "model")
+	lanpc := addBridge(t, r.lab, "br-mgmt", netip.MustParsePrefix("192.168.50.0/24"), "lanpc")[0]
+	webui, model := app[0], app[1]
+	cfg, needs := labConfig() // forward_from: the default, whose "br-*" takes br-mgmt
+	// The admin's session to the host itself, on a port of its own (the
+	// lab serves 22 already).
+	cfg.Ingress = append(cfg.Ingress, Rule{From: []string{"10.99.0.0/24"}, Proto: "tcp", Ports: []int{2222}, Comment: "admin SSH"})
+	if _, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	lanFlow := holdConn(t, lanpc.NS, model.NS, "172.18.0.3:11434")
+	stackFlow := holdConn(t, webui.NS, model.NS, "172.18.0.3:8000")
+	sshFlow := holdConn(t, r.lab.Hosts["admin"].NS, r.lab.AI, "10.99.0.1:2222")
+
+	cfg.ForwardFrom = []string{"br-0a1b2c3d4e5f", "docker*", "veth*"}
+	p, err := r.m.Apply(context.Background(), cfg, needs, ApplyOptions{})
+	if err != nil {
+		t.Fatalf("Apply narrowing forward_from: %v", err)
+	}
+	if lanFlow.passes("after narrowing") {
+		t.Error("the LAN host's established flow still reaches the container after forward_from no longer names br-mgmt")
+	}
+	if !stackFlow.passes("after narrowing") {
+		t.Error("a flow between two containers on one bridge, still accepted, was ended")
+	}
+	if !sshFlow.passes("after narrowing") {
+		t.Error("the admin's SSH session to the host itself was ended")
+	}
+	if err := reachTCP(lanpc.NS, "172.18.0.3:11434"); err == nil {
+		t.Error("a new connection from the LAN host is still accepted after narrowing")
+	}
+	if p.FlowsCut < 1 || p.FlowsCutError != "" || !strings.Contains(p.String(), "Ended 1 forwarded connection") {
+		t.Errorf("plan: flows cut %d, error %q; want the LAN host's flow counted:\n%s", p.FlowsCut, p.FlowsCutError, p.String())
+	}
+
+	// An apply that leaves the forward chain as it is ends nothing.
+	p, err = r.m.Apply(context.Background(), cfg, needs, ApplyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.FlowsCut != 0 || !stackFlow.passes("after a second apply") {
+		t.Errorf("an apply that changed no forward rule ended %d flows", p.FlowsCut)
 	}
 }

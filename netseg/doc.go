@@ -53,7 +53,12 @@
 //
 // The Manager plans (a diff of the config against the kernel, in words),
 // applies (the whole table replaced in one nftables transaction: all or
-// nothing), arms a rollback unless the apply is confirmed in time, refuses
+// nothing; when the forward chain changed, the conntrack entries of the
+// forwarded flows it no longer accepts are then deleted, so that "ct state
+// established" does not keep them running: a flow is judged by the routes
+// to its two ends, which name the interfaces it crosses, and one whose end
+// is an address of the host, the admin's SSH session among them, is never
+// touched; a rollback does the same), arms a rollback unless the apply is confirmed in time, refuses
 // an apply that would lock out the admin's SSH address unless forced, puts
 // the table and VLANs back when another process changes them (drift), and
 // removes everything it made on down. Every one of these is audited. The

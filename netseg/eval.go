@@ -59,3 +59,45 @@ func containsInt(xs []int, x int) bool {
 	}
 	return false
 }
+
+// forwardAllows reports whether cfg's forward chain accepts a new flow that
+// comes in on iif and goes out on oif, to dst (proto an IP protocol number,
+// port the destination port, 0 for none). It is the model of the forward
+// chain the cut of forwarded flows after an apply uses: within one
+// forward_from entry, or from one under the egress rules, never on a VLAN.
+func forwardAllows(cfg *Config, iif, oif string, dst netip.Addr, proto uint8, port int) bool {
+	isVLAN := func(n string) bool {
+		for _, v := range cfg.VLANs {
+			if v.Name == n {
+				return true
+			}
+		}
+		return false
+	}
+	entry := forwardMatch(cfg.forwardFrom(), iif)
+	if entry == "" || isVLAN(iif) {
+		return false
+	}
+	if parseIfPattern(entry).matches(oif) && !isVLAN(oif) {
+		return true
+	}
+	sets := map[string][]string{}
+	for _, s := range cfg.Sets {
+		sets[s.Name] = s.Addresses
+	}
+	for _, r := range cfg.Egress {
+		if r.Interface != "" && r.Interface != oif {
+			continue
+		}
+		if pn := protoNumbers[r.proto()]; pn != 0 && pn != proto {
+			continue
+		}
+		if len(r.Ports) > 0 && !containsInt(r.Ports, port) {
+			continue
+		}
+		if addrIn(dst, r.To, sets) {
+			return true
+		}
+	}
+	return false
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -589,6 +590,9 @@ func (m *Manager) Apply(ctx context.Context, cfg *Config, needs []Need, ao Apply
 		"changes": fmt.Sprint(len(plan.Changes)), "rules": fmt.Sprint(len(plan.Rules)),
 		"summary": truncate(strings.Join(plan.Changes, "; "), 2000), "force": strconv.FormatBool(ao.Force),
 	}
+	// Flows the old rules let through and the new ones do not would run
+	// on under "ct state established": they end now.
+	maps.Copy(det, m.cutStaleFlows(before, a, plan))
 	if ao.ConfirmWithin > 0 {
 		det["confirm_within"] = ao.ConfirmWithin.String()
 	}
@@ -710,6 +714,7 @@ func (m *Manager) rollbackLocked(ctx context.Context, actor audit.Actor, reqID, 
 	if target != nil {
 		det["to"] = "state applied at " + target.At.Format(time.RFC3339)
 	}
+	maps.Copy(det, m.cutStaleFlows(m.cur, target, &Plan{}))
 	if verr != nil {
 		// The table is back: the rollback's point. The VLANs are said.
 		det["vlans_not_restored"] = truncate(verr.Error(), 500)

@@ -30,6 +30,13 @@ type Plan struct {
 	// ForwardLinks are the host's interfaces that match ForwardFrom now
 	// (the VLANs, never routed, left out).
 	ForwardLinks []string `json:"forward_links"`
+	// FlowsCut is how many forwarded flows an apply ended because its
+	// rules no longer accept them (conntrack entries deleted); the host's
+	// own connections are never among them.
+	FlowsCut int `json:"flows_cut,omitempty"`
+	// FlowsCutError says why the flows the new rules no longer accept
+	// could not all be ended; those run until they close.
+	FlowsCutError string `json:"flows_cut_error,omitempty"`
 	// Lockout says why the apply would cut the admin's SSH session.
 	Lockout string `json:"lockout,omitempty"`
 	// ConfirmBy is when an unconfirmed apply rolls back.
@@ -76,6 +83,12 @@ func (p *Plan) String() string {
 	b.WriteString("\nRuleset after apply (everything else is dropped and logged):\n")
 	for _, r := range p.Rules {
 		fmt.Fprintf(&b, "  %s\n", r)
+	}
+	if p.FlowsCut > 0 {
+		fmt.Fprintf(&b, "\nEnded %d forwarded connection(s) the new rules no longer accept (the host's own are never ended).\n", p.FlowsCut)
+	}
+	if p.FlowsCutError != "" {
+		fmt.Fprintf(&b, "\nWARNING: forwarded connections the new rules no longer accept could not be ended (%s): they run until they close.\n", p.FlowsCutError)
 	}
 	if p.Lockout != "" {
 		fmt.Fprintf(&b, "\nWARNING: %s\n", p.Lockout)

@@ -400,6 +400,40 @@ func TestForwardFromDuplicateAndOverlap(t *testing.T) {
 	}
 }
 
+// The model of the forward chain that decides which forwarded flows an
+// apply ends agrees with the rules: within one entry, or under egress.
+func TestForwardAllows(t *testing.T) {
+	cfg, _ := labConfig()
+	cfg.VLANs = []VLAN{{Name: "ai0", Parent: "eth0", ID: 20}}
+	cfg.ForwardFrom = []string{"docker*", "br-*", "virbr*", "a*"}
+	dc, vm := netip.MustParseAddr("10.10.0.11"), netip.MustParseAddr("192.168.122.2")
+	tests := []struct {
+		name     string
+		iif, oif string
+		dst      netip.Addr
+		proto    uint8
+		port     int
+		want     bool
+	}{
+		{"one bridge", "docker0", "docker0", vm, 6, 5432, true},
+		{"two bridges of br-*", "br-a", "br-b", vm, 6, 5432, true},
+		{"docker0 to virbr0, not allowed", "docker0", "virbr0", vm, 6, 5432, false},
+		{"docker0 to the dc under egress", "docker0", "eth0", dc, 6, 636, true},
+		{"docker0 to the dc, another port", "docker0", "eth0", dc, 6, 389, false},
+		{"docker0 to the dc over udp", "docker0", "eth0", dc, 17, 636, false},
+		{"from the uplink", "eth0", "docker0", vm, 6, 5432, false},
+		{"from a VLAN an entry matches", "ai0", "a1", vm, 6, 5432, false},
+		{"to a VLAN an entry matches", "a1", "ai0", vm, 6, 5432, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := forwardAllows(cfg, tc.iif, tc.oif, tc.dst, tc.proto, tc.port); got != tc.want {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestIngressAllows(t *testing.T) {
 	cfg, _ := labConfig()
 	cfg.Ingress = append(cfg.Ingress, Rule{From: []string{"10.50.0.0/24"}, Ports: []int{22}, Interface: "mgmt0"})
