@@ -85,7 +85,10 @@
 // Upgrade while another process holds the database's lock), records the
 // event in the audit journal of the state directory itself, and, started as
 // root, works as the owner of vault.db once the key is read, so the files
-// it writes stay the service's.
+// it writes stay the service's. It also refuses a format 1 vault whose
+// upgrade the journal already records (it is then an older copy put back)
+// unless told --again; that check is only as good as the journal, which
+// the service's user can write too.
 //
 // Restore likewise refuses a backup written before records carried a MAC
 // (ErrOldFormat) unless RestoreOptions.UpgradeOldFormat asks for it (`vault

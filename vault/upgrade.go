@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/applianced/applianced/audit"
 )
@@ -93,6 +94,29 @@ func Upgrade(ctx context.Context, path string, masterKey []byte, who audit.Actor
 	}
 	v.log.Info("vault: compacted", "path", path, "bytes_before", res.BytesBefore, "bytes_after", res.BytesAfter)
 	return res, nil
+}
+
+// OldFormat reports whether the closed database at path is marked as
+// written before records carried a MAC, which Upgrade would upgrade. It
+// reads only the marker (no key is needed, nothing is written); Open and
+// Upgrade still check it against the keyring.
+func OldFormat(path string) (bool, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return false, fmt.Errorf("vault: database %s is locked by another process (is applianced already running?)", path)
+		}
+		return false, fmt.Errorf("vault: %w", err)
+	}
+	defer db.Close()
+	var old bool
+	err = db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			old = bytes.Equal(meta.Get(keyFormat), formatV1)
+		}
+		return nil
+	})
+	return old, err
 }
 
 // compactInto rewrites the database src, open at path, into a new file

@@ -116,6 +116,32 @@ func TestVaultUpgradeVerb(t *testing.T) {
 		t.Errorf("vault upgrade of an upgraded vault: exit %d\n%s", code, out)
 	}
 
+	// The pre-upgrade file put back: the daemon refuses it, and so does the
+	// verb, which finds the upgrade in the journal, unless told --again.
+	upgraded, err := os.ReadFile(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dbPath, readGolden(t, goldenVault.db), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, bg = newTestDaemon(t, ctx, cfg)
+	if err := d.openVault(ctx, bg); !errors.Is(err, vault.ErrOldFormat) {
+		t.Errorf("openVault of the pre-upgrade file put back: %v; want ErrOldFormat", err)
+	}
+	d.close()
+	code, out = runVerb(t, cfgPath, "vault", "upgrade")
+	if code != exitFailure || !strings.Contains(out, "was upgraded already (seq ") || !strings.Contains(out, "older copy put back") ||
+		!strings.Contains(out, "--again") {
+		t.Errorf("vault upgrade of the pre-upgrade file put back: exit %d\n%s", code, out)
+	}
+	if code, out := runVerb(t, cfgPath, "vault", "upgrade", "--again"); code != exitOK || !strings.Contains(out, "upgraded: 4 records") {
+		t.Errorf("vault upgrade --again: exit %d\n%s", code, out)
+	}
+	if err := os.WriteFile(dbPath, upgraded, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	startVaultDaemon(t, cfgPath)
 	code, out = runVerb(t, cfgPath, "secret", "list")
 	if code != exitOK || !strings.Contains(out, "db-pass") || !strings.Contains(out, "tickets,wiki") {

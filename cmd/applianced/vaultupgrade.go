@@ -60,6 +60,7 @@ func cmdVaultUpgrade(ctx context.Context, e *env, args []string) int {
 		"systemctl stop applianced && applianced vault upgrade && systemctl start applianced",
 		"systemd-run --wait --pipe --collect -p LoadCredentialEncrypted="+vault.CredentialName+":"+sealedCredential+
 			" /usr/bin/applianced vault upgrade --config "+config.DefaultPath)
+	again := fs.Bool("again", false, "upgrade although the audit journal records an upgrade of this vault already")
 	if _, code, ok := e.parsePositional(fs, args, 0); !ok {
 		return code
 	}
@@ -90,6 +91,25 @@ func cmdVaultUpgrade(ctx context.Context, e *env, args []string) int {
 		return e.fail("vault upgrade", err)
 	}
 	defer j.Close()
+	if old, err := vault.OldFormat(path); err != nil {
+		return e.fail("vault upgrade", err)
+	} else if old && !*again {
+		prev, err := previousUpgrade(ctx, j, path)
+		if err != nil {
+			return e.fail("vault upgrade", fmt.Errorf("cannot tell from the audit journal whether this vault was upgraded before: %w; "+
+				"if you know it was not, run again with --again", err))
+		}
+		if prev != nil {
+			by := "the daemon"
+			if prev.Event.Actor.UID != nil {
+				by = fmt.Sprintf("uid %d", *prev.Event.Actor.UID)
+			}
+			return e.fail("vault upgrade", fmt.Errorf("the audit journal records that %s was upgraded already (seq %d, %s, by %s): "+
+				"a vault of the old format there now is an older copy put back, and upgrading it would trust whatever was changed in it. "+
+				"Put a backup taken since that upgrade in its place instead. Only if you put this file back yourself, on purpose, "+
+				"run again with --again", path, prev.Seq, prev.Event.Time.UTC().Format(time.RFC3339), by))
+		}
+	}
 	res, err := vault.Upgrade(ctx, path, key, who, &vault.Options{Audit: j, Logger: log, KeySource: source})
 	if err != nil {
 		return e.fail("vault upgrade", err)
@@ -105,6 +125,35 @@ func cmdVaultUpgrade(ctx context.Context, e *env, args []string) int {
 	}
 	fmt.Fprintf(e.stdout, "%s: compacted (%d bytes, %d before)\n", path, res.BytesAfter, res.BytesBefore)
 	return exitOK
+}
+
+// previousUpgrade returns the newest successful upgrade of the vault at
+// path that the journal j records, or nil.
+func previousUpgrade(ctx context.Context, j *audit.Journal, path string) (*audit.Entry, error) {
+	from := uint64(1)
+	if segs := j.Segments(); len(segs) > 0 {
+		from = segs[0].First
+	}
+	r, err := j.Reader(from)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var found *audit.Entry
+	for seq, last := from, j.LastSeq(); seq <= last; seq++ {
+		ent, err := r.Next(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ev := &ent.Event
+		// "of" is absent in the events of the release that upgraded at
+		// start; those were upgrades of the database too.
+		if ev.Action == "vault.upgrade" && ev.Outcome == audit.OutcomeSuccess && ev.Target == path &&
+			(ev.Details["of"] == "" || ev.Details["of"] == "database") {
+			found = &ent
+		}
+	}
+	return found, nil
 }
 
 // daemonStopped fails when a daemon answers on the admin socket: the
