@@ -337,3 +337,21 @@ func TestVaultUpgradeKeepsTheServiceOwner(t *testing.T) {
 		t.Errorf("%d upgrade events by root, want 1", ups)
 	}
 }
+
+// TestVaultUpgradeCommandFollowsTheKeySource: the daemon's refusal names
+// the command that reaches the master key where the daemon found it: the
+// plain verb for a key file, a transient unit that loads the credential
+// for a systemd credential (root cannot read a TPM-sealed one outside a
+// unit).
+func TestVaultUpgradeCommandFollowsTheKeySource(t *testing.T) {
+	for _, tt := range []struct{ source, want string }{
+		{"file:/etc/applianced/master.key", "`applianced vault upgrade --config /etc/applianced/applianced.toml`"},
+		{"systemd-credential:/run/credentials/applianced.service/master.key",
+			"`systemd-run --wait --pipe --collect -p LoadCredentialEncrypted=master.key:/etc/credstore.encrypted/applianced.master.key " +
+				"/usr/bin/applianced vault upgrade --config /etc/applianced/applianced.toml`"},
+	} {
+		if got := upgradeCommand("/etc/applianced/applianced.toml", tt.source); !strings.HasPrefix(got, tt.want) {
+			t.Errorf("upgradeCommand for %s = %q; want it to start with %q", tt.source, got, tt.want)
+		}
+	}
+}
