@@ -46,7 +46,6 @@ type flowFilter struct {
 	cfg   *Config
 	local map[netip.Addr]bool
 	via   func(netip.Addr) string
-	n     int
 }
 
 func (f *flowFilter) MatchConntrackFlow(fl *netlink.ConntrackFlow) bool {
@@ -66,14 +65,14 @@ func (f *flowFilter) MatchConntrackFlow(fl *netlink.ConntrackFlow) bool {
 	if forwardAllows(f.cfg, iif, oif, dst, fl.Forward.Protocol, int(fl.Reverse.SrcPort)) {
 		return false
 	}
-	f.n++
 	return true
 }
 
 // cutFlows deletes the conntrack entries of the forwarded flows that cfg no
 // longer accepts, so that the forward chain's "established,related" accept
 // does not keep them running after an apply narrowed what is routed. It
-// returns how many it deleted.
+// returns how many it deleted. The handle holds a netfilter socket of its
+// own in the namespace: one without would dump the caller's table.
 func (l *links) cutFlows(cfg *Config) (int, error) {
 	var h *netlink.Handle
 	var err error
@@ -116,12 +115,15 @@ func (l *links) cutFlows(cfg *Config) (int, error) {
 		routes[a] = n
 		return n
 	}
+	cut := 0
 	for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
-		if _, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f); err != nil {
-			return f.n, fmt.Errorf("netseg: conntrack: %w", err)
+		n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f)
+		cut += int(n)
+		if err != nil {
+			return cut, fmt.Errorf("netseg: conntrack: %w", err)
 		}
 	}
-	return f.n, nil
+	return cut, nil
 }
 
 // cutStaleFlows runs cutFlows when the forward chain of a differs from
