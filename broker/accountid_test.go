@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"testing"
 	"time"
@@ -158,9 +159,10 @@ func TestUPNOnlyLoginKeepsSessions(t *testing.T) {
 
 // A session stored before account ids were kept cannot be tied to an
 // account any more (the name may be someone else's now): at the first
-// periodic check, refresh or exchange it ends, audited, without asking the
-// directory by name, and so do its tokens, which carry no account id; the
-// same user's new login after the start is not touched.
+// periodic check or refresh it ends, audited, without asking the directory
+// by name; its tokens, which carry no account id, are refused from the
+// start (an exchange of one too); the same user's new login after the
+// start is not touched.
 func TestSessionWithoutAccountIDEnds(t *testing.T) {
 	for _, trigger := range []string{"directory_recheck", GrantRefreshToken, GrantTokenExchange} {
 		t.Run(trigger, func(t *testing.T) {
@@ -203,7 +205,11 @@ func TestSessionWithoutAccountIDEnds(t *testing.T) {
 			case GrantRefreshToken:
 				wantOAuthError(t, e.refresh(legacy), 400, "invalid_grant")
 			case GrantTokenExchange:
+				// The token without an account id is refused as such;
+				// its session ends at the periodic check.
 				wantOAuthError(t, e.exchange(old.AccessToken), 400, "invalid_grant")
+				e.b.RecheckHolders(ctx)
+				asked, trigger = 1, "directory_recheck"
 			}
 			rev, ok := e.lastEvent("token.revoke")
 			if !ok || rev.Reason != deniedNoAccountID || rev.Details["user"] != "alice" || rev.Details["sessions"] != "1" ||
@@ -243,4 +249,44 @@ func TestLoginWithoutAccountIDRefused(t *testing.T) {
 	e.serveHTTPS()
 	e.serveSocket()
 	wantOAuthError(t, e.httpsPost("/v1/login", url.Values{"username": {"noid"}, "password": {"noid-pw"}}), 500, "server_error")
+}
+
+// A user token signed by a version that kept no account id, whose user has
+// no session left (logged out; an agent may still hold exchanged tokens),
+// is refused after the upgrade, although no stored session names the user
+// for the periodic check: the account it was issued to cannot be told any
+// more, and its name may be someone else's by now.
+func TestTokenWithoutAccountIDRefusedAfterUpgrade(t *testing.T) {
+	dc := sharedDC(t)
+	ctx := context.Background()
+	e := newSambaEnv(t, dc)
+	u := adUser(t, dc, "mg")
+	// What the previous version issued: a user token without oid, and no
+	// session (refresh family) left for its user.
+	old, oe := e.b.userToken(ctx, &request{grant: "password"}, "token.issue", Account{Name: u},
+		[]string{"ai-users"}, []string{"tickets:read"}, "")
+	if oe != nil {
+		t.Fatal(oe)
+	}
+	b2, err := New(ctx, e.opts) // the upgrade: a restart
+	if err != nil {
+		t.Fatal(err)
+	}
+	offboard(t, dc, u)
+	for _, round := range []int{0, 1} {
+		if round > 0 {
+			b2.RecheckHolders(ctx)
+		}
+		if p, err := b2.Verify(ctx, old.AccessToken, b2.userAudience()); !errors.Is(err, ErrUserRevoked) {
+			t.Errorf("after %d periodic rounds, the token without an account id of the offboarded %s: got %+v %v, want ErrUserRevoked", round, u, p, err)
+		}
+	}
+	// The new holder of the name logs in and is not touched.
+	lg := e.login(u, pw(u+"2"))
+	if lg.status != 200 {
+		t.Fatalf("the new %s's login: got %d %v", u, lg.status, lg.body)
+	}
+	if _, err := e.b.Verify(ctx, lg.str("access_token"), e.b.userAudience()); err != nil {
+		t.Errorf("the new %s's token: %v", u, err)
+	}
 }

@@ -83,8 +83,10 @@
 // its name now. Sessions stored
 // by versions that kept no account id cannot be tied to an account any
 // more: each ends at the first check after the start (token.revoke, reason
-// session_without_account_id, the directory not asked), with the tokens of
-// its name that carry no account id, and the user logs in again.
+// session_without_account_id, the directory not asked), and the user logs
+// in again. Every user token without an account id (no "oid" claim, so
+// signed by such a version) is refused from the start, an agent's
+// exchanged token for a user who has no session left included.
 //
 // A refresh takes the user's groups, roles and scopes from the directory
 // (group changes take effect at refresh); a token exchange may take the

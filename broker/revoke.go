@@ -30,7 +30,6 @@ type revocations struct {
 	agents map[string]time.Time // agent -> tokens issued at or before this are revoked
 	users  map[string]time.Time // userKey(user) -> as agents
 	accts  map[string]time.Time // account id -> as agents
-	noIDs  map[string]time.Time // userKey(user) -> as agents, for tokens without an account id
 	names  map[string]time.Time // accountNameValue -> as agents, for an account's tokens under one name
 	until  map[string]time.Time // kind\x00value -> until, for pruning agents/users
 }
@@ -43,7 +42,7 @@ func userKey(name string) string { return strings.ToLower(name) }
 
 func newRevocations(list []Revocation) *revocations {
 	r := &revocations{jtis: map[string]time.Time{}, agents: map[string]time.Time{},
-		users: map[string]time.Time{}, accts: map[string]time.Time{}, noIDs: map[string]time.Time{},
+		users: map[string]time.Time{}, accts: map[string]time.Time{},
 		names: map[string]time.Time{}, until: map[string]time.Time{}}
 	for _, x := range list {
 		r.add(x)
@@ -61,17 +60,18 @@ func (r *revocations) add(x Revocation) {
 		if x.At.After(r.agents[x.Value]) {
 			r.agents[x.Value] = x.At
 		}
-	case RevokeUser, RevokeUserWithoutID:
-		k, m := userKey(x.Value), r.users
-		if x.Kind == RevokeUserWithoutID {
-			m = r.noIDs
-		}
-		if x.At.After(m[k]) {
-			m[k] = x.At
+	case RevokeUser:
+		k := userKey(x.Value)
+		if x.At.After(r.users[k]) {
+			r.users[k] = x.At
 		}
 		if x.Until.After(r.until[x.Kind+"\x00"+k]) {
 			r.until[x.Kind+"\x00"+k] = x.Until
 		}
+		return
+	case RevokeUserWithoutID:
+		// Kept as the record of a session that ended; check refuses every
+		// user token without an account id anyway.
 		return
 	case RevokeAccount:
 		if x.At.After(r.accts[x.Value]) {
@@ -122,9 +122,12 @@ func (r *revocations) check(p *Principal) error {
 			}
 		}
 	} else if p.User != "" {
-		if at, ok := r.noIDs[userKey(p.User)]; ok && !p.IssuedAt.After(at) {
-			return ErrUserRevoked
-		}
+		// Every user token this broker issues carries the account id: one
+		// without it was issued by a version that kept none, and cannot be
+		// tied to an account any more (the name may be someone else's
+		// now), so it is refused, whether or not its user still has a
+		// session to be checked.
+		return ErrUserRevoked
 	}
 	return nil
 }
@@ -147,8 +150,6 @@ func (r *revocations) prune(now time.Time) {
 			delete(r.users, value)
 		case RevokeAccount:
 			delete(r.accts, value)
-		case RevokeUserWithoutID:
-			delete(r.noIDs, value)
 		case RevokeAccountName:
 			delete(r.names, value)
 		}

@@ -47,9 +47,11 @@ const (
 	// RevokeAccount is every token of (or for) the directory account with
 	// the id Value issued until At, whatever name it carries.
 	RevokeAccount = "account"
-	// RevokeUserWithoutID is every token of (or for) the user named Value
-	// issued until At that carries no account id (issued by a version that
-	// kept none); tokens that carry one, whoever has the name, are spared.
+	// RevokeUserWithoutID records that the sessions of the user named
+	// Value stored without an account id (by a version that kept none)
+	// ended. Tokens without an account id are refused whatever their name
+	// (revocations.check); tokens that carry one, whoever has the name,
+	// are spared.
 	RevokeUserWithoutID = "user_without_id"
 	// RevokeAccountName is every token of (or for) the directory account
 	// with the id before the first NUL of Value that carries the name

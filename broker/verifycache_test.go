@@ -127,7 +127,7 @@ func TestCachedTokenOfRetiredKeyRejected(t *testing.T) {
 func TestCachedPrincipalIsACopy(t *testing.T) {
 	e := newEnv(t, nil)
 	c := e.goodClaims()
-	c.Kind, c.Subject, c.Groups = KindUser, "alice", []string{"helpdesk"}
+	c.Kind, c.Subject, c.Groups, c.UserID = KindUser, "alice", []string{"helpdesk"}, "0a11ce00-0000-4000-8000-000000000001"
 	raw := e.signed(c)
 	p, err := e.b.Verify(context.Background(), raw, e.b.ToolAudience())
 	if err != nil {
