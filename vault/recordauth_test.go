@@ -582,8 +582,9 @@ func wantOldFormatRefused(t *testing.T, e *env) {
 	if fileSum(t, e.path) != before {
 		t.Error("the refused Open changed the file")
 	}
-	if ev := e.lastEvent(t); ev.Type != "vault.unseal" || ev.Outcome != audit.OutcomeFailure || ev.Target != e.path {
-		t.Errorf("last event = %s/%s/%s; want the refused unseal", ev.Type, ev.Outcome, ev.Target)
+	if ev := e.lastEvent(t); ev.Type != "vault.unseal" || ev.Outcome != audit.OutcomeFailure || ev.Target != e.path ||
+		!strings.Contains(ev.Reason, "not upgraded") {
+		t.Errorf("last event = %s/%s/%s %q; want the refused unseal", ev.Type, ev.Outcome, ev.Target, ev.Reason)
 	}
 }
 

@@ -141,9 +141,16 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 	}
 	if err != nil {
 		clear(v.master)
-		if errors.Is(err, ErrSealed) || errors.Is(err, ErrOldFormat) {
+		reason := ""
+		switch {
+		case errors.Is(err, ErrSealed):
+			reason = ErrSealed.Error()
+		case errors.Is(err, ErrOldFormat):
+			reason = "the database was " + ErrOldFormat.Error() + ": refused, not upgraded (`applianced vault upgrade` not run yet, or an older copy put back)"
+		}
+		if reason != "" {
 			v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Severity: audit.SeverityHigh,
-				Target: path, Outcome: audit.OutcomeFailure, Reason: err.Error(),
+				Target: path, Outcome: audit.OutcomeFailure, Reason: reason,
 				Details: map[string]string{"key_source": v.keySource}})
 		}
 		return nil, err
