@@ -53,7 +53,8 @@
 // vault.db.compact-tmp, fsync, rename, fsync of the directory), so the
 // pages bbolt freed keep neither the format 1 keyring nor the format 1
 // records. Killed at any moment, it leaves the file either as it was or
-// upgraded; run again on an upgraded file, it only compacts.
+// upgraded (and maybe a vault.db.compact-tmp, which the next run removes);
+// run again on an upgraded file, it only compacts.
 //
 // The upgrade trusts the records as it finds them, once: whoever could
 // write the file before the upgrade could have changed them, and nothing
