@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/testenv/netns"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -382,5 +383,22 @@ func TestNarrowingForwardFromEndsItsFlows(t *testing.T) {
 	}
 	if p.FlowsCut != 0 || !stackFlow.passes("after a second apply") {
 		t.Errorf("an apply that changed no forward rule ended %d flows", p.FlowsCut)
+	}
+
+	// A rollback to the narrower rules ends what the wider ones let in.
+	wide := *cfg
+	wide.ForwardFrom = nil
+	if _, err := r.m.Apply(context.Background(), &wide, needs, ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lanFlow = holdConn(t, lanpc.NS, model.NS, "172.18.0.3:11435")
+	if err := r.m.Rollback(context.Background(), audit.Actor{}, ""); err != nil {
+		t.Fatalf("Rollback: %v", err)
+	}
+	if lanFlow.passes("after the rollback") {
+		t.Error("the LAN host's flow still reaches the container after a rollback to rules that do not accept it")
+	}
+	if !stackFlow.passes("after the rollback") || !sshFlow.passes("after the rollback") {
+		t.Error("the rollback ended a flow the rules still accept, or the host's own")
 	}
 }
