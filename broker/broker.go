@@ -45,7 +45,14 @@ type Account struct {
 type holding struct {
 	acct  Account
 	until time.Time // when the last token of or for the account expires
+	saved time.Time // the until the store holds for it (Store.PutHolder)
 }
+
+// holderSaveSlack is how far past a token's expiry a holder's stored
+// record reaches, so that the store is written once per holder in that
+// time rather than at every token: a restart checks the holder that much
+// longer than needed, never shorter.
+const holderSaveSlack = 10 * time.Minute
 
 // holderKey is the key of acct in Broker.holders: its id and the name its
 // tokens carry, or for a session without an id, its name. An account
@@ -218,7 +225,17 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 	for _, acct := range users {
 		// A session without an account id is refused at the first
 		// check (deniedNoAccountID).
-		b.noteHolder(acct, until)
+		b.holdInMemory(acct, until, time.Time{})
+	}
+	// And every account that was issued a token that may still be live,
+	// with or without a session left (logged out, an agent's exchanged
+	// token).
+	held, err := b.store.Holders(ctx, b.now())
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range held {
+		b.holdInMemory(Account{Name: h.Name, ID: h.ID}, h.Until, h.Until)
 	}
 	return b, nil
 }
@@ -379,7 +396,7 @@ type PeriodicRechecker interface {
 }
 
 // RecheckHolders asks the directory about every user holding a token that
-// may still be live, and revokes every token and session of one it now
+// may still be live (as the store recorded them, across restarts), and revokes every token and session of one it now
 // refuses (a token.revoke event with trigger directory_recheck). A user
 // the directory fails to answer about is asked again at the next round;
 // two failures in a row end the round, as a directory that cannot answer
@@ -427,6 +444,9 @@ func (b *Broker) RecheckHolders(ctx context.Context) {
 				return true
 			}
 			b.holders.CompareAndDelete(k, h)
+			if err := b.store.DropHolder(ctx, h.acct); err != nil {
+				b.log.Warn("broker: forgetting a user whose tokens were revoked; the next start checks them again", "user", user, "err", err)
+			}
 		}
 		return true
 	})

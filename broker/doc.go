@@ -56,10 +56,11 @@
 //     request: Run asks the directory about every user who holds a token
 //     that may still be live (RecheckHolders, every DirectoryRecheckEvery;
 //     only a refusal or a failure is recorded), and revokes as below
-//     (trigger directory_recheck). The holders are those issued a token
-//     since the broker started and, from before, those with a live session;
-//     a directory that cannot answer ends a round, and the next one tries
-//     again;
+//     (trigger directory_recheck). The holders are every (account, name)
+//     issued a token that may still be live, recorded in the Store before
+//     the token is handed out (so a restart checks them too, with or
+//     without a session left), and those with a live session; a directory
+//     that cannot answer ends a round, and the next one tries again;
 //   - is refused at the next refresh_token grant and at the next token
 //     exchange for them: both ask the directory again without a password
 //     (Authenticator.Recheck, audited as auth.recheck), reading the account

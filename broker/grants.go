@@ -184,14 +184,19 @@ func (b *Broker) issue(ctx context.Context, q *request, typ string, c *claims, r
 	}
 	ev := &audit.Event{Type: typ, Actor: q.actor(), Action: "token.issue", Target: q.grant, Outcome: audit.OutcomeSuccess,
 		Source: q.srcString, Details: details}
+	// The holder is recorded first: a token that a restart would not
+	// check against the directory is not handed out.
+	if _, user := holderOf(c); user != "" {
+		if err := b.noteHolder(ctx, Account{Name: user, ID: c.UserID}, c.Expiry.Time()); err != nil {
+			b.log.Error("broker: recording a token holder", "user", user, "err", err)
+			return nil, errUnavailable
+		}
+	}
 	if err := b.record(ctx, ev); err != nil {
 		return nil, errUnavailable
 	}
 	if q.client.agent != nil {
 		b.seen.Store(q.client.agent.Name, b.now().UTC().Truncate(time.Second))
-	}
-	if _, user := holderOf(c); user != "" {
-		b.noteHolder(Account{Name: user, ID: c.UserID}, c.Expiry.Time())
 	}
 	resp := &tokenResponse{AccessToken: raw, TokenType: "Bearer", ExpiresIn: int64(*c.Expiry) - int64(*c.IssuedAt),
 		Scope: c.Scope, RefreshToken: refresh}
@@ -757,13 +762,49 @@ func (b *Broker) recordRevokeFailed(ctx context.Context, ev *audit.Event, err er
 }
 
 // noteHolder remembers that acct holds a token until exp, for
-// RecheckHolders.
-func (b *Broker) noteHolder(acct Account, exp time.Time) {
-	k, h := holderKey(acct), holding{acct: acct, until: exp}
+// RecheckHolders, in memory and, when its stored record does not reach
+// exp, in the store (with holderSaveSlack to spare).
+func (b *Broker) noteHolder(ctx context.Context, acct Account, exp time.Time) error {
+	h := b.holdInMemory(acct, exp, time.Time{})
+	if !exp.After(h.saved) {
+		return nil
+	}
+	save := exp.Add(holderSaveSlack)
+	if err := b.store.PutHolder(ctx, acct, save); err != nil {
+		return err
+	}
+	k := holderKey(acct)
 	for {
-		v, loaded := b.holders.LoadOrStore(k, h)
-		if !loaded || !exp.After(v.(holding).until) || b.holders.CompareAndSwap(k, v, h) {
-			return
+		v, ok := b.holders.Load(k)
+		if !ok {
+			return nil
+		}
+		cur := v.(holding)
+		if !save.After(cur.saved) {
+			return nil
+		}
+		next := cur
+		next.saved = save
+		if b.holders.CompareAndSwap(k, v, next) {
+			return nil
+		}
+	}
+}
+
+// holdInMemory records acct in Broker.holders with until exp (never
+// shortening it) and saved (never lowering it), and returns the entry.
+func (b *Broker) holdInMemory(acct Account, exp, saved time.Time) holding {
+	k := holderKey(acct)
+	for {
+		v, loaded := b.holders.LoadOrStore(k, holding{acct: acct, until: exp, saved: saved})
+		if !loaded {
+			return holding{acct: acct, until: exp, saved: saved}
+		}
+		cur := v.(holding)
+		next := cur
+		next.until, next.saved = later(cur.until, exp), later(cur.saved, saved)
+		if next == cur || b.holders.CompareAndSwap(k, v, next) {
+			return next
 		}
 	}
 }

@@ -160,8 +160,12 @@ func TestPeriodicRecheckGoesOnPastOneUsersFailure(t *testing.T) {
 	auth.errs["alice"], auth.errs["carol"] = errors.New("down"), errors.New("down")
 	auth.asked = nil
 	auth.mu.Unlock()
-	e.b.noteHolder(Account{Name: "alice", ID: "0a11ce00-0000-4000-8000-000000000001"}, e.clock.Now().Add(time.Hour))
-	e.b.noteHolder(Account{Name: "carol", ID: "0ca10000-0000-4000-8000-000000000003"}, e.clock.Now().Add(time.Hour))
+	if err := e.b.noteHolder(context.Background(), Account{Name: "alice", ID: "0a11ce00-0000-4000-8000-000000000001"}, e.clock.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.noteHolder(context.Background(), Account{Name: "carol", ID: "0ca10000-0000-4000-8000-000000000003"}, e.clock.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
 	e.b.RecheckHolders(context.Background())
 	if len(auth.asked) != 2 {
 		t.Errorf("a round with the directory down asked %v, want two users", auth.asked)

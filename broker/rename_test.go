@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -142,5 +143,46 @@ func TestRenamedAccountAfterRestart(t *testing.T) {
 	}
 	if _, err := b2.Verify(ctx, old.access, b2.userAudience()); err == nil {
 		t.Errorf("after a restart and a periodic round, the token under the old name %q is still accepted", u)
+	}
+}
+
+// A restart still checks every account that was issued a token that may be
+// live, although it has no session left: here the user logged out (the
+// refresh token revoked, RFC 7009) and an agent still holds an exchanged
+// token for them. The account is disabled after the restart; the periodic
+// round refuses the agent's token.
+func TestExchangedTokenRecheckedAfterRestart(t *testing.T) {
+	dc := sharedDC(t)
+	ctx := context.Background()
+	e := newSambaEnv(t, dc)
+	u := adUser(t, dc, "rs")
+	s := e.session(t, u)
+	ex := e.exchange(s.access)
+	if ex.status != 200 {
+		t.Fatal(ex.body)
+	}
+	if r := e.httpsPost("/oauth2/revoke", map[string][]string{"token": {s.refresh}}); r.status != 200 {
+		t.Fatalf("revoke: %d %v", r.status, r.body)
+	}
+	b2, err := New(ctx, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.Disable(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	b2.RecheckHolders(ctx)
+	if p, err := b2.Verify(ctx, ex.str("access_token"), b2.ToolAudience()); !errors.Is(err, ErrUserRevoked) {
+		t.Errorf("after a restart and a periodic round, the agent's exchanged token for the disabled %s: got %+v %v, want ErrUserRevoked", u, p, err)
+	}
+	// Its record is gone with its tokens: the next start does not ask again.
+	held, err := e.store.Holders(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range held {
+		if h.Name == u {
+			t.Errorf("the holder record of %s outlived the revocation of its tokens: %+v", u, h)
+		}
 	}
 }

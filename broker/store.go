@@ -141,6 +141,14 @@ type Store interface {
 	// SessionUsers lists the accounts with a session (refresh family)
 	// neither revoked nor expired at now.
 	SessionUsers(ctx context.Context, now time.Time) ([]Account, error)
+	// PutHolder records that acct (its id and the name its tokens carry)
+	// holds a token until until; an earlier until never replaces a later
+	// one. Prune drops it after until.
+	PutHolder(ctx context.Context, acct Account, until time.Time) error
+	// DropHolder forgets acct's record (its tokens were revoked).
+	DropHolder(ctx context.Context, acct Account) error
+	// Holders lists the recorded holders whose until is not before now.
+	Holders(ctx context.Context, now time.Time) ([]Holder, error)
 	// Prune drops what expired before now.
 	Prune(ctx context.Context, now time.Time) error
 	Close() error
@@ -152,7 +160,18 @@ var (
 	bucketAssertions  = []byte("assertions")
 	bucketRefresh     = []byte("refresh")
 	bucketFamilies    = []byte("families")
+	bucketHolders     = []byte("holders")
 )
+
+// Holder is a stored record of an account that holds tokens: every
+// (account id, name) pair tokens were issued to, so that a restart still
+// checks them against the directory (Broker.RecheckHolders), whether or
+// not a session (refresh family) is left.
+type Holder struct {
+	Name  string    `json:"name"`
+	ID    string    `json:"id,omitempty"`
+	Until time.Time `json:"until"`
+}
 
 type boltStore struct {
 	db *bolt.DB
@@ -168,7 +187,7 @@ func OpenStore(path string) (Store, error) {
 		return nil, fmt.Errorf("broker: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketAgents, bucketRevocations, bucketAssertions, bucketRefresh, bucketFamilies} {
+		for _, b := range [][]byte{bucketAgents, bucketRevocations, bucketAssertions, bucketRefresh, bucketFamilies, bucketHolders} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -496,6 +515,51 @@ func (s *boltStore) SessionUsers(ctx context.Context, now time.Time) ([]Account,
 	}), nil
 }
 
+func (s *boltStore) PutHolder(ctx context.Context, acct Account, until time.Time) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, k := tx.Bucket(bucketHolders), holderKey(acct)
+		var h Holder
+		if ok, err := getJSON(b, k, &h); err != nil {
+			return err
+		} else if ok && !until.After(h.Until) {
+			return nil
+		}
+		return putJSON(b, k, Holder{Name: acct.Name, ID: acct.ID, Until: until})
+	})
+	if err != nil {
+		return fmt.Errorf("broker: recording a token holder: %w", err)
+	}
+	return nil
+}
+
+func (s *boltStore) DropHolder(ctx context.Context, acct Account) error {
+	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketHolders).Delete([]byte(holderKey(acct))) })
+	if err != nil {
+		return fmt.Errorf("broker: forgetting a token holder: %w", err)
+	}
+	return nil
+}
+
+func (s *boltStore) Holders(ctx context.Context, now time.Time) ([]Holder, error) {
+	var out []Holder
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketHolders).ForEach(func(k, v []byte) error {
+			var h Holder
+			if err := json.Unmarshal(v, &h); err != nil {
+				return err
+			}
+			if !h.Until.Before(now) && h.Name != "" {
+				out = append(out, h)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: listing token holders: %w", err)
+	}
+	return out, nil
+}
+
 func (s *boltStore) Prune(ctx context.Context, now time.Time) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		del := func(bucket []byte, expired func(v []byte) bool) error {
@@ -531,6 +595,12 @@ func (s *boltStore) Prune(ctx context.Context, now time.Time) error {
 		if err := del(bucketRefresh, func(v []byte) bool {
 			var r RefreshToken
 			return json.Unmarshal(v, &r) == nil && now.After(r.Expires)
+		}); err != nil {
+			return err
+		}
+		if err := del(bucketHolders, func(v []byte) bool {
+			var h Holder
+			return json.Unmarshal(v, &h) == nil && now.After(h.Until)
 		}); err != nil {
 			return err
 		}
