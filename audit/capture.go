@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Capture verification: what a syslog receiver stored (an rsyslog file in
@@ -154,8 +155,8 @@ type wireBody struct {
 type capEntry struct {
 	hash, prev [32]byte
 	canonical  []byte
-	parts      [][]byte // split events: chunk per part (nil = missing)
-	partsSeen  int
+	parts      map[int][]byte // split events: chunk by part number, as they arrive
+	nParts     int            // the number of parts; 0 unless split
 	withheld   bool
 	size       int
 	eventType  string
@@ -171,6 +172,7 @@ type CaptureVerifier struct {
 	chains     map[string]map[uint64]*capEntry // by chain id, then seq
 	partial    []CaptureProblem                // messages with a seq that do not parse
 	partialRaw [][]byte                        // their bytes, by the same index
+	dropped    int                             // problems past maxProblems, counted only
 	rep        CaptureReport
 }
 
@@ -251,6 +253,9 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 		err = errors.New("no audit_seq")
 	}
 	var hash, prev [32]byte
+	if err == nil && b.Chain != "" && !validChainID(b.Chain) {
+		err = fmt.Errorf("audit_chain %q is not a chain id", clip(b.Chain, 40))
+	}
 	if err == nil {
 		err = decodeHash(&hash, b.Hash)
 	}
@@ -264,12 +269,16 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 			p.Message = fmt.Sprintf("seq %d: message does not parse (truncated or edited by the receiver?): %v", p.Seq, err)
 			// A message cut by a dropped connection is sent again whole;
 			// Report decides once it knows whether that copy arrived.
+			if len(v.partial) >= maxProblems {
+				v.dropped++
+				return
+			}
 			v.partial = append(v.partial, p)
 			v.partialRaw = append(v.partialRaw, append([]byte(nil), raw...))
 			return
 		}
 		p.Message = fmt.Sprintf("audit message does not parse: %v", err)
-		v.rep.Problems = append(v.rep.Problems, p)
+		v.addProblem(p)
 		return
 	}
 	if err := noDuplicateKeys(raw[:dec.InputOffset()]); err != nil {
@@ -294,7 +303,7 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 	}
 	switch {
 	case b.Withheld != "":
-		if !e.withheld && e.canonical == nil && e.parts == nil {
+		if !e.withheld && e.canonical == nil && e.nParts == 0 {
 			e.withheld, e.size, e.eventType = true, b.Size, b.EventType
 		} else {
 			v.rep.Duplicates++
@@ -310,14 +319,16 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 			v.rep.Duplicates++
 			return
 		}
-		if b.Parts < 1 || b.Parts > 1<<20 || b.Part < 1 || b.Part > b.Parts || (e.parts != nil && len(e.parts) != b.Parts) {
-			v.problem(ProblemMalformed, seq, 0, loc, "seq %d: part %d of %d is inconsistent", seq, b.Part, b.Parts)
+		// No forwarder splits an event into more than MaxParts parts: a
+		// forged count must not size anything.
+		if b.Parts < 1 || b.Parts > MaxParts || b.Part < 1 || b.Part > b.Parts || (e.nParts != 0 && e.nParts != b.Parts) {
+			v.problem(ProblemMalformed, seq, 0, loc, "seq %d: part %d of %d is inconsistent (at most %d parts, of one count)", seq, b.Part, b.Parts, MaxParts)
 			return
 		}
-		if e.parts == nil {
-			e.parts = make([][]byte, b.Parts)
+		if e.nParts == 0 {
+			e.parts, e.nParts = map[int][]byte{}, b.Parts
 		}
-		if old := e.parts[b.Part-1]; old != nil {
+		if old, ok := e.parts[b.Part]; ok {
 			if !bytes.Equal(old, []byte(*b.Chunk)) {
 				v.problem(ProblemConflict, seq, 0, loc, "seq %d: two different copies of part %d (first at %s)", seq, b.Part, e.loc)
 				return
@@ -325,12 +336,15 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 			v.rep.Duplicates++
 			return
 		}
-		e.parts[b.Part-1] = []byte(*b.Chunk)
+		e.parts[b.Part] = []byte(*b.Chunk)
 		e.raws = append(e.raws, append([]byte(nil), raw[:dec.InputOffset()]...))
-		e.partsSeen++
-		if e.partsSeen == b.Parts {
-			e.canonical = bytes.Join(e.parts, nil)
-			e.parts, e.withheld = nil, false
+		if len(e.parts) == e.nParts {
+			var whole []byte
+			for k := 1; k <= e.nParts; k++ {
+				whole = append(whole, e.parts[k]...)
+			}
+			e.canonical = whole
+			e.parts, e.nParts, e.withheld = nil, 0, false
 		}
 	case b.Event != nil:
 		if e.canonical != nil {
@@ -345,22 +359,85 @@ func (v *CaptureVerifier) line(loc string, line []byte) {
 		}
 		e.canonical = append([]byte(nil), b.Event...)
 		e.raws = append(e.raws, append([]byte(nil), raw[:dec.InputOffset()]...))
-		e.parts, e.withheld = nil, false
+		e.parts, e.nParts, e.withheld = nil, 0, false
 	default:
 		v.problem(ProblemMalformed, seq, 0, loc, "seq %d: message has neither event, part nor stub", seq)
 	}
 }
 
+// missingParts lists the part numbers 1..n not in have, as ranges, at
+// most maxPartRanges of them.
+func missingParts(have map[int][]byte, n int) string {
+	var out []string
+	for k := 1; k <= n; k++ {
+		if _, ok := have[k]; ok {
+			continue
+		}
+		a := k
+		for k < n {
+			if _, ok := have[k+1]; ok {
+				break
+			}
+			k++
+		}
+		if len(out) == maxPartRanges {
+			out = append(out, "and more")
+			break
+		}
+		if a == k {
+			out = append(out, strconv.Itoa(a))
+		} else {
+			out = append(out, fmt.Sprintf("%d-%d", a, k))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// maxPartRanges bounds the ranges of missing parts a problem lists.
+const maxPartRanges = 8
+
 func decodeHash(dst *[32]byte, s string) error {
 	if len(s) != 64 {
-		return fmt.Errorf("hash %q is not 64 hex digits", s)
+		return fmt.Errorf("hash %q is not 64 hex digits", clip(s, 80))
 	}
 	_, err := hex.Decode(dst[:], []byte(s))
 	return err
 }
 
 func (v *CaptureVerifier) problem(kind string, seq, last uint64, loc, format string, args ...any) {
-	v.rep.Problems = append(v.rep.Problems, CaptureProblem{Kind: kind, Seq: seq, LastSeq: last, Location: loc, Message: fmt.Sprintf(format, args...)})
+	v.addProblem(CaptureProblem{Kind: kind, Seq: seq, LastSeq: last, Location: loc, Message: fmt.Sprintf(format, args...)})
+}
+
+// addProblem keeps a problem found while reading, up to maxProblems of
+// them: a capture full of forged lines costs a count, not memory.
+func (v *CaptureVerifier) addProblem(p CaptureProblem) {
+	if len(v.rep.Problems) >= maxProblems {
+		v.dropped++
+		return
+	}
+	p.Message = clip(p.Message, maxProblemMessage)
+	v.rep.Problems = append(v.rep.Problems, p)
+}
+
+// Bounds of a report: the problems it lists (the rest are counted), and
+// the length of each message.
+const (
+	maxProblems       = 1000
+	maxProblemMessage = 1024
+)
+
+// clip cuts s to at most n bytes, saying so, never inside a UTF-8
+// sequence.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const more = "…(cut)"
+	k := max(n-len(more), 0)
+	for k > 0 && !utf8.RuneStart(s[k]) {
+		k--
+	}
+	return s[:k] + more
 }
 
 // entryHash recomputes an entry's chain hash from its event bytes. A
@@ -397,15 +474,20 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	rep.Notes = append([]string(nil), v.rep.Notes...)
 	if len(v.chains) == 0 {
 		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemGap, Message: "no audit message in the capture"})
+		limitProblems(&rep, v.dropped)
 		return &rep
 	}
+	// In a fixed order: the same capture takes the same path every time
+	// (a fuzzer that sees coverage change from run to run cannot
+	// minimize what it finds).
+	ids := slices.Sorted(maps.Keys(v.chains))
 	recovered := 0
 	for i, p := range v.partial {
 		// Cut short, then sent again whole: the fragment is the start of
 		// a copy that arrived. Anything else is not a cut copy.
 		raw := bytes.TrimRight(v.partialRaw[i], "\r\n")
-		if slices.ContainsFunc(slices.Collect(maps.Values(v.chains)), func(es map[uint64]*capEntry) bool {
-			e, ok := es[p.Seq]
+		if slices.ContainsFunc(ids, func(id string) bool {
+			e, ok := v.chains[id][p.Seq]
 			return ok && e.canonical != nil && slices.ContainsFunc(e.raws, func(r []byte) bool { return bytes.HasPrefix(r, raw) })
 		}) {
 			recovered++
@@ -417,8 +499,8 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d message(s) cut short (a dropped connection) arrived again whole", recovered))
 	}
 	var checks []*chainCheck
-	for id, es := range v.chains {
-		checks = append(checks, v.checkChain(id, es))
+	for _, id := range ids {
+		checks = append(checks, v.checkChain(id, v.chains[id]))
 	}
 	// Oldest first: a journal set aside is followed by the new chain.
 	sort.Slice(checks, func(i, j int) bool {
@@ -464,7 +546,23 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	}
 	n := newest.rep
 	rep.FirstSeq, rep.LastSeq, rep.SealedUpTo, rep.LastSealAt, rep.LastSealFinal = n.FirstSeq, n.LastSeq, n.SealedUpTo, n.LastSealAt, n.LastSealFinal
+	limitProblems(&rep, v.dropped)
 	return &rep
+}
+
+// limitProblems keeps at most maxProblems problems, each message clipped,
+// and says how many more there were.
+func limitProblems(rep *CaptureReport, dropped int) {
+	if len(rep.Problems) > maxProblems {
+		dropped += len(rep.Problems) - maxProblems
+		rep.Problems = rep.Problems[:maxProblems]
+	}
+	for i := range rep.Problems {
+		rep.Problems[i].Message = clip(rep.Problems[i].Message, maxProblemMessage)
+	}
+	if dropped > 0 {
+		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemMalformed, Message: fmt.Sprintf("%d more problem(s) not listed", dropped)})
+	}
 }
 
 // chainName names a chain in messages.
@@ -520,16 +618,10 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 		}
 		switch {
 		case e.withheld:
-			add(ProblemWithheld, s, 0, e.loc, "seq %d: the sender withheld this %q event of %d bytes (over max_message_bytes); its content is not verified", s, e.eventType, e.size)
+			add(ProblemWithheld, s, 0, e.loc, "seq %d: the sender withheld this %q event of %d bytes (over max_message_bytes); its content is not verified", s, clip(e.eventType, 80), e.size)
 			continue
-		case e.parts != nil:
-			var missing []string
-			for k, p := range e.parts {
-				if p == nil {
-					missing = append(missing, strconv.Itoa(k+1))
-				}
-			}
-			add(ProblemParts, s, 0, e.loc, "seq %d: part(s) %s of %d missing", s, strings.Join(missing, ", "), len(e.parts))
+		case e.nParts > 0:
+			add(ProblemParts, s, 0, e.loc, "seq %d: part(s) %s of %d missing", s, missingParts(e.parts, e.nParts), e.nParts)
 			continue
 		}
 		ev := v.check(s, e, add)

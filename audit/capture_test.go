@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -119,8 +120,66 @@ func testBodies(t *testing.T, key ed25519.PrivateKey, n int) []string {
 // testTime is the time of the test entries.
 var testTime = time.Date(2026, 11, 25, 23, 0, 0, 0, time.UTC)
 
+// fuzzKey signs the fuzz targets' checkpoints: fixed, so that a corpus
+// entry means the same on every run.
+var fuzzKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+
+// fuzzChainB is the id of the newer chain of fuzzCapture.
+const fuzzChainB = "0123456789abcdef0123456789abcdef"
+
+// fuzzCapture is a valid signed capture of two chains: the legacy chain,
+// with a seal of the release before sealed times and then timed ones and
+// a heartbeat, and a chain that succeeded it an hour later, with seals
+// five minutes apart. fuzzUntil is when it was taken: at its newest seal.
+func fuzzCapture() (lines []string, fuzzUntil time.Time) {
+	var prev [32]byte
+	seq := uint64(0)
+	chain := ""
+	add := func(e *Event, at time.Time) {
+		seq++
+		e.Seq, e.Time = seq, at
+		c, _ := e.Canonical()
+		h := ChainHash(prev, c)
+		ch := ""
+		if chain != "" {
+			ch = `"audit_chain":"` + chain + `",`
+		}
+		lines = append(lines, fmt.Sprintf(`<86>1 2026-11-25T23:00:00Z host applianced 1 x - {"audit_seq":%d,%s"audit_hash":"%x","audit_prev":"%x","event":%s}`, seq, ch, h, prev, c))
+		prev = h
+	}
+	seal := func(at time.Time, timed bool) {
+		cp := Checkpoint{Chain: chain, Seq: seq, Hash: prev}
+		if timed {
+			cp.Time, cp.Interval = at, time.Minute
+		}
+		add(NewCheckpointEvent(fuzzKey, cp), at)
+	}
+	event := func(i int, at time.Time) {
+		add(&Event{Type: "tool.call", Outcome: OutcomeSuccess, Target: fmt.Sprint("tickets/", i)}, at)
+	}
+	t := testTime
+	for i := range 3 {
+		event(i, t)
+	}
+	seal(t, false)
+	t = t.Add(5 * time.Minute)
+	event(3, t)
+	event(4, t)
+	seal(t, true)
+	seal(t.Add(5*time.Minute), true)
+
+	prev, seq, chain = [32]byte{}, 0, fuzzChainB
+	t = testTime.Add(time.Hour)
+	for i := range 3 {
+		event(i, t)
+	}
+	seal(t, true)
+	seal(t.Add(5*time.Minute), true)
+	seal(t.Add(10*time.Minute), true)
+	return lines, t.Add(10 * time.Minute)
+}
+
 func FuzzCaptureVerifier(f *testing.F) {
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	var seed []string
 	var prev [32]byte
 	for i := 1; i <= 3; i++ {
@@ -137,15 +196,86 @@ func FuzzCaptureVerifier(f *testing.F) {
 	f.Add(`{"full_log":"{\"audit_seq\":1,\"audit_part\":1,\"audit_parts\":2,\"event_chunk\":\"{\"}"}`)
 	f.Add(`{"audit_seq":1,"audit_hash":"` + strings.Repeat("a", 64) + `","audit_prev":"` + strings.Repeat("0", 64) + `","audit_part":2,"audit_parts":2,"event_chunk":"x"}`)
 	f.Add(`{"audit_seq":18446744073709551615,"audit_withheld":"oversize"}`)
-	_ = key
+	// Signed: checkpoints, an untimed seal, heartbeats and two chains.
+	capture, until := fuzzCapture()
+	f.Add(strings.Join(capture, "\n"))
+	f.Add(strings.Join(capture[:len(capture)-1], "\n"))
+	pub := fuzzKey.Public().(ed25519.PublicKey)
 	f.Fuzz(func(t *testing.T, capture string) {
-		v := NewCaptureVerifier(nil)
+		v := NewCaptureVerifier(&CaptureOptions{PublicKey: pub, Until: until})
 		if err := v.Read("fuzz", strings.NewReader(capture)); err != nil {
 			return
 		}
 		rep := v.Report()
 		if rep.OK() && rep.Entries == 0 {
 			t.Fatal("an empty capture verified")
+		}
+		if len(rep.Problems) > maxProblems+1 {
+			t.Fatalf("got %d problems, want at most %d listed", len(rep.Problems), maxProblems+1)
+		}
+	})
+}
+
+// FuzzCaptureEdits edits a valid signed capture (fuzzCapture) as whoever
+// can write the receiver's file could: drop, repeat, swap or cut lines,
+// move a line to the other chain. Each edit is three bytes of ops: the
+// kind and two line numbers. Whatever verifies must still hold every entry
+// of the newest chain up to its newest seal, as it was sent.
+//
+// Go's fuzzer spends up to -fuzzminimizetime (60 s by default) minimizing
+// each new input before it goes on, showing 0 execs/s meanwhile; run
+// these targets with -fuzzminimizetime 10x to keep them fuzzing.
+func FuzzCaptureEdits(f *testing.F) {
+	orig, until := fuzzCapture()
+	f.Add([]byte{})
+	for k := range byte(5) {
+		for _, n := range []byte{0, 3, 8, 12, 13} {
+			f.Add([]byte{k, n, 3})
+		}
+	}
+	f.Add([]byte{0, 13, 0, 0, 12, 0})                                   // cut the newest chain back to its first seal
+	f.Add([]byte{0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0}) // drop the newest chain
+	pub := fuzzKey.Public().(ed25519.PublicKey)
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		lines := slices.Clone(orig)
+		for k := 0; k+2 < len(ops) && k < 3*64; k += 3 {
+			if len(lines) == 0 {
+				break
+			}
+			i, j := int(ops[k+1])%len(lines), int(ops[k+2])%len(lines)
+			switch ops[k] % 5 {
+			case 0:
+				lines = slices.Delete(lines, i, i+1)
+			case 1:
+				lines = slices.Insert(lines, j, lines[i])
+			case 2:
+				lines[i], lines[j] = lines[j], lines[i]
+			case 3:
+				if strings.Contains(lines[i], `"audit_chain":`) {
+					lines[i] = strings.Replace(lines[i], `"audit_chain":"`+fuzzChainB+`",`, "", 1)
+				} else {
+					lines[i] = strings.Replace(lines[i], `{"audit_seq":`, `{"audit_chain":"`+fuzzChainB+`","audit_seq":`, 1)
+				}
+			case 4:
+				lines[i] = lines[i][:len(lines[i])*int(ops[k+2])/256]
+			}
+		}
+		v := NewCaptureVerifier(&CaptureOptions{PublicKey: pub, Until: until})
+		if err := v.Read("fuzz", strings.NewReader(strings.Join(lines, "\n"))); err != nil {
+			t.Fatal(err)
+		}
+		rep := v.Report()
+		if !rep.OK() {
+			return
+		}
+		have := map[string]bool{}
+		for _, l := range lines {
+			have[l] = true
+		}
+		for _, l := range orig {
+			if strings.Contains(l, fuzzChainB) && !have[l] {
+				t.Fatalf("verified ok without %s\nreport: %+v\ncapture:\n%s", l, rep, strings.Join(lines, "\n"))
+			}
 		}
 	})
 }

@@ -38,7 +38,25 @@ var (
 	// ErrTruncated means the journal on disk ends before the last sequence
 	// number recorded as durable: entries were removed after they were written.
 	ErrTruncated = errors.New("audit: journal was truncated")
+	// ErrEventTooLarge is returned by Append for an event whose canonical
+	// encoding is over MaxEventBytes; the caller's action must fail.
+	ErrEventTooLarge = errors.New("audit: event too large")
 )
+
+// MaxEventBytes bounds an event's canonical encoding: Append refuses a
+// larger one, so a forwarder never splits an event into more than
+// MaxParts parts, and a capture verifier can refuse more.
+const MaxEventBytes = 1 << 20
+
+// MinPartBytes is the least room for event text a forwarder leaves in one
+// part of a split event; it refuses a message size limit that leaves less.
+const MinPartBytes = 128
+
+// MaxParts is the most parts a split event can have: its canonical bytes,
+// escaped as the content of a JSON string (at most 6 bytes each), in parts
+// that each hold at least MinPartBytes-5 bytes but the last (an escape is
+// never cut, and is at most 6 bytes).
+const MaxParts = 6*MaxEventBytes/(MinPartBytes-5) + 1
 
 // Disk-full policies.
 const (
@@ -362,6 +380,9 @@ func (j *Journal) Append(ctx context.Context, e *Event) (uint64, error) {
 	canon, err := e.Canonical()
 	if err != nil {
 		return 0, fmt.Errorf("audit: encoding event: %w", err)
+	}
+	if len(canon) > MaxEventBytes {
+		return 0, fmt.Errorf("%w: %q event of %d bytes, limit %d", ErrEventTooLarge, e.Type, len(canon), MaxEventBytes)
 	}
 	r := &appendReq{ev: e, canon: canon, done: make(chan struct{})}
 	if err := j.send(ctx, r); err != nil {

@@ -114,7 +114,7 @@ func (f *formatter) appendMessages(dst []byte, ends []int, r *record) ([]byte, [
 	const wide = 9999999
 	over := len(f.appendHeader(f.msg[:0], r, wide, wide)) + len(appendPartBody(nil, r, wide, wide, nil))
 	budget := f.max - over
-	if budget < 64 {
+	if budget < audit.MinPartBytes {
 		return dst, ends, fmt.Errorf("%w: a part of seq %d leaves %d bytes for the event", ErrTooLarge, r.Seq, budget)
 	}
 	chunks := chunkJSONString(r.Canonical, budget)

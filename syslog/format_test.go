@@ -3,6 +3,7 @@ package syslog
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -267,4 +268,33 @@ func FuzzFormat(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSplitEventsStayWithinMaxParts splits the largest event the journal
+// takes, of the characters that escape widest, at the smallest room a part
+// may leave: a capture verifier refuses more than audit.MaxParts parts.
+func TestSplitEventsStayWithinMaxParts(t *testing.T) {
+	ev := &audit.Event{Type: "tool.call", Outcome: audit.OutcomeSuccess, Details: map[string]string{"d": ""}}
+	rs := chain(t, ev)
+	ev.Details["d"] = strings.Repeat("\x7f", audit.MaxEventBytes-len(rs[0].Canonical))
+	rs = chain(t, ev)
+	if n := len(rs[0].Canonical); n != audit.MaxEventBytes {
+		t.Fatalf("got an event of %d bytes, want %d", n, audit.MaxEventBytes)
+	}
+	fm := newFormatter(Target{Address: "tcp://x:1", MaxMessageBytes: 4096, Hostname: "host"}, endpoint{scheme: "tcp"})
+	over := len(fm.appendHeader(nil, &rs[0], 9999999, 9999999)) + len(appendPartBody(nil, &rs[0], 9999999, 9999999, nil))
+	for _, limit := range []int{over + audit.MinPartBytes, over + audit.MinPartBytes - 1} {
+		fm.max = limit
+		_, ends, err := fm.appendMessages(nil, nil, &rs[0])
+		switch {
+		case limit-over < audit.MinPartBytes:
+			if !errors.Is(err, ErrTooLarge) {
+				t.Errorf("limit %d leaves %d bytes a part: got %v, want %v", limit, limit-over, err, ErrTooLarge)
+			}
+		case err != nil:
+			t.Fatal(err)
+		case len(ends) > audit.MaxParts:
+			t.Errorf("got %d parts, want at most %d", len(ends), audit.MaxParts)
+		}
+	}
 }
