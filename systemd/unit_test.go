@@ -47,6 +47,7 @@ func TestUnitDirectives(t *testing.T) {
 		{"Service", "ExecStart", "/usr/bin/applianced serve --config /etc/applianced/applianced.toml"},
 		{"Service", "WatchdogSec", "30s"},
 		{"Service", "Restart", "on-failure"},
+		{"Service", "RestartPreventExitStatus", "78"},
 		{"Service", "User", "applianced"},
 		{"Service", "Group", "applianced"},
 		{"Service", "AmbientCapabilities", "CAP_NET_ADMIN"},

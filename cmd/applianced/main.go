@@ -42,6 +42,10 @@ const (
 	exitOK      = 0
 	exitFailure = 1
 	exitUsage   = 2
+	// exitNeedsAdmin (EX_CONFIG) is a daemon that cannot start until an
+	// admin acts: a config with errors, a vault to upgrade. The unit does
+	// not restart it (RestartPreventExitStatus=78): retrying cannot help.
+	exitNeedsAdmin = 78
 )
 
 type verb struct {

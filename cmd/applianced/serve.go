@@ -25,6 +25,7 @@ import (
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/internal/procs"
 	"github.com/applianced/applianced/netseg"
+	"github.com/applianced/applianced/vault"
 )
 
 func cmdServe(ctx context.Context, e *env, args []string) int {
@@ -44,7 +45,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "applianced serve: the config has errors; nothing was started:\n%v\n", err)
-		return exitFailure
+		return exitNeedsAdmin
 	}
 	if err := checkKeyFiles(cfg); err != nil {
 		return e.fail("serve", err)
@@ -112,6 +113,9 @@ func serve(ctx context.Context, e *env, cfg *config.File, opts serveOptions) int
 		log.Error("cannot start", "err", err)
 		d0 := "applianced serve: " + err.Error() + sandboxHint(err)
 		fmt.Fprintln(e.stderr, d0)
+		if errors.Is(err, vault.ErrOldFormat) {
+			return exitNeedsAdmin
+		}
 		return exitFailure
 	}
 	defer d.close()

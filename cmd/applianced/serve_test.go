@@ -21,8 +21,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/vault"
 )
 
 // testConfig writes a minimal config for a daemon in dir and initialises
@@ -471,4 +474,46 @@ func TestReloadKeepsServerKeysBoundAtStart(t *testing.T) {
 	if ev := x.lastEvent("config.reload"); ev.Outcome != audit.OutcomeFailure || !strings.Contains(ev.Reason, "admin_socket") {
 		t.Errorf("config.reload event: %s %q, want failure naming admin_socket", ev.Outcome, ev.Reason)
 	}
+}
+
+// A daemon that cannot start until an admin acts exits 78, which the unit
+// does not restart (RestartPreventExitStatus=78): a config with errors, and
+// a vault to upgrade. Restarting would only repeat the refusal, every 2 s.
+func TestServeNeedingAnAdminExits78(t *testing.T) {
+	t.Run("config with errors", func(t *testing.T) {
+		dir := t.TempDir()
+		cfgPath := filepath.Join(dir, "applianced.toml")
+		if err := os.WriteFile(cfgPath, []byte("[server]\nbogus_key = 1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e := testEnv()
+		// hardening.Apply (inside serve) changes this process: put back
+		// what the package's other tests could notice.
+		old := unix.Umask(0o022)
+		unix.Umask(old)
+		t.Cleanup(func() {
+			unix.Umask(old)
+			_ = unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
+			_ = unix.Munlockall()
+		})
+		if code := run(context.Background(), e, []string{"serve", "--config", cfgPath}); code != exitNeedsAdmin {
+			t.Errorf("serve with a broken config: exit %d, want %d\n%s", code, exitNeedsAdmin, e.stderr.(*syncBuffer).String())
+		}
+	})
+	t.Run("vault to upgrade", func(t *testing.T) {
+		dir := t.TempDir()
+		cfgPath := vaultConfig(t, dir, readGolden(t, goldenVault.key))
+		cfg, err := config.Load(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(cfg.Server.StateDir, vault.DefaultFile), readGolden(t, goldenVault.db), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e := testEnv()
+		code := serve(context.Background(), e, cfg, serveOptions{adminGID: -1})
+		if out := e.stderr.(*syncBuffer).String(); code != exitNeedsAdmin || !strings.Contains(out, "applianced vault upgrade") {
+			t.Errorf("serve with a vault from before record MACs: exit %d, want %d naming `applianced vault upgrade`\n%s", code, exitNeedsAdmin, out)
+		}
+	})
 }
