@@ -291,3 +291,51 @@ func TestCaptureStartingAfterSeqOneNeedsFrom(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleMessageSaysHowToVerifyAnArchivedCapture: a stale seal says to
+// give --until with when the file was taken, or --open-tail, and never
+// suggests the seal's own time, which would turn the check off.
+func TestStaleMessageSaysHowToVerifyAnArchivedCapture(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	pub := key.Public().(ed25519.PublicKey)
+	sealAt := testTime.Add(2 * time.Minute)
+	for _, tc := range []struct {
+		name string
+		cp   Checkpoint
+	}{
+		{"heartbeat", Checkpoint{Time: sealAt, Interval: time.Minute}},
+		{"final", Checkpoint{Time: sealAt, Interval: time.Minute, Final: true}},
+		{"untimed", Checkpoint{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var lines []string
+			var prev [32]byte
+			add := func(e *Event, at time.Time) {
+				e.Seq, e.Time = uint64(len(lines)+1), at
+				c, _ := e.Canonical()
+				h := ChainHash(prev, c)
+				lines = append(lines, capBody(forgedEntry{e.Seq, h, prev, c}))
+				prev = h
+			}
+			add(&Event{Type: "tool.call", Outcome: OutcomeSuccess}, sealAt)
+			cp := tc.cp
+			cp.Seq, cp.Hash = 1, prev
+			add(NewCheckpointEvent(key, cp), sealAt)
+			v := NewCaptureVerifier(&CaptureOptions{PublicKey: pub, Until: testTime.Add(time.Hour)})
+			if err := v.Read("cap.log", strings.NewReader(strings.Join(lines, "\n"))); err != nil {
+				t.Fatal(err)
+			}
+			rep := v.Report()
+			if len(rep.Problems) != 1 || rep.Problems[0].Kind != ProblemStale {
+				t.Fatalf("got problems %v, want one %s", rep.Problems, ProblemStale)
+			}
+			msg := rep.Problems[0].Message
+			if !strings.Contains(msg, "give --until with when it was") || !strings.Contains(msg, "--open-tail") {
+				t.Errorf("got %q, want it to say how to verify a file taken earlier", msg)
+			}
+			if strings.Contains(msg, "--until "+sealAt.Format(time.RFC3339)) {
+				t.Errorf("got %q, want no --until at the seal's own time", msg)
+			}
+		})
+	}
+}

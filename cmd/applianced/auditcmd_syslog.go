@@ -309,8 +309,8 @@ func addCaptureFlags(fs interface {
 		from: fs.Uint64("from", 1, "with FILE: the `SEQ` the capture should start at (where the receiver's record\n"+
 			"begins); a capture that starts later is missing its head"),
 		until: fs.String("until", "now", "with FILE: the `TIME` the capture should reach (RFC 3339, or \"now\"): when\n"+
-			"it was taken; the newest seal must be no older than that less its interval\n"+
-			"and a minute, or the tail after it was cut"),
+			"it was taken or rotated (\"now\" suits a live file only); the newest seal must\n"+
+			"be no older than that less its interval and a minute, or the tail after it was cut"),
 		pubkey: fs.String("pubkey", "", "with FILE: the checkpoint public `KEY` (applianced audit pubkey); default: ask the running daemon"),
 		openTail: fs.Bool("open-tail", false, "with FILE: entries after the last checkpoint, and a newest seal older\n"+
 			"than --until allows, are notes, not problems (a capture of a stream still running)"),
@@ -374,6 +374,11 @@ func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []s
 				h += " (chain " + c.ID + ")"
 			}
 			fmt.Fprintln(e.stdout, h)
+		}
+		if *cf.until == "now" {
+			// The default suits a live file only: say so, with the time.
+			fmt.Fprintf(e.stdout, "seals checked up to now (%s); for a file taken or rotated earlier, give --until with when it was\n",
+				opts.Until.UTC().Format(time.RFC3339))
 		}
 		for _, p := range rep.Problems {
 			fmt.Fprintf(e.stdout, "FAIL %s\n", p)
