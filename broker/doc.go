@@ -23,7 +23,9 @@
 //
 // Every issuance and every refusal is appended to the audit journal before
 // the answer; if an issuance cannot be recorded, no token is returned. Audit
-// events carry the HMAC of a token id, never a token.
+// events carry the HMAC of a token id, never a token, and the user's account
+// id (account_id) wherever the account is known, since a name may be another
+// person's later; introspection answers it as oid.
 //
 // Verify is what the tool proxy and introspection use. It checks, in order:
 // the token's size and EdDSA-only parse, typ at+jwt, the key by kid among the

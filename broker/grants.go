@@ -182,6 +182,10 @@ func (b *Broker) issue(ctx context.Context, q *request, typ string, c *claims, r
 	if refresh != "" {
 		details["refresh"] = "issued"
 	}
+	if c.UserID != "" {
+		// The name may be another account's later; the id is not.
+		details["account_id"] = c.UserID
+	}
 	ev := &audit.Event{Type: typ, Actor: q.actor(), Action: "token.issue", Target: q.grant, Outcome: audit.OutcomeSuccess,
 		Source: q.srcString, Details: details}
 	// The holder is recorded first: a token that a restart would not
@@ -478,9 +482,12 @@ func (b *Broker) recheckUser(ctx context.Context, q *request, acct Account, fres
 			why = denied
 		}
 		ev := oerr(http.StatusBadRequest, "invalid_grant", "the user may no longer sign in")
+		details := map[string]string{"grant": q.grant, "error": ev.code}
+		if acct.ID != "" {
+			details["account_id"] = acct.ID
+		}
 		_ = b.record(ctx, &audit.Event{Type: "token.deny", Severity: audit.SeverityHigh, Actor: q.actor(), Action: "token.issue",
-			Target: q.grant, Outcome: audit.OutcomeDenied, Reason: why, Source: q.srcString,
-			Details: map[string]string{"grant": q.grant, "error": ev.code}})
+			Target: q.grant, Outcome: audit.OutcomeDenied, Reason: why, Source: q.srcString, Details: details})
 		return nil, ev
 	}
 	return &id, nil
@@ -640,6 +647,9 @@ type introspection struct {
 	Jti       string    `json:"jti,omitempty"`
 	Act       *actClaim `json:"act,omitempty"`
 	Groups    []string  `json:"groups,omitempty"`
+	// OID is the user's account id in the directory (the token's oid):
+	// unlike username and sub, it is never another person's later.
+	OID string `json:"oid,omitempty"`
 }
 
 func (b *Broker) handleIntrospect(w http.ResponseWriter, r *http.Request) {
@@ -670,7 +680,7 @@ func (b *Broker) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	}
 	out := introspection{Active: true, Scope: c.Scope, ClientID: c.ClientID, TokenType: "Bearer",
 		Exp: int64(*c.Expiry), Iat: int64(*c.IssuedAt), Sub: c.Subject, Aud: c.Audience, Iss: c.Issuer, Jti: c.ID,
-		Act: c.Act, Groups: c.Groups, Username: p.User}
+		Act: c.Act, Groups: c.Groups, Username: p.User, OID: p.UserID}
 	if c.NotBefore != nil {
 		out.Nbf = int64(*c.NotBefore)
 	}

@@ -186,3 +186,58 @@ func TestExchangedTokenRecheckedAfterRestart(t *testing.T) {
 		}
 	}
 }
+
+// After offboarding gives a name to a new person, the trail tells the two
+// accounts apart: every login, recheck and token event of a user carries
+// the account id, and introspection answers it as oid.
+func TestAuditAndIntrospectionNameTheAccount(t *testing.T) {
+	dc := sharedDC(t)
+	ctx := context.Background()
+	e := newSambaEnv(t, dc)
+	u := adUser(t, dc, "au")
+	s := e.session(t, u)
+	if ex := e.exchange(s.access); ex.status != 200 {
+		t.Fatal(ex.body)
+	}
+	oldID, _ := e.introspect(s.access).body["oid"].(string)
+	offboard(t, dc, u)
+	lg := e.login(u, pw(u+"2"))
+	if lg.status != 200 {
+		t.Fatal(lg.body)
+	}
+	if ex := e.exchange(lg.str("access_token")); ex.status != 200 {
+		t.Fatal(ex.body)
+	}
+	newID, _ := e.introspect(lg.str("access_token")).body["oid"].(string)
+	if oldID == "" || newID == "" || oldID == newID {
+		t.Fatalf("introspection oid: the old %s %q, the new %q, want two different ids", u, oldID, newID)
+	}
+	e.b.RecheckHolders(ctx)
+	ids := map[string]map[string]bool{} // event type -> account ids
+	for _, ev := range e.events() {
+		if ev.Actor.User != u && ev.Details["user"] != u {
+			continue
+		}
+		switch ev.Type {
+		case "auth.login", "auth.recheck", "token.issue", "token.exchange", "token.refresh", "token.deny", "token.revoke":
+		default:
+			continue
+		}
+		id := ev.Details["account_id"]
+		if id != oldID && id != newID {
+			t.Errorf("%s (%s %s): account_id %q, want one of the two accounts'", ev.Type, ev.Outcome, ev.Reason, id)
+		}
+		if ids[ev.Type] == nil {
+			ids[ev.Type] = map[string]bool{}
+		}
+		ids[ev.Type][id] = true
+	}
+	for typ, want := range map[string]int{"auth.login": 2, "token.issue": 2, "token.exchange": 2, "auth.recheck": 2, "token.revoke": 1} {
+		if len(ids[typ]) != want {
+			t.Errorf("%s events: got the accounts %v, want %d", typ, ids[typ], want)
+		}
+	}
+	if !ids["token.revoke"][oldID] {
+		t.Errorf("token.revoke: got the accounts %v, want the old one %s", ids["token.revoke"], oldID)
+	}
+}

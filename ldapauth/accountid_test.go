@@ -69,7 +69,7 @@ func TestLookupByAccountIDAfterTheNameIsReused(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a, _ := newAuth(t, adConfig(func(c *Config) { c.AllowedGroups = []string{"ai-users", "helpdesk"} }), nil)
+			a, j := newAuth(t, adConfig(func(c *Config) { c.AllowedGroups = []string{"ai-users", "helpdesk"} }), nil)
 			u := freshUser(t, "ren")
 			if err := dc.AddMembers(ctx, "helpdesk", u); err != nil {
 				t.Fatal(err)
@@ -116,6 +116,17 @@ func TestLookupByAccountIDAfterTheNameIsReused(t *testing.T) {
 			if _, out, err := a.Lookup(ctx, LookupRequest{Username: u, ID: old.ID, Periodic: true}); err != nil || out.OK {
 				t.Fatalf("periodic recheck of the old account: got %+v %v, want a refusal", out, err)
 			}
+			// The refusal names the account, and for a rename where it
+			// is now and the name it goes by.
+			evs := events(t, j)
+			ev := evs[len(evs)-1].Event
+			if ev.Type != "auth.recheck" || ev.Details["account_id"] != old.ID {
+				t.Errorf("auth.recheck: got %+v, want account_id %s", ev, old.ID)
+			}
+			if tt.want == ReasonAccountRenamed && (ev.Target != dc.UserDN(u+"-left") || ev.Details["name_now"] != u+"-left") {
+				t.Errorf("auth.recheck of the renamed account: got target %q name_now %q, want %q %q",
+					ev.Target, ev.Details["name_now"], dc.UserDN(u+"-left"), u+"-left")
+			}
 
 			// The new person is a different account, with only their own
 			// groups, none cached from the old account under the same DN.
@@ -125,6 +136,16 @@ func TestLookupByAccountIDAfterTheNameIsReused(t *testing.T) {
 			}
 			if nu.ID == old.ID || !uuidRE.MatchString(nu.ID) {
 				t.Errorf("the new account's id: got %q, the old one's was %q", nu.ID, old.ID)
+			}
+			// Both logins are told apart in the trail by the account id.
+			var logins []string
+			for _, e := range events(t, j) {
+				if e.Event.Type == "auth.login" && e.Event.Outcome == "success" {
+					logins = append(logins, e.Event.Details["account_id"])
+				}
+			}
+			if !slices.Equal(logins, []string{old.ID, nu.ID}) {
+				t.Errorf("auth.login account_id: got %v, want %v", logins, []string{old.ID, nu.ID})
 			}
 			if got := groupNames(nu.Groups); slices.Contains(got, "helpdesk") {
 				t.Errorf("the new account got the old one's groups: %v", got)

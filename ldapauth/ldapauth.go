@@ -392,6 +392,8 @@ func (a *Authenticator) finish(ctx context.Context, r Request, id Identity, out 
 	ev := authEvent("auth.login", "ldap.login", r.Username, r.RequestID, r.Source, id, out, lerr)
 	if lerr == nil && out.OK {
 		ev.Actor.User = id.Username
+		// The name and the DN may be another account's later; the id is not.
+		ev.Details["account_id"] = id.ID
 	}
 	if (out.Reason == ReasonUserNotFound || out.Reason == ReasonInvalidName) && a.opts.NameHash != nil {
 		// No account by that name: it may be a password typed in the
