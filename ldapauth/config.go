@@ -22,9 +22,10 @@ const (
 	// GroupModeADInChain searches groups with the matching rule
 	// LDAP_MATCHING_RULE_IN_CHAIN (1.2.840.113556.1.4.1941) on member, and
 	// adds the user's primary group (primaryGroupID, which no member link
-	// names) and the groups nested above it, so that it finds what
-	// tokenGroups finds. Slower on the DC; for directories without
-	// tokenGroups.
+	// names; looked up anywhere in the domain, counted itself only under
+	// group_base) and the groups under group_base nested above it, so that
+	// it finds what tokenGroups finds. Slower on the DC; for directories
+	// without tokenGroups.
 	GroupModeADInChain = "ad_in_chain"
 	// GroupModeMemberOf follows memberOf attributes (OpenLDAP's memberof
 	// overlay), from the user to its groups and on to their groups.

@@ -217,15 +217,22 @@ func (a *Authenticator) inChain(ctx context.Context, c *ldap.Conn, user *ldap.En
 	if err != nil || pg.DN == "" {
 		return out, err
 	}
+	// The groups above it count wherever it lies, as with tokenGroups;
+	// the group itself only under group_base.
 	outer, err := a.groupsInChain(ctx, c, pg.DN)
 	if err != nil {
 		return nil, err
+	}
+	if base, err := ldap.ParseDN(a.cfg.GroupBase); err == nil {
+		if dn, err := ldap.ParseDN(pg.DN); err == nil && base.AncestorOfFold(dn) {
+			outer = append([]Group{pg}, outer...)
+		}
 	}
 	seen := map[string]bool{}
 	for _, g := range out {
 		seen[strings.ToLower(g.DN)] = true
 	}
-	for _, g := range append([]Group{pg}, outer...) {
+	for _, g := range outer {
 		if k := strings.ToLower(g.DN); !seen[k] {
 			seen[k] = true
 			out = append(out, g)
@@ -250,10 +257,10 @@ func (a *Authenticator) groupsInChain(ctx context.Context, c *ldap.Conn, dn stri
 	return out, nil
 }
 
-// primaryGroup resolves the user's primary group under group_base: its
-// SID is the user's with the last sub-authority replaced by
-// primaryGroupID. A zero Group when the user has none or it lies outside
-// group_base.
+// primaryGroup resolves the user's primary group anywhere in the user's
+// domain (the DC= components of its DN; user_base without them): its SID
+// is the user's with the last sub-authority replaced by primaryGroupID. A
+// zero Group when the user has none.
 func (a *Authenticator) primaryGroup(ctx context.Context, c *ldap.Conn, user *ldap.Entry) (Group, error) {
 	rid, err := strconv.ParseUint(user.GetAttributeValue("primaryGroupID"), 10, 32)
 	if err != nil || rid == 0 {
@@ -270,7 +277,7 @@ func (a *Authenticator) primaryGroup(ctx context.Context, c *ldap.Conn, user *ld
 	if hit && now.Before(e.expires) {
 		return e.g, nil
 	}
-	res, err := a.search(ctx, c, ldap.NewSearchRequest(a.cfg.GroupBase, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+	res, err := a.search(ctx, c, ldap.NewSearchRequest(a.domainBase(user.DN), ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
 		2, 0, false, "(&(objectClass=group)(objectSid="+escapeBytes(sid)+"))", []string{"objectSid", "sAMAccountName", "cn"}, nil), false)
 	if err != nil {
 		return Group{}, fmt.Errorf("ldapauth: resolve the primary group: %w", err)
@@ -283,6 +290,31 @@ func (a *Authenticator) primaryGroup(ctx context.Context, c *ldap.Conn, user *ld
 	a.sids.m[string(sid)] = sidEntry{g: g, expires: now.Add(sidTTL)}
 	a.sids.mu.Unlock()
 	return g, nil
+}
+
+// domainBase is the naming context of the domain that holds dn: its
+// trailing DC= components, or user_base when it has none.
+func (a *Authenticator) domainBase(dn string) string {
+	parsed, err := ldap.ParseDN(dn)
+	if err != nil {
+		return a.cfg.UserBase
+	}
+	i := len(parsed.RDNs)
+	for i > 0 {
+		r := parsed.RDNs[i-1]
+		if len(r.Attributes) != 1 || !strings.EqualFold(r.Attributes[0].Type, "DC") {
+			break
+		}
+		i--
+	}
+	if i == len(parsed.RDNs) {
+		return a.cfg.UserBase
+	}
+	parts := make([]string, 0, len(parsed.RDNs)-i)
+	for _, r := range parsed.RDNs[i:] {
+		parts = append(parts, "DC="+ldap.EscapeDN(r.Attributes[0].Value))
+	}
+	return strings.Join(parts, ",")
 }
 
 // withRID returns a copy of the binary SID sid with its last sub-authority

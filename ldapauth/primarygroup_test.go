@@ -90,3 +90,60 @@ func TestWithRID(t *testing.T) {
 		}
 	}
 }
+
+// A primary group outside group_base that is nested into a group under it:
+// ad_in_chain finds the outer group through the primary group, as mode ad
+// (tokenGroups) does and as it does through an ordinary member group
+// outside group_base; the primary group itself, outside group_base, does
+// not count.
+func TestInChainPrimaryGroupOutsideGroupBase(t *testing.T) {
+	needDC(t)
+	ctx := context.Background()
+	suffix := fmt.Sprintf("%d-%d", os.Getpid()%10000, userSeq.Add(1))
+	ou := "OU=pgo" + suffix + "," + dc.BaseDN
+	ar := ldap.NewAddRequest(ou, nil)
+	ar.Attribute("objectClass", []string{"organizationalUnit"})
+	adm := adAdmin(t)
+	if err := adm.Add(ar); err != nil {
+		t.Fatal(err)
+	}
+	u := freshUser(t, "pgo")
+	pg := "pgo-prim" + suffix // under CN=Users, outside group_base
+	if _, err := dc.AddGroup(ctx, pg, u); err != nil {
+		t.Fatal(err)
+	}
+	outer := "pgo-outer" + suffix
+	gr := ldap.NewAddRequest("CN="+outer+","+ou, nil)
+	gr.Attribute("objectClass", []string{"group"})
+	gr.Attribute("sAMAccountName", []string{outer})
+	gr.Attribute("member", []string{dc.GroupDN(pg)})
+	if err := adm.Add(gr); err != nil {
+		t.Fatal(err)
+	}
+	sid, err := dc.Attr(ctx, pg, "objectSid")
+	if err != nil || len(sid) != 1 || len(sid[0]) < 12 {
+		t.Fatalf("objectSid of %s: %x %v", pg, sid, err)
+	}
+	rid := binary.LittleEndian.Uint32([]byte(sid[0][len(sid[0])-4:]))
+	m := ldap.NewModifyRequest(dc.UserDN(u), nil)
+	m.Replace("primaryGroupID", []string{strconv.FormatUint(uint64(rid), 10)})
+	if err := adm.Modify(m); err != nil {
+		t.Fatalf("setting %s's primary group: %v", u, err)
+	}
+	for _, mode := range []string{GroupModeAD, GroupModeADInChain} {
+		t.Run(mode, func(t *testing.T) {
+			a, _ := newAuth(t, adConfig(func(c *Config) {
+				c.GroupMode = mode
+				c.GroupBase = ou
+				c.GroupRoles = map[string][]string{outer: {"outer-role"}, pg: {"primary-role"}}
+			}), nil)
+			id, out, err := a.Login(ctx, Request{Username: u, Password: pw(u)})
+			if err != nil || !out.OK {
+				t.Fatalf("login: got %+v %v", out, err)
+			}
+			if got := groupNames(id.Groups); !slices.Equal(got, []string{outer}) || !slices.Equal(id.Roles, []string{"outer-role"}) {
+				t.Errorf("groups %v roles %v, want [%s] [outer-role]", got, id.Roles, outer)
+			}
+		})
+	}
+}
