@@ -295,8 +295,20 @@ func (a *Authenticator) Login(ctx context.Context, r Request) (Identity, Outcome
 	if a.shared(r.Source) {
 		srcKey = "" // counted per user only
 	}
-	uok, uwait := a.users.check(name.key, now)
-	sok, swait := a.sources.check(srcKey, now)
+	uok, uwait, utrip := a.users.checkTrip(name.key, now)
+	sok, swait, strip := a.sources.checkTrip(srcKey, now)
+	// Limited with no failure to trip it (a reload lowered the limit
+	// below the failures counted): the trip is audited all the same.
+	if utrip {
+		if err := a.auditLimit(ctx, r, "user:"+name.key, a.cfg.MaxFailuresPerUser); err != nil {
+			return Identity{}, Outcome{Reason: ReasonRateLimited, RetryAfter: uwait}, err
+		}
+	}
+	if strip {
+		if err := a.auditLimit(ctx, r, "source:"+r.Source, a.cfg.MaxFailuresPerSource); err != nil {
+			return Identity{}, Outcome{Reason: ReasonRateLimited, RetryAfter: swait}, err
+		}
+	}
 	if !uok || !sok {
 		wait := time.Duration(0)
 		if !uok {

@@ -22,8 +22,9 @@ type limiter struct {
 }
 
 type failures struct {
-	n    int
-	last time.Time
+	n       int
+	last    time.Time
+	tripped bool // the trip was reported (by fail or checkTrip)
 }
 
 const (
@@ -75,6 +76,23 @@ func (l *limiter) check(key string, now time.Time) (ok bool, retryAfter time.Dur
 		return since >= wait, wait - since
 	}
 	return true, 0
+}
+
+// checkTrip is check for a login attempt, and reports tripped once per
+// limited key when no failure reported it: a reload that lowers max below
+// the failures counted limits the key without a failure to trip it.
+func (l *limiter) checkTrip(key string, now time.Time) (ok bool, retryAfter time.Duration, tripped bool) {
+	ok, retryAfter = l.check(key, now)
+	if ok {
+		return ok, retryAfter, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f := l.keys[key]; f != nil && f.n >= l.max && !f.tripped {
+		f.tripped = true
+		return ok, retryAfter, true
+	}
+	return ok, retryAfter, false
 }
 
 // begin takes one of key's attempts at the directory, waiting (until ctx
@@ -130,7 +148,8 @@ func (l *limiter) end(key string) {
 }
 
 // fail records a failure; it returns true when this failure trips the
-// limit (the key is now refused), so the caller can audit that once.
+// limit (the key is now refused) and nothing reported the trip before, so
+// the caller can audit that once.
 func (l *limiter) fail(key string, now time.Time) bool {
 	if key == "" {
 		return false
@@ -147,7 +166,14 @@ func (l *limiter) fail(key string, now time.Time) bool {
 	}
 	f.n++
 	f.last = now
-	return f.n == l.max
+	// Exactly at max is a trip under the limits now (also after a raise);
+	// past it, only if nothing reported it (a lowered limit, attempts in
+	// flight).
+	if f.n == l.max || (f.n > l.max && !f.tripped) {
+		f.tripped = true
+		return true
+	}
+	return false
 }
 
 // reset clears key after a successful login; it reports whether key had

@@ -112,14 +112,31 @@ func TestFailuresCarryOverToTheReplacement(t *testing.T) {
 	try(first, "Wrong-1x!", ReasonInvalidCredentials, "1")
 	try(first, "Wrong-2x!", ReasonInvalidCredentials, "2")
 
+	// Each trip of the user's limit is audited once, whether a failure
+	// or a lowered limit tripped it.
+	trips := func(want int) {
+		t.Helper()
+		n := 0
+		for _, e := range events(t, j) {
+			if e.Event.Reason == "rate_limit_tripped" && e.Event.Target == "user:"+u {
+				n++
+			}
+		}
+		if n != want {
+			t.Errorf("rate_limit_tripped events for %s: got %d, want %d", u, n, want)
+		}
+	}
+	trips(0)
 	lowered := open(limit(2), first)
 	try(lowered, "Wrong-3x!", ReasonRateLimited, "2")
 	try(lowered, pw(u), ReasonRateLimited, "2")
+	trips(1)
 
 	raised := open(limit(4), lowered)
 	try(raised, "Wrong-3x!", ReasonInvalidCredentials, "3")
 	try(raised, "Wrong-4x!", ReasonInvalidCredentials, "4")
 	try(raised, pw(u), ReasonRateLimited, "4")
+	trips(2)
 	if had, _ := raised.Unlock(u, ""); !had {
 		t.Errorf("Unlock on the replacement: no failures were counted")
 	}
