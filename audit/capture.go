@@ -76,8 +76,13 @@ type CaptureOptions struct {
 	// capture of a stream that is still running.
 	AllowOpenTail bool
 	// From is the seq the capture should start at; 0 means 1. A capture
-	// that starts later is missing its head: a problem.
+	// that starts later is missing its head: a problem. It applies to the
+	// oldest chain in the capture, or to FromChain when that is set;
+	// every other chain must start at seq 1.
 	From uint64
+	// FromChain is the chain From applies to; "" means the oldest.
+	// (The legacy chain has no id: it is the oldest wherever it appears.)
+	FromChain string
 	// Until is the time the capture should reach (when it was taken). The
 	// newest seal must then be no older than Until less the interval it
 	// promised and SealMargin, or the tail after it was cut. Zero means
@@ -111,11 +116,13 @@ type CaptureReport struct {
 	// (zero when it carries no time: made by an older version),
 	// LastSealFinal whether the journal closed after it. Without a key
 	// they are what the checkpoints say, unverified.
-	LastSealAt    time.Time        `json:"last_seal_at,omitzero"`
-	LastSealFinal bool             `json:"last_seal_final,omitempty"`
-	Chains        []ChainReport    `json:"chains"`
-	Problems      []CaptureProblem `json:"problems"`
-	Notes         []string         `json:"notes"`
+	LastSealAt    time.Time     `json:"last_seal_at,omitzero"`
+	LastSealFinal bool          `json:"last_seal_final,omitempty"`
+	Chains        []ChainReport `json:"chains"`
+	// FromChain is the chain CaptureOptions.From applied to.
+	FromChain string           `json:"from_chain"`
+	Problems  []CaptureProblem `json:"problems"`
+	Notes     []string         `json:"notes"`
 }
 
 // ChainReport is what a capture holds of one chain.
@@ -511,6 +518,20 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		return a.ID < b.ID
 	})
 	newest := checks[len(checks)-1]
+	fromChain, fromFound := v.opts.FromChain, v.opts.FromChain == ""
+	if fromChain == "" {
+		fromChain = checks[0].rep.ID
+	}
+	for _, c := range checks {
+		applies := c.rep.ID == fromChain
+		fromFound = fromFound || applies
+		checkHead(c, v.opts.From, applies)
+	}
+	rep.FromChain = fromChain
+	if !fromFound {
+		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemHead, Chain: fromChain,
+			Message: fmt.Sprintf("--from names %s, which is not in the capture", chainName(clip(fromChain, 40)))})
+	}
 	if newest.seal != nil && (!newest.tail || v.opts.AllowOpenTail) {
 		v.checkSealAge(newest, v.opts.Until)
 	}
@@ -565,6 +586,31 @@ func limitProblems(rep *CaptureReport, dropped int) {
 	}
 }
 
+// checkHead checks where a chain's part of the capture starts. from
+// applies to one chain only (the oldest, or the one CaptureOptions
+// names): a chain that began later, after a journal was set aside, starts
+// at seq 1 in any capture that holds it.
+func checkHead(c *chainCheck, from uint64, fromApplies bool) {
+	if !fromApplies {
+		from = 1
+	}
+	from = max(from, 1)
+	switch {
+	case c.rep.FirstSeq > from:
+		// Whoever edits the receiver's file can delete its beginning:
+		// only the auditor knows where the record should start.
+		var msg string
+		if fromApplies {
+			msg = fmt.Sprintf("the capture starts at seq %d: seqs %d to %d are not in it (give --from %d if the receiver's record starts there)", c.rep.FirstSeq, from, c.rep.FirstSeq-1, c.rep.FirstSeq)
+		} else {
+			msg = fmt.Sprintf("the capture starts at seq %d: seqs %d to %d are not in it (a chain that began after the oldest in the capture starts at seq 1; --from applies to %s)", c.rep.FirstSeq, from, c.rep.FirstSeq-1, "the oldest chain")
+		}
+		c.problems = append([]CaptureProblem{{Kind: ProblemHead, Seq: from, LastSeq: c.rep.FirstSeq - 1, Message: msg}}, c.problems...)
+	case c.rep.FirstSeq > 1:
+		c.notes = append([]string{fmt.Sprintf("the capture starts at seq %d, as expected (--from %d); earlier entries are not in it", c.rep.FirstSeq, from)}, c.notes...)
+	}
+}
+
 // chainName names a chain in messages.
 func chainName(id string) string {
 	if id == "" {
@@ -582,15 +628,6 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 	c.rep.FirstSeq, c.rep.LastSeq = seqs[0], seqs[len(seqs)-1]
 	add := func(kind string, seq, last uint64, loc, format string, args ...any) {
 		c.problems = append(c.problems, CaptureProblem{Kind: kind, Seq: seq, LastSeq: last, Location: loc, Message: fmt.Sprintf(format, args...)})
-	}
-	from := max(v.opts.From, 1)
-	switch {
-	case c.rep.FirstSeq > from:
-		// Whoever edits the receiver's file can delete its beginning:
-		// only the auditor knows where the record should start.
-		add(ProblemHead, from, c.rep.FirstSeq-1, "", "the capture starts at seq %d: seqs %d to %d are not in it (give --from %d if the receiver's record starts there)", c.rep.FirstSeq, from, c.rep.FirstSeq-1, c.rep.FirstSeq)
-	case c.rep.FirstSeq > 1:
-		c.notes = append(c.notes, fmt.Sprintf("the capture starts at seq %d, as expected; earlier entries are not in it", c.rep.FirstSeq))
 	}
 	var (
 		lastCP    uint64 // seq of the last checkpoint event

@@ -279,3 +279,60 @@ func FuzzCaptureEdits(f *testing.F) {
 		}
 	})
 }
+
+// TestFromAppliesToOneChain: --from says where the oldest chain's part of
+// a capture starts (an archive begins mid-chain); a chain that began
+// later starts at seq 1, so its head cut is found whatever --from says.
+func TestFromAppliesToOneChain(t *testing.T) {
+	lines, until := fuzzCapture()
+	pub := fuzzKey.Public().(ed25519.PublicKey)
+	// Lines 0-7 are the legacy chain (seqs 1-8), 8-13 the newer (seqs 1-6).
+	drop := func(idx ...int) string {
+		var out []string
+		for i, l := range lines {
+			if !slices.Contains(idx, i) {
+				out = append(out, l)
+			}
+		}
+		return strings.Join(out, "\n")
+	}
+	for _, tc := range []struct {
+		name      string
+		capture   string
+		from      uint64
+		fromChain string
+		wantHead  string // the chain with a head problem; "-" for none
+	}{
+		{"archive starts mid-chain", drop(0, 1), 3, "", "-"},
+		{"archive starts mid-chain, newer chain's head cut", drop(0, 1, 8), 3, "", fuzzChainB},
+		{"no --from, the oldest chain's head cut", drop(0, 1), 0, "", ""},
+		{"--from names the newer chain", drop(8), 2, fuzzChainB, "-"},
+		{"--from names the newer chain, the oldest starts at 1", drop(0, 8), 2, fuzzChainB, ""},
+		{"--from names a chain not in the capture", drop(), 1, "ffffffffffffffffffffffffffffffff", "ffffffffffffffffffffffffffffffff"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := NewCaptureVerifier(&CaptureOptions{PublicKey: pub, Until: until, From: tc.from, FromChain: tc.fromChain})
+			if err := v.Read("cap.log", strings.NewReader(tc.capture)); err != nil {
+				t.Fatal(err)
+			}
+			rep := v.Report()
+			var heads []CaptureProblem
+			for _, p := range rep.Problems {
+				if p.Kind == ProblemHead {
+					heads = append(heads, p)
+				}
+			}
+			if tc.wantHead == "-" {
+				if !rep.OK() {
+					t.Errorf("got problems %v, want none", rep.Problems)
+				}
+			} else if len(heads) != 1 || heads[0].Chain != tc.wantHead || len(rep.Problems) != 1 {
+				t.Errorf("got problems %v, want one %s, in chain %q", rep.Problems, ProblemHead, tc.wantHead)
+			}
+			want := tc.fromChain
+			if rep.FromChain != want {
+				t.Errorf("got --from applied to %q, want %q", rep.FromChain, want)
+			}
+		})
+	}
+}

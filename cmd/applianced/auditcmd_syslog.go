@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -296,18 +297,19 @@ type captureFlags struct {
 	pubkey       *string
 	openTail     *bool
 	noSignatures *bool
-	from         *uint64
+	from         *string
 	until        *string
 }
 
 func addCaptureFlags(fs interface {
 	String(name, value, usage string) *string
 	Bool(name string, value bool, usage string) *bool
-	Uint64(name string, value uint64, usage string) *uint64
 }) captureFlags {
 	return captureFlags{
-		from: fs.Uint64("from", 1, "with FILE: the `SEQ` the capture should start at (where the receiver's record\n"+
-			"begins); a capture that starts later is missing its head"),
+		from: fs.String("from", "1", "with FILE: the `SEQ` the capture should start at (where the receiver's record\n"+
+			"begins), or CHAIN:SEQ; it applies to the oldest chain in the capture (or to\n"+
+			"CHAIN), and every later chain must start at seq 1; a capture that starts\n"+
+			"later is missing its head"),
 		until: fs.String("until", "now", "with FILE: the `TIME` the capture should reach (RFC 3339, or \"now\"): when\n"+
 			"it was taken or rotated (\"now\" suits a live file only); the newest seal must\n"+
 			"be no older than that less its interval and a minute, or the tail after it was cut"),
@@ -324,7 +326,17 @@ func init() { verifyCaptures = verifySyslogCaptures }
 // verifySyslogCaptures checks rsyslog files (RFC 5424 or wazuh format) and
 // Wazuh archives.log / archives.json.
 func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []string, asJSON bool, cf captureFlags) int {
-	opts := &audit.CaptureOptions{AllowOpenTail: *cf.openTail, From: *cf.from}
+	opts := &audit.CaptureOptions{AllowOpenTail: *cf.openTail}
+	seq := *cf.from
+	if c, s, ok := strings.Cut(seq, ":"); ok {
+		opts.FromChain, seq = c, s
+	}
+	from, err := strconv.ParseUint(seq, 10, 64)
+	if err != nil || (opts.FromChain == "" && strings.Contains(*cf.from, ":")) {
+		fmt.Fprintf(e.stderr, "applianced audit verify: --from %q: want SEQ or CHAIN:SEQ (2, or 0123456789abcdef0123456789abcdef:2)\n", *cf.from)
+		return exitUsage
+	}
+	opts.From = from
 	if *cf.until == "now" {
 		opts.Until = time.Now()
 	} else {
@@ -367,6 +379,9 @@ func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []s
 	} else {
 		for _, c := range rep.Chains {
 			h := sealHeadline(c.FirstSeq, c.SealedUpTo, c.Checkpoints > 0, c.LastSealAt, c.LastSealFinal, opts.PublicKey)
+			if len(rep.Chains) > 1 && c.ID == rep.FromChain {
+				h += fmt.Sprintf("; --from %d applies to this chain", max(opts.From, 1))
+			}
 			switch {
 			case len(rep.Chains) > 1:
 				h = chainLabel(c.ID) + ": " + h

@@ -271,6 +271,11 @@ func TestAuditVerifyCaptureUntilAndFrom(t *testing.T) {
 	if code := run(context.Background(), e, []string{"audit", "verify", "--pubkey", pub, "--until", "yesterday", whole}); code != exitUsage {
 		t.Errorf("--until yesterday: got exit %d, want %d", code, exitUsage)
 	}
+	for _, from := range []string{"x", ":2", "abc:x"} {
+		if code := run(context.Background(), testEnv(), []string{"audit", "verify", "--pubkey", pub, "--until", soon, "--from", from, whole}); code != exitUsage {
+			t.Errorf("--from %q: got exit %d, want %d", from, code, exitUsage)
+		}
+	}
 }
 
 // TestAuditVerifyAfterTheJournalIsSetAside follows the documented
@@ -322,5 +327,8 @@ format = "rfc5424"
 	t.Logf("audit verify:\n%s", out)
 	if !strings.Contains(out, "note: 2 chains in the capture") || !strings.HasPrefix(out, "chain ") || strings.Count(out, "\nchain ") != 1 {
 		t.Errorf("got output:\n%s\nwant both chains named, each sealed", out)
+	}
+	if first, _, _ := strings.Cut(out, "\n"); strings.Count(out, "--from 1 applies to this chain") != 1 || !strings.Contains(first, "--from 1 applies to this chain") {
+		t.Errorf("got output:\n%s\nwant the oldest chain's headline, alone, to say --from applies to it", out)
 	}
 }
