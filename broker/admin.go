@@ -40,6 +40,10 @@ type RevokeRequest struct {
 	JTI   string `json:"jti,omitempty"`
 	Agent string `json:"agent,omitempty"`
 	User  string `json:"user,omitempty"`
+	// Account is a directory account's immutable id (objectGUID,
+	// entryUUID; the oid of its tokens, as `ldap test` prints it): every
+	// token of or for the account, whatever name it carries.
+	Account string `json:"account,omitempty"`
 }
 
 // RevokeAnswer is the answer of AdminTokenRevoke: the request, and for a
@@ -93,13 +97,13 @@ func (b *Broker) RegisterAdmin(mux *http.ServeMux) {
 			return
 		}
 		n := 0
-		for _, s := range []string{req.JTI, req.Agent, req.User} {
+		for _, s := range []string{req.JTI, req.Agent, req.User, req.Account} {
 			if s != "" {
 				n++
 			}
 		}
 		if n != 1 {
-			admin.WriteError(w, http.StatusBadRequest, "invalid_request", "name exactly one of jti, agent and user")
+			admin.WriteError(w, http.StatusBadRequest, "invalid_request", "name exactly one of jti, agent, user and account")
 			return
 		}
 		caller, _ := admin.CallerFrom(r.Context())
@@ -114,6 +118,17 @@ func (b *Broker) RegisterAdmin(mux *http.ServeMux) {
 			err = b.RevokeJTI(r.Context(), req.JTI, caller.Actor())
 		case req.Agent != "":
 			err = b.RevokeAgent(r.Context(), req.Agent, caller.Actor())
+		case req.Account != "":
+			if !accountIDRE.MatchString(req.Account) {
+				admin.WriteError(w, http.StatusBadRequest, "invalid_request", fmt.Sprintf(
+					"%q is not an account id: want the form 01234567-89ab-cdef-0123-456789abcdef (the oid of the account's tokens, or the id `applianced ldap test` prints)", req.Account))
+				return
+			}
+			var res UserRevocation
+			if res, err = b.RevokeAccount(r.Context(), req.Account, caller.Actor()); err == nil {
+				admin.WriteJSON(w, http.StatusOK, RevokeAnswer{RevokeRequest: req, User: &res})
+				return
+			}
 		default:
 			if len(req.User) > 256 {
 				admin.WriteError(w, http.StatusBadRequest, "invalid_request", "not a user name")

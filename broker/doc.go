@@ -72,7 +72,10 @@
 //     reason directory_denied), so introspection and the tool proxy reject
 //     them at once;
 //   - is cut off at once by RevokeUser (`applianced token revoke --user`),
-//     the kill switch that needs no request from the user.
+//     the kill switch that needs no request from the user, by the name the
+//     tokens carry (it lists the account ids that held tokens under it),
+//     or by RevokeAccount (`--account`), by the account's id, under every
+//     name it had.
 //
 // A user's sessions and tokens belong to the directory account, known by
 // its immutable id (objectGUID, entryUUID; the "oid" claim of user tokens),

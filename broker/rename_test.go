@@ -3,11 +3,14 @@ package broker
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/testenv/samba"
 )
 
@@ -239,5 +242,57 @@ func TestAuditAndIntrospectionNameTheAccount(t *testing.T) {
 	}
 	if !ids["token.revoke"][oldID] {
 		t.Errorf("token.revoke: got the accounts %v, want the old one %s", ids["token.revoke"], oldID)
+	}
+}
+
+// The kill switch by account id reaches every token and session of a
+// renamed account, under its old name and its new one, and leaves the new
+// person who has its old name alone; by name, it says which accounts held
+// tokens under the name.
+func TestRevokeAccountReachesEveryName(t *testing.T) {
+	dc := sharedDC(t)
+	ctx := context.Background()
+	e := newSambaEnv(t, dc)
+	u, old, fresh := renamedWithFreshLogin(t, e, dc, "ks")
+	id, _ := e.introspect(fresh.access).body["oid"].(string)
+	e.clock.Set(time.Now().Add(5 * time.Second))
+	lg := e.login(u, pw(u+"2")) // the new person with the old name
+	if lg.status != 200 {
+		t.Fatalf("the new %s's login: got %d %v", u, lg.status, lg.body)
+	}
+	other, _ := e.introspect(lg.str("access_token")).body["oid"].(string)
+
+	byName, err := e.b.RevokeUser(ctx, "nobody-"+u, audit.Actor{})
+	if err != nil || len(byName.AccountIDs) != 0 {
+		t.Fatalf("revoke --user of an unused name: got %+v %v", byName, err)
+	}
+	e.clock.Set(time.Now().Add(6 * time.Second))
+	res, err := e.b.RevokeAccount(ctx, strings.ToUpper(id), audit.Actor{})
+	if err != nil || res.SessionsEnded != 2 || !res.HeldLiveToken || !slices.Equal(res.Names, []string{u, u + "x"}) {
+		t.Fatalf("revoke --account %s: got %+v %v, want 2 sessions ended under the names %s and %sx", id, res, err, u, u)
+	}
+	for name, tok := range map[string]string{"old name": old.access, "new name": fresh.access} {
+		if in := e.introspect(tok); in.body["active"] != false {
+			t.Errorf("the account's token under its %s: got %v, want inactive", name, in.body)
+		}
+	}
+	wantOAuthError(t, e.refresh(fresh.refresh), 400, "invalid_grant")
+	if in := e.introspect(lg.str("access_token")); in.body["active"] != true {
+		t.Errorf("the new %s (%s): got %v, want active", u, other, in.body)
+	}
+	rev, ok := e.lastEvent("broker.revoke")
+	if !ok || rev.Target != RevokeAccount || rev.Details["account_id"] != id {
+		t.Errorf("broker.revoke: got %+v", rev)
+	}
+	if _, err := e.b.RevokeAccount(ctx, "x)(uid=*", audit.Actor{}); err == nil {
+		t.Errorf("revoke --account of a malformed id: no error")
+	}
+	// By name: the old name was held by two accounts.
+	e.clock.Set(time.Now().Add(7 * time.Second))
+	byName, err = e.b.RevokeUser(ctx, u, audit.Actor{})
+	want := []string{id, other}
+	slices.Sort(want)
+	if err != nil || !slices.Equal(byName.AccountIDs, want) {
+		t.Errorf("revoke --user %s: got %+v %v, want the account ids %v", u, byName, err, want)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -197,6 +199,44 @@ func (b *Broker) revokeAgent(ctx context.Context, name string, by audit.Actor, r
 type UserRevocation struct {
 	SessionsEnded int  `json:"sessions_ended"`
 	HeldLiveToken bool `json:"held_live_token"`
+	// AccountIDs (RevokeUser) are the directory accounts that hold tokens
+	// under the name: after a rename, more than one may have held it.
+	AccountIDs []string `json:"account_ids,omitempty"`
+	// Names (RevokeAccount) are the names the account's tokens carry.
+	Names []string `json:"names,omitempty"`
+}
+
+// accountIDRE is the canonical form of an account id, in either case.
+var accountIDRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// RevokeAccount revokes every token of or for the directory account with
+// the immutable id id, whatever name it carries (a renamed account's old
+// and new names alike), issued until now, and ends the account's
+// sessions. Another account that has one of its names now is untouched.
+func (b *Broker) RevokeAccount(ctx context.Context, id string, by audit.Actor) (UserRevocation, error) {
+	if !accountIDRE.MatchString(id) {
+		return UserRevocation{}, fmt.Errorf("broker: %q is not an account id", id)
+	}
+	id = strings.ToLower(id)
+	now := b.now()
+	var res UserRevocation
+	b.holders.Range(func(k, v any) bool {
+		if h := v.(holding); strings.EqualFold(h.acct.ID, id) && !now.After(h.until.Add(leeway)) {
+			res.HeldLiveToken = true
+			if !slices.Contains(res.Names, h.acct.Name) {
+				res.Names = append(res.Names, h.acct.Name)
+			}
+		}
+		return true
+	})
+	sort.Strings(res.Names)
+	x := Revocation{Kind: RevokeAccount, Value: id, At: now, Until: now.Add(b.revocationSpan())}
+	err := b.adminRevoke(ctx, x, by, map[string]string{"account_id": id, "names": strings.Join(res.Names, ",")}, func(ctx context.Context) error {
+		n, err := b.store.RevokeAccountFamilies(ctx, Account{ID: id})
+		res.SessionsEnded = n
+		return err
+	})
+	return res, err
 }
 
 // RevokeUser revokes every token of or for the user issued until now and
@@ -208,12 +248,19 @@ func (b *Broker) RevokeUser(ctx context.Context, name string, by audit.Actor) (U
 	b.holders.Range(func(k, v any) bool {
 		if h := v.(holding); strings.EqualFold(h.acct.Name, name) && !now.After(h.until.Add(leeway)) {
 			res.HeldLiveToken = true
-			return false
+			if h.acct.ID != "" && !slices.Contains(res.AccountIDs, h.acct.ID) {
+				res.AccountIDs = append(res.AccountIDs, h.acct.ID)
+			}
 		}
 		return true
 	})
+	sort.Strings(res.AccountIDs)
 	x := Revocation{Kind: RevokeUser, Value: name, At: now, Until: now.Add(b.revocationSpan())}
-	err := b.adminRevoke(ctx, x, by, map[string]string{"user": name}, func(ctx context.Context) error {
+	details := map[string]string{"user": name}
+	if len(res.AccountIDs) > 0 {
+		details["account_ids"] = strings.Join(res.AccountIDs, ",")
+	}
+	err := b.adminRevoke(ctx, x, by, details, func(ctx context.Context) error {
 		n, err := b.store.RevokeUserFamilies(ctx, name)
 		res.SessionsEnded = n
 		return err

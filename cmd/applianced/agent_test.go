@@ -106,6 +106,16 @@ func TestAgentAndTokenVerbs(t *testing.T) {
 	if code, out := verb(2, "token", "revoke", "--user", "nosuch"); code != exitOK || !strings.Contains(out, "0 sessions ended") || !strings.Contains(out, "misspelling") {
 		t.Fatalf("token revoke --user nosuch: got %d %q, want success with a warning that nosuch had nothing to revoke", code, out)
 	}
+	if code, out := verb(2, "token", "revoke", "--account", "alice"); code != exitFailure || !strings.Contains(out, "is not an account id") {
+		t.Fatalf("token revoke --account alice: got %d %q, want a failure saying it is not an account id", code, out)
+	}
+	if code, out := verb(2, "token", "revoke", "--account", "6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c"); code != exitOK ||
+		!strings.Contains(out, "0 session(s) ended") || !strings.Contains(out, "no token that may still be live") {
+		t.Fatalf("token revoke --account of an unknown id: got %d %q, want success with a warning that it had nothing to revoke", code, out)
+	}
+	if code, out := verb(2, "token", "revoke", "--user", "alice", "--account", "6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c"); code != exitUsage {
+		t.Fatalf("token revoke --user and --account: got %d %q, want %d", code, out, exitUsage)
+	}
 	if code, out := verb(2, "token", "revoke"); code != exitUsage {
 		t.Fatalf("token revoke without a target: got %d %q, want %d", code, out, exitUsage)
 	}
