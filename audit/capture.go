@@ -471,7 +471,8 @@ type chainCheck struct {
 	// chain hash it signs authenticates that time, whatever the seal's
 	// own message says.
 	sealCovers time.Time
-	tail       bool // entries after what the last checkpoint covers
+	firstAt    time.Time // the time of the first entry in the capture
+	tail       bool      // entries after what the last checkpoint covers
 }
 
 // Report checks everything read so far.
@@ -528,6 +529,9 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		checkHead(c, v.opts.From, applies)
 	}
 	rep.FromChain = fromChain
+	for i, c := range checks[:len(checks)-1] {
+		v.checkSealedUntilSuccessor(c, checks[i+1])
+	}
 	if !fromFound {
 		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemHead, Chain: fromChain,
 			Message: fmt.Sprintf("--from names %s, which is not in the capture", chainName(clip(fromChain, 40)))})
@@ -668,6 +672,9 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 		if ev != nil && ev.Time.After(newestAt[i]) {
 			newestAt[i] = ev.Time
 		}
+		if i == 0 && ev != nil {
+			c.firstAt = ev.Time
+		}
 		if ev == nil || ev.Type != TypeCheckpoint {
 			continue
 		}
@@ -766,13 +773,7 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 // stands in.
 func (v *CaptureVerifier) checkSealAge(c *chainCheck, until time.Time) {
 	seal, at := c.seal, c.sealAt
-	sealedAt, interval := seal.Time, seal.Interval
-	if c.sealCovers.After(sealedAt) {
-		sealedAt = c.sealCovers
-	}
-	if !seal.Timed() {
-		interval = DefaultCheckpointInterval
-	}
+	sealedAt, interval := c.sealTime()
 	if sealedAt.IsZero() {
 		c.notes = append(c.notes, fmt.Sprintf("the newest checkpoint (seq %d) carries no time and covers no entry with one: whether the capture was cut after it cannot be told", at))
 		return
@@ -810,6 +811,41 @@ func (v *CaptureVerifier) checkSealAge(c *chainCheck, until time.Time) {
 		return
 	}
 	c.problems = append(c.problems, CaptureProblem{Kind: ProblemStale, Seq: at + 1, Message: msg})
+}
+
+// sealTime returns when the chain's newest seal was made, as far as the
+// capture can tell (see checkSealAge), and the interval it promised.
+func (c *chainCheck) sealTime() (time.Time, time.Duration) {
+	at, interval := c.seal.Time, c.seal.Interval
+	if c.sealCovers.After(at) {
+		at = c.sealCovers
+	}
+	if !c.seal.Timed() {
+		interval = DefaultCheckpointInterval
+	}
+	return at, interval
+}
+
+// checkSealedUntilSuccessor says whether a chain that is not the newest
+// was sealed up to when the next began: its journal wrote a checkpoint
+// every interval until it stopped, so a newest seal older than the next
+// chain's first entry, less that interval and the margin, means the
+// capture was cut after it. A final seal says the journal closed there.
+func (v *CaptureVerifier) checkSealedUntilSuccessor(c, next *chainCheck) {
+	if c.seal == nil || c.seal.Final || next.firstAt.IsZero() {
+		return
+	}
+	sealedAt, interval := c.sealTime()
+	margin := v.opts.Margin
+	if margin <= 0 {
+		margin = SealMargin
+	}
+	if sealedAt.IsZero() || !next.firstAt.After(sealedAt.Add(interval+margin)) {
+		return
+	}
+	c.problems = append(c.problems, CaptureProblem{Kind: ProblemStale, Seq: c.sealAt + 1,
+		Message: fmt.Sprintf("the newest seal (seq %d) was made at %s and promised the next within %s, but %s began at %s: what this chain wrote after seq %d was cut (it has no final seal)",
+			c.sealAt, sealedAt.UTC().Format(time.RFC3339), interval, chainName(next.rep.ID), next.firstAt.UTC().Format(time.RFC3339), c.sealAt)})
 }
 
 // check verifies one complete entry's hash and returns its event.

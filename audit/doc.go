@@ -31,7 +31,12 @@
 // kept in every segment header, carried by every entry a forwarder sends
 // (audit_chain) and signed in every checkpoint. After a damaged journal is
 // moved aside, its successor starts again at seq 1 with a new id, and a
-// receiver holding both is verified chain by chain. A journal made by a
+// receiver holding both is verified chain by chain: --from applies to the
+// oldest chain in a capture, every later one starts at seq 1, and each
+// chain but the newest must be sealed up to when the next began (its
+// heartbeats promise that) or end in a final seal. Nothing yet links a
+// chain to the one it replaced: a capture that lacks an older chain
+// entirely is not told from one that never had it. A journal made by a
 // version before chain ids keeps none for as long as it lasts: its entries
 // are sent without audit_chain and verified as the legacy chain, whose
 // checkpoints name no chain.

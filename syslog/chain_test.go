@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,5 +139,81 @@ func TestCursorOfASetAsideJournalDoesNotSkipTheNewChain(t *testing.T) {
 	}
 	if got == nil || got.FirstSeq != 1 || !rep.OK() {
 		t.Fatalf("got chains %+v, problems %v; want the new chain from seq 1 and no problem", rep.Chains, rep.Problems)
+	}
+}
+
+// TestOlderChainCutAfterAHeartbeatIsStale runs a journal with heartbeats
+// that stops without a final seal (damaged, then set aside) and its
+// successor in a new directory, both forwarded to one real rsyslog. The
+// older chain was sealed up to when the newer began; the same file with
+// the older chain cut after an early heartbeat is stale for that chain.
+func TestOlderChainCutAfterAHeartbeatIsStale(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	pub := key.Public().(ed25519.PublicKey)
+	target := Target{Address: "tcp://" + srv.Addr, Format: FormatRFC5424}
+	const interval = 200 * time.Millisecond
+	heartbeats := func(j *audit.Journal, n int) {
+		t.Helper()
+		want := j.LastSeq() + uint64(n)
+		body := fmt.Sprintf(`{"audit_seq":%d,"audit_chain":"%s"`, want, j.ChainID())
+		waitFor(t, "heartbeats at the receiver", time.Minute, func() bool {
+			b, _ := os.ReadFile(srv.File)
+			return strings.Contains(string(b), body)
+		})
+	}
+	runChain := func(events [][2]int) *audit.Journal {
+		t.Helper()
+		j, err := audit.Open(filepath.Join(t.TempDir(), "audit"), &audit.Options{Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := audit.NewCheckpointer(j, key, &audit.CheckpointOptions{Every: 1000, Interval: interval, Logger: quietLogger()})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { c.Run(ctx); close(done) }()
+		startForwarder(t, j, nil, target)
+		for _, e := range events {
+			if err := appendN(t, j, e[0], 1); err != nil {
+				t.Fatal(err)
+			}
+			heartbeats(j, e[1])
+		}
+		// Stopped without a final seal, as a damaged journal is.
+		cancel()
+		<-done
+		return j
+	}
+	a := runChain([][2]int{{5, 15}, {5, 3}})
+	aID, aLast := a.ChainID(), a.LastSeq()
+	b := runChain([][2]int{{3, 3}})
+	rep := verifyFile(t, srv.File, &audit.CaptureOptions{PublicKey: pub})
+	if !rep.OK() || len(rep.Chains) != 2 || rep.Chains[0].ID != aID || rep.Chains[1].ID != b.ChainID() {
+		t.Fatalf("the whole capture: got chains %+v, problems %v; want %s then %s, ok", rep.Chains, rep.Problems, aID, b.ChainID())
+	}
+	opts := &audit.CaptureOptions{PublicKey: pub, Until: rep.LastSealAt.Add(interval), Margin: 2 * time.Second}
+	if rep := verifyFile(t, srv.File, opts); !rep.OK() {
+		t.Fatalf("the whole capture, taken then: got problems %v, want none", rep.Problems)
+	}
+
+	// Cut the older chain after its first heartbeat (seq 6).
+	var kept []string
+	for _, l := range readLines(t, srv.File) {
+		if i := strings.Index(l, `{"audit_seq":`); i >= 0 && strings.Contains(l, aID) {
+			var seq uint64
+			fmt.Sscanf(l[i:], `{"audit_seq":%d`, &seq)
+			if seq > 6 {
+				continue
+			}
+		}
+		kept = append(kept, l)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.log")
+	if err := os.WriteFile(cut, []byte(strings.Join(kept, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep = verifyFile(t, cut, opts)
+	if len(rep.Problems) != 1 || rep.Problems[0].Kind != audit.ProblemStale || rep.Problems[0].Chain != aID {
+		t.Errorf("the older chain cut at seq 6 of %d: got problems %v, want one %s in chain %s", aLast, rep.Problems, audit.ProblemStale, aID)
 	}
 }
