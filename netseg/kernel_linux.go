@@ -106,8 +106,26 @@ type kernelSet struct {
 	Elems []nftables.SetElement
 }
 
-// read lists our table's chains, rules (with counters) and sets.
+// read lists our table's chains, rules (with counters) and sets. The
+// listing takes several netlink dumps; a table deleted between two of them
+// (a rollback, `net down`, another tool) makes the later ones fail (with an
+// ENOENT the nftables library does not wrap), and the listing is taken
+// again: the table is then gone, or back. An error that stays is returned
+// after the third try.
 func (k *nft) read() (*kernelTable, error) {
+	for try := 1; ; try++ {
+		kt, err := k.readOnce()
+		if err == nil || try == 3 {
+			return kt, err
+		}
+	}
+}
+
+// testHookMidRead, when set, runs between the listing of the table and that
+// of its chains.
+var testHookMidRead func()
+
+func (k *nft) readOnce() (*kernelTable, error) {
 	c, err := k.conn()
 	if err != nil {
 		return nil, err
@@ -121,6 +139,9 @@ func (k *nft) read() (*kernelTable, error) {
 		return nil, fmt.Errorf("netseg: list table: %w", err)
 	}
 	kt.Exists = true
+	if testHookMidRead != nil {
+		testHookMidRead()
+	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("netseg: list chains: %w", err)

@@ -1525,3 +1525,36 @@ func newLabManager(t *testing.T, lab *netns.Lab, opts Options) (*Manager, *audit
 	}
 	return m, j
 }
+
+// A table deleted while it is being listed (an automatic rollback, `net
+// down` or another tool, between two of the listing's netlink dumps) reads
+// as gone, not as an error.
+func TestTableDeletedWhileReadIsGone(t *testing.T) {
+	lab := netns.New(t)
+	k := &nft{nsFd: lab.AI.Fd()}
+	cfg, _ := labConfig()
+	rs, err := buildRuleset(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.replace(rs); err != nil {
+		t.Fatal(err)
+	}
+	deleted := false
+	testHookMidRead = func() {
+		if !deleted {
+			deleted = true
+			if err := k.remove(); err != nil {
+				t.Errorf("removing the table mid-read: %v", err)
+			}
+		}
+	}
+	t.Cleanup(func() { testHookMidRead = nil })
+	kt, err := k.read()
+	if err != nil {
+		t.Fatalf("read of a table deleted mid-read: %v", err)
+	}
+	if !deleted || kt.Exists {
+		t.Fatalf("deleted %v, read says exists %v; want gone", deleted, kt.Exists)
+	}
+}
