@@ -207,12 +207,7 @@ func TestContainersTalkAmongThemselves(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
-	cases := []struct {
-		name string
-		from *netns.NS
-		addr string
-		want bool
-	}{
+	cases := []reachCase{
 		{"web UI reaches the model server on its bridge", webui.NS, "172.18.0.3:11434", true},
 		{"model server reaches the web UI on its bridge", model.NS, "172.18.0.2:8080", true},
 		{"web UI reaches the model server on its bridge over IPv6", webui.NS, "[fd00:18::3]:11434", true},
@@ -227,14 +222,7 @@ func TestContainersTalkAmongThemselves(t *testing.T) {
 		{"LAN host routed via the AI server cannot reach a container", user.NS, "172.18.0.3:11434", false},
 		{"LAN host routed via the AI server cannot reach the dc", user.NS, "10.10.0.11:636", false},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			err := reachTCP(tc.from, tc.addr)
-			if got := err == nil; got != tc.want {
-				t.Errorf("reach %s from %s: got %v (err %v), want %v", tc.addr, tc.from.Name, got, err, tc.want)
-			}
-		})
-	}
+	checkReach(t, cases)
 	st, err := r.m.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -107,26 +107,14 @@ func TestOnlyContainerInterfacesAreRouted(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
-	cases := []struct {
-		name string
-		from *netns.NS
-		addr string
-		want bool
-	}{
+	cases := []reachCase{
 		{"container on a veth reaches the dc (allowed egress)", ctr.NS, "10.10.0.11:636", true},
 		{"container on a veth cannot reach the internet host", ctr.NS, "203.0.113.10:443", false},
 		{"container on a veth cannot use the appliance's own egress", ctr.NS, "10.40.0.10:6514", false},
 		{"LAN host routed via the AI server cannot reach the dc", hosts["user"].NS, "10.10.0.11:636", false},
 		{"namespace on a link outside forward_from cannot reach the dc", other.NS, "10.10.0.11:636", false},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			err := reachTCP(tc.from, tc.addr)
-			if got := err == nil; got != tc.want {
-				t.Errorf("reach %s from %s: got %v (err %v), want %v", tc.addr, tc.from.Name, got, err, tc.want)
-			}
-		})
-	}
+	checkReach(t, cases)
 	st, err := r.m.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -226,12 +226,7 @@ func TestApplySegmentsTheLab(t *testing.T) {
 		t.Errorf("plan does not say where the SIEM egress comes from:\n%s", plan)
 	}
 
-	tcp := []struct {
-		name string
-		from *netns.NS
-		addr string
-		want bool
-	}{
+	tcp := []reachCase{
 		{"ai reaches dc ldaps", ai, "10.10.0.11:636", true},
 		{"ai reaches siem syslog (derived need)", ai, "10.40.0.10:6514", true},
 		{"ai cannot reach internet tcp", ai, "203.0.113.10:443", false},
@@ -239,14 +234,7 @@ func TestApplySegmentsTheLab(t *testing.T) {
 		{"user cannot reach ssh", hosts["user"].NS, "10.30.0.1:22", false},
 		{"admin reaches ssh", hosts["admin"].NS, "10.99.0.1:22", true},
 	}
-	for _, tc := range tcp {
-		t.Run(tc.name, func(t *testing.T) {
-			err := reachTCP(tc.from, tc.addr)
-			if got := err == nil; got != tc.want {
-				t.Errorf("reach %s from %s: got %v (err %v), want %v", tc.addr, tc.from.Name, got, err, tc.want)
-			}
-		})
-	}
+	checkReach(t, tcp)
 	if reachUDP(t, ai, hosts["internet"], 53) {
 		t.Error("ai reached the internet host over UDP")
 	}
@@ -1556,5 +1544,26 @@ func TestTableDeletedWhileReadIsGone(t *testing.T) {
 	}
 	if !deleted || kt.Exists {
 		t.Fatalf("deleted %v, read says exists %v; want gone", deleted, kt.Exists)
+	}
+}
+
+// reachCase is one TCP connection a test expects to be made, or refused.
+type reachCase struct {
+	name string
+	from *netns.NS
+	addr string
+	want bool
+}
+
+// checkReach tries each case in a subtest of its own.
+func checkReach(t *testing.T, cases []reachCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := reachTCP(tc.from, tc.addr)
+			if got := err == nil; got != tc.want {
+				t.Errorf("reach %s from %s: got %v (err %v), want %v", tc.addr, tc.from.Name, got, err, tc.want)
+			}
+		})
 	}
 }
