@@ -34,8 +34,9 @@ type (
 		User string `json:"user"`
 	}
 	EnrollAnswer struct {
-		User string `json:"user"`
-		URI  string `json:"uri"`
+		User      string `json:"user"`
+		AccountID string `json:"account_id"` // the directory account the seed is bound to
+		URI       string `json:"uri"`
 	}
 )
 
@@ -63,6 +64,9 @@ func (p *Proxy) Decide(ctx context.Context, id string, approve bool, by audit.Ac
 	ev := &audit.Event{
 		Type: "approval." + verb, Actor: by, Action: "approval." + verb, Target: id, Outcome: audit.OutcomeSuccess,
 		Source: "unix", Details: map[string]string{"approver": "admin", "agent": a.Agent, "user": a.User, "tool": a.Tool, "method": a.Method, "path": a.Path},
+	}
+	if a.UserID != "" {
+		ev.Details["account_id"] = a.UserID
 	}
 	if st := a.effective(now); st != StatusPending {
 		ev.Type, ev.Outcome, ev.Reason = "approval.refused", audit.OutcomeDenied, "the approval is "+st
@@ -135,32 +139,38 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 			admin.WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "not a user name")
 			return
 		}
-		if p.opts.Users != nil {
-			refused, err := p.opts.Users.UserRefused(r.Context(), req.User)
-			if err != nil {
-				admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory cannot be asked whether "+req.User+" exists: "+err.Error())
-				return
-			}
-			if refused != "" {
-				admin.WriteError(w, http.StatusNotFound, "not_found", "the directory refuses user "+strconv.Quote(req.User)+" ("+refused+
-					"); enroll the name an active user logs in with")
-				return
-			}
+		if p.opts.Users == nil {
+			admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "no directory to resolve "+req.User+"'s account: TOTP enrolments are bound to directory accounts")
+			return
+		}
+		accountID, refused, err := p.opts.Users.UserAccount(r.Context(), req.User)
+		if err != nil {
+			admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory cannot be asked whether "+req.User+" exists: "+err.Error())
+			return
+		}
+		if refused != "" {
+			admin.WriteError(w, http.StatusNotFound, "not_found", "the directory refuses user "+strconv.Quote(req.User)+" ("+refused+
+				"); enroll the name an active user logs in with")
+			return
+		}
+		if accountID == "" {
+			admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory gave no account id for "+strconv.Quote(req.User))
+			return
 		}
 		caller, _ := admin.CallerFrom(r.Context())
 		ev := &audit.Event{
 			Type: "auth.totp", Actor: caller.Actor(), Action: "totp.enroll", Target: req.User,
-			Outcome: audit.OutcomeSuccess, Source: "unix",
+			Outcome: audit.OutcomeSuccess, Source: "unix", Details: map[string]string{"account_id": accountID},
 		}
 		if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
 			admin.WriteError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 			return
 		}
-		uri, err := p.EnrollTOTP(r.Context(), req.User)
+		uri, err := p.EnrollTOTP(r.Context(), req.User, accountID)
 		if err != nil {
 			admin.WriteError(w, http.StatusInternalServerError, CodeServerError, err.Error())
 			return
 		}
-		admin.WriteJSON(w, http.StatusOK, EnrollAnswer{User: req.User, URI: uri})
+		admin.WriteJSON(w, http.StatusOK, EnrollAnswer{User: req.User, AccountID: accountID, URI: uri})
 	})
 }

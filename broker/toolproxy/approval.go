@@ -39,10 +39,11 @@ func (st *state) approvalTTL() time.Duration {
 	return DefaultApprovalTTL
 }
 
-// callHash binds an approval to one exact call.
+// callHash binds an approval to one exact call, made for one directory
+// account: the same call for another account under the same name differs.
 func (c *call) callHash(bodySHA string) string {
 	h := sha256.New()
-	for _, s := range []string{c.pr.Agent, c.pr.User, c.t.cfg.Name, c.r.Method, c.tp.escaped(), c.query.Encode(), bodySHA} {
+	for _, s := range []string{c.pr.Agent, c.pr.User, c.pr.UserID, c.t.cfg.Name, c.r.Method, c.tp.escaped(), c.query.Encode(), bodySHA} {
 		h.Write([]byte(strconv.Itoa(len(s))))
 		h.Write([]byte{':'})
 		h.Write([]byte(s))
@@ -84,7 +85,7 @@ func (p *Proxy) checkApproval(c *call, why string) bool {
 		return true
 	}
 	a := &Approval{
-		ID: newApprovalID(), Status: StatusPending, Agent: c.pr.Agent, User: c.pr.User, Tool: c.t.cfg.Name,
+		ID: newApprovalID(), Status: StatusPending, Agent: c.pr.Agent, User: c.pr.User, UserID: c.pr.UserID, Tool: c.t.cfg.Name,
 		Method: c.r.Method, Path: c.ev.Details["path"], BodySHA256: bodySHA, Reason: why,
 		Created: c.now, Expires: c.now.Add(c.st.approvalTTL()), CallHash: hash,
 	}
@@ -206,21 +207,41 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 		fail(http.StatusForbidden, CodeAccessDenied, "wrong user or code")
 		return
 	}
-	ok, err := p.verifyTOTP(r.Context(), d.User, d.Code, now)
+	// The code is checked against the seed of the account the agent acts
+	// for, never against one enrolled under the same name by another.
+	ev.Details["account_id"] = a.UserID
+	if a.UserID == "" {
+		fail(http.StatusForbidden, CodeAccessDenied, "the approval names no directory account; only an administrator can decide (applianced approval approve|deny ID)")
+		return
+	}
+	res, err := p.verifyTOTP(r.Context(), d.User, a.UserID, d.Code, now)
 	if err != nil {
 		p.log.Error("toolproxy: checking a TOTP code", "err", err)
 		fail(http.StatusInternalServerError, CodeServerError, "TOTP is unavailable")
 		return
 	}
 	reason := "wrong user or code"
-	if !ok {
+	switch res {
+	case totpLegacy:
+		ev.Details["totp"] = "enrolled_by_name_only"
+		// Not the user's failure, and not counted: the enrolment is to be
+		// redone, not guessed to belong to this account.
+		fail(http.StatusForbidden, CodeAccessDenied, "the TOTP enrolment of "+d.User+
+			" predates directory account ids and is no longer accepted; an administrator must enroll again (applianced user totp enroll "+d.User+")")
+		return
+	case totpOtherAccount:
+		ev.Details["totp"] = "enrolled_for_another_account"
+	case totpNotEnrolled:
+		ev.Details["totp"] = "not_enrolled"
+	}
+	if res != totpOK {
 		// The failure that reaches maxTOTPFailures denies the approval: that
 		// denial is recorded before it takes effect.
 		if cur, err := p.store.approval(id); err == nil && cur.effective(now) == StatusPending && cur.Failures+1 >= maxTOTPFailures {
 			if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), &audit.Event{
 				Type: "approval.deny", Severity: audit.SeverityWarn, Action: "approval.deny", Target: id,
 				Outcome: audit.OutcomeSuccess, Reason: "too many failed codes", RequestID: ev.RequestID, Source: src,
-				Details: map[string]string{"approver": "totp", "agent": a.Agent, "user": a.User, "tool": a.Tool},
+				Details: map[string]string{"approver": "totp", "agent": a.Agent, "user": a.User, "account_id": a.UserID, "tool": a.Tool},
 			}); err != nil {
 				writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 				return

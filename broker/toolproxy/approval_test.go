@@ -3,14 +3,18 @@ package toolproxy
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/admin"
 	"github.com/pquerna/otp/totp"
+	bolt "go.etcd.io/bbolt"
 )
 
 // askApproval makes a call that needs approval and returns its id.
@@ -138,11 +142,11 @@ func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
 	u := newUpstream(t, jsonOK(`{}`))
 	e := stdEnv(t, u, RiskConfig{})
 	ctx := t.Context()
-	aliceURI, err := e.proxy.EnrollTOTP(ctx, "alice")
+	aliceURI, err := e.proxy.EnrollTOTP(ctx, "alice", aliceID)
 	if err != nil {
 		t.Fatalf("EnrollTOTP: %v", err)
 	}
-	bobURI, err := e.proxy.EnrollTOTP(ctx, "bob")
+	bobURI, err := e.proxy.EnrollTOTP(ctx, "bob", bobID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +217,7 @@ func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
 func TestStrangersCannotDenyAnApproval(t *testing.T) {
 	u := newUpstream(t, jsonOK(`{}`))
 	e := stdEnv(t, u, RiskConfig{})
-	aliceURI, err := e.proxy.EnrollTOTP(t.Context(), "alice")
+	aliceURI, err := e.proxy.EnrollTOTP(t.Context(), "alice", aliceID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,5 +299,116 @@ func TestPendingApprovalsAreReusedAndBounded(t *testing.T) {
 	e.clk.Add(time.Hour)
 	if id := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/999", nil); id == "" {
 		t.Error("no approval after the pending ones expired")
+	}
+}
+
+// A TOTP enrolment belongs to the directory account, not to its name:
+// once the name alice passes to another account, the code of the account
+// that enrolled as alice does not approve the new alice's calls, and an
+// administrator enrolls the new account under the name again.
+func TestTOTPFollowsTheAccountNotTheName(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	ctx := t.Context()
+	c := adminSocket(t, e)
+	var old EnrollAnswer
+	if err := c.Call(ctx, "POST", AdminTOTPEnroll, EnrollRequest{User: "alice"}, &old); err != nil || old.AccountID != aliceID {
+		t.Fatalf("enroll alice: %v %+v, want account %s", err, old, aliceID)
+	}
+	oldSeed := totpSecret(t, old.URI)
+
+	// alice's account is renamed; a new account is given her name, and an
+	// agent acts for it.
+	const newAlice = "0f7e2b55-91c3-4a6d-b8e0-3d4c5a6b7e81"
+	e.users.set("alice", newAlice)
+	const tok = "agent-token-for-the-new-alice"
+	e.tok.add(tok, Principal{Agent: "bot", User: "alice", UserID: newAlice, Scopes: allScopes(), JTI: "jti-new-alice"}, "tickets")
+	const path = "/v1/tools/tickets/tickets/5"
+	id := askApproval(t, e, tok, path, nil)
+	code, err := totp.GenerateCode(oldSeed, e.clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.decideTOTP(id, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 403 {
+		t.Fatalf("the former alice's code: got %d %s, want 403", got.status, got.body)
+	}
+	if ev := e.lastEvent("approval.refused"); ev.Details["account_id"] != newAlice || ev.Details["totp"] != "enrolled_for_another_account" {
+		t.Errorf("refusal recorded as %+v, want account_id %s and totp=enrolled_for_another_account", ev.Details, newAlice)
+	}
+
+	// The former alice's own approvals still take her code.
+	oldID := askApproval(t, e, agentToken, path, nil)
+	if got := e.decideTOTP(oldID, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 200 {
+		t.Fatalf("the enrolled account's own approval: got %d %s, want 200", got.status, got.body)
+	}
+
+	var fresh EnrollAnswer
+	if err := c.Call(ctx, "POST", AdminTOTPEnroll, EnrollRequest{User: "alice"}, &fresh); err != nil || fresh.AccountID != newAlice {
+		t.Fatalf("enroll the new alice: %v %+v", err, fresh)
+	}
+	if ev := e.lastEvent("auth.totp"); ev.Target != "alice" || ev.Details["account_id"] != newAlice {
+		t.Errorf("enrolment recorded as %+v", ev)
+	}
+	e.clk.Add(totpPeriod * time.Second)
+	newCode, err := totp.GenerateCode(totpSecret(t, fresh.URI), e.clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.decideTOTP(id, TOTPDecision{User: "alice", Code: newCode, Decision: "approve"}); got.status != 200 {
+		t.Fatalf("the new alice's own code: got %d %s, want 200", got.status, got.body)
+	}
+	if ev := e.lastEvent("approval.approve"); ev.Target != id || ev.Details["account_id"] != newAlice {
+		t.Errorf("approval recorded as %+v", ev)
+	}
+
+	// The directory decides who can enroll.
+	var ae *admin.Error
+	if err := c.Call(ctx, "POST", AdminTOTPEnroll, EnrollRequest{User: "carol"}, nil); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
+		t.Errorf("enrolling a name the directory does not know: got %v, want 404", err)
+	}
+}
+
+// An enrolment stored under the name alone (before account ids) is not
+// taken to belong to whoever has the name now: the user is told that an
+// administrator must enroll them again, and the failure is not counted.
+func TestTOTPEnrolmentByNameOnlyIsRefused(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	rec, err := json.Marshal(totpRecord{Sealed: make([]byte, 40), Enrolled: e.clk.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.proxy.store.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTOTP).Put([]byte("alice"), rec) }); err != nil {
+		t.Fatal(err)
+	}
+	id := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/6", nil)
+	for range maxTOTPFailures + 1 {
+		got := e.decideTOTP(id, TOTPDecision{User: "alice", Code: "123456", Decision: "approve"})
+		if got.status != 403 || !strings.Contains(string(got.body), "applianced user totp enroll alice") {
+			t.Fatalf("got %d %s, want 403 naming the enrolment to redo", got.status, got.body)
+		}
+	}
+	if ev := e.lastEvent("approval.refused"); ev.Details["totp"] != "enrolled_by_name_only" {
+		t.Errorf("refusal recorded as %+v", ev.Details)
+	}
+	a, err := e.proxy.store.approval(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := a.effective(e.clk.Now()); st != StatusPending || a.Failures != 0 {
+		t.Errorf("approval is %s with %d failures, want pending with none", st, a.Failures)
+	}
+
+	// Enrolling again replaces the record kept under the name.
+	if _, err := e.proxy.EnrollTOTP(t.Context(), "alice", aliceID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.proxy.store.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketTOTP).Get([]byte("alice")) != nil {
+			return errors.New("the enrolment under the name is still there")
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 }

@@ -137,10 +137,38 @@ type env struct {
 	vault   *vault.Vault
 	tok     *tokens
 	agents  *agents
+	users   *users
 	logs    *syncBuffer
 	proxy   *Proxy
 	srv     *httptest.Server
 	audit   audit.Appender
+}
+
+// users is a directory: the account id each name signs in as; a name not
+// in ids is user_not_found.
+type users struct {
+	mu  sync.Mutex
+	ids map[string]string
+}
+
+func (u *users) UserAccount(_ context.Context, user string) (id, refused string, err error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if id, ok := u.ids[user]; ok {
+		return id, "", nil
+	}
+	return "", "user_not_found", nil
+}
+
+// set gives the name user to the account id, or takes it away ("").
+func (u *users) set(user, id string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if id == "" {
+		delete(u.ids, user)
+		return
+	}
+	u.ids[user] = id
 }
 
 type envOpts struct {
@@ -201,9 +229,10 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if o.wrap != nil {
 		app = o.wrap(j)
 	}
+	e.users = &users{ids: map[string]string{"alice": aliceID, "bob": bobID}}
 	p, err := New(Options{
 		Tools: o.tools, Risk: o.risk, DLP: o.dlp, StateDir: dir,
-		Verifier: e.tok, Policy: o.policy, Agents: e.agents, Secrets: v, Keys: v, Audit: app,
+		Verifier: e.tok, Policy: o.policy, Agents: e.agents, Users: e.users, Secrets: v, Keys: v, Audit: app,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:    e.clk.Now,
 	})
@@ -394,6 +423,9 @@ func stdTool(base string) Tool {
 
 const (
 	agentToken = "agent-token-3f1d9a"
+	// The directory account ids (objectGUID form) of alice and bob.
+	aliceID    = "5b0c6f1e-2d7a-4c1b-9e43-0a8f7d2c6b11"
+	bobID      = "c3e9a4d2-8f61-4b07-a5d8-71e2f09b3c44"
 	toolSecret = "s3cret-upstream-key-7c2e94b1"
 )
 
@@ -404,7 +436,7 @@ func allScopes() []string { return []string{"tickets:read", "tickets:create", "t
 func stdEnv(t testing.TB, u *upstream, risk RiskConfig) *env {
 	t.Helper()
 	e := newEnv(t, envOpts{tools: []Tool{stdTool(u.URL)}, risk: risk, secrets: map[string]string{"tickets-key": toolSecret}})
-	e.tok.add(agentToken, Principal{Agent: "bot", User: "alice", Groups: []string{"helpdesk"}, Scopes: allScopes(), JTI: "jti-1"}, "tickets")
+	e.tok.add(agentToken, Principal{Agent: "bot", User: "alice", UserID: aliceID, Groups: []string{"helpdesk"}, Scopes: allScopes(), JTI: "jti-1"}, "tickets")
 	return e
 }
 

@@ -27,8 +27,12 @@ import (
 
 // Principal is what a verified token says about its bearer.
 type Principal struct {
-	Agent  string   // agent name from the config (for a token exchange: act.sub)
-	User   string   // the user the agent acts for; empty when it acts alone
+	Agent string // agent name from the config (for a token exchange: act.sub)
+	User  string // the user the agent acts for; empty when it acts alone
+	// UserID is User's directory account id (the token's oid): what TOTP
+	// approvals are checked against, since a name can pass to another
+	// account.
+	UserID string
 	Groups []string // the user's directory groups
 	Scopes []string
 	JTI    string
@@ -103,8 +107,9 @@ type Options struct {
 	Verifier Verifier
 	Policy   PolicyChecker
 	Agents   AgentControl
-	// Users, if set, is asked whether a user exists before a TOTP
-	// enrollment; without it every well-formed name is enrolled.
+	// Users resolves a user to their directory account before a TOTP
+	// enrolment, which is stored under the account's id; without it no one
+	// can enroll.
 	Users   UserDirectory
 	Secrets SecretSource
 	Keys    KeySource
@@ -172,11 +177,13 @@ var (
 	ErrConfig = errors.New("toolproxy: invalid configuration")
 )
 
-// UserDirectory says whether user may sign in: refused is "" when so,
-// else the directory's reason (user_not_found, account_locked, ...). An
-// error is for a directory that cannot answer.
+// UserDirectory resolves a user name to the directory account that may
+// sign in under it: id is that account's immutable id (objectGUID,
+// entryUUID) when refused is "", else refused is the directory's reason
+// (user_not_found, account_locked, ...). An error is for a directory that
+// cannot answer.
 type UserDirectory interface {
-	UserRefused(ctx context.Context, user string) (refused string, err error)
+	UserAccount(ctx context.Context, user string) (id, refused string, err error)
 }
 
 // ErrWrongAudience is what a Verifier wraps when a token is sound but was

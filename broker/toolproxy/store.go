@@ -12,8 +12,12 @@ import (
 
 var (
 	bucketApprovals = []byte("approvals")
-	bucketTOTP      = []byte("totp")
-	bucketSources   = []byte("sources")
+	// bucketTOTP holds enrolments keyed by user name, as stored by
+	// versions before account ids: read only to say they must be redone.
+	bucketTOTP = []byte("totp")
+	// bucketTOTPAccounts holds enrolments keyed by directory account id.
+	bucketTOTPAccounts = []byte("totp_accounts")
+	bucketSources      = []byte("sources")
 )
 
 // Approval states.
@@ -38,10 +42,14 @@ var (
 
 // Approval is a request for a human to allow one exact call.
 type Approval struct {
-	ID         string    `json:"id"`
-	Status     string    `json:"status"`
-	Agent      string    `json:"agent"`
-	User       string    `json:"user,omitempty"`
+	ID     string `json:"id"`
+	Status string `json:"status"`
+	Agent  string `json:"agent"`
+	User   string `json:"user,omitempty"`
+	// UserID is the directory account id of User (the token's oid); empty
+	// when the agent acts for no user, and in approvals stored by versions
+	// before account ids (which only an administrator can decide).
+	UserID     string    `json:"user_id,omitempty"`
 	Tool       string    `json:"tool"`
 	Method     string    `json:"method"`
 	Path       string    `json:"path"` // for display: query values redacted
@@ -79,7 +87,7 @@ func openStore(path string) (*store, error) {
 		return nil, fmt.Errorf("toolproxy: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketApprovals, bucketTOTP, bucketSources} {
+		for _, b := range [][]byte{bucketApprovals, bucketTOTP, bucketTOTPAccounts, bucketSources} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -317,26 +325,36 @@ func (s *store) markSource(agent, addr string, now time.Time) error {
 	})
 }
 
-// totpRecord is a user's enrolment: the sealed seed and the last time step
-// accepted (a code is good once).
+// totpRecord is an account's enrolment: the sealed seed, the last time
+// step accepted (a code is good once), and the name the account had when
+// it enrolled (for display and audit; records stored under a name by older
+// versions have none).
 type totpRecord struct {
+	User     string    `json:"user,omitempty"`
 	Sealed   []byte    `json:"sealed"`
 	LastStep int64     `json:"last_step"`
 	Enrolled time.Time `json:"enrolled"`
 }
 
-func (s *store) putTOTP(user string, r *totpRecord) error {
+// putTOTP stores accountID's enrolment, replacing any it had, and removes
+// an enrolment stored under the same name by an older version.
+func (s *store) putTOTP(accountID string, r *totpRecord) error {
 	v, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTOTP).Put([]byte(user), v) })
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketTOTP).Delete([]byte(r.User)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTOTPAccounts).Put([]byte(accountID), v)
+	})
 }
 
-func (s *store) getTOTP(user string) (*totpRecord, error) {
+func (s *store) getTOTP(accountID string) (*totpRecord, error) {
 	var r *totpRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketTOTP).Get([]byte(user))
+		v := tx.Bucket(bucketTOTPAccounts).Get([]byte(accountID))
 		if v == nil {
 			return nil
 		}
@@ -346,13 +364,30 @@ func (s *store) getTOTP(user string) (*totpRecord, error) {
 	return r, err
 }
 
-// useTOTPStep records step as used for user if it is newer than the last
-// one; false means a replay.
-func (s *store) useTOTPStep(user string, step int64) (bool, error) {
+// totpByName says whether user has an enrolment stored by an older version
+// under the name alone (legacy), or one under another account's id that
+// had the name when it enrolled (other).
+func (s *store) totpByName(user string) (other, legacy bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		legacy = tx.Bucket(bucketTOTP).Get([]byte(user)) != nil
+		return tx.Bucket(bucketTOTPAccounts).ForEach(func(_, v []byte) error {
+			var r totpRecord
+			if json.Unmarshal(v, &r) == nil && r.User == user {
+				other = true
+			}
+			return nil
+		})
+	})
+	return other, legacy, err
+}
+
+// useTOTPStep records step as used for accountID if it is newer than the
+// last one; false means a replay.
+func (s *store) useTOTPStep(accountID string, step int64) (bool, error) {
 	ok := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTOTP)
-		v := b.Get([]byte(user))
+		b := tx.Bucket(bucketTOTPAccounts)
+		v := b.Get([]byte(accountID))
 		if v == nil {
 			return nil
 		}
@@ -369,7 +404,7 @@ func (s *store) useTOTPStep(user string, step int64) (bool, error) {
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(user), nv)
+		return b.Put([]byte(accountID), nv)
 	})
 	return ok, err
 }

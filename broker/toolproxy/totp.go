@@ -19,6 +19,10 @@ import (
 // ErrNotEnrolled means the user has no TOTP enrolment.
 var ErrNotEnrolled = errors.New("toolproxy: user has no TOTP enrolment")
 
+// ErrNoAccountID means a TOTP enrolment was asked without the directory
+// account id it is to be bound to.
+var ErrNoAccountID = errors.New("toolproxy: a TOTP enrolment needs the user's directory account id")
+
 const (
 	totpKeyPurpose = "toolproxy.totp"
 	totpPeriod     = 30
@@ -44,15 +48,25 @@ func (p *Proxy) totpAEAD(ctx context.Context) (cipher.AEAD, error) {
 	return cipher.NewGCM(blk)
 }
 
-func totpAD(user string) []byte { return []byte("applianced toolproxy totp v1\x00" + user) }
+// totpAD binds a sealed seed to the account it was enrolled for: a seed
+// moved to another account's record does not open.
+func totpAD(accountID string) []byte {
+	return []byte("applianced toolproxy totp v2\x00" + accountID)
+}
 
-// EnrollTOTP creates (or replaces) user's TOTP seed and returns the
-// otpauth:// URI for their authenticator. The seed is stored sealed with
-// AES-256-GCM under the key the KeySource gives for "toolproxy.totp", bound
-// to the user's name. The URI holds the seed: show it to the user only.
-func (p *Proxy) EnrollTOTP(ctx context.Context, user string) (string, error) {
+// EnrollTOTP creates (or replaces) the TOTP seed of the directory account
+// accountID, which the directory knows as user, and returns the otpauth://
+// URI for their authenticator. The seed is stored under the account id,
+// sealed with AES-256-GCM under the key the KeySource gives for
+// "toolproxy.totp" and bound to that id; the name is kept for display and
+// audit. An enrolment that an older version stored under the name alone is
+// removed. The URI holds the seed: show it to the user only.
+func (p *Proxy) EnrollTOTP(ctx context.Context, user, accountID string) (string, error) {
 	if !userRE.MatchString(user) {
 		return "", fmt.Errorf("toolproxy: %q is not a user name", user)
+	}
+	if accountID == "" {
+		return "", ErrNoAccountID
 	}
 	key, err := totp.Generate(totp.GenerateOpts{
 		Issuer: p.opts.Issuer, AccountName: user, Period: totpPeriod, SecretSize: 20,
@@ -69,48 +83,76 @@ func (p *Proxy) EnrollTOTP(ctx context.Context, user string) (string, error) {
 	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
 		return "", err
 	}
-	sealed := aead.Seal(nonce, nonce, []byte(key.Secret()), totpAD(user))
-	if err := p.store.putTOTP(user, &totpRecord{Sealed: sealed, Enrolled: p.now().UTC()}); err != nil {
+	sealed := aead.Seal(nonce, nonce, []byte(key.Secret()), totpAD(accountID))
+	if err := p.store.putTOTP(accountID, &totpRecord{User: user, Sealed: sealed, Enrolled: p.now().UTC()}); err != nil {
 		return "", fmt.Errorf("toolproxy: storing the TOTP enrolment: %w", err)
 	}
 	return key.URL(), nil
 }
 
-// verifyTOTP checks code against user's seed at now (one step of clock skew
-// either way) and accepts each time step once.
-func (p *Proxy) verifyTOTP(ctx context.Context, user, code string, now time.Time) (bool, error) {
-	rec, err := p.store.getTOTP(user)
+// totpResult is the outcome of a TOTP check.
+type totpResult int
+
+const (
+	totpWrongCode    totpResult = iota // wrong, replayed or malformed code
+	totpOK                             // the account's code for now
+	totpNotEnrolled                    // the account has no enrolment
+	totpOtherAccount                   // the name's only enrolment is another account's
+	totpLegacy                         // the name's enrolment predates account ids
+)
+
+// verifyTOTP checks code against the seed enrolled for the account
+// accountID (user is its name) at now, with one step of clock skew either
+// way, and accepts each time step once. Only that account's seed is tried:
+// an enrolment under the same name for another account, or one stored by
+// an older version under the name alone, never matches; the result says
+// which, for the audit record.
+func (p *Proxy) verifyTOTP(ctx context.Context, user, accountID, code string, now time.Time) (totpResult, error) {
+	rec, err := p.store.getTOTP(accountID)
 	if err != nil {
-		return false, err
+		return totpWrongCode, err
 	}
 	if rec == nil {
-		return false, nil
+		other, legacy, err := p.store.totpByName(user)
+		switch {
+		case err != nil:
+			return totpWrongCode, err
+		case legacy:
+			return totpLegacy, nil
+		case other:
+			return totpOtherAccount, nil
+		}
+		return totpNotEnrolled, nil
 	}
 	aead, err := p.totpAEAD(ctx)
 	if err != nil {
-		return false, err
+		return totpWrongCode, err
 	}
 	ns := aead.NonceSize()
 	if len(rec.Sealed) < ns {
-		return false, errors.New("toolproxy: sealed TOTP seed is corrupt")
+		return totpWrongCode, errors.New("toolproxy: sealed TOTP seed is corrupt")
 	}
-	seed, err := aead.Open(nil, rec.Sealed[:ns], rec.Sealed[ns:], totpAD(user))
+	seed, err := aead.Open(nil, rec.Sealed[:ns], rec.Sealed[ns:], totpAD(accountID))
 	if err != nil {
-		return false, fmt.Errorf("toolproxy: opening the TOTP seed: %w", err)
+		return totpWrongCode, fmt.Errorf("toolproxy: opening the TOTP seed: %w", err)
 	}
 	defer clear(seed)
 	if len(code) != 6 {
-		return false, nil
+		return totpWrongCode, nil
 	}
 	for _, skew := range []int64{0, -1, 1} {
 		t := now.Add(time.Duration(skew*totpPeriod) * time.Second)
 		want, err := totp.GenerateCodeCustom(string(seed), t, totpOpts)
 		if err != nil {
-			return false, err
+			return totpWrongCode, err
 		}
 		if subtle.ConstantTimeCompare([]byte(want), []byte(code)) == 1 {
-			return p.store.useTOTPStep(user, t.Unix()/totpPeriod)
+			ok, err := p.store.useTOTPStep(accountID, t.Unix()/totpPeriod)
+			if !ok || err != nil {
+				return totpWrongCode, err
+			}
+			return totpOK, nil
 		}
 	}
-	return false, nil
+	return totpWrongCode, nil
 }

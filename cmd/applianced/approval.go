@@ -170,7 +170,7 @@ func (t brokerTools) Verify(ctx context.Context, raw, tool string) (toolproxy.Pr
 		}
 		return toolproxy.Principal{}, te
 	}
-	return toolproxy.Principal{Agent: p.Agent, User: p.User, Groups: p.Groups, Scopes: p.Scopes, JTI: p.JTI,
+	return toolproxy.Principal{Agent: p.Agent, User: p.User, UserID: p.UserID, Groups: p.Groups, Scopes: p.Scopes, JTI: p.JTI,
 		JTIHMAC: t.b.HashID(p.JTI), Expiry: p.Expiry}, nil
 }
 

@@ -87,23 +87,24 @@ func (dir *directory) Lookup(ctx context.Context, r ldapauth.LookupRequest) (lda
 	return a.Lookup(ctx, r)
 }
 
-// UserRefused asks the directory whether user may sign in (TOTP
-// enrollment): "" if so, else why not. Without an [ldap] section there is
-// no one to ask, and every name is taken as given.
-func (dir *directory) UserRefused(ctx context.Context, user string) (string, error) {
+// UserAccount resolves user in the directory for a TOTP enrolment: the
+// account's immutable id (objectGUID, entryUUID) if the user may sign in,
+// else why not. Without an [ldap] section there is no account to bind a
+// seed to, and the enrolment is refused.
+func (dir *directory) UserAccount(ctx context.Context, user string) (id, refused string, err error) {
 	if dir == nil || dir.cur.Load() == nil {
-		return "", nil
+		return "", "", errors.New("no [ldap] section in the config")
 	}
-	_, out, err := dir.Lookup(ctx, ldapauth.LookupRequest{Username: user, Source: "unix"})
+	ident, out, err := dir.Lookup(ctx, ldapauth.LookupRequest{Username: user, Source: "unix"})
 	switch {
 	case err != nil:
-		return "", err
+		return "", "", err
 	case out.OK:
-		return "", nil
+		return ident.ID, "", nil
 	case out.Reason == "":
-		return "denied", nil
+		return "", "denied", nil
 	}
-	return string(out.Reason), nil
+	return "", string(out.Reason), nil
 }
 
 // vaultSecrets reads bind_password_secret from the vault; without a vault,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/broker/toolproxy"
 	"github.com/applianced/applianced/ldapauth/devdir"
 )
 
@@ -92,6 +93,22 @@ func TestLDAPTestVerb(t *testing.T) {
 	var res ldapTestResult
 	if err := json.Unmarshal([]byte(out), &res); code != exitOK || err != nil || res.Identity == nil || res.Identity.Username != "alice" {
 		t.Errorf("--json: exit %d err %v result %+v", code, err, res)
+	}
+
+	// A TOTP enrolment is bound to the account the directory has under the
+	// name, and refused for a name it does not know.
+	enroll := func(args ...string) (int, string, string) {
+		e := testEnv()
+		code := run(ctx, e, append([]string{"user", "totp", "enroll", "--config", cfg.Path}, args...))
+		return code, e.stdout.(*syncBuffer).String(), e.stderr.(*syncBuffer).String()
+	}
+	code, out, errOut := enroll("--json", "alice")
+	var enr toolproxy.EnrollAnswer
+	if err := json.Unmarshal([]byte(out), &enr); code != exitOK || err != nil || res.Identity == nil || enr.AccountID != res.Identity.ID || !strings.HasPrefix(enr.URI, "otpauth://totp/") {
+		t.Errorf("totp enroll alice: exit %d err %v answer %+v, want account %q\n%s", code, err, enr, res.Identity.ID, errOut)
+	}
+	if code, _, errOut := enroll("mallory"); code == exitOK || !strings.Contains(errOut, "user_not_found") {
+		t.Errorf("totp enroll of an unknown name: exit %d, stderr %q; want a failure naming user_not_found", code, errOut)
 	}
 
 	// The DC's health and the login counters are on the admin socket's

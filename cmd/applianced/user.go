@@ -11,7 +11,9 @@ import (
 func cmdUserTOTPEnroll(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := e.flags("user totp enroll", "USER", "Create (or replace) USER's TOTP seed for approving their agents' tool calls, and\n"+
 		"print the otpauth:// URI to load into their authenticator app. The URI holds the\n"+
-		"seed: hand it to the user only. The seed is stored sealed in the state dir.",
+		"seed: hand it to the user only. The seed is stored sealed in the state dir, bound\n"+
+		"to the directory account that has the name now (--json shows its id): if the\n"+
+		"name later passes to another account, that account must be enrolled again.",
 		"applianced user totp enroll alice", "applianced user totp enroll alice | qrencode -t ansiutf8")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if code, ok := e.parseArgs(fs, args, 1); !ok {
