@@ -546,3 +546,47 @@ func TestExchangeNeedsASubjectTokenWithTimeLeft(t *testing.T) {
 		t.Errorf("description %q does not say why", ex.str("error_description"))
 	}
 }
+
+// VerifyUser, what a user deciding an approval presents, takes a user's
+// own token only: not an agent's, not one exchanged for an agent, not a
+// revoked one.
+func TestVerifyUserTakesOnlyAUsersOwnToken(t *testing.T) {
+	e := newEnv(t, nil)
+	e.serveHTTPS()
+	e.serveSocket()
+	ctx := context.Background()
+	lg := e.login("alice", "alice-pw")
+	if lg.status != 200 {
+		t.Fatalf("login: got %d %v", lg.status, lg.body)
+	}
+	userTok := lg.str("access_token")
+	p, err := e.b.VerifyUser(ctx, userTok)
+	if err != nil || p.User != "alice" || p.UserID == "" || p.Agent != "" {
+		t.Fatalf("alice's own token: %v %+v", err, p)
+	}
+	ex := e.socketPost("/oauth2/token", url.Values{"grant_type": {GrantTokenExchange}, "subject_token": {userTok},
+		"subject_token_type": {tokenTypeAccess}})
+	if ex.status != 200 {
+		t.Fatalf("exchange: got %d %v", ex.status, ex.body)
+	}
+	ag := e.agentToken("tickets:read")
+	if ag.status != 200 {
+		t.Fatalf("agent token: got %d %v", ag.status, ag.body)
+	}
+	for name, raw := range map[string]string{
+		"exchanged for an agent": ex.str("access_token"),
+		"an agent's own":         ag.str("access_token"),
+		"a refresh token":        lg.str("refresh_token"),
+		"garbage":                "a.b.c",
+	} {
+		if _, err := e.b.VerifyUser(ctx, raw); err == nil {
+			t.Errorf("%s: accepted as a user's own token", name)
+		}
+	}
+	if a := e.httpsPost("/oauth2/revoke", url.Values{"token": {userTok}}); a.status != 200 {
+		t.Fatalf("revoke: got %d %v", a.status, a.body)
+	}
+	if _, err := e.b.VerifyUser(ctx, userTok); !errors.Is(err, ErrRevoked) {
+		t.Errorf("a revoked user token: got %v, want ErrRevoked", err)
+	}
+}

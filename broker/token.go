@@ -170,6 +170,21 @@ func (b *Broker) Verify(ctx context.Context, raw, audience string) (*Principal, 
 	return b.checkState(c)
 }
 
+// VerifyUser checks raw as a user's own token: one from a login or its
+// refresh (aud the token endpoint, no act), never an agent's or one
+// exchanged for an agent. The same checks as Verify run, revocations of
+// the user and of the account included.
+func (b *Broker) VerifyUser(ctx context.Context, raw string) (*Principal, error) {
+	c, err := b.verifyClaims(raw, func(aud string) bool { return aud == b.userAudience() })
+	if err != nil {
+		return nil, err
+	}
+	if c.Kind != KindUser || c.Act != nil {
+		return nil, refused(c, invalid(ErrAudience))
+	}
+	return b.checkState(c)
+}
+
 // verifyClaims checks raw up to its claims; accept decides which aud
 // values are good (one is enough).
 func (b *Broker) verifyClaims(raw string, accept func(aud string) bool) (*claims, error) {

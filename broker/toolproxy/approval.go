@@ -195,16 +195,13 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 		fail(http.StatusConflict, CodeApprovalInvalid, "the approval is "+st)
 		return
 	}
-	// Only the user the agent acts for may decide, and only with their own
-	// code. A wrong code for that user counts against the approval (after
-	// maxTOTPFailures it is denied); a request naming anyone else does not,
-	// so that a stranger cannot deny an approval by failing on purpose.
+	// Only the user the agent acts for may decide: with their own token,
+	// and their own code. A wrong code from them counts against the
+	// approval (after maxTOTPFailures it is denied); a request without
+	// their token does not, so that a stranger cannot deny an approval by
+	// failing on purpose.
 	if a.User == "" {
 		fail(http.StatusForbidden, CodeAccessDenied, "the agent acts for no user; only an administrator can decide (applianced approval approve|deny ID)")
-		return
-	}
-	if d.User != a.User {
-		fail(http.StatusForbidden, CodeAccessDenied, "wrong user or code")
 		return
 	}
 	// The code is checked against the seed of the account the agent acts
@@ -212,6 +209,30 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	ev.Details["account_id"] = a.UserID
 	if a.UserID == "" {
 		fail(http.StatusForbidden, CodeAccessDenied, "the approval names no directory account; only an administrator can decide (applianced approval approve|deny ID)")
+		return
+	}
+	// The user proves who they are with their own token (the one the
+	// chatbot holds from /v1/login) before any code is tried: a stranger
+	// who knows the approval's id cannot count failures against it.
+	raw, ok := bearerToken(r)
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		fail(http.StatusUnauthorized, CodeInvalidToken, "deciding an approval needs the user's own token (from /v1/login) in Authorization: Bearer ...")
+		return
+	}
+	up, err := p.opts.Verifier.VerifyUser(r.Context(), raw)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		desc := "the token is not a user's own valid token (an agent's or an exchanged one is not accepted here)"
+		if te := (*TokenError)(nil); errors.As(err, &te) && te.Why != "" {
+			desc = "the user token " + te.Why
+		}
+		fail(http.StatusUnauthorized, CodeInvalidToken, desc)
+		return
+	}
+	if up.User != a.User || up.UserID != a.UserID || d.User != a.User {
+		ev.Details["token_user"] = up.User
+		fail(http.StatusForbidden, CodeAccessDenied, "wrong user or code")
 		return
 	}
 	res, err := p.verifyTOTP(r.Context(), d.User, a.UserID, d.Code, now)

@@ -132,10 +132,11 @@ func totpSecret(t *testing.T, uri string) string {
 	return u.Query().Get("secret")
 }
 
-func (e *env) decideTOTP(id string, d TOTPDecision) reply {
+// decideTOTP posts d with token (a user's own token, or none: "").
+func (e *env) decideTOTP(id, token string, d TOTPDecision) reply {
 	e.t.Helper()
 	b, _ := json.Marshal(d)
-	return e.do("POST", "/v1/approvals/"+id, "", b, map[string]string{"Content-Type": "application/json"})
+	return e.do("POST", "/v1/approvals/"+id, token, b, map[string]string{"Content-Type": "application/json"})
 }
 
 func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
@@ -165,19 +166,23 @@ func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
 	id := askApproval(t, e, agentToken, path, nil) // the agent acts for alice
 
 	tests := []struct {
-		name string
-		d    TOTPDecision
-		want int
+		name  string
+		token string
+		d     TOTPDecision
+		want  int
 	}{
-		{"bob with his own code", TOTPDecision{User: "bob", Code: code(bob), Decision: "approve"}, 403},
-		{"bob naming alice", TOTPDecision{User: "alice", Code: code(bob), Decision: "approve"}, 403},
-		{"alice with a wrong code", TOTPDecision{User: "alice", Code: "000000", Decision: "approve"}, 403},
-		{"alice", TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 200},
-		{"alice again", TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 409},
+		{"bob with his own code", bobToken, TOTPDecision{User: "bob", Code: code(bob), Decision: "approve"}, 403},
+		{"bob naming alice", bobToken, TOTPDecision{User: "alice", Code: code(bob), Decision: "approve"}, 403},
+		{"alice's code without her token", "", TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 401},
+		{"alice's code with bob's token", bobToken, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 403},
+		{"alice's code with the agent's token", agentToken, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 401},
+		{"alice with a wrong code", aliceToken, TOTPDecision{User: "alice", Code: "000000", Decision: "approve"}, 403},
+		{"alice", aliceToken, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 200},
+		{"alice again", aliceToken, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}, 409},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := e.decideTOTP(id, tt.d); got.status != tt.want {
+			if got := e.decideTOTP(id, tt.token, tt.d); got.status != tt.want {
 				t.Errorf("got %d %s, want %d", got.status, got.body, tt.want)
 			}
 		})
@@ -191,17 +196,17 @@ func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
 
 	t.Run("a code is good once", func(t *testing.T) {
 		id2 := askApproval(t, e, agentToken, path, nil)
-		if got := e.decideTOTP(id2, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}); got.status != 403 {
+		if got := e.decideTOTP(id2, aliceToken, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}); got.status != 403 {
 			t.Errorf("got %d %s, want the replayed code refused", got.status, got.body)
 		}
 	})
 	t.Run("too many wrong codes deny the approval", func(t *testing.T) {
 		id3 := askApproval(t, e, agentToken, path, nil)
 		for range maxTOTPFailures {
-			e.decideTOTP(id3, TOTPDecision{User: "alice", Code: "123456", Decision: "approve"})
+			e.decideTOTP(id3, aliceToken, TOTPDecision{User: "alice", Code: "123456", Decision: "approve"})
 		}
 		e.clk.Add(time.Minute)
-		if got := e.decideTOTP(id3, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}); got.status != 409 {
+		if got := e.decideTOTP(id3, aliceToken, TOTPDecision{User: "alice", Code: code(alice), Decision: "approve"}); got.status != 409 {
 			t.Errorf("got %d %s, want 409 once the approval is denied", got.status, got.body)
 		}
 		if ev := e.lastEvent("approval.deny"); ev.Target != id3 || ev.Reason != "too many failed codes" {
@@ -211,9 +216,10 @@ func TestTOTPApprovalOnlyByTheUserActedFor(t *testing.T) {
 }
 
 // Failed TOTP decisions by anyone but the user the agent acts for do not
-// count against the approval: a stranger who knows its id cannot deny it
-// by failing on purpose, nor one where the agent acts for no user. And the
-// user named in a refused decision is recorded as a claim, not as the actor.
+// count against the approval: a stranger who knows its id, even naming the
+// user, cannot deny it by failing on purpose without the user's own token;
+// nor one where the agent acts for no user. And the user named in a
+// refused decision is recorded as a claim, not as the actor.
 func TestStrangersCannotDenyAnApproval(t *testing.T) {
 	u := newUpstream(t, jsonOK(`{}`))
 	e := stdEnv(t, u, RiskConfig{})
@@ -223,19 +229,34 @@ func TestStrangersCannotDenyAnApproval(t *testing.T) {
 	}
 	const path = "/v1/tools/tickets/tickets/3"
 	id := askApproval(t, e, agentToken, path, nil) // the agent acts for alice
-	for range maxTOTPFailures + 2 {
-		if got := e.decideTOTP(id, TOTPDecision{User: "mallory", Code: "000000", Decision: "deny"}); got.status != 403 {
-			t.Fatalf("got %d %s, want 403", got.status, got.body)
+	strangers := []struct {
+		name, token, user string
+		want              int
+	}{
+		{"mallory", "", "mallory", 401},
+		{"naming alice without a token", "", "alice", 401},
+		{"naming alice with a forged token", "not-a-token", "alice", 401},
+		{"bob naming alice", bobToken, "alice", 403},
+		{"the agent naming alice", agentToken, "alice", 401},
+	}
+	for _, s := range strangers {
+		for range maxTOTPFailures + 2 {
+			if got := e.decideTOTP(id, s.token, TOTPDecision{User: s.user, Code: "000000", Decision: "deny"}); got.status != s.want {
+				t.Fatalf("%s: got %d %s, want %d", s.name, got.status, got.body, s.want)
+			}
 		}
 	}
-	if ev := e.lastEvent("approval.refused"); ev.Actor != (audit.Actor{}) || ev.Details["claimed_user"] != "mallory" || ev.Details["agent"] != "bot" {
-		t.Errorf("refused decision recorded as %+v, want no actor, claimed_user=mallory, agent=bot", ev)
+	if ev := e.lastEvent("approval.refused"); ev.Actor != (audit.Actor{}) || ev.Details["claimed_user"] != "alice" || ev.Details["agent"] != "bot" {
+		t.Errorf("refused decision recorded as %+v, want no actor, claimed_user=alice, agent=bot", ev)
+	}
+	if a, err := e.proxy.store.approval(id); err != nil || a.Failures != 0 {
+		t.Fatalf("after the strangers: %v, %d failures counted, want none", err, a.Failures)
 	}
 	code, err := totp.GenerateCode(totpSecret(t, aliceURI), e.clk.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := e.decideTOTP(id, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 200 {
+	if got := e.decideTOTP(id, aliceToken, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 200 {
 		t.Fatalf("alice after a stranger's failures: got %d %s, want 200", got.status, got.body)
 	}
 
@@ -245,7 +266,7 @@ func TestStrangersCannotDenyAnApproval(t *testing.T) {
 	e.tok.add(noUser, Principal{Agent: "bot", Scopes: allScopes(), JTI: "jti-nouser"}, "tickets")
 	id2 := askApproval(t, e, noUser, path, nil)
 	for range maxTOTPFailures + 2 {
-		if got := e.decideTOTP(id2, TOTPDecision{User: "alice", Code: "000000", Decision: "deny"}); got.status != 403 {
+		if got := e.decideTOTP(id2, aliceToken, TOTPDecision{User: "alice", Code: "000000", Decision: "deny"}); got.status != 403 {
 			t.Fatalf("got %d %s, want 403", got.status, got.body)
 		}
 	}
@@ -323,14 +344,22 @@ func TestTOTPFollowsTheAccountNotTheName(t *testing.T) {
 	e.users.set("alice", newAlice)
 	const tok = "agent-token-for-the-new-alice"
 	e.tok.add(tok, Principal{Agent: "bot", User: "alice", UserID: newAlice, Scopes: allScopes(), JTI: "jti-new-alice"}, "tickets")
+	const newAliceToken = "user-token-of-the-new-alice"
+	e.tok.add(newAliceToken, Principal{User: "alice", UserID: newAlice, JTI: "jti-new-alice-own"}, userAud)
 	const path = "/v1/tools/tickets/tickets/5"
 	id := askApproval(t, e, tok, path, nil)
 	code, err := totp.GenerateCode(oldSeed, e.clk.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := e.decideTOTP(id, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 403 {
-		t.Fatalf("the former alice's code: got %d %s, want 403", got.status, got.body)
+	if got := e.decideTOTP(id, aliceToken, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 403 {
+		t.Fatalf("the former alice's token and code: got %d %s, want 403", got.status, got.body)
+	}
+	if ev := e.lastEvent("approval.refused"); ev.Details["token_user"] != "alice" || ev.Details["account_id"] != newAlice {
+		t.Errorf("refusal recorded as %+v", ev.Details)
+	}
+	if got := e.decideTOTP(id, newAliceToken, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 403 {
+		t.Fatalf("the former alice's code under the new alice's token: got %d %s, want 403", got.status, got.body)
 	}
 	if ev := e.lastEvent("approval.refused"); ev.Details["account_id"] != newAlice || ev.Details["totp"] != "enrolled_for_another_account" {
 		t.Errorf("refusal recorded as %+v, want account_id %s and totp=enrolled_for_another_account", ev.Details, newAlice)
@@ -338,7 +367,7 @@ func TestTOTPFollowsTheAccountNotTheName(t *testing.T) {
 
 	// The former alice's own approvals still take her code.
 	oldID := askApproval(t, e, agentToken, path, nil)
-	if got := e.decideTOTP(oldID, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 200 {
+	if got := e.decideTOTP(oldID, aliceToken, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 200 {
 		t.Fatalf("the enrolled account's own approval: got %d %s, want 200", got.status, got.body)
 	}
 
@@ -354,7 +383,7 @@ func TestTOTPFollowsTheAccountNotTheName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := e.decideTOTP(id, TOTPDecision{User: "alice", Code: newCode, Decision: "approve"}); got.status != 200 {
+	if got := e.decideTOTP(id, newAliceToken, TOTPDecision{User: "alice", Code: newCode, Decision: "approve"}); got.status != 200 {
 		t.Fatalf("the new alice's own code: got %d %s, want 200", got.status, got.body)
 	}
 	if ev := e.lastEvent("approval.approve"); ev.Target != id || ev.Details["account_id"] != newAlice {
@@ -383,7 +412,7 @@ func TestTOTPEnrolmentByNameOnlyIsRefused(t *testing.T) {
 	}
 	id := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/6", nil)
 	for range maxTOTPFailures + 1 {
-		got := e.decideTOTP(id, TOTPDecision{User: "alice", Code: "123456", Decision: "approve"})
+		got := e.decideTOTP(id, aliceToken, TOTPDecision{User: "alice", Code: "123456", Decision: "approve"})
 		if got.status != 403 || !strings.Contains(string(got.body), "applianced user totp enroll alice") {
 			t.Fatalf("got %d %s, want 403 naming the enrolment to redo", got.status, got.body)
 		}

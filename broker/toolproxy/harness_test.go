@@ -68,6 +68,19 @@ func (v *tokens) Verify(_ context.Context, raw, audience string) (Principal, err
 	return e.p, nil
 }
 
+// userAud is the audience the fake gives a user's own token.
+const userAud = "user-own-token"
+
+func (v *tokens) VerifyUser(_ context.Context, raw string) (Principal, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	e, ok := v.byRaw[raw]
+	if !ok || e.p.Agent != "" || !slices.Contains(e.aud, userAud) {
+		return Principal{}, errors.New("invalid token")
+	}
+	return e.p, nil
+}
+
 func (v *tokens) add(raw string, p Principal, aud ...string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -423,6 +436,9 @@ func stdTool(base string) Tool {
 
 const (
 	agentToken = "agent-token-3f1d9a"
+	// The user tokens of alice and bob, from their logins.
+	aliceToken = "user-token-alice-8e21"
+	bobToken   = "user-token-bob-44c7"
 	// The directory account ids (objectGUID form) of alice and bob.
 	aliceID    = "5b0c6f1e-2d7a-4c1b-9e43-0a8f7d2c6b11"
 	bobID      = "c3e9a4d2-8f61-4b07-a5d8-71e2f09b3c44"
@@ -437,6 +453,8 @@ func stdEnv(t testing.TB, u *upstream, risk RiskConfig) *env {
 	t.Helper()
 	e := newEnv(t, envOpts{tools: []Tool{stdTool(u.URL)}, risk: risk, secrets: map[string]string{"tickets-key": toolSecret}})
 	e.tok.add(agentToken, Principal{Agent: "bot", User: "alice", UserID: aliceID, Groups: []string{"helpdesk"}, Scopes: allScopes(), JTI: "jti-1"}, "tickets")
+	e.tok.add(aliceToken, Principal{User: "alice", UserID: aliceID, JTI: "jti-alice"}, userAud)
+	e.tok.add(bobToken, Principal{User: "bob", UserID: bobID, JTI: "jti-bob"}, userAud)
 	return e
 }
 

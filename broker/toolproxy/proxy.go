@@ -50,6 +50,10 @@ type Principal struct {
 // other error with 401.
 type Verifier interface {
 	Verify(ctx context.Context, rawToken, audience string) (Principal, error)
+	// VerifyUser accepts only a user's own token (from a login or its
+	// refresh): not an agent's, not one exchanged for an agent. It is what
+	// a user deciding an approval with a TOTP code presents.
+	VerifyUser(ctx context.Context, rawToken string) (Principal, error)
 }
 
 // PolicyRequest is what an ABAC decision is about.

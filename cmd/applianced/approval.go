@@ -174,6 +174,23 @@ func (t brokerTools) Verify(ctx context.Context, raw, tool string) (toolproxy.Pr
 		JTIHMAC: t.b.HashID(p.JTI), Expiry: p.Expiry}, nil
 }
 
+// VerifyUser accepts only a user's own token, for a user deciding an
+// approval with a TOTP code.
+func (t brokerTools) VerifyUser(ctx context.Context, raw string) (toolproxy.Principal, error) {
+	p, err := t.b.VerifyUser(ctx, raw)
+	if err != nil {
+		te := &toolproxy.TokenError{Err: err}
+		switch {
+		case errors.Is(err, broker.ErrExpired):
+			te.Why = "expired: log in again"
+		case errors.Is(err, broker.ErrRevoked), errors.Is(err, broker.ErrUserRevoked):
+			te.Why = "was revoked: log in again"
+		}
+		return toolproxy.Principal{}, te
+	}
+	return toolproxy.Principal{User: p.User, UserID: p.UserID, Groups: p.Groups, JTI: p.JTI, JTIHMAC: t.b.HashID(p.JTI), Expiry: p.Expiry}, nil
+}
+
 // Allow evaluates the [[policy]] rules; the agent socket counts as
 // 127.0.0.1, as for token issuance.
 func (t brokerTools) Allow(_ context.Context, r toolproxy.PolicyRequest) (bool, string, error) {
