@@ -576,12 +576,28 @@ func TestVerifyUserTakesOnlyAUsersOwnToken(t *testing.T) {
 	for name, raw := range map[string]string{
 		"exchanged for an agent": ex.str("access_token"),
 		"an agent's own":         ag.str("access_token"),
-		"a refresh token":        lg.str("refresh_token"),
 		"garbage":                "a.b.c",
 	} {
 		if _, err := e.b.VerifyUser(ctx, raw); err == nil {
 			t.Errorf("%s: accepted as a user's own token", name)
 		}
+	}
+	// Signed by the broker for the user audience, yet not a user's own:
+	// one that names an actor, and one of an agent.
+	acting := e.goodClaims()
+	acting.Audience, acting.Kind, acting.Subject, acting.UserID = jwt.Audience{e.b.userAudience()}, KindUser, "alice", p.UserID
+	acting.Act = &actClaim{Sub: "bot"}
+	agentOwn := e.goodClaims()
+	agentOwn.Audience = jwt.Audience{e.b.userAudience()}
+	plain := e.goodClaims()
+	plain.Audience, plain.Kind, plain.Subject, plain.UserID = jwt.Audience{e.b.userAudience()}, KindUser, "alice", p.UserID
+	for name, c := range map[string]*claims{"with act": acting, "of an agent": agentOwn} {
+		if _, err := e.b.VerifyUser(ctx, e.signed(c)); !errors.Is(err, ErrAudience) {
+			t.Errorf("a user-audience token %s: got %v, want it refused", name, err)
+		}
+	}
+	if _, err := e.b.VerifyUser(ctx, e.signed(plain)); err != nil {
+		t.Errorf("the same claims as a user's own token: %v", err)
 	}
 	if a := e.httpsPost("/oauth2/revoke", url.Values{"token": {userTok}}); a.status != 200 {
 		t.Fatalf("revoke: got %d %v", a.status, a.body)

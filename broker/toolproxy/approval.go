@@ -43,7 +43,14 @@ func (st *state) approvalTTL() time.Duration {
 // account: the same call for another account under the same name differs.
 func (c *call) callHash(bodySHA string) string {
 	h := sha256.New()
-	for _, s := range []string{c.pr.Agent, c.pr.User, c.pr.UserID, c.t.cfg.Name, c.r.Method, c.tp.escaped(), c.query.Encode(), bodySHA} {
+	fields := []string{c.pr.Agent, c.pr.User, c.t.cfg.Name, c.r.Method, c.tp.escaped(), c.query.Encode(), bodySHA}
+	if c.pr.UserID != "" {
+		// Only when there is one, so that an approval asked before account
+		// ids were kept (and its retry) hash as they did then. Fields are
+		// length-prefixed: seven and eight fields never collide.
+		fields = append(fields, c.pr.UserID)
+	}
+	for _, s := range fields {
 		h.Write([]byte(strconv.Itoa(len(s))))
 		h.Write([]byte{':'})
 		h.Write([]byte(s))
@@ -230,12 +237,37 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 		fail(http.StatusUnauthorized, CodeInvalidToken, desc)
 		return
 	}
-	if up.User != a.User || up.UserID != a.UserID || d.User != a.User {
-		ev.Details["token_user"] = up.User
+	// From here on the token says who asks: the account, not a name,
+	// decides (a renamed user keeps their approvals).
+	ev.Details["token_user"] = up.User
+	setJTI(ev, up)
+	if up.UserID != a.UserID {
 		fail(http.StatusForbidden, CodeAccessDenied, "wrong user or code")
 		return
 	}
-	res, err := p.verifyTOTP(r.Context(), d.User, a.UserID, d.Code, now)
+	// The directory is asked now, as at every token exchange: an account
+	// locked or disabled since its token was issued decides nothing.
+	if p.opts.Users != nil {
+		id, why, err := p.opts.Users.UserAccount(r.Context(), up.User)
+		switch {
+		case err != nil:
+			fail(http.StatusServiceUnavailable, "directory_unavailable", "the directory cannot be asked about "+up.User+"; try again")
+			return
+		case why != "":
+			ev.Details["directory"] = why
+			fail(http.StatusForbidden, CodeAccessDenied, "the directory refuses "+up.User+" ("+why+")")
+			return
+		case id != a.UserID:
+			ev.Details["directory"] = "name_now_another_account"
+			fail(http.StatusForbidden, CodeAccessDenied, "wrong user or code")
+			return
+		}
+	}
+	// One code at a time: the failures counted for the approval and for
+	// the account, and the denial they cause, are read and written whole.
+	p.totpMu.Lock()
+	defer p.totpMu.Unlock()
+	res, err := p.verifyTOTP(r.Context(), a.User, a.UserID, d.Code, now)
 	if err != nil {
 		p.log.Error("toolproxy: checking a TOTP code", "err", err)
 		fail(http.StatusInternalServerError, CodeServerError, "TOTP is unavailable")
@@ -247,9 +279,21 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 		ev.Details["totp"] = "enrolled_by_name_only"
 		// Not the user's failure, and not counted: the enrolment is to be
 		// redone, not guessed to belong to this account.
-		fail(http.StatusForbidden, CodeAccessDenied, "the TOTP enrolment of "+d.User+
-			" predates directory account ids and is no longer accepted; an administrator must enroll again (applianced user totp enroll "+d.User+")")
+		fail(http.StatusForbidden, CodeAccessDenied, "the TOTP enrolment of "+a.User+
+			" predates directory account ids and is no longer accepted; an administrator must enroll again (applianced user totp enroll "+up.User+")")
 		return
+	case totpLocked, totpLockedNow:
+		ev.Details["totp"] = "locked"
+		if res == totpLockedNow {
+			ev.Severity = audit.SeverityHigh
+			ev.Details["totp_locked_now"] = "true"
+		}
+		if res == totpLocked {
+			// Not counted against the approval: no code was tried.
+			fail(http.StatusForbidden, CodeAccessDenied, totpLockedMessage(up.User))
+			return
+		}
+		reason = totpLockedMessage(up.User)
 	case totpOtherAccount:
 		ev.Details["totp"] = "enrolled_for_another_account"
 	case totpNotEnrolled:
@@ -286,12 +330,12 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	// Recorded before it takes effect: no decision without a record.
 	ev.Type = "approval." + d.Decision
 	ev.Outcome = audit.OutcomeSuccess
-	ev.Actor = audit.Actor{User: d.User, Agent: a.Agent}
+	ev.Actor = audit.Actor{User: up.User, Agent: a.Agent}
 	if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
 		writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
 		return
 	}
-	a, err = p.store.decide(id, d.Decision == "approve", "user:"+d.User, now)
+	a, err = p.store.decide(id, d.Decision == "approve", "user:"+up.User, now)
 	if err != nil {
 		ev.Type, ev.Outcome = "approval.refused", audit.OutcomeFailure
 		fail(http.StatusConflict, CodeApprovalInvalid, "the approval could not be decided: "+err.Error())

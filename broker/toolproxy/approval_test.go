@@ -2,12 +2,15 @@ package toolproxy
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -365,10 +368,14 @@ func TestTOTPFollowsTheAccountNotTheName(t *testing.T) {
 		t.Errorf("refusal recorded as %+v, want account_id %s and totp=enrolled_for_another_account", ev.Details, newAlice)
 	}
 
-	// The former alice's own approvals still take her code.
+	// Nor does the former alice's token still under the name decide her
+	// own approvals: the directory has given the name to another account.
 	oldID := askApproval(t, e, agentToken, path, nil)
-	if got := e.decideTOTP(oldID, aliceToken, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 200 {
-		t.Fatalf("the enrolled account's own approval: got %d %s, want 200", got.status, got.body)
+	if got := e.decideTOTP(oldID, aliceToken, TOTPDecision{User: "alice", Code: code, Decision: "approve"}); got.status != 403 {
+		t.Fatalf("a token under a name the directory gave away: got %d %s, want 403", got.status, got.body)
+	}
+	if ev := e.lastEvent("approval.refused"); ev.Details["directory"] != "name_now_another_account" {
+		t.Errorf("refusal recorded as %+v", ev.Details)
 	}
 
 	var fresh EnrollAnswer
@@ -439,5 +446,179 @@ func TestTOTPEnrolmentByNameOnlyIsRefused(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Error(err)
+	}
+}
+
+// Wrong codes count per account too, over all approvals: whoever holds the
+// user's token (an agent that exchanges it does) cannot ask for approval
+// after approval and keep guessing. maxAccountTOTPFailures in a row lock
+// the account's TOTP until it is enrolled again; a right code in between
+// starts the count anew.
+func TestTOTPLocksAfterWrongCodesAcrossApprovals(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	uri, err := e.proxy.EnrollTOTP(t.Context(), "alice", aliceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	ask := func() string {
+		n++
+		return askApproval(t, e, agentToken, fmt.Sprintf("/v1/tools/tickets/tickets/%d", 100+n), nil)
+	}
+	wrong := func(k int) reply {
+		var last reply
+		for k > 0 {
+			id := ask()
+			for range min(k, maxTOTPFailures-1) {
+				last = e.decideTOTP(id, aliceToken, TOTPDecision{User: "alice", Code: "000000", Decision: "approve"})
+				k--
+			}
+		}
+		return last
+	}
+	right := func() reply {
+		e.clk.Add(totpPeriod * time.Second)
+		code, err := totp.GenerateCode(totpSecret(t, uri), e.clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.decideTOTP(ask(), aliceToken, TOTPDecision{User: "alice", Code: code, Decision: "approve"})
+	}
+
+	wrong(maxAccountTOTPFailures - 1)
+	if got := right(); got.status != 200 {
+		t.Fatalf("the right code after %d wrong ones: got %d %s, want 200", maxAccountTOTPFailures-1, got.status, got.body)
+	}
+	got := wrong(maxAccountTOTPFailures)
+	if got.status != 403 || !strings.Contains(string(got.body), "locked") {
+		t.Fatalf("wrong code number %d: got %d %s, want 403 saying TOTP is locked", maxAccountTOTPFailures, got.status, got.body)
+	}
+	if ev := e.lastEvent("approval.refused"); ev.Severity != audit.SeverityHigh || ev.Details["totp_locked_now"] != "true" || ev.Details["jti"] != "jti-alice" {
+		t.Errorf("the lock recorded as %+v", ev)
+	}
+	if got := right(); got.status != 403 || !strings.Contains(string(got.body), "applianced user totp enroll alice") {
+		t.Fatalf("the right code once locked: got %d %s, want 403 naming the way out", got.status, got.body)
+	}
+	if uri, err = e.proxy.EnrollTOTP(t.Context(), "alice", aliceID); err != nil {
+		t.Fatal(err)
+	}
+	if got := right(); got.status != 200 {
+		t.Fatalf("the right code after enrolling again: got %d %s, want 200", got.status, got.body)
+	}
+}
+
+// An approval asked before account ids were kept (its call hash has no
+// account, and it names none) is still used once an administrator
+// approves it.
+func TestApprovalFromBeforeAccountIDsStillWorks(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	const legacy = "agent-token-without-account-id"
+	e.tok.add(legacy, Principal{Agent: "bot", User: "alice", Scopes: allScopes(), JTI: "jti-legacy"}, "tickets")
+	const path = "/v1/tools/tickets/tickets/7"
+	id := askApproval(t, e, legacy, path, nil)
+	withAccount := askApproval(t, e, agentToken, path, nil)
+	if id == withAccount {
+		t.Fatal("the same call for a named account and for no account share an approval")
+	}
+	// As the release before account ids stored it: seven fields.
+	a, err := e.proxy.store.approval(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	for _, f := range []string{"bot", "alice", "tickets", "DELETE", "/tickets/7", "", a.BodySHA256} {
+		fmt.Fprintf(h, "%d:%s", len(f), f)
+	}
+	if old := hex.EncodeToString(h.Sum(nil)); old != a.CallHash {
+		t.Fatalf("the call hash of an approval without an account is %s, the earlier release's %s", a.CallHash, old)
+	}
+	if _, err := e.proxy.Decide(t.Context(), id, true, adminActor()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.do("DELETE", path, agentToken, nil, map[string]string{ApprovalHeader: id}); got.status != 403 {
+		t.Errorf("the approval used for the account's call: got %d %s, want 403", got.status, got.body)
+	}
+	if got := e.do("DELETE", path, legacy, nil, map[string]string{ApprovalHeader: id}); got.status != 200 {
+		t.Errorf("the admin-approved approval: got %d %s, want 200", got.status, got.body)
+	}
+}
+
+// A renamed user keeps deciding their approvals: the account decides, not
+// the name; and a user the directory now refuses decides nothing.
+func TestTOTPDecisionFollowsTheDirectory(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	uri, err := e.proxy.EnrollTOTP(t.Context(), "alice", aliceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := func() string {
+		e.clk.Add(totpPeriod * time.Second)
+		c, err := totp.GenerateCode(totpSecret(t, uri), e.clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	id := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/8", nil) // for "alice"
+	e.users.set("alice", "")
+	e.users.set("alice.smith", aliceID)
+	const renamed = "user-token-alice-smith"
+	e.tok.add(renamed, Principal{User: "alice.smith", UserID: aliceID, JTI: "jti-alice-smith"}, userAud)
+	if got := e.decideTOTP(id, renamed, TOTPDecision{User: "alice.smith", Code: code(), Decision: "approve"}); got.status != 200 {
+		t.Fatalf("renamed alice: got %d %s, want 200", got.status, got.body)
+	}
+	if ev := e.lastEvent("approval.approve"); ev.Actor.User != "alice.smith" || ev.Details["account_id"] != aliceID {
+		t.Errorf("approval recorded as %+v", ev)
+	}
+
+	id2 := askApproval(t, e, agentToken, "/v1/tools/tickets/tickets/9", nil)
+	e.users.set("alice.smith", "") // disabled, deleted: the directory refuses her
+	if got := e.decideTOTP(id2, renamed, TOTPDecision{User: "alice.smith", Code: code(), Decision: "approve"}); got.status != 403 {
+		t.Fatalf("a user the directory refuses: got %d %s, want 403", got.status, got.body)
+	}
+	if ev := e.lastEvent("approval.refused"); ev.Details["directory"] != "user_not_found" {
+		t.Errorf("refusal recorded as %+v", ev.Details)
+	}
+}
+
+// Wrong codes posted at the same moment are counted one at a time: the one
+// that denies the approval records the denial before it takes effect.
+func TestConcurrentWrongCodesRecordTheDenial(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := stdEnv(t, u, RiskConfig{})
+	if _, err := e.proxy.EnrollTOTP(t.Context(), "alice", aliceID); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 5 {
+		id := askApproval(t, e, agentToken, fmt.Sprintf("/v1/tools/tickets/tickets/%d", 200+round), nil)
+		for range maxTOTPFailures - 2 {
+			e.decideTOTP(id, aliceToken, TOTPDecision{User: "alice", Code: "000000", Decision: "approve"})
+		}
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() { e.decideTOTP(id, aliceToken, TOTPDecision{User: "alice", Code: "000000", Decision: "approve"}) })
+		}
+		wg.Wait()
+		a, err := e.proxy.store.approval(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Status != StatusDenied {
+			t.Fatalf("round %d: approval %s after %d wrong codes, want denied", round, a.Status, a.Failures)
+		}
+		found := false
+		for _, ev := range e.events() {
+			found = found || ev.Type == "approval.deny" && ev.Target == id
+		}
+		if !found {
+			t.Fatalf("round %d: the approval was denied with no approval.deny event", round)
+		}
+		// Clear the account's count, which these rounds would lock.
+		if _, err := e.proxy.EnrollTOTP(t.Context(), "alice", aliceID); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

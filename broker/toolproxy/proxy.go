@@ -138,6 +138,8 @@ type Proxy struct {
 	sweepMu  sync.Mutex // one sweep of expired approvals at a time
 	sweeper  sync.Mutex // guards sweepCtl
 	sweepCtl *sweepControl
+	// totpMu makes each TOTP decision's check and counting one step.
+	totpMu sync.Mutex
 }
 
 // state is the configuration-derived part of the proxy.

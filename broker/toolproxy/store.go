@@ -330,7 +330,10 @@ func (s *store) markSource(agent, addr string, now time.Time) error {
 // it enrolled (for display and audit; records stored under a name by older
 // versions have none).
 type totpRecord struct {
-	User     string    `json:"user,omitempty"`
+	User string `json:"user,omitempty"`
+	// Failures counts wrong codes in a row, over all approvals; at
+	// maxAccountTOTPFailures the enrolment is locked until replaced.
+	Failures int       `json:"failures,omitempty"`
 	Sealed   []byte    `json:"sealed"`
 	LastStep int64     `json:"last_step"`
 	Enrolled time.Time `json:"enrolled"`
@@ -398,7 +401,7 @@ func (s *store) useTOTPStep(accountID string, step int64) (bool, error) {
 		if step <= r.LastStep {
 			return nil
 		}
-		r.LastStep = step
+		r.LastStep, r.Failures = step, 0
 		ok = true
 		nv, err := json.Marshal(&r)
 		if err != nil {
@@ -407,4 +410,29 @@ func (s *store) useTOTPStep(accountID string, step int64) (bool, error) {
 		return b.Put([]byte(accountID), nv)
 	})
 	return ok, err
+}
+
+// totpFailed counts a wrong code for accountID and returns its wrong codes
+// in a row; 0 if it has no enrolment.
+func (s *store) totpFailed(accountID string) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTOTPAccounts)
+		v := b.Get([]byte(accountID))
+		if v == nil {
+			return nil
+		}
+		var r totpRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		r.Failures++
+		n = r.Failures
+		nv, err := json.Marshal(&r)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(accountID), nv)
+	})
+	return n, err
 }

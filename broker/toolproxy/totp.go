@@ -99,7 +99,21 @@ const (
 	totpNotEnrolled                    // the account has no enrolment
 	totpOtherAccount                   // the name's only enrolment is another account's
 	totpLegacy                         // the name's enrolment predates account ids
+	totpLocked                         // the account's TOTP was already locked: no code tried
+	totpLockedNow                      // a wrong code, and the one that locks the account's TOTP
 )
+
+// maxAccountTOTPFailures is how many wrong codes in a row, over all
+// approvals, lock an account's TOTP until an administrator enrolls it
+// again. Each approval allows maxTOTPFailures; without this limit whoever
+// holds the user's token could ask for approval after approval and keep
+// guessing.
+const maxAccountTOTPFailures = 10
+
+func totpLockedMessage(user string) string {
+	return fmt.Sprintf("TOTP for %s is locked after %d wrong codes in a row; an administrator enrolls them again (applianced user totp enroll %s)",
+		user, maxAccountTOTPFailures, user)
+}
 
 // verifyTOTP checks code against the seed enrolled for the account
 // accountID (user is its name) at now, with one step of clock skew either
@@ -124,6 +138,9 @@ func (p *Proxy) verifyTOTP(ctx context.Context, user, accountID, code string, no
 		}
 		return totpNotEnrolled, nil
 	}
+	if rec.Failures >= maxAccountTOTPFailures {
+		return totpLocked, nil
+	}
 	aead, err := p.totpAEAD(ctx)
 	if err != nil {
 		return totpWrongCode, err
@@ -137,22 +154,31 @@ func (p *Proxy) verifyTOTP(ctx context.Context, user, accountID, code string, no
 		return totpWrongCode, fmt.Errorf("toolproxy: opening the TOTP seed: %w", err)
 	}
 	defer clear(seed)
-	if len(code) != 6 {
-		return totpWrongCode, nil
-	}
-	for _, skew := range []int64{0, -1, 1} {
-		t := now.Add(time.Duration(skew*totpPeriod) * time.Second)
-		want, err := totp.GenerateCodeCustom(string(seed), t, totpOpts)
-		if err != nil {
-			return totpWrongCode, err
-		}
-		if subtle.ConstantTimeCompare([]byte(want), []byte(code)) == 1 {
-			ok, err := p.store.useTOTPStep(accountID, t.Unix()/totpPeriod)
-			if !ok || err != nil {
+	if len(code) == 6 {
+		for _, skew := range []int64{0, -1, 1} {
+			t := now.Add(time.Duration(skew*totpPeriod) * time.Second)
+			want, err := totp.GenerateCodeCustom(string(seed), t, totpOpts)
+			if err != nil {
 				return totpWrongCode, err
 			}
-			return totpOK, nil
+			if subtle.ConstantTimeCompare([]byte(want), []byte(code)) == 1 {
+				ok, err := p.store.useTOTPStep(accountID, t.Unix()/totpPeriod)
+				if err != nil {
+					return totpWrongCode, err
+				}
+				if ok {
+					return totpOK, nil
+				}
+				break // a replayed code is a wrong one
+			}
 		}
+	}
+	n, err := p.store.totpFailed(accountID)
+	if err != nil {
+		return totpWrongCode, err
+	}
+	if n >= maxAccountTOTPFailures {
+		return totpLockedNow, nil
 	}
 	return totpWrongCode, nil
 }
