@@ -34,7 +34,9 @@ const DefaultCheckpointInterval = time.Minute
 // Checkpointer appends signed checkpoints to a journal: every Every entries,
 // every Interval even when nothing else happened (a heartbeat), and a final
 // one at Close. Each carries the time it was made. Checkpoints go through
-// the journal, so every forwarder delivers them with the stream.
+// the journal, so every forwarder delivers them with the stream. After
+// each it updates the record of the chain beside the journal's directory
+// (chainlink.go).
 type Checkpointer struct {
 	j     *Journal
 	key   ed25519.PrivateKey
@@ -97,6 +99,11 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 			return fmt.Errorf("audit: checkpoint at seq %d: %w", lastSeq, err)
 		}
 		since = 0
+		// The record beside the journal follows the checkpoints (not
+		// every append): a chain that replaces this one names it.
+		if err := c.j.saveLast(); err != nil {
+			c.opts.Logger.Error("audit: recording the chain after a checkpoint", "err", err)
+		}
 		return nil
 	}
 	tick := time.NewTicker(c.opts.Interval)

@@ -160,6 +160,10 @@ type Journal struct {
 
 	ahead ahead // zeros written ahead of the entries (prealloc.go)
 
+	// The record of the chain beside the directory (chainlink.go).
+	lastMu    sync.Mutex // serializes saveLast
+	lastSaved uint64     // the seq it names, once this journal wrote it
+
 	// writer-owned
 	f       *os.File
 	size    int64
@@ -193,6 +197,11 @@ func segName(first uint64) string { return fmt.Sprintf("%s%020d%s", segPrefix, f
 // segment's tail: a final line torn by a crash (never acknowledged) is cut
 // off; a journal that ends before its durable marker, or whose every
 // segment is gone, is refused with ErrTruncated.
+//
+// A new chain whose directory has a record of an earlier chain beside it
+// (dir + ".last", see chainlink.go) starts with an audit.chain_start event
+// at seq 1 naming that chain; without a record (a first start) its seq 1
+// is the first event appended.
 func Open(dir string, opts *Options) (*Journal, error) {
 	o := opts.withDefaults()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -210,6 +219,7 @@ func Open(dir string, opts *Options) (*Journal, error) {
 		return nil, err
 	}
 	var cutEvent *Event // entries cut at open, recorded once the writer runs
+	newChain := false   // a chain made here: it may continue a recorded one
 	j := &Journal{dir: dir, opts: o, mark: mark, reqs: make(chan *appendReq, 1024),
 		done: make(chan struct{}), notify: make(chan struct{}), nextSeq: 1}
 	j.maxBytes.Store(o.MaxBytes)
@@ -233,6 +243,7 @@ func Open(dir string, opts *Options) (*Journal, error) {
 			mark.close()
 			return nil, err
 		}
+		newChain = true
 	} else {
 		last := segs[len(segs)-1]
 		lastSeq, lastHash, goodSize, clean, err := scanTail(last)
@@ -292,6 +303,12 @@ func Open(dir string, opts *Options) (*Journal, error) {
 	}
 	j.startAhead()
 	go j.writer()
+	if newChain {
+		if err := j.startChain(); err != nil {
+			j.Close()
+			return nil, err
+		}
+	}
 	if cutEvent != nil {
 		o.Logger.Error("audit: entries after a damaged one were cut", "details", cutEvent.Details)
 		if _, err := j.Append(context.Background(), cutEvent); err != nil {
@@ -444,6 +461,9 @@ func (j *Journal) Close() error {
 	<-j.done
 	j.stopAhead()
 	var errs []error
+	// Every entry is durable now: the record names the last one, for
+	// the chain that follows if this journal is ever set aside.
+	errs = append(errs, j.saveLast())
 	if j.f != nil {
 		// A stopped journal's files hold exactly their entries.
 		errs = append(errs, j.trim(trimJob{j.f, j.size}))

@@ -337,6 +337,10 @@ func TestMain(m *testing.M) {
 		crashChild(dir)
 		return
 	}
+	if dir := os.Getenv(linkChildEnv); dir != "" {
+		linkChild(dir)
+		return
+	}
 	os.Exit(m.Run())
 }
 
