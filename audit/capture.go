@@ -41,6 +41,7 @@ const (
 	ProblemCheckpoint = "checkpoint" // no checkpoint at all
 	ProblemHead       = "head"       // the capture starts after the seq it should start at
 	ProblemStale      = "stale"      // the newest seal is older than the capture should reach
+	ProblemLink       = "link"       // a chain continues one the capture does not hold up to where it should, or names none
 )
 
 // SealMargin is the slack allowed, beyond the interval a checkpoint
@@ -139,6 +140,9 @@ type ChainReport struct {
 	LastSealAt    time.Time `json:"last_seal_at,omitzero"`
 	LastSealFinal bool      `json:"last_seal_final,omitempty"`
 	LastEntryAt   time.Time `json:"last_entry_at,omitzero"` // the newest event's time
+	// Link is what the chain's seq 1 says of the chain before it (an
+	// audit.chain_start event), or that it names none.
+	Link ChainLink `json:"link"`
 }
 
 // OK reports whether the capture verified without problems.
@@ -473,6 +477,7 @@ type chainCheck struct {
 	sealCovers time.Time
 	firstAt    time.Time // the time of the first entry in the capture
 	tail       bool      // entries after what the last checkpoint covers
+	start      [32]byte  // LinkContinues: the hash the chain start names
 }
 
 // Report checks everything read so far.
@@ -510,7 +515,8 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	for _, id := range ids {
 		checks = append(checks, v.checkChain(id, v.chains[id]))
 	}
-	// Oldest first: a journal set aside is followed by the new chain.
+	// Oldest first: a journal set aside is followed by the new chain,
+	// which names it.
 	sort.Slice(checks, func(i, j int) bool {
 		a, b := checks[i].rep, checks[j].rep
 		if !a.LastEntryAt.Equal(b.LastEntryAt) {
@@ -518,6 +524,7 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		}
 		return a.ID < b.ID
 	})
+	checks = orderByLinks(checks)
 	newest := checks[len(checks)-1]
 	fromChain, fromFound := v.opts.FromChain, v.opts.FromChain == ""
 	if fromChain == "" {
@@ -532,6 +539,7 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	for i, c := range checks[:len(checks)-1] {
 		v.checkSealedUntilSuccessor(c, checks[i+1])
 	}
+	linkProblems, linkNotes := v.checkLinks(checks)
 	if !fromFound {
 		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemHead, Chain: fromChain,
 			Message: fmt.Sprintf("--from names %s, which is not in the capture", chainName(clip(fromChain, 40)))})
@@ -569,6 +577,8 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		rep.Entries += c.rep.Entries
 		rep.Checkpoints += c.rep.Checkpoints
 	}
+	rep.Problems = append(rep.Problems, linkProblems...)
+	rep.Notes = append(rep.Notes, linkNotes...)
 	n := newest.rep
 	rep.FirstSeq, rep.LastSeq, rep.SealedUpTo, rep.LastSealAt, rep.LastSealFinal = n.FirstSeq, n.LastSeq, n.SealedUpTo, n.LastSealAt, n.LastSealFinal
 	limitProblems(&rep, v.dropped)
@@ -626,7 +636,7 @@ func chainName(id string) string {
 // checkChain checks one chain's entries: contiguous seqs, hashes, the
 // chain, checkpoints, the head and the tail.
 func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *chainCheck {
-	c := &chainCheck{entries: entries, rep: ChainReport{ID: id}}
+	c := &chainCheck{entries: entries, rep: ChainReport{ID: id, Link: ChainLink{State: LinkUnseen}}}
 	seqs := slices.Sorted(maps.Keys(entries))
 	c.rep.Entries = len(seqs)
 	c.rep.FirstSeq, c.rep.LastSeq = seqs[0], seqs[len(seqs)-1]
@@ -674,6 +684,16 @@ func (v *CaptureVerifier) checkChain(id string, entries map[uint64]*capEntry) *c
 		}
 		if i == 0 && ev != nil {
 			c.firstAt = ev.Time
+		}
+		if s == 1 && ev != nil {
+			l, err := linkOf(ev)
+			if err != nil {
+				add(ProblemLink, s, 0, e.loc, "seq 1: %v", err)
+			}
+			if l.State == LinkContinues {
+				_ = decodeHash(&c.start, l.Hash)
+			}
+			c.rep.Link = l
 		}
 		if ev == nil || ev.Type != TypeCheckpoint {
 			continue

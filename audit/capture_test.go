@@ -130,7 +130,8 @@ const fuzzChainB = "0123456789abcdef0123456789abcdef"
 // fuzzCapture is a valid signed capture of two chains: the legacy chain,
 // with a seal of the release before sealed times and then timed ones and
 // a heartbeat, and a chain that succeeded it half a minute after that
-// heartbeat, with seals five minutes apart. fuzzUntil is when it was
+// heartbeat, starting with the chain start that names the legacy chain's
+// last entry, with seals five minutes apart. fuzzUntil is when it was
 // taken: at its newest seal.
 func fuzzCapture() (lines []string, fuzzUntil time.Time) {
 	var prev [32]byte
@@ -169,8 +170,11 @@ func fuzzCapture() (lines []string, fuzzUntil time.Time) {
 	seal(t, true)
 	seal(t.Add(5*time.Minute), true)
 
+	last, lastSeq := prev, seq
 	prev, seq, chain = [32]byte{}, 0, fuzzChainB
 	t = t.Add(5*time.Minute + 30*time.Second)
+	add(&Event{Type: TypeChainStart, Outcome: OutcomeSuccess, Details: map[string]string{
+		DetailPreviousChain: "", DetailPreviousSeq: fmt.Sprint(lastSeq), DetailPreviousHash: fmt.Sprintf("%x", last)}}, t)
 	for i := range 3 {
 		event(i, t)
 	}
@@ -197,10 +201,26 @@ func FuzzCaptureVerifier(f *testing.F) {
 	f.Add(`{"full_log":"{\"audit_seq\":1,\"audit_part\":1,\"audit_parts\":2,\"event_chunk\":\"{\"}"}`)
 	f.Add(`{"audit_seq":1,"audit_hash":"` + strings.Repeat("a", 64) + `","audit_prev":"` + strings.Repeat("0", 64) + `","audit_part":2,"audit_parts":2,"event_chunk":"x"}`)
 	f.Add(`{"audit_seq":18446744073709551615,"audit_withheld":"oversize"}`)
-	// Signed: checkpoints, an untimed seal, heartbeats and two chains.
+	// Signed: checkpoints, an untimed seal, heartbeats and two chains,
+	// the newer continuing the older.
 	capture, until := fuzzCapture()
 	f.Add(strings.Join(capture, "\n"))
 	f.Add(strings.Join(capture[:len(capture)-1], "\n"))
+	f.Add(strings.Join(capture[8:], "\n"))
+	// Chain starts whose details are parsed: unknown, malformed, naming
+	// a chain not in the capture, naming itself.
+	for _, d := range []map[string]string{
+		{DetailPrevious: PreviousUnknown},
+		{DetailPrevious: "x", DetailPreviousSeq: "1"},
+		{DetailPreviousChain: "", DetailPreviousSeq: "18446744073709551616", DetailPreviousHash: "zz"},
+		{DetailPreviousChain: "ffffffffffffffffffffffffffffffff", DetailPreviousSeq: "3", DetailPreviousHash: strings.Repeat("0", 64)},
+		{DetailPreviousChain: fuzzChainB, DetailPreviousSeq: "1", DetailPreviousHash: strings.Repeat("a", 64)},
+	} {
+		e := &Event{Seq: 1, Type: TypeChainStart, Outcome: OutcomeSuccess, Details: d}
+		c, _ := e.Canonical()
+		f.Add(fmt.Sprintf(`{"audit_seq":1,"audit_chain":"%s","audit_hash":"%x","audit_prev":"%x","event":%s}`, fuzzChainB, ChainHash([32]byte{}, c), [32]byte{}, c) +
+			"\n" + strings.Join(seed, "\n"))
+	}
 	pub := fuzzKey.Public().(ed25519.PublicKey)
 	f.Fuzz(func(t *testing.T, capture string) {
 		v := NewCaptureVerifier(&CaptureOptions{PublicKey: pub, Until: until})
@@ -221,7 +241,8 @@ func FuzzCaptureVerifier(f *testing.F) {
 // can write the receiver's file could: drop, repeat, swap or cut lines,
 // move a line to the other chain. Each edit is three bytes of ops: the
 // kind and two line numbers. Whatever verifies must still hold every entry
-// of the newest chain up to its newest seal, as it was sent.
+// of both chains, as it was sent: the newest up to its newest seal, the
+// older (which the newest names, from its last entry) whole.
 //
 // Go's fuzzer spends up to -fuzzminimizetime (60 s by default) minimizing
 // each new input before it goes on, showing 0 execs/s meanwhile; run
@@ -234,9 +255,10 @@ func FuzzCaptureEdits(f *testing.F) {
 			f.Add([]byte{k, n, 3})
 		}
 	}
-	f.Add([]byte{0, 13, 0, 0, 12, 0})                                   // cut the newest chain back to its first seal
-	f.Add([]byte{0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0}) // cut the older chain and most of the newer
-	f.Add([]byte{0, 7, 0})                                              // cut the older chain after its first timed seal
+	f.Add([]byte{0, 14, 0, 0, 13, 0})                                                     // cut the newest chain back to its first seal
+	f.Add([]byte{0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0, 0, 7, 0})                   // cut the older chain and most of the newer
+	f.Add([]byte{0, 7, 0})                                                                // cut the older chain after its first timed seal
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}) // drop the older chain
 	pub := fuzzKey.Public().(ed25519.PublicKey)
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		lines := slices.Clone(orig)
@@ -274,11 +296,10 @@ func FuzzCaptureEdits(f *testing.F) {
 		for _, l := range lines {
 			have[l] = true
 		}
-		// The older chain, when the capture holds it, is whole too: it
-		// was sealed up to when the newer began.
-		older := len(rep.Chains) > 1
+		// The older chain is whole too: the newer names its last entry,
+		// and it was sealed up to when the newer began.
 		for _, l := range orig {
-			if (older || strings.Contains(l, fuzzChainB)) && !have[l] {
+			if !have[l] {
 				t.Fatalf("verified ok without %s\nreport: %+v\ncapture:\n%s", l, rep, strings.Join(lines, "\n"))
 			}
 		}
@@ -291,7 +312,8 @@ func FuzzCaptureEdits(f *testing.F) {
 func TestFromAppliesToOneChain(t *testing.T) {
 	lines, until := fuzzCapture()
 	pub := fuzzKey.Public().(ed25519.PublicKey)
-	// Lines 0-7 are the legacy chain (seqs 1-8), 8-13 the newer (seqs 1-6).
+	// Lines 0-7 are the legacy chain (seqs 1-8), 8-14 the newer (seqs 1-7,
+	// the first its chain start).
 	drop := func(idx ...int) string {
 		var out []string
 		for i, l := range lines {

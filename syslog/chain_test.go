@@ -144,9 +144,10 @@ func TestCursorOfASetAsideJournalDoesNotSkipTheNewChain(t *testing.T) {
 
 // TestOlderChainCutAfterAHeartbeatIsStale runs a journal with heartbeats
 // that stops without a final seal (damaged, then set aside) and its
-// successor in a new directory, both forwarded to one real rsyslog. The
+// successor in the same place, both forwarded to one real rsyslog. The
 // older chain was sealed up to when the newer began; the same file with
-// the older chain cut after an early heartbeat is stale for that chain.
+// the older chain cut after an early heartbeat is stale for that chain
+// (and short of the entry the newer chain continues from).
 func TestOlderChainCutAfterAHeartbeatIsStale(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
@@ -162,9 +163,10 @@ func TestOlderChainCutAfterAHeartbeatIsStale(t *testing.T) {
 			return strings.Contains(string(b), body)
 		})
 	}
+	dir := filepath.Join(t.TempDir(), "audit")
 	runChain := func(events [][2]int) *audit.Journal {
 		t.Helper()
-		j, err := audit.Open(filepath.Join(t.TempDir(), "audit"), &audit.Options{Logger: quietLogger()})
+		j, err := audit.Open(dir, &audit.Options{Logger: quietLogger()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,6 +188,9 @@ func TestOlderChainCutAfterAHeartbeatIsStale(t *testing.T) {
 	}
 	a := runChain([][2]int{{5, 15}, {5, 3}})
 	aID, aLast := a.ChainID(), a.LastSeq()
+	if err := os.Rename(dir, dir+".old"); err != nil {
+		t.Fatal(err)
+	}
 	b := runChain([][2]int{{3, 3}})
 	rep := verifyFile(t, srv.File, &audit.CaptureOptions{PublicKey: pub})
 	if !rep.OK() || len(rep.Chains) != 2 || rep.Chains[0].ID != aID || rep.Chains[1].ID != b.ChainID() {
@@ -213,7 +218,45 @@ func TestOlderChainCutAfterAHeartbeatIsStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	rep = verifyFile(t, cut, opts)
-	if len(rep.Problems) != 1 || rep.Problems[0].Kind != audit.ProblemStale || rep.Problems[0].Chain != aID {
-		t.Errorf("the older chain cut at seq 6 of %d: got problems %v, want one %s in chain %s", aLast, rep.Problems, audit.ProblemStale, aID)
+	var stale, link int
+	for _, p := range rep.Problems {
+		switch {
+		case p.Kind == audit.ProblemStale && p.Chain == aID:
+			stale++
+		case p.Kind == audit.ProblemLink && p.Chain == b.ChainID():
+			link++
+		}
+	}
+	if stale != 1 || link != 1 || len(rep.Problems) != 2 {
+		t.Errorf("the older chain cut at seq 6 of %d: got problems %v, want one %s in chain %s and the %s of the newer chain to it",
+			aLast, rep.Problems, audit.ProblemStale, aID, audit.ProblemLink)
+	}
+}
+
+// TestReceiverFileWithoutTheSetAsideChainFails: through the real forwarder
+// and rsyslog, the new chain's first entry names the chain set aside; the
+// receiver's file with every line of that chain removed fails, naming it.
+func TestReceiverFileWithoutTheSetAsideChainFails(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	oldID, newID := setAside(t, srv, key, 0)
+	opts := &audit.CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), Until: time.Now()}
+	rep := verifyFile(t, srv.File, opts)
+	if n := len(rep.Chains); !rep.OK() || n != 2 || rep.Chains[1].Link.State != audit.LinkContinues || rep.Chains[1].Link.Chain != oldID {
+		t.Fatalf("the whole file: got chains %+v, problems %v; want %s continuing %s, ok", rep.Chains, rep.Problems, newID, oldID)
+	}
+	var kept []string
+	for _, l := range readLines(t, srv.File) {
+		if !strings.Contains(l, `"audit_chain":"`+oldID+`"`) {
+			kept = append(kept, l)
+		}
+	}
+	dropped := filepath.Join(t.TempDir(), "dropped.log")
+	if err := os.WriteFile(dropped, []byte(strings.Join(kept, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep = verifyFile(t, dropped, opts)
+	if len(rep.Problems) != 1 || rep.Problems[0].Kind != audit.ProblemLink || !strings.Contains(rep.Problems[0].Message, oldID) {
+		t.Errorf("the file without chain %s: got problems %v, want one %s naming it", oldID, rep.Problems, audit.ProblemLink)
 	}
 }
