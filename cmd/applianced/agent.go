@@ -200,7 +200,7 @@ scopes = ["tickets:read", "tickets:create", "tickets:delete"]
 
 [[role]]
 name = "chat-user"
-scopes = ["tickets:read", "tickets:create"]
+scopes = ["tickets:read", "tickets:create", "tickets:delete"]   # a delete waits for approval
 
 [[agent]]
 name = "demo-agent"

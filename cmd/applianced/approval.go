@@ -248,5 +248,11 @@ func devTools(ctx context.Context, dv *devEnv) error {
 		dv.cli+" audit tail -n 10                        # tool.call, approval.request, approval.approve",
 		`grep -rc "$(cat `+keyFile+`)" `+filepath.Join(dv.dir, "state", "audit")+"    # 0 everywhere: the key is in no record",
 	)
+	dv.addTry("or alice decides for the agent acting for her ($OBO), as her chatbot would: her own token and her authenticator's code",
+		dv.cli+" user totp enroll alice    # an otpauth:// URI for her authenticator app (| qrencode -t ansiutf8 shows a QR code)",
+		`curl -sk -X DELETE -H "Authorization: Bearer $OBO" `+api+"/tickets/1    # 403 approval_required, with an approval_id",
+		`curl -sk -H "Authorization: Bearer $USER_TOKEN" -d '{"user":"alice","code":"CODE_FROM_THE_APP","decision":"approve"}' https://`+dv.listen+"/v1/approvals/APPROVAL_ID",
+		`curl -sk -X DELETE -H "Authorization: Bearer $OBO" -H "Approval-Id: APPROVAL_ID" `+api+"/tickets/1    # 200",
+	)
 	return nil
 }

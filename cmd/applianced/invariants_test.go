@@ -54,13 +54,6 @@ type devDaemon struct {
 
 func startDevDaemon(t *testing.T, logLevel string, extraTOML ...string) *devDaemon {
 	t.Helper()
-	return startDevDaemonEdited(t, logLevel, nil, extraTOML...)
-}
-
-// startDevDaemonEdited is startDevDaemon with edit applied to the config
-// text before the daemon reads it.
-func startDevDaemonEdited(t *testing.T, logLevel string, edit func(string) string, extraTOML ...string) *devDaemon {
-	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	dir := t.TempDir()
 	dv := &devEnv{dir: dir, cfgPath: filepath.Join(dir, "applianced.toml"), cli: "applianced", listen: pickPort(t)}
@@ -81,9 +74,6 @@ func startDevDaemonEdited(t *testing.T, logLevel string, edit func(string) strin
 		b.WriteString("\n" + s + "\n")
 	}
 	body := strings.Replace(b.String(), `log_level = "info"`, `log_level = "`+logLevel+`"`, 1)
-	if edit != nil {
-		body = edit(body)
-	}
 	if m := regexp.MustCompile(`base_url = "([^"]+)"`).FindStringSubmatch(body); m != nil {
 		x.toolURL = m[1]
 	} else {
