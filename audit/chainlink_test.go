@@ -254,3 +254,22 @@ func TestUnreadableChainRecordStartsAChainThatSaysSo(t *testing.T) {
 	}
 }
 
+// TestVerifyDirSaysWhatTheJournalContinues: the local journal's report
+// names the chain it continues, or says it is the first.
+func TestVerifyDirSaysWhatTheJournalContinues(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := filepath.Join(t.TempDir(), "audit")
+	old, oldID := sealedEntries(t, dir, key, 3)
+	if rep := mustVerify(t, dir); rep.Link == nil || rep.Link.State != LinkFirst {
+		t.Errorf("the first journal: got link %+v, want %s", rep.Link, LinkFirst)
+	}
+	if err := os.Rename(dir, dir+".old"); err != nil {
+		t.Fatal(err)
+	}
+	sealedEntries(t, dir, key, 3)
+	rep := mustVerify(t, dir)
+	last := old[len(old)-1]
+	if want := (ChainLink{State: LinkContinues, Chain: oldID, Seq: last.seq, Hash: fmt.Sprintf("%x", last.hash)}); !rep.OK() || rep.Link == nil || *rep.Link != want {
+		t.Errorf("the successor: got link %+v, problems %v; want %+v", rep.Link, rep.Problems, want)
+	}
+}

@@ -45,6 +45,10 @@ type Report struct {
 	// made (zero when it carries no time: made by an older version).
 	LastSealAt    time.Time `json:"last_seal_at,omitzero"`
 	LastSealFinal bool      `json:"last_seal_final,omitempty"`
+	// Link is what the journal's seq 1 says of the chain before it: it
+	// continues one (an audit.chain_start event), or is the first. Nil
+	// when the journal has no intact seq 1.
+	Link *ChainLink `json:"link,omitempty"`
 }
 
 // VerifyOptions are the options of VerifyDirWith.
@@ -98,6 +102,9 @@ func VerifyDirWith(dir string, opts *VerifyOptions) (*Report, error) {
 	)
 	if o.PublicKey != nil {
 		cps = &cpCheck{pub: o.PublicKey, hashes: map[uint64][32]byte{}}
+	}
+	if segs[0].first == 1 {
+		rep.Link = firstLink(segs[0].path)
 	}
 	for i, s := range segs {
 		name := filepath.Base(s.path)
@@ -276,4 +283,33 @@ func zeroAt(path string, off int64) bool {
 	var b [1]byte
 	n, _ := f.ReadAt(b[:], off)
 	return n == 1 && b[0] == 0
+}
+
+// firstLink reads what the first entry of a journal's first segment says
+// of the chain before it; nil when that entry does not verify (Verify says
+// why).
+func firstLink(path string) *ChainLink {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 64<<10)
+	if _, err := readLine(br); err != nil {
+		return nil
+	}
+	line, err := readLine(br)
+	if err != nil {
+		return nil
+	}
+	h, canon, seq, err := parseLine(bytes.TrimSuffix(line, []byte("\n")))
+	var ev Event
+	if err != nil || seq != 1 || ChainHash([32]byte{}, canon) != h || json.Unmarshal(canon, &ev) != nil {
+		return nil
+	}
+	l, err := linkOf(&ev)
+	if err != nil {
+		return nil
+	}
+	return &l
 }

@@ -28,7 +28,10 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 		"says that their age cannot be checked. A capture may hold several chains (a\n"+
 		"journal moved aside is followed by a new one from seq 1, with a new chain id,\n"+
 		"audit_chain): each is checked on its own, and --until applies to the newest.\n"+
-		"Entries of a journal made before chain ids carry none: the legacy chain.",
+		"Entries of a journal made before chain ids carry none: the legacy chain.\n"+
+		"A new chain's seq 1 names the chain it continues and that chain's last seq\n"+
+		"and hash (audit.chain_start): the capture must hold that chain up to there,\n"+
+		"so keep every chain. Each chain's line says what it continues.",
 		"applianced audit verify", "applianced audit verify --json",
 		"applianced audit verify --pubkey ed25519:... /var/log/applianced-audit.log",
 		"applianced audit verify --pubkey ed25519:... --until 2026-11-26T08:00:00Z --from 5000 archive.log")
@@ -68,18 +71,22 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 		for _, p := range rep.Problems {
 			fmt.Fprintf(e.stdout, "FAIL %s\n", p)
 		}
+		link := ""
+		if rep.Link != nil {
+			link = "; " + rep.Link.String()
+		}
 		switch {
 		case !rep.OK():
 		case opts.PublicKey == nil:
-			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact; checkpoints not checked (give --pubkey KEY): "+
-				"without them this catches accidents, not someone who can rewrite the journal\n", rep.Entries, rep.First, rep.Last)
+			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d, chain intact%s; checkpoints not checked (give --pubkey KEY): "+
+				"without them this catches accidents, not someone who can rewrite the journal\n", rep.Entries, rep.First, rep.Last, link)
 		default:
 			fmt.Fprintf(e.stdout, "ok: %d entries, seq %d..%d of %s, chain intact, %d checkpoints, sealed up to seq %d by key %s%s",
 				rep.Entries, rep.First, rep.Last, chainLabel(rep.Chain), rep.Checkpoints, rep.SealedUpTo, keyID(opts.PublicKey), lastSeal(rep.Checkpoints > 0, rep.LastSealAt, rep.LastSealFinal))
 			if rep.Last > rep.SealedUpTo {
 				fmt.Fprintf(e.stdout, "; seqs %d..%d not sealed yet", rep.SealedUpTo+1, rep.Last)
 			}
-			fmt.Fprintln(e.stdout)
+			fmt.Fprintln(e.stdout, link)
 		}
 	}
 	if !rep.OK() {

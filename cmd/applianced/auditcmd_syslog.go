@@ -382,6 +382,7 @@ func verifySyslogCaptures(ctx context.Context, e *env, cfgPath string, files []s
 			if len(rep.Chains) > 1 && c.ID == rep.FromChain {
 				h += fmt.Sprintf("; --from %d applies to this chain", max(opts.From, 1))
 			}
+			h += "; " + c.Link.String()
 			switch {
 			case len(rep.Chains) > 1:
 				h = chainLabel(c.ID) + ": " + h

@@ -247,7 +247,7 @@ func TestAuditVerifyCaptureUntilAndFrom(t *testing.T) {
 		wantCode int
 		wantOut  string
 	}{
-		{"taken right after the last seal", []string{"--until", soon, whole}, exitOK, "sealed seq 1..4 by key " + audit.KeyID(key.Public().(ed25519.PublicKey)) + "; last seal at 2026-11-25T23:02:00Z\n"},
+		{"taken right after the last seal", []string{"--until", soon, whole}, exitOK, "sealed seq 1..4 by key " + audit.KeyID(key.Public().(ed25519.PublicKey)) + "; last seal at 2026-11-25T23:02:00Z; first chain\n"},
 		{"taken an hour later", []string{"--until", later, whole}, exitFailure, "FAIL the newest seal (seq 5) was made at 2026-11-25T23:02:00Z"},
 		{"taken an hour later, stream open", []string{"--until", later, "--open-tail", whole}, exitOK, "ok: "},
 		{"until now by default", []string{whole}, exitFailure, "seals checked up to now ("},
@@ -330,5 +330,16 @@ format = "rfc5424"
 	}
 	if first, _, _ := strings.Cut(out, "\n"); strings.Count(out, "--from 1 applies to this chain") != 1 || !strings.Contains(first, "--from 1 applies to this chain") {
 		t.Errorf("got output:\n%s\nwant the oldest chain's headline, alone, to say --from applies to it", out)
+	}
+	lines := strings.Split(out, "\n")
+	oldID := strings.TrimPrefix(strings.SplitN(lines[0], ":", 2)[0], "chain ")
+	if !strings.HasSuffix(lines[0], "; first chain") || !strings.Contains(lines[1], "; continues chain "+oldID+" from seq ") {
+		t.Errorf("got output:\n%s\nwant the oldest chain named the first, the newer continuing chain %s", out, oldID)
+	}
+	// The journal in place says the same of itself.
+	e = testEnv()
+	if code := run(context.Background(), e, []string{"audit", "verify", "--pubkey", pub, "--dir", filepath.Join(cfg.Server.StateDir, "audit")}); code != exitOK ||
+		!strings.Contains(fmt.Sprint(e.stdout), "; continues chain "+oldID+" from seq ") {
+		t.Errorf("audit verify --dir: got exit %d, output:\n%s%s\nwant ok, continuing chain %s", code, e.stdout, e.stderr, oldID)
 	}
 }
