@@ -34,12 +34,22 @@
 // receiver holding both is verified chain by chain: --from applies to the
 // oldest chain in a capture, every later one starts at seq 1, and each
 // chain but the newest must be sealed up to when the next began (its
-// heartbeats promise that) or end in a final seal. Nothing yet links a
-// chain to the one it replaced: a capture that lacks an older chain
-// entirely is not told from one that never had it. A journal made by a
-// version before chain ids keeps none for as long as it lasts: its entries
-// are sent without audit_chain and verified as the legacy chain, whose
-// checkpoints name no chain.
+// heartbeats promise that) or end in a final seal. A new chain names the
+// one it replaced (chainlink.go): a record beside the journal's directory
+// keeps its chain id, last seq and chain hash as of the newest checkpoint
+// or close, and the next new chain's seq 1 is an audit.chain_start event
+// naming them. A capture must then hold that chain up to that entry; a
+// chain that is not the oldest in a capture and names none (made by a
+// version before links, or after the record was lost) is a problem, since
+// the capture cannot show that no chain before it was dropped. A journal
+// made by a version before chain ids keeps none for as long as it lasts:
+// its entries are sent without audit_chain and verified as the legacy
+// chain, whose checkpoints name no chain.
+//
+// Caveat: the record is written by whichever journal last checkpointed or
+// closed in that place; a journal still open (its daemon running) when
+// its directory is moved aside writes it again at its next checkpoint.
+// Stop the daemon before moving the directory.
 //
 // What this proves, and to whom: the chain and the marker catch accidents
 // and edits by someone who cannot write the journal's files. Root on the
