@@ -98,10 +98,11 @@ type CaptureOptions struct {
 // is empty.
 //
 // A capture may hold several chains: a journal set aside (after damage)
-// is followed by a new one starting at seq 1, with its own chain id. Each
-// chain is checked on its own and listed in Chains, oldest first; FirstSeq,
-// LastSeq, SealedUpTo and LastSeal* are those of the newest chain, the one
-// whose newest seal must be recent.
+// is followed by a new one starting at seq 1, with its own chain id,
+// whose first entry names the chain it continues. Each chain is checked on
+// its own and listed in Chains, oldest first (each after the chain it
+// continues); FirstSeq, LastSeq, SealedUpTo and LastSeal* are those of the
+// newest chain, the one whose newest seal must be recent.
 type CaptureReport struct {
 	Lines       int    `json:"lines"`       // lines read
 	Messages    int    `json:"messages"`    // audit messages found (parts and duplicates included)
