@@ -152,3 +152,15 @@ func TestCaptureWithALaterChainNamingNoneFails(t *testing.T) {
 		t.Errorf("got chains %+v, want %s first, then %s naming none", rep.Chains, oldID, curID)
 	}
 }
+
+// TestFromNamingTheNewerChainAcceptsItsMissingPredecessor: an auditor
+// whose receiver's record starts with the newer chain says so with
+// --from CHAIN:1; the chain it continues is then a note, not a problem.
+func TestFromNamingTheNewerChainAcceptsItsMissingPredecessor(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	_, cur, oldID, curID := linkedCapture(t, key)
+	rep := verifyLinesWith(t, &CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), From: 1, FromChain: curID}, chainBodies(curID, cur))
+	if !rep.OK() || !strings.Contains(strings.Join(rep.Notes, "\n"), "continues chain "+oldID) {
+		t.Errorf("got problems %v, notes %q; want none, and a note naming chain %s", rep.Problems, rep.Notes, oldID)
+	}
+}
