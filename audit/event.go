@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 )
 
@@ -50,8 +49,9 @@ type Event struct {
 }
 
 // Canonical returns the bytes the hash chain covers: the event's JSON
-// encoding. The encoding is deterministic for a given Event value.
-func (e *Event) Canonical() ([]byte, error) { return json.Marshal(e) }
+// encoding, exactly as json.Marshal writes it (and with its error for an
+// event it refuses). The encoding is deterministic for a given Event value.
+func (e *Event) Canonical() ([]byte, error) { return marshalCanonical(e) }
 
 // Appender is what every component that makes decisions depends on. Append
 // returns only after the event is durable in the local journal; an error means
