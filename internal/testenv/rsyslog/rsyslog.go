@@ -285,8 +285,53 @@ func (s *Server) Kill() error { return s.stop(syscall.SIGKILL) }
 
 // Pause stops the receiver's process without ending it (SIGSTOP): its
 // kernel still accepts and acknowledges data, which nobody reads. Resume,
-// Stop or Kill end the pause.
-func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+// Stop or Kill end the pause. It returns once every thread of the process
+// is stopped: kill(2) only queues the signal, and on a loaded machine a
+// thread can go on answering for a moment after it returns.
+func (s *Server) Pause() error {
+	if err := s.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	pid := s.cmd.Process.Pid
+	s.mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stopped, err := allThreadsStopped(pid)
+		if err != nil || stopped {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("rsyslog: pid %d not stopped 10 s after SIGSTOP", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// allThreadsStopped says whether every thread of pid is in state T
+// (stopped), from /proc/PID/task/*/stat.
+func allThreadsStopped(pid int) (bool, error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		return false, fmt.Errorf("rsyslog: reading the threads of pid %d: %v", pid, err)
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			return false, err
+		}
+		// "TID (comm) STATE ...": comm may hold anything but ends at the
+		// last ')'.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) {
+			return false, fmt.Errorf("rsyslog: %s: unexpected %q", t, b)
+		}
+		if b[i+2] != 'T' {
+			return false, nil
+		}
+	}
+	return true, nil
+}
 
 // Resume continues a paused receiver (SIGCONT).
 func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
