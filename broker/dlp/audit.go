@@ -39,7 +39,9 @@ func (a *Appender) Append(ctx context.Context, e *audit.Event) (uint64, error) {
 		if k == "dlp" {
 			continue // what DLP found in the answer: a list of detector names
 		}
-		e.Details[k] = red(v)
+		if r := red(v); r != v {
+			e.Details[k] = r
+		}
 	}
 	if all.Found() {
 		if e.Details == nil {

@@ -23,11 +23,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/applianced/applianced/internal/conf"
@@ -137,22 +137,67 @@ type detectorSet struct {
 	// same few values (a tool's name, a method, "allow", a status) recur
 	// in every audit event, and in many answers. It lives and dies with the
 	// set, so a reload with new detectors starts with none.
-	clean  sync.Map // string -> struct{}
-	nClean atomic.Int32
+	clean cleanMemory
 }
 
 const (
 	cleanMaxLen     = 128  // longer strings are always scanned
-	cleanMaxEntries = 4096 // then the memory starts over
+	cleanMaxEntries = 4096 // slots of the memory (a power of two)
 )
+
+// cleanMemory is a direct-mapped table of strings: a string has one slot,
+// picked by its hash, and a newer string for that slot replaces the older
+// one, so memory is bounded and a lookup is one hash and one comparison.
+// A slot holds the string itself, and a string is clean only if it is
+// equal to the one in its slot, so a collision costs a rescan, never a
+// wrong answer. The zero value remembers nothing.
+type cleanMemory struct {
+	seed  maphash.Seed
+	slots []atomic.Pointer[string] // cleanMaxEntries, or nil
+}
+
+func newCleanMemory() cleanMemory {
+	return cleanMemory{seed: maphash.MakeSeed(), slots: make([]atomic.Pointer[string], cleanMaxEntries)}
+}
+
+func (m *cleanMemory) slot(s string) *atomic.Pointer[string] {
+	return &m.slots[maphash.String(m.seed, s)%cleanMaxEntries]
+}
+
+func (m *cleanMemory) has(s string) bool {
+	if m.slots == nil {
+		return false
+	}
+	p := m.slot(s).Load()
+	return p != nil && *p == s
+}
+
+func (m *cleanMemory) add(s string) {
+	if m.slots == nil {
+		return
+	}
+	// A copy: s may be a slice of a large answer, which must not be kept.
+	c := strings.Clone(s)
+	m.slot(s).Store(&c)
+}
+
+// len is the number of strings remembered.
+func (m *cleanMemory) len() int {
+	n := 0
+	for i := range m.slots {
+		if m.slots[i].Load() != nil {
+			n++
+		}
+	}
+	return n
+}
 
 // isClean reports whether s was found clean before.
 func (ds *detectorSet) isClean(s string) bool {
 	if len(s) > cleanMaxLen {
 		return false
 	}
-	_, ok := ds.clean.Load(s)
-	return ok
+	return ds.clean.has(s)
 }
 
 // rememberClean records that s holds nothing these detectors find.
@@ -160,12 +205,7 @@ func (ds *detectorSet) rememberClean(s string) {
 	if len(s) > cleanMaxLen {
 		return
 	}
-	if ds.nClean.Add(1) > cleanMaxEntries {
-		ds.clean.Clear()
-		ds.nClean.Store(1)
-	}
-	// A copy: s may be a slice of a large answer, which must not be kept.
-	ds.clean.Store(strings.Clone(s), struct{}{})
+	ds.clean.add(s)
 }
 
 var emptySet = &detectorSet{}
@@ -218,7 +258,7 @@ func compileSet(cfg Config) (*detectorSet, error) {
 	for _, d := range cfg.Disable {
 		off[d] = true
 	}
-	ds := &detectorSet{password: !off[PasswordField], card: !off[Card]}
+	ds := &detectorSet{password: !off[PasswordField], card: !off[Card], clean: newCleanMemory()}
 	for _, d := range builtins {
 		if !off[d.name] {
 			ds.dets = append(ds.dets, d)
