@@ -51,9 +51,12 @@ var dropResponse = map[string]bool{
 // copyHeaders copies src to dst without hop-by-hop headers (including those
 // src's Connection header names) and without the drop set.
 func copyHeaders(dst, src http.Header, drop map[string]bool, also string) {
-	conn := map[string]bool{}
+	var conn map[string]bool // reads as empty while nil
 	for _, v := range src.Values("Connection") {
 		for _, f := range strings.Split(v, ",") {
+			if conn == nil {
+				conn = map[string]bool{}
+			}
 			conn[textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(f))] = true
 		}
 	}

@@ -71,7 +71,7 @@ func parseToolPath(escaped string) (toolPath, error) {
 		return toolPath{}, badPath("more than %d segments", MaxPathSegments)
 	}
 	p := toolPath{tool: raw[0]}
-	if p.tool == "" || !toolNameRE.MatchString(p.tool) {
+	if !isToolName(p.tool) {
 		return toolPath{}, badPath("no valid tool name")
 	}
 	rest := raw[1:]
@@ -99,6 +99,22 @@ func parseToolPath(escaped string) (toolPath, error) {
 		return toolPath{}, badPath("longer than %d bytes once escaped", MaxPathBytes)
 	}
 	return p, nil
+}
+
+// isToolName reports whether s matches toolNameRE, without the regexp
+// engine: a lowercase letter or digit, then at most 62 of those, '_' or '-'.
+func isToolName(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || i > 0 && (c == '_' || c == '-') {
+			continue
+		}
+		return false
+	}
+	return true
 }
 
 func checkSegment(d string) error {

@@ -85,3 +85,27 @@ func mustUnescape(s string) string {
 	}
 	return u
 }
+
+func TestIsToolNameMatchesRE(t *testing.T) {
+	alphabet := []string{"a", "z", "0", "9", "_", "-", "A", ".", "/", " ", "\n", "é", "\x00", "{", "`", "@", ":"}
+	check := func(s string) {
+		if got, want := isToolName(s), toolNameRE.MatchString(s); got != want {
+			t.Fatalf("isToolName(%q) = %v, toolNameRE says %v", s, got, want)
+		}
+	}
+	for _, s := range []string{"", "tickets", "t", "-t", "_t", "t-", "t_", "Tickets", "tickets\n",
+		strings.Repeat("a", 62), strings.Repeat("a", 63), strings.Repeat("a", 64), "a" + strings.Repeat("-", 62)} {
+		check(s)
+	}
+	var rec func(prefix string, depth int)
+	rec = func(prefix string, depth int) {
+		check(prefix)
+		if depth == 0 {
+			return
+		}
+		for _, a := range alphabet {
+			rec(prefix+a, depth-1)
+		}
+	}
+	rec("", 3)
+}

@@ -271,9 +271,11 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 	}
 
 	// 4. The body: bounded, and buffered because an approval binds its hash.
-	tooLarge := fmt.Sprintf("request body over tool %s's max_request_bytes (%d bytes)", t.cfg.Name, t.maxReq)
+	tooLarge := func() string {
+		return fmt.Sprintf("request body over tool %s's max_request_bytes (%d bytes)", t.cfg.Name, t.maxReq)
+	}
 	if r.ContentLength > t.maxReq {
-		c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, tooLarge)
+		c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, tooLarge())
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
@@ -283,7 +285,7 @@ func (p *Proxy) serveTool(w http.ResponseWriter, r *http.Request, escaped string
 			return
 		}
 		if int64(len(b)) > t.maxReq {
-			c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, tooLarge)
+			c.deny(http.StatusRequestEntityTooLarge, "tool.deny", CodeTooLarge, tooLarge())
 			return
 		}
 		c.body = b
