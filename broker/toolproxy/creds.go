@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,40 +68,6 @@ func (f *echoForms) add(vals ...string) {
 			}
 		}
 	}
-}
-
-// formsMemo is the spellings a tool's credential was last found to have,
-// under the SHA-256 of the values they came from (not the values: a short
-// one is not among its spellings, and is not kept).
-type formsMemo struct {
-	key   [sha256.Size]byte
-	forms echoForms
-}
-
-// addFor is add for the credential of t: the spellings of the values t's
-// last call injected are reused, not worked out again for every call.
-func (f *echoForms) addFor(t *tool, vals ...string) {
-	if len(*f) > 0 { // add dedups against what f holds
-		f.add(vals...)
-		return
-	}
-	h := sha256.New()
-	var n [8]byte
-	for _, v := range vals {
-		binary.BigEndian.PutUint64(n[:], uint64(len(v)))
-		h.Write(n[:])
-		io.WriteString(h, v)
-	}
-	var key [sha256.Size]byte
-	h.Sum(key[:0])
-	if m := t.formsMemo.Load(); m != nil && m.key == key {
-		*f = m.forms
-		return
-	}
-	f.add(vals...)
-	// Clipped: an append to a call's forms never writes into the memo's.
-	*f = slices.Clip(*f)
-	t.formsMemo.Store(&formsMemo{key: key, forms: *f})
 }
 
 // scrub replaces every echoed credential in s; it reports whether it did.
@@ -225,21 +190,21 @@ func (p *Proxy) injectInto(ctx context.Context, t *tool, out *http.Request, form
 			return nil, err
 		}
 		out.Header.Set("Authorization", "Bearer "+s)
-		forms.addFor(t, s)
+		forms.add(s)
 	case AuthBasic:
 		user, pass, ok := basicCredential(secret)
 		if !ok || headerSafe(user) != nil || strings.ContainsAny(pass, "\r\n\x00") {
 			return nil, fmt.Errorf("%w: secret %s is neither {\"user\", \"password\"} nor \"user:password\"", ErrCredential, t.cfg.Auth.Secret)
 		}
 		out.SetBasicAuth(user, pass)
-		forms.addFor(t, pass, base64.StdEncoding.EncodeToString([]byte(user+":"+pass)))
+		forms.add(pass, base64.StdEncoding.EncodeToString([]byte(user+":"+pass)))
 	case AuthHeader:
 		s := strings.TrimSpace(string(secret))
 		if err := headerSafe(s); err != nil {
 			return nil, err
 		}
 		out.Header.Set(t.cfg.Auth.Name, s)
-		forms.addFor(t, s)
+		forms.add(s)
 	case AuthQuery:
 		s := strings.TrimSpace(string(secret))
 		if s == "" {
@@ -248,14 +213,14 @@ func (p *Proxy) injectInto(ctx context.Context, t *tool, out *http.Request, form
 		q := out.URL.Query()
 		q.Set(t.cfg.Auth.Name, s) // replaces any value the agent sent
 		out.URL.RawQuery = q.Encode()
-		forms.addFor(t, s, url.QueryEscape(s))
+		forms.add(s, url.QueryEscape(s))
 	case AuthOAuth2Client:
 		tok, err := t.oauth.token(ctx, secret, &http.Client{Transport: t.transport, Timeout: t.timeout}, p.now)
 		if err != nil {
 			return nil, err
 		}
 		out.Header.Set("Authorization", "Bearer "+tok)
-		forms.addFor(t, tok)
+		forms.add(tok)
 	case AuthTLSClient:
 		return t.clientCertTransport(secret)
 	default:

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -302,22 +301,5 @@ func TestUnauthenticatedRequestsReadNoSecret(t *testing.T) {
 	}
 	if n > 1 {
 		t.Errorf("%d secret.use records for 5 requests without a token, want at most the one at start", n)
-	}
-}
-
-// TestEchoFormsAddForFollowsTheSecret: the spellings reused for a tool are
-// those of the values injected now, also after the secret changed.
-func TestEchoFormsAddForFollowsTheSecret(t *testing.T) {
-	tl := &tool{}
-	for _, vals := range [][]string{
-		{"first-secret"}, {"first-secret"}, {"second-secret"}, {"first-secret"},
-		{"user-pass", "dXNlcjp1c2VyLXBhc3M"}, {"user-pass"}, {"short"}, {"first-secret"}, {"first-secret", ""},
-	} {
-		var want, got echoForms
-		want.add(vals...)
-		got.addFor(tl, vals...)
-		if !slices.Equal(got, want) {
-			t.Fatalf("%q: got %q, want %q", vals, got, want)
-		}
 	}
 }

@@ -163,8 +163,7 @@ type tool struct {
 
 	// forms are the spellings of the credential last injected, to scrub
 	// it from audited paths (learnForms); every call refreshes them.
-	forms     atomic.Pointer[echoForms]
-	formsMemo atomic.Pointer[formsMemo] // for echoForms.addFor
+	forms atomic.Pointer[echoForms]
 
 	mu     sync.Mutex
 	tlsKey [32]byte // hash of the tls_client secret the cached transport uses
