@@ -1,0 +1,263 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// setAsideJournal writes n entries to a journal of small segments in
+// dir/audit, closes it and returns its directory.
+func setAsideJournal(t *testing.T, n int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "audit.damaged")
+	j := openTest(t, dir, &Options{SegmentBytes: 2048})
+	appendN(t, j, n)
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if segs, _ := listSegments(dir); len(segs) < 3 {
+		t.Fatalf("got %d segments, want several", len(segs))
+	}
+	return dir
+}
+
+// editEntry rewrites the line of seq in dir's segments with edit; the
+// segment is cut after the edited line when cut is true.
+func editEntry(t *testing.T, dir string, seq uint64, cut bool, edit func(line []byte) []byte) {
+	t.Helper()
+	segs, err := listSegments(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte(fmt.Sprintf(` {"seq":%d,`, seq))
+	for _, s := range segs {
+		b, err := os.ReadFile(s.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := bytes.SplitAfter(b, []byte("\n"))
+		for i, l := range lines {
+			if bytes.Contains(l, want) {
+				lines[i] = edit(append([]byte(nil), l...))
+				if cut {
+					lines = lines[:i+1]
+				}
+				if err := os.WriteFile(s.path, bytes.Join(lines, nil), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+	}
+	t.Fatalf("seq %d not found in %s", seq, dir)
+}
+
+// treeHashes maps every file under root (and root's siblings named like it)
+// to its SHA-256 and mode.
+func treeHashes(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	parent := filepath.Dir(root)
+	err := filepath.WalkDir(parent, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(path, root) && path != parent {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		h := info.Mode().String() + " " + info.ModTime().String()
+		if !d.IsDir() {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(b)
+			h += " " + hex.EncodeToString(sum[:])
+		}
+		out[path] = h
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func readAll(t *testing.T, v *ReadOnlyJournal, from uint64) []Entry {
+	t.Helper()
+	r, err := v.Reader(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var out []Entry
+	for r.Pos() <= v.LastSeq() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		e, err := r.Next(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("reading seq %d: %v", r.Pos(), err)
+		}
+		out = append(out, e)
+	}
+	// Past the last good entry it waits, as a live journal's reader does.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if e, err := r.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("after the last good entry: got seq %d, err %v; want it to wait", e.Seq, err)
+	}
+	return out
+}
+
+func TestReadOnlyJournalStopsAtTheFirstBadEntry(t *testing.T) {
+	const n = 60
+	for _, tc := range []struct {
+		name       string
+		seq        uint64 // the entry damaged
+		cut        bool
+		edit       func(line []byte) []byte
+		wantLast   uint64
+		wantReason string
+	}{
+		{"intact", 0, false, nil, n, ""},
+		{"one byte flipped", 23, false, func(l []byte) []byte { l[len(l)-5] ^= 1; return l }, 22, "hash does not match"},
+		{"entry removed", 31, false, func([]byte) []byte { return nil }, 30, "found seq 32 where 31 belongs"},
+		{"garbage line", 12, false, func([]byte) []byte { return []byte("not an entry\n") }, 11, "entry damaged"},
+		{"torn tail", n, true, func(l []byte) []byte { return l[:len(l)/2] }, n - 1, "cut short"},
+		{"damaged tail of the last segment", n - 2, true, func(l []byte) []byte { return append(l[:len(l)/3], 'x', 'y', '\n') }, n - 3, "entry damaged"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := setAsideJournal(t, n)
+			if tc.edit != nil {
+				editEntry(t, dir, tc.seq, tc.cut, tc.edit)
+			}
+			live := openTest(t, filepath.Join(t.TempDir(), "audit"), nil)
+			v, err := OpenReadOnly(dir, &ReadOnlyOptions{Appender: live})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.FirstSeq() != 1 || v.LastSeq() != tc.wantLast {
+				t.Errorf("got seq %d..%d, want 1..%d", v.FirstSeq(), v.LastSeq(), tc.wantLast)
+			}
+			switch st := v.Stop(); {
+			case tc.wantReason == "" && st != nil:
+				t.Errorf("got stop %v, want none", st)
+			case tc.wantReason != "" && (st == nil || st.Seq != tc.wantLast+1 || !strings.Contains(st.Reason, tc.wantReason)):
+				t.Errorf("got stop %v, want seq %d: %q", st, tc.wantLast+1, tc.wantReason)
+			}
+			es := readAll(t, v, 0)
+			if uint64(len(es)) != tc.wantLast {
+				t.Fatalf("read %d entries, want %d", len(es), tc.wantLast)
+			}
+			var prev [32]byte
+			for i, e := range es {
+				if e.Seq != uint64(i+1) || e.Prev != prev || ChainHash(prev, e.Canonical) != e.Hash || e.Chain != v.ChainID() || e.Chain == "" {
+					t.Fatalf("entry %d: got seq %d chain %q, not chained to the one before", i+1, e.Seq, e.Chain)
+				}
+				prev = e.Hash
+			}
+			from := tc.wantLast/2 + 1
+			if mid := readAll(t, v, from); uint64(len(mid)) != tc.wantLast-from+1 || mid[0].Seq != from {
+				t.Errorf("reading from %d: got %d entries, want %d", from, len(mid), tc.wantLast-from+1)
+			}
+			segs := v.Segments()
+			if len(segs) == 0 || segs[0].First != 1 || segs[len(segs)-1].Last != v.LastSeq() {
+				t.Errorf("got segments %+v, want 1..%d", segs, v.LastSeq())
+			}
+		})
+	}
+}
+
+// TestReadOnlyJournalNeverWrites reads a set-aside journal with a torn tail
+// (which Open would cut) through every method of the view: not a byte, a
+// mode or a time changes in it or beside it, and what is appended goes to
+// the live journal.
+func TestReadOnlyJournalNeverWrites(t *testing.T) {
+	dir := setAsideJournal(t, 40)
+	editEntry(t, dir, 40, true, func(l []byte) []byte { return l[:len(l)-7] })
+	before := treeHashes(t, dir)
+	time.Sleep(10 * time.Millisecond) // a write would show in a time
+
+	live := openTest(t, filepath.Join(t.TempDir(), "audit"), nil)
+	liveLast := live.LastSeq()
+	v, err := OpenReadOnly(dir, &ReadOnlyOptions{Appender: live})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, v, 1)
+	if n, err := v.Prune(v.LastSeq(), nil); n != 0 || err != nil {
+		t.Errorf("Prune: got %d, %v; want 0, nil", n, err)
+	}
+	v.Segments()
+	seq, err := v.Append(context.Background(), testEvent(1000))
+	if err != nil || seq != liveLast+1 || live.LastSeq() != liveLast+1 {
+		t.Errorf("Append: got seq %d, %v; want the live journal's next, %d", seq, err, liveLast+1)
+	}
+	if v.LastSeq() != 39 {
+		t.Errorf("got last seq %d, want 39", v.LastSeq())
+	}
+	after := treeHashes(t, dir)
+	for p, h := range before {
+		if after[p] != h {
+			t.Errorf("%s changed: %q, then %q", p, h, after[p])
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("%s was created", p)
+		}
+	}
+}
+
+func TestReadOnlyJournalRefuses(t *testing.T) {
+	liveDir := filepath.Join(t.TempDir(), "audit")
+	live := openTest(t, liveDir, nil)
+	appendN(t, live, 3)
+	copyDir := filepath.Join(t.TempDir(), "copy")
+	if err := os.CopyFS(copyDir, os.DirFS(liveDir)); err != nil {
+		t.Fatal(err)
+	}
+	empty := t.TempDir()
+	file := filepath.Join(empty, "file")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := setAsideJournal(t, 40)
+	for _, tc := range []struct {
+		name    string
+		dir     string
+		opts    *ReadOnlyOptions
+		wantErr error
+		wantMsg string
+	}{
+		{"the live journal", liveDir, &ReadOnlyOptions{Appender: live}, ErrLiveJournal, ""},
+		{"the live journal, by another path", liveDir + "/.", &ReadOnlyOptions{Appender: live}, ErrLiveJournal, ""},
+		{"a copy of the live journal", copyDir, &ReadOnlyOptions{Appender: live}, ErrLiveJournal, ""},
+		{"no segment", empty, &ReadOnlyOptions{Appender: live}, ErrNoSegments, ""},
+		{"a file", file, &ReadOnlyOptions{Appender: live}, nil, "not a directory"},
+		{"missing", filepath.Join(empty, "nothing"), &ReadOnlyOptions{Appender: live}, fs.ErrNotExist, ""},
+		{"no appender", old, &ReadOnlyOptions{}, nil, "Appender is required"},
+		{"no options", old, nil, nil, "Appender is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := OpenReadOnly(tc.dir, tc.opts)
+			if err == nil || (tc.wantErr != nil && !errors.Is(err, tc.wantErr)) || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("got %v, %v; want an error (%v, %q)", v, err, tc.wantErr, tc.wantMsg)
+			}
+		})
+	}
+}
