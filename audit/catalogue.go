@@ -81,6 +81,7 @@ var Catalogue = []EventType{
 	{"audit.dropped", "old journal entries were dropped because the disk limit was reached", 12},
 	{"audit.target_down", "an audit syslog target cannot be reached; entries wait in the journal", 10},
 	{"audit.target_up", "an audit syslog target is reachable again", 3},
+	{"audit.deliver", "an administrator delivered to the syslog targets what they had not got of a journal set aside (stage start: from where; stage result: up to where, or the error)", 5},
 }
 
 // LookupEventType returns the catalogue entry of a type.

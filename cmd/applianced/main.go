@@ -64,6 +64,7 @@ var verbs = []verb{
 	{"version", "print the version, commit and Go version", cmdVersion},
 	{"audit verify", "verify the audit journal (or syslog captures)", cmdAuditVerify},
 	{"audit tail", "print the newest audit events; -f follows", cmdAuditTail},
+	{"audit deliver", "deliver to the targets what they never got of a journal set aside (DIR)", cmdAuditDeliver},
 	{"audit pubkey", "print the public key of the audit checkpoints, for auditors", cmdAuditPubkey},
 	{"audit hash", "print the HMAC under which a secret value appears in audit events", cmdAuditHash},
 	{"doctor", "check the host and the appliance: pass/warn/fail with a fix each", cmdDoctor},

@@ -1,0 +1,418 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/internal/testenv/rsyslog"
+)
+
+// dirHashes maps every file under dir to its mode and SHA-256.
+func dirHashes(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		h := info.Mode().String()
+		if !d.IsDir() {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(b)
+			h += " " + hex.EncodeToString(sum[:])
+		}
+		out[path] = h
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// receivedSeqs returns how often each seq of chain is in a receiver's file.
+func receivedSeqs(t *testing.T, path, chain string) map[uint64]int {
+	t.Helper()
+	b, _ := os.ReadFile(path)
+	out := map[uint64]int{}
+	for _, l := range strings.Split(string(b), "\n") {
+		i := strings.Index(l, `{"audit_seq":`)
+		if i < 0 || !strings.Contains(l, `"audit_chain":"`+chain+`"`) {
+			continue
+		}
+		var seq uint64
+		fmt.Sscanf(l[i:], `{"audit_seq":%d`, &seq)
+		out[seq]++
+	}
+	return out
+}
+
+// outageThenSetAside runs the daemon with a real rsyslog target, stops the
+// receiver, records a few events it never gets, stops the daemon, moves the
+// journal aside (damaging the tail of its last segment from seq damageAt
+// when damageAt > 0) and starts a new daemon with the receiver back. It
+// returns the old directory, its chain, its last seq, and the checkpoint
+// key.
+func outageThenSetAside(t *testing.T, srv *rsyslog.Server, cfg *config.File, damageAt func(last uint64) uint64) (old, chain string, last uint64, pub string, d *running) {
+	t.Helper()
+	ctx := context.Background()
+	msgs := notifySocket(t)
+	d = startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+	e := testEnv()
+	if code := run(ctx, e, []string{"audit", "pubkey", "--config", cfg.Path}); code != exitOK {
+		t.Fatalf("audit pubkey: exit %d: %s", code, e.stderr)
+	}
+	pub = strings.TrimSpace(fmt.Sprint(e.stdout))
+	var st struct {
+		Seq uint64 `json:"audit_last_seq"`
+	}
+	if err := e.call(ctx, cfg.Path, http.MethodGet, "/admin/v1/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	// The forwarder confirmed the receiver has everything so far (its
+	// cursor says so): only what follows goes missing.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var ts struct {
+			Targets []struct {
+				Delivered uint64 `json:"delivered"`
+			} `json:"targets"`
+		}
+		if err := e.call(ctx, cfg.Path, http.MethodGet, "/admin/v1/audit/targets", nil, &ts); err != nil {
+			t.Fatal(err)
+		}
+		if len(ts.Targets) == 1 && ts.Targets[0].Delivered >= st.Seq {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("seq %d was never confirmed delivered", st.Seq)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The SIEM goes down; the appliance goes on recording.
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		e := testEnv()
+		e.stdin = strings.NewReader(fmt.Sprintf("value %d\n", i))
+		if code := run(ctx, e, []string{"audit", "hash", "--config", cfg.Path, "-"}); code != exitOK {
+			t.Fatalf("audit hash: exit %d: %s", code, e.stderr)
+		}
+	}
+	if code := d.stop(t); code != exitOK {
+		t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
+	}
+	journal := filepath.Join(cfg.Server.StateDir, "audit")
+	rep, err := audit.VerifyDir(journal)
+	if err != nil || !rep.OK() {
+		t.Fatalf("the journal before it is set aside: %v, %v", rep, err)
+	}
+	chain, last = rep.Chain, rep.Last
+	old = journal + ".damaged"
+	if err := os.Rename(journal, old); err != nil {
+		t.Fatal(err)
+	}
+	if at := damageAt(last); at > 0 {
+		segs, _ := filepath.Glob(filepath.Join(old, "journal-*.log"))
+		seg := segs[len(segs)-1]
+		b, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := bytes.Index(b, []byte(fmt.Sprintf(` {"seq":%d,`, at)))
+		if i < 0 {
+			t.Fatalf("seq %d is not in the last segment", at)
+		}
+		b[i+30] ^= 0x20 // inside the event text: the hash no longer matches
+		if err := os.WriteFile(seg, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	msgs = notifySocket(t)
+	d = startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+	return old, chain, last, pub, d
+}
+
+func deliverConfig(t *testing.T, srv *rsyslog.Server) *config.File {
+	return testConfig(t, t.TempDir(), fmt.Sprintf(`
+[audit]
+checkpoint_every = 3
+
+[[audit.syslog]]
+address = "tcp://%s"
+format = "rfc5424"
+`, srv.Addr))
+}
+
+// TestAuditDeliverAfterAnOutageAndASetAside: the receiver was down for the
+// journal's last entries when the journal was moved aside; after the new
+// daemon started, `audit deliver` sends the old chain from where the
+// receiver stopped (the forwarder's audit.tamper says where), the
+// receiver's file then holds the old chain whole and verifies with both
+// chains, and the old directory is unchanged. Sending it all again with
+// --from 1 leaves identical copies, which verify.
+func TestAuditDeliverAfterAnOutageAndASetAside(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	cfg := deliverConfig(t, srv)
+	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 })
+	before := dirHashes(t, old)
+	got := receivedSeqs(t, srv.File, chain)
+	var had uint64
+	for had+1 <= last && got[had+1] > 0 {
+		had++
+	}
+	if had == 0 || had >= last-5 {
+		t.Fatalf("the receiver had seq 1..%d of %d before the set-aside, want the last ones missing", had, last)
+	}
+
+	ctx := context.Background()
+	e := testEnv()
+	if code := run(ctx, e, []string{"audit", "deliver", "--config", cfg.Path, old}); code != exitOK {
+		t.Fatalf("audit deliver: exit %d\n%s%s\ndaemon: %s", code, e.stdout, e.stderr, d.env.stderr)
+	}
+	out := fmt.Sprint(e.stdout)
+	t.Logf("audit deliver:\n%s", out)
+	want := fmt.Sprintf("tcp://%s: delivered seq %d..%d (from audit.tamper at seq ", srv.Addr, had+1, last)
+	if !strings.Contains(out, want) || !strings.Contains(out, fmt.Sprintf("seq 1..%d readable", last)) || strings.Contains(out, "stops being readable") {
+		t.Errorf("got output:\n%s\nwant %q", out, want)
+	}
+	got = receivedSeqs(t, srv.File, chain)
+	for s := uint64(1); s <= last; s++ {
+		if got[s] != 1 {
+			t.Errorf("seq %d of the old chain: received %d times, want once", s, got[s])
+		}
+	}
+
+	// Everything again, from the start: identical copies.
+	e = testEnv()
+	if code := run(ctx, e, []string{"audit", "deliver", "--config", cfg.Path, "--from", "1", "--target", "tcp://" + srv.Addr, "--json", old}); code != exitOK {
+		t.Fatalf("audit deliver --from 1: exit %d\n%s%s", code, e.stdout, e.stderr)
+	}
+	var rep deliverReply
+	if err := json.Unmarshal([]byte(fmt.Sprint(e.stdout)), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Targets) != 1 || rep.Targets[0].From != 1 || rep.Targets[0].Delivered != last || !rep.Targets[0].OK || rep.Targets[0].FromSource != "--from" {
+		t.Errorf("got %+v, want 1..%d delivered from --from", rep.Targets, last)
+	}
+	if got := receivedSeqs(t, srv.File, chain); got[1] != 2 || got[last] != 2 {
+		t.Errorf("got seq 1 %d times and seq %d %d times, want each twice", got[1], last, got[last])
+	}
+
+	after := dirHashes(t, old)
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("the old journal changed:\nbefore %v\nafter  %v", before, after)
+	}
+	if _, err := os.Stat(old + ".last"); err == nil {
+		t.Errorf("a record of the chain was written beside the old journal")
+	}
+
+	// Both deliveries are in the live journal: who, what, from where, and
+	// the result.
+	e = testEnv()
+	if code := run(ctx, e, []string{"audit", "tail", "--config", cfg.Path, "-n", "200"}); code != exitOK {
+		t.Fatal(e.stderr)
+	}
+	var starts, results int
+	for _, l := range strings.Split(fmt.Sprint(e.stdout), "\n") {
+		if !strings.Contains(l, `"type":"audit.deliver"`) {
+			continue
+		}
+		switch {
+		case strings.Contains(l, `"stage":"start"`) && strings.Contains(l, `"uid":`) && strings.Contains(l, chain):
+			starts++
+		case strings.Contains(l, `"stage":"result"`) && strings.Contains(l, fmt.Sprintf("delivered up to %d", last)) && strings.Contains(l, `"outcome":"success"`):
+			results++
+		}
+	}
+	if starts != 2 || results != 2 {
+		t.Errorf("got %d start and %d result audit.deliver events, want 2 each:\n%s", starts, results, e.stdout)
+	}
+	stopAndVerify(t, d, srv, pub, chain, last, true)
+}
+
+// stopAndVerify stops the daemon (its final checkpoint seals the new
+// chain at the receiver) and checks the receiver's file with `audit
+// verify`: ok, the old chain from seq 1 to last, sealed, then the new
+// chain continuing it.
+func stopAndVerify(t *testing.T, d *running, srv *rsyslog.Server, pub, chain string, last uint64, wantDuplicates bool) {
+	t.Helper()
+	if code := d.stop(t); code != exitOK {
+		t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
+	}
+	var (
+		e    *env
+		code int
+		rep  audit.CaptureReport
+	)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		e = testEnv()
+		code = run(context.Background(), e, []string{"audit", "verify", "--json", "--pubkey", pub, srv.File})
+		rep = audit.CaptureReport{}
+		if err := json.Unmarshal([]byte(fmt.Sprint(e.stdout)), &rep); err != nil {
+			t.Fatalf("audit verify: exit %d: %v\n%s%s", code, err, e.stdout, e.stderr)
+		}
+		if code == exitOK || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code != exitOK || len(rep.Chains) != 2 || rep.Chains[0].ID != chain || rep.Chains[0].FirstSeq != 1 || rep.Chains[0].LastSeq != last ||
+		rep.Chains[0].SealedUpTo+1 != last || rep.Chains[1].Link.Chain != chain || (rep.Duplicates > 0) != wantDuplicates {
+		t.Errorf("audit verify: exit %d, chains %+v, %d duplicates, problems %v; want ok, chain %s 1..%d sealed, then the new one continuing it",
+			code, rep.Chains, rep.Duplicates, rep.Problems, chain, last)
+	}
+}
+
+// TestAuditDeliverStopsAtTheDamage: the old journal's last segment is
+// damaged near its end; `audit deliver` sends what the receiver missed up
+// to the entry before the damage, says where and why the journal stops
+// being readable, and leaves the directory unchanged.
+func TestAuditDeliverStopsAtTheDamage(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	cfg := deliverConfig(t, srv)
+	var bad uint64
+	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(last uint64) uint64 { bad = last - 2; return bad })
+	before := dirHashes(t, old)
+	ctx := context.Background()
+	e := testEnv()
+	if code := run(ctx, e, []string{"audit", "deliver", "--config", cfg.Path, old}); code != exitOK {
+		t.Fatalf("audit deliver: exit %d\n%s%s", code, e.stdout, e.stderr)
+	}
+	out := fmt.Sprint(e.stdout)
+	t.Logf("audit deliver:\n%s", out)
+	if !strings.Contains(out, fmt.Sprintf("seq 1..%d readable", bad-1)) ||
+		!strings.Contains(out, fmt.Sprintf("the journal stops being readable at seq %d", bad)) || !strings.Contains(out, "hash does not match") ||
+		!strings.Contains(out, fmt.Sprintf("..%d (from audit.tamper at seq ", bad-1)) {
+		t.Errorf("got output:\n%s\nwant seq 1..%d delivered and the stop at %d named", out, bad-1, bad)
+	}
+	got := receivedSeqs(t, srv.File, chain)
+	for s := uint64(1); s < bad; s++ {
+		if got[s] != 1 {
+			t.Errorf("seq %d of the old chain: received %d times, want once", s, got[s])
+		}
+	}
+	for s := bad; s <= last; s++ {
+		if got[s] != 0 {
+			t.Errorf("seq %d (damaged or after it) was received", s)
+		}
+	}
+	if after := dirHashes(t, old); fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("the old journal changed:\nbefore %v\nafter  %v", before, after)
+	}
+	if code := d.stop(t); code != exitOK {
+		t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
+	}
+	// What the receiver holds verifies up to the damage (sealed up to the
+	// last checkpoint before it; the entries after that one are open, as
+	// in a stream still running); the new chain's first entry names the
+	// old chain's real last seq, which no one can deliver now, and verify
+	// says so.
+	var code int
+	var rep audit.CaptureReport
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		e = testEnv()
+		code = run(ctx, e, []string{"audit", "verify", "--json", "--pubkey", pub, "--open-tail", srv.File})
+		rep = audit.CaptureReport{}
+		if err := json.Unmarshal([]byte(fmt.Sprint(e.stdout)), &rep); err != nil {
+			t.Fatalf("audit verify: exit %d: %v\n%s%s", code, err, e.stdout, e.stderr)
+		}
+		if len(rep.Chains) == 2 && rep.Chains[1].LastSealFinal || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("audit verify: %+v", rep)
+	if len(rep.Chains) != 2 || rep.Chains[0].ID != chain || rep.Chains[0].LastSeq != bad-1 {
+		t.Errorf("got chains %+v, want %s 1..%d then the new one", rep.Chains, chain, bad-1)
+	}
+	if len(rep.Problems) != 1 || rep.Problems[0].Kind != audit.ProblemLink || rep.Chains[0].SealedUpTo == 0 || code != exitFailure {
+		t.Errorf("got exit %d, problems %v, the old chain sealed up to %d; want one problem: the new chain's link to the undeliverable tail",
+			code, rep.Problems, rep.Chains[0].SealedUpTo)
+	}
+}
+
+// TestAuditDeliverRefusesBadInput: each refusal is clear, records nothing
+// and sends nothing.
+func TestAuditDeliverRefusesBadInput(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	cfg := deliverConfig(t, srv)
+	old, _, last, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 })
+	live := filepath.Join(cfg.Server.StateDir, "audit")
+	copyOfLive := filepath.Join(t.TempDir(), "copy")
+	if err := os.CopyFS(copyOfLive, os.DirFS(live)); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, []byte("x"), 0o600)
+	empty := t.TempDir()
+	ctx := context.Background()
+	received := func() int { b, _ := os.ReadFile(srv.File); return len(b) }
+	time.Sleep(time.Second) // the new chain's start reaches the receiver
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"not a directory", []string{file}, exitUsage, "is not a directory"},
+		{"no such directory", []string{filepath.Join(empty, "nothing")}, exitFailure, "no such file or directory"},
+		{"no segment", []string{empty}, exitFailure, "no journal segment"},
+		{"the live journal", []string{live}, exitFailure, "the live journal"},
+		{"a journal of the current chain", []string{copyOfLive}, exitFailure, "the live journal"},
+		{"unknown target", []string{"--target", "tcp://127.0.0.1:9", old}, exitFailure, `target "tcp://127.0.0.1:9" is not configured`},
+		{"from beyond the end", []string{"--from", fmt.Sprint(last + 1), old}, exitFailure, fmt.Sprintf("holds seq 1..%d readable", last)},
+		{"no directory", []string{}, exitUsage, "want 1 argument"},
+		{"timeout out of range", []string{"--timeout", "0s", old}, exitUsage, "--timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := received()
+			e := testEnv()
+			code := run(ctx, e, append([]string{"audit", "deliver", "--config", cfg.Path}, tc.args...))
+			if code != tc.wantCode || !strings.Contains(fmt.Sprint(e.stderr), tc.wantErr) {
+				t.Errorf("got exit %d, stderr %q; want exit %d and %q", code, e.stderr, tc.wantCode, tc.wantErr)
+			}
+			if received() != before {
+				t.Errorf("the receiver got something")
+			}
+		})
+	}
+	e := testEnv()
+	if code := run(ctx, e, []string{"audit", "tail", "--config", cfg.Path, "-n", "200"}); code != exitOK {
+		t.Fatal(e.stderr)
+	}
+	if strings.Contains(fmt.Sprint(e.stdout), `"audit.deliver"`) {
+		t.Errorf("a refused audit deliver was recorded as a delivery:\n%s", e.stdout)
+	}
+	if code := d.stop(t); code != exitOK {
+		t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
+	}
+}
