@@ -99,7 +99,7 @@ func TestForwarderOverASetAsideJournal(t *testing.T) {
 			t.Errorf("seq %s: got body\n%s\nwant what the live forwarder sent\n%s", seq, b, want[seq])
 		}
 	}
-	rep := verifyFile(t, second.File, &audit.CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), From: from, Until: time.Now()})
+	rep := verifyFile(t, second.File, &audit.CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), FromChain: chain, From: from, Until: time.Now()})
 	if !rep.OK() || rep.FirstSeq != from || rep.LastSeq != last {
 		t.Errorf("got seq %d..%d, problems %v; want %d..%d, none", rep.FirstSeq, rep.LastSeq, rep.Problems, from, last)
 	}
