@@ -273,3 +273,29 @@ func TestVerifyDirSaysWhatTheJournalContinues(t *testing.T) {
 		t.Errorf("the successor: got link %+v, problems %v; want %+v", rep.Link, rep.Problems, want)
 	}
 }
+
+// TestChainStartAfterAFailedOpenStillNamesThePredecessor: an Open whose
+// chain start could not be written (a full disk, or a crash right after
+// the new chain's first segment) leaves a chain with no entry; the next
+// Open starts it as it should have been, naming the chain the record
+// holds, instead of letting the first event take seq 1 and the next
+// checkpoint overwrite the record.
+func TestChainStartAfterAFailedOpenStillNamesThePredecessor(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := filepath.Join(t.TempDir(), "audit")
+	_, oldID := sealedEntries(t, dir, key, 10)
+	if err := os.Rename(dir, dir+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := Open(dir, &Options{Logger: quiet(), MaxBytes: 200}); err == nil {
+		j.Close()
+		t.Fatal("Open with room for no entry started the chain")
+	}
+	j := openTest(t, dir, &Options{Logger: quiet()})
+	if _, err := j.Append(context.Background(), testEvent(0)); err != nil {
+		t.Fatal(err)
+	}
+	if cs := chainStartOf(t, j); !cs.Known || cs.Chain != oldID || cs.Seq == 0 {
+		t.Errorf("the chain start names %+v, want chain %s", cs, oldID)
+	}
+}

@@ -300,6 +300,10 @@ func Open(dir string, opts *Options) (*Journal, error) {
 		j.committed, j.lastHash = lastSeq, lastHash
 		j.ahead.path = last.path
 		j.ahead.zeroEnd.Store(last.size)
+		// A chain made by an Open whose chain start never became durable
+		// (a full disk, a crash right after the first segment): it is
+		// still new, and still continues what the record names.
+		newChain = lastSeq == 0
 	}
 	j.startAhead()
 	go j.writer()
