@@ -479,6 +479,7 @@ type chainCheck struct {
 	firstAt    time.Time // the time of the first entry in the capture
 	tail       bool      // entries after what the last checkpoint covers
 	start      [32]byte  // LinkContinues: the hash the chain start names
+	linked     bool      // LinkContinues: the chain before is in the capture up to that entry, with that hash
 }
 
 // Report checks everything read so far.
@@ -537,10 +538,14 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 		checkHead(c, v.opts.From, applies)
 	}
 	rep.FromChain = fromChain
-	for i, c := range checks[:len(checks)-1] {
-		v.checkSealedUntilSuccessor(c, checks[i+1])
-	}
 	linkProblems, linkNotes := v.checkLinks(checks)
+	for i, c := range checks[:len(checks)-1] {
+		// A successor that names c's entry, found in the capture, says
+		// how far c was recorded: its seals need not reach further.
+		if next := checks[i+1]; !(next.linked && next.rep.Link.Chain == c.rep.ID) {
+			v.checkSealedUntilSuccessor(c, next)
+		}
+	}
 	if !fromFound {
 		rep.Problems = append(rep.Problems, CaptureProblem{Kind: ProblemHead, Chain: fromChain,
 			Message: fmt.Sprintf("--from names %s, which is not in the capture", chainName(clip(fromChain, 40)))})

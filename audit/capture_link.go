@@ -3,6 +3,7 @@ package audit
 import (
 	"encoding/hex"
 	"fmt"
+	"slices"
 )
 
 // The links between the chains of a capture. A chain made when a journal
@@ -69,6 +70,16 @@ func (v *CaptureVerifier) checkLinks(checks []*chainCheck) (problems []CapturePr
 				Message: chainName(id) + " " + fmt.Sprintf(format, args...)})
 		}
 		switch l.State {
+		case LinkUnseen:
+			// The oldest chain starts after seq 1 (--from SEQ): its seq 1,
+			// which would say what came before it, is not here. Unless
+			// the auditor names this chain as where the record starts,
+			// the older chains, and this one's head, could all have been
+			// dropped. A legacy chain has nothing before it.
+			if i == 0 && v.opts.FromChain == "" && id != "" && c.rep.FirstSeq > 1 {
+				problem(c.rep.FirstSeq, 0, "starts at seq %d: its seq 1, which names the chain it continues, is not in the capture, so it cannot show that no chain before it was dropped; "+
+					"give --from %s:%d if the receiver's record starts in this chain", c.rep.FirstSeq, id, c.rep.FirstSeq)
+			}
 		case LinkFirst:
 			if i > 0 {
 				l.State = LinkNone
@@ -119,11 +130,18 @@ func (v *CaptureVerifier) checkPredecessor(c, p *chainCheck, problem func(seq, l
 			chainName(p.rep.ID), l.Seq, c.start[:6], e.hash[:6])
 		return nil
 	}
+	// The chain start, sealed in c, authenticates p up to l.Seq: that is
+	// how far p was recorded when c began, so p's own seals need not reach
+	// further, nor p's tail be judged as cut (a killed journal has no
+	// final seal).
+	c.linked = true
+	p.problems = slices.DeleteFunc(p.problems, func(x CaptureProblem) bool { return x.Kind == ProblemTail })
+	p.tail = false
 	if p.rep.LastSeq > l.Seq {
 		// The record follows the checkpoints: entries written after the
 		// last one, before the journal was damaged and set aside, are
-		// not in it.
-		notes = append(notes, fmt.Sprintf("%s continues %s from seq %d; that chain goes on to seq %d: entries written after its last checkpoint or close, before its journal was set aside",
+		// not in it, and nothing seals them.
+		notes = append(notes, fmt.Sprintf("%s continues %s from seq %d; that chain goes on to seq %d: entries written after its last checkpoint or close, before its journal was set aside (no seal covers them)",
 			chainName(c.rep.ID), chainName(p.rep.ID), l.Seq, p.rep.LastSeq))
 	}
 	return notes

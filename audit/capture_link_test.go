@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // What a capture verifier makes of the links between chains: a chain
@@ -70,7 +72,8 @@ func TestCaptureMustHoldTheChainANewOneContinues(t *testing.T) {
 // TestCaptureOfAKilledChainNotesEntriesAfterTheOneContinued: a journal
 // killed with SIGKILL holds entries after its last checkpoint, which the
 // record (and so its successor's chain start) does not name. A capture of
-// both chains, the older's tail declared open, verifies, and says so.
+// both chains verifies without --open-tail (the successor's sealed chain
+// start says how far the killed chain was recorded), and notes the rest.
 func TestCaptureOfAKilledChainNotesEntriesAfterTheOneContinued(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "audit")
 	killedChain(t, dir, 1500)
@@ -81,7 +84,7 @@ func TestCaptureOfAKilledChainNotesEntriesAfterTheOneContinued(t *testing.T) {
 	oldEntries := journalEntries(t, old)
 	cur, curID := sealedEntries(t, dir, fuzzKey, 3)
 	lines := append(chainBodies(old.ChainID(), oldEntries), chainBodies(curID, cur)...)
-	rep := verifyLinesWith(t, &CaptureOptions{PublicKey: fuzzKey.Public().(ed25519.PublicKey), AllowOpenTail: true}, lines)
+	rep := verifyLinesWith(t, &CaptureOptions{PublicKey: fuzzKey.Public().(ed25519.PublicKey)}, lines)
 	l := rep.Chains[len(rep.Chains)-1].Link
 	if !rep.OK() || l.State != LinkContinues || l.Chain != old.ChainID() || l.Seq >= old.LastSeq() {
 		t.Fatalf("got problems %v, chains %+v; want none, the newest continuing %s before its last seq %d", rep.Problems, rep.Chains, old.ChainID(), old.LastSeq())
@@ -162,5 +165,87 @@ func TestFromNamingTheNewerChainAcceptsItsMissingPredecessor(t *testing.T) {
 	rep := verifyLinesWith(t, &CaptureOptions{PublicKey: key.Public().(ed25519.PublicKey), From: 1, FromChain: curID}, chainBodies(curID, cur))
 	if !rep.OK() || !strings.Contains(strings.Join(rep.Notes, "\n"), "continues chain "+oldID) {
 		t.Errorf("got problems %v, notes %q; want none, and a note naming chain %s", rep.Problems, rep.Notes, oldID)
+	}
+}
+
+// TestFromSeqWithoutAChainCannotHideADroppedChain: --from SEQ applies to
+// the oldest chain left in the capture. Dropping the older chain whole and
+// the newer's first entries (its chain start with them) leaves one chain
+// that starts at SEQ, as an honest archive would: a chain with an id that
+// starts after seq 1 needs --from CHAIN:SEQ, which says the record starts
+// there.
+func TestFromSeqWithoutAChainCannotHideADroppedChain(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	old, cur, oldID, curID := linkedCapture(t, key)
+	pub := key.Public().(ed25519.PublicKey)
+	honest := append(chainBodies(oldID, old[4:]), chainBodies(curID, cur)...)
+	if rep := verifyLinesWith(t, &CaptureOptions{PublicKey: pub, From: 5, FromChain: oldID}, honest); !rep.OK() {
+		t.Fatalf("an archive starting at seq 5 of %s, with --from %s:5: %v", oldID, oldID, rep.Problems)
+	}
+	forged := chainBodies(curID, cur[4:]) // the older chain and the newer's seqs 1..4 dropped
+	for _, o := range []CaptureOptions{{From: 5}, {From: 5, FromChain: oldID}} {
+		o.PublicKey = pub
+		if rep := verifyLinesWith(t, &o, forged); rep.OK() {
+			t.Errorf("--from %s:%d: a capture without chain %s and the head of %s verifies", o.FromChain, o.From, oldID, curID)
+		}
+	}
+	rep := verifyLinesWith(t, &CaptureOptions{PublicKey: pub, From: 5}, honest)
+	if rep.OK() || !hasProblem(rep, ProblemLink) || !strings.Contains(strings.Join(problemMessages(rep), "\n"), "--from "+oldID+":5") {
+		t.Errorf("--from 5 without a chain: got %v, want a %s problem naming --from %s:5", rep.Problems, ProblemLink, oldID)
+	}
+}
+
+func problemMessages(rep *CaptureReport) []string {
+	var out []string
+	for _, p := range rep.Problems {
+		out = append(out, p.Message)
+	}
+	return out
+}
+
+// TestChainSetAsideLongAfterItsLastSealVerifies: the recovery takes time;
+// the successor begins hours after the killed chain's last seal. Its
+// chain start, found in the capture, says how far the older chain was
+// recorded, so the older is not judged cut for want of a later seal.
+func TestChainSetAsideLongAfterItsLastSealVerifies(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	killedChain(t, dir, 500)
+	if err := os.Rename(dir, dir+".old"); err != nil {
+		t.Fatal(err)
+	}
+	old := openTest(t, dir+".old", &Options{Logger: quiet()})
+	oldEntries := journalEntries(t, old)
+	later := func() time.Time { return time.Now().Add(3 * time.Hour) }
+	j, err := Open(dir, &Options{Logger: quiet(), Now: later})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewCheckpointer(j, fuzzKey, &CheckpointOptions{Every: 2, Interval: time.Hour, Logger: quiet()})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	for i := range 3 {
+		if _, err := j.Append(ctx, testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	cur := journalEntries(t, j)
+	j.Close()
+	lines := append(chainBodies(old.ChainID(), oldEntries), chainBodies(j.ChainID(), cur)...)
+	pub := fuzzKey.Public().(ed25519.PublicKey)
+	if rep := verifyLinesWith(t, &CaptureOptions{PublicKey: pub, Until: later()}, lines); !rep.OK() {
+		t.Errorf("got problems %v, want none", rep.Problems)
+	}
+	// Without the successor's chain start the older chain's last seal is
+	// judged as usual: the capture cannot show where it was recorded to.
+	if rep := verifyLinesWith(t, &CaptureOptions{PublicKey: pub, Until: later()}, append(chainBodies(old.ChainID(), oldEntries), chainBodies(j.ChainID(), cur[1:])...)); rep.OK() {
+		t.Errorf("a capture without the successor's chain start verifies")
 	}
 }

@@ -310,7 +310,8 @@ func addCaptureFlags(fs interface {
 		from: fs.String("from", "1", "with FILE: the `SEQ` the capture should start at (where the receiver's record\n"+
 			"begins), or CHAIN:SEQ; it applies to the oldest chain in the capture (or to\n"+
 			"CHAIN), and every later chain must start at seq 1; a capture that starts\n"+
-			"later is missing its head"),
+			"later is missing its head. A chain with an id that starts after seq 1 needs\n"+
+			"CHAIN:SEQ: only its seq 1 says which chain came before it"),
 		until: fs.String("until", "now", "with FILE: the `TIME` the capture should reach (RFC 3339, or \"now\"): when\n"+
 			"it was taken or rotated (\"now\" suits a live file only); the newest seal must\n"+
 			"be no older than that less its interval and a minute, or the tail after it was cut"),
