@@ -77,6 +77,7 @@ var Catalogue = []EventType{
 	// The audit trail itself.
 	{"audit.checkpoint", "a signed checkpoint of the hash chain (chain id, seq, hash and time; written every interval, idle or not)", 0},
 	{"audit.chain_start", "a new journal chain began (its journal was moved aside or lost) and names the chain it continues, or says the record of it cannot be read", 8},
+	{"audit.chain_record", "the record of the journal's chain beside its directory (audit.last) cannot be written: a chain that replaces this journal would not name it", 12},
 	{"audit.tamper", "verification found a gap, an altered entry or a cut tail", 12},
 	{"audit.dropped", "old journal entries were dropped because the disk limit was reached", 12},
 	{"audit.target_down", "an audit syslog target cannot be reached; entries wait in the journal", 10},

@@ -29,6 +29,8 @@ import (
 // Chain start event: its type and the keys of its Details.
 const (
 	TypeChainStart = "audit.chain_start"
+	// TypeChainRecord says the record could not be written (recordChain).
+	TypeChainRecord = "audit.chain_record"
 
 	DetailPreviousChain = "previous_chain" // the predecessor's chain id ("" for the legacy chain)
 	DetailPreviousSeq   = "previous_seq"   // the last seq of it the record held
@@ -156,6 +158,32 @@ func (j *Journal) saveLast() error {
 	return nil
 }
 
+// recordChain is saveLast for the Checkpointer and a chain start: a
+// failure is logged, and the first of a run of failures is recorded in
+// the journal with severity high, since a chain that replaces this
+// journal would then name the chain before it, and a capture without this
+// one would verify. The journal may still take entries (its segments are
+// preallocated) when a new file cannot be made.
+func (j *Journal) recordChain() {
+	err := j.saveLast()
+	j.lastMu.Lock()
+	first := err != nil && !j.lastFailing
+	j.lastFailing = err != nil
+	j.lastMu.Unlock()
+	if err == nil {
+		return
+	}
+	j.opts.Logger.Error("audit: recording the journal's chain beside its directory", "path", lastPath(j.dir), "err", err)
+	if !first {
+		return
+	}
+	ev := &Event{Type: TypeChainRecord, Severity: SeverityHigh, Action: "audit.record", Target: lastPath(j.dir), Outcome: OutcomeFailure,
+		Reason: "the record of this journal's chain cannot be written: a chain that replaces this journal would not name it; free space or fix the state dir's permissions: " + err.Error()}
+	if _, aerr := j.Append(context.Background(), ev); aerr != nil {
+		j.opts.Logger.Error("audit: recording that the chain record failed", "err", aerr)
+	}
+}
+
 // chainStartEvent returns the first entry of a new chain: it names the
 // chain the record at path holds, or says that the record cannot be read.
 // With no record at all (a first start) it returns nil: the chain then
@@ -196,12 +224,9 @@ func (j *Journal) startChain() error {
 	if seq != 1 {
 		return fmt.Errorf("audit: starting the chain: got seq %d, want 1", seq)
 	}
-	if err := j.saveLast(); err != nil {
-		// The chain start is durable; the record still names the
-		// predecessor, which is what a successor would name anyway if
-		// this chain were set aside before its first checkpoint.
-		j.opts.Logger.Error("audit: recording the new chain", "err", err)
-	}
+	// The chain start is durable; until the record names this chain it
+	// still names the predecessor, which a successor would name too.
+	j.recordChain()
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -297,5 +298,109 @@ func TestChainStartAfterAFailedOpenStillNamesThePredecessor(t *testing.T) {
 	}
 	if cs := chainStartOf(t, j); !cs.Known || cs.Chain != oldID || cs.Seq == 0 {
 		t.Errorf("the chain start names %+v, want chain %s", cs, oldID)
+	}
+}
+
+// TestChainRecordFailureIsRecordedOnce: while the record beside the
+// journal cannot be written (here a directory stands where its temporary
+// file goes), each checkpoint tries again, and the journal says so once,
+// with severity high; once the record can be written it names the chain
+// again.
+func TestChainRecordFailureIsRecordedOnce(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := filepath.Join(t.TempDir(), "audit")
+	block := lastPath(dir) + tmpSuffix
+	if err := os.MkdirAll(filepath.Join(block, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j := openTest(t, dir, &Options{Logger: quiet()})
+	c := NewCheckpointer(j, key, &CheckpointOptions{Every: 2, Interval: time.Hour, Logger: quiet()})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	appendSome := func(n int) {
+		t.Helper()
+		for i := range n {
+			if _, err := j.Append(ctx, testEvent(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	failures := func() (n int) {
+		for _, e := range entriesOf(t, j) {
+			if e.Event.Type == TypeChainRecord {
+				if e.Event.Severity != SeverityHigh {
+					t.Errorf("got %+v, want severity high", e.Event)
+				}
+				n++
+			}
+		}
+		return n
+	}
+	checkpoints := func() (n int) {
+		for _, e := range entriesOf(t, j) {
+			if e.Event.Type == "audit.checkpoint" {
+				n++
+			}
+		}
+		return n
+	}
+	appendSome(20)
+	waitUntil(t, func() bool { return checkpoints() >= 3 })
+	if n := failures(); n != 1 {
+		t.Fatalf("got %d %s events after several failed checkpoints, want 1", n, TypeChainRecord)
+	}
+	if _, err := os.Stat(lastPath(dir)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the record exists: %v", err)
+	}
+	if err := os.RemoveAll(block); err != nil {
+		t.Fatal(err)
+	}
+	before := checkpoints()
+	appendSome(6)
+	waitUntil(t, func() bool { return checkpoints() > before })
+	if l, err := readLast(lastPath(dir)); err != nil || l.chain != j.ChainID() || l.seq == 0 {
+		t.Errorf("got record %+v (%v), want it naming chain %s", l, err, j.ChainID())
+	}
+	if n := failures(); n != 1 {
+		t.Errorf("got %d %s events, want still 1", n, TypeChainRecord)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// entriesOf returns the journal's entries, with their events.
+func entriesOf(t *testing.T, j *Journal) []Entry {
+	t.Helper()
+	r, err := j.Reader(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var out []Entry
+	for r.Pos() <= j.LastSeq() {
+		e, err := r.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// waitUntil polls cond for up to ten seconds.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

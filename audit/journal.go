@@ -163,6 +163,8 @@ type Journal struct {
 	// The record of the chain beside the directory (chainlink.go).
 	lastMu    sync.Mutex // serializes saveLast
 	lastSaved uint64     // the seq it names, once this journal wrote it
+	// lastFailing is set while writing the record fails (recordChain).
+	lastFailing bool
 
 	// writer-owned
 	f       *os.File
