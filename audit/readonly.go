@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // Sentinel errors of OpenReadOnly.
@@ -160,7 +161,7 @@ func scanReadOnly(segs []segment) readOnlyScan {
 			sc.stop = &Problem{Seq: seq, File: name, Reason: fmt.Sprintf(format, a...)}
 			return sc
 		}
-		f, err := os.Open(s.path)
+		f, err := openRegular(s.path)
 		if err != nil {
 			if i == 0 {
 				sc.err = err
@@ -185,12 +186,55 @@ func scanReadOnly(segs []segment) readOnlyScan {
 	return sc
 }
 
+// openRegular opens path for reading if it is a regular file: not a
+// symlink (which could lead anywhere), a FIFO (which would block the
+// open) or a device.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("audit: %s is not a regular file (%s)", filepath.Base(path), fi.Mode().Type())
+	}
+	return f, nil
+}
+
+// maxSegmentLine bounds a line of a segment read by the read-only view: the
+// journal never writes an entry longer (MaxEventBytes of event, its hash
+// and seq), and a damaged file without a newline is not read whole.
+const maxSegmentLine = MaxEventBytes + 4<<10
+
+// readLineMax is readLine for at most maxSegmentLine bytes.
+func readLineMax(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if i := bytes.IndexByte(chunk, 0); i >= 0 {
+			return append(line, chunk[:i]...), errPadding
+		}
+		line = append(line, chunk...)
+		if len(line) > maxSegmentLine {
+			return line, fmt.Errorf("a line of over %d bytes, longer than any entry the journal writes", maxSegmentLine)
+		}
+		if err != bufio.ErrBufferFull {
+			return line, err
+		}
+	}
+}
+
 // scanSegment checks one segment's header against what comes before it and
 // its entries; it returns where its good entries end (-1 when its header is
 // not good) and the first problem.
 func scanSegment(f *os.File, s segment, first bool, sc *readOnlyScan, expect *uint64) (int64, *Problem) {
 	br := bufio.NewReaderSize(f, 1<<20)
-	hdr, err := readLine(br)
+	hdr, err := readLineMax(br)
 	if err != nil {
 		return -1, &Problem{Seq: s.first, Reason: "segment header missing or cut"}
 	}
@@ -200,7 +244,7 @@ func scanSegment(f *os.File, s segment, first bool, sc *readOnlyScan, expect *ui
 	if err == nil {
 		chain, err = headerChain(line)
 	}
-	if err != nil || hfirst != s.first {
+	if err != nil || hfirst != s.first || hfirst == 0 {
 		return -1, &Problem{Seq: s.first, Reason: "segment header damaged, or it does not match its file name"}
 	}
 	if first {
@@ -210,6 +254,8 @@ func scanSegment(f *os.File, s segment, first bool, sc *readOnlyScan, expect *ui
 		switch {
 		case chain != sc.chain:
 			return -1, &Problem{Seq: hfirst, Reason: fmt.Sprintf("segment of %s in a journal of %s", chainName(chain), chainName(sc.chain))}
+		case hfirst < *expect:
+			return -1, &Problem{Seq: hfirst, Reason: fmt.Sprintf("segments overlap: %s begins at seq %d, which the one before already holds", filepath.Base(s.path), hfirst)}
 		case hfirst != *expect:
 			return -1, &Problem{Seq: *expect, Reason: fmt.Sprintf("entries %d..%d missing between segments", *expect, hfirst-1)}
 		case hprev != sc.lastHash:
@@ -218,7 +264,7 @@ func scanSegment(f *os.File, s segment, first bool, sc *readOnlyScan, expect *ui
 	}
 	off := int64(len(hdr))
 	for {
-		line, err := readLine(br)
+		line, err := readLineMax(br)
 		if err == io.EOF || errors.Is(err, errPadding) {
 			if len(line) > 0 {
 				return off, &Problem{Seq: *expect, Reason: "entry cut short (torn)"}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -260,4 +261,95 @@ func TestReadOnlyJournalRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReadOnlyJournalRefusesOddSegments: what stands where a segment
+// belongs is read only if it is a regular file, with a sane header, in
+// order, and with lines no longer than any entry: a FIFO does not block
+// the view, a symlink is not followed, a header saying seq 0 is damage,
+// overlapping segments are named as such, and a huge line is not read
+// whole.
+func TestReadOnlyJournalRefusesOddSegments(t *testing.T) {
+	live := openTest(t, filepath.Join(t.TempDir(), "audit"), nil)
+	opts := &ReadOnlyOptions{Appender: live}
+	chain := strings.Repeat("a", 32)
+	header := func(first uint64) string {
+		return fmt.Sprintf("%s first=%d prev=%s chain=%s\n", headerMagic, first, strings.Repeat("0", 64), chain)
+	}
+	t.Run("a FIFO", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := syscall.Mkfifo(filepath.Join(dir, segName(1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { _, err := OpenReadOnly(dir, opts); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+				t.Errorf("got %v, want a refusal naming a file that is not regular", err)
+			}
+		case <-time.After(5 * time.Second):
+			if f, _ := os.OpenFile(filepath.Join(dir, segName(1)), os.O_WRONLY, 0); f != nil {
+				f.Close()
+			}
+			t.Fatal("the view blocked on a FIFO")
+		}
+	})
+	t.Run("a symlink", func(t *testing.T) {
+		dir := t.TempDir()
+		target := filepath.Join(t.TempDir(), "elsewhere")
+		if err := os.WriteFile(target, []byte(header(1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(dir, segName(1))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := OpenReadOnly(dir, opts); err == nil {
+			t.Error("a segment that is a symlink was read")
+		}
+	})
+	t.Run("first=0", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, segName(0)), []byte(header(0)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := OpenReadOnly(dir, opts); err == nil && v.LastSeq() >= v.FirstSeq() {
+			t.Errorf("a segment saying seq 0 gives seq %d..%d readable", v.FirstSeq(), v.LastSeq())
+		}
+	})
+	t.Run("overlapping segments", func(t *testing.T) {
+		dir := setAsideJournal(t, 60)
+		segs, _ := listSegments(dir)
+		b, err := os.ReadFile(segs[2].path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := segs[1].first + 1
+		end := bytes.IndexByte(b, '\n')
+		hdr := strings.Replace(string(b[:end]), fmt.Sprintf("first=%d ", segs[2].first), fmt.Sprintf("first=%d ", at), 1)
+		if err := os.Remove(segs[2].path); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, segName(at)), append([]byte(hdr), b[end:]...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		v, err := OpenReadOnly(dir, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := v.Stop(); st == nil || !strings.Contains(st.Reason, "overlap") || st.Seq != at {
+			t.Errorf("got stop %+v, want one at seq %d saying the segments overlap", st, at)
+		}
+	})
+	t.Run("a huge line", func(t *testing.T) {
+		dir := t.TempDir()
+		body := append([]byte(header(1)), bytes.Repeat([]byte("x"), 3*MaxEventBytes)...)
+		if err := os.WriteFile(filepath.Join(dir, segName(1)), body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		v, err := OpenReadOnly(dir, opts)
+		if err == nil && (v.LastSeq() >= v.FirstSeq() || v.Stop() == nil || !strings.Contains(v.Stop().Reason, "longer than any entry")) {
+			t.Errorf("got seq %d..%d, stop %+v; want nothing readable, stopped at an overlong line", v.FirstSeq(), v.LastSeq(), v.Stop())
+		}
+	})
 }
