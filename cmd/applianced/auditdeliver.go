@@ -138,6 +138,15 @@ func printDeliver(e *env, out *deliverReply) {
 // mountAuditDeliver mounts `audit deliver` for the targets the running
 // forwarders have. One delivery runs at a time.
 func (d *daemon) mountAuditDeliver(targets []syslog.Target) {
+	// A delivery cut short by a crash leaves its temporary cursors; none
+	// runs yet at start.
+	if left, _ := filepath.Glob(filepath.Join(d.config().Server.StateDir, "syslog", "deliver-*")); len(left) > 0 {
+		for _, p := range left {
+			if err := os.RemoveAll(p); err != nil {
+				d.log.Warn("audit deliver: removing a leftover temporary directory", "path", p, "err", err)
+			}
+		}
+	}
 	var mu sync.Mutex
 	d.admin.HandleFunc("POST "+adminAuditDeliver, func(w http.ResponseWriter, r *http.Request) {
 		var req deliverRequest
@@ -149,7 +158,12 @@ func (d *daemon) mountAuditDeliver(targets []syslog.Target) {
 			return
 		}
 		defer mu.Unlock()
-		out, status, err := d.auditDeliver(r.Context(), req, targets)
+		// A stop of the daemon ends the delivery at once: its result is
+		// recorded, and the temporary forwarder stopped, before the
+		// journal closes.
+		ctx, cancel := admin.StreamContext(r)
+		defer cancel()
+		out, status, err := d.auditDeliver(ctx, req, targets)
 		if err != nil {
 			code := "invalid_request"
 			if status == http.StatusServiceUnavailable {
@@ -204,11 +218,7 @@ func (d *daemon) auditDeliver(ctx context.Context, req deliverRequest, configure
 		res := deliverResult{Address: t.Address, From: req.From, FromSource: "--from"}
 		if req.From == 0 {
 			res.From, res.FromSource = out.First, "oldest kept entry"
-			m, ok := left[t.Address]
-			if !ok {
-				m, ok = left[""]
-			}
-			if ok {
+			if m, ok := left[t.Address]; ok {
 				res.From, res.FromSource = max(m.cursor+1, out.First), fmt.Sprintf("audit.tamper at seq %d", m.seq)
 			}
 		}
@@ -304,7 +314,11 @@ func (d *daemon) runDeliver(ctx context.Context, v *audit.ReadOnlyJournal, targe
 			}
 			t := &out.Targets[i]
 			t.Delivered, t.OK = s.Delivered, s.Delivered >= out.Last
-			if !t.OK {
+			switch {
+			case t.OK:
+			case ctx.Err() != nil:
+				t.Error = "interrupted: the daemon is stopping; run audit deliver again once it runs"
+			default:
 				t.Error = s.LastError
 				if t.Error == "" && flushErr != nil {
 					t.Error = flushErr.Error()
@@ -356,14 +370,40 @@ func (d *daemon) leftChain(ctx context.Context, chain string) (map[string]tamper
 	if err != nil {
 		return nil, err
 	}
-	defer rd.Close()
-	for rd.Pos() <= last {
+	defer func() {
+		if rd != nil {
+			rd.Close()
+		}
+	}()
+	for pruned := 0; rd.Pos() <= last; {
 		e, err := rd.Next(ctx)
+		if errors.Is(err, audit.ErrPruned) && pruned < 3 {
+			// Retention removed the oldest segment while it was read:
+			// go on from the oldest kept (what it held is gone anyway).
+			pruned++
+			rd.Close()
+			from := rd.Pos()
+			if segs := d.journal.Segments(); len(segs) > 0 {
+				from = max(from, segs[0].First)
+			}
+			next, err := d.journal.Reader(from)
+			if err != nil {
+				rd = nil
+				return nil, err
+			}
+			rd = next
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("reading the journal for the targets' positions in chain %s: %w", chain, err)
 		}
+		// Only the event of a cursor found in another chain names that
+		// chain, and the journal it was found against (this one); the
+		// event of a cursor ahead of this chain has no cursor_chain, and
+		// its cursor is a position in this chain, not in the one left.
 		ev := &e.Event
-		if ev.Type != "audit.tamper" || ev.Details["cursor_chain"] != chain {
+		cc, named := ev.Details["cursor_chain"]
+		if ev.Type != "audit.tamper" || !named || cc != chain || ev.Details["journal_chain"] != d.journal.ChainID() || ev.Target == "" {
 			continue
 		}
 		c, err := strconv.ParseUint(ev.Details["cursor"], 10, 64)
