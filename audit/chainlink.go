@@ -272,3 +272,30 @@ func ParseChainStart(e *Event) (*ChainStart, error) {
 	}
 	return s, nil
 }
+
+// ErrNoRecord means no record of a chain lies beside a journal's
+// directory (RecordedChain).
+var ErrNoRecord = errNoLast
+
+// RecordedChain reads the record beside the journal directory dir: the
+// chain it names and that chain's last seq as recorded. ErrNoRecord when
+// there is none.
+func RecordedChain(dir string) (chain string, seq uint64, err error) {
+	l, err := readLast(lastPath(dir))
+	if err != nil {
+		return "", 0, err
+	}
+	return l.chain, l.seq, nil
+}
+
+// DirChain reads, without opening the journal, the chain id of the
+// journal in dir ("" for the legacy chain) from its newest segment, and
+// how many segments it has (0: none, and no chain yet).
+func DirChain(dir string) (chain string, segments int, err error) {
+	segs, err := listSegments(dir)
+	if err != nil || len(segs) == 0 {
+		return "", 0, err
+	}
+	chain, err = segmentChain(segs[len(segs)-1].path)
+	return chain, len(segs), err
+}

@@ -161,8 +161,8 @@ func TestNewChainNamesTheLastCheckpointOfAKilledChain(t *testing.T) {
 }
 
 // TestFirstStartWritesNoChainStart: with no record beside it, a new
-// journal's seq 1 is the first event appended, and the record is written
-// at Close, not before.
+// journal's seq 1 is the first event appended; the record names the chain
+// from that entry on, and then follows checkpoints and Close only.
 func TestFirstStartWritesNoChainStart(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "audit")
 	j, err := Open(dir, &Options{Logger: quiet()})
@@ -175,15 +175,25 @@ func TestFirstStartWritesNoChainStart(t *testing.T) {
 	if e := firstEntry(t, j); e.Event.Type != "test.event" {
 		t.Errorf("got seq 1 of type %q, want the appended event", e.Event.Type)
 	}
-	if _, err := os.Stat(lastPath(dir)); !os.IsNotExist(err) {
-		t.Errorf("got a record before the first checkpoint or close (%v), want none", err)
+	// The first entry, durable, is recorded at once: a journal killed
+	// before its first checkpoint is still named by its successor.
+	if l, err := readLast(lastPath(dir)); err != nil || l.chain != j.ChainID() || l.seq != 1 {
+		t.Errorf("got record %+v (%v) once seq 1 was durable, want chain %s at seq 1", l, err, j.ChainID())
+	}
+	for i := range 5 {
+		if _, err := j.Append(context.Background(), testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, _ := readLast(lastPath(dir)); l.seq != 1 {
+		t.Errorf("got the record at seq %d after more appends, want it left at seq 1 until a checkpoint or close", l.seq)
 	}
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
 	l, err := readLast(lastPath(dir))
-	if err != nil || l.chain != j.ChainID() || l.seq != 1 {
-		t.Errorf("got record %+v (%v) after close, want chain %s at seq 1", l, err, j.ChainID())
+	if err != nil || l.chain != j.ChainID() || l.seq != 6 {
+		t.Errorf("got record %+v (%v) after close, want chain %s at seq 6", l, err, j.ChainID())
 	}
 }
 

@@ -36,8 +36,10 @@
 // chain but the newest must be sealed up to when the next began (its
 // heartbeats promise that) or end in a final seal. A new chain names the
 // one it replaced (chainlink.go): a record beside the journal's directory
-// keeps its chain id, last seq and chain hash as of the newest checkpoint
-// or close, and the next new chain's seq 1 is an audit.chain_start event
+// keeps its chain id, last seq and chain hash as of its first entry, its
+// newest checkpoint or its close (a failure to write it is recorded as
+// audit.chain_record), and the next new chain's seq 1 is an
+// audit.chain_start event
 // naming them. A capture must then hold that chain up to that entry; a
 // chain that is not the oldest in a capture and names none (made by a
 // version before links, or after the record was lost) is a problem, since

@@ -167,10 +167,13 @@ type Journal struct {
 	lastFailing bool
 
 	// writer-owned
-	f       *os.File
-	size    int64
-	nextSeq uint64
-	prev    [32]byte
+	// recordFirst: a chain with no record beside it yet (a first start);
+	// the first commit writes one.
+	recordFirst bool
+	f           *os.File
+	size        int64
+	nextSeq     uint64
+	prev        [32]byte
 }
 
 type segment struct {
@@ -306,6 +309,11 @@ func Open(dir string, opts *Options) (*Journal, error) {
 		// (a full disk, a crash right after the first segment): it is
 		// still new, and still continues what the record names.
 		newChain = lastSeq == 0
+	}
+	if newChain {
+		if _, err := os.Lstat(lastPath(dir)); errors.Is(err, os.ErrNotExist) {
+			j.recordFirst = true
+		}
 	}
 	j.startAhead()
 	go j.writer()
@@ -609,6 +617,15 @@ func (j *Journal) commit(batch []*appendReq, buf *bytes.Buffer) {
 	j.mu.Unlock()
 	close(ch)
 	j.mark.store(seq-1, prev)
+	if j.recordFirst {
+		// A first start: no record names any chain yet. Once, with the
+		// first entry, the record names this one, so that a chain that
+		// replaces it before its first checkpoint still names it.
+		j.recordFirst = false
+		if err := j.saveLast(); err != nil {
+			j.opts.Logger.Error("audit: recording the journal's chain beside its directory; the next checkpoint tries again", "err", err)
+		}
+	}
 	for _, r := range batch {
 		close(r.done)
 	}
