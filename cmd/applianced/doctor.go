@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -84,6 +85,7 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		}, serviceUID()),
 		hardening.MasterKeyCheck(keyFile, unitText),
 		hardening.JournalLimitCheck(cfg.Server.StateDir, int64(cfg.Audit.MaxBytes), cmp.Or(cfg.Audit.DiskFull, audit.DiskFullBlock)),
+		auditChainCheck(cfg.Server.StateDir),
 	)
 	if cfg.LDAP != nil {
 		l := cfg.LDAP
@@ -148,6 +150,58 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		hardening.ToolCredentialCheck(tools, adminSecrets{client}),
 		hardening.RouteScopeCheck(routes, granted),
 	)
+}
+
+// auditChainCheck looks at the journal's chain from outside: the record
+// beside it (audit.last) must name it once it holds entries, or a chain
+// that replaces it would not name it; and each journal set aside in the
+// state dir (audit.* directories) is named, with how to deliver what its
+// targets may not have got.
+func auditChainCheck(stateDir string) hardening.Check {
+	const name = "audit chain"
+	return hardening.Check{Name: name, Run: func(context.Context) []hardening.Result {
+		dir := filepath.Join(stateDir, "audit")
+		var out []hardening.Result
+		chain, segs, err := audit.DirChain(dir)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			out = append(out, hardening.Result{Name: name, Status: hardening.Skip, Detail: "no journal yet in " + dir})
+		case err != nil:
+			out = append(out, hardening.Result{Name: name, Status: hardening.Warn, Detail: err.Error(),
+				Fix: "run `applianced audit verify` and see the README on a damaged journal"})
+		case segs == 0:
+			out = append(out, hardening.Result{Name: name, Status: hardening.Skip, Detail: "no journal yet in " + dir})
+		default:
+			rc, seq, rerr := audit.RecordedChain(dir)
+			fix := "check the state dir's free space and permissions; the daemon writes the record at each checkpoint (audit.chain_record events say why it could not)"
+			switch {
+			case errors.Is(rerr, audit.ErrNoRecord):
+				out = append(out, hardening.Result{Name: name, Status: hardening.Warn,
+					Detail: "no record of the journal's chain (" + dir + ".last): a chain that replaced this journal would not name it", Fix: fix})
+			case rerr != nil:
+				out = append(out, hardening.Result{Name: name, Status: hardening.Warn, Detail: rerr.Error(), Fix: fix})
+			case rc != chain:
+				out = append(out, hardening.Result{Name: name, Status: hardening.Warn,
+					Detail: fmt.Sprintf("the record names chain %q, the journal is chain %q: until a checkpoint records it, a chain that replaced this journal would name the one before", rc, chain), Fix: fix})
+			default:
+				out = append(out, hardening.Result{Name: name, Status: hardening.Pass,
+					Detail: fmt.Sprintf("the journal is chain %q, recorded up to seq %d", chain, seq)})
+			}
+		}
+		aside, _ := filepath.Glob(filepath.Join(stateDir, "audit.*"))
+		for _, p := range aside {
+			if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
+				continue
+			}
+			c, n, err := audit.DirChain(p)
+			if err != nil || n == 0 {
+				continue
+			}
+			out = append(out, hardening.Result{Name: name, Status: hardening.Pass,
+				Detail: fmt.Sprintf("a journal set aside: %s (chain %q); if its targets may not have got all of it: `applianced audit deliver %s`, and keep it until the receivers' files verify", p, c, p)})
+		}
+		return out
+	}}
 }
 
 // forwardLinksCheck warns about each link of the host (of namespace nsFd,

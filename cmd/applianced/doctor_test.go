@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/hardening"
 )
 
@@ -114,5 +115,66 @@ func TestServeRefusesReadableTLSKey(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
 		t.Error("serve created the state dir before refusing the key")
+	}
+}
+
+// TestDoctorAuditChain: doctor says whether the record beside the journal
+// names its chain, and names each journal set aside with the command that
+// delivers what its targets may lack.
+func TestDoctorAuditChain(t *testing.T) {
+	state := t.TempDir()
+	dir := filepath.Join(state, "audit")
+	run := func() []hardening.Result {
+		t.Helper()
+		return auditChainCheck(state).Run(context.Background())
+	}
+	if res := run(); len(res) != 1 || res[0].Status != hardening.Skip {
+		t.Fatalf("no journal: got %+v, want one skip", res)
+	}
+	j, err := audit.Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(context.Background(), &audit.Event{Type: "auth.login", Outcome: audit.OutcomeSuccess}); err != nil {
+		t.Fatal(err)
+	}
+	if res := run(); len(res) != 1 || res[0].Status != hardening.Pass || !strings.Contains(res[0].Detail, j.ChainID()) {
+		t.Errorf("a journal with its first entry: got %+v, want a pass naming chain %s", res, j.ChainID())
+	}
+	// The record lost (or never written: a full state dir).
+	if err := os.Remove(dir + ".last"); err != nil {
+		t.Fatal(err)
+	}
+	if res := run(); len(res) != 1 || res[0].Status != hardening.Warn || !strings.Contains(res[0].Detail, "no record") {
+		t.Errorf("a journal without its record: got %+v, want a warning", res)
+	}
+	first := j.ChainID()
+	if _, err := j.Append(context.Background(), &audit.Event{Type: "auth.login", Outcome: audit.OutcomeSuccess}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close() // records the chain as far as it goes
+	if res := run(); len(res) != 1 || res[0].Status != hardening.Pass || !strings.Contains(res[0].Detail, first) {
+		t.Errorf("a recorded journal: got %+v, want a pass naming chain %s", res, first)
+	}
+
+	// The documented recovery: the journal is moved aside, a new one
+	// starts, and until its first checkpoint the record names the old.
+	aside := filepath.Join(state, "audit.damaged")
+	if err := os.Rename(dir, aside); err != nil {
+		t.Fatal(err)
+	}
+	if j, err = audit.Open(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	res := run()
+	var sawAside bool
+	for _, r := range res {
+		if strings.Contains(r.Detail, "applianced audit deliver "+aside) {
+			sawAside = true
+		}
+	}
+	if !sawAside || res[0].Status != hardening.Pass || !strings.Contains(res[0].Detail, j.ChainID()) {
+		t.Errorf("after the recovery: got %+v, want the new chain recorded and %s named with audit deliver", res, aside)
 	}
 }
