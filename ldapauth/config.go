@@ -107,8 +107,9 @@ type Config struct {
 	RequestTimeout conf.Duration `toml:"request_timeout"`
 	// PageSize is the paged-results size of group searches. Default 500.
 	PageSize int `toml:"page_size"`
-	// GroupCacheTTL is how long a user's groups are reused without asking
-	// the directory. Default 5m; "0s" is not allowed (use "1s").
+	// GroupCacheTTL is how long a user's groups, and a group SID's name
+	// (group_mode "ad", at most an hour), are reused without asking the
+	// directory. Default 5m; "0s" is not allowed (use "1s").
 	GroupCacheTTL conf.Duration `toml:"group_cache_ttl"`
 	// MaxConnections is how many idle connections are kept per DC, for
 	// searches and for password binds each. Default 16.

@@ -20,9 +20,14 @@ type Group struct {
 	Name string `json:"name"` // sAMAccountName in AD, cn otherwise
 }
 
-// sidTTL is how long a SID → group mapping is reused. Group renames are rare
-// and a stale name only lasts this long.
-const sidTTL = time.Hour
+// maxSIDTTL bounds how long a SID → group mapping is reused.
+const maxSIDTTL = time.Hour
+
+// sidTTL is how long a SID → group mapping is reused: no longer than a
+// user's groups are (group_cache_ttl), so that a renamed group's old name,
+// which group_roles and allowed_groups may still grant, lasts no longer
+// than a removed membership does.
+func (a *Authenticator) sidTTL() time.Duration { return min(maxSIDTTL, a.cfg.GroupCacheTTL.D()) }
 
 // maxNesting bounds the memberOf walk.
 const maxNesting = 16
@@ -194,7 +199,7 @@ func (a *Authenticator) tokenGroups(ctx context.Context, c *ldap.Conn, userDN st
 		a.sids.mu.Lock()
 		for _, s := range batch {
 			g := found[string(s)]
-			a.sids.m[string(s)] = sidEntry{g: g, expires: now.Add(sidTTL)}
+			a.sids.m[string(s)] = sidEntry{g: g, expires: now.Add(a.sidTTL())}
 			if g.DN != "" {
 				out = append(out, g)
 			}
@@ -287,7 +292,7 @@ func (a *Authenticator) primaryGroup(ctx context.Context, c *ldap.Conn, user *ld
 		g = groupOf(res.Entries[0])
 	}
 	a.sids.mu.Lock()
-	a.sids.m[string(sid)] = sidEntry{g: g, expires: now.Add(sidTTL)}
+	a.sids.m[string(sid)] = sidEntry{g: g, expires: now.Add(a.sidTTL())}
 	a.sids.mu.Unlock()
 	return g, nil
 }
