@@ -39,15 +39,20 @@ func (st *state) approvalTTL() time.Duration {
 	return DefaultApprovalTTL
 }
 
+// errAuditLock is a TOTP lock the journal would not take (so not locked).
+var errAuditLock = errors.New("toolproxy: recording a TOTP lock")
+
 // callHash binds an approval to one exact call, made for one directory
 // account: the same call for another account under the same name differs.
-func (c *call) callHash(bodySHA string) string {
+// withAccount false gives the hash of the call as approvals stored before
+// account ids were kept have it.
+func (c *call) callHash(bodySHA string, withAccount bool) string {
 	h := sha256.New()
 	fields := []string{c.pr.Agent, c.pr.User, c.t.cfg.Name, c.r.Method, c.tp.escaped(), c.query.Encode(), bodySHA}
-	if c.pr.UserID != "" {
-		// Only when there is one, so that an approval asked before account
-		// ids were kept (and its retry) hash as they did then. Fields are
-		// length-prefixed: seven and eight fields never collide.
+	if withAccount && c.pr.UserID != "" {
+		// Only when there is one, so that a call without an account hashes
+		// as it did before. Fields are length-prefixed: seven and eight
+		// fields never collide.
 		fields = append(fields, c.pr.UserID)
 	}
 	for _, s := range fields {
@@ -63,14 +68,14 @@ func (c *call) callHash(bodySHA string) string {
 func (p *Proxy) checkApproval(c *call, why string) bool {
 	sum := sha256.Sum256(c.body)
 	bodySHA := hex.EncodeToString(sum[:])
-	hash := c.callHash(bodySHA)
+	hash := c.callHash(bodySHA, true)
 	if id := c.r.Header.Get(ApprovalHeader); id != "" {
 		c.ev.Details["approval_id"] = id
 		if !approvalIDRE.MatchString(id) {
 			c.deny(http.StatusForbidden, "tool.deny", CodeApprovalInvalid, "malformed Approval-Id")
 			return false
 		}
-		if _, err := p.store.consume(id, hash, c.now); err != nil {
+		if _, err := p.store.consume(id, hash, c.callHash(bodySHA, false), c.now); err != nil {
 			desc := "the approval cannot be used for this call"
 			switch {
 			case errors.Is(err, ErrApprovalNotFound):
@@ -267,7 +272,22 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	// the account, and the denial they cause, are read and written whole.
 	p.totpMu.Lock()
 	defer p.totpMu.Unlock()
-	res, err := p.verifyTOTP(r.Context(), a.User, a.UserID, d.Code, now)
+	recordLock := func() error {
+		lev := &audit.Event{Type: "auth.totp", Severity: audit.SeverityHigh, Actor: audit.Actor{User: up.User}, Action: "totp.lock", Target: up.User,
+			Outcome: audit.OutcomeFailure, RequestID: ev.RequestID, Source: src,
+			Reason:  fmt.Sprintf("%d wrong codes in a row: TOTP is locked until an administrator enrolls the account again", maxAccountTOTPFailures),
+			Details: map[string]string{"account_id": a.UserID, "approval_id": id, "agent": a.Agent}}
+		setJTI(lev, up)
+		if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), lev); err != nil {
+			return fmt.Errorf("%w: %w", errAuditLock, err)
+		}
+		return nil
+	}
+	res, err := p.verifyTOTP(r.Context(), a.User, a.UserID, d.Code, now, recordLock)
+	if errors.Is(err, errAuditLock) {
+		writeError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
+		return
+	}
 	if err != nil {
 		p.log.Error("toolproxy: checking a TOTP code", "err", err)
 		fail(http.StatusInternalServerError, CodeServerError, "TOTP is unavailable")

@@ -495,6 +495,9 @@ func TestTOTPLocksAfterWrongCodesAcrossApprovals(t *testing.T) {
 		t.Fatalf("wrong code number %d: got %d %s, want 403 saying TOTP is locked", maxAccountTOTPFailures, got.status, got.body)
 	}
 	if ev := e.lastEvent("approval.refused"); ev.Severity != audit.SeverityHigh || ev.Details["totp_locked_now"] != "true" || ev.Details["jti"] != "jti-alice" {
+		t.Errorf("the refusal that locked recorded as %+v", ev)
+	}
+	if ev := e.lastEvent("auth.totp"); ev.Action != "totp.lock" || ev.Severity != audit.SeverityHigh || ev.Details["account_id"] != aliceID || ev.Actor.User != "alice" {
 		t.Errorf("the lock recorded as %+v", ev)
 	}
 	if got := right(); got.status != 403 || !strings.Contains(string(got.body), "applianced user totp enroll alice") {
@@ -508,40 +511,49 @@ func TestTOTPLocksAfterWrongCodesAcrossApprovals(t *testing.T) {
 	}
 }
 
-// An approval asked before account ids were kept (its call hash has no
-// account, and it names none) is still used once an administrator
-// approves it.
+// An approval asked before account ids were kept (stored without one, its
+// call hash over the call without it) is still used once an administrator
+// approves it, by the same agent token, which carries the account id now:
+// the earlier release already issued tokens with it but did not pass it on.
 func TestApprovalFromBeforeAccountIDsStillWorks(t *testing.T) {
 	u := newUpstream(t, jsonOK(`{}`))
 	e := stdEnv(t, u, RiskConfig{})
-	const legacy = "agent-token-without-account-id"
-	e.tok.add(legacy, Principal{Agent: "bot", User: "alice", Scopes: allScopes(), JTI: "jti-legacy"}, "tickets")
 	const path = "/v1/tools/tickets/tickets/7"
-	id := askApproval(t, e, legacy, path, nil)
-	withAccount := askApproval(t, e, agentToken, path, nil)
-	if id == withAccount {
-		t.Fatal("the same call for a named account and for no account share an approval")
-	}
-	// As the release before account ids stored it: seven fields.
+	id := askApproval(t, e, agentToken, path, nil)
 	a, err := e.proxy.store.approval(id)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As the release before account ids stored it: no account, and the
+	// hash over seven fields.
 	h := sha256.New()
 	for _, f := range []string{"bot", "alice", "tickets", "DELETE", "/tickets/7", "", a.BodySHA256} {
 		fmt.Fprintf(h, "%d:%s", len(f), f)
 	}
-	if old := hex.EncodeToString(h.Sum(nil)); old != a.CallHash {
-		t.Fatalf("the call hash of an approval without an account is %s, the earlier release's %s", a.CallHash, old)
+	a.UserID, a.CallHash = "", hex.EncodeToString(h.Sum(nil))
+	v, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.proxy.store.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketApprovals).Put([]byte(id), v) }); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := e.proxy.Decide(t.Context(), id, true, adminActor()); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.do("DELETE", path, agentToken, nil, map[string]string{ApprovalHeader: id}); got.status != 403 {
-		t.Errorf("the approval used for the account's call: got %d %s, want 403", got.status, got.body)
+	// Another call does not take it.
+	if got := e.do("DELETE", "/v1/tools/tickets/tickets/8", agentToken, nil, map[string]string{ApprovalHeader: id}); got.status != 403 {
+		t.Errorf("the approval used for another call: got %d %s, want 403", got.status, got.body)
 	}
-	if got := e.do("DELETE", path, legacy, nil, map[string]string{ApprovalHeader: id}); got.status != 200 {
-		t.Errorf("the admin-approved approval: got %d %s, want 200", got.status, got.body)
+	if got := e.do("DELETE", path, agentToken, nil, map[string]string{ApprovalHeader: id}); got.status != 200 {
+		t.Errorf("the admin-approved approval from before the upgrade: got %d %s, want 200", got.status, got.body)
+	}
+	// A new approval keeps the account: its seven-field hash does not
+	// take it.
+	id2 := askApproval(t, e, agentToken, path, nil)
+	a2, _ := e.proxy.store.approval(id2)
+	if a2.UserID != aliceID || a2.CallHash == a.CallHash {
+		t.Errorf("a new approval: account %q, hash %s; want %s and a hash with the account", a2.UserID, a2.CallHash, aliceID)
 	}
 }
 
@@ -620,5 +632,31 @@ func TestConcurrentWrongCodesRecordTheDenial(t *testing.T) {
 		if _, err := e.proxy.EnrollTOTP(t.Context(), "alice", aliceID); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A lock the journal cannot record is not taken: the wrong code that would
+// lock the account's TOTP answers 503 and is not counted.
+func TestTOTPLockNotRecordedIsNotTaken(t *testing.T) {
+	u := newUpstream(t, jsonOK(`{}`))
+	e := newEnv(t, envOpts{tools: []Tool{stdTool(u.URL)}, secrets: map[string]string{"tickets-key": toolSecret}, wrap: refusing("auth.totp")})
+	e.tok.add(agentToken, Principal{Agent: "bot", User: "alice", UserID: aliceID, Scopes: allScopes(), JTI: "jti-1"}, "tickets")
+	e.tok.add(aliceToken, Principal{User: "alice", UserID: aliceID, JTI: "jti-alice"}, userAud)
+	if _, err := e.proxy.EnrollTOTP(t.Context(), "alice", aliceID); err != nil {
+		t.Fatal(err)
+	}
+	var last reply
+	for n := 0; n < maxAccountTOTPFailures; {
+		id := askApproval(t, e, agentToken, fmt.Sprintf("/v1/tools/tickets/tickets/%d", 300+n), nil)
+		for range min(maxAccountTOTPFailures-n, maxTOTPFailures-1) {
+			last = e.decideTOTP(id, aliceToken, TOTPDecision{User: "alice", Code: "000000", Decision: "approve"})
+			n++
+		}
+	}
+	if last.status != http.StatusServiceUnavailable {
+		t.Errorf("the wrong code that would lock, unrecordable: got %d %s, want 503", last.status, last.body)
+	}
+	if rec, err := e.proxy.store.getTOTP(aliceID); err != nil || rec.Failures != maxAccountTOTPFailures-1 {
+		t.Errorf("got %+v (%v), want %d failures counted and no lock", rec, err, maxAccountTOTPFailures-1)
 	}
 }

@@ -246,7 +246,7 @@ func (s *store) updateApprovalKeep(id string, fn func(a *Approval) error) (*Appr
 }
 
 // consume marks an approved approval used if it binds this exact call.
-func (s *store) consume(id, callHash string, now time.Time) (*Approval, error) {
+func (s *store) consume(id, callHash, legacyHash string, now time.Time) (*Approval, error) {
 	return s.updateApproval(id, func(a *Approval) error {
 		switch a.effective(now) {
 		case StatusPending:
@@ -258,7 +258,9 @@ func (s *store) consume(id, callHash string, now time.Time) (*Approval, error) {
 		case StatusExpired:
 			return ErrApprovalExpired
 		}
-		if a.CallHash != callHash {
+		// An approval stored before account ids were kept names none, and
+		// its hash covers the call without one.
+		if a.CallHash != callHash && !(a.UserID == "" && legacyHash != "" && a.CallHash == legacyHash) {
 			return ErrApprovalMismatch
 		}
 		a.Status = StatusUsed

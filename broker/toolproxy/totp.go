@@ -120,8 +120,10 @@ func totpLockedMessage(user string) string {
 // way, and accepts each time step once. Only that account's seed is tried:
 // an enrolment under the same name for another account, or one stored by
 // an older version under the name alone, never matches; the result says
-// which, for the audit record.
-func (p *Proxy) verifyTOTP(ctx context.Context, user, accountID, code string, now time.Time) (totpResult, error) {
+// which, for the audit record. A wrong code counts against the account;
+// beforeLock runs before the one that locks it counts, and its error
+// leaves it uncounted. The caller holds totpMu.
+func (p *Proxy) verifyTOTP(ctx context.Context, user, accountID, code string, now time.Time, beforeLock func() error) (totpResult, error) {
 	rec, err := p.store.getTOTP(accountID)
 	if err != nil {
 		return totpWrongCode, err
@@ -173,11 +175,17 @@ func (p *Proxy) verifyTOTP(ctx context.Context, user, accountID, code string, no
 			}
 		}
 	}
-	n, err := p.store.totpFailed(accountID)
-	if err != nil {
+	// The failure that locks is recorded before it takes effect.
+	lock := rec.Failures+1 >= maxAccountTOTPFailures
+	if lock && beforeLock != nil {
+		if err := beforeLock(); err != nil {
+			return totpWrongCode, err
+		}
+	}
+	if _, err := p.store.totpFailed(accountID); err != nil {
 		return totpWrongCode, err
 	}
-	if n >= maxAccountTOTPFailures {
+	if lock {
 		return totpLockedNow, nil
 	}
 	return totpWrongCode, nil
