@@ -621,7 +621,13 @@ func checkHead(c *chainCheck, from uint64, fromApplies bool) {
 		// only the auditor knows where the record should start.
 		var msg string
 		if fromApplies {
-			msg = fmt.Sprintf("the capture starts at seq %d: seqs %d to %d are not in it (give --from %d if the receiver's record starts there)", c.rep.FirstSeq, from, c.rep.FirstSeq-1, c.rep.FirstSeq)
+			give := strconv.FormatUint(c.rep.FirstSeq, 10)
+			if c.rep.ID != "" {
+				// Only CHAIN:SEQ says a chain with an id starts later
+				// (capture_link.go).
+				give = c.rep.ID + ":" + give
+			}
+			msg = fmt.Sprintf("the capture starts at seq %d: seqs %d to %d are not in it (give --from %s if the receiver's record starts there)", c.rep.FirstSeq, from, c.rep.FirstSeq-1, give)
 		} else {
 			msg = fmt.Sprintf("the capture starts at seq %d: seqs %d to %d are not in it (a chain that began after the oldest in the capture starts at seq 1; --from applies to %s)", c.rep.FirstSeq, from, c.rep.FirstSeq-1, "the oldest chain")
 		}

@@ -34,7 +34,7 @@ func cmdAuditVerify(ctx context.Context, e *env, args []string) int {
 		"so keep every chain. Each chain's line says what it continues.",
 		"applianced audit verify", "applianced audit verify --json",
 		"applianced audit verify --pubkey ed25519:... /var/log/applianced-audit.log",
-		"applianced audit verify --pubkey ed25519:... --until 2026-11-26T08:00:00Z --from 5000 archive.log")
+		"applianced audit verify --pubkey ed25519:... --until 2026-11-26T08:00:00Z --from 3f0c9a7d1b2e4f60a8c5d9e2b7f41c6e:5000 archive.log")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	dir := fs.String("dir", "", "journal `DIR` (default: <state_dir>/audit)")
 	cf := addCaptureFlags(fs)
