@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -195,4 +197,26 @@ func BenchmarkCanonical(b *testing.B) {
 			_, _ = e.Canonical()
 		}
 	})
+}
+
+// TestCanonicalKnowsEveryField: the encoder writes the fields of Event and
+// Actor by hand. A field added to either must be added to it too (and to
+// the generator of TestCanonicalMatchesJSON), or the chain would silently
+// leave it out: this test names the fields it was written for.
+func TestCanonicalKnowsEveryField(t *testing.T) {
+	for _, tc := range []struct {
+		typ  reflect.Type
+		want []string
+	}{
+		{reflect.TypeFor[Event](), []string{"seq", "time", "type", "severity", "actor", "action", "target", "outcome", "reason", "request_id", "source", "details"}},
+		{reflect.TypeFor[Actor](), []string{"agent", "user", "uid", "pid"}},
+	} {
+		var got []string
+		for i := range tc.typ.NumField() {
+			got = append(got, strings.Split(tc.typ.Field(i).Tag.Get("json"), ",")[0])
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s has the JSON fields %v; canonical.go encodes %v: teach it the change", tc.typ, got, tc.want)
+		}
+	}
 }

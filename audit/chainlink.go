@@ -14,17 +14,17 @@ import (
 // A new chain names the one it replaced. The journal keeps a small record
 // of its chain beside its directory (in the state dir, so that it stays
 // when the directory is moved aside): the chain id, and the last seq and
-// its chain hash as of the newest checkpoint or the last Close. When Open
+// its chain hash as of its first entry, newest checkpoint or Close. When Open
 // makes a new chain and finds such a record, the new chain's seq 1 is an
 // audit.chain_start event naming that predecessor; the hash chain, and so
 // every checkpoint, covers it. A capture verifier then knows which chain
 // must come before, and how far it must reach: a capture from which the
 // older chain was dropped names it.
 //
-// The record is written off the append path: by the Checkpointer after
-// each checkpoint, by Close, and by Open right after a chain start (so
-// that a chain set aside before its first checkpoint is still named by
-// the next one).
+// The record is written off the per-append path: by the Checkpointer
+// after each checkpoint, by Close, by Open right after a chain start, and
+// once by the commit of a first journal's first entry (so that a chain set
+// aside before its first checkpoint is still named by the next one).
 
 // Chain start event: its type and the keys of its Details.
 const (
@@ -139,7 +139,8 @@ func writeLast(path string, l chainLink) error {
 
 // saveLast records the journal's chain as far as it is durable now. The
 // Checkpointer calls it after each checkpoint, Close after the last entry,
-// Open after a chain start: never the append path.
+// Open after a chain start, and a first journal's first commit once: never
+// each append.
 func (j *Journal) saveLast() error {
 	j.lastMu.Lock()
 	defer j.lastMu.Unlock()

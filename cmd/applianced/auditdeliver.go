@@ -252,6 +252,9 @@ func (d *daemon) auditDeliver(ctx context.Context, req deliverRequest, configure
 	}
 	ev = deliverEvent(ctx, out, outcome, reason)
 	ev.Details["stage"], ev.Details["results"] = "result", strings.Join(results, "; ")
+	// The delivery has happened, whatever the journal says now: the start
+	// event, which had to be written, says it was asked; a result that
+	// cannot be written is logged, and the caller gets it anyway.
 	if _, err := d.journal.Append(context.WithoutCancel(ctx), ev); err != nil {
 		d.log.Error("audit append failed", "type", ev.Type, "err", err)
 	}

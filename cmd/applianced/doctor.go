@@ -173,7 +173,7 @@ func auditChainCheck(stateDir string) hardening.Check {
 			out = append(out, hardening.Result{Name: name, Status: hardening.Skip, Detail: "no journal yet in " + dir})
 		default:
 			rc, seq, rerr := audit.RecordedChain(dir)
-			fix := "check the state dir's free space and permissions; the daemon writes the record at each checkpoint (audit.chain_record events say why it could not)"
+			fix := "check the state dir's free space and permissions; the daemon writes the record at each checkpoint and at a clean stop (audit.chain_record events say why it could not)"
 			switch {
 			case errors.Is(rerr, audit.ErrNoRecord):
 				out = append(out, hardening.Result{Name: name, Status: hardening.Warn,

@@ -158,7 +158,7 @@ func TestDoctorAuditChain(t *testing.T) {
 	}
 
 	// The documented recovery: the journal is moved aside, a new one
-	// starts, and until its first checkpoint the record names the old.
+	// starts, and its chain start records the new chain at once.
 	aside := filepath.Join(state, "audit.damaged")
 	if err := os.Rename(dir, aside); err != nil {
 		t.Fatal(err)
