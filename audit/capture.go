@@ -42,6 +42,8 @@ const (
 	ProblemHead       = "head"       // the capture starts after the seq it should start at
 	ProblemStale      = "stale"      // the newest seal is older than the capture should reach
 	ProblemLink       = "link"       // a chain continues one the capture does not hold up to where it should, or names none
+	// ProblemVault (capture_vault.go): the vault opened in another state
+	// than it closed in.
 )
 
 // SealMargin is the slack allowed, beyond the interval a checkpoint
@@ -585,6 +587,9 @@ func (v *CaptureVerifier) Report() *CaptureReport {
 	}
 	rep.Problems = append(rep.Problems, linkProblems...)
 	rep.Notes = append(rep.Notes, linkNotes...)
+	vaultProblems, vaultNotes := checkVaultStates(checks)
+	rep.Problems = append(rep.Problems, vaultProblems...)
+	rep.Notes = append(rep.Notes, vaultNotes...)
 	n := newest.rep
 	rep.FirstSeq, rep.LastSeq, rep.SealedUpTo, rep.LastSealAt, rep.LastSealFinal = n.FirstSeq, n.LastSeq, n.SealedUpTo, n.LastSealAt, n.LastSealFinal
 	limitProblems(&rep, v.dropped)

@@ -145,7 +145,11 @@
 // versions, terms and the operator's uid, never a value. If the append fails
 // the operation fails (ErrAudit) and nothing changes. A granted ForTool or
 // ForInternal is not audited here (the component's own event names the
-// secret), and neither is reading a system key.
+// secret), and neither is reading a system key. vault.unseal and, at
+// Close, vault.close carry the digest of the whole database (state.go):
+// the vault must open in the state it closed in, which `audit verify`
+// checks on the receiver's copy; a close the journal refuses is only
+// logged.
 //
 // # Caveats
 //

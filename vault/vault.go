@@ -155,11 +155,18 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 		}
 		return nil, err
 	}
+	state, err := stateDigest(db)
+	if err != nil {
+		kr.wipe()
+		_ = db.Close()
+		clear(v.master)
+		return nil, fmt.Errorf("vault: reading %s: %w", path, err)
+	}
 	v.db, v.kr = db, kr
 	go v.committer()
 	if err := v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Target: path, Outcome: audit.OutcomeSuccess,
-		Details: map[string]string{"key_source": v.keySource, "term": fmt.Sprint(kr.active)}}); err != nil {
-		v.Close()
+		Details: map[string]string{"key_source": v.keySource, "term": fmt.Sprint(kr.active), DetailState: state}}); err != nil {
+		v.closeQuietly()
 		return nil, err
 	}
 	v.log.Info("vault: unsealed", "path", path, "key_source", v.keySource, "term", kr.active)
@@ -363,6 +370,29 @@ func (v *Vault) Close() error {
 	if v.closed {
 		return nil
 	}
+	// The state it closes in: the next Open's must be the same, unless
+	// someone changed the file meanwhile. No write runs under v.mu held
+	// exclusively. A journal that refuses it only costs that comparison.
+	if state, err := stateDigest(v.db); err != nil {
+		v.log.Error("vault: reading the state to record at close", "err", err)
+	} else if _, err := v.audit.Append(context.Background(), &audit.Event{Type: "vault.close", Target: v.path, Outcome: audit.OutcomeSuccess,
+		Details: map[string]string{DetailState: state}}); err != nil {
+		v.log.Error("vault: recording the state it closes in", "err", err)
+	}
+	return v.closeLocked()
+}
+
+// closeQuietly closes a vault whose opening is refused: nothing to record.
+func (v *Vault) closeQuietly() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.closed {
+		_ = v.closeLocked()
+	}
+}
+
+// closeLocked closes the vault; the caller holds v.mu.
+func (v *Vault) closeLocked() error {
 	v.closed = true
 	close(v.quit)
 	v.kr.wipe()

@@ -150,6 +150,12 @@ func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
 		}
 		return errors.Join(errs...)
 	})
+	// Closers run in reverse: the vault, opened before this, closes before
+	// the final checkpoint, so that its vault.close (the state it closes
+	// in) is sealed. Its own closer then finds it closed.
+	if v := d.vault; v != nil {
+		d.closers = append(d.closers, v.Close)
+	}
 
 	// A reload applies the journal's size limit and disk-full policy and
 	// the retention at once (raising max_bytes is how an admin lets a

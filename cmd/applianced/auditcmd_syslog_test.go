@@ -343,3 +343,91 @@ format = "rfc5424"
 		t.Errorf("audit verify --dir: got exit %d, output:\n%s%s\nwant ok, continuing chain %s", code, e.stdout, e.stderr, oldID)
 	}
 }
+
+// TestAuditVerifyFindsAVaultPutBack: vault.db copied while the appliance
+// was down, a secret stored after, then the copy put back while it was
+// down again. The record MACs accept the older genuine copy; the audit
+// trail does not: the vault opened in another state than it closed in,
+// and `audit verify` of the receiver's file says so. Without the put back
+// the same file verifies.
+func TestAuditVerifyFindsAVaultPutBack(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, fmt.Sprintf(`
+[[audit.syslog]]
+address = "tcp://%s"
+format = "rfc5424"
+`, srv.Addr))
+	vaultDB := filepath.Join(cfg.Server.StateDir, "vault.db")
+	backup := filepath.Join(dir, "vault-copy.db")
+	var pub string
+	verify := func() (int, string) {
+		t.Helper()
+		e := testEnv()
+		code := run(context.Background(), e, []string{"audit", "verify", "--pubkey", pub, srv.File})
+		return code, fmt.Sprint(e.stdout) + fmt.Sprint(e.stderr)
+	}
+	for n := 1; n <= 3; n++ {
+		msgs := notifySocket(t)
+		d := startDaemon(t, cfg)
+		waitFor(t, msgs, "READY=1")
+		e := testEnv()
+		if code := run(context.Background(), e, []string{"audit", "pubkey", "--config", cfg.Path}); code != exitOK {
+			t.Fatalf("run %d: audit pubkey: exit %d: %s", n, code, e.stderr)
+		}
+		pub = strings.TrimSpace(fmt.Sprint(e.stdout))
+		if n == 2 {
+			e := testEnv()
+			e.stdin = strings.NewReader("a-key-stored-after-the-copy\n")
+			if code := run(context.Background(), e, []string{"secret", "put", "late-key", "--type", "api_key", "--config", cfg.Path}); code != exitOK {
+				t.Fatalf("secret put: exit %d: %s", code, e.stderr)
+			}
+		}
+		if code := d.stop(t); code != exitOK {
+			t.Fatalf("run %d: daemon exit %d: %s", n, code, d.env.stderr)
+		}
+		switch n {
+		case 1:
+			copyFile(t, vaultDB, backup)
+		case 2:
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				code, out := verify()
+				if code == exitOK {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("before the put back: audit verify exit %d\n%s", code, out)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			copyFile(t, backup, vaultDB)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, out := verify()
+		if code != exitOK && strings.Contains(out, "vault.db was changed while the appliance was down") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the put back: audit verify exit %d\n%s\nwant a failure saying the vault opened in another state", code, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// copyFile copies src over dst, keeping dst's mode (0600).
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst+".tmp", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dst+".tmp", dst); err != nil {
+		t.Fatal(err)
+	}
+}
