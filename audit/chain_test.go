@@ -193,17 +193,8 @@ func chainBody(id string, e forgedEntry) string {
 // journalEntries reads a journal's entries.
 func journalEntries(t *testing.T, j *Journal) []forgedEntry {
 	t.Helper()
-	r, err := j.Reader(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	var out []forgedEntry
-	for r.Pos() <= j.LastSeq() {
-		e, err := r.Next(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, e := range entriesOf(t, j) {
 		if e.Chain != j.ChainID() {
 			t.Fatalf("seq %d: got chain %q from the reader, want %q", e.Seq, e.Chain, j.ChainID())
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/applianced/applianced/audit"
+	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/internal/testenv/rsyslog"
 )
 
@@ -292,17 +293,7 @@ format = "rfc5424"
 `, srv.Addr))
 	var pub string
 	for n := 1; n <= 2; n++ {
-		msgs := notifySocket(t)
-		d := startDaemon(t, cfg)
-		waitFor(t, msgs, "READY=1")
-		e := testEnv()
-		if code := run(context.Background(), e, []string{"audit", "pubkey", "--config", cfg.Path}); code != exitOK {
-			t.Fatalf("run %d: audit pubkey: exit %d: %s", n, code, e.stderr)
-		}
-		pub = strings.TrimSpace(fmt.Sprint(e.stdout))
-		if code := d.stop(t); code != exitOK {
-			t.Fatalf("run %d: daemon exit %d: %s", n, code, d.env.stderr)
-		}
+		pub = daemonRun(t, cfg, n, nil)
 		if n == 1 {
 			journal := filepath.Join(cfg.Server.StateDir, "audit")
 			if err := os.Rename(journal, journal+".old"); err != nil {
@@ -367,25 +358,19 @@ format = "rfc5424"
 		code := run(context.Background(), e, []string{"audit", "verify", "--pubkey", pub, srv.File})
 		return code, fmt.Sprint(e.stdout) + fmt.Sprint(e.stderr)
 	}
-	for n := 1; n <= 3; n++ {
-		msgs := notifySocket(t)
-		d := startDaemon(t, cfg)
-		waitFor(t, msgs, "READY=1")
+	storeASecret := func() {
 		e := testEnv()
-		if code := run(context.Background(), e, []string{"audit", "pubkey", "--config", cfg.Path}); code != exitOK {
-			t.Fatalf("run %d: audit pubkey: exit %d: %s", n, code, e.stderr)
+		e.stdin = strings.NewReader("a-key-stored-after-the-copy\n")
+		if code := run(context.Background(), e, []string{"secret", "put", "late-key", "--type", "api_key", "--config", cfg.Path}); code != exitOK {
+			t.Fatalf("secret put: exit %d: %s", code, e.stderr)
 		}
-		pub = strings.TrimSpace(fmt.Sprint(e.stdout))
+	}
+	for n := 1; n <= 3; n++ {
+		var while func()
 		if n == 2 {
-			e := testEnv()
-			e.stdin = strings.NewReader("a-key-stored-after-the-copy\n")
-			if code := run(context.Background(), e, []string{"secret", "put", "late-key", "--type", "api_key", "--config", cfg.Path}); code != exitOK {
-				t.Fatalf("secret put: exit %d: %s", code, e.stderr)
-			}
+			while = storeASecret
 		}
-		if code := d.stop(t); code != exitOK {
-			t.Fatalf("run %d: daemon exit %d: %s", n, code, d.env.stderr)
-		}
+		pub = daemonRun(t, cfg, n, while)
 		switch n {
 		case 1:
 			copyFile(t, vaultDB, backup)
@@ -415,6 +400,26 @@ format = "rfc5424"
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// daemonRun starts the daemon on cfg, waits until it is ready, runs while
+// (if any) and stops it; it returns the audit public key the daemon gave.
+func daemonRun(t *testing.T, cfg *config.File, n int, while func()) (pub string) {
+	t.Helper()
+	msgs := notifySocket(t)
+	d := startDaemon(t, cfg)
+	waitFor(t, msgs, "READY=1")
+	e := testEnv()
+	if code := run(context.Background(), e, []string{"audit", "pubkey", "--config", cfg.Path}); code != exitOK {
+		t.Fatalf("run %d: audit pubkey: exit %d: %s", n, code, e.stderr)
+	}
+	if while != nil {
+		while()
+	}
+	if code := d.stop(t); code != exitOK {
+		t.Fatalf("run %d: daemon exit %d: %s", n, code, d.env.stderr)
+	}
+	return strings.TrimSpace(fmt.Sprint(e.stdout))
 }
 
 // copyFile copies src over dst, keeping dst's mode (0600).
