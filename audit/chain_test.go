@@ -87,22 +87,30 @@ func TestJournalChainIDIsInEverySegmentAndOutlivesReopen(t *testing.T) {
 	}
 }
 
+// startChild runs this test binary as a child that does what the
+// environment variable env (set to dir) asks, and returns it with a
+// scanner of its output.
+func startChild(t *testing.T, env, dir string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env+"="+dir)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, bufio.NewScanner(stdout)
+}
+
 // TestChainIDSurvivesSIGKILL kills a process appending to a journal (and
 // rotating its segments) several times, the first time as soon as it
 // started: the journal keeps one chain id, in every segment, and verifies.
 func TestChainIDSurvivesSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	for round := 0; round < 6; round++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stdout)
+		cmd, sc := startChild(t, crashChildEnv, dir)
 		if round > 0 {
 			// Past seq 1, and some way into the journal.
 			for i := 0; i < 2000 && sc.Scan(); i++ {

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -103,16 +102,7 @@ func linkChild(dir string) {
 // record beside the journal exists and at least n entries were appended.
 func killedChain(t *testing.T, dir string, n int) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), linkChildEnv+"="+dir)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stdout)
+	cmd, sc := startChild(t, linkChildEnv, dir)
 	deadline := time.Now().Add(time.Minute)
 	for i := 0; sc.Scan(); i++ {
 		if i >= n {

@@ -3,8 +3,6 @@ package audit
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/applianced/applianced/internal/testenv/fstree"
 )
 
 // setAsideJournal writes n entries to a journal of small segments in
@@ -64,34 +64,11 @@ func editEntry(t *testing.T, dir string, seq uint64, cut bool, edit func(line []
 }
 
 // treeHashes maps every file under root (and root's siblings named like it)
-// to its SHA-256 and mode.
+// to its mode, time and SHA-256.
 func treeHashes(t *testing.T, root string) map[string]string {
 	t.Helper()
-	out := map[string]string{}
 	parent := filepath.Dir(root)
-	err := filepath.WalkDir(parent, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !strings.HasPrefix(path, root) && path != parent {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		h := info.Mode().String() + " " + info.ModTime().String()
-		if !d.IsDir() {
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(b)
-			h += " " + hex.EncodeToString(sum[:])
-		}
-		out[path] = h
-		return nil
-	})
+	out, err := fstree.Snapshot(parent, func(path string) bool { return path == parent || strings.HasPrefix(path, root) })
 	if err != nil {
 		t.Fatal(err)
 	}

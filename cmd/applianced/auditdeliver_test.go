@@ -3,11 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,33 +14,14 @@ import (
 
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/config"
+	"github.com/applianced/applianced/internal/testenv/fstree"
 	"github.com/applianced/applianced/internal/testenv/rsyslog"
 )
 
-// dirHashes maps every file under dir to its mode and SHA-256.
+// dirHashes maps every file under dir to its mode, time and SHA-256.
 func dirHashes(t *testing.T, dir string) map[string]string {
 	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		h := info.Mode().String()
-		if !d.IsDir() {
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(b)
-			h += " " + hex.EncodeToString(sum[:])
-		}
-		out[path] = h
-		return nil
-	})
+	out, err := fstree.Snapshot(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
