@@ -334,12 +334,20 @@ func (s *store) markSource(agent, addr string, now time.Time) error {
 type totpRecord struct {
 	User string `json:"user,omitempty"`
 	// Failures counts wrong codes in a row, over all approvals; at
-	// maxAccountTOTPFailures the enrolment is locked until replaced.
+	// maxAccountTOTPFailures the enrolment is locked until an administrator
+	// unlocks or replaces it.
 	Failures int       `json:"failures,omitempty"`
 	Sealed   []byte    `json:"sealed"`
 	LastStep int64     `json:"last_step"`
 	Enrolled time.Time `json:"enrolled"`
+	// LockedAt is when the wrong code that locked it was counted; zero
+	// when not locked, and in a record locked by a version that did not
+	// keep the time.
+	LockedAt time.Time `json:"locked_at,omitzero"`
 }
+
+// locked says whether r's wrong codes in a row have locked it.
+func (r *totpRecord) locked() bool { return r.Failures >= maxAccountTOTPFailures }
 
 // putTOTP stores accountID's enrolment, replacing any it had, and removes
 // an enrolment stored under the same name by an older version.
@@ -414,9 +422,10 @@ func (s *store) useTOTPStep(accountID string, step int64) (bool, error) {
 	return ok, err
 }
 
-// totpFailed counts a wrong code for accountID and returns its wrong codes
-// in a row; 0 if it has no enrolment.
-func (s *store) totpFailed(accountID string) (int, error) {
+// totpFailed counts a wrong code for accountID at now and returns its
+// wrong codes in a row; 0 if it has no enrolment. The code that locks the
+// enrolment sets its LockedAt.
+func (s *store) totpFailed(accountID string, now time.Time) (int, error) {
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTOTPAccounts)
@@ -430,6 +439,9 @@ func (s *store) totpFailed(accountID string) (int, error) {
 		}
 		r.Failures++
 		n = r.Failures
+		if r.locked() && r.LockedAt.IsZero() {
+			r.LockedAt = now.UTC()
+		}
 		nv, err := json.Marshal(&r)
 		if err != nil {
 			return err
@@ -438,3 +450,4 @@ func (s *store) totpFailed(accountID string) (int, error) {
 	})
 	return n, err
 }
+

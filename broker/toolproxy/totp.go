@@ -140,7 +140,7 @@ func (p *Proxy) verifyTOTP(ctx context.Context, user, accountID, code string, no
 		}
 		return totpNotEnrolled, nil
 	}
-	if rec.Failures >= maxAccountTOTPFailures {
+	if rec.locked() {
 		return totpLocked, nil
 	}
 	aead, err := p.totpAEAD(ctx)
@@ -182,7 +182,7 @@ func (p *Proxy) verifyTOTP(ctx context.Context, user, accountID, code string, no
 			return totpWrongCode, err
 		}
 	}
-	if _, err := p.store.totpFailed(accountID); err != nil {
+	if _, err := p.store.totpFailed(accountID, now); err != nil {
 		return totpWrongCode, err
 	}
 	if lock {
