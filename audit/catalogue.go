@@ -20,6 +20,7 @@ var Catalogue = []EventType{
 	// Authentication and tokens.
 	{"auth.login", "a user logged in with a directory account (outcome denied: wrong password, locked or not allowed)", 3},
 	{"auth.totp", "a second factor was checked or enrolled", 3},
+	{"auth.totp_unlock", "an administrator cleared the lock of a user's TOTP after too many wrong codes, keeping the seed (failures_cleared 0: it was not locked and nothing changed)", 5},
 	{"auth.recheck", "a known user's account was looked up again without a password, at token refresh or exchange, or by the periodic check of users holding tokens (outcome denied: disabled, locked, expired, gone or out of allowed_groups)", 5},
 	{"auth.unlock", "an administrator cleared the login failures counted against a user or a client address", 5},
 	{"token.issue", "an access token was issued to an agent or user", 3},

@@ -16,6 +16,8 @@ const (
 	AdminApprovalApprove = "/admin/v1/approval/approve"
 	AdminApprovalDeny    = "/admin/v1/approval/deny"
 	AdminTOTPEnroll      = "/admin/v1/user/totp-enroll"
+	AdminTOTPStatus      = "/admin/v1/user/totp-status"
+	AdminTOTPUnlock      = "/admin/v1/user/totp-unlock"
 )
 
 // ApprovalList is the answer of AdminApprovalList.
@@ -39,6 +41,13 @@ type (
 		URI       string `json:"uri"`
 	}
 )
+
+// UserRef names a user in the admin TOTP status and unlock verbs; it is
+// resolved through the directory to the account it names now. Their
+// answers are TOTPStatus and TOTPUnlock.
+type UserRef struct {
+	User string `json:"user"`
+}
 
 // ListApprovals returns recent approvals, newest first, with their status
 // as of now.
@@ -88,7 +97,8 @@ func (p *Proxy) Decide(ctx context.Context, id string, approve bool, by audit.Ac
 	return p.store.decide(id, approve, by2, now)
 }
 
-// RegisterAdmin adds the approval and TOTP verbs to the admin socket's mux.
+// RegisterAdmin adds the approval and TOTP verbs (enroll, status, unlock)
+// to the admin socket's mux.
 func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+AdminApprovalList, func(w http.ResponseWriter, r *http.Request) {
 		list, err := p.ListApprovals(r.Context())
@@ -135,26 +145,8 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 		if !admin.DecodeJSON(w, r, &req) {
 			return
 		}
-		if !userRE.MatchString(req.User) {
-			admin.WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "not a user name")
-			return
-		}
-		if p.opts.Users == nil {
-			admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "no directory to resolve "+req.User+"'s account: TOTP enrolments are bound to directory accounts")
-			return
-		}
-		accountID, refused, err := p.opts.Users.UserAccount(r.Context(), req.User)
-		if err != nil {
-			admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory cannot be asked whether "+req.User+" exists: "+err.Error())
-			return
-		}
-		if refused != "" {
-			admin.WriteError(w, http.StatusNotFound, "not_found", "the directory refuses user "+strconv.Quote(req.User)+" ("+refused+
-				"); enroll the name an active user logs in with")
-			return
-		}
-		if accountID == "" {
-			admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory gave no account id for "+strconv.Quote(req.User))
+		accountID, ok := p.adminAccount(w, r, req.User, "enroll the name an active user logs in with")
+		if !ok {
 			return
 		}
 		caller, _ := admin.CallerFrom(r.Context())
@@ -173,4 +165,71 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 		}
 		admin.WriteJSON(w, http.StatusOK, EnrollAnswer{User: req.User, AccountID: accountID, URI: uri})
 	})
+	mux.HandleFunc("POST "+AdminTOTPStatus, func(w http.ResponseWriter, r *http.Request) {
+		var req UserRef
+		if !admin.DecodeJSON(w, r, &req) {
+			return
+		}
+		accountID, ok := p.adminAccount(w, r, req.User, "name the user as they log in")
+		if !ok {
+			return
+		}
+		st, err := p.StatusTOTP(r.Context(), req.User, accountID)
+		if err != nil {
+			admin.WriteError(w, http.StatusInternalServerError, CodeServerError, err.Error())
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST "+AdminTOTPUnlock, func(w http.ResponseWriter, r *http.Request) {
+		var req UserRef
+		if !admin.DecodeJSON(w, r, &req) {
+			return
+		}
+		accountID, ok := p.adminAccount(w, r, req.User, "name the user as they log in")
+		if !ok {
+			return
+		}
+		caller, _ := admin.CallerFrom(r.Context())
+		out, err := p.UnlockTOTP(r.Context(), req.User, accountID, caller.Actor())
+		switch {
+		case errors.Is(err, ErrNotEnrolled):
+			admin.WriteError(w, http.StatusNotFound, "not_enrolled", req.User+" (account "+accountID+") has no TOTP enrolment, so nothing is locked;"+
+				" give them one with applianced user totp enroll "+req.User)
+		case errors.Is(err, errAuditUnlock):
+			admin.WriteError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written; nothing was unlocked")
+		case err != nil:
+			admin.WriteError(w, http.StatusInternalServerError, CodeServerError, err.Error())
+		default:
+			admin.WriteJSON(w, http.StatusOK, out)
+		}
+	})
+}
+
+// adminAccount resolves user through the directory to the account id its
+// TOTP enrolment is stored under, or answers why not (hint says what to
+// do when the directory refuses the name) and returns false.
+func (p *Proxy) adminAccount(w http.ResponseWriter, r *http.Request, user, hint string) (string, bool) {
+	if !userRE.MatchString(user) {
+		admin.WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "not a user name")
+		return "", false
+	}
+	if p.opts.Users == nil {
+		admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "no directory to resolve "+user+"'s account: TOTP enrolments are bound to directory accounts")
+		return "", false
+	}
+	accountID, refused, err := p.opts.Users.UserAccount(r.Context(), user)
+	if err != nil {
+		admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory cannot be asked whether "+user+" exists: "+err.Error())
+		return "", false
+	}
+	if refused != "" {
+		admin.WriteError(w, http.StatusNotFound, "not_found", "the directory refuses user "+strconv.Quote(user)+" ("+refused+"); "+hint)
+		return "", false
+	}
+	if accountID == "" {
+		admin.WriteError(w, http.StatusServiceUnavailable, "directory_unavailable", "the directory gave no account id for "+strconv.Quote(user))
+		return "", false
+	}
+	return accountID, true
 }

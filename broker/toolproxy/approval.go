@@ -275,7 +275,7 @@ func (p *Proxy) decideTOTP(w http.ResponseWriter, r *http.Request, id string) {
 	recordLock := func() error {
 		lev := &audit.Event{Type: "auth.totp", Severity: audit.SeverityHigh, Actor: audit.Actor{User: up.User}, Action: "totp.lock", Target: up.User,
 			Outcome: audit.OutcomeFailure, RequestID: ev.RequestID, Source: src,
-			Reason:  fmt.Sprintf("%d wrong codes in a row: TOTP is locked until an administrator enrolls the account again", maxAccountTOTPFailures),
+			Reason:  fmt.Sprintf("%d wrong codes in a row: TOTP is locked until an administrator unlocks or enrolls the account again", maxAccountTOTPFailures),
 			Details: map[string]string{"account_id": a.UserID, "approval_id": id, "agent": a.Agent}}
 		setJTI(lev, up)
 		if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), lev); err != nil {

@@ -500,8 +500,9 @@ func TestTOTPLocksAfterWrongCodesAcrossApprovals(t *testing.T) {
 	if ev := e.lastEvent("auth.totp"); ev.Action != "totp.lock" || ev.Severity != audit.SeverityHigh || ev.Details["account_id"] != aliceID || ev.Actor.User != "alice" {
 		t.Errorf("the lock recorded as %+v", ev)
 	}
-	if got := right(); got.status != 403 || !strings.Contains(string(got.body), "applianced user totp enroll alice") {
-		t.Fatalf("the right code once locked: got %d %s, want 403 naming the way out", got.status, got.body)
+	if got := right(); got.status != 403 || !strings.Contains(string(got.body), "applianced user totp unlock alice") ||
+		!strings.Contains(string(got.body), "applianced user totp enroll alice") {
+		t.Fatalf("the right code once locked: got %d %s, want 403 naming the ways out (unlock, or enroll a lost authenticator)", got.status, got.body)
 	}
 	if uri, err = e.proxy.EnrollTOTP(t.Context(), "alice", aliceID); err != nil {
 		t.Fatal(err)

@@ -11,7 +11,8 @@
 // OAuth2 client credentials with a shared cached token, TLS client
 // certificates), approvals (bound to the exact call, expiring, single-use;
 // decided by an administrator or by the user the agent acts for with a TOTP
-// code), TOTP enrolment, and the per-agent and per-user risk limits.
+// code), TOTP enrolment (and its status and unlock after too many wrong
+// codes), and the per-agent and per-user risk limits.
 //
 // It refuses: paths that could leave the route's prefix (dot segments, plain
 // or encoded; encoded slashes; empty segments; double encoding; control

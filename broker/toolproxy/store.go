@@ -451,3 +451,31 @@ func (s *store) totpFailed(accountID string, now time.Time) (int, error) {
 	return n, err
 }
 
+// unlockTOTP clears the wrong codes counted against accountID's enrolment,
+// and with them its lock, if it is locked; the seed and the last step used
+// stay. It says whether it cleared anything: an enrolment that is not
+// locked (or none) is left as it is.
+func (s *store) unlockTOTP(accountID string) (cleared bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTOTPAccounts)
+		v := b.Get([]byte(accountID))
+		if v == nil {
+			return nil
+		}
+		var r totpRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		if !r.locked() {
+			return nil
+		}
+		r.Failures, r.LockedAt = 0, time.Time{}
+		nv, err := json.Marshal(&r)
+		if err != nil {
+			return err
+		}
+		cleared = true
+		return b.Put([]byte(accountID), nv)
+	})
+	return cleared, err
+}

@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"strconv"
 	"time"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/pquerna/otp"
 	"github.com/pquerna/otp/totp"
 )
@@ -84,6 +86,8 @@ func (p *Proxy) EnrollTOTP(ctx context.Context, user, accountID string) (string,
 		return "", err
 	}
 	sealed := aead.Seal(nonce, nonce, []byte(key.Secret()), totpAD(accountID))
+	p.totpMu.Lock()
+	defer p.totpMu.Unlock()
 	if err := p.store.putTOTP(accountID, &totpRecord{User: user, Sealed: sealed, Enrolled: p.now().UTC()}); err != nil {
 		return "", fmt.Errorf("toolproxy: storing the TOTP enrolment: %w", err)
 	}
@@ -104,15 +108,135 @@ const (
 )
 
 // maxAccountTOTPFailures is how many wrong codes in a row, over all
-// approvals, lock an account's TOTP until an administrator enrolls it
-// again. Each approval allows maxTOTPFailures; without this limit whoever
+// approvals, lock an account's TOTP until an administrator unlocks it
+// (UnlockTOTP) or enrolls it again. Each approval allows maxTOTPFailures; without this limit whoever
 // holds the user's token could ask for approval after approval and keep
 // guessing.
 const maxAccountTOTPFailures = 10
 
 func totpLockedMessage(user string) string {
-	return fmt.Sprintf("TOTP for %s is locked after %d wrong codes in a row; an administrator enrolls them again (applianced user totp enroll %s)",
-		user, maxAccountTOTPFailures, user)
+	return fmt.Sprintf("TOTP for %s is locked after %d wrong codes in a row; an administrator unlocks it (applianced user totp unlock %s), "+
+		"or enrolls a new authenticator if the old one is lost (applianced user totp enroll %s)",
+		user, maxAccountTOTPFailures, user, user)
+}
+
+// TOTPStatus is what an administrator is told of an account's TOTP
+// enrolment. It never holds the seed.
+type TOTPStatus struct {
+	User      string `json:"user"`
+	AccountID string `json:"account_id"` // the directory account the name resolves to now
+	Enrolled  bool   `json:"enrolled"`
+	// EnrolledAt is when the seed was made.
+	EnrolledAt time.Time `json:"enrolled_at,omitzero"`
+	// Failures counts the wrong codes in a row, over all approvals.
+	Failures int `json:"failures"`
+	// Locked is Failures at maxAccountTOTPFailures: no code is tried until
+	// an administrator unlocks or enrolls the account.
+	Locked bool `json:"locked"`
+	// LockedAt is when it locked; zero if it was locked by a version that
+	// did not keep the time.
+	LockedAt time.Time `json:"locked_at,omitzero"`
+	// ByNameOnly and OtherAccount explain a name without an enrolment for
+	// its account: an enrolment stored by a version before account ids,
+	// or one made for another account that had the name. Neither is
+	// accepted; the user is to be enrolled again.
+	ByNameOnly   bool `json:"enrolled_by_name_only,omitempty"`
+	OtherAccount bool `json:"enrolled_for_another_account,omitempty"`
+}
+
+// TOTPUnlock is the outcome of UnlockTOTP: the enrolment as it is now, and
+// how many wrong codes in a row the unlock cleared (0: it was not locked,
+// and nothing changed).
+type TOTPUnlock struct {
+	TOTPStatus
+	Cleared int `json:"failures_cleared"`
+}
+
+// errAuditUnlock is a TOTP unlock the journal would not take (so not done).
+var errAuditUnlock = errors.New("toolproxy: recording a TOTP unlock")
+
+func statusOf(user, accountID string, r *totpRecord) TOTPStatus {
+	st := TOTPStatus{User: user, AccountID: accountID}
+	if r == nil {
+		return st
+	}
+	st.Enrolled, st.EnrolledAt, st.Failures, st.Locked = true, r.Enrolled, r.Failures, r.locked()
+	if st.Locked {
+		st.LockedAt = r.LockedAt
+	}
+	return st
+}
+
+// StatusTOTP says whether the directory account accountID, which the
+// directory knows as user, is enrolled, and how many wrong codes in a row
+// count against it, locked or not.
+func (p *Proxy) StatusTOTP(_ context.Context, user, accountID string) (*TOTPStatus, error) {
+	if accountID == "" {
+		return nil, ErrNoAccountID
+	}
+	rec, err := p.store.getTOTP(accountID)
+	if err != nil {
+		return nil, fmt.Errorf("toolproxy: reading the TOTP enrolment: %w", err)
+	}
+	st := statusOf(user, accountID, rec)
+	if rec == nil {
+		if st.OtherAccount, st.ByNameOnly, err = p.store.totpByName(user); err != nil {
+			return nil, fmt.Errorf("toolproxy: reading the TOTP enrolments: %w", err)
+		}
+	}
+	return &st, nil
+}
+
+// UnlockTOTP clears the lock of the directory account accountID's TOTP
+// (which the directory knows as user) and the wrong codes that caused it,
+// on behalf of an administrator, by; the seed stays, so the user's
+// authenticator goes on working. It is recorded before it takes effect: a
+// journal that refuses leaves the enrolment as it was. An enrolment that
+// is not locked is left as it is, its count included (only a right code
+// starts that count anew), and the attempt is recorded all the same: an
+// administrator acting on a user's second factor is what an auditor looks
+// for, whatever it changed. ErrNotEnrolled: the account has no enrolment.
+func (p *Proxy) UnlockTOTP(ctx context.Context, user, accountID string, by audit.Actor) (*TOTPUnlock, error) {
+	if accountID == "" {
+		return nil, ErrNoAccountID
+	}
+	// No wrong code is counted between the check and the unlock.
+	p.totpMu.Lock()
+	defer p.totpMu.Unlock()
+	rec, err := p.store.getTOTP(accountID)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("toolproxy: reading the TOTP enrolment: %w", err)
+	case rec == nil:
+		return nil, ErrNotEnrolled
+	}
+	cleared := 0
+	if rec.locked() {
+		cleared = rec.Failures
+	}
+	ev := &audit.Event{
+		Type: "auth.totp_unlock", Actor: by, Action: "totp.unlock", Target: user, Outcome: audit.OutcomeSuccess, Source: "unix",
+		Details: map[string]string{"user": user, "account_id": accountID, "failures_cleared": strconv.Itoa(cleared)},
+	}
+	if cleared == 0 {
+		ev.Reason = "not locked: nothing changed"
+		ev.Details["failures"] = strconv.Itoa(rec.Failures)
+	} else if !rec.LockedAt.IsZero() {
+		ev.Details["locked_at"] = rec.LockedAt.UTC().Format(time.RFC3339)
+	}
+	if _, err := p.opts.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+		return nil, fmt.Errorf("%w: %w", errAuditUnlock, err)
+	}
+	if cleared > 0 {
+		if _, err := p.store.unlockTOTP(accountID); err != nil {
+			return nil, fmt.Errorf("toolproxy: unlocking the TOTP enrolment: %w", err)
+		}
+	}
+	now, err := p.store.getTOTP(accountID)
+	if err != nil {
+		return nil, fmt.Errorf("toolproxy: reading the TOTP enrolment: %w", err)
+	}
+	return &TOTPUnlock{TOTPStatus: statusOf(user, accountID, now), Cleared: cleared}, nil
 }
 
 // verifyTOTP checks code against the seed enrolled for the account
