@@ -74,6 +74,8 @@ var verbs = []verb{
 	{"approval approve", "approve one pending tool call", cmdApprovalApprove},
 	{"approval deny", "deny one pending tool call", cmdApprovalDeny},
 	{"user totp enroll", "print an otpauth:// URI for a user's authenticator", cmdUserTOTPEnroll},
+	{"user totp status", "show a user's TOTP enrolment: wrong codes in a row, locked since when", cmdUserTOTPStatus},
+	{"user totp unlock", "clear a user's TOTP lock after wrong codes, keeping the seed", cmdUserTOTPUnlock},
 	{"agent list", "list agents with their state and last use", cmdAgentList},
 	{"agent show", "show one agent's roles, scopes, authentication and state", cmdAgentShow},
 	{"agent disable", "disable an agent at once (its tokens stop working)", cmdAgentDisable},
