@@ -1,0 +1,82 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// The vault's states as the local journal recorded them. vault.close
+// carries the digest of the state the vault closed in and vault.unseal the
+// one it opened in (capture_vault.go checks the same on a receiver's copy).
+// The daemon reads the newest of them before it opens the vault, to notice
+// at start a vault.db changed while it was down; doctor reads them to
+// report such an opening.
+
+// VaultMark is one vault.close or vault.unseal of the journal that
+// recorded the vault's state: a successful one carrying vault_state.
+type VaultMark struct {
+	Seq   uint64
+	Time  time.Time
+	Type  string // "vault.close" or "vault.unseal"
+	State string // the digest of the vault's whole database, hex
+}
+
+// JournalView is a journal read for its newest entries: a *Journal or a
+// *ReadOnlyJournal.
+type JournalView interface {
+	Segments() []SegmentInfo
+	Reader(from uint64) (*Reader, error)
+	LastSeq() uint64
+}
+
+// LastVaultMarks returns up to n of j's newest vault marks, newest first
+// (fewer when j holds fewer). It reads j's segments from the newest back
+// and stops at the first segment that completes the n, so that it reads
+// the journal's tail, not the whole of it. It reads only j's own chain:
+// a journal that started a new chain (the old one set aside after damage)
+// holds no vault mark until the vault first opens on it.
+func LastVaultMarks(ctx context.Context, j JournalView, n int) ([]VaultMark, error) {
+	var out []VaultMark
+	last := j.LastSeq()
+	segs := j.Segments()
+	for i := len(segs) - 1; i >= 0 && len(out) < n; i-- {
+		s := segs[i]
+		hi := min(s.Last, last)
+		if hi < s.First {
+			continue
+		}
+		found, err := vaultMarksIn(ctx, j, s.First, hi)
+		if err != nil {
+			return nil, err
+		}
+		slices.Reverse(found)
+		out = append(out, found...)
+	}
+	if len(out) > n {
+		out = out[:n]
+	}
+	return out, nil
+}
+
+// vaultMarksIn returns the vault marks of seqs from..to of j, in seq order.
+func vaultMarksIn(ctx context.Context, j JournalView, from, to uint64) ([]VaultMark, error) {
+	r, err := j.Reader(from)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var out []VaultMark
+	for r.Pos() <= to {
+		e, err := r.Next(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("audit: reading the vault's recorded states: %w", err)
+		}
+		ev := &e.Event
+		if (ev.Type == "vault.close" || ev.Type == "vault.unseal") && ev.Outcome == OutcomeSuccess && ev.Details[detailVaultState] != "" {
+			out = append(out, VaultMark{Seq: e.Seq, Time: ev.Time, Type: ev.Type, State: ev.Details[detailVaultState]})
+		}
+	}
+	return out, nil
+}

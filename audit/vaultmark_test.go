@@ -1,0 +1,108 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+)
+
+func vaultMarkEvent(typ, outcome, state string) *Event {
+	ev := &Event{Type: typ, Outcome: outcome}
+	if state != "" {
+		ev.Details = map[string]string{detailVaultState: state}
+	}
+	return ev
+}
+
+// appendVaultRun appends what one run of the appliance leaves around the
+// vault: other events, the opening, more events, and the close unless
+// crashed.
+func appendVaultRun(t *testing.T, j *Journal, opened, closed string, filler int) {
+	t.Helper()
+	ctx := context.Background()
+	evs := []*Event{vaultMarkEvent("vault.unseal", OutcomeSuccess, opened)}
+	for i := range filler {
+		evs = append(evs, testEvent(i))
+	}
+	if closed != "" {
+		evs = append(evs, vaultMarkEvent("vault.close", OutcomeSuccess, closed))
+	}
+	for _, ev := range evs {
+		if _, err := j.Append(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestLastVaultMarksNewestFirst: the newest successful vault.close and
+// vault.unseal events that carry a state, newest first, across segments;
+// a failed opening and one without a state are not marks.
+func TestLastVaultMarksNewestFirst(t *testing.T) {
+	j := openTest(t, t.TempDir(), &Options{Logger: quiet(), SegmentBytes: 2048})
+	appendVaultRun(t, j, "s1", "s1", 30)
+	appendVaultRun(t, j, "s1", "s2", 30)
+	ctx := context.Background()
+	for _, ev := range []*Event{
+		vaultMarkEvent("vault.unseal", OutcomeFailure, "s9"),
+		vaultMarkEvent("vault.unseal", OutcomeSuccess, ""),
+		vaultMarkEvent("vault.close", OutcomeSuccess, ""),
+	} {
+		if _, err := j.Append(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendVaultRun(t, j, "s3", "", 30) // a crash: no close
+	if n := len(j.Segments()); n < 3 {
+		t.Fatalf("got %d segments, want the marks spread over several", n)
+	}
+	got, err := LastVaultMarks(ctx, j, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"vault.unseal s3", "vault.close s2", "vault.unseal s1"}
+	if len(got) != len(want) {
+		t.Fatalf("got %d marks %+v, want %v", len(got), got, want)
+	}
+	for i, m := range got {
+		if s := m.Type + " " + m.State; s != want[i] {
+			t.Errorf("mark %d: got %s, want %s", i, s, want[i])
+		}
+		if i > 0 && m.Seq >= got[i-1].Seq {
+			t.Errorf("mark %d: seq %d after seq %d, want newest first", i, m.Seq, got[i-1].Seq)
+		}
+	}
+	all, err := LastVaultMarks(ctx, j, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 5 {
+		t.Errorf("asked for more than there are: got %d marks, want the 5 the journal holds", len(all))
+	}
+}
+
+// TestLastVaultMarksReadsTheTail: the segments older than the one holding
+// the newest mark are not read (here they are gone from the disk, which a
+// read of them would fail on).
+func TestLastVaultMarksReadsTheTail(t *testing.T) {
+	j := openTest(t, t.TempDir(), &Options{Logger: quiet(), SegmentBytes: 2048})
+	for i := range 3 {
+		appendVaultRun(t, j, fmt.Sprint("s", i), fmt.Sprint("s", i), 30)
+	}
+	segs := j.Segments()
+	if len(segs) < 3 {
+		t.Fatalf("got %d segments, want several", len(segs))
+	}
+	for _, s := range segs[:len(segs)-2] {
+		if err := os.Remove(s.Path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := LastVaultMarks(context.Background(), j, 1)
+	if err != nil {
+		t.Fatalf("the tail only: %v", err)
+	}
+	if len(got) != 1 || got[0].Type != "vault.close" || got[0].State != "s2" {
+		t.Errorf("got %+v, want the last close, of s2", got)
+	}
+}
