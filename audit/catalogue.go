@@ -56,6 +56,7 @@ var Catalogue = []EventType{
 	{"secret.use", "a secret was injected into an upstream request", 3},
 	{"vault.unseal", "the vault was opened with the master key (vault_state: the digest of what it opened)", 5},
 	{"vault.close", "the vault was closed (vault_state: the digest of what it closed; the next vault.unseal must open the same)", 3},
+	{"vault.state_changed", "the vault opened in another state than it last closed in: vault.db was replaced (an older copy put back) or edited while the appliance was down (vault_state: opened, closed_state: closed, closed_seq)", 12},
 	{"vault.rekey", "the vault's master key was changed", 8},
 	{"vault.backup", "a vault backup was written", 5},
 	{"vault.restore", "the vault was restored from a backup", 10},

@@ -149,7 +149,10 @@
 // Close, vault.close carry the digest of the whole database (state.go):
 // the vault must open in the state it closed in, which `audit verify`
 // checks on the receiver's copy; a close the journal refuses is only
-// logged.
+// logged. Given the journal's newest mark (Options.Recorded), Open itself
+// records vault.state_changed (severity high, both digests) and warns
+// when the vault closed in another state than it opens in; it opens it
+// all the same (state.go says why).
 //
 // # Caveats
 //

@@ -1,6 +1,10 @@
 package vault
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"testing"
 
@@ -50,5 +54,155 @@ func TestOpenAndCloseRecordTheState(t *testing.T) {
 	o, c = states("vault.unseal"), states("vault.close")
 	if last := o[len(o)-1]; last != c[0] || last == c[len(c)-1] {
 		t.Errorf("the older copy put back: opened in %s, want the older state %s (not the last closed %s)", last, c[0], c[len(c)-1])
+	}
+}
+
+// reopenAsTheDaemon closes the vault of e if open, runs between (the
+// appliance is down) and opens it again as the daemon does: with the
+// journal's newest vault mark.
+func (e *env) reopenAsTheDaemon(t *testing.T, between func()) {
+	t.Helper()
+	if err := e.v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if between != nil {
+		between()
+	}
+	marks, err := audit.LastVaultMarks(context.Background(), e.journal, 1)
+	if err != nil || len(marks) != 1 {
+		t.Fatalf("the journal's newest vault mark: %v, %v", marks, err)
+	}
+	opts := e.options()
+	opts.Recorded = &marks[0]
+	v, err := Open(context.Background(), e.path, e.key, Config{}, opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	e.v = v
+	t.Cleanup(func() { v.Close() })
+}
+
+func (e *env) stateChanges(t *testing.T) []audit.Event {
+	t.Helper()
+	var out []audit.Event
+	for _, ev := range e.events(t) {
+		if ev.Type == "vault.state_changed" {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// TestOpenRecordsAFilePutBack: an older copy of vault.db put back while
+// the vault was closed opens (its records are genuine), and Open records
+// vault.state_changed, severity high, naming the state it closed in and
+// the one it opened in, before the opening, and warns saying what to do;
+// no value is in either.
+func TestOpenRecordsAFilePutBack(t *testing.T) {
+	e := newEnv(t, Config{})
+	var older []byte
+	e.reopenAsTheDaemon(t, func() {
+		var err error
+		if older, err = os.ReadFile(e.path); err != nil {
+			t.Fatal(err)
+		}
+	})
+	const value = "a-key-stored-after-the-copy"
+	e.put(t, "late-key", TypeAPIKey, value)
+	e.reopenAsTheDaemon(t, func() {
+		if err := os.WriteFile(e.path, older, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	evs := e.events(t)
+	var closed, opened string
+	for _, ev := range evs {
+		switch {
+		case ev.Type == "vault.close":
+			closed = ev.Details[DetailState]
+		case ev.Type == "vault.unseal" && ev.Outcome == audit.OutcomeSuccess:
+			opened = ev.Details[DetailState]
+		}
+	}
+	changes := e.stateChanges(t)
+	if len(changes) != 1 {
+		t.Fatalf("got %d vault.state_changed events, want 1", len(changes))
+	}
+	ch := changes[0]
+	if ch.Severity != audit.SeverityHigh || ch.Outcome != audit.OutcomeSuccess || ch.Target != e.path ||
+		ch.Details[DetailClosedState] != closed || ch.Details[DetailState] != opened || closed == opened {
+		t.Errorf("got %+v, want severity high naming the state closed in (%s) and the one opened in (%s)", ch, closed, opened)
+	}
+	if last := evs[len(evs)-1]; last.Type != "vault.unseal" || last.Outcome != audit.OutcomeSuccess {
+		t.Errorf("got %s last, want the change recorded before the opening", last.Type)
+	}
+	logs := e.logs.Bytes()
+	if !bytes.Contains(logs, []byte(`"level":"WARN"`)) || !bytes.Contains(logs, []byte("tell the auditor")) || !bytes.Contains(logs, []byte(closed)) {
+		t.Errorf("got logs:\n%s\nwant a warning naming the state closed in and saying what to do", logs)
+	}
+	for _, b := range [][]byte{logs, []byte(fmt.Sprint(evs))} {
+		if bytes.Contains(b, []byte(value)) {
+			t.Errorf("a stored value appears in the logs or the journal")
+		}
+	}
+	if _, err := e.v.Describe(context.Background(), "late-key"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("got %v, want the older copy opened as it is (no late-key)", err)
+	}
+}
+
+// TestOpenAsClosedRecordsNoChange: a vault written through the vault,
+// closed, and opened untouched records no change.
+func TestOpenAsClosedRecordsNoChange(t *testing.T) {
+	e := newEnv(t, Config{})
+	e.put(t, "a-key", TypeAPIKey, "a-value")
+	e.reopenAsTheDaemon(t, nil)
+	e.put(t, "another-key", TypeAPIKey, "another-value")
+	e.reopenAsTheDaemon(t, nil)
+	if changes := e.stateChanges(t); len(changes) != 0 {
+		t.Errorf("got %+v, want no vault.state_changed", changes)
+	}
+	if bytes.Contains(e.logs.Bytes(), []byte(`"level":"WARN"`)) {
+		t.Errorf("got logs:\n%s\nwant no warning", e.logs.Bytes())
+	}
+}
+
+// TestOpenAfterACrashComparesNothing: when the journal's newest mark is an
+// opening (the vault was never closed: a crash), the state it opens in is
+// not compared with it, since writes after that opening changed it.
+func TestOpenAfterACrashComparesNothing(t *testing.T) {
+	e := newEnv(t, Config{})
+	marks, err := audit.LastVaultMarks(context.Background(), e.journal, 1)
+	if err != nil || len(marks) != 1 || marks[0].Type != "vault.unseal" {
+		t.Fatalf("got %v, %v; want the opening", marks, err)
+	}
+	e.put(t, "a-key", TypeAPIKey, "a-value")
+	e.v.mu.Lock()
+	err = e.v.closeLocked() // no vault.close, as after SIGKILL
+	e.v.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := e.options()
+	opts.Recorded = &marks[0]
+	v, err := Open(context.Background(), e.path, e.key, Config{}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if changes := e.stateChanges(t); len(changes) != 0 {
+		t.Errorf("got %+v, want no vault.state_changed after a crash", changes)
+	}
+	// The same opening compared with a close in that older state is one.
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts.Recorded = &audit.VaultMark{Seq: marks[0].Seq, Type: "vault.close", State: marks[0].State}
+	v, err = Open(context.Background(), e.path, e.key, Config{}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if changes := e.stateChanges(t); len(changes) != 1 {
+		t.Errorf("got %d vault.state_changed, want 1 when the mark is a close", len(changes))
 	}
 }

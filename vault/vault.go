@@ -56,6 +56,15 @@ type Options struct {
 	// KeySource says where the master key came from, for Status (the
 	// source returned by LoadMasterKey).
 	KeySource string
+	// Recorded is the newest state of the vault the audit journal holds
+	// (audit.LastVaultMarks, read before Open). When it is a vault.close
+	// and the vault opens in another state, vault.db was changed while the
+	// vault was closed: Open records vault.state_changed, with severity
+	// high and both digests, and logs a warning; it opens the vault all the
+	// same. Nil (no mark in the journal's chain) or a vault.unseal (no close
+	// after it: a crash, after which any state is possible) compares
+	// nothing. See state.go.
+	Recorded *audit.VaultMark
 }
 
 // Bucket names.
@@ -164,6 +173,13 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 	}
 	v.db, v.kr = db, kr
 	go v.committer()
+	// The change is recorded before the opening, so that an opening the
+	// journal then refuses still leaves it (the next start compares with
+	// the same close again).
+	if err := v.checkState(ctx, opts.Recorded, state); err != nil {
+		v.closeQuietly()
+		return nil, err
+	}
 	if err := v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Target: path, Outcome: audit.OutcomeSuccess,
 		Details: map[string]string{"key_source": v.keySource, "term": fmt.Sprint(kr.active), DetailState: state}}); err != nil {
 		v.closeQuietly()
