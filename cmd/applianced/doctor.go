@@ -86,6 +86,7 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		hardening.MasterKeyCheck(keyFile, unitText),
 		hardening.JournalLimitCheck(cfg.Server.StateDir, int64(cfg.Audit.MaxBytes), cmp.Or(cfg.Audit.DiskFull, audit.DiskFullBlock)),
 		auditChainCheck(cfg.Server.StateDir),
+		vaultStateCheck(cfg.Server.StateDir),
 	)
 	if cfg.LDAP != nil {
 		l := cfg.LDAP
@@ -202,6 +203,58 @@ func auditChainCheck(stateDir string) hardening.Check {
 		}
 		return out
 	}}
+}
+
+// vaultStateCheck reads the journal's newest vault marks (read-only: the
+// daemon may be writing it) and fails when the vault last opened in
+// another state than it closed in before: vault.db was replaced or edited
+// while the daemon was down (the daemon recorded vault.state_changed and
+// warned). It passes again once the vault opens as it closed, at the next
+// start after a clean stop.
+func vaultStateCheck(stateDir string) hardening.Check {
+	const name = "vault state"
+	return hardening.Check{Name: name, Run: func(ctx context.Context) []hardening.Result {
+		res := func(st hardening.Status, detail, fix string) []hardening.Result {
+			return []hardening.Result{{Name: name, Status: st, Detail: detail, Fix: fix}}
+		}
+		dir := filepath.Join(stateDir, "audit")
+		j, err := audit.OpenReadOnly(dir, &audit.ReadOnlyOptions{Appender: recordsNothing{}})
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, audit.ErrNoSegments) {
+			return res(hardening.Skip, "no journal yet in "+dir, "")
+		}
+		var marks []audit.VaultMark
+		if err == nil {
+			marks, err = audit.LastVaultMarks(ctx, j, 3)
+		}
+		if err != nil {
+			return res(hardening.Warn, "cannot read the vault's recorded states: "+err.Error(), "run `applianced audit verify` and see the README on a damaged journal")
+		}
+		i := slices.IndexFunc(marks, func(m audit.VaultMark) bool { return m.Type == "vault.unseal" })
+		switch {
+		case i < 0:
+			return res(hardening.Skip, "the journal's chain records no opening of the vault yet", "")
+		case i+1 == len(marks):
+			return res(hardening.Pass, fmt.Sprintf("the vault last opened at seq %d; the journal's chain holds no close before it to compare with", marks[i].Seq), "")
+		case marks[i+1].Type != "vault.close":
+			return res(hardening.Pass, fmt.Sprintf("the vault last opened at seq %d after a crash (no close after the opening at seq %d): there is no state to compare with", marks[i].Seq, marks[i+1].Seq), "")
+		case marks[i+1].State == marks[i].State:
+			return res(hardening.Pass, fmt.Sprintf("the vault last opened (seq %d) in the state it closed in (seq %d)", marks[i].Seq, marks[i+1].Seq), "")
+		}
+		opened, closed := marks[i], marks[i+1]
+		return res(hardening.Fail,
+			fmt.Sprintf("the vault last opened (seq %d, %s) in another state (%.12s…) than it closed in (seq %d, %.12s…): vault.db was replaced (an older copy put back) or edited while the daemon was down, and what was revoked or rotated since that copy may be back",
+				opened.Seq, opened.Time.UTC().Format(time.RFC3339), opened.State, closed.Seq, closed.State),
+			"if an administrator put a backup in place by hand, tell the auditor (the journal records it as vault.state_changed); otherwise investigate who replaced the file, check `applianced secret list` and rotate what it brought back. "+
+				"This check passes again after the next start that opens the vault as it closed")
+	}}
+}
+
+// recordsNothing is the appender of the journal doctor reads: doctor
+// appends nothing.
+type recordsNothing struct{}
+
+func (recordsNothing) Append(context.Context, *audit.Event) (uint64, error) {
+	return 0, errors.New("doctor records nothing in the journal")
 }
 
 // forwardLinksCheck warns about each link of the host (of namespace nsFd,
