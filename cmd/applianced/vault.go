@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/internal/admin"
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/vault"
@@ -38,7 +39,7 @@ type vaultRekeyRequest struct {
 // openVault loads the master key ($CREDENTIALS_DIRECTORY/master.key, then
 // [vault] master_key_file), opens state_dir/vault.db and mounts the secret
 // and vault verbs on the admin socket. It is a step of (*daemon).open after
-// the audit journal.
+// the audit journal, which it reads for the state the vault last closed in.
 func (d *daemon) openVault(ctx, bg context.Context) error {
 	cfg := d.config()
 	key, source, err := vault.LoadMasterKey(cfg.Vault)
@@ -46,8 +47,22 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 		return err
 	}
 	defer clear(key)
+	// The state the vault was last recorded in, read before the opening
+	// records its own: a close in another state than the vault opens in
+	// means vault.db was changed while the daemon was down, which the
+	// vault records and warns of. The journal's own chain only: a new
+	// chain (the old journal set aside) holds none yet, and nothing is
+	// compared.
+	marks, err := audit.LastVaultMarks(ctx, d.journal, 1)
+	if err != nil {
+		return fmt.Errorf("reading the vault's last recorded state from the audit journal: %w", err)
+	}
+	var recorded *audit.VaultMark
+	if len(marks) > 0 {
+		recorded = &marks[0]
+	}
 	v, err := vault.Open(ctx, filepath.Join(cfg.Server.StateDir, vault.DefaultFile), key, cfg.Vault,
-		&vault.Options{Audit: d.journal, Logger: d.log, KeySource: source})
+		&vault.Options{Audit: d.journal, Logger: d.log, KeySource: source, Recorded: recorded})
 	if errors.Is(err, vault.ErrOldFormat) {
 		return fmt.Errorf("%w\nTo upgrade, once, as root: `systemctl stop applianced`, then %s, then `systemctl start applianced`",
 			err, upgradeCommand(cfg.Path, source))

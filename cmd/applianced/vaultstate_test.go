@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/applianced/applianced/audit"
@@ -105,6 +108,30 @@ func putBack(t *testing.T) (cfg *config.File, third *running, copied, replaced s
 	return cfg, startReady(t, cfg), copied, replaced
 }
 
+// TestServeRecordsAVaultPutBack: an older copy of vault.db put back while
+// the daemon was down: at its next start the daemon records
+// vault.state_changed, severity high, naming the state the vault closed in
+// and the one it opened in, and logs a warning that says what to do. It
+// keeps running.
+func TestServeRecordsAVaultPutBack(t *testing.T) {
+	cfg, r, copied, replaced := putBack(t)
+	cli(t, cfg, "", "secret", "list") // still serving
+	stopClean(t, r)
+	changes := eventsOf(t, cfg, "vault.state_changed")
+	if len(changes) != 1 {
+		t.Fatalf("got %d vault.state_changed events, want 1", len(changes))
+	}
+	ch := changes[0]
+	if ch.Severity != audit.SeverityHigh || ch.Details[vault.DetailClosedState] != replaced || ch.Details[vault.DetailState] != copied {
+		t.Errorf("got %+v, want severity high, closed_state %s and vault_state %s", ch, replaced, copied)
+	}
+	logs := fmt.Sprint(r.env.stderr)
+	if !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "replaced") || !strings.Contains(logs, "tell the auditor") ||
+		!strings.Contains(logs, replaced) || !strings.Contains(logs, copied) {
+		t.Errorf("got log:\n%s\nwant a warning naming both states, saying the file was replaced and what to do", logs)
+	}
+}
+
 // TestDoctorReportsAVaultPutBack: doctor fails its vault state check while
 // the daemon runs on a vault put back, and after it stopped, until a start
 // opens the vault as it closed.
@@ -122,5 +149,101 @@ func TestDoctorReportsAVaultPutBack(t *testing.T) {
 	stopClean(t, startReady(t, cfg))
 	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass {
 		t.Errorf("after a start that opened the vault as it closed: got %+v, want a pass", res)
+	}
+}
+
+// TestServeCleanRestartRecordsNoChange: stopped and started again with
+// nothing done in between, the daemon records no change and doctor passes,
+// having compared the opening with the close.
+func TestServeCleanRestartRecordsNoChange(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	r := startReady(t, cfg)
+	cli(t, cfg, "a-value\n", "secret", "put", "a-key", "--type", "api_key")
+	stopClean(t, r)
+	r = startReady(t, cfg)
+	stopClean(t, r)
+	if changes := eventsOf(t, cfg, "vault.state_changed"); len(changes) != 0 {
+		t.Errorf("got %+v, want no vault.state_changed", changes)
+	}
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "in the state it closed in") {
+		t.Errorf("got %+v, want a pass saying the vault opened as it closed", res)
+	}
+}
+
+// TestServeVaultChangedThroughTheDaemonRaisesNoAlarm: the verbs that change
+// the vault all go through the daemon (put, rotate, rekey, restore, which
+// replaces the whole file); the close records what they made, so the next
+// start is quiet.
+func TestServeVaultChangedThroughTheDaemonRaisesNoAlarm(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, "")
+	backup := filepath.Join(dir, "backup.db")
+	r := startReady(t, cfg)
+	cli(t, cfg, "first\n", "secret", "put", "a-key", "--type", "api_key")
+	cli(t, cfg, "", "vault", "backup", backup)
+	cli(t, cfg, "second\n", "secret", "rotate", "a-key")
+	cli(t, cfg, "", "vault", "rekey")
+	cli(t, cfg, "", "vault", "restore", backup)
+	cli(t, cfg, "third\n", "secret", "put", "b-key", "--type", "api_key")
+	stopClean(t, r)
+	stopClean(t, startReady(t, cfg))
+	if changes := eventsOf(t, cfg, "vault.state_changed"); len(changes) != 0 {
+		t.Errorf("got %+v, want no vault.state_changed", changes)
+	}
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "in the state it closed in") {
+		t.Errorf("got %+v, want a pass saying the vault opened as it closed", res)
+	}
+}
+
+const vaultStateChildEnv = "APPLIANCED_VAULT_STATE_CHILD"
+
+// TestVaultStateDaemonChild is the daemon TestServeAfterAKillRaisesNoAlarm
+// kills; on its own it does nothing. It serves the config named by the
+// environment until it is killed.
+func TestVaultStateDaemonChild(t *testing.T) {
+	path := os.Getenv(vaultStateChildEnv)
+	if path == "" {
+		return // only a helper process; not a skipped test
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(context.Background(), testEnv(), cfg, serveOptions{adminGID: -1})
+}
+
+// TestServeAfterAKillRaisesNoAlarm: the daemon killed with SIGKILL after a
+// write leaves no close; the vault then opens in another state than its
+// last opening, which is no alarm: nothing can tell a crash's writes from
+// a change. doctor says there was nothing to compare.
+func TestServeAfterAKillRaisesNoAlarm(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	stopClean(t, startReady(t, cfg)) // a close to compare with, before the crashed run
+	msgs := notifySocket(t)
+	child := exec.Command(os.Args[0], "-test.run=^TestVaultStateDaemonChild$", "-test.count=1")
+	child.Env = append(os.Environ(), vaultStateChildEnv+"="+cfg.Path)
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+	waitFor(t, msgs, "READY=1")
+	cli(t, cfg, "a-value\n", "secret", "put", "a-key", "--type", "api_key")
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	if n := len(eventsOf(t, cfg, "vault.close")); n != 1 {
+		t.Fatalf("got %d vault.close events, want the first run's only", n)
+	}
+	stopClean(t, startReady(t, cfg))
+	if changes := eventsOf(t, cfg, "vault.state_changed"); len(changes) != 0 {
+		t.Errorf("got %+v, want no vault.state_changed after a crash", changes)
+	}
+	unseals := eventsOf(t, cfg, "vault.unseal")
+	if n := len(unseals); n != 3 || unseals[1].Details[vault.DetailState] == unseals[2].Details[vault.DetailState] {
+		t.Fatalf("got %d openings %+v, want 3, the last in another state than the crashed run's", n, unseals)
+	}
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "after a crash") {
+		t.Errorf("got %+v, want a pass saying there was no close to compare with", res)
 	}
 }
