@@ -206,3 +206,41 @@ func TestOpenAfterACrashComparesNothing(t *testing.T) {
 		t.Errorf("got %d vault.state_changed, want 1 when the mark is a close", len(changes))
 	}
 }
+
+// TestUpgradeOfAnUpgradedVaultKeepsItsState: `vault upgrade` is the one
+// verb that writes the vault with the daemon down; run on a vault already
+// upgraded it only compacts it, which leaves the state as it closed in, so
+// the next opening is no change.
+func TestUpgradeOfAnUpgradedVaultKeepsItsState(t *testing.T) {
+	e := newEnv(t, Config{})
+	e.put(t, "a-key", TypeAPIKey, "a-value")
+	e.put(t, "b-key", TypeAPIKey, "b-value")
+	if err := e.v.Delete(context.Background(), operator, "a-key"); err != nil {
+		t.Fatal(err)
+	}
+	e.reopenAsTheDaemon(t, func() {
+		before, err := os.Stat(e.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := Upgrade(context.Background(), e.path, e.key, operator, e.options())
+		if err != nil || res.Upgraded {
+			t.Fatalf("Upgrade: %+v, %v; want a compaction only", res, err)
+		}
+		if after, err := os.Stat(e.path); err != nil || os.SameFile(before, after) {
+			t.Fatalf("got the same file (%v): want the compaction to have rewritten it", err)
+		}
+	})
+	var closed, opened string
+	for _, ev := range e.events(t) {
+		switch {
+		case ev.Type == "vault.close":
+			closed = ev.Details[DetailState]
+		case ev.Type == "vault.unseal" && ev.Outcome == audit.OutcomeSuccess:
+			opened = ev.Details[DetailState]
+		}
+	}
+	if opened != closed || len(e.stateChanges(t)) != 0 {
+		t.Errorf("closed in %s, opened in %s after the compaction, changes %+v: want the same state and no vault.state_changed", closed, opened, e.stateChanges(t))
+	}
+}
