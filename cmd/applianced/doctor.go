@@ -34,9 +34,10 @@ const (
 
 func cmdDoctor(ctx context.Context, e *env, args []string) int {
 	fs, cfgPath := e.flags("doctor", "", "Check this host and the appliance: the unit's sandbox, file modes, the master key's\n"+
-		"source, the domain controllers' certificates, syslog delivery, the firewall, an egress\n"+
-		"probe, kernel settings, listening sockets, the clock and agent credentials. Each line is\n"+
-		"pass, warn, fail or skip, with a one-line fix. Exit 1 when any check fails.",
+		"source, the audit chain, the vault's state, the domain controllers' certificates, syslog\n"+
+		"delivery, the firewall, an egress probe, kernel settings, listening sockets, the clock\n"+
+		"and agent credentials. Each line is pass, warn, fail or skip, with a one-line fix.\n"+
+		"Exit 1 when any check fails.",
 		"applianced doctor", "applianced doctor --json")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if code, ok := parse(fs, args); !ok {
