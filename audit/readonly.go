@@ -35,6 +35,11 @@ type ReadOnlyOptions struct {
 	// Required. When it is a *Journal, the view refuses that journal's
 	// directory and chain.
 	Appender Appender
+	// Tail, when above 0, reads only the newest Tail segments: the hash
+	// chain is checked from the header of the first of them, which names
+	// the hash of the entry before it. A view of a journal's recent
+	// entries need not read the whole of a long journal.
+	Tail int
 }
 
 // ReadOnlyJournal is a journal directory read without being opened: its
@@ -83,6 +88,9 @@ func OpenReadOnly(dir string, opts *ReadOnlyOptions) (*ReadOnlyJournal, error) {
 	}
 	if len(segs) == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrNoSegments, dir)
+	}
+	if opts.Tail > 0 && len(segs) > opts.Tail {
+		segs = segs[len(segs)-opts.Tail:]
 	}
 	sc := scanReadOnly(segs)
 	if sc.err != nil {

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -79,4 +80,30 @@ func vaultMarksIn(ctx context.Context, j JournalView, from, to uint64) ([]VaultM
 		}
 	}
 	return out, nil
+}
+
+// DirLastVaultMarks is LastVaultMarks of the journal in dir, read without
+// being opened (its daemon may be writing it) and from its newest segment
+// back: it reads and checks only as many segments as the n marks need,
+// doubling them each time, so that a long journal costs its tail.
+func DirLastVaultMarks(ctx context.Context, dir string, n int) ([]VaultMark, error) {
+	for tail := 1; ; tail *= 2 {
+		v, err := OpenReadOnly(dir, &ReadOnlyOptions{Appender: appendsNothing{}, Tail: tail})
+		if err != nil {
+			return nil, err
+		}
+		marks, err := LastVaultMarks(ctx, v, n)
+		// Fewer segments than asked for: the view held all there are, or
+		// stopped at damage, before which nothing more can be read.
+		if err != nil || len(marks) >= n || len(v.Segments()) < tail || v.Stop() != nil {
+			return marks, err
+		}
+	}
+}
+
+// appendsNothing is the appender of a view that only reads.
+type appendsNothing struct{}
+
+func (appendsNothing) Append(context.Context, *Event) (uint64, error) {
+	return 0, errors.New("audit: a view read for its vault marks records nothing")
 }

@@ -106,3 +106,59 @@ func TestLastVaultMarksReadsTheTail(t *testing.T) {
 		t.Errorf("got %+v, want the last close, of s2", got)
 	}
 }
+
+// TestDirLastVaultMarksReadsOnlyTheTail: read from its directory, a journal
+// is read from its newest segment back, as many segments as the marks
+// need. The oldest segment is damaged here: a read of the whole journal
+// stops there and finds nothing after it, the read of the tail finds the
+// newest marks, and a mark in an older segment than the newest is found
+// by reading further back.
+func TestDirLastVaultMarksReadsOnlyTheTail(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, &Options{Logger: quiet(), SegmentBytes: 2048})
+	for i := range 3 {
+		appendVaultRun(t, j, fmt.Sprint("s", i), fmt.Sprint("s", i), 30)
+	}
+	appendVaultRun(t, j, "s3", "", 40) // the running daemon's opening, segments back
+	segs := j.Segments()
+	if len(segs) < 5 {
+		t.Fatalf("got %d segments, want several", len(segs))
+	}
+	damageByte(t, segs[0].Path)
+	whole, err := OpenReadOnly(dir, &ReadOnlyOptions{Appender: appendsNothing{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if whole.Stop() == nil || whole.LastSeq() >= segs[1].First {
+		t.Fatalf("the whole journal read on past the damaged first segment (last seq %d)", whole.LastSeq())
+	}
+	got, err := DirLastVaultMarks(context.Background(), dir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"vault.unseal s3", "vault.close s2", "vault.unseal s2"}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v, want %v", got, want)
+	}
+	for i, m := range got {
+		if s := m.Type + " " + m.State; s != want[i] {
+			t.Errorf("mark %d: got %s, want %s", i, s, want[i])
+		}
+	}
+	if got[0].Seq >= segs[len(segs)-1].First {
+		t.Fatalf("the newest mark is in the newest segment: the test does not read back")
+	}
+}
+
+// damageByte flips a byte in the middle of the file at path.
+func damageByte(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x20
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

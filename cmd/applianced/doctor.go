@@ -206,12 +206,13 @@ func auditChainCheck(stateDir string) hardening.Check {
 	}}
 }
 
-// vaultStateCheck reads the journal's newest vault marks (read-only: the
-// daemon may be writing it) and fails when the vault last opened in
-// another state than it closed in before: vault.db was replaced or edited
-// while the daemon was down (the daemon recorded vault.state_changed and
-// warned). It passes again once the vault opens as it closed, at the next
-// start after a clean stop.
+// vaultStateCheck reads the journal's newest vault marks (read-only, as
+// the daemon may be writing it, and from the newest segment back, not the
+// whole journal) and fails when the vault last opened in another state
+// than it closed in before: vault.db was replaced or edited while the
+// daemon was down (the daemon recorded vault.state_changed and warned). It
+// passes again once the vault opens as it closed, at the next start after
+// a clean stop.
 func vaultStateCheck(stateDir string) hardening.Check {
 	const name = "vault state"
 	return hardening.Check{Name: name, Run: func(ctx context.Context) []hardening.Result {
@@ -219,13 +220,9 @@ func vaultStateCheck(stateDir string) hardening.Check {
 			return []hardening.Result{{Name: name, Status: st, Detail: detail, Fix: fix}}
 		}
 		dir := filepath.Join(stateDir, "audit")
-		j, err := audit.OpenReadOnly(dir, &audit.ReadOnlyOptions{Appender: recordsNothing{}})
+		marks, err := audit.DirLastVaultMarks(ctx, dir, 3)
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, audit.ErrNoSegments) {
 			return res(hardening.Skip, "no journal yet in "+dir, "")
-		}
-		var marks []audit.VaultMark
-		if err == nil {
-			marks, err = audit.LastVaultMarks(ctx, j, 3)
 		}
 		if err != nil {
 			return res(hardening.Warn, "cannot read the vault's recorded states: "+err.Error(), "run `applianced audit verify` and see the README on a damaged journal")
@@ -248,14 +245,6 @@ func vaultStateCheck(stateDir string) hardening.Check {
 			"if an administrator put a backup in place by hand, tell the auditor (the journal records it as vault.state_changed); otherwise investigate who replaced the file, check `applianced secret list` and rotate what it brought back. "+
 				"This check passes again after the next start that opens the vault as it closed")
 	}}
-}
-
-// recordsNothing is the appender of the journal doctor reads: doctor
-// appends nothing.
-type recordsNothing struct{}
-
-func (recordsNothing) Append(context.Context, *audit.Event) (uint64, error) {
-	return 0, errors.New("doctor records nothing in the journal")
 }
 
 // forwardLinksCheck warns about each link of the host (of namespace nsFd,
