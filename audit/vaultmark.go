@@ -85,18 +85,37 @@ func vaultMarksIn(ctx context.Context, j JournalView, from, to uint64) ([]VaultM
 // DirLastVaultMarks is LastVaultMarks of the journal in dir, read without
 // being opened (its daemon may be writing it) and from its newest segment
 // back: it reads and checks only as many segments as the n marks need,
-// doubling them each time, so that a long journal costs its tail.
+// doubling them each time, so that a long journal costs its tail. A torn
+// or cut newest entry (a crash, an append being written) ends the view
+// there and hides nothing older. Damage further back ends the widening
+// when it lies in the part a narrower view already read: the marks after
+// it are the ones that count, and a wider view would stop before them.
 func DirLastVaultMarks(ctx context.Context, dir string, n int) ([]VaultMark, error) {
+	segs, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		marks []VaultMark
+		read  uint64 // the first seq the last view read
+	)
 	for tail := 1; ; tail *= 2 {
 		v, err := OpenReadOnly(dir, &ReadOnlyOptions{Appender: appendsNothing{}, Tail: tail})
 		if err != nil {
+			if read != 0 {
+				return marks, nil // an older segment's header is bad
+			}
 			return nil, err
 		}
-		marks, err := LastVaultMarks(ctx, v, n)
-		// Fewer segments than asked for: the view held all there are, or
-		// stopped at damage, before which nothing more can be read.
-		if err != nil || len(marks) >= n || len(v.Segments()) < tail || v.Stop() != nil {
-			return marks, err
+		if p := v.Stop(); p != nil && read != 0 && p.Seq <= read {
+			return marks, nil
+		}
+		if marks, err = LastVaultMarks(ctx, v, n); err != nil {
+			return nil, err
+		}
+		read = v.FirstSeq()
+		if len(marks) >= n || tail >= len(segs) {
+			return marks, nil
 		}
 	}
 }

@@ -162,3 +162,46 @@ func damageByte(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// TestDirLastVaultMarksPastATornNewestEntry: a newest entry cut short (a
+// crash, or an append being written while doctor reads) ends the view
+// there; the marks before it, segments back, are still found.
+func TestDirLastVaultMarksPastATornNewestEntry(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, &Options{Logger: quiet(), SegmentBytes: 2048})
+	appendVaultRun(t, j, "s0", "s0", 30)
+	appendVaultRun(t, j, "s1", "", 60)
+	segs := j.Segments()
+	newest := segs[len(segs)-1]
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(newest.Path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte(`{"hash":"torn`), newest.Bytes); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	v, err := OpenReadOnly(dir, &ReadOnlyOptions{Appender: appendsNothing{}})
+	if err != nil || v.Stop() == nil || v.Stop().Seq != newest.Last+1 {
+		t.Fatalf("the journal does not end in a torn entry after seq %d: %v, %+v", newest.Last, err, v)
+	}
+	got, err := DirLastVaultMarks(context.Background(), dir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"vault.unseal s1", "vault.close s0", "vault.unseal s0"}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v, want %v", got, want)
+	}
+	for i, m := range got {
+		if s := m.Type + " " + m.State; s != want[i] {
+			t.Errorf("mark %d: got %s, want %s", i, s, want[i])
+		}
+	}
+	if got[0].Seq >= newest.First {
+		t.Fatalf("the newest mark is in the newest segment: the test does not read back")
+	}
+}
