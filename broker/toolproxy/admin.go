@@ -155,7 +155,7 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 			Outcome: audit.OutcomeSuccess, Source: "unix", Details: map[string]string{"account_id": accountID},
 		}
 		if _, err := p.opts.Audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
-			admin.WriteError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written")
+			admin.WriteError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written, so nothing was done; `applianced doctor` shows why (the journal's disk, its limit), then try again")
 			return
 		}
 		uri, err := p.EnrollTOTP(r.Context(), req.User, accountID)
@@ -197,7 +197,7 @@ func (p *Proxy) RegisterAdmin(mux *http.ServeMux) {
 			admin.WriteError(w, http.StatusNotFound, "not_enrolled", req.User+" (account "+accountID+") has no TOTP enrolment, so nothing is locked;"+
 				" give them one with applianced user totp enroll "+req.User)
 		case errors.Is(err, errAuditUnlock):
-			admin.WriteError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written; nothing was unlocked")
+			admin.WriteError(w, http.StatusServiceUnavailable, CodeAuditUnavailable, "the audit journal cannot be written, so nothing was unlocked; `applianced doctor` shows why (the journal's disk, its limit), then try again")
 		case err != nil:
 			admin.WriteError(w, http.StatusInternalServerError, CodeServerError, err.Error())
 		default:

@@ -229,6 +229,12 @@ func (p *Proxy) UnlockTOTP(ctx context.Context, user, accountID string, by audit
 	}
 	if cleared > 0 {
 		if _, err := p.store.unlockTOTP(accountID); err != nil {
+			// The unlock recorded above did not happen: say so.
+			_, _ = p.opts.Audit.Append(context.WithoutCancel(ctx), &audit.Event{
+				Type: ev.Type, Actor: by, Action: ev.Action, Target: user, Outcome: audit.OutcomeFailure, Source: ev.Source,
+				Reason:  "the unlock was not stored: " + err.Error(),
+				Details: map[string]string{"user": user, "account_id": accountID, "failures_cleared": "0"},
+			})
 			return nil, fmt.Errorf("toolproxy: unlocking the TOTP enrolment: %w", err)
 		}
 	}
