@@ -46,21 +46,23 @@ func receivedSeqs(t *testing.T, path, chain string) map[uint64]int {
 }
 
 // checkDelivered checks what the receiver holds of chain after `audit
-// deliver` reported sending seqs from..upTo: each seq before from once
-// (confirmed before the outage: not sent again), each seq after upTo
-// never, and each seq between once, or twice when the receiver already had
-// it: an entry sent as the receiver stopped is not confirmed, so it is sent
-// again, an identical copy (at least once, never lost).
-// The delivery must start at the receiver's first missing seq or at most
-// a few entries before it, never from further back.
-func checkDelivered(t *testing.T, before, got map[uint64]int, from, upTo, last uint64) {
+// deliver` reported sending seqs from..upTo. The delivery must start right
+// after the cursor the forwarder recorded for the chain (its audit.tamper
+// in the live journal), at or before the receiver's first missing seq.
+// Each seq up to the cursor (confirmed before the outage: not sent again)
+// arrived once, each seq after upTo never, and each seq between once, or
+// twice when the receiver already had it: an entry sent as the receiver
+// stopped is not confirmed, so it is sent again, an identical copy (at
+// least once, never lost).
+func checkDelivered(t *testing.T, cfg *config.File, chain string, before, got map[uint64]int, from, upTo, last uint64) {
 	t.Helper()
 	var had uint64
 	for before[had+1] > 0 {
 		had++
 	}
-	if from > had+1 || from+3 < had+1 {
-		t.Errorf("delivered from seq %d; the receiver had 1..%d, want from %d or a few entries before it", from, had, had+1)
+	cursor := tamperCursor(t, cfg, chain)
+	if from != cursor+1 || cursor > had {
+		t.Errorf("delivered from seq %d; the forwarder's cursor in the old chain was %d and the receiver had 1..%d, want from %d", from, cursor, had, cursor+1)
 	}
 	for s := uint64(1); s <= last; s++ {
 		want := 1
@@ -74,6 +76,32 @@ func checkDelivered(t *testing.T, before, got map[uint64]int, from, upTo, last u
 			t.Errorf("seq %d of the old chain: received %d times (%d before the delivery), want %d (delivered %d..%d)", s, got[s], before[s], want, from, upTo)
 		}
 	}
+}
+
+// tamperCursor is the cursor in chain that the forwarder's audit.tamper in
+// the live journal recorded when it met the new chain.
+func tamperCursor(t *testing.T, cfg *config.File, chain string) uint64 {
+	t.Helper()
+	e := testEnv()
+	if code := run(context.Background(), e, []string{"audit", "tail", "--config", cfg.Path, "-n", "500"}); code != exitOK {
+		t.Fatalf("audit tail: exit %d: %s", code, e.stderr)
+	}
+	for _, l := range strings.Split(fmt.Sprint(e.stdout), "\n") {
+		if !strings.Contains(l, `"type":"audit.tamper"`) || !strings.Contains(l, `"cursor_chain":"`+chain+`"`) {
+			continue
+		}
+		i := strings.Index(l, `"cursor":"`)
+		var c uint64
+		if i < 0 {
+			continue
+		}
+		if _, err := fmt.Sscanf(l[i:], `"cursor":"%d"`, &c); err != nil {
+			t.Fatalf("audit.tamper: %v: %s", err, l)
+		}
+		return c
+	}
+	t.Fatalf("no audit.tamper naming chain %s in the live journal:\n%s", chain, e.stdout)
+	return 0
 }
 
 // deliveredRange is the seqs `audit deliver` says it sent to target.
@@ -228,7 +256,7 @@ func TestAuditDeliverAfterAnOutageAndASetAside(t *testing.T) {
 		!strings.Contains(out, fmt.Sprintf("seq 1..%d readable", last)) || strings.Contains(out, "stops being readable") {
 		t.Errorf("got output:\n%s\nwant seq %d..%d delivered (the receiver had 1..%d), from the forwarder's audit.tamper", out, had+1, last, had)
 	}
-	checkDelivered(t, got, receivedSeqs(t, srv.File, chain), from, upTo, last)
+	checkDelivered(t, cfg, chain, got, receivedSeqs(t, srv.File, chain), from, upTo, last)
 
 	// Everything again, from the start: identical copies.
 	e = testEnv()
@@ -336,7 +364,7 @@ func TestAuditDeliverStopsAtTheDamage(t *testing.T) {
 		t.Errorf("got output:\n%s\nwant seq 1..%d delivered and the stop at %d named", out, bad-1, bad)
 	}
 	from, upTo := deliveredRange(t, out, "tcp://"+srv.Addr)
-	checkDelivered(t, had, receivedSeqs(t, srv.File, chain), from, upTo, last)
+	checkDelivered(t, cfg, chain, had, receivedSeqs(t, srv.File, chain), from, upTo, last)
 	if after := dirHashes(t, old); fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Errorf("the old journal changed:\nbefore %v\nafter  %v", before, after)
 	}
