@@ -39,9 +39,20 @@ type JournalView interface {
 // a journal that started a new chain (the old one set aside after damage)
 // holds no vault mark until the vault first opens on it.
 func LastVaultMarks(ctx context.Context, j JournalView, n int) ([]VaultMark, error) {
+	return LastVaultMarksWithin(ctx, j, n, 0)
+}
+
+// LastVaultMarksWithin is LastVaultMarks reading at most the newest
+// segments of j (all of them when segments is 0): what a start may read
+// before it is ready, however long the journal and however far back its
+// last mark.
+func LastVaultMarksWithin(ctx context.Context, j JournalView, n, segments int) ([]VaultMark, error) {
 	var out []VaultMark
 	last := j.LastSeq()
 	segs := j.Segments()
+	if segments > 0 && len(segs) > segments {
+		segs = segs[len(segs)-segments:]
+	}
 	for i := len(segs) - 1; i >= 0 && len(out) < n; i-- {
 		s := segs[i]
 		hi := min(s.Last, last)
@@ -90,7 +101,9 @@ func vaultMarksIn(ctx context.Context, j JournalView, from, to uint64) ([]VaultM
 // there and hides nothing older. Damage further back ends the widening
 // when it lies in the part a narrower view already read: the marks after
 // it are the ones that count, and a wider view would stop before them.
-func DirLastVaultMarks(ctx context.Context, dir string, n int) ([]VaultMark, error) {
+//
+// It reads at most the newest maxSegments segments (all when 0).
+func DirLastVaultMarks(ctx context.Context, dir string, n, maxSegments int) ([]VaultMark, error) {
 	segs, err := listSegments(dir)
 	if err != nil {
 		return nil, err
@@ -100,6 +113,9 @@ func DirLastVaultMarks(ctx context.Context, dir string, n int) ([]VaultMark, err
 		read  uint64 // the first seq the last view read
 	)
 	for tail := 1; ; tail *= 2 {
+		if maxSegments > 0 {
+			tail = min(tail, maxSegments)
+		}
 		v, err := OpenReadOnly(dir, &ReadOnlyOptions{Appender: appendsNothing{}, Tail: tail})
 		if err != nil {
 			if read != 0 {
@@ -114,7 +130,7 @@ func DirLastVaultMarks(ctx context.Context, dir string, n int) ([]VaultMark, err
 			return nil, err
 		}
 		read = v.FirstSeq()
-		if len(marks) >= n || tail >= len(segs) {
+		if len(marks) >= n || tail >= len(segs) || (maxSegments > 0 && tail >= maxSegments) {
 			return marks, nil
 		}
 	}

@@ -132,7 +132,7 @@ func TestDirLastVaultMarksReadsOnlyTheTail(t *testing.T) {
 	if whole.Stop() == nil || whole.LastSeq() >= segs[1].First {
 		t.Fatalf("the whole journal read on past the damaged first segment (last seq %d)", whole.LastSeq())
 	}
-	got, err := DirLastVaultMarks(context.Background(), dir, 3)
+	got, err := DirLastVaultMarks(context.Background(), dir, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestDirLastVaultMarksPastATornNewestEntry(t *testing.T) {
 	if err != nil || v.Stop() == nil || v.Stop().Seq != newest.Last+1 {
 		t.Fatalf("the journal does not end in a torn entry after seq %d: %v, %+v", newest.Last, err, v)
 	}
-	got, err := DirLastVaultMarks(context.Background(), dir, 3)
+	got, err := DirLastVaultMarks(context.Background(), dir, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,5 +203,23 @@ func TestDirLastVaultMarksPastATornNewestEntry(t *testing.T) {
 	}
 	if got[0].Seq >= newest.First {
 		t.Fatalf("the newest mark is in the newest segment: the test does not read back")
+	}
+}
+
+// TestLastVaultMarksWithinReadsNoFurther: bounded to the newest segments,
+// the look for marks does not read its way back to a mark older than
+// them, which the unbounded look finds.
+func TestLastVaultMarksWithinReadsNoFurther(t *testing.T) {
+	j := openTest(t, t.TempDir(), &Options{Logger: quiet(), SegmentBytes: 2048})
+	appendVaultRun(t, j, "s0", "", 60) // an opening, then many entries
+	if n := len(j.Segments()); n < 4 {
+		t.Fatalf("got %d segments, want the opening several back", n)
+	}
+	ctx := context.Background()
+	if got, err := LastVaultMarksWithin(ctx, j, 1, 2); err != nil || len(got) != 0 {
+		t.Errorf("within 2 segments: got %+v, %v; want none", got, err)
+	}
+	if got, err := LastVaultMarks(ctx, j, 1); err != nil || len(got) != 1 || got[0].State != "s0" {
+		t.Errorf("unbounded: got %+v, %v; want the opening of s0", got, err)
 	}
 }

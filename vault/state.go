@@ -6,10 +6,13 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"hash"
 	"strconv"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/applianced/applianced/audit"
 )
@@ -23,7 +26,8 @@ import (
 // closed in, which `audit verify` of the receiver's copy reports. The
 // appliance notices it itself at the opening: given the journal's newest
 // mark (Options.Recorded), Open records vault.state_changed when the vault
-// closed in another state.
+// closed in another state, and vault.unseal's state_check says what the
+// opening compared with (StateCheck).
 //
 // Open does not refuse such a vault. Its records still carry their MACs, so
 // it is a genuine earlier state of this appliance's own vault, and it is
@@ -80,11 +84,73 @@ func writeField(h hash.Hash, b []byte) {
 // it opened in).
 const DetailClosedState = "closed_state"
 
+// DetailStateCheck is the detail of vault.unseal that says what the
+// opening was compared with: one of the StateCheck results.
+const DetailStateCheck = "state_check"
+
+// The results of the comparison at the opening (StateCheck.Result).
+const (
+	// StateSame: the vault opens in the state its last recorded close
+	// left.
+	StateSame = "same"
+	// StateChanged: it closed in another state; vault.state_changed is
+	// recorded.
+	StateChanged = "changed"
+	// StateUnverified: the journal's newest mark is an opening with no
+	// close after it (a crash, a kill, or a stop whose close the journal
+	// did not take): whether vault.db changed since cannot be told.
+	StateUnverified = "unverified"
+	// StateUnknown: the journal's newest segments hold no mark (a new
+	// chain, or a mark older than what is read at the start).
+	StateUnknown = "unknown"
+)
+
+// StateCheck is what the opening compared the vault's state with, and
+// what it found.
+type StateCheck struct {
+	Result string `json:"result"` // StateSame, StateChanged, StateUnverified or StateUnknown
+	State  string `json:"vault_state"`
+	// MarkSeq and MarkState are the journal's newest mark the opening was
+	// compared with (zero and empty when StateUnknown): the close for
+	// StateSame and StateChanged, the opening for StateUnverified (zero
+	// and empty when it lies further back than the start reads).
+	MarkSeq   uint64 `json:"mark_seq,omitempty"`
+	MarkState string `json:"mark_state,omitempty"`
+}
+
+// StateCheck returns what the opening of v compared its state with.
+func (v *Vault) StateCheck() StateCheck { return v.stateCheck }
+
 // checkState compares the state the vault opens in with rec, the journal's
-// newest mark, and records vault.state_changed when the vault closed in
-// another one. Its error (ErrAudit) fails the opening.
+// newest mark, sets v.stateCheck, and records vault.state_changed when the
+// vault closed in another state. Its error (ErrAudit) fails the opening.
 func (v *Vault) checkState(ctx context.Context, rec *audit.VaultMark, state string) error {
-	if rec == nil || rec.Type != "vault.close" || rec.State == state {
+	c := StateCheck{Result: StateUnknown, State: state}
+	if rec != nil {
+		c.MarkSeq, c.MarkState = rec.Seq, rec.State
+		switch {
+		case rec.Type != "vault.close":
+			c.Result = StateUnverified
+		case rec.State == state:
+			c.Result = StateSame
+		default:
+			c.Result = StateChanged
+		}
+	}
+	v.stateCheck = c
+	switch c.Result {
+	case StateUnverified:
+		opened := "an opening further back than the start reads"
+		if rec.Seq > 0 {
+			opened = "seq " + strconv.FormatUint(rec.Seq, 10)
+		}
+		v.log.Warn("vault: the journal records no close of the vault after its last opening (a crash, a kill, or a stop whose close "+
+			"was not recorded), so whether vault.db was changed meanwhile cannot be told. If the daemon did not crash and no one "+
+			"stopped it with a kill, find out who did (journalctl -u applianced) and check `applianced secret list`",
+			"path", v.path, "opened", opened)
+		return nil
+	case StateChanged:
+	default:
 		return nil
 	}
 	closedSeq := strconv.FormatUint(rec.Seq, 10)
@@ -100,4 +166,20 @@ func (v *Vault) checkState(ctx context.Context, rec *audit.VaultMark, state stri
 		"vault.state_changed). Otherwise investigate: find who replaced the file, check `applianced secret list`, and rotate what it brought back",
 		"path", v.path, "closed_seq", rec.Seq, DetailClosedState, rec.State, DetailState, state)
 	return nil
+}
+
+// FileState returns the state digest of the closed database at path, as
+// Open would compute it, without the master key and without writing:
+// doctor compares it with the journal's last close while the daemon is
+// stopped, to say whether the next start will find vault.db changed.
+func FileState(path string) (string, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return "", fmt.Errorf("vault: database %s is locked by another process (is applianced running?)", path)
+		}
+		return "", fmt.Errorf("vault: %w", err)
+	}
+	defer db.Close()
+	return stateDigest(db)
 }

@@ -192,6 +192,9 @@ func TestOpenAfterACrashComparesNothing(t *testing.T) {
 	if changes := e.stateChanges(t); len(changes) != 0 {
 		t.Errorf("got %+v, want no vault.state_changed after a crash", changes)
 	}
+	if c := v.StateCheck(); c.Result != StateUnverified || c.MarkSeq != marks[0].Seq {
+		t.Errorf("got state check %+v, want unverified against the opening at seq %d", c, marks[0].Seq)
+	}
 	// The same opening compared with a close in that older state is one.
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
@@ -204,6 +207,28 @@ func TestOpenAfterACrashComparesNothing(t *testing.T) {
 	defer v.Close()
 	if changes := e.stateChanges(t); len(changes) != 1 {
 		t.Errorf("got %d vault.state_changed, want 1 when the mark is a close", len(changes))
+	}
+	if c := v.StateCheck(); c.Result != StateChanged || c.MarkState != marks[0].State || c.State == c.MarkState {
+		t.Errorf("got state check %+v, want changed from the close's state", c)
+	}
+}
+
+// TestOpenWithoutAMarkComparesNothing: a journal whose newest segments
+// hold no mark (a first start, a new chain) leaves nothing to compare
+// with: the opening records state_check unknown, and no change.
+func TestOpenWithoutAMarkComparesNothing(t *testing.T) {
+	e := newEnv(t, Config{})
+	if c := e.v.StateCheck(); c.Result != StateUnknown || c.MarkSeq != 0 || c.State == "" {
+		t.Errorf("got state check %+v, want unknown with the state opened", c)
+	}
+	var evs []audit.Event
+	for _, ev := range e.events(t) {
+		if ev.Type == "vault.unseal" {
+			evs = append(evs, ev)
+		}
+	}
+	if len(evs) != 1 || evs[0].Details[DetailStateCheck] != StateUnknown {
+		t.Errorf("got openings %+v, want one with state_check %q", evs, StateUnknown)
 	}
 }
 

@@ -61,9 +61,10 @@ type Options struct {
 	// and the vault opens in another state, vault.db was changed while the
 	// vault was closed: Open records vault.state_changed, with severity
 	// high and both digests, and logs a warning; it opens the vault all the
-	// same. Nil (no mark in the journal's chain) or a vault.unseal (no close
-	// after it: a crash, after which any state is possible) compares
-	// nothing. See state.go.
+	// same. A vault.unseal (no close after it: a crash or a kill, after
+	// which any state is possible) compares nothing and is logged as such;
+	// nil (no mark in what the journal read) compares nothing. The
+	// opening's vault.unseal says which (state_check). See state.go.
 	Recorded *audit.VaultMark
 }
 
@@ -107,6 +108,8 @@ type Vault struct {
 	kr     *keyring
 	master []byte
 	closed bool
+
+	stateCheck StateCheck // set by Open, read-only after
 }
 
 // Open opens (or creates) the vault database at path with the master key.
@@ -181,7 +184,8 @@ func Open(ctx context.Context, path string, masterKey []byte, cfg Config, opts *
 		return nil, err
 	}
 	if err := v.appendEvent(ctx, &audit.Event{Type: "vault.unseal", Target: path, Outcome: audit.OutcomeSuccess,
-		Details: map[string]string{"key_source": v.keySource, "term": fmt.Sprint(kr.active), DetailState: state}}); err != nil {
+		Details: map[string]string{"key_source": v.keySource, "term": fmt.Sprint(kr.active), DetailState: state,
+			DetailStateCheck: v.stateCheck.Result}}); err != nil {
 		v.closeQuietly()
 		return nil, err
 	}

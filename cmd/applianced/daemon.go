@@ -59,6 +59,9 @@ type daemon struct {
 	reloaders []func(context.Context, *config.File) error // get a validated new config on SIGHUP
 	reloadMu  sync.Mutex                                  // one reload at a time (SIGHUP, config reload)
 	ready     atomic.Bool
+	// vaultCheck is what the vault's opening compared its state with
+	// (openVault), for the admin status.
+	vaultCheck atomic.Pointer[vault.StateCheck]
 }
 
 // openDaemon opens every component for cfg. On error, whatever was opened
@@ -152,9 +155,11 @@ func (d *daemon) mountCore(ctx, bg context.Context) error {
 	d.admin.Handle("GET /metrics", promhttp.HandlerFor(d.metrics, promhttp.HandlerOpts{}))
 	d.admin.HandleFunc("GET /admin/v1/audit/tail", d.handleAuditTail)
 	d.admin.HandleFunc("GET /admin/v1/status", func(w http.ResponseWriter, r *http.Request) {
-		admin.WriteJSON(w, http.StatusOK, map[string]any{
-			"config": d.config().Path, "audit_last_seq": d.journal.LastSeq(), "ready": d.ready.Load(),
-		})
+		st := map[string]any{"config": d.config().Path, "audit_last_seq": d.journal.LastSeq(), "ready": d.ready.Load()}
+		if c := d.vaultCheck.Load(); c != nil {
+			st["vault_state_check"] = c
+		}
+		admin.WriteJSON(w, http.StatusOK, st)
 	})
 	d.mountReload()
 	d.admin.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -77,6 +77,7 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 	}
 	unitText := systemctlCat()
 	sealed := strings.Contains(unitText, "LoadCredentialEncrypted=master.key:")
+	client := admin.NewClient(cfg.Server.AdminSocket)
 	checks = append(checks,
 		hardening.FileModesCheck([]hardening.FileSpec{
 			{Path: cfg.Path, Kind: hardening.ConfigFile},
@@ -87,7 +88,7 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 		hardening.MasterKeyCheck(keyFile, unitText),
 		hardening.JournalLimitCheck(cfg.Server.StateDir, int64(cfg.Audit.MaxBytes), cmp.Or(cfg.Audit.DiskFull, audit.DiskFullBlock)),
 		auditChainCheck(cfg.Server.StateDir),
-		vaultStateCheck(cfg.Server.StateDir),
+		vaultStateCheck(cfg.Server.StateDir, client),
 	)
 	if cfg.LDAP != nil {
 		l := cfg.LDAP
@@ -96,7 +97,6 @@ func doctorChecks(e *env, cfgPath string) []hardening.Check {
 			InsecurePlaintext: l.InsecurePlaintext, DialTimeout: l.DialTimeout.D(),
 		}))
 	}
-	client := admin.NewClient(cfg.Server.AdminSocket)
 	var ingress []hardening.PortRule
 	for _, r := range cfg.Net.Ingress {
 		proto := r.Proto
@@ -206,46 +206,90 @@ func auditChainCheck(stateDir string) hardening.Check {
 	}}
 }
 
-// vaultStateCheck reads the journal's newest vault marks (read-only, as
-// the daemon may be writing it, and from the newest segment back, not the
-// whole journal) and fails when the vault last opened in another state
-// than it closed in before: vault.db was replaced or edited while the
-// daemon was down (the daemon recorded vault.state_changed and warned). It
-// passes again once the vault opens as it closed, at the next start after
-// a clean stop.
-func vaultStateCheck(stateDir string) hardening.Check {
+// vaultStateCheck says whether vault.db is the file the daemon last
+// closed. While the daemon runs it reports what the vault's opening
+// compared (the admin status): a fail when the vault opened in another
+// state than its last close (vault.db was replaced or edited while the
+// daemon was down; the daemon recorded vault.state_changed), a warning
+// when the run before recorded no close (a crash or a kill: nothing to
+// compare with). While the daemon is stopped it compares vault.db with the
+// journal's last close (read from the journal's newest segments, not the
+// whole of it): a fail says the next start will find the vault changed.
+func vaultStateCheck(stateDir string, client *admin.Client) hardening.Check {
 	const name = "vault state"
+	const fixChanged = "if an administrator put a backup in place by hand, tell the auditor (the journal records it as vault.state_changed); " +
+		"otherwise investigate who replaced the file, check `applianced secret list` and rotate what it brought back"
+	const fixUnverified = "if the daemon did not crash and no one killed it on purpose, find out who did (journalctl -u applianced) and " +
+		"check `applianced secret list`; the next clean stop and start compare again"
 	return hardening.Check{Name: name, Run: func(ctx context.Context) []hardening.Result {
 		res := func(st hardening.Status, detail, fix string) []hardening.Result {
 			return []hardening.Result{{Name: name, Status: st, Detail: detail, Fix: fix}}
 		}
+		var status struct {
+			Check *vault.StateCheck `json:"vault_state_check"`
+		}
+		if err := client.Call(ctx, "GET", "/admin/v1/status", nil, &status); err == nil && status.Check != nil {
+			c := status.Check
+			switch c.Result {
+			case vault.StateSame:
+				return res(hardening.Pass, fmt.Sprintf("the running daemon opened the vault in the state it closed in (seq %d)", c.MarkSeq), "")
+			case vault.StateChanged:
+				return res(hardening.Fail, fmt.Sprintf("the running daemon opened the vault in another state (%.12s…) than it closed in (seq %d, %.12s…): "+
+					"vault.db was replaced (an older copy put back) or edited while the daemon was down, and what was revoked or rotated since that copy may be back",
+					c.State, c.MarkSeq, c.MarkState), fixChanged+". This check passes again after a clean stop and start")
+			case vault.StateUnverified:
+				return res(hardening.Warn, fmt.Sprintf("the run before this one recorded no close of the vault after its opening (%s): a crash or a kill, "+
+					"so whether vault.db was changed meanwhile cannot be told", markSeq(c.MarkSeq)), fixUnverified)
+			default:
+				return res(hardening.Skip, "the journal's newest segments record no earlier state of the vault to compare with (a first start, or a journal set aside)", "")
+			}
+		}
+		// The daemon is stopped (or does not answer): the file against
+		// the journal's last record of it.
 		dir := filepath.Join(stateDir, "audit")
-		marks, err := audit.DirLastVaultMarks(ctx, dir, 3)
+		marks, err := audit.DirLastVaultMarks(ctx, dir, 1, doctorMarkSegments)
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, audit.ErrNoSegments) {
 			return res(hardening.Skip, "no journal yet in "+dir, "")
 		}
 		if err != nil {
 			return res(hardening.Warn, "cannot read the vault's recorded states: "+err.Error(), "run `applianced audit verify` and see the README on a damaged journal")
 		}
-		i := slices.IndexFunc(marks, func(m audit.VaultMark) bool { return m.Type == "vault.unseal" })
-		switch {
-		case i < 0:
-			return res(hardening.Skip, "the journal's chain records no opening of the vault yet", "")
-		case i+1 == len(marks):
-			return res(hardening.Pass, fmt.Sprintf("the vault last opened at seq %d; the journal's chain holds no close before it to compare with", marks[i].Seq), "")
-		case marks[i+1].Type != "vault.close":
-			return res(hardening.Pass, fmt.Sprintf("the vault last opened at seq %d after a crash (no close after the opening at seq %d): there is no state to compare with", marks[i].Seq, marks[i+1].Seq), "")
-		case marks[i+1].State == marks[i].State:
-			return res(hardening.Pass, fmt.Sprintf("the vault last opened (seq %d) in the state it closed in (seq %d)", marks[i].Seq, marks[i+1].Seq), "")
+		if len(marks) == 0 {
+			if _, segs, _ := audit.DirChain(dir); segs <= doctorMarkSegments {
+				return res(hardening.Skip, "the journal records no state of the vault yet", "")
+			}
+			// A clean stop's close would be among the newest segments.
+			marks = []audit.VaultMark{{Type: "vault.unseal"}}
 		}
-		opened, closed := marks[i], marks[i+1]
-		return res(hardening.Fail,
-			fmt.Sprintf("the vault last opened (seq %d, %s) in another state (%.12s…) than it closed in (seq %d, %.12s…): vault.db was replaced (an older copy put back) or edited while the daemon was down, and what was revoked or rotated since that copy may be back",
-				opened.Seq, opened.Time.UTC().Format(time.RFC3339), opened.State, closed.Seq, closed.State),
-			"if an administrator put a backup in place by hand, tell the auditor (the journal records it as vault.state_changed); otherwise investigate who replaced the file, check `applianced secret list` and rotate what it brought back. "+
-				"This check passes again after the next start that opens the vault as it closed")
+		m := marks[0]
+		if m.Type != "vault.close" {
+			return res(hardening.Warn, fmt.Sprintf("the daemon's last run recorded no close of the vault after its opening (%s): a crash or a kill, "+
+				"so whether vault.db was changed since cannot be told", markSeq(m.Seq)), fixUnverified)
+		}
+		state, err := vault.FileState(filepath.Join(stateDir, vault.DefaultFile))
+		if err != nil {
+			return res(hardening.Warn, "cannot read vault.db's state: "+err.Error(), "")
+		}
+		if state != m.State {
+			return res(hardening.Fail, fmt.Sprintf("vault.db (%.12s…) is not in the state the daemon closed it in (seq %d, %.12s…): it was replaced (an older copy put back) "+
+				"or edited since, and the next start will record vault.state_changed", state, m.Seq, m.State), fixChanged)
+		}
+		return res(hardening.Pass, fmt.Sprintf("vault.db is in the state the daemon closed it in (seq %d)", m.Seq), "")
 	}}
 }
+
+// markSeq names the opening a state check found: its seq, or none when it
+// lies further back than what was read.
+func markSeq(seq uint64) string {
+	if seq == 0 {
+		return "further back than the journal's newest segments"
+	}
+	return fmt.Sprintf("seq %d", seq)
+}
+
+// doctorMarkSegments bounds how far back doctor reads the journal for the
+// vault's last recorded state.
+const doctorMarkSegments = 8
 
 // forwardLinksCheck warns about each link of the host (of namespace nsFd,
 // 0 for doctor's own) that [net] forward_from matches although it is a

@@ -36,6 +36,13 @@ type vaultRekeyRequest struct {
 	Reencrypt bool `json:"reencrypt"`
 }
 
+// startMarkSegments bounds what the start reads of the journal for the
+// vault's last recorded state: the close of a clean stop is in the newest
+// segment (or the one before, when it was rotated just then); after a
+// crash the last opening may lie far back in a long journal, which the
+// start does not read its way to (the opening is then StateUnknown).
+const startMarkSegments = 2
+
 // openVault loads the master key ($CREDENTIALS_DIRECTORY/master.key, then
 // [vault] master_key_file), opens state_dir/vault.db and mounts the secret
 // and vault verbs on the admin socket. It is a step of (*daemon).open after
@@ -53,13 +60,19 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 	// vault records and warns of. The journal's own chain only: a new
 	// chain (the old journal set aside) holds none yet, and nothing is
 	// compared.
-	marks, err := audit.LastVaultMarks(ctx, d.journal, 1)
+	marks, err := audit.LastVaultMarksWithin(ctx, d.journal, 1, startMarkSegments)
 	if err != nil {
 		return fmt.Errorf("reading the vault's last recorded state from the audit journal: %w", err)
 	}
 	var recorded *audit.VaultMark
-	if len(marks) > 0 {
+	switch {
+	case len(marks) > 0:
 		recorded = &marks[0]
+	case len(d.journal.Segments()) > startMarkSegments:
+		// Older entries than the start read, and no mark among the
+		// newest: a clean stop's close would be there, so the last run
+		// ended without one, its opening further back.
+		recorded = &audit.VaultMark{Type: "vault.unseal"}
 	}
 	v, err := vault.Open(ctx, filepath.Join(cfg.Server.StateDir, vault.DefaultFile), key, cfg.Vault,
 		&vault.Options{Audit: d.journal, Logger: d.log, KeySource: source, Recorded: recorded})
@@ -71,6 +84,8 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 		return err
 	}
 	d.vault = v
+	check := v.StateCheck()
+	d.vaultCheck.Store(&check)
 	d.closers = append(d.closers, v.Close)
 	d.reloaders = append(d.reloaders, func(_ context.Context, c *config.File) error { return v.Reconfigure(c.Vault) })
 	mountSecrets(d.admin, v, func() []string {

@@ -132,23 +132,32 @@ func TestServeRecordsAVaultPutBack(t *testing.T) {
 	}
 }
 
-// TestDoctorReportsAVaultPutBack: doctor fails its vault state check while
-// the daemon runs on a vault put back, and after it stopped, until a start
-// opens the vault as it closed.
+// TestDoctorReportsAVaultPutBack: while the daemon runs on a vault put
+// back, doctor fails its vault state check, naming both states; once the
+// daemon stopped cleanly the file is as it closed it and doctor passes; a
+// file put back while the daemon is stopped fails doctor before the start
+// that would record it.
 func TestDoctorReportsAVaultPutBack(t *testing.T) {
 	cfg, r, copied, replaced := putBack(t)
 	res := doctorVaultState(t, cfg)
-	if res.Status != hardening.Fail || !strings.Contains(res.Detail, copied[:12]) || !strings.Contains(res.Detail, replaced[:12]) ||
-		!strings.Contains(res.Fix, "tell the auditor") {
+	if res.Status != hardening.Fail || !strings.Contains(res.Detail, "running daemon opened the vault in another state") ||
+		!strings.Contains(res.Detail, copied[:12]) || !strings.Contains(res.Detail, replaced[:12]) || !strings.Contains(res.Fix, "tell the auditor") {
 		t.Errorf("daemon running: got %+v, want a failure naming both states and what to do", res)
 	}
 	stopClean(t, r)
-	if res := doctorVaultState(t, cfg); res.Status != hardening.Fail {
-		t.Errorf("daemon stopped: got %+v, want the failure still", res)
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "in the state the daemon closed it in") {
+		t.Errorf("daemon stopped cleanly: got %+v, want a pass", res)
 	}
-	stopClean(t, startReady(t, cfg))
-	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass {
-		t.Errorf("after a start that opened the vault as it closed: got %+v, want a pass", res)
+
+	vaultDB := filepath.Join(cfg.Server.StateDir, vault.DefaultFile)
+	older := filepath.Join(t.TempDir(), "vault.db")
+	copyFile(t, vaultDB, older)
+	r = startReady(t, cfg)
+	cli(t, cfg, "stored-after-the-second-copy\n", "secret", "put", "later-key", "--type", "api_key")
+	stopClean(t, r)
+	copyFile(t, older, vaultDB)
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Fail || !strings.Contains(res.Detail, "next start will record vault.state_changed") {
+		t.Errorf("a copy put back while stopped: got %+v, want a failure saying the next start records it", res)
 	}
 }
 
@@ -161,12 +170,19 @@ func TestServeCleanRestartRecordsNoChange(t *testing.T) {
 	cli(t, cfg, "a-value\n", "secret", "put", "a-key", "--type", "api_key")
 	stopClean(t, r)
 	r = startReady(t, cfg)
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "running daemon opened the vault in the state it closed in") {
+		t.Errorf("daemon running: got %+v, want a pass saying the vault opened as it closed", res)
+	}
 	stopClean(t, r)
 	if changes := eventsOf(t, cfg, "vault.state_changed"); len(changes) != 0 {
 		t.Errorf("got %+v, want no vault.state_changed", changes)
 	}
-	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "in the state it closed in") {
-		t.Errorf("got %+v, want a pass saying the vault opened as it closed", res)
+	unseals := eventsOf(t, cfg, "vault.unseal")
+	if got := unseals[len(unseals)-1].Details[vault.DetailStateCheck]; got != vault.StateSame {
+		t.Errorf("the opening's state_check is %q, want %q", got, vault.StateSame)
+	}
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "in the state the daemon closed it in") {
+		t.Errorf("daemon stopped: got %+v, want a pass saying vault.db is as the daemon closed it", res)
 	}
 }
 
@@ -186,12 +202,13 @@ func TestServeVaultChangedThroughTheDaemonRaisesNoAlarm(t *testing.T) {
 	cli(t, cfg, "", "vault", "restore", backup)
 	cli(t, cfg, "third\n", "secret", "put", "b-key", "--type", "api_key")
 	stopClean(t, r)
-	stopClean(t, startReady(t, cfg))
+	r = startReady(t, cfg)
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "running daemon opened the vault in the state it closed in") {
+		t.Errorf("got %+v, want a pass saying the vault opened as it closed", res)
+	}
+	stopClean(t, r)
 	if changes := eventsOf(t, cfg, "vault.state_changed"); len(changes) != 0 {
 		t.Errorf("got %+v, want no vault.state_changed", changes)
-	}
-	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "in the state it closed in") {
-		t.Errorf("got %+v, want a pass saying the vault opened as it closed", res)
 	}
 }
 
@@ -215,10 +232,42 @@ func TestVaultStateDaemonChild(t *testing.T) {
 // TestServeAfterAKillRaisesNoAlarm: the daemon killed with SIGKILL after a
 // write leaves no close; the vault then opens in another state than its
 // last opening, which is no alarm: nothing can tell a crash's writes from
-// a change. doctor says there was nothing to compare.
+// a change. The opening says it could not compare (state_check
+// unverified), and doctor warns, stopped and running, until a clean stop.
 func TestServeAfterAKillRaisesNoAlarm(t *testing.T) {
 	cfg := testConfig(t, t.TempDir(), "")
 	stopClean(t, startReady(t, cfg)) // a close to compare with, before the crashed run
+	killedRun(t, cfg, func() { cli(t, cfg, "a-value\n", "secret", "put", "a-key", "--type", "api_key") })
+	if n := len(eventsOf(t, cfg, "vault.close")); n != 1 {
+		t.Fatalf("got %d vault.close events, want the first run's only", n)
+	}
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Warn || !strings.Contains(res.Detail, "last run recorded no close") {
+		t.Errorf("stopped after the kill: got %+v, want a warning that there is no close to compare with", res)
+	}
+	r := startReady(t, cfg)
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Warn || !strings.Contains(res.Detail, "run before this one recorded no close") {
+		t.Errorf("running after the kill: got %+v, want a warning that the opening compared nothing", res)
+	}
+	stopClean(t, r)
+	if changes := eventsOf(t, cfg, "vault.state_changed"); len(changes) != 0 {
+		t.Errorf("got %+v, want no vault.state_changed after a crash", changes)
+	}
+	unseals := eventsOf(t, cfg, "vault.unseal")
+	if n := len(unseals); n != 3 || unseals[1].Details[vault.DetailState] == unseals[2].Details[vault.DetailState] {
+		t.Fatalf("got %d openings %+v, want 3, the last in another state than the crashed run's", n, unseals)
+	}
+	if got := unseals[2].Details[vault.DetailStateCheck]; got != vault.StateUnverified {
+		t.Errorf("the opening after the kill has state_check %q, want %q", got, vault.StateUnverified)
+	}
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass {
+		t.Errorf("after a clean stop: got %+v, want a pass", res)
+	}
+}
+
+// killedRun runs the daemon on cfg in a child process, runs during once it
+// is ready, and kills it with SIGKILL: the run leaves no vault.close.
+func killedRun(t *testing.T, cfg *config.File, during func()) {
+	t.Helper()
 	msgs := notifySocket(t)
 	child := exec.Command(os.Args[0], "-test.run=^TestVaultStateDaemonChild$", "-test.count=1")
 	child.Env = append(os.Environ(), vaultStateChildEnv+"="+cfg.Path)
@@ -227,23 +276,47 @@ func TestServeAfterAKillRaisesNoAlarm(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
 	waitFor(t, msgs, "READY=1")
-	cli(t, cfg, "a-value\n", "secret", "put", "a-key", "--type", "api_key")
+	during()
 	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = child.Wait()
-	if n := len(eventsOf(t, cfg, "vault.close")); n != 1 {
-		t.Fatalf("got %d vault.close events, want the first run's only", n)
-	}
+}
+
+// TestServeAfterAKillOfALongRunIsUnverified: the killed run lasted long
+// enough that its opening lies further back than the start reads of the
+// journal (two segments); no close among them means the run ended without
+// one, and the next opening is unverified, not unknown; doctor warns,
+// stopped and running.
+func TestServeAfterAKillOfALongRunIsUnverified(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "\n[audit]\nsegment_bytes = \"64KiB\"\n")
 	stopClean(t, startReady(t, cfg))
-	if changes := eventsOf(t, cfg, "vault.state_changed"); len(changes) != 0 {
-		t.Errorf("got %+v, want no vault.state_changed after a crash", changes)
+	journal := filepath.Join(cfg.Server.StateDir, "audit")
+	killedRun(t, cfg, func() {
+		for i := 0; ; i++ {
+			if _, segs, err := audit.DirChain(journal); err != nil || segs > startMarkSegments+1 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			e := testEnv()
+			e.stdin = strings.NewReader(fmt.Sprintf("value %d\n", i))
+			if code := run(context.Background(), e, []string{"audit", "hash", "--config", cfg.Path, "-"}); code != exitOK {
+				t.Fatalf("audit hash: exit %d: %s", code, e.stderr)
+			}
+		}
+	})
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Warn || !strings.Contains(res.Detail, "last run recorded no close") {
+		t.Errorf("stopped after the kill: got %+v, want a warning that there is no close to compare with", res)
 	}
+	r := startReady(t, cfg)
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Warn || !strings.Contains(res.Detail, "further back than the journal's newest segments") {
+		t.Errorf("running after the kill: got %+v, want a warning that the opening compared nothing", res)
+	}
+	stopClean(t, r)
 	unseals := eventsOf(t, cfg, "vault.unseal")
-	if n := len(unseals); n != 3 || unseals[1].Details[vault.DetailState] == unseals[2].Details[vault.DetailState] {
-		t.Fatalf("got %d openings %+v, want 3, the last in another state than the crashed run's", n, unseals)
-	}
-	if res := doctorVaultState(t, cfg); res.Status != hardening.Pass || !strings.Contains(res.Detail, "after a crash") {
-		t.Errorf("got %+v, want a pass saying there was no close to compare with", res)
+	if got := unseals[len(unseals)-1].Details[vault.DetailStateCheck]; got != vault.StateUnverified {
+		t.Errorf("the opening after the kill has state_check %q, want %q", got, vault.StateUnverified)
 	}
 }
