@@ -260,3 +260,42 @@ func TestReceiverFileWithoutTheSetAsideChainFails(t *testing.T) {
 		t.Errorf("the file without chain %s: got problems %v, want one %s naming it", oldID, rep.Problems, audit.ProblemLink)
 	}
 }
+
+// TestLeftChainsNamesWhereEachTargetStood: a target whose cursor is in
+// another chain than the journal's is a left chain (its address, the
+// chain and the cursor), which the daemon delivers from; a target whose
+// cursor is in the journal's chain, and a new target, are not.
+func TestLeftChainsNamesWhereEachTargetStood(t *testing.T) {
+	base := t.TempDir()
+	cursors := filepath.Join(base, "cursors")
+	if err := os.Mkdir(cursors, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	open := func(dir string) *audit.Journal {
+		j, err := audit.Open(filepath.Join(base, dir), &audit.Options{Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { j.Close() })
+		if err := appendN(t, j, 3, 1); err != nil {
+			t.Fatal(err)
+		}
+		return j
+	}
+	old, live := open("old"), open("live")
+	left, stayed, fresh := "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"
+	if err := newCursor(cursors, left, old.ChainID()).store(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := newCursor(cursors, stayed, live.ChainID()).store(1); err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(live, []Target{{Address: left}, {Address: stayed}, {Address: fresh}}, &Options{Dir: cursors, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []LeftChain{{Target: left, Chain: old.ChainID(), Cursor: 2}}
+	if got := f.LeftChains(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+}

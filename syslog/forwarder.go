@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,7 +107,24 @@ type Forwarder struct {
 	retMu     sync.Mutex // guards the retention, which a reload may change
 	retain    time.Duration
 	keepBytes int64
+
+	left []LeftChain // set by NewForwarder, read-only after
 }
+
+// LeftChain is where a target stood in a chain the journal no longer is:
+// NewForwarder found the target's cursor in another chain (the journal
+// was set aside and a new one started), recorded audit.tamper, and sends
+// the new chain from its start. What the target missed of the old chain
+// is still in the directory set aside.
+type LeftChain struct {
+	Target string // its address
+	Chain  string // the chain the cursor stood in
+	Cursor uint64 // the last seq of it the target confirmed
+}
+
+// LeftChains returns the targets whose cursor NewForwarder found in
+// another chain than the journal's, in the order of the targets.
+func (f *Forwarder) LeftChains() []LeftChain { return slices.Clone(f.left) }
 
 // SetRetention changes Options.Retain and Options.KeepBytes of a running
 // forwarder, as a config reload does; the next Prune applies them.
@@ -194,6 +212,9 @@ func New(j Journal, targets []Target, opts *Options) (*Forwarder, error) {
 				"cursor", seq, "cursor_chain", chain, "journal_chain", j.ChainID(), "journal_seq", last)
 			t.tamper(context.Background(), "the journal is another chain than the one this target received: it was set aside or replaced",
 				map[string]string{"cursor": fmt.Sprint(seq), "cursor_chain": chain, "journal_chain": j.ChainID(), "journal_seq": fmt.Sprint(last)})
+			if chain != "" {
+				f.left = append(f.left, LeftChain{Target: tc.Address, Chain: chain, Cursor: seq})
+			}
 			seq = 0
 		} else if seq > last {
 			// The cursor is ahead of the journal: the journal was replaced
