@@ -216,6 +216,7 @@ func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
 	}
 
 	d.mountAuditDeliver(a.Syslog)
+	d.deliverSetAside(fw, a.Syslog)
 	d.admin.HandleFunc("GET "+adminAuditTargets, func(w http.ResponseWriter, r *http.Request) {
 		admin.WriteJSON(w, http.StatusOK, map[string]any{"targets": fw.Status()})
 	})

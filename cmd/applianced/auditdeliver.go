@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/applianced/applianced/audit"
@@ -36,6 +35,8 @@ type deliverRequest struct {
 	From    uint64 `json:"from,omitempty"`   // 0: each target's own start
 	Target  string `json:"target,omitempty"` // "": every configured target
 	Timeout string `json:"timeout,omitempty"`
+
+	atStart bool // the daemon's own delivery at its start (deliverSetAside), not an admin's
 }
 
 // deliverReply says what the old journal holds and what each target got.
@@ -69,7 +70,10 @@ func cmdAuditDeliver(ctx context.Context, e *env, args []string) int {
 		"event the forwarder recorded when it met the new chain names it), or from\n"+
 		"--from, or from the oldest entry kept. Receivers verify each chain on its own\n"+
 		"(audit_chain), and an entry received twice is an identical copy, not a\n"+
-		"problem. Exit 1 when a target did not get everything readable in time.",
+		"problem. The daemon does this on its own at the start that follows the move,\n"+
+		"for a journal set aside in the state dir; this verb is for a journal kept\n"+
+		"elsewhere, a target that was down then, or a resend. Exit 1 when a target did\n"+
+		"not get everything readable in time.",
 		"applianced audit deliver /var/lib/applianced/audit.damaged",
 		"applianced audit deliver --target tcp://siem.example:514 --from 5000 /var/lib/applianced/audit.damaged")
 	from := fs.Uint64("from", 0, "the first `SEQ` of DIR to send to every target (default: where each target stopped)")
@@ -147,17 +151,16 @@ func (d *daemon) mountAuditDeliver(targets []syslog.Target) {
 			}
 		}
 	}
-	var mu sync.Mutex
 	d.admin.HandleFunc("POST "+adminAuditDeliver, func(w http.ResponseWriter, r *http.Request) {
 		var req deliverRequest
 		if !admin.DecodeJSON(w, r, &req) {
 			return
 		}
-		if !mu.TryLock() {
-			admin.WriteError(w, http.StatusConflict, "busy", "another audit deliver is running")
+		if !d.deliverMu.TryLock() {
+			admin.WriteError(w, http.StatusConflict, "busy", "another audit deliver is running (an admin's, or the daemon's own for a journal set aside, at its start): try again when it ends")
 			return
 		}
-		defer mu.Unlock()
+		defer d.deliverMu.Unlock()
 		// A stop of the daemon ends the delivery at once: its result is
 		// recorded, and the temporary forwarder stopped, before the
 		// journal closes.
@@ -229,6 +232,9 @@ func (d *daemon) auditDeliver(ctx context.Context, req deliverRequest, configure
 
 	ev := deliverEvent(ctx, out, audit.OutcomeSuccess, "")
 	ev.Details["stage"], ev.Details["targets"] = "start", strings.Join(plan, "; ")
+	if req.atStart {
+		ev.Details["trigger"] = "daemon start"
+	}
 	if _, err := d.journal.Append(ctx, ev); err != nil {
 		d.log.Error("audit append failed", "type", ev.Type, "err", err)
 		return nil, http.StatusServiceUnavailable, errors.New("the audit journal cannot be written; nothing was delivered")
@@ -252,6 +258,9 @@ func (d *daemon) auditDeliver(ctx context.Context, req deliverRequest, configure
 	}
 	ev = deliverEvent(ctx, out, outcome, reason)
 	ev.Details["stage"], ev.Details["results"] = "result", strings.Join(results, "; ")
+	if req.atStart {
+		ev.Details["trigger"] = "daemon start"
+	}
 	// The delivery has happened, whatever the journal says now: the start
 	// event, which had to be written, says it was asked; a result that
 	// cannot be written is logged, and the caller gets it anyway.
@@ -432,4 +441,84 @@ func deliverEvent(ctx context.Context, out *deliverReply, outcome, reason string
 		ev.Actor = c.Actor()
 	}
 	return ev
+}
+
+// setAside is a journal directory set aside in the state dir.
+type setAside struct{ dir, chain string }
+
+// setAsideJournals lists the journals set aside in stateDir: the
+// directories audit.* holding segments, with their chain.
+func setAsideJournals(stateDir string) []setAside {
+	var out []setAside
+	dirs, _ := filepath.Glob(filepath.Join(stateDir, "audit.*"))
+	for _, p := range dirs {
+		if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
+			continue
+		}
+		if c, n, err := audit.DirChain(p); err == nil && n > 0 {
+			out = append(out, setAside{dir: p, chain: c})
+		}
+	}
+	return out
+}
+
+// autoDeliverTimeout bounds the delivery the daemon starts on its own: a
+// receiver still down by then gets the rest from an admin's `audit
+// deliver`, which doctor names.
+const autoDeliverTimeout = 10 * time.Minute
+
+// deliverSetAside starts, in the background, what `audit deliver DIR` does
+// for each chain the forwarders found their cursors in at start
+// (fw.LeftChains: the journal was set aside since the last run), when that
+// chain's journal is in the state dir: the targets get what they missed of
+// it without an admin. A chain whose journal is elsewhere, or a delivery
+// that fails, is logged with the command to run; the delivery is recorded
+// as an admin's is (audit.deliver, with trigger "daemon start"). A stop of
+// the daemon ends it, its result recorded first.
+func (d *daemon) deliverSetAside(fw *syslog.Forwarder, targets []syslog.Target) {
+	chains := map[string]bool{}
+	for _, l := range fw.LeftChains() {
+		chains[l.Chain] = true
+	}
+	if len(chains) == 0 {
+		return
+	}
+	var dirs []string
+	for _, a := range setAsideJournals(d.config().Server.StateDir) {
+		if chains[a.chain] {
+			dirs = append(dirs, a.dir)
+			delete(chains, a.chain)
+		}
+	}
+	for c := range chains {
+		d.log.Warn("audit: the syslog targets stopped in a journal chain that is no longer the live one, and no journal set aside in the state dir holds it: "+
+			"if it was moved elsewhere, run `applianced audit deliver DIR` on it so the targets get what they missed", "chain", c)
+	}
+	if len(dirs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, dir := range dirs {
+			d.deliverMu.Lock()
+			out, _, err := d.auditDeliver(ctx, deliverRequest{Dir: dir, Timeout: autoDeliverTimeout.String(), atStart: true}, targets)
+			d.deliverMu.Unlock()
+			switch {
+			case err != nil:
+				d.log.Warn("audit: could not deliver a journal set aside: run `applianced audit deliver "+dir+"`", "dir", dir, "err", err)
+			default:
+				for _, t := range out.Targets {
+					if !t.OK {
+						d.log.Warn("audit: a target did not get all of a journal set aside: run `applianced audit deliver "+dir+"` when it is back",
+							"dir", dir, "target", t.Address, "delivered", t.Delivered, "last", out.Last, "err", t.Error)
+						continue
+					}
+					d.log.Info("audit: delivered what a target missed of a journal set aside", "dir", dir, "target", t.Address, "from", t.From, "to", t.Delivered)
+				}
+			}
+		}
+	}()
+	d.closers = append(d.closers, func() error { cancel(); <-done; return nil })
 }

@@ -119,11 +119,12 @@ func deliveredRange(t *testing.T, out, target string) (from, upTo uint64) {
 
 // outageThenSetAside runs the daemon with a real rsyslog target, stops the
 // receiver, records a few events it never gets, stops the daemon, moves the
-// journal aside (damaging the tail of its last segment from seq damageAt
+// journal aside (into the state dir as audit.damaged when inStateDir, else
+// beside it; damaging the tail of its last segment from seq damageAt
 // when damageAt > 0) and starts a new daemon with the receiver back. It
 // returns the old directory, its chain, its last seq, and the checkpoint
 // key.
-func outageThenSetAside(t *testing.T, srv *rsyslog.Server, cfg *config.File, damageAt func(last uint64) uint64) (old, chain string, last uint64, pub string, d *running) {
+func outageThenSetAside(t *testing.T, srv *rsyslog.Server, cfg *config.File, damageAt func(last uint64) uint64, inStateDir bool) (old, chain string, last uint64, pub string, d *running) {
 	t.Helper()
 	ctx := context.Background()
 	msgs := notifySocket(t)
@@ -180,7 +181,12 @@ func outageThenSetAside(t *testing.T, srv *rsyslog.Server, cfg *config.File, dam
 		t.Fatalf("the journal before it is set aside: %v, %v", rep, err)
 	}
 	chain, last = rep.Chain, rep.Last
-	old = journal + ".damaged"
+	// In the state dir the daemon delivers it on its own at the next
+	// start (deliverSetAside); elsewhere only `audit deliver` does.
+	old = filepath.Join(filepath.Dir(cfg.Server.StateDir), "audit.damaged")
+	if inStateDir {
+		old = journal + ".damaged"
+	}
 	if err := os.Rename(journal, old); err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +236,7 @@ format = "rfc5424"
 func TestAuditDeliverAfterAnOutageAndASetAside(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	cfg := deliverConfig(t, srv)
-	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 })
+	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, false)
 	before := dirHashes(t, old)
 	got := receivedSeqs(t, srv.File, chain)
 	var had uint64
@@ -241,6 +247,10 @@ func TestAuditDeliverAfterAnOutageAndASetAside(t *testing.T) {
 		t.Fatalf("the receiver had seq 1..%d of %d before the set-aside, want the last ones missing", had, last)
 	}
 
+	// Moved out of the state dir: the daemon did not find it, and said so.
+	if logs := fmt.Sprint(d.env.stderr); !strings.Contains(logs, "no journal set aside in the state dir holds it") || !strings.Contains(logs, "applianced audit deliver DIR") {
+		t.Errorf("got log:\n%s\nwant a warning naming audit deliver", logs)
+	}
 	ctx := context.Background()
 	e := testEnv()
 	if code := run(ctx, e, []string{"audit", "deliver", "--config", cfg.Path, old}); code != exitOK {
@@ -348,7 +358,7 @@ func TestAuditDeliverStopsAtTheDamage(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	cfg := deliverConfig(t, srv)
 	var bad uint64
-	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(last uint64) uint64 { bad = last - 2; return bad })
+	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(last uint64) uint64 { bad = last - 2; return bad }, false)
 	before := dirHashes(t, old)
 	had := receivedSeqs(t, srv.File, chain)
 	ctx := context.Background()
@@ -406,7 +416,7 @@ func TestAuditDeliverStopsAtTheDamage(t *testing.T) {
 func TestAuditDeliverRefusesBadInput(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	cfg := deliverConfig(t, srv)
-	old, _, last, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 })
+	old, _, last, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, false)
 	live := filepath.Join(cfg.Server.StateDir, "audit")
 	copyOfLive := filepath.Join(t.TempDir(), "copy")
 	if err := os.CopyFS(copyOfLive, os.DirFS(live)); err != nil {
@@ -456,4 +466,81 @@ func TestAuditDeliverRefusesBadInput(t *testing.T) {
 	if code := d.stop(t); code != exitOK {
 		t.Fatalf("daemon exit %d: %s", code, d.env.stderr)
 	}
+}
+
+// TestSetAsideJournalIsDeliveredAtStart: the journal moved aside within the
+// state dir, as the README's recovery does; at the next start the daemon
+// sends each target what it missed of the old chain on its own, from just
+// after the cursor the forwarder recorded, records the delivery
+// (audit.deliver, trigger "daemon start", start and result), and the
+// receiver's file then verifies with both chains. The old directory is
+// unchanged.
+func TestSetAsideJournalIsDeliveredAtStart(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	cfg := deliverConfig(t, srv)
+	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, true)
+	hashes := dirHashes(t, old)
+	var results []string
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		results = deliverEvents(t, cfg, "result")
+		if len(results) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(results) != 1 || !strings.Contains(results[0], `"trigger":"daemon start"`) || !strings.Contains(results[0], `"outcome":"success"`) ||
+		!strings.Contains(results[0], fmt.Sprintf("delivered up to %d", last)) {
+		t.Fatalf("got audit.deliver results %v, want one by the daemon's start, delivered up to %d\ndaemon: %s", results, last, d.env.stderr)
+	}
+	starts := deliverEvents(t, cfg, "start")
+	if len(starts) != 1 || !strings.Contains(starts[0], `"trigger":"daemon start"`) || !strings.Contains(starts[0], chain) {
+		t.Fatalf("got audit.deliver starts %v, want one by the daemon's start naming chain %s", starts, chain)
+	}
+	var from uint64
+	if i := strings.Index(starts[0], "tcp://"+srv.Addr+" from "); i < 0 {
+		t.Fatalf("the start names no start for the target: %s", starts[0])
+	} else if _, err := fmt.Sscanf(starts[0][i+len("tcp://"+srv.Addr+" from "):], "%d", &from); err != nil {
+		t.Fatalf("the start names no start for the target: %v: %s", err, starts[0])
+	}
+	// What the receiver had before the delivery cannot be read now (the
+	// delivery ran as the daemon started): it had each seq up to the
+	// cursor, and may have had an entry or two after it, sent as it
+	// stopped, which then arrive twice.
+	got := receivedSeqs(t, srv.File, chain)
+	cursor := tamperCursor(t, cfg, chain)
+	before, dups := map[uint64]int{}, false
+	for s := uint64(1); s <= last; s++ {
+		switch {
+		case s <= cursor:
+			before[s] = 1
+		case got[s] > 1:
+			before[s], dups = got[s]-1, true
+		}
+	}
+	checkDelivered(t, cfg, chain, before, got, from, last, last)
+	if fmt.Sprint(hashes) != fmt.Sprint(dirHashes(t, old)) {
+		t.Errorf("the old journal changed")
+	}
+	if logs := fmt.Sprint(d.env.stderr); !strings.Contains(logs, "delivered what a target missed of a journal set aside") {
+		t.Errorf("got log:\n%s\nwant the delivery said", logs)
+	}
+	stopAndVerify(t, d, srv, pub, chain, last, dups)
+}
+
+// deliverEvents returns the live journal's audit.deliver events of stage
+// (start or result), as `audit tail` prints them.
+func deliverEvents(t *testing.T, cfg *config.File, stage string) []string {
+	t.Helper()
+	e := testEnv()
+	if code := run(context.Background(), e, []string{"audit", "tail", "--config", cfg.Path, "-n", "500"}); code != exitOK {
+		t.Fatalf("audit tail: exit %d: %s", code, e.stderr)
+	}
+	var out []string
+	for _, l := range strings.Split(fmt.Sprint(e.stdout), "\n") {
+		if strings.Contains(l, `"type":"audit.deliver"`) && strings.Contains(l, `"stage":"`+stage+`"`) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

@@ -62,6 +62,9 @@ type daemon struct {
 	// vaultCheck is what the vault's opening compared its state with
 	// (openVault), for the admin status.
 	vaultCheck atomic.Pointer[vault.StateCheck]
+	// deliverMu lets one audit delivery of a journal set aside run at a
+	// time: an admin's, or the daemon's own at its start.
+	deliverMu sync.Mutex
 }
 
 // openDaemon opens every component for cfg. On error, whatever was opened

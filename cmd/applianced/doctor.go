@@ -190,17 +190,9 @@ func auditChainCheck(stateDir string) hardening.Check {
 					Detail: fmt.Sprintf("the journal is chain %q, recorded up to seq %d", chain, seq)})
 			}
 		}
-		aside, _ := filepath.Glob(filepath.Join(stateDir, "audit.*"))
-		for _, p := range aside {
-			if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
-				continue
-			}
-			c, n, err := audit.DirChain(p)
-			if err != nil || n == 0 {
-				continue
-			}
+		for _, a := range setAsideJournals(stateDir) {
 			out = append(out, hardening.Result{Name: name, Status: hardening.Pass,
-				Detail: fmt.Sprintf("a journal set aside: %s (chain %q); if its targets may not have got all of it: `applianced audit deliver %s`, and keep it until the receivers' files verify", p, c, p)})
+				Detail: fmt.Sprintf("a journal set aside: %s (chain %q); if its targets may not have got all of it: `applianced audit deliver %s`, and keep it until the receivers' files verify", a.dir, a.chain, a.dir)})
 		}
 		return out
 	}}
