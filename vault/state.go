@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io/fs"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -100,8 +102,10 @@ const (
 	// close after it (a crash, a kill, or a stop whose close the journal
 	// did not take): whether vault.db changed since cannot be told.
 	StateUnverified = "unverified"
-	// StateUnknown: the journal's newest segments hold no mark (a new
-	// chain, or a mark older than what is read at the start).
+	// StateUnknown: the journal holds no earlier mark to compare with (a
+	// first start, or a new chain after a journal was set aside). A
+	// journal with older segments than the start reads and no mark among
+	// them is StateUnverified instead (the daemon passes an opening).
 	StateUnknown = "unknown"
 )
 
@@ -171,9 +175,24 @@ func (v *Vault) checkState(ctx context.Context, rec *audit.VaultMark, state stri
 // FileState returns the state digest of the closed database at path, as
 // Open would compute it, without the master key and without writing:
 // doctor compares it with the journal's last close while the daemon is
-// stopped, to say whether the next start will find vault.db changed.
-func FileState(path string) (string, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+// stopped, to say whether the next start will find vault.db changed. A
+// damaged file is an ErrCorrupt error, as at Open, not a panic.
+func FileState(path string) (state string, err error) {
+	if err := preflight(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	var db *bolt.DB
+	defer func() {
+		// bbolt panics on some damaged pages; a damaged file is an error.
+		if p := recover(); p != nil {
+			if db != nil {
+				_ = db.Close()
+			}
+			state, err = "", fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, p)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return "", fmt.Errorf("vault: database %s is locked by another process (is applianced running?)", path)
@@ -181,5 +200,8 @@ func FileState(path string) (string, error) {
 		return "", fmt.Errorf("vault: %w", err)
 	}
 	defer db.Close()
+	if err := checkDB(db); err != nil {
+		return "", fmt.Errorf("vault: database %s: %w: %v", path, ErrCorrupt, err)
+	}
 	return stateDigest(db)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/applianced/applianced/audit"
@@ -267,5 +268,42 @@ func TestUpgradeOfAnUpgradedVaultKeepsItsState(t *testing.T) {
 	}
 	if opened != closed || len(e.stateChanges(t)) != 0 {
 		t.Errorf("closed in %s, opened in %s after the compaction, changes %+v: want the same state and no vault.state_changed", closed, opened, e.stateChanges(t))
+	}
+}
+
+// TestFileStateOfADamagedFileIsAnError: FileState (doctor's read of a
+// stopped appliance's vault.db) reports a truncated or garbled file as
+// ErrCorrupt, never a panic, and gives an intact closed file the state
+// its close recorded.
+func TestFileStateOfADamagedFileIsAnError(t *testing.T) {
+	e := newEnv(t, Config{})
+	e.put(t, "a-key", TypeAPIKey, "a-value")
+	if err := e.v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var closed string
+	for _, ev := range e.events(t) {
+		if ev.Type == "vault.close" {
+			closed = ev.Details[DetailState]
+		}
+	}
+	if got, err := FileState(e.path); err != nil || got != closed || closed == "" {
+		t.Fatalf("FileState of the closed vault: %q, %v; want %q, the state its close recorded", got, err, closed)
+	}
+	b, err := os.ReadFile(e.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, damaged := range map[string][]byte{
+		"truncated": b[:len(b)/3],
+		"garbled":   append(append([]byte{}, b[:4096]...), bytes.Repeat([]byte{0xa5}, len(b)-4096)...),
+	} {
+		path := filepath.Join(t.TempDir(), "vault.db")
+		if err := os.WriteFile(path, damaged, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := FileState(path); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: got %q, %v; want ErrCorrupt", name, got, err)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,7 +37,13 @@ type deliverRequest struct {
 	Target  string `json:"target,omitempty"` // "": every configured target
 	Timeout string `json:"timeout,omitempty"`
 
-	atStart bool // the daemon's own delivery at its start (deliverSetAside), not an admin's
+	// The daemon's own delivery at its start (deliverSetAside), not an
+	// admin's: only the targets in cursors, each from just after its
+	// cursor in the old chain, and only when the directory holds the
+	// entry that anchor (the live chain's first entry) names.
+	atStart bool
+	cursors map[string]uint64
+	anchor  *audit.ChainStart
 }
 
 // deliverReply says what the old journal holds and what each target got.
@@ -199,9 +206,17 @@ func (d *daemon) auditDeliver(ctx context.Context, req deliverRequest, configure
 	if err != nil {
 		return nil, http.StatusBadRequest, err
 	}
+	if req.atStart {
+		targets = slices.DeleteFunc(slices.Clone(targets), func(t syslog.Target) bool { _, left := req.cursors[t.Address]; return !left })
+	}
 	v, err := audit.OpenReadOnly(req.Dir, &audit.ReadOnlyOptions{Appender: d.journal})
 	if err != nil {
 		return nil, http.StatusBadRequest, err
+	}
+	if req.atStart {
+		if err := anchored(ctx, v, req.anchor); err != nil {
+			return nil, http.StatusBadRequest, err
+		}
 	}
 	out := &deliverReply{Dir: req.Dir, Chain: v.ChainID(), First: v.FirstSeq(), Last: v.LastSeq(), Stop: v.Stop(), Targets: []deliverResult{}}
 	if out.Last < out.First {
@@ -211,7 +226,7 @@ func (d *daemon) auditDeliver(ctx context.Context, req deliverRequest, configure
 		return nil, http.StatusBadRequest, fmt.Errorf("from %d: %s holds seq %d..%d readable", req.From, req.Dir, out.First, out.Last)
 	}
 	var left map[string]tamperMark
-	if req.From == 0 {
+	if req.From == 0 && !req.atStart {
 		if left, err = d.leftChain(ctx, out.Chain); err != nil {
 			return nil, http.StatusInternalServerError, err
 		}
@@ -219,7 +234,11 @@ func (d *daemon) auditDeliver(ctx context.Context, req deliverRequest, configure
 	var plan []string
 	for _, t := range targets {
 		res := deliverResult{Address: t.Address, From: req.From, FromSource: "--from"}
-		if req.From == 0 {
+		switch {
+		case req.atStart:
+			c := req.cursors[t.Address]
+			res.From, res.FromSource = max(c+1, out.First), fmt.Sprintf("its cursor at start, seq %d", c)
+		case req.From == 0:
 			res.From, res.FromSource = out.First, "oldest kept entry"
 			if m, ok := left[t.Address]; ok {
 				res.From, res.FromSource = max(m.cursor+1, out.First), fmt.Sprintf("audit.tamper at seq %d", m.seq)
@@ -464,51 +483,102 @@ func setAsideJournals(stateDir string) []setAside {
 
 // autoDeliverTimeout bounds the delivery the daemon starts on its own: a
 // receiver still down by then gets the rest from an admin's `audit
-// deliver`, which doctor names.
+// deliver`, which the log and doctor name.
 const autoDeliverTimeout = 10 * time.Minute
 
-// deliverSetAside starts, in the background, what `audit deliver DIR` does
-// for each chain the forwarders found their cursors in at start
-// (fw.LeftChains: the journal was set aside since the last run), when that
-// chain's journal is in the state dir: the targets get what they missed of
-// it without an admin. A chain whose journal is elsewhere, or a delivery
-// that fails, is logged with the command to run; the delivery is recorded
-// as an admin's is (audit.deliver, with trigger "daemon start"). A stop of
-// the daemon ends it, its result recorded first.
-func (d *daemon) deliverSetAside(fw *syslog.Forwarder, targets []syslog.Target) {
-	chains := map[string]bool{}
-	for _, l := range fw.LeftChains() {
-		chains[l.Chain] = true
+// autoDeliverStopWait bounds how long a stop waits for that delivery to
+// record its result (the read of a large directory does not stop half-way).
+const autoDeliverStopWait = 15 * time.Second
+
+// anchored checks that v holds, readable, the entry the live chain's first
+// entry names as the last one recorded of the chain it continues, with
+// the same hash: the directory is that chain, not one made up with its id
+// (which every message carries).
+func anchored(ctx context.Context, v *audit.ReadOnlyJournal, cs *audit.ChainStart) error {
+	if cs == nil || !cs.Known || cs.Chain != v.ChainID() {
+		return fmt.Errorf("the live chain's first entry does not name chain %q as the one it continues", v.ChainID())
 	}
-	if len(chains) == 0 {
+	if cs.Seq < v.FirstSeq() || cs.Seq > v.LastSeq() {
+		return fmt.Errorf("%s holds seq %d..%d readable, not seq %d, which the live chain's first entry names", v.Dir(), v.FirstSeq(), v.LastSeq(), cs.Seq)
+	}
+	r, err := v.Reader(cs.Seq)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	e, err := r.Next(ctx)
+	if err != nil {
+		return err
+	}
+	if e.Seq != cs.Seq || e.Hash != cs.Hash {
+		return fmt.Errorf("seq %d of %s has another hash than the live chain's first entry names: it is not the journal that chain continues", cs.Seq, v.Dir())
+	}
+	return nil
+}
+
+// deliverSetAside starts, in the background, what `audit deliver DIR` does
+// for the targets the forwarders found in another chain at start
+// (fw.LeftChains: the journal was set aside since they last sent), each
+// from just after its own cursor, when that chain's journal is an audit.*
+// directory of the state dir and holds the entry the live chain's first
+// entry names (its chain start): the targets get what they missed without
+// an admin. A target still left in the old chain at a later start (it was
+// down) is tried again then. A chain whose journal is elsewhere, or a
+// delivery that fails, is logged with the command to run; the delivery is
+// recorded as an admin's is (audit.deliver, with trigger "daemon start").
+// A stop of the daemon ends it, its result recorded first.
+func (d *daemon) deliverSetAside(fw *syslog.Forwarder, targets []syslog.Target) {
+	byChain := map[string]map[string]uint64{}
+	for _, l := range fw.LeftChains() {
+		if byChain[l.Chain] == nil {
+			byChain[l.Chain] = map[string]uint64{}
+		}
+		byChain[l.Chain][l.Target] = l.Cursor
+	}
+	if len(byChain) == 0 {
 		return
 	}
-	var dirs []string
-	for _, a := range setAsideJournals(d.config().Server.StateDir) {
-		if chains[a.chain] {
-			dirs = append(dirs, a.dir)
-			delete(chains, a.chain)
+	start := d.liveChainStart()
+	type job struct {
+		dirs    []string
+		cursors map[string]uint64
+	}
+	var jobs []job
+	aside := setAsideJournals(d.config().Server.StateDir)
+	for chain, cursors := range byChain {
+		var dirs []string
+		for _, a := range aside {
+			if a.chain == chain {
+				dirs = append(dirs, a.dir)
+			}
 		}
+		if len(dirs) == 0 {
+			d.log.Warn("audit: syslog targets stopped in a journal chain that is no longer the live one, and no journal set aside in the state dir holds it: "+
+				"if it was moved elsewhere, run `applianced audit deliver DIR` on it so the targets get what they missed", "chain", chain)
+			continue
+		}
+		jobs = append(jobs, job{dirs: dirs, cursors: cursors})
 	}
-	for c := range chains {
-		d.log.Warn("audit: the syslog targets stopped in a journal chain that is no longer the live one, and no journal set aside in the state dir holds it: "+
-			"if it was moved elsewhere, run `applianced audit deliver DIR` on it so the targets get what they missed", "chain", c)
-	}
-	if len(dirs) == 0 {
+	if len(jobs) == 0 {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for _, dir := range dirs {
-			d.deliverMu.Lock()
-			out, _, err := d.auditDeliver(ctx, deliverRequest{Dir: dir, Timeout: autoDeliverTimeout.String(), atStart: true}, targets)
-			d.deliverMu.Unlock()
-			switch {
-			case err != nil:
-				d.log.Warn("audit: could not deliver a journal set aside: run `applianced audit deliver "+dir+"`", "dir", dir, "err", err)
-			default:
+		for _, j := range jobs {
+			for _, dir := range j.dirs {
+				if ctx.Err() != nil {
+					return
+				}
+				d.deliverMu.Lock()
+				out, _, err := d.auditDeliver(ctx, deliverRequest{Dir: dir, Timeout: autoDeliverTimeout.String(), atStart: true, cursors: j.cursors, anchor: start}, targets)
+				d.deliverMu.Unlock()
+				if err != nil {
+					d.log.Warn("audit: a journal set aside was not delivered on its own; see why, and deliver it with `applianced audit deliver "+dir+"`",
+						"dir", dir, "err", err)
+					continue // another directory may hold the chain
+				}
 				for _, t := range out.Targets {
 					if !t.OK {
 						d.log.Warn("audit: a target did not get all of a journal set aside: run `applianced audit deliver "+dir+"` when it is back",
@@ -517,8 +587,42 @@ func (d *daemon) deliverSetAside(fw *syslog.Forwarder, targets []syslog.Target) 
 					}
 					d.log.Info("audit: delivered what a target missed of a journal set aside", "dir", dir, "target", t.Address, "from", t.From, "to", t.Delivered)
 				}
+				break
 			}
 		}
 	}()
-	d.closers = append(d.closers, func() error { cancel(); <-done; return nil })
+	d.closers = append(d.closers, func() error {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(autoDeliverStopWait):
+			d.log.Warn("audit: stopping while still reading a journal set aside; its delivery's result may not be recorded")
+		}
+		return nil
+	})
+}
+
+// liveChainStart is what the live journal's first entry says of the chain
+// it continues; nil when its first entry is not a chain start (a first
+// journal, or seq 1 no longer kept).
+func (d *daemon) liveChainStart() *audit.ChainStart {
+	if segs := d.journal.Segments(); len(segs) == 0 || segs[0].First != 1 {
+		return nil
+	}
+	r, err := d.journal.Reader(1)
+	if err != nil {
+		return nil
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	e, err := r.Next(ctx)
+	if err != nil || e.Event.Type != audit.TypeChainStart {
+		return nil
+	}
+	cs, err := audit.ParseChainStart(&e.Event)
+	if err != nil {
+		return nil
+	}
+	return cs
 }

@@ -18,7 +18,7 @@ import (
 func TestAuditDeliverEndsWhenTheDaemonStops(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	cfg := deliverConfig(t, srv)
-	old, _, _, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, false)
+	old, _, _, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, asideBeside)
 	if err := srv.Stop(); err != nil { // the SIEM is down again
 		t.Fatal(err)
 	}

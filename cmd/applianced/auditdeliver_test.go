@@ -16,6 +16,7 @@ import (
 	"github.com/applianced/applianced/internal/config"
 	"github.com/applianced/applianced/internal/testenv/fstree"
 	"github.com/applianced/applianced/internal/testenv/rsyslog"
+	"github.com/applianced/applianced/syslog"
 )
 
 // dirHashes maps every file under dir to its mode, time and SHA-256.
@@ -119,12 +120,11 @@ func deliveredRange(t *testing.T, out, target string) (from, upTo uint64) {
 
 // outageThenSetAside runs the daemon with a real rsyslog target, stops the
 // receiver, records a few events it never gets, stops the daemon, moves the
-// journal aside (into the state dir as audit.damaged when inStateDir, else
-// beside it; damaging the tail of its last segment from seq damageAt
-// when damageAt > 0) and starts a new daemon with the receiver back. It
+// journal aside (where aside puts it, which it returns; damaging the tail
+// of its last segment from seq damageAt when damageAt > 0) and starts a new daemon with the receiver back. It
 // returns the old directory, its chain, its last seq, and the checkpoint
 // key.
-func outageThenSetAside(t *testing.T, srv *rsyslog.Server, cfg *config.File, damageAt func(last uint64) uint64, inStateDir bool) (old, chain string, last uint64, pub string, d *running) {
+func outageThenSetAside(t *testing.T, srv *rsyslog.Server, cfg *config.File, damageAt func(last uint64) uint64, aside func(t *testing.T, journal string) string) (old, chain string, last uint64, pub string, d *running) {
 	t.Helper()
 	ctx := context.Background()
 	msgs := notifySocket(t)
@@ -181,30 +181,9 @@ func outageThenSetAside(t *testing.T, srv *rsyslog.Server, cfg *config.File, dam
 		t.Fatalf("the journal before it is set aside: %v, %v", rep, err)
 	}
 	chain, last = rep.Chain, rep.Last
-	// In the state dir the daemon delivers it on its own at the next
-	// start (deliverSetAside); elsewhere only `audit deliver` does.
-	old = filepath.Join(filepath.Dir(cfg.Server.StateDir), "audit.damaged")
-	if inStateDir {
-		old = journal + ".damaged"
-	}
-	if err := os.Rename(journal, old); err != nil {
-		t.Fatal(err)
-	}
+	old = aside(t, journal)
 	if at := damageAt(last); at > 0 {
-		segs, _ := filepath.Glob(filepath.Join(old, "journal-*.log"))
-		seg := segs[len(segs)-1]
-		b, err := os.ReadFile(seg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		i := bytes.Index(b, []byte(fmt.Sprintf(` {"seq":%d,`, at)))
-		if i < 0 {
-			t.Fatalf("seq %d is not in the last segment", at)
-		}
-		b[i+30] ^= 0x20 // inside the event text: the hash no longer matches
-		if err := os.WriteFile(seg, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		damageSeq(t, old, at)
 	}
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -213,6 +192,46 @@ func outageThenSetAside(t *testing.T, srv *rsyslog.Server, cfg *config.File, dam
 	d = startDaemon(t, cfg)
 	waitFor(t, msgs, "READY=1")
 	return old, chain, last, pub, d
+}
+
+// asideBeside moves the journal out of the state dir, beside it: only
+// `audit deliver` delivers it from there.
+func asideBeside(t *testing.T, journal string) string {
+	old := filepath.Join(filepath.Dir(filepath.Dir(journal)), "audit.damaged")
+	if err := os.Rename(journal, old); err != nil {
+		t.Fatal(err)
+	}
+	return old
+}
+
+// asideInto moves the journal aside within the state dir, as the README's
+// recovery does: the daemon delivers it on its own at the next start.
+func asideInto(t *testing.T, journal string) string {
+	old := journal + ".damaged"
+	if err := os.Rename(journal, old); err != nil {
+		t.Fatal(err)
+	}
+	return old
+}
+
+// damageSeq flips a byte inside the event text of seq at in the journal
+// in dir (its last segment): its hash no longer matches.
+func damageSeq(t *testing.T, dir string, at uint64) {
+	t.Helper()
+	segs, _ := filepath.Glob(filepath.Join(dir, "journal-*.log"))
+	seg := segs[len(segs)-1]
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte(fmt.Sprintf(` {"seq":%d,`, at)))
+	if i < 0 {
+		t.Fatalf("seq %d is not in the last segment", at)
+	}
+	b[i+30] ^= 0x20
+	if err := os.WriteFile(seg, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func deliverConfig(t *testing.T, srv *rsyslog.Server) *config.File {
@@ -236,7 +255,7 @@ format = "rfc5424"
 func TestAuditDeliverAfterAnOutageAndASetAside(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	cfg := deliverConfig(t, srv)
-	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, false)
+	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, asideBeside)
 	before := dirHashes(t, old)
 	got := receivedSeqs(t, srv.File, chain)
 	var had uint64
@@ -358,7 +377,7 @@ func TestAuditDeliverStopsAtTheDamage(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	cfg := deliverConfig(t, srv)
 	var bad uint64
-	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(last uint64) uint64 { bad = last - 2; return bad }, false)
+	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(last uint64) uint64 { bad = last - 2; return bad }, asideBeside)
 	before := dirHashes(t, old)
 	had := receivedSeqs(t, srv.File, chain)
 	ctx := context.Background()
@@ -416,7 +435,7 @@ func TestAuditDeliverStopsAtTheDamage(t *testing.T) {
 func TestAuditDeliverRefusesBadInput(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	cfg := deliverConfig(t, srv)
-	old, _, last, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, false)
+	old, _, last, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, asideBeside)
 	live := filepath.Join(cfg.Server.StateDir, "audit")
 	copyOfLive := filepath.Join(t.TempDir(), "copy")
 	if err := os.CopyFS(copyOfLive, os.DirFS(live)); err != nil {
@@ -478,7 +497,7 @@ func TestAuditDeliverRefusesBadInput(t *testing.T) {
 func TestSetAsideJournalIsDeliveredAtStart(t *testing.T) {
 	srv := rsyslog.Start(t, rsyslog.Options{})
 	cfg := deliverConfig(t, srv)
-	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, true)
+	old, chain, last, pub, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, asideInto)
 	hashes := dirHashes(t, old)
 	var results []string
 	deadline := time.Now().Add(60 * time.Second)
@@ -514,7 +533,9 @@ func TestSetAsideJournalIsDeliveredAtStart(t *testing.T) {
 		switch {
 		case s <= cursor:
 			before[s] = 1
-		case got[s] > 1:
+		case got[s] > 1 && s <= cursor+3:
+			// In flight as the receiver stopped: a few entries at most,
+			// right after the cursor. Any other copy is a second delivery.
 			before[s], dups = got[s]-1, true
 		}
 	}
@@ -543,4 +564,54 @@ func deliverEvents(t *testing.T, cfg *config.File, stage string) []string {
 		}
 	}
 	return out
+}
+
+// TestSetAsideDeliveredAtStartOnlyWhenAnchored: a second directory in the
+// state dir carries the old chain's id (any message names it) but not the
+// entry the live chain's first entry names (here: a copy whose tail is
+// damaged, as a made-up one would be): the daemon does not deliver it,
+// says so with the command to run, and delivers the real one. A target
+// added to the config after the set-aside was never in the old chain: it
+// gets none of it.
+func TestSetAsideDeliveredAtStartOnlyWhenAnchored(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	added := rsyslog.Start(t, rsyslog.Options{})
+	cfg := deliverConfig(t, srv)
+	var decoy string
+	old, chain, last, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, func(t *testing.T, journal string) string {
+		old := asideInto(t, journal)
+		decoy = journal + ".0" // listed before audit.damaged
+		if err := os.CopyFS(decoy, os.DirFS(old)); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := audit.VerifyDir(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		damageSeq(t, decoy, rep.Last)
+		cfg.Audit.Syslog = append(cfg.Audit.Syslog, syslog.Target{Address: "tcp://" + added.Addr, Format: syslog.FormatRFC5424})
+		return old
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for len(deliverEvents(t, cfg, "result")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	starts := deliverEvents(t, cfg, "start")
+	if len(starts) != 1 || !strings.Contains(starts[0], old) || strings.Contains(starts[0], added.Addr) {
+		t.Fatalf("got audit.deliver starts %v, want one, of %s, for the target that was left only", starts, old)
+	}
+	logs := fmt.Sprint(d.env.stderr)
+	if !strings.Contains(logs, "was not delivered on its own") || !strings.Contains(logs, decoy) || !strings.Contains(logs, "has another hash than the live chain's first entry names") &&
+		!strings.Contains(logs, "not seq") {
+		t.Errorf("got log:\n%s\nwant the decoy %s refused, with why", logs, decoy)
+	}
+	got := receivedSeqs(t, srv.File, chain)
+	for s := uint64(1); s <= last; s++ {
+		if got[s] == 0 {
+			t.Errorf("seq %d of the old chain never reached the target that missed it", s)
+		}
+	}
+	if n := len(receivedSeqs(t, added.File, chain)); n != 0 {
+		t.Errorf("the target added after the set-aside got %d entries of the old chain, want none", n)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/applianced/applianced/audit"
@@ -211,8 +212,8 @@ func vaultStateCheck(stateDir string, client *admin.Client) hardening.Check {
 	const name = "vault state"
 	const fixChanged = "if an administrator put a backup in place by hand, tell the auditor (the journal records it as vault.state_changed); " +
 		"otherwise investigate who replaced the file, check `applianced secret list` and rotate what it brought back"
-	const fixUnverified = "if the daemon did not crash and no one killed it on purpose, find out who did (journalctl -u applianced) and " +
-		"check `applianced secret list`; the next clean stop and start compare again"
+	const fixUnverified = "see why the last run ended without a close (journalctl -u applianced: a crash, a full journal); if no one killed it on purpose, " +
+		"find out who did and check `applianced secret list`; the next clean stop and start compare again"
 	return hardening.Check{Name: name, Run: func(ctx context.Context) []hardening.Result {
 		res := func(st hardening.Status, detail, fix string) []hardening.Result {
 			return []hardening.Result{{Name: name, Status: st, Detail: detail, Fix: fix}}
@@ -220,7 +221,17 @@ func vaultStateCheck(stateDir string, client *admin.Client) hardening.Check {
 		var status struct {
 			Check *vault.StateCheck `json:"vault_state_check"`
 		}
-		if err := client.Call(ctx, "GET", "/admin/v1/status", nil, &status); err == nil && status.Check != nil {
+		err := client.Call(ctx, "GET", "/admin/v1/status", nil, &status)
+		switch {
+		case err == nil && status.Check == nil:
+			return res(hardening.Skip, "the running daemon does not report its vault's state (no vault open, or an older daemon)", "")
+		case err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED):
+			// Something answers on the admin socket, or it cannot be
+			// reached for another reason: the daemon may be running, and
+			// its journal and vault.db are its own.
+			return res(hardening.Warn, "could not ask the daemon for its vault's state: "+err.Error(),
+				"run doctor as root (or a member of the admin group) once the daemon is ready")
+		case err == nil:
 			c := status.Check
 			switch c.Result {
 			case vault.StateSame:
@@ -230,7 +241,7 @@ func vaultStateCheck(stateDir string, client *admin.Client) hardening.Check {
 					"vault.db was replaced (an older copy put back) or edited while the daemon was down, and what was revoked or rotated since that copy may be back",
 					c.State, c.MarkSeq, c.MarkState), fixChanged+". This check passes again after a clean stop and start")
 			case vault.StateUnverified:
-				return res(hardening.Warn, fmt.Sprintf("the run before this one recorded no close of the vault after its opening (%s): a crash or a kill, "+
+				return res(hardening.Warn, fmt.Sprintf("the run before this one recorded no close of the vault after its opening (%s): a crash, a kill, or a stop whose close the journal did not take, "+
 					"so whether vault.db was changed meanwhile cannot be told", markSeq(c.MarkSeq)), fixUnverified)
 			default:
 				return res(hardening.Skip, "the journal's newest segments record no earlier state of the vault to compare with (a first start, or a journal set aside)", "")
@@ -255,7 +266,7 @@ func vaultStateCheck(stateDir string, client *admin.Client) hardening.Check {
 		}
 		m := marks[0]
 		if m.Type != "vault.close" {
-			return res(hardening.Warn, fmt.Sprintf("the daemon's last run recorded no close of the vault after its opening (%s): a crash or a kill, "+
+			return res(hardening.Warn, fmt.Sprintf("the daemon's last run recorded no close of the vault after its opening (%s): a crash, a kill, or a stop whose close the journal did not take, "+
 				"so whether vault.db was changed since cannot be told", markSeq(m.Seq)), fixUnverified)
 		}
 		state, err := vault.FileState(filepath.Join(stateDir, vault.DefaultFile))

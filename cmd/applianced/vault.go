@@ -40,7 +40,8 @@ type vaultRekeyRequest struct {
 // vault's last recorded state: the close of a clean stop is in the newest
 // segment (or the one before, when it was rotated just then); after a
 // crash the last opening may lie far back in a long journal, which the
-// start does not read its way to (the opening is then StateUnknown).
+// start does not read its way to: older segments with no mark among the
+// newest mean the last run ended without a close (StateUnverified).
 const startMarkSegments = 2
 
 // openVault loads the master key ($CREDENTIALS_DIRECTORY/master.key, then
