@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -318,5 +320,30 @@ func TestServeAfterAKillOfALongRunIsUnverified(t *testing.T) {
 	unseals := eventsOf(t, cfg, "vault.unseal")
 	if got := unseals[len(unseals)-1].Details[vault.DetailStateCheck]; got != vault.StateUnverified {
 		t.Errorf("the opening after the kill has state_check %q, want %q", got, vault.StateUnverified)
+	}
+}
+
+// TestDoctorVaultStateWhenTheDaemonDoesNotAnswer: something listens on the
+// admin socket but refuses the status (a daemon starting, or doctor run
+// without the rights): doctor warns that it could not ask, and does not
+// read the journal as if the daemon were stopped (which would blame a
+// crash for the running daemon's own opening).
+func TestDoctorVaultStateWhenTheDaemonDoesNotAnswer(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	stopClean(t, startReady(t, cfg))
+	ln, err := net.Listen("unix", cfg.Server.AdminSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprint(w, `{"error":"forbidden","error_description":"not an admin"}`)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	res := doctorVaultState(t, cfg)
+	if res.Status != hardening.Warn || !strings.Contains(res.Detail, "could not ask the daemon") {
+		t.Errorf("got %+v, want a warning that the daemon could not be asked", res)
 	}
 }
