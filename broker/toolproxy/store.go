@@ -394,11 +394,10 @@ func (s *store) totpByName(user string) (other, legacy bool, err error) {
 	return other, legacy, err
 }
 
-// useTOTPStep records step as used for accountID if it is newer than the
-// last one; false means a replay.
-func (s *store) useTOTPStep(accountID string, step int64) (bool, error) {
-	ok := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+// updateTOTP runs fn on accountID's enrolment in one transaction and
+// stores it when fn says it changed it; nothing when there is none.
+func (s *store) updateTOTP(accountID string, fn func(r *totpRecord) (changed bool)) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTOTPAccounts)
 		v := b.Get([]byte(accountID))
 		if v == nil {
@@ -408,16 +407,26 @@ func (s *store) useTOTPStep(accountID string, step int64) (bool, error) {
 		if err := json.Unmarshal(v, &r); err != nil {
 			return err
 		}
-		if step <= r.LastStep {
+		if !fn(&r) {
 			return nil
 		}
-		r.LastStep, r.Failures = step, 0
-		ok = true
 		nv, err := json.Marshal(&r)
 		if err != nil {
 			return err
 		}
 		return b.Put([]byte(accountID), nv)
+	})
+}
+
+// useTOTPStep records step as used for accountID if it is newer than the
+// last one; false means a replay.
+func (s *store) useTOTPStep(accountID string, step int64) (ok bool, err error) {
+	err = s.updateTOTP(accountID, func(r *totpRecord) bool {
+		if step <= r.LastStep {
+			return false
+		}
+		r.LastStep, r.Failures, ok = step, 0, true
+		return true
 	})
 	return ok, err
 }
@@ -425,28 +434,14 @@ func (s *store) useTOTPStep(accountID string, step int64) (bool, error) {
 // totpFailed counts a wrong code for accountID at now and returns its
 // wrong codes in a row; 0 if it has no enrolment. The code that locks the
 // enrolment sets its LockedAt.
-func (s *store) totpFailed(accountID string, now time.Time) (int, error) {
-	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTOTPAccounts)
-		v := b.Get([]byte(accountID))
-		if v == nil {
-			return nil
-		}
-		var r totpRecord
-		if err := json.Unmarshal(v, &r); err != nil {
-			return err
-		}
+func (s *store) totpFailed(accountID string, now time.Time) (n int, err error) {
+	err = s.updateTOTP(accountID, func(r *totpRecord) bool {
 		r.Failures++
 		n = r.Failures
 		if r.locked() && r.LockedAt.IsZero() {
 			r.LockedAt = now.UTC()
 		}
-		nv, err := json.Marshal(&r)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(accountID), nv)
+		return true
 	})
 	return n, err
 }
@@ -456,26 +451,12 @@ func (s *store) totpFailed(accountID string, now time.Time) (int, error) {
 // stay. It says whether it cleared anything: an enrolment that is not
 // locked (or none) is left as it is.
 func (s *store) unlockTOTP(accountID string) (cleared bool, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTOTPAccounts)
-		v := b.Get([]byte(accountID))
-		if v == nil {
-			return nil
-		}
-		var r totpRecord
-		if err := json.Unmarshal(v, &r); err != nil {
-			return err
-		}
+	err = s.updateTOTP(accountID, func(r *totpRecord) bool {
 		if !r.locked() {
-			return nil
+			return false
 		}
-		r.Failures, r.LockedAt = 0, time.Time{}
-		nv, err := json.Marshal(&r)
-		if err != nil {
-			return err
-		}
-		cleared = true
-		return b.Put([]byte(accountID), nv)
+		r.Failures, r.LockedAt, cleared = 0, time.Time{}, true
+		return true
 	})
 	return cleared, err
 }
