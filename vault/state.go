@@ -103,7 +103,8 @@ const (
 	// did not take): whether vault.db changed since cannot be told.
 	StateUnverified = "unverified"
 	// StateUnknown: the journal holds no earlier mark to compare with (a
-	// first start, or a new chain after a journal was set aside). A
+	// first start, or a new chain after a journal was set aside, when the
+	// daemon could not read the one set aside). A
 	// journal with older segments than the start reads and no mark among
 	// them is StateUnverified instead (the daemon passes an opening).
 	StateUnknown = "unknown"

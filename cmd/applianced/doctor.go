@@ -244,7 +244,7 @@ func vaultStateCheck(stateDir string, client *admin.Client) hardening.Check {
 				return res(hardening.Warn, fmt.Sprintf("the run before this one recorded no close of the vault after its opening (%s): a crash, a kill, or a stop whose close the journal did not take, "+
 					"so whether vault.db was changed meanwhile cannot be told", markSeq(c.MarkSeq)), fixUnverified)
 			default:
-				return res(hardening.Skip, "the journal's newest segments record no earlier state of the vault to compare with (a first start, or a journal set aside)", "")
+				return res(hardening.Skip, "the daemon found no earlier state of the vault to compare with (a first start, or a journal set aside out of the state dir)", "")
 			}
 		}
 		// The daemon is stopped (or does not answer): the file against

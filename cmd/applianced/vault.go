@@ -44,6 +44,42 @@ type vaultRekeyRequest struct {
 // newest mean the last run ended without a close (StateUnverified).
 const startMarkSegments = 2
 
+// predecessorVaultMark is the last vault mark of the journal the live
+// chain continues (its first entry names it), read from that journal's
+// newest segments when it was set aside in the state dir and holds the
+// entry the chain start names, with its hash; nil otherwise. A journal
+// set aside together with a vault put back is then still compared.
+func (d *daemon) predecessorVaultMark(ctx context.Context) *audit.VaultMark {
+	cs := d.liveChainStart()
+	if cs == nil || !cs.Known {
+		return nil
+	}
+	for _, a := range setAsideJournals(d.config().Server.StateDir) {
+		if a.chain != cs.Chain {
+			continue
+		}
+		v, err := audit.OpenReadOnly(a.dir, &audit.ReadOnlyOptions{Appender: d.journal, Tail: startMarkSegments})
+		if err != nil || anchored(ctx, v, cs) != nil {
+			continue
+		}
+		marks, err := audit.LastVaultMarksWithin(ctx, v, 1, 0)
+		if err != nil {
+			continue
+		}
+		d.log.Info("vault: the journal set aside that this chain continues says what the vault was last recorded in", "dir", a.dir)
+		if len(marks) == 0 {
+			if _, n, _ := audit.DirChain(a.dir); n > startMarkSegments {
+				// As for the live journal: no close where a clean stop
+				// would have left it.
+				return &audit.VaultMark{Type: "vault.unseal"}
+			}
+			return nil
+		}
+		return &marks[0]
+	}
+	return nil
+}
+
 // openVault loads the master key ($CREDENTIALS_DIRECTORY/master.key, then
 // [vault] master_key_file), opens state_dir/vault.db and mounts the secret
 // and vault verbs on the admin socket. It is a step of (*daemon).open after
@@ -58,9 +94,9 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 	// The state the vault was last recorded in, read before the opening
 	// records its own: a close in another state than the vault opens in
 	// means vault.db was changed while the daemon was down, which the
-	// vault records and warns of. The journal's own chain only: a new
-	// chain (the old journal set aside) holds none yet, and nothing is
-	// compared.
+	// vault records and warns of. A new chain (the old journal set aside)
+	// holds none yet: the journal it continues, when it is in the state
+	// dir and anchored, says instead.
 	marks, err := audit.LastVaultMarksWithin(ctx, d.journal, 1, startMarkSegments)
 	if err != nil {
 		return fmt.Errorf("reading the vault's last recorded state from the audit journal: %w", err)
@@ -74,6 +110,8 @@ func (d *daemon) openVault(ctx, bg context.Context) error {
 		// newest: a clean stop's close would be there, so the last run
 		// ended without one, its opening further back.
 		recorded = &audit.VaultMark{Type: "vault.unseal"}
+	default:
+		recorded = d.predecessorVaultMark(ctx)
 	}
 	v, err := vault.Open(ctx, filepath.Join(cfg.Server.StateDir, vault.DefaultFile), key, cfg.Vault,
 		&vault.Options{Audit: d.journal, Logger: d.log, KeySource: source, Recorded: recorded})

@@ -347,3 +347,35 @@ func TestDoctorVaultStateWhenTheDaemonDoesNotAnswer(t *testing.T) {
 		t.Errorf("got %+v, want a warning that the daemon could not be asked", res)
 	}
 }
+
+// TestServeVaultPutBackAcrossASetAside: the journal set aside (in the state
+// dir) and an older copy of vault.db put back while the daemon was down;
+// the new chain holds no vault event yet, so the start compares with the
+// last close of the journal the new chain continues, and records the
+// change there.
+func TestServeVaultPutBackAcrossASetAside(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, "")
+	vaultDB := filepath.Join(cfg.Server.StateDir, vault.DefaultFile)
+	stopClean(t, startReady(t, cfg))
+	copyFile(t, vaultDB, filepath.Join(dir, "vault-copy.db"))
+	r := startReady(t, cfg)
+	cli(t, cfg, "a-key-stored-after-the-copy\n", "secret", "put", "late-key", "--type", "api_key")
+	stopClean(t, r)
+	closes := eventsOf(t, cfg, "vault.close")
+	replaced := closes[len(closes)-1].Details[vault.DetailState]
+	journal := filepath.Join(cfg.Server.StateDir, "audit")
+	if err := os.Rename(journal, journal+".damaged"); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, filepath.Join(dir, "vault-copy.db"), vaultDB)
+	r = startReady(t, cfg)
+	if res := doctorVaultState(t, cfg); res.Status != hardening.Fail || !strings.Contains(res.Detail, replaced[:12]) {
+		t.Errorf("got %+v, want a failure naming the state the set-aside journal recorded", res)
+	}
+	stopClean(t, r)
+	changes := eventsOf(t, cfg, "vault.state_changed")
+	if len(changes) != 1 || changes[0].Details[vault.DetailClosedState] != replaced {
+		t.Fatalf("got %+v, want one vault.state_changed from the state %s the set-aside journal closed in", changes, replaced)
+	}
+}
