@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"slices"
@@ -141,4 +142,90 @@ type appendsNothing struct{}
 
 func (appendsNothing) Append(context.Context, *Event) (uint64, error) {
 	return 0, errors.New("audit: a view read for its vault marks records nothing")
+}
+
+// LastSealed returns the seq up to which the newest good checkpoint of j
+// seals it: a checkpoint of j's chain, signed with pub, whose sealed entry
+// j holds with the hash the checkpoint names. It reads j's segments from
+// the newest back. ok is false when j holds no such checkpoint. A journal
+// directory that holds one is this appliance's journal up to that seq,
+// not one made up with its chain id.
+func LastSealed(ctx context.Context, j JournalView, pub ed25519.PublicKey) (seq uint64, ok bool, err error) {
+	last := j.LastSeq()
+	segs := j.Segments()
+	for i := len(segs) - 1; i >= 0; i-- {
+		s := segs[i]
+		hi := min(s.Last, last)
+		if hi < s.First {
+			continue
+		}
+		cps, err := checkpointsIn(ctx, j, s.First, hi)
+		if err != nil {
+			return 0, false, err
+		}
+		for k := len(cps) - 1; k >= 0; k-- {
+			c := cps[k]
+			if c.cp.Verify(pub) != nil || c.cp.Seq == 0 || c.cp.Seq >= c.at {
+				continue
+			}
+			h, err := hashAt(ctx, j, c.cp.Seq)
+			if err != nil || h != c.cp.Hash {
+				continue
+			}
+			if c.chain != "" && c.cp.Timed() && c.cp.Chain != c.chain {
+				continue
+			}
+			return c.cp.Seq, true, nil
+		}
+	}
+	return 0, false, nil
+}
+
+// checkpointAt is a checkpoint event of a journal: what it says, the seq
+// it was written at and the chain of the entry.
+type checkpointAt struct {
+	cp    *Checkpoint
+	at    uint64
+	chain string
+}
+
+// checkpointsIn returns the checkpoints among seqs from..to of j, in seq
+// order; events that do not parse as checkpoints are left out.
+func checkpointsIn(ctx context.Context, j JournalView, from, to uint64) ([]checkpointAt, error) {
+	r, err := j.Reader(from)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var out []checkpointAt
+	for r.Pos() <= to {
+		e, err := r.Next(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("audit: reading checkpoints: %w", err)
+		}
+		if e.Event.Type != TypeCheckpoint {
+			continue
+		}
+		if cp, err := ParseCheckpoint(&e.Event); err == nil {
+			out = append(out, checkpointAt{cp: cp, at: e.Seq, chain: e.Chain})
+		}
+	}
+	return out, nil
+}
+
+// hashAt is the chain hash of j's entry seq.
+func hashAt(ctx context.Context, j JournalView, seq uint64) ([32]byte, error) {
+	r, err := j.Reader(seq)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	defer r.Close()
+	e, err := r.Next(ctx)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	if e.Seq != seq {
+		return [32]byte{}, fmt.Errorf("audit: read seq %d for %d", e.Seq, seq)
+	}
+	return e.Hash, nil
 }

@@ -1,10 +1,15 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"testing"
+	"time"
 )
 
 func vaultMarkEvent(typ, outcome, state string) *Event {
@@ -221,5 +226,75 @@ func TestLastVaultMarksWithinReadsNoFurther(t *testing.T) {
 	}
 	if got, err := LastVaultMarks(ctx, j, 1); err != nil || len(got) != 1 || got[0].State != "s0" {
 		t.Errorf("unbounded: got %+v, %v; want the opening of s0", got, err)
+	}
+}
+
+// TestLastSealedNeedsTheKeyAndTheHash: the newest checkpoint signed with
+// the key and sealing an entry the journal holds with that hash counts;
+// another key, or a journal whose sealed entry was changed, has none.
+func TestLastSealedNeedsTheKeyAndTheHash(t *testing.T) {
+	dir := t.TempDir()
+	j := openTest(t, dir, &Options{Logger: quiet()})
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	c := NewCheckpointer(j, key, &CheckpointOptions{Every: 1000, Interval: time.Hour, Logger: quiet()})
+	ctx := context.Background()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = c.Run(runCtx) }()
+	for i := range 5 {
+		if _, err := j.Append(ctx, testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(ctx); err != nil { // the final checkpoint seals seq 5
+		t.Fatal(err)
+	}
+	if _, err := j.Append(ctx, testEvent(5)); err != nil {
+		t.Fatal(err)
+	}
+	if seq, ok, err := LastSealed(ctx, j, key.Public().(ed25519.PublicKey)); err != nil || !ok || seq != 5 {
+		t.Errorf("with the key: got %d, %t, %v; want sealed up to 5", seq, ok, err)
+	}
+	other, _, _ := ed25519.GenerateKey(rand.Reader)
+	if seq, ok, err := LastSealed(ctx, j, other); err != nil || ok {
+		t.Errorf("with another key: got %d, %t, %v; want none", seq, ok, err)
+	}
+	// The sealed entry changed and every hash after it made again: the
+	// chain reads whole, the seal no longer holds.
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	seg := j.Segments()[0].Path
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := bytes.IndexByte(b, 0)
+	if end < 0 {
+		end = len(b)
+	}
+	lines := bytes.SplitAfter(b[:end], []byte("\n"))
+	_, prev, err := parseHeader(bytes.TrimSuffix(lines[0], []byte("\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(lines) && bytes.HasSuffix(lines[i], []byte("\n")); i++ {
+		canon := bytes.TrimSuffix(lines[i][65:], []byte("\n"))
+		if i == 3 {
+			canon = bytes.Replace(canon, []byte(`"append"`), []byte(`"appenD"`), 1)
+		}
+		h := ChainHash(prev, canon)
+		lines[i] = append([]byte(hex.EncodeToString(h[:])+" "), append(canon, '\n')...)
+		prev = h
+	}
+	if err := os.WriteFile(seg, append(bytes.Join(lines, nil), b[end:]...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := OpenReadOnly(dir, &ReadOnlyOptions{Appender: appendsNothing{}})
+	if err != nil || v.Stop() != nil || v.LastSeq() != 7 {
+		t.Fatalf("the changed journal: %v, %+v; want it whole to seq 7", err, v)
+	}
+	if seq, ok, err := LastSealed(ctx, v, key.Public().(ed25519.PublicKey)); err != nil || ok {
+		t.Errorf("a sealed entry changed: got %d, %t, %v; want none", seq, ok, err)
 	}
 }

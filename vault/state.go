@@ -173,6 +173,9 @@ func (v *Vault) checkState(ctx context.Context, rec *audit.VaultMark, state stri
 	return nil
 }
 
+// ErrLocked means another process (the daemon) has the database open.
+var ErrLocked = errors.New("vault: database locked by another process")
+
 // FileState returns the state digest of the closed database at path, as
 // Open would compute it, without the master key and without writing:
 // doctor compares it with the journal's last close while the daemon is
@@ -196,7 +199,7 @@ func FileState(path string) (state string, err error) {
 	db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
-			return "", fmt.Errorf("vault: database %s is locked by another process (is applianced running?)", path)
+			return "", fmt.Errorf("%w: %s (is applianced running?)", ErrLocked, path)
 		}
 		return "", fmt.Errorf("vault: %w", err)
 	}

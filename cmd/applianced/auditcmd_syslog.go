@@ -216,7 +216,11 @@ func (d *daemon) openAuditForwarding(ctx, bg context.Context) error {
 	}
 
 	d.mountAuditDeliver(a.Syslog)
-	d.deliverSetAside(fw, a.Syslog)
+	var pub ed25519.PublicKey
+	if ck != nil {
+		pub = ck.PublicKey()
+	}
+	d.deliverSetAside(fw, a.Syslog, pub)
 	d.admin.HandleFunc("GET "+adminAuditTargets, func(w http.ResponseWriter, r *http.Request) {
 		admin.WriteJSON(w, http.StatusOK, map[string]any{"targets": fw.Status()})
 	})

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"net/http"
@@ -44,6 +45,7 @@ type deliverRequest struct {
 	atStart bool
 	cursors map[string]uint64
 	anchor  *audit.ChainStart
+	pub     ed25519.PublicKey // the audit key's, for checkpoints; nil without one
 }
 
 // deliverReply says what the old journal holds and what each target got.
@@ -214,8 +216,13 @@ func (d *daemon) auditDeliver(ctx context.Context, req deliverRequest, configure
 		return nil, http.StatusBadRequest, err
 	}
 	if req.atStart {
-		if err := anchored(ctx, v, req.anchor); err != nil {
+		if err := anchored(ctx, v, req.anchor, req.pub); err != nil {
 			return nil, http.StatusBadRequest, err
+		}
+		if ctx.Err() != nil {
+			// The daemon is stopping (and may not wait for this): record
+			// nothing more.
+			return nil, http.StatusServiceUnavailable, ctx.Err()
 		}
 	}
 	out := &deliverReply{Dir: req.Dir, Chain: v.ChainID(), First: v.FirstSeq(), Last: v.LastSeq(), Stop: v.Stop(), Targets: []deliverResult{}}
@@ -490,30 +497,42 @@ const autoDeliverTimeout = 10 * time.Minute
 // record its result (the read of a large directory does not stop half-way).
 const autoDeliverStopWait = 15 * time.Second
 
-// anchored checks that v holds, readable, the entry the live chain's first
-// entry names as the last one recorded of the chain it continues, with
-// the same hash: the directory is that chain, not one made up with its id
-// (which every message carries).
-func anchored(ctx context.Context, v *audit.ReadOnlyJournal, cs *audit.ChainStart) error {
-	if cs == nil || !cs.Known || cs.Chain != v.ChainID() {
-		return fmt.Errorf("the live chain's first entry does not name chain %q as the one it continues", v.ChainID())
+// anchored checks that v is the journal the live chain's first entry (cs)
+// says it continues, not one made up with its chain id (which every
+// message carries): v holds, readable, the entry cs names as the last one
+// recorded, with the same hash; or, when v's readable part ends before
+// that entry (the damage that had it set aside), a checkpoint of v signed
+// with pub (this appliance's audit key) whose sealed entry v holds with
+// the hash it names. An entry at cs's seq with another hash refuses v
+// whatever else it holds. pub nil: only cs can anchor v.
+func anchored(ctx context.Context, v *audit.ReadOnlyJournal, cs *audit.ChainStart, pub ed25519.PublicKey) error {
+	named := cs != nil && cs.Known && cs.Chain == v.ChainID()
+	if named && cs.Seq >= v.FirstSeq() && cs.Seq <= v.LastSeq() {
+		r, err := v.Reader(cs.Seq)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		e, err := r.Next(ctx)
+		if err != nil {
+			return err
+		}
+		if e.Seq != cs.Seq || e.Hash != cs.Hash {
+			return fmt.Errorf("seq %d of %s has another hash than the live chain's first entry names: it is not the journal that chain continues", cs.Seq, v.Dir())
+		}
+		return nil
 	}
-	if cs.Seq < v.FirstSeq() || cs.Seq > v.LastSeq() {
-		return fmt.Errorf("%s holds seq %d..%d readable, not seq %d, which the live chain's first entry names", v.Dir(), v.FirstSeq(), v.LastSeq(), cs.Seq)
+	if pub != nil {
+		if _, ok, err := audit.LastSealed(ctx, v, pub); err != nil {
+			return err
+		} else if ok {
+			return nil
+		}
 	}
-	r, err := v.Reader(cs.Seq)
-	if err != nil {
-		return err
+	if named {
+		return fmt.Errorf("%s holds seq %d..%d readable, not seq %d, which the live chain's first entry names, and no checkpoint of it signed with this appliance's audit key", v.Dir(), v.FirstSeq(), v.LastSeq(), cs.Seq)
 	}
-	defer r.Close()
-	e, err := r.Next(ctx)
-	if err != nil {
-		return err
-	}
-	if e.Seq != cs.Seq || e.Hash != cs.Hash {
-		return fmt.Errorf("seq %d of %s has another hash than the live chain's first entry names: it is not the journal that chain continues", cs.Seq, v.Dir())
-	}
-	return nil
+	return fmt.Errorf("the live chain's first entry does not name chain %q, and %s holds no checkpoint of it signed with this appliance's audit key", v.ChainID(), v.Dir())
 }
 
 // deliverSetAside starts, in the background, what `audit deliver DIR` does
@@ -527,7 +546,7 @@ func anchored(ctx context.Context, v *audit.ReadOnlyJournal, cs *audit.ChainStar
 // delivery that fails, is logged with the command to run; the delivery is
 // recorded as an admin's is (audit.deliver, with trigger "daemon start").
 // A stop of the daemon ends it, its result recorded first.
-func (d *daemon) deliverSetAside(fw *syslog.Forwarder, targets []syslog.Target) {
+func (d *daemon) deliverSetAside(fw *syslog.Forwarder, targets []syslog.Target, pub ed25519.PublicKey) {
 	byChain := map[string]map[string]uint64{}
 	for _, l := range fw.LeftChains() {
 		if byChain[l.Chain] == nil {
@@ -572,7 +591,7 @@ func (d *daemon) deliverSetAside(fw *syslog.Forwarder, targets []syslog.Target) 
 					return
 				}
 				d.deliverMu.Lock()
-				out, _, err := d.auditDeliver(ctx, deliverRequest{Dir: dir, Timeout: autoDeliverTimeout.String(), atStart: true, cursors: j.cursors, anchor: start}, targets)
+				out, _, err := d.auditDeliver(ctx, deliverRequest{Dir: dir, Timeout: autoDeliverTimeout.String(), atStart: true, cursors: j.cursors, anchor: start, pub: pub}, targets)
 				d.deliverMu.Unlock()
 				if err != nil {
 					d.log.Warn("audit: a journal set aside was not delivered on its own; see why, and deliver it with `applianced audit deliver "+dir+"`",

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -567,10 +568,11 @@ func deliverEvents(t *testing.T, cfg *config.File, stage string) []string {
 }
 
 // TestSetAsideDeliveredAtStartOnlyWhenAnchored: a second directory in the
-// state dir carries the old chain's id (any message names it) but not the
-// entry the live chain's first entry names (here: a copy whose tail is
-// damaged, as a made-up one would be): the daemon does not deliver it,
-// says so with the command to run, and delivers the real one. A target
+// state dir carries the old chain's id (any message names it) and a whole
+// hash chain, but one entry was changed and every hash after it made
+// again: the entry the live chain's first entry names has another hash,
+// and no checkpoint signature holds. The daemon does not deliver it, says
+// so with the command to run, and delivers the real one. A target
 // added to the config after the set-aside was never in the old chain: it
 // gets none of it.
 func TestSetAsideDeliveredAtStartOnlyWhenAnchored(t *testing.T) {
@@ -581,14 +583,7 @@ func TestSetAsideDeliveredAtStartOnlyWhenAnchored(t *testing.T) {
 	old, chain, last, _, d := outageThenSetAside(t, srv, cfg, func(uint64) uint64 { return 0 }, func(t *testing.T, journal string) string {
 		old := asideInto(t, journal)
 		decoy = journal + ".0" // listed before audit.damaged
-		if err := os.CopyFS(decoy, os.DirFS(old)); err != nil {
-			t.Fatal(err)
-		}
-		rep, err := audit.VerifyDir(old)
-		if err != nil {
-			t.Fatal(err)
-		}
-		damageSeq(t, decoy, rep.Last)
+		madeUpCopy(t, old, decoy)
 		cfg.Audit.Syslog = append(cfg.Audit.Syslog, syslog.Target{Address: "tcp://" + added.Addr, Format: syslog.FormatRFC5424})
 		return old
 	})
@@ -601,8 +596,7 @@ func TestSetAsideDeliveredAtStartOnlyWhenAnchored(t *testing.T) {
 		t.Fatalf("got audit.deliver starts %v, want one, of %s, for the target that was left only", starts, old)
 	}
 	logs := fmt.Sprint(d.env.stderr)
-	if !strings.Contains(logs, "was not delivered on its own") || !strings.Contains(logs, decoy) || !strings.Contains(logs, "has another hash than the live chain's first entry names") &&
-		!strings.Contains(logs, "not seq") {
+	if !strings.Contains(logs, "was not delivered on its own") || !strings.Contains(logs, decoy) || !strings.Contains(logs, "has another hash than the live chain's first entry names") {
 		t.Errorf("got log:\n%s\nwant the decoy %s refused, with why", logs, decoy)
 	}
 	got := receivedSeqs(t, srv.File, chain)
@@ -613,5 +607,94 @@ func TestSetAsideDeliveredAtStartOnlyWhenAnchored(t *testing.T) {
 	}
 	if n := len(receivedSeqs(t, added.File, chain)); n != 0 {
 		t.Errorf("the target added after the set-aside got %d entries of the old chain, want none", n)
+	}
+}
+
+// madeUpCopy copies the journal directory src to dst with the outcome of
+// its second entry changed and every hash after it made again, so that
+// dst reads as a whole chain with src's chain id, which only the hashes
+// src's chain start and checkpoints name tell apart.
+func madeUpCopy(t *testing.T, src, dst string) {
+	t.Helper()
+	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dst, "journal-*.log"))
+	if len(segs) != 1 {
+		t.Fatalf("got %d segments, want one", len(segs))
+	}
+	b, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := bytes.IndexByte(b, 0)
+	if end < 0 {
+		end = len(b)
+	}
+	lines := strings.SplitAfter(string(b[:end]), "\n")
+	var prev [32]byte
+	if _, err := hex.Decode(prev[:], []byte(lines[0][strings.Index(lines[0], "prev=")+5:][:64])); err != nil {
+		t.Fatal(err)
+	}
+	changed := false
+	for i := 1; i < len(lines) && strings.HasSuffix(lines[i], "\n"); i++ {
+		canon := strings.TrimSuffix(lines[i][65:], "\n")
+		if i == 2 && strings.Contains(canon, `"outcome":"success"`) {
+			canon, changed = strings.Replace(canon, `"outcome":"success"`, `"outcome":"failure"`, 1), true
+		}
+		h := audit.ChainHash(prev, []byte(canon))
+		lines[i] = hex.EncodeToString(h[:]) + " " + canon + "\n"
+		prev = h
+	}
+	if !changed {
+		t.Fatalf("the second entry has no outcome success to change: %s", lines[2])
+	}
+	out := append([]byte(strings.Join(lines, "")), b[end:]...)
+	if err := os.WriteFile(segs[0], out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := audit.VerifyDir(dst); err != nil || rep.Chain != mustChain(t, src) {
+		t.Fatalf("the made-up copy: %+v, %v", rep, err)
+	}
+}
+
+func mustChain(t *testing.T, dir string) string {
+	t.Helper()
+	c, _, err := audit.DirChain(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestDamagedJournalSetAsideIsDeliveredAtStart: the recovery the README
+// describes, for a journal damaged before its last entry (so before the
+// entry the new chain's first entry names): the readable part holds
+// checkpoints signed with this appliance's key, which anchor it, and the
+// daemon delivers what the target missed up to the damage on its own.
+func TestDamagedJournalSetAsideIsDeliveredAtStart(t *testing.T) {
+	srv := rsyslog.Start(t, rsyslog.Options{})
+	cfg := deliverConfig(t, srv)
+	var bad uint64
+	_, chain, last, _, d := outageThenSetAside(t, srv, cfg, func(last uint64) uint64 { bad = last - 2; return bad }, asideInto)
+	var results []string
+	deadline := time.Now().Add(60 * time.Second)
+	for len(results) == 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		results = deliverEvents(t, cfg, "result")
+	}
+	if len(results) != 1 || !strings.Contains(results[0], fmt.Sprintf("delivered up to %d", bad-1)) || !strings.Contains(results[0], `"stop_seq":"`+fmt.Sprint(bad)+`"`) {
+		t.Fatalf("got audit.deliver results %v, want one delivered up to %d, stopping at the damage at %d\ndaemon: %s", results, bad-1, bad, d.env.stderr)
+	}
+	got := receivedSeqs(t, srv.File, chain)
+	for s := uint64(1); s < bad; s++ {
+		if got[s] == 0 {
+			t.Errorf("seq %d of the old chain never reached the target", s)
+		}
+	}
+	for s := bad; s <= last; s++ {
+		if got[s] != 0 {
+			t.Errorf("seq %d (damaged or after it) was received", s)
+		}
 	}
 }

@@ -257,6 +257,12 @@ func vaultStateCheck(stateDir string, client *admin.Client) hardening.Check {
 		if err != nil {
 			return res(hardening.Warn, "cannot read the vault's recorded states: "+err.Error(), "run `applianced audit verify` and see the README on a damaged journal")
 		}
+		state, serr := vault.FileState(filepath.Join(stateDir, vault.DefaultFile))
+		if errors.Is(serr, vault.ErrLocked) {
+			// Its admin socket is not up, yet the daemon has the vault
+			// open: it is starting or stopping.
+			return res(hardening.Warn, "the daemon has vault.db open but does not answer on its admin socket yet: it is starting or stopping", "run doctor again once it is ready")
+		}
 		if len(marks) == 0 {
 			if _, segs, _ := audit.DirChain(dir); segs <= doctorMarkSegments {
 				return res(hardening.Skip, "the journal records no state of the vault yet", "")
@@ -269,9 +275,8 @@ func vaultStateCheck(stateDir string, client *admin.Client) hardening.Check {
 			return res(hardening.Warn, fmt.Sprintf("the daemon's last run recorded no close of the vault after its opening (%s): a crash, a kill, or a stop whose close the journal did not take, "+
 				"so whether vault.db was changed since cannot be told", markSeq(m.Seq)), fixUnverified)
 		}
-		state, err := vault.FileState(filepath.Join(stateDir, vault.DefaultFile))
-		if err != nil {
-			return res(hardening.Warn, "cannot read vault.db's state: "+err.Error(), "")
+		if serr != nil {
+			return res(hardening.Warn, "cannot read vault.db's state: "+serr.Error(), "")
 		}
 		if state != m.State {
 			return res(hardening.Fail, fmt.Sprintf("vault.db (%.12s…) is not in the state the daemon closed it in (seq %d, %.12s…): it was replaced (an older copy put back) "+

@@ -59,7 +59,9 @@ func (d *daemon) predecessorVaultMark(ctx context.Context) *audit.VaultMark {
 			continue
 		}
 		v, err := audit.OpenReadOnly(a.dir, &audit.ReadOnlyOptions{Appender: d.journal, Tail: startMarkSegments})
-		if err != nil || anchored(ctx, v, cs) != nil {
+		// No audit key yet (it is kept in the vault): only the chain
+		// start anchors the journal here.
+		if err != nil || anchored(ctx, v, cs, nil) != nil {
 			continue
 		}
 		marks, err := audit.LastVaultMarksWithin(ctx, v, 1, 0)
@@ -67,6 +69,13 @@ func (d *daemon) predecessorVaultMark(ctx context.Context) *audit.VaultMark {
 			continue
 		}
 		d.log.Info("vault: the journal set aside that this chain continues says what the vault was last recorded in", "dir", a.dir)
+		if len(marks) > 0 && marks[0].Type == "vault.close" && marks[0].Seq > cs.Seq {
+			// A clean stop records its close before the entry the chain
+			// start names: a close after it is not that journal's own.
+			d.log.Warn("vault: the journal set aside holds a vault.close after the entry the new chain's first entry names; it is not compared with",
+				"dir", a.dir, "close_seq", marks[0].Seq, "named_seq", cs.Seq)
+			return &audit.VaultMark{Type: "vault.unseal"}
+		}
 		if len(marks) == 0 {
 			if _, n, _ := audit.DirChain(a.dir); n > startMarkSegments {
 				// As for the live journal: no close where a clean stop

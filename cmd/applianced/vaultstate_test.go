@@ -12,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/applianced/applianced/audit"
 	"github.com/applianced/applianced/hardening"
@@ -377,5 +380,24 @@ func TestServeVaultPutBackAcrossASetAside(t *testing.T) {
 	changes := eventsOf(t, cfg, "vault.state_changed")
 	if len(changes) != 1 || changes[0].Details[vault.DetailClosedState] != replaced {
 		t.Fatalf("got %+v, want one vault.state_changed from the state %s the set-aside journal closed in", changes, replaced)
+	}
+}
+
+// TestDoctorVaultStateWhileTheDaemonStarts: no admin socket yet, but
+// vault.db is held open (as a starting or stopping daemon holds it):
+// doctor says the daemon is starting or stopping instead of reading the
+// journal as a stopped one's, whose newest mark would be that run's own
+// opening, blamed on a crash.
+func TestDoctorVaultStateWhileTheDaemonStarts(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	stopClean(t, startReady(t, cfg))
+	db, err := bolt.Open(filepath.Join(cfg.Server.StateDir, vault.DefaultFile), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	res := doctorVaultState(t, cfg)
+	if res.Status != hardening.Warn || !strings.Contains(res.Detail, "starting or stopping") {
+		t.Errorf("got %+v, want a warning that the daemon is starting or stopping", res)
 	}
 }
